@@ -1,0 +1,309 @@
+//! The IR: an SSA graph of tensor operations with static shapes.
+//!
+//! One `Program` type serves every stage: the forward program lowered from a `.pcg` model, the
+//! gradient program made by `autodiff`, and the relaxation and learning programs made by the
+//! PC transform. Nodes are stored in topological order (an operand always precedes its user),
+//! so a program is evaluated by one pass over `nodes`. Every node carries its shape; the shape
+//! rules live in `shape::infer`, shared by the builder methods here and the verifier.
+
+mod dot;
+mod op;
+mod print;
+pub mod shape;
+mod verify;
+
+pub use dot::to_dot;
+pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, UnaryOp};
+pub use print::to_text;
+pub use shape::{Shape, ShapeError};
+pub use verify::{verify, VerifyError};
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The index of a node in its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// Which part of a forward program a node belongs to. The PC transform gives value and error
+/// units to model nodes; loss nodes only turn the model's outputs into output errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Region {
+    #[default]
+    Model,
+    Loss,
+}
+
+/// One SSA value: an operation, its operands and its static shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub op: Op,
+    pub args: Vec<ValueId>,
+    pub shape: Shape,
+    /// The source name the value was bound to (`let h = ...`), or a leaf's name.
+    pub name: Option<String>,
+    pub region: Region,
+}
+
+/// How a parameter is initialised before training.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    Constant(f64),
+    Normal { mean: f64, std: f64 },
+    Uniform { low: f64, high: f64 },
+    /// Glorot/Xavier uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
+    Xavier,
+    /// He/Kaiming normal: N(0, 2 / fan_in).
+    He,
+}
+
+impl fmt::Display for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Init::Zeros => f.write_str("zeros"),
+            Init::Ones => f.write_str("ones"),
+            Init::Constant(c) => write!(f, "constant({})", fmt_f64(*c)),
+            Init::Normal { mean, std } => {
+                write!(f, "normal(mean = {}, std = {})", fmt_f64(*mean), fmt_f64(*std))
+            }
+            Init::Uniform { low, high } => {
+                write!(f, "uniform({}, {})", fmt_f64(*low), fmt_f64(*high))
+            }
+            Init::Xavier => f.write_str("xavier"),
+            Init::He => f.write_str("he"),
+        }
+    }
+}
+
+/// A named result of a program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub value: ValueId,
+}
+
+/// A straight-line tensor program in SSA form.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Program {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<Output>,
+    /// Initialisers of the `Param` leaves, by parameter name.
+    pub inits: BTreeMap<String, Init>,
+}
+
+impl Program {
+    pub fn new(name: impl Into<String>) -> Self {
+        Program {
+            name: name.into(),
+            ..Program::default()
+        }
+    }
+
+    pub fn node(&self, id: ValueId) -> &Node {
+        &self.nodes[id.index()]
+    }
+
+    pub fn shape(&self, id: ValueId) -> &Shape {
+        &self.nodes[id.index()].shape
+    }
+
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = ValueId> + ExactSizeIterator {
+        (0..self.nodes.len() as u32).map(ValueId)
+    }
+
+    /// The leaves of one kind, in program order, with their names.
+    pub fn leaves(&self, kind: LeafKind) -> Vec<(ValueId, &str)> {
+        self.ids()
+            .filter(|&id| self.node(id).op == Op::Leaf(kind))
+            .map(|id| (id, self.node(id).name.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    /// The leaf of the given kind and name, if present.
+    pub fn leaf_named(&self, kind: LeafKind, name: &str) -> Option<ValueId> {
+        self.leaves(kind)
+            .into_iter()
+            .find(|(_, n)| *n == name)
+            .map(|(id, _)| id)
+    }
+
+    pub fn output(&self, name: &str) -> Option<ValueId> {
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.value)
+    }
+
+    pub fn set_output(&mut self, name: impl Into<String>, value: ValueId) {
+        let name = name.into();
+        match self.outputs.iter_mut().find(|o| o.name == name) {
+            Some(o) => o.value = value,
+            None => self.outputs.push(Output { name, value }),
+        }
+    }
+
+    /// For each node, the nodes that use it as an operand (with repetition).
+    pub fn users(&self) -> Vec<Vec<ValueId>> {
+        let mut users = vec![Vec::new(); self.nodes.len()];
+        for id in self.ids() {
+            for &a in &self.node(id).args {
+                users[a.index()].push(id);
+            }
+        }
+        users
+    }
+
+    /// Appends a node after checking its operands' shapes; `target` is the result shape for
+    /// ops whose shape is not implied by their operands (reshape, broadcast, leaves, consts).
+    pub fn add(
+        &mut self,
+        op: Op,
+        args: Vec<ValueId>,
+        target: Option<Shape>,
+    ) -> Result<ValueId, ShapeError> {
+        let arg_shapes: Vec<&Shape> = args.iter().map(|&a| self.shape(a)).collect();
+        let shape = shape::infer(&op, &arg_shapes, target.as_ref())?;
+        Ok(self.push(Node {
+            op,
+            args,
+            shape,
+            name: None,
+            region: Region::Model,
+        }))
+    }
+
+    /// Appends a node as given. Passes that build nodes whose shapes they have already derived
+    /// use this; the verifier catches a wrong shape.
+    pub fn push(&mut self, node: Node) -> ValueId {
+        let id = ValueId(self.nodes.len() as u32);
+        self.nodes.push(node);
+        id
+    }
+
+    pub fn leaf(&mut self, kind: LeafKind, name: impl Into<String>, shape: Shape) -> ValueId {
+        self.push(Node {
+            op: Op::Leaf(kind),
+            args: vec![],
+            shape,
+            name: Some(name.into()),
+            region: Region::Model,
+        })
+    }
+
+    pub fn constant(&mut self, value: f64, shape: Shape) -> ValueId {
+        self.push(Node {
+            op: Op::Const(value),
+            args: vec![],
+            shape,
+            name: None,
+            region: Region::Model,
+        })
+    }
+
+    /// The builder methods below are for passes whose operands are known to fit (autodiff,
+    /// the PC transform); a misfit there is a compiler bug, reported by panicking with the op.
+    pub fn build(&mut self, op: Op, args: &[ValueId], target: Option<Shape>) -> ValueId {
+        match self.add(op.clone(), args.to_vec(), target) {
+            Ok(id) => id,
+            Err(e) => panic!("internal error: ill-shaped {op} in {}: {e}", self.name),
+        }
+    }
+
+    pub fn unary(&mut self, op: UnaryOp, x: ValueId) -> ValueId {
+        self.build(Op::Unary(op), &[x], None)
+    }
+
+    pub fn binary(&mut self, op: BinaryOp, a: ValueId, b: ValueId) -> ValueId {
+        self.build(Op::Binary(op), &[a, b], None)
+    }
+
+    pub fn add_values(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.binary(BinaryOp::Add, a, b)
+    }
+
+    pub fn mul(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+
+    pub fn sub(&mut self, a: ValueId, b: ValueId) -> ValueId {
+        self.binary(BinaryOp::Sub, a, b)
+    }
+
+    /// A constant of the shape of `like`.
+    pub fn constant_like(&mut self, value: f64, like: ValueId) -> ValueId {
+        let shape = self.shape(like).clone();
+        self.constant(value, shape)
+    }
+
+    /// `x * c` for a constant c.
+    pub fn scale(&mut self, x: ValueId, c: f64) -> ValueId {
+        let k = self.constant_like(c, x);
+        self.mul(x, k)
+    }
+
+    pub fn reshape(&mut self, x: ValueId, shape: Shape) -> ValueId {
+        if *self.shape(x) == shape {
+            return x;
+        }
+        self.build(Op::Reshape, &[x], Some(shape))
+    }
+
+    pub fn broadcast(&mut self, x: ValueId, shape: Shape) -> ValueId {
+        if *self.shape(x) == shape {
+            return x;
+        }
+        self.build(Op::Broadcast, &[x], Some(shape))
+    }
+
+    pub fn reduce_sum(&mut self, x: ValueId, axes: Vec<usize>) -> ValueId {
+        if axes.is_empty() {
+            return x;
+        }
+        self.build(Op::Reduce(ReduceOp::Sum, axes), &[x], None)
+    }
+
+    pub fn transpose(&mut self, x: ValueId, perm: Vec<usize>) -> ValueId {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            return x;
+        }
+        self.build(Op::Transpose(perm), &[x], None)
+    }
+
+    /// Sums `x` down to `shape`, undoing a numpy broadcast from `shape` (the adjoint of
+    /// `Broadcast`).
+    pub fn sum_to(&mut self, x: ValueId, shape: &Shape) -> ValueId {
+        let from = self.shape(x).clone();
+        if from == *shape {
+            return x;
+        }
+        let lead = from.rank() - shape.rank();
+        let mut axes: Vec<usize> = (0..lead).collect();
+        for (i, &d) in shape.dims().iter().enumerate() {
+            if d == 1 && from.dims()[lead + i] != 1 {
+                axes.push(lead + i);
+            }
+        }
+        let summed = self.reduce_sum(x, axes);
+        self.reshape(summed, shape.clone())
+    }
+
+    /// Sets the source name of a node (used for PC node granularity and for printing).
+    pub fn set_name(&mut self, id: ValueId, name: impl Into<String>) {
+        self.nodes[id.index()].name = Some(name.into());
+    }
+}

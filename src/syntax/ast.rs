@@ -1,0 +1,248 @@
+//! The abstract syntax tree of a `.pcg` file. Every node carries the span it was parsed from,
+//! so each later diagnostic can point at the source.
+
+use crate::source::Span;
+
+/// An identifier with its span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A parsed file: its top-level items in source order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Module {
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Use(Use),
+    Const(ConstDef),
+    Fn(FnDef),
+    Model(ModelDef),
+    Train(TrainDef),
+}
+
+/// `use nn` (a stdlib module) or `use "layers.pcg"` (a file, relative to the importer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Use {
+    pub target: UseTarget,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum UseTarget {
+    Module(Ident),
+    File(String),
+}
+
+/// `const H = 128`: a compile-time integer, usable in shapes and loop bounds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstDef {
+    pub name: Ident,
+    pub value: Expr,
+    pub span: Span,
+}
+
+/// `fn dense(x: [B, I], w: [I, O], b: [O]) -> [B, O] { x @ w + b }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FnDef {
+    pub name: Ident,
+    pub params: Vec<FnParam>,
+    pub ret: Option<TypeExpr>,
+    pub body: Block,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FnParam {
+    pub name: Ident,
+    pub ty: Option<TypeExpr>,
+}
+
+/// A shape annotation: a tensor shape over dimension expressions, or a tuple of them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypeExpr {
+    Tensor { dims: Vec<Expr>, span: Span },
+    Tuple { items: Vec<TypeExpr>, span: Span },
+}
+
+impl TypeExpr {
+    pub fn span(&self) -> Span {
+        match self {
+            TypeExpr::Tensor { span, .. } | TypeExpr::Tuple { span, .. } => *span,
+        }
+    }
+}
+
+/// Statements followed by an optional result expression (a function's return value).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    pub stmts: Vec<Stmt>,
+    pub result: Option<Expr>,
+    pub span: Span,
+}
+
+/// `model mlp { ... }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelDef {
+    pub name: Ident,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+/// The kind of a model declaration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclKind {
+    Input,
+    Target,
+    Param,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `input x: [B, 64]`, `target y: [B, 10]`, `param w: [64, 10] = xavier`.
+    Decl {
+        kind: DeclKind,
+        name: Ident,
+        ty: TypeExpr,
+        init: Option<Expr>,
+        span: Span,
+    },
+    /// `let h = expr` or `let (h, c) = expr`.
+    Let {
+        pattern: Pattern,
+        value: Expr,
+        span: Span,
+    },
+    /// `h = expr`: rebinds an existing name (how loop bodies carry state).
+    Assign { name: Ident, value: Expr, span: Span },
+    /// `const T = 8` inside a block.
+    Const(ConstDef),
+    /// `for t in 0..N { ... }`, unrolled at compile time.
+    For {
+        var: Ident,
+        start: Expr,
+        end: Expr,
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    /// `loss expr`: one term of the model's loss; the terms are summed.
+    Loss { value: Expr, span: Span },
+    /// A statement the parser could not read; its error is already reported.
+    Error(Span),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pattern {
+    Name(Ident),
+    Tuple(Vec<Pattern>, Span),
+}
+
+impl Pattern {
+    pub fn span(&self) -> Span {
+        match self {
+            Pattern::Name(id) => id.span,
+            Pattern::Tuple(_, span) => *span,
+        }
+    }
+}
+
+/// `train mlp { key = value ... }`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainDef {
+    pub model: Ident,
+    pub entries: Vec<TrainEntry>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainEntry {
+    pub key: Ident,
+    pub value: TrainValue,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainValue {
+    /// `key = expr`.
+    Expr(Expr),
+    /// `key { k = v, ... }`.
+    Block(Vec<TrainEntry>, Span),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    MatMul,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::MatMul => "@",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Name(Ident),
+    Neg(Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `f(a, b, key = c)`.
+    Call { callee: Ident, args: Vec<Arg> },
+    /// `x[t]`, `x[0..4]`, `x[.., 2]`.
+    Index { base: Box<Expr>, indices: Vec<IndexItem> },
+    /// `(a, b)`.
+    Tuple(Vec<Expr>),
+    /// `[B, 16]`: a list, used for shapes and axis lists.
+    List(Vec<Expr>),
+}
+
+/// A call argument, positional or named.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arg {
+    pub name: Option<Ident>,
+    pub value: Expr,
+}
+
+/// One position of an index expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum IndexItem {
+    /// `x[t]`: picks one element along the axis and removes it.
+    At(Expr),
+    /// `x[a..b]`, `x[..b]`, `x[a..]`, `x[..]`: keeps a range along the axis.
+    Range {
+        start: Option<Expr>,
+        end: Option<Expr>,
+        span: Span,
+    },
+}
+
+/// Builds a binary expression spanning `start..end` (used by the grammar).
+pub fn bin(file: crate::source::FileId, start: usize, end: usize, op: BinOp, a: Expr, b: Expr) -> Expr {
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(a), Box::new(b)),
+        span: Span::new(file, start, end),
+    }
+}
