@@ -80,6 +80,8 @@ pub enum Op {
     Leaf(LeafKind),
     /// A tensor of the node's shape filled with one value.
     Const(f64),
+    /// A tensor of the node's shape whose every element is its index along `axis`.
+    Iota { axis: usize },
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// `where(cond, a, b)`: a where cond != 0, else b; all three the same shape.
@@ -126,7 +128,7 @@ impl Op {
     pub fn kind(&self) -> OpKind {
         match self {
             Op::Leaf(_) => OpKind::Leaf,
-            Op::Const(_) => OpKind::Const,
+            Op::Const(_) | Op::Iota { .. } => OpKind::Const,
             Op::Unary(_) => OpKind::Unary,
             Op::Binary(_) => OpKind::Binary,
             Op::Where => OpKind::Ternary,
@@ -198,6 +200,7 @@ impl fmt::Display for Op {
         match self {
             Op::Leaf(kind) => f.write_str(kind.keyword()),
             Op::Const(c) => write!(f, "const[{}]", fmt_f64(*c)),
+            Op::Iota { axis } => write!(f, "iota[axis={axis}]"),
             Op::Unary(u) => write!(f, "{u}"),
             Op::Binary(b) => write!(f, "{b}"),
             Op::Where => f.write_str("where"),

@@ -119,6 +119,11 @@ pub fn infer(op: &Op, args: &[&Shape], target: Option<&Shape>) -> Result<Shape, 
             Some(t) => t.clone(),
             None => return err(format!("{op} needs a declared shape")),
         },
+        Op::Iota { axis } => match target {
+            Some(t) if *axis < t.rank() => t.clone(),
+            Some(t) => return err(format!("axis {axis} out of range for shape {t}")),
+            None => return err(format!("{op} needs a declared shape")),
+        },
         Op::Unary(_) => args[0].clone(),
         Op::Binary(b) => {
             if args[0] != args[1] {
