@@ -1,1 +1,5 @@
-fn main() {}
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    pcg::cli::run(pcg::cli::Cli::parse())
+}
