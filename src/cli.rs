@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "pcg", version, about = "Compile differentiable programs to predictive-coding networks")]
+#[command(
+    name = "pcg",
+    version,
+    about = "Compile differentiable programs to predictive-coding networks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -65,8 +69,13 @@ impl CompileFlags {
 }
 
 fn parse_dim(s: &str) -> Result<(String, usize), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=N, got `{s}`"))?;
-    let value: usize = value.trim().parse().map_err(|_| format!("`{value}` is not a positive integer"))?;
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=N, got `{s}`"))?;
+    let value: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a positive integer"))?;
     if value == 0 {
         return Err("a dimension must be at least 1".to_string());
     }
@@ -117,7 +126,10 @@ fn check(files: &[PathBuf], options: &CompileOptions) -> ExitCode {
 }
 
 /// Compiles the model of `file`, printing diagnostics on failure.
-pub fn compile_or_report(file: &Path, options: &CompileOptions) -> Result<(Sources, Compiled), ExitCode> {
+pub fn compile_or_report(
+    file: &Path,
+    options: &CompileOptions,
+) -> Result<(Sources, Compiled), ExitCode> {
     let (sources, result) = sema::compile_file(file, options);
     match result {
         Ok(c) => Ok((sources, c)),

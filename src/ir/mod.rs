@@ -63,8 +63,14 @@ pub enum Init {
     Zeros,
     Ones,
     Constant(f64),
-    Normal { mean: f64, std: f64 },
-    Uniform { low: f64, high: f64 },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
+    Uniform {
+        low: f64,
+        high: f64,
+    },
     /// Glorot/Xavier uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
     Xavier,
     /// He/Kaiming normal: N(0, 2 / fan_in).
@@ -78,7 +84,12 @@ impl fmt::Display for Init {
             Init::Ones => f.write_str("ones"),
             Init::Constant(c) => write!(f, "constant({})", fmt_f64(*c)),
             Init::Normal { mean, std } => {
-                write!(f, "normal(mean = {}, std = {})", fmt_f64(*mean), fmt_f64(*std))
+                write!(
+                    f,
+                    "normal(mean = {}, std = {})",
+                    fmt_f64(*mean),
+                    fmt_f64(*std)
+                )
             }
             Init::Uniform { low, high } => {
                 write!(f, "uniform({}, {})", fmt_f64(*low), fmt_f64(*high))
@@ -300,6 +311,39 @@ impl Program {
         }
         let summed = self.reduce_sum(x, axes);
         self.reshape(summed, shape.clone())
+    }
+
+    /// Removes computed nodes that no output depends on and renumbers the rest (leaves are
+    /// kept: they are the program's interface even when unused).
+    pub fn prune(&mut self) {
+        let mut live = vec![false; self.nodes.len()];
+        for o in &self.outputs {
+            live[o.value.index()] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if live[i] || matches!(self.nodes[i].op, Op::Leaf(_)) {
+                live[i] = true;
+                for a in &self.nodes[i].args {
+                    live[a.index()] = true;
+                }
+            }
+        }
+        let mut renumber = vec![ValueId(u32::MAX); self.nodes.len()];
+        let mut kept = Vec::with_capacity(self.nodes.len());
+        for (i, node) in std::mem::take(&mut self.nodes).into_iter().enumerate() {
+            if live[i] {
+                renumber[i] = ValueId(kept.len() as u32);
+                let mut node = node;
+                for a in &mut node.args {
+                    *a = renumber[a.index()];
+                }
+                kept.push(node);
+            }
+        }
+        self.nodes = kept;
+        for o in &mut self.outputs {
+            o.value = renumber[o.value.index()];
+        }
     }
 
     /// Sets the source name of a node (used for PC node granularity and for printing).

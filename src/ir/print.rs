@@ -1,5 +1,6 @@
 //! The deterministic text form of a program: one line per node, numbered in program order,
-//! with the result shape on every line, the source name as a comment and loss nodes marked.
+//! with the result shape on every line, loss-region nodes tagged `[loss]` and the source
+//! name as a comment.
 
 use super::{fmt_f64, Op, Program, Region};
 use std::fmt::Write;
@@ -16,7 +17,12 @@ pub fn to_text(program: &Program) -> String {
         let mut line = format!("  {id} = ");
         match &node.op {
             Op::Leaf(kind) => {
-                let _ = write!(line, "{} {}", kind.keyword(), node.name.as_deref().unwrap_or("?"));
+                let _ = write!(
+                    line,
+                    "{} {}",
+                    kind.keyword(),
+                    node.name.as_deref().unwrap_or("?")
+                );
             }
             Op::Const(c) => {
                 let _ = write!(line, "const {}", fmt_f64(*c));
@@ -27,15 +33,11 @@ pub fn to_text(program: &Program) -> String {
             }
         }
         let _ = write!(line, " : {}", node.shape);
-        let mut notes = Vec::new();
         if node.region == Region::Loss {
-            notes.push("loss".to_string());
+            line.push_str("  [loss]");
         }
         if let (Some(name), false) = (&node.name, matches!(node.op, Op::Leaf(_))) {
-            notes.push(name.clone());
-        }
-        if !notes.is_empty() {
-            let _ = write!(line, "  // {}", notes.join(" "));
+            let _ = write!(line, "  // {name}");
         }
         let _ = writeln!(out, "{line}");
     }

@@ -44,13 +44,45 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("max_pool2d", &["x", "size", "stride?"]),
     ("avg_pool2d", &["x", "size", "stride?"]),
     ("dim", &["x", "axis"]),
+    ("zeros", &["shape"]),
+    ("ones", &["shape"]),
+    ("full", &["shape", "value"]),
 ];
 
 /// The names of all builtins (for "did you mean" hints).
 pub const NAMES: &[&str] = &[
-    "exp", "log", "sqrt", "square", "pow", "abs", "sin", "cos", "tan", "tanh", "sigmoid", "relu",
-    "leaky_relu", "maximum", "where", "sum", "mean", "max", "reshape", "flatten", "transpose",
-    "broadcast", "concat", "slice", "one_hot", "conv2d", "max_pool2d", "avg_pool2d", "dim",
+    "exp",
+    "log",
+    "sqrt",
+    "square",
+    "pow",
+    "abs",
+    "sin",
+    "cos",
+    "tan",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "leaky_relu",
+    "maximum",
+    "where",
+    "sum",
+    "mean",
+    "max",
+    "reshape",
+    "flatten",
+    "transpose",
+    "broadcast",
+    "concat",
+    "slice",
+    "one_hot",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "dim",
+    "zeros",
+    "ones",
+    "full",
 ];
 
 pub fn is_builtin(name: &str) -> bool {
@@ -69,8 +101,17 @@ impl Bound {
     }
 }
 
-fn bind(l: &mut Lowerer, callee: &Ident, params: &[&str], args: Vec<ArgVal>, span: Span) -> Option<Bound> {
-    let names: Vec<&str> = params.iter().map(|p| p.trim_start_matches('*').trim_end_matches('?')).collect();
+fn bind(
+    l: &mut Lowerer,
+    callee: &Ident,
+    params: &[&str],
+    args: Vec<ArgVal>,
+    span: Span,
+) -> Option<Bound> {
+    let names: Vec<&str> = params
+        .iter()
+        .map(|p| p.trim_start_matches('*').trim_end_matches('?'))
+        .collect();
     let variadic = params.first().is_some_and(|p| p.starts_with('*'));
     let mut slots: Vec<Option<ArgVal>> = vec![None; params.len()];
     let mut rest = Vec::new();
@@ -78,7 +119,11 @@ fn bind(l: &mut Lowerer, callee: &Ident, params: &[&str], args: Vec<ArgVal>, spa
     let usage = format!(
         "`{}({})`",
         callee.name,
-        params.iter().map(|p| p.replace('*', "...")).collect::<Vec<_>>().join(", ")
+        params
+            .iter()
+            .map(|p| p.replace('*', "..."))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for arg in args {
         match &arg.name {
@@ -103,7 +148,11 @@ fn bind(l: &mut Lowerer, callee: &Ident, params: &[&str], args: Vec<ArgVal>, spa
                     l.error(
                         Diagnostic::new(
                             ErrorKind::WrongArity,
-                            format!("`{}` takes at most {} argument(s)", callee.name, params.len()),
+                            format!(
+                                "`{}` takes at most {} argument(s)",
+                                callee.name,
+                                params.len()
+                            ),
                             arg.span,
                             "unexpected argument",
                         )
@@ -134,7 +183,12 @@ fn bind(l: &mut Lowerer, callee: &Ident, params: &[&str], args: Vec<ArgVal>, spa
 }
 
 fn bad_arg(l: &mut Lowerer, span: Span, message: String) -> Option<ValueId> {
-    l.error(Diagnostic::new(ErrorKind::BadArgument, message, span, "here"));
+    l.error(Diagnostic::new(
+        ErrorKind::BadArgument,
+        message,
+        span,
+        "here",
+    ));
     None
 }
 
@@ -201,7 +255,15 @@ fn axes(l: &mut Lowerer, a: Option<&ArgVal>, rank: usize) -> Option<Vec<usize>> 
         Val::List(items) | Val::Tuple(items) => {
             let mut v = Vec::new();
             for item in items.clone() {
-                v.push(axis(l, &ArgVal { name: None, val: item, span: a.span }, rank)?);
+                v.push(axis(
+                    l,
+                    &ArgVal {
+                        name: None,
+                        val: item,
+                        span: a.span,
+                    },
+                    rank,
+                )?);
             }
             v
         }
@@ -221,7 +283,14 @@ fn dims(l: &mut Lowerer, a: &ArgVal) -> Option<Vec<i64>> {
     };
     let mut out = Vec::new();
     for item in items.clone() {
-        out.push(int(l, &ArgVal { name: None, val: item, span: a.span })?);
+        out.push(int(
+            l,
+            &ArgVal {
+                name: None,
+                val: item,
+                span: a.span,
+            },
+        )?);
     }
     Some(out)
 }
@@ -288,7 +357,11 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
         // relu(x) = max(x, 0)
         "relu" => {
             let x = b.get(0)?.clone();
-            let zero = ArgVal { name: None, val: Val::Float(0.0), span };
+            let zero = ArgVal {
+                name: None,
+                val: Val::Float(0.0),
+                span,
+            };
             Some(l.elementwise(BinaryOp::Max, (&x.val, x.span), (&zero.val, span), span))
         }
         // leaky_relu(x) = max(x, alpha * x) for 0 <= alpha <= 1
@@ -299,7 +372,11 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 None => 0.01,
             };
             if !(0.0..=1.0).contains(&alpha) {
-                bad_arg(l, b.get(1).map_or(span, |a| a.span), format!("alpha must be in [0, 1], got {alpha}"));
+                bad_arg(
+                    l,
+                    b.get(1).map_or(span, |a| a.span),
+                    format!("alpha must be in [0, 1], got {alpha}"),
+                );
                 return None;
             }
             let shape = l.shape(x).clone();
@@ -316,11 +393,16 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let x = tensor(l, b.get(1)?)?;
             let y = tensor(l, b.get(2)?)?;
             let shapes = [l.shape(c).clone(), l.shape(x).clone(), l.shape(y).clone()];
-            let common = shapes[0].broadcast_with(&shapes[1]).and_then(|s| s.broadcast_with(&shapes[2]));
+            let common = shapes[0]
+                .broadcast_with(&shapes[1])
+                .and_then(|s| s.broadcast_with(&shapes[2]));
             let Some(common) = common else {
                 l.error(Diagnostic::new(
                     ErrorKind::BroadcastMismatch,
-                    format!("shapes {}, {} and {} do not broadcast", shapes[0], shapes[1], shapes[2]),
+                    format!(
+                        "shapes {}, {} and {} do not broadcast",
+                        shapes[0], shapes[1], shapes[2]
+                    ),
                     span,
                     "in this call",
                 ));
@@ -340,12 +422,22 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let known: i64 = want.iter().filter(|&&d| d != -1).product();
             let holes = want.iter().filter(|&&d| d == -1).count();
             if holes > 1 || want.iter().any(|&d| d == 0 || d < -1) {
-                bad_arg(l, a.span, "a reshape target has positive dimensions and at most one -1".to_string());
+                bad_arg(
+                    l,
+                    a.span,
+                    "a reshape target has positive dimensions and at most one -1".to_string(),
+                );
                 return None;
             }
             let resolved: Vec<usize> = want
                 .iter()
-                .map(|&d| if d == -1 { numel / known.max(1) as usize } else { d as usize })
+                .map(|&d| {
+                    if d == -1 {
+                        numel / known.max(1) as usize
+                    } else {
+                        d as usize
+                    }
+                })
                 .collect();
             let target = Shape(resolved);
             if target.numel() != numel {
@@ -353,7 +445,10 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 l.error(
                     Diagnostic::new(
                         ErrorKind::ShapeMismatch,
-                        format!("cannot reshape {from} ({numel} elements) to {target} ({} elements)", target.numel()),
+                        format!(
+                            "cannot reshape {from} ({numel} elements) to {target} ({} elements)",
+                            target.numel()
+                        ),
                         a.span,
                         format!("{} elements", target.numel()),
                     )
@@ -370,7 +465,12 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 return Some(Val::Tensor(x));
             }
             let rest: usize = s.dims()[1..].iter().product();
-            Some(l.node(Op::Reshape, vec![x], Some(Shape(vec![s.dims()[0], rest])), span))
+            Some(l.node(
+                Op::Reshape,
+                vec![x],
+                Some(Shape(vec![s.dims()[0], rest])),
+                span,
+            ))
         }
         "transpose" => {
             let x = tensor(l, b.get(0)?)?;
@@ -378,7 +478,15 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let perm: Vec<usize> = match b.get(1) {
                 Some(a) => {
                     let p = dims(l, a)?;
-                    p.iter().map(|&i| if i < 0 { (i + rank as i64) as usize } else { i as usize }).collect()
+                    p.iter()
+                        .map(|&i| {
+                            if i < 0 {
+                                (i + rank as i64) as usize
+                            } else {
+                                i as usize
+                            }
+                        })
+                        .collect()
                 }
                 None if rank >= 2 => {
                     let mut p: Vec<usize> = (0..rank).collect();
@@ -394,16 +502,25 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let a = b.get(1)?;
             let want = dims(l, a)?;
             if want.iter().any(|&d| d < 1) {
-                bad_arg(l, a.span, "a broadcast target has positive dimensions".to_string());
+                bad_arg(
+                    l,
+                    a.span,
+                    "a broadcast target has positive dimensions".to_string(),
+                );
                 return None;
             }
             let target = Shape(want.iter().map(|&d| d as usize).collect());
             let from = l.shape(x).clone();
             if !from.broadcasts_to(&target) {
                 l.error(
-                    Diagnostic::new(ErrorKind::BroadcastMismatch, format!("cannot broadcast {from} to {target}"), span, "in this call")
-                        .with_label(b.get(0)?.span, format!("has shape {from}"))
-                        .with_help("dimensions are matched from the right and must be equal or 1"),
+                    Diagnostic::new(
+                        ErrorKind::BroadcastMismatch,
+                        format!("cannot broadcast {from} to {target}"),
+                        span,
+                        "in this call",
+                    )
+                    .with_label(b.get(0)?.span, format!("has shape {from}"))
+                    .with_help("dimensions are matched from the right and must be equal or 1"),
                 );
                 return None;
             }
@@ -414,7 +531,11 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 [one] => match &one.val {
                     Val::List(vs) | Val::Tuple(vs) => vs
                         .iter()
-                        .map(|v| ArgVal { name: None, val: v.clone(), span: one.span })
+                        .map(|v| ArgVal {
+                            name: None,
+                            val: v.clone(),
+                            span: one.span,
+                        })
                         .collect(),
                     _ => b.rest.clone(),
                 },
@@ -439,7 +560,8 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let first = l.shape(ids[0]).clone();
             for (id, it) in ids.iter().zip(&items).skip(1) {
                 let s = l.shape(*id).clone();
-                let fits = s.rank() == rank && (0..rank).all(|i| i == ax || s.dims()[i] == first.dims()[i]);
+                let fits = s.rank() == rank
+                    && (0..rank).all(|i| i == ax || s.dims()[i] == first.dims()[i]);
                 if !fits {
                     l.error(
                         Diagnostic::new(
@@ -467,7 +589,9 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 l.error(
                     Diagnostic::new(
                         ErrorKind::IndexOutOfRange,
-                        format!("slice {start}..{end} is out of range for axis {ax} of size {size}"),
+                        format!(
+                            "slice {start}..{end} is out of range for axis {ax} of size {size}"
+                        ),
                         span,
                         "out of range",
                     )
@@ -475,14 +599,27 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 );
                 return None;
             }
-            Some(l.node(Op::Slice { axis: ax, start: start as usize, end: end as usize }, vec![x], None, span))
+            Some(l.node(
+                Op::Slice {
+                    axis: ax,
+                    start: start as usize,
+                    end: end as usize,
+                },
+                vec![x],
+                None,
+                span,
+            ))
         }
         // one_hot(labels, n)[..., k] = (labels[...] == k)
         "one_hot" => {
             let labels = tensor(l, b.get(0)?)?;
             let n = int(l, b.get(1)?)?;
             if n < 1 {
-                bad_arg(l, b.get(1)?.span, format!("the number of classes must be at least 1, got {n}"));
+                bad_arg(
+                    l,
+                    b.get(1)?.span,
+                    format!("the number of classes must be at least 1, got {n}"),
+                );
                 return None;
             }
             let mut with_one = l.shape(labels).dims().to_vec();
@@ -527,6 +664,21 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             Some(l.node(Op::Conv2d { stride, padding }, vec![x, w], None, span))
         }
         "max_pool2d" | "avg_pool2d" => pool(l, name, b, span),
+        "zeros" | "ones" | "full" => {
+            let a = b.get(0)?;
+            let want = dims(l, a)?;
+            if want.iter().any(|&d| d < 1) {
+                bad_arg(l, a.span, "dimensions must be positive".to_string());
+                return None;
+            }
+            let value = match name {
+                "zeros" => 0.0,
+                "ones" => 1.0,
+                _ => number(l, b.get(1)?)?,
+            };
+            let shape = Shape(want.iter().map(|&d| d as usize).collect());
+            Some(Val::Tensor(l.constant(value, shape)))
+        }
         "dim" => {
             let x = tensor(l, b.get(0)?)?;
             let rank = l.shape(x).rank();
@@ -546,7 +698,11 @@ fn reduce(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
     if axes.is_empty() {
         return Some(Val::Tensor(x));
     }
-    let op = if name == "max" { ReduceOp::Max } else { ReduceOp::Sum };
+    let op = if name == "max" {
+        ReduceOp::Max
+    } else {
+        ReduceOp::Sum
+    };
     let mut r = l.push_node(Op::Reduce(op, axes.clone()), vec![x], None, span)?;
     if name == "mean" {
         let count: usize = axes.iter().map(|&a| shape.dims()[a]).product();
@@ -597,13 +753,40 @@ fn pool(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
     let (h, w) = (d[2] / k, d[3] / k);
     let mut cur = x;
     if h * k != d[2] {
-        cur = l.push_node(Op::Slice { axis: 2, start: 0, end: h * k }, vec![cur], None, span)?;
+        cur = l.push_node(
+            Op::Slice {
+                axis: 2,
+                start: 0,
+                end: h * k,
+            },
+            vec![cur],
+            None,
+            span,
+        )?;
     }
     if w * k != d[3] {
-        cur = l.push_node(Op::Slice { axis: 3, start: 0, end: w * k }, vec![cur], None, span)?;
+        cur = l.push_node(
+            Op::Slice {
+                axis: 3,
+                start: 0,
+                end: w * k,
+            },
+            vec![cur],
+            None,
+            span,
+        )?;
     }
-    let windows = l.push_node(Op::Reshape, vec![cur], Some(Shape(vec![d[0], d[1], h, k, w, k])), span)?;
-    let op = if name == "max_pool2d" { ReduceOp::Max } else { ReduceOp::Sum };
+    let windows = l.push_node(
+        Op::Reshape,
+        vec![cur],
+        Some(Shape(vec![d[0], d[1], h, k, w, k])),
+        span,
+    )?;
+    let op = if name == "max_pool2d" {
+        ReduceOp::Max
+    } else {
+        ReduceOp::Sum
+    };
     let mut r = l.push_node(Op::Reduce(op, vec![3, 5]), vec![windows], None, span)?;
     if name == "avg_pool2d" {
         let out = l.shape(r).clone();

@@ -93,7 +93,9 @@ pub(super) fn lower_model(
                 model.name.span,
                 "this model needs a `loss` statement",
             )
-            .with_help("add e.g. `loss mse(out, y)` (with `use nn`); several `loss` statements are summed"),
+            .with_help(
+                "add e.g. `loss mse(out, y)` (with `use nn`); several `loss` statements are summed",
+            ),
         );
         return None;
     }
@@ -101,9 +103,15 @@ pub(super) fn lower_model(
     let mut total = terms[0].0;
     l.region = Region::Loss;
     for &(term, _) in &terms[1..] {
-        total = l.push_node(Op::Binary(BinaryOp::Add), vec![total, term], None, model.span)?;
+        total = l.push_node(
+            Op::Binary(BinaryOp::Add),
+            vec![total, term],
+            None,
+            model.span,
+        )?;
     }
     l.program.set_output("loss", total);
+    l.program.prune();
     settle_regions(&mut l.program);
     Some(l.program)
 }
@@ -294,7 +302,9 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     fn loss_term(&mut self, val: Val, span: Span) {
         match val {
-            Val::Tensor(id) if self.program.shape(id).rank() == 0 => self.loss_terms.push((id, span)),
+            Val::Tensor(id) if self.program.shape(id).rank() == 0 => {
+                self.loss_terms.push((id, span))
+            }
             Val::Tensor(id) => {
                 let shape = self.program.shape(id).clone();
                 self.error(
@@ -312,7 +322,9 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 let what = other.describe(&self.program);
                 self.error(Diagnostic::new(
                     ErrorKind::TypeMismatch,
-                    format!("a loss must be a scalar tensor computed by the model, but this is {what}"),
+                    format!(
+                        "a loss must be a scalar tensor computed by the model, but this is {what}"
+                    ),
                     span,
                     "does not depend on the model",
                 ));
@@ -320,8 +332,18 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         }
     }
 
-    fn declare(&mut self, kind: ast::DeclKind, name: &ast::Ident, ty: &ast::TypeExpr, init: Option<&ast::Expr>, span: Span) {
-        if let Some(existing) = self.scopes[self.frame_base..].iter().find_map(|s| s.names.get(&name.name)) {
+    fn declare(
+        &mut self,
+        kind: ast::DeclKind,
+        name: &ast::Ident,
+        ty: &ast::TypeExpr,
+        init: Option<&ast::Expr>,
+        span: Span,
+    ) {
+        if let Some(existing) = self.scopes[self.frame_base..]
+            .iter()
+            .find_map(|s| s.names.get(&name.name))
+        {
             let first = existing.span;
             self.error(
                 Diagnostic::new(
@@ -347,7 +369,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 self.error(
                     Diagnostic::new(
                         ErrorKind::BadInitialiser,
-                        format!("only parameters have initialisers; `{}` is {}", name.name, leaf_kind.keyword()),
+                        format!(
+                            "only parameters have initialisers; `{}` is {}",
+                            name.name,
+                            leaf_kind.keyword()
+                        ),
                         init.span,
                         "not allowed here",
                     )
@@ -355,7 +381,9 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 );
             }
         }
-        let id = self.program.leaf(leaf_kind, name.name.clone(), shape.clone());
+        let id = self
+            .program
+            .leaf(leaf_kind, name.name.clone(), shape.clone());
         if kind == ast::DeclKind::Param {
             let init = match init {
                 Some(e) => self.initialiser(e),
@@ -416,7 +444,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             ExprKind::Name(id) => (id.name.as_str(), id.span, Vec::new()),
             ExprKind::Call { callee, args } => (callee.name.as_str(), callee.span, args.clone()),
             _ => {
-                self.error(bad_init(e.span, "an initialiser is a name like `zeros` or a call like `normal(0.05)`"));
+                self.error(bad_init(
+                    e.span,
+                    "an initialiser is a name like `zeros` or a call like `normal(0.05)`",
+                ));
                 return None;
             }
         };
@@ -425,7 +456,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             let v = self.expr(&a.value);
             let Some(x) = v.as_number() else {
                 if v != Val::Poison {
-                    self.error(bad_init(a.value.span, "initialiser arguments must be numbers"));
+                    self.error(bad_init(
+                        a.value.span,
+                        "initialiser arguments must be numbers",
+                    ));
                 }
                 return None;
             };
@@ -456,13 +490,19 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 }
             };
             let Some(slot) = slot else {
-                self.error(bad_init(vspan, &format!("`{name}` takes {}", describe_params(params))));
+                self.error(bad_init(
+                    vspan,
+                    &format!("`{name}` takes {}", describe_params(params)),
+                ));
                 return None;
             };
             got[slot] = Some(x);
         }
         if let Some(missing) = got.iter().position(|g| g.is_none()) {
-            self.error(bad_init(e.span, &format!("`{name}` needs its `{}` argument", params[missing])));
+            self.error(bad_init(
+                e.span,
+                &format!("`{name}` needs its `{}` argument", params[missing]),
+            ));
             return None;
         }
         let g = |i: usize| got[i].unwrap_or_default();
@@ -474,17 +514,26 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             "constant" => Init::Constant(g(0)),
             "normal" => {
                 if g(0) < 0.0 {
-                    self.error(bad_init(e.span, "the standard deviation must not be negative"));
+                    self.error(bad_init(
+                        e.span,
+                        "the standard deviation must not be negative",
+                    ));
                     return None;
                 }
-                Init::Normal { mean: g(1), std: g(0) }
+                Init::Normal {
+                    mean: g(1),
+                    std: g(0),
+                }
             }
             _ => {
                 if g(0) >= g(1) {
                     self.error(bad_init(e.span, "`uniform(low, high)` needs low < high"));
                     return None;
                 }
-                Init::Uniform { low: g(0), high: g(1) }
+                Init::Uniform {
+                    low: g(0),
+                    high: g(1),
+                }
             }
         };
         Some(init)
@@ -523,7 +572,14 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         }
     }
 
-    fn for_loop(&mut self, var: &ast::Ident, start: &ast::Expr, end: &ast::Expr, body: &[Stmt], in_model: bool) {
+    fn for_loop(
+        &mut self,
+        var: &ast::Ident,
+        start: &ast::Expr,
+        end: &ast::Expr,
+        body: &[Stmt],
+        in_model: bool,
+    ) {
         let lo = self.loop_bound(start);
         let hi = self.loop_bound(end);
         let (Some(lo), Some(hi)) = (lo, hi) else {
@@ -629,13 +685,18 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             id.span,
             "not found in this scope",
         );
-        if id.name == "B" || (id.name.len() == 1 && id.name.chars().all(|c| c.is_ascii_uppercase())) {
+        if id.name == "B" || (id.name.len() == 1 && id.name.chars().all(|c| c.is_ascii_uppercase()))
+        {
             d.kind = ErrorKind::UnboundDimension;
             d.message = format!("dimension `{}` is not bound", id.name);
             d = d.with_help(if id.name == "B" {
-                "`B` is the batch size: set `batch = N` in the train block or pass --batch N".to_string()
+                "`B` is the batch size: set `batch = N` in the train block or pass --batch N"
+                    .to_string()
             } else {
-                format!("define it with `const {} = ...` or pass --dim {}=N", id.name, id.name)
+                format!(
+                    "define it with `const {} = ...` or pass --dim {}=N",
+                    id.name, id.name
+                )
             });
         } else if let Some(s) = self.suggest(&id.name) {
             d = d.with_help(format!("did you mean `{s}`?"));
@@ -670,21 +731,33 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     /// Appends a node in the current region, reporting a shape error at `span`.
-    pub fn push_node(&mut self, op: Op, args: Vec<ValueId>, target: Option<Shape>, span: Span) -> Option<ValueId> {
+    pub fn push_node(
+        &mut self,
+        op: Op,
+        args: Vec<ValueId>,
+        target: Option<Shape>,
+        span: Span,
+    ) -> Option<ValueId> {
         match self.program.add(op, args, target) {
             Ok(id) => {
                 self.program.nodes[id.index()].region = self.region;
                 Some(id)
             }
             Err(e) => {
-                self.error(Diagnostic::new(ErrorKind::ShapeMismatch, e.message, span, "in this expression"));
+                self.error(Diagnostic::new(
+                    ErrorKind::ShapeMismatch,
+                    e.message,
+                    span,
+                    "in this expression",
+                ));
                 None
             }
         }
     }
 
     pub fn node(&mut self, op: Op, args: Vec<ValueId>, target: Option<Shape>, span: Span) -> Val {
-        self.push_node(op, args, target, span).map_or(Val::Poison, Val::Tensor)
+        self.push_node(op, args, target, span)
+            .map_or(Val::Poison, Val::Tensor)
     }
 
     pub fn shape(&self, id: ValueId) -> &Shape {
@@ -727,7 +800,25 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     /// An elementwise binary op with numpy broadcasting.
-    pub fn elementwise(&mut self, op: BinaryOp, a: (&Val, Span), b: (&Val, Span), span: Span) -> Val {
+    pub fn elementwise(
+        &mut self,
+        op: BinaryOp,
+        a: (&Val, Span),
+        b: (&Val, Span),
+        span: Span,
+    ) -> Val {
+        // A number against a tensor becomes a constant of the tensor's shape directly.
+        match (a.0.as_number(), b.0.as_number(), a.0, b.0) {
+            (Some(c), None, _, Val::Tensor(y)) => {
+                let k = self.constant(c, self.shape(*y).clone());
+                return self.node(Op::Binary(op), vec![k, *y], None, span);
+            }
+            (None, Some(c), Val::Tensor(x), _) => {
+                let k = self.constant(c, self.shape(*x).clone());
+                return self.node(Op::Binary(op), vec![*x, k], None, span);
+            }
+            _ => {}
+        }
         let (Some(x), Some(y)) = (self.tensor(a.0, a.1), self.tensor(b.0, b.1)) else {
             return Val::Poison;
         };
@@ -746,7 +837,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             );
             return Val::Poison;
         };
-        let (Some(x), Some(y)) = (self.broadcast_to(x, &common, a.1), self.broadcast_to(y, &common, b.1)) else {
+        let (Some(x), Some(y)) = (
+            self.broadcast_to(x, &common, a.1),
+            self.broadcast_to(y, &common, b.1),
+        ) else {
             return Val::Poison;
         };
         self.node(Op::Binary(op), vec![x, y], None, span)
@@ -817,13 +911,25 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             return mismatch(self, "matmul needs tensors of rank 1 or more".to_string());
         }
         let k_a = sa.dims()[sa.rank() - 1];
-        let k_b = if sb.rank() == 1 { sb.dims()[0] } else { sb.dims()[sb.rank() - 2] };
+        let k_b = if sb.rank() == 1 {
+            sb.dims()[0]
+        } else {
+            sb.dims()[sb.rank() - 2]
+        };
         if k_a != k_b {
             return mismatch(self, format!("inner dimensions {k_a} and {k_b} differ"));
         }
         // Promote to rank >= 2.
-        let xa = if sa.rank() == 1 { self.program.reshape(x, Shape(vec![1, k_a])) } else { x };
-        let yb = if sb.rank() == 1 { self.program.reshape(y, Shape(vec![k_b, 1])) } else { y };
+        let xa = if sa.rank() == 1 {
+            self.program.reshape(x, Shape(vec![1, k_a]))
+        } else {
+            x
+        };
+        let yb = if sb.rank() == 1 {
+            self.program.reshape(y, Shape(vec![k_b, 1]))
+        } else {
+            y
+        };
         self.mark_region(&[xa, yb]);
         let (ra, rb) = (self.shape(xa).clone(), self.shape(yb).clone());
         let out = if rb.rank() == 2 && ra.rank() > 2 {
@@ -849,7 +955,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             ta.extend_from_slice(&ra.dims()[ra.rank() - 2..]);
             let mut tb = batch.0.clone();
             tb.extend_from_slice(&rb.dims()[rb.rank() - 2..]);
-            let (Some(xa), Some(yb)) = (self.broadcast_to(xa, &Shape(ta), a.1), self.broadcast_to(yb, &Shape(tb), b.1)) else {
+            let (Some(xa), Some(yb)) = (
+                self.broadcast_to(xa, &Shape(ta), a.1),
+                self.broadcast_to(yb, &Shape(tb), b.1),
+            ) else {
                 return Val::Poison;
             };
             let Some(prod) = self.push_node(Op::MatMul, vec![xa, yb], None, span) else {
@@ -886,7 +995,12 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             Val::Tuple(items) | Val::List(items) => {
                 let [ast::IndexItem::At(e)] = indices else {
                     let span = index_span(indices).unwrap_or(base_span);
-                    self.error(Diagnostic::new(ErrorKind::TypeMismatch, "tuples and lists take one integer index", span, "here"));
+                    self.error(Diagnostic::new(
+                        ErrorKind::TypeMismatch,
+                        "tuples and lists take one integer index",
+                        span,
+                        "here",
+                    ));
                     return Val::Poison;
                 };
                 let i = self.expr(e);
@@ -919,7 +1033,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             self.error(
                 Diagnostic::new(
                     ErrorKind::IndexOutOfRange,
-                    format!("{} indices for a tensor of rank {}", indices.len(), shape.rank()),
+                    format!(
+                        "{} indices for a tensor of rank {}",
+                        indices.len(),
+                        shape.rank()
+                    ),
                     span,
                     "too many indices",
                 )
@@ -943,14 +1061,26 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 ast::IndexItem::Range { start, end, span } => {
                     let lo = match start {
                         Some(e) => match self.expr(e) {
-                            Val::Int(i) => if i < 0 { i + size } else { i },
+                            Val::Int(i) => {
+                                if i < 0 {
+                                    i + size
+                                } else {
+                                    i
+                                }
+                            }
                             v => return self.type_error(&v, "an integer bound", e.span),
                         },
                         None => 0,
                     };
                     let hi = match end {
                         Some(e) => match self.expr(e) {
-                            Val::Int(i) => if i < 0 { i + size } else { i },
+                            Val::Int(i) => {
+                                if i < 0 {
+                                    i + size
+                                } else {
+                                    i
+                                }
+                            }
                             v => return self.type_error(&v, "an integer bound", e.span),
                         },
                         None => size,
@@ -976,7 +1106,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             }
             if start != 0 || end != size {
                 let Some(next) = self.push_node(
-                    Op::Slice { axis, start: start as usize, end: end as usize },
+                    Op::Slice {
+                        axis,
+                        start: start as usize,
+                        end: end as usize,
+                    },
                     vec![cur],
                     None,
                     span,
@@ -1021,7 +1155,9 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         );
         if let Some(s) = self.suggest(&callee.name) {
             d = d.with_help(format!("did you mean `{s}`?"));
-        } else if ["mse", "cross_entropy", "softmax", "log_softmax", "dense"].contains(&callee.name.as_str()) {
+        } else if ["mse", "cross_entropy", "softmax", "log_softmax", "dense"]
+            .contains(&callee.name.as_str())
+        {
             d = d.with_help("it is in the stdlib: add `use nn` at the top of the file");
         }
         self.error(d);
@@ -1030,7 +1166,13 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     /// Inlines a user function: binds its arguments (checking shape annotations), lowers its
     /// body in a fresh frame and checks the result against the declared return shape.
-    fn inline(&mut self, def: &'g ast::FnDef, callee: &ast::Ident, args: Vec<ArgVal>, span: Span) -> Val {
+    fn inline(
+        &mut self,
+        def: &'g ast::FnDef,
+        callee: &ast::Ident,
+        args: Vec<ArgVal>,
+        span: Span,
+    ) -> Val {
         if let Some((_, first)) = self.call_stack.iter().find(|(n, _)| *n == def.name.name) {
             let first = *first;
             self.error(
@@ -1062,11 +1204,13 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         self.scopes.push(Scope::default());
         self.call_stack.push((def.name.name.clone(), callee.span));
         for (param, arg) in def.params.iter().zip(bound) {
-            self.scopes
-                .last_mut()
-                .expect("frame scope")
-                .names
-                .insert(param.name.name.clone(), Binding { val: arg.val, span: param.name.span });
+            self.scopes.last_mut().expect("frame scope").names.insert(
+                param.name.name.clone(),
+                Binding {
+                    val: arg.val,
+                    span: param.name.span,
+                },
+            );
         }
         for s in &def.body.stmts {
             self.stmt(s, false);
@@ -1099,7 +1243,13 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     /// Matches call arguments to a function's parameters by position, then by name.
-    fn bind_args(&mut self, def: &ast::FnDef, callee: &ast::Ident, args: Vec<ArgVal>, span: Span) -> Option<Vec<ArgVal>> {
+    fn bind_args(
+        &mut self,
+        def: &ast::FnDef,
+        callee: &ast::Ident,
+        args: Vec<ArgVal>,
+        span: Span,
+    ) -> Option<Vec<ArgVal>> {
         let n = def.params.len();
         let mut slots: Vec<Option<ArgVal>> = vec![None; n];
         let mut next = 0;
@@ -1132,7 +1282,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 self.error(
                     Diagnostic::new(
                         ErrorKind::WrongArity,
-                        format!("`{}` takes {n} argument(s) but more were given", def.name.name),
+                        format!(
+                            "`{}` takes {n} argument(s) but more were given",
+                            def.name.name
+                        ),
                         arg.span,
                         "unexpected argument",
                     )
@@ -1153,7 +1306,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             self.error(
                 Diagnostic::new(
                     ErrorKind::WrongArity,
-                    format!("`{}` takes {n} argument(s); missing {}", def.name.name, missing.join(", ")),
+                    format!(
+                        "`{}` takes {n} argument(s); missing {}",
+                        def.name.name,
+                        missing.join(", ")
+                    ),
                     span,
                     "in this call",
                 )
@@ -1171,11 +1328,23 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     /// Checks a value against a shape annotation, binding the annotation's dimension
     /// variables (`[B, I]`) on first sight and checking them afterwards.
-    fn match_type(&mut self, ty: &ast::TypeExpr, val: &Val, span: Span, dims: &mut HashMap<String, usize>, what: &str) -> bool {
+    fn match_type(
+        &mut self,
+        ty: &ast::TypeExpr,
+        val: &Val,
+        span: Span,
+        dims: &mut HashMap<String, usize>,
+        what: &str,
+    ) -> bool {
         let fail = |l: &mut Self, why: String| {
             l.error(
-                Diagnostic::new(ErrorKind::SignatureMismatch, format!("{what} does not match its declared shape: {why}"), span, why.clone())
-                    .with_label(ty.span(), "declared here"),
+                Diagnostic::new(
+                    ErrorKind::SignatureMismatch,
+                    format!("{what} does not match its declared shape: {why}"),
+                    span,
+                    why.clone(),
+                )
+                .with_label(ty.span(), "declared here"),
             );
             false
         };
@@ -1183,14 +1352,27 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             (_, Val::Poison) => false,
             (ast::TypeExpr::Tuple { items, .. }, Val::Tuple(vals)) => {
                 if items.len() != vals.len() {
-                    return fail(self, format!("expected a tuple of {}, found a tuple of {}", items.len(), vals.len()));
+                    return fail(
+                        self,
+                        format!(
+                            "expected a tuple of {}, found a tuple of {}",
+                            items.len(),
+                            vals.len()
+                        ),
+                    );
                 }
-                items.iter().zip(vals).all(|(t, v)| self.match_type(t, v, span, dims, what))
+                items
+                    .iter()
+                    .zip(vals)
+                    .all(|(t, v)| self.match_type(t, v, span, dims, what))
             }
             (ast::TypeExpr::Tensor { dims: tdims, .. }, Val::Tensor(id)) => {
                 let shape = self.shape(*id).clone();
                 if tdims.len() != shape.rank() {
-                    return fail(self, format!("expected rank {}, found shape {shape}", tdims.len()));
+                    return fail(
+                        self,
+                        format!("expected rank {}, found shape {shape}", tdims.len()),
+                    );
                 }
                 for (d, &actual) in tdims.iter().zip(shape.dims()) {
                     let expected = match &d.kind {
@@ -1222,7 +1404,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                                 ExprKind::Name(n) => format!("`{}` = {e}", n.name),
                                 _ => e.to_string(),
                             };
-                            return fail(self, format!("found shape {shape}, but dimension {dname}"));
+                            return fail(
+                                self,
+                                format!("found shape {shape}, but dimension {dname}"),
+                            );
                         }
                     }
                 }
@@ -1235,7 +1420,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             }
             (ast::TypeExpr::Tuple { items, .. }, other) => {
                 let what_val = other.describe(&self.program);
-                fail(self, format!("expected a tuple of {}, found {what_val}", items.len()))
+                fail(
+                    self,
+                    format!("expected a tuple of {}, found {what_val}", items.len()),
+                )
             }
         }
     }

@@ -61,21 +61,33 @@ pub(crate) struct Globals {
 }
 
 /// Reads, parses and analyses `path` and every model it defines (for `pcg check`).
-pub fn check_file(path: &Path, options: &CompileOptions) -> (Sources, Result<Vec<Compiled>, Vec<Diagnostic>>) {
+pub fn check_file(
+    path: &Path,
+    options: &CompileOptions,
+) -> (Sources, Result<Vec<Compiled>, Vec<Diagnostic>>) {
     let mut sources = Sources::new();
-    let result = read_root(&mut sources, path).and_then(|root| check_all(&mut sources, root, path, options));
+    let result =
+        read_root(&mut sources, path).and_then(|root| check_all(&mut sources, root, path, options));
     (sources, result)
 }
 
 /// Reads, parses and analyses the model of `path` chosen by `options`.
-pub fn compile_file(path: &Path, options: &CompileOptions) -> (Sources, Result<Compiled, Vec<Diagnostic>>) {
+pub fn compile_file(
+    path: &Path,
+    options: &CompileOptions,
+) -> (Sources, Result<Compiled, Vec<Diagnostic>>) {
     let mut sources = Sources::new();
-    let result = read_root(&mut sources, path).and_then(|root| compile_root(&mut sources, root, path, options));
+    let result = read_root(&mut sources, path)
+        .and_then(|root| compile_root(&mut sources, root, path, options));
     (sources, result)
 }
 
 /// Analyses source text as if read from `name` (imports resolve relative to its directory).
-pub fn compile_source(name: &str, text: &str, options: &CompileOptions) -> (Sources, Result<Compiled, Vec<Diagnostic>>) {
+pub fn compile_source(
+    name: &str,
+    text: &str,
+    options: &CompileOptions,
+) -> (Sources, Result<Compiled, Vec<Diagnostic>>) {
     let mut sources = Sources::new();
     let root = sources.add(name, text);
     let result = compile_root(&mut sources, root, Path::new(name), options);
@@ -83,7 +95,11 @@ pub fn compile_source(name: &str, text: &str, options: &CompileOptions) -> (Sour
 }
 
 /// Analyses every model of source text (what `pcg check` does for a file).
-pub fn check_source(name: &str, text: &str, options: &CompileOptions) -> (Sources, Result<Vec<Compiled>, Vec<Diagnostic>>) {
+pub fn check_source(
+    name: &str,
+    text: &str,
+    options: &CompileOptions,
+) -> (Sources, Result<Vec<Compiled>, Vec<Diagnostic>>) {
     let mut sources = Sources::new();
     let root = sources.add(name, text);
     let result = check_all(&mut sources, root, Path::new(name), options);
@@ -135,10 +151,18 @@ fn check_all(
 ) -> Result<Vec<Compiled>, Vec<Diagnostic>> {
     let (globals, mut diagnostics) = load(sources, root, path);
     let mut compiled = Vec::new();
-    let roots: Vec<&ast::ModelDef> = globals.models.iter().filter(|m| m.span.file == root).collect();
+    let roots: Vec<&ast::ModelDef> = globals
+        .models
+        .iter()
+        .filter(|m| m.span.file == root)
+        .collect();
     if roots.is_empty() && options.model.is_none() {
         // A library file (only functions and constants) is fine to check on its own.
-        return if diagnostics.is_empty() { Ok(compiled) } else { Err(diagnostics) };
+        return if diagnostics.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(diagnostics)
+        };
     }
     let chosen: Vec<&ast::ModelDef> = match &options.model {
         Some(_) => match pick_model(&globals, root, options) {
@@ -200,7 +224,12 @@ fn load(sources: &mut Sources, root: FileId, root_path: &Path) -> (Globals, Vec<
                                 );
                                 continue;
                             };
-                            (format!("std:{}", id.name), format!("<stdlib>/{}.pcg", id.name), text.to_string(), None)
+                            (
+                                format!("std:{}", id.name),
+                                format!("<stdlib>/{}.pcg", id.name),
+                                text.to_string(),
+                                None,
+                            )
                         }
                         ast::UseTarget::File(rel) => {
                             let path = match &dir {
@@ -212,7 +241,12 @@ fn load(sources: &mut Sources, root: FileId, root_path: &Path) -> (Globals, Vec<
                                 continue;
                             }
                             match std::fs::read_to_string(&path) {
-                                Ok(text) => (key, path.display().to_string(), text, path.parent().map(Path::to_path_buf)),
+                                Ok(text) => (
+                                    key,
+                                    path.display().to_string(),
+                                    text,
+                                    path.parent().map(Path::to_path_buf),
+                                ),
                                 Err(e) => {
                                     diagnostics.push(
                                         Diagnostic::new(
@@ -221,7 +255,9 @@ fn load(sources: &mut Sources, root: FileId, root_path: &Path) -> (Globals, Vec<
                                             u.span,
                                             "imported here",
                                         )
-                                        .with_help("file imports are relative to the importing file"),
+                                        .with_help(
+                                            "file imports are relative to the importing file",
+                                        ),
                                     );
                                     continue;
                                 }
@@ -245,7 +281,10 @@ fn load(sources: &mut Sources, root: FileId, root_path: &Path) -> (Globals, Vec<
                         diagnostics.push(
                             Diagnostic::new(
                                 ErrorKind::DuplicateDefinition,
-                                format!("`{}` is a builtin function and cannot be redefined", f.name.name),
+                                format!(
+                                    "`{}` is a builtin function and cannot be redefined",
+                                    f.name.name
+                                ),
                                 f.name.span,
                                 "redefined here",
                             )
@@ -277,7 +316,11 @@ fn canonical(path: &Path) -> String {
 }
 
 /// Records a global definition; reports a duplicate and returns false if the name is taken.
-fn note_definition(defined: &mut HashMap<String, Span>, name: &ast::Ident, diagnostics: &mut Vec<Diagnostic>) -> bool {
+fn note_definition(
+    defined: &mut HashMap<String, Span>,
+    name: &ast::Ident,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> bool {
     if let Some(first) = defined.get(&name.name) {
         diagnostics.push(
             Diagnostic::new(
@@ -296,26 +339,56 @@ fn note_definition(defined: &mut HashMap<String, Span>, name: &ast::Ident, diagn
     }
 }
 
-fn pick_model<'g>(globals: &'g Globals, root: FileId, options: &CompileOptions) -> Result<&'g ast::ModelDef, Diagnostic> {
+fn pick_model<'g>(
+    globals: &'g Globals,
+    root: FileId,
+    options: &CompileOptions,
+) -> Result<&'g ast::ModelDef, Diagnostic> {
     let root_span = Span::new(root, 0, 0);
     if let Some(name) = &options.model {
-        return globals.models.iter().find(|m| &m.name.name == name).ok_or_else(|| {
-            Diagnostic::new(ErrorKind::UnknownModel, format!("no model named `{name}`"), root_span, "")
+        return globals
+            .models
+            .iter()
+            .find(|m| &m.name.name == name)
+            .ok_or_else(|| {
+                Diagnostic::new(
+                    ErrorKind::UnknownModel,
+                    format!("no model named `{name}`"),
+                    root_span,
+                    "",
+                )
                 .with_help(model_list(globals))
-        });
+            });
     }
     // The model of the root file's train block, else the root file's only model.
-    let trained: Vec<&ast::TrainDef> = globals.trains.iter().filter(|t| t.span.file == root).collect();
+    let trained: Vec<&ast::TrainDef> = globals
+        .trains
+        .iter()
+        .filter(|t| t.span.file == root)
+        .collect();
     if let [train] = trained.as_slice() {
-        if let Some(m) = globals.models.iter().find(|m| m.name.name == train.model.name) {
+        if let Some(m) = globals
+            .models
+            .iter()
+            .find(|m| m.name.name == train.model.name)
+        {
             return Ok(m);
         }
     }
-    let roots: Vec<&ast::ModelDef> = globals.models.iter().filter(|m| m.span.file == root).collect();
+    let roots: Vec<&ast::ModelDef> = globals
+        .models
+        .iter()
+        .filter(|m| m.span.file == root)
+        .collect();
     match roots.as_slice() {
         [one] => Ok(one),
-        [] => Err(Diagnostic::new(ErrorKind::UnknownModel, "this file defines no model", root_span, "")
-            .with_help("a model is written `model name { ... }`")),
+        [] => Err(Diagnostic::new(
+            ErrorKind::UnknownModel,
+            "this file defines no model",
+            root_span,
+            "",
+        )
+        .with_help("a model is written `model name { ... }`")),
         _ => Err(Diagnostic::new(
             ErrorKind::UnknownModel,
             "this file defines several models; choose one with --model",
@@ -327,7 +400,11 @@ fn pick_model<'g>(globals: &'g Globals, root: FileId, options: &CompileOptions) 
 }
 
 fn model_list(globals: &Globals) -> String {
-    let names: Vec<&str> = globals.models.iter().map(|m| m.name.name.as_str()).collect();
+    let names: Vec<&str> = globals
+        .models
+        .iter()
+        .map(|m| m.name.name.as_str())
+        .collect();
     if names.is_empty() {
         "no model is defined".to_string()
     } else {
@@ -341,7 +418,10 @@ fn check_orphan_trains(globals: &Globals, diagnostics: &mut Vec<Diagnostic>) {
             diagnostics.push(
                 Diagnostic::new(
                     ErrorKind::UnknownModel,
-                    format!("`train` names model `{}`, which is not defined", t.model.name),
+                    format!(
+                        "`train` names model `{}`, which is not defined",
+                        t.model.name
+                    ),
                     t.model.span,
                     "unknown model",
                 )
@@ -358,7 +438,11 @@ fn analyse_model(
     options: &CompileOptions,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<Compiled> {
-    let trains: Vec<&ast::TrainDef> = globals.trains.iter().filter(|t| t.model.name == model.name.name).collect();
+    let trains: Vec<&ast::TrainDef> = globals
+        .trains
+        .iter()
+        .filter(|t| t.model.name == model.name.name)
+        .collect();
     if let [first, second, ..] = trains.as_slice() {
         diagnostics.push(
             Diagnostic::new(

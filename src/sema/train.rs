@@ -103,7 +103,16 @@ pub struct TrainConfig {
     pub span: Span,
 }
 
-const KEYS: &[&str] = &["data", "method", "inference", "optimizer", "batch", "epochs", "seed", "clip"];
+const KEYS: &[&str] = &[
+    "data",
+    "method",
+    "inference",
+    "optimizer",
+    "batch",
+    "epochs",
+    "seed",
+    "clip",
+];
 const INFERENCE_KEYS: &[&str] = &["mode", "steps", "rate", "precision", "nodes"];
 
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
@@ -132,7 +141,9 @@ pub fn check(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> Option<T
         match entry.key.name.as_str() {
             "data" => cfg.data = expr(entry, diagnostics).and_then(|e| data(e, diagnostics)),
             "method" => {
-                if let Some(w) = expr(entry, diagnostics).and_then(|e| word(e, &["pc", "bp"], "method", diagnostics)) {
+                if let Some(w) = expr(entry, diagnostics)
+                    .and_then(|e| word(e, &["pc", "bp"], "method", diagnostics))
+                {
                     cfg.method = if w == "pc" { Method::Pc } else { Method::Bp };
                 }
             }
@@ -165,20 +176,36 @@ pub fn check(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> Option<T
 }
 
 /// Checks what needs the compiled model: precision keys must name PC nodes.
-pub fn check_against_model(cfg: &TrainConfig, def: &ast::TrainDef, forward: &Program, diagnostics: &mut Vec<Diagnostic>) {
+pub fn check_against_model(
+    cfg: &TrainConfig,
+    def: &ast::TrainDef,
+    forward: &Program,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     if cfg.inference.precision.is_empty() {
         return;
     }
-    let names: Vec<&str> = forward.nodes.iter().filter_map(|n| n.name.as_deref()).collect();
+    let names: Vec<&str> = forward
+        .nodes
+        .iter()
+        .filter_map(|n| n.name.as_deref())
+        .collect();
     for entry in &def.entries {
-        let TrainValue::Block(inner, _) = &entry.value else { continue };
+        let TrainValue::Block(inner, _) = &entry.value else {
+            continue;
+        };
         for e in inner.iter().filter(|e| e.key.name == "precision") {
-            let TrainValue::Block(items, _) = &e.value else { continue };
+            let TrainValue::Block(items, _) = &e.value else {
+                continue;
+            };
             for item in items {
                 if !names.contains(&item.key.name.as_str()) {
                     let mut d = Diagnostic::new(
                         ErrorKind::BadTrainValue,
-                        format!("precision for `{}`, which is not a named value of the model", item.key.name),
+                        format!(
+                            "precision for `{}`, which is not a named value of the model",
+                            item.key.name
+                        ),
                         item.key.span,
                         "no such node",
                     );
@@ -192,7 +219,11 @@ pub fn check_against_model(cfg: &TrainConfig, def: &ast::TrainDef, forward: &Pro
     }
 }
 
-fn note_key<'a>(seen: &mut BTreeMap<&'a str, Span>, entry: &'a ast::TrainEntry, diagnostics: &mut Vec<Diagnostic>) -> bool {
+fn note_key<'a>(
+    seen: &mut BTreeMap<&'a str, Span>,
+    entry: &'a ast::TrainEntry,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> bool {
     if let Some(first) = seen.get(entry.key.name.as_str()) {
         diagnostics.push(
             Diagnostic::new(
@@ -226,7 +257,10 @@ fn bad_value(span: Span, message: impl Into<String>, help: impl Into<String>) ->
     Diagnostic::new(ErrorKind::BadTrainValue, message, span, "bad value").with_help(help)
 }
 
-fn expr<'a>(entry: &'a ast::TrainEntry, diagnostics: &mut Vec<Diagnostic>) -> Option<&'a ast::Expr> {
+fn expr<'a>(
+    entry: &'a ast::TrainEntry,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<&'a ast::Expr> {
     match &entry.value {
         TrainValue::Expr(e) => Some(e),
         TrainValue::Block(_, span) => {
@@ -253,7 +287,11 @@ fn integer(e: &ast::Expr, min: i64, diagnostics: &mut Vec<Diagnostic>) -> Option
     match &e.kind {
         ExprKind::Int(i) if *i >= min => Some(*i),
         _ => {
-            diagnostics.push(bad_value(e.span, "expected an integer", format!("use an integer of at least {min}")));
+            diagnostics.push(bad_value(
+                e.span,
+                "expected an integer",
+                format!("use an integer of at least {min}"),
+            ));
             None
         }
     }
@@ -263,19 +301,32 @@ fn positive(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
     match number(e) {
         Some(x) if x > 0.0 && x.is_finite() => Some(x),
         _ => {
-            diagnostics.push(bad_value(e.span, "expected a positive number", "e.g. `0.1`"));
+            diagnostics.push(bad_value(
+                e.span,
+                "expected a positive number",
+                "e.g. `0.1`",
+            ));
             None
         }
     }
 }
 
-fn word(e: &ast::Expr, choices: &[&str], what: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<String> {
+fn word(
+    e: &ast::Expr,
+    choices: &[&str],
+    what: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<String> {
     if let ExprKind::Name(id) = &e.kind {
         if choices.contains(&id.name.as_str()) {
             return Some(id.name.clone());
         }
     }
-    let mut d = bad_value(e.span, format!("`{}` is not a valid {what}", describe(e)), format!("choose one of: {}", choices.join(", ")));
+    let mut d = bad_value(
+        e.span,
+        format!("`{}` is not a valid {what}", describe(e)),
+        format!("choose one of: {}", choices.join(", ")),
+    );
     if let ExprKind::Name(id) = &e.kind {
         if let Some(s) = closest(&id.name, choices.iter().copied()) {
             d = d.with_note(format!("did you mean `{s}`?"));
@@ -325,7 +376,12 @@ fn call_args<'a>(
         };
         if !allowed.contains(&key.as_str()) {
             let span = a.name.as_ref().map_or(a.value.span, |n| n.span);
-            diagnostics.push(unknown_key(&key, span, allowed, &format!("`{}`", callee.name)));
+            diagnostics.push(unknown_key(
+                &key,
+                span,
+                allowed,
+                &format!("`{}`", callee.name),
+            ));
             ok = false;
             continue;
         }
@@ -346,7 +402,11 @@ fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSource> 
         match args.get(key).map(|v| &v.kind) {
             Some(ExprKind::Str(s)) => Some(s.clone()),
             _ => {
-                diagnostics.push(bad_value(e.span, format!("`{name}` needs a file path"), format!("write `{name}(\"file.{name}\")`")));
+                diagnostics.push(bad_value(
+                    e.span,
+                    format!("`{name}` needs a file path"),
+                    format!("write `{name}(\"file.{name}\")`"),
+                ));
                 None
             }
         }
@@ -360,7 +420,11 @@ fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSource> 
                 None => None,
                 Some(ExprKind::Str(s)) => Some(s.clone()),
                 Some(_) => {
-                    diagnostics.push(bad_value(e.span, "`dir` must be a string", "e.g. `fmnist(dir = \"/data/fashion\")`"));
+                    diagnostics.push(bad_value(
+                        e.span,
+                        "`dir` must be a string",
+                        "e.g. `fmnist(dir = \"/data/fashion\")`",
+                    ));
                     return None;
                 }
             };
@@ -389,7 +453,12 @@ fn optimizer(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Optimiz
         ExprKind::Call { callee, .. } => callee.name.as_str(),
         _ => "",
     };
-    let get = |args: &BTreeMap<String, &ast::Expr>, key: &str, default: f64, diagnostics: &mut Vec<Diagnostic>, nonneg: bool| -> Option<f64> {
+    let get = |args: &BTreeMap<String, &ast::Expr>,
+               key: &str,
+               default: f64,
+               diagnostics: &mut Vec<Diagnostic>,
+               nonneg: bool|
+     -> Option<f64> {
         match args.get(key) {
             None => Some(default),
             Some(v) => match number(v) {
@@ -397,7 +466,10 @@ fn optimizer(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Optimiz
                 _ => {
                     diagnostics.push(bad_value(
                         v.span,
-                        format!("`{key}` must be a {} number", if nonneg { "non-negative" } else { "positive" }),
+                        format!(
+                            "`{key}` must be a {} number",
+                            if nonneg { "non-negative" } else { "positive" }
+                        ),
                         "e.g. `sgd(lr = 0.01, momentum = 0.9)`",
                     ));
                     None
@@ -411,24 +483,47 @@ fn optimizer(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Optimiz
             let lr = get(&args, "lr", 0.01, diagnostics, false)?;
             let momentum = get(&args, "momentum", 0.0, diagnostics, true)?;
             if momentum >= 1.0 {
-                diagnostics.push(bad_value(e.span, "momentum must be below 1", "e.g. `momentum = 0.9`"));
+                diagnostics.push(bad_value(
+                    e.span,
+                    "momentum must be below 1",
+                    "e.g. `momentum = 0.9`",
+                ));
                 return None;
             }
             let weight_decay = get(&args, "weight_decay", 0.0, diagnostics, true)?;
-            Some(OptimizerConfig::Sgd { lr, momentum, weight_decay })
+            Some(OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            })
         }
         "adam" => {
-            let args = call_args(e, &["lr", "beta1", "beta2", "eps", "weight_decay"], 1, diagnostics)?;
+            let args = call_args(
+                e,
+                &["lr", "beta1", "beta2", "eps", "weight_decay"],
+                1,
+                diagnostics,
+            )?;
             let lr = get(&args, "lr", 1e-3, diagnostics, false)?;
             let beta1 = get(&args, "beta1", 0.9, diagnostics, true)?;
             let beta2 = get(&args, "beta2", 0.999, diagnostics, true)?;
             let eps = get(&args, "eps", 1e-8, diagnostics, false)?;
             let weight_decay = get(&args, "weight_decay", 0.0, diagnostics, true)?;
             if beta1 >= 1.0 || beta2 >= 1.0 {
-                diagnostics.push(bad_value(e.span, "beta1 and beta2 must be below 1", "e.g. `adam(lr = 1e-3, beta1 = 0.9, beta2 = 0.999)`"));
+                diagnostics.push(bad_value(
+                    e.span,
+                    "beta1 and beta2 must be below 1",
+                    "e.g. `adam(lr = 1e-3, beta1 = 0.9, beta2 = 0.999)`",
+                ));
                 return None;
             }
-            Some(OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay })
+            Some(OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            })
         }
         _ => {
             word(e, &["sgd", "adam"], "optimizer", diagnostics);
@@ -437,10 +532,18 @@ fn optimizer(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Optimiz
     }
 }
 
-fn inference(entry: &ast::TrainEntry, cfg: &mut InferenceConfig, diagnostics: &mut Vec<Diagnostic>) {
+fn inference(
+    entry: &ast::TrainEntry,
+    cfg: &mut InferenceConfig,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let TrainValue::Block(entries, _) = &entry.value else {
         if let TrainValue::Expr(e) = &entry.value {
-            diagnostics.push(bad_value(e.span, "`inference` takes a block", "write `inference { mode = fixed, steps = 20, rate = 0.1 }`"));
+            diagnostics.push(bad_value(
+                e.span,
+                "`inference` takes a block",
+                "write `inference { mode = fixed, steps = 20, rate = 0.1 }`",
+            ));
         }
         return;
     };
@@ -451,7 +554,14 @@ fn inference(entry: &ast::TrainEntry, cfg: &mut InferenceConfig, diagnostics: &m
         }
         match item.key.name.as_str() {
             "mode" => {
-                if let Some(w) = expr(item, diagnostics).and_then(|e| word(e, &["fixed", "strict", "exact"], "inference mode", diagnostics)) {
+                if let Some(w) = expr(item, diagnostics).and_then(|e| {
+                    word(
+                        e,
+                        &["fixed", "strict", "exact"],
+                        "inference mode",
+                        diagnostics,
+                    )
+                }) {
                     cfg.mode = match w.as_str() {
                         "fixed" => Mode::Fixed,
                         "strict" => Mode::Strict,
@@ -470,13 +580,23 @@ fn inference(entry: &ast::TrainEntry, cfg: &mut InferenceConfig, diagnostics: &m
                 }
             }
             "nodes" => {
-                if let Some(w) = expr(item, diagnostics).and_then(|e| word(e, &["named", "all"], "node granularity", diagnostics)) {
-                    cfg.nodes = if w == "all" { NodeGranularity::All } else { NodeGranularity::Named };
+                if let Some(w) = expr(item, diagnostics)
+                    .and_then(|e| word(e, &["named", "all"], "node granularity", diagnostics))
+                {
+                    cfg.nodes = if w == "all" {
+                        NodeGranularity::All
+                    } else {
+                        NodeGranularity::Named
+                    };
                 }
             }
             "precision" => {
                 let TrainValue::Block(items, span) = &item.value else {
-                    diagnostics.push(bad_value(item.span, "`precision` takes a block", "write `precision { h1 = 2.0 }`"));
+                    diagnostics.push(bad_value(
+                        item.span,
+                        "`precision` takes a block",
+                        "write `precision { h1 = 2.0 }`",
+                    ));
                     continue;
                 };
                 let _ = span;
@@ -487,7 +607,12 @@ fn inference(entry: &ast::TrainEntry, cfg: &mut InferenceConfig, diagnostics: &m
                     }
                 }
             }
-            other => diagnostics.push(unknown_key(other, item.key.span, INFERENCE_KEYS, "inference")),
+            other => diagnostics.push(unknown_key(
+                other,
+                item.key.span,
+                INFERENCE_KEYS,
+                "inference",
+            )),
         }
     }
 }
