@@ -210,9 +210,10 @@ impl fmt::Display for DataError {
             } => write!(
                 f,
                 "{dataset}: the model's {role} shape {} has batch axis {}, but the batch \
-                 holds {examples} examples",
+                 holds {examples} example{}",
                 shape_text(declared),
-                declared.first().copied().unwrap_or(0)
+                declared.first().copied().unwrap_or(0),
+                if *examples == 1 { "" } else { "s" }
             ),
             DataError::IndexOutOfRange {
                 dataset,

@@ -141,7 +141,7 @@ pub(crate) fn load_fmnist(dir: Option<&Path>) -> Result<Dataset, DataError> {
         }
         let features = Features::Bytes {
             data: images.data,
-            scale: 1.0 / 255.0,
+            divisor: 255.0,
         };
         let targets = Targets::Classes {
             labels: labels.data.into_iter().map(u32::from).collect(),
@@ -149,6 +149,7 @@ pub(crate) fn load_fmnist(dir: Option<&Path>) -> Result<Dataset, DataError> {
         };
         Ok(Split::table(
             name.clone(),
+            count,
             features,
             vec![rows, cols],
             targets,

@@ -164,7 +164,7 @@ fn builtin_images<const R: usize>(
     }
     let features = Features::Bytes {
         data: pixels,
-        scale: 1.0 / f32::from(max),
+        divisor: f32::from(max),
     };
     let classes = class_count(&table.labels);
     split_table(
@@ -200,6 +200,7 @@ fn split_table(
     let part = |rows: &[usize]| {
         Split::table(
             dataset.clone(),
+            rows.len(),
             features.select(width, rows),
             shape.clone(),
             targets.select(rows),

@@ -161,7 +161,7 @@ pub(crate) fn load(path: &Path) -> Result<Dataset, DataError> {
         let features = match x {
             Array::Bytes(a) => Features::Bytes {
                 data: a.iter().copied().collect(),
-                scale: 1.0,
+                divisor: 1.0,
             },
             other => Features::Floats(other.to_f32()),
         };
@@ -175,7 +175,13 @@ pub(crate) fn load(path: &Path) -> Result<Dataset, DataError> {
                 shape: target_shape.clone(),
             },
         };
-        Split::table(name.clone(), features, example_shape.clone(), targets)
+        Split::table(
+            name.clone(),
+            x.shape()[0],
+            features,
+            example_shape.clone(),
+            targets,
+        )
     };
     Ok(Dataset {
         name: name.to_string(),

@@ -22,26 +22,19 @@ use std::sync::Arc;
 /// Example features, in the smallest form that holds them exactly.
 #[derive(Clone, Debug)]
 pub(crate) enum Features {
-    /// Bytes (pixels); the feature value is `byte as f32 * scale`.
-    Bytes { data: Vec<u8>, scale: f32 },
+    /// Bytes (pixels); the feature value is `byte as f32 / divisor`.
+    Bytes { data: Vec<u8>, divisor: f32 },
     /// Arbitrary numbers.
     Floats(Vec<f32>),
 }
 
 impl Features {
-    fn len(&self) -> usize {
-        match self {
-            Features::Bytes { data, .. } => data.len(),
-            Features::Floats(data) => data.len(),
-        }
-    }
-
     /// Appends the features of example `index` (each example holds `width` of them).
     fn push_example(&self, index: usize, width: usize, out: &mut Vec<f32>) {
         let range = index * width..(index + 1) * width;
         match self {
-            Features::Bytes { data, scale } => {
-                out.extend(data[range].iter().map(|&b| f32::from(b) * scale))
+            Features::Bytes { data, divisor } => {
+                out.extend(data[range].iter().map(|&b| f32::from(b) / divisor))
             }
             Features::Floats(data) => out.extend_from_slice(&data[range]),
         }
@@ -57,9 +50,9 @@ impl Features {
             out
         }
         match self {
-            Features::Bytes { data, scale } => Features::Bytes {
+            Features::Bytes { data, divisor } => Features::Bytes {
                 data: gather(data, width, rows),
-                scale: *scale,
+                divisor: *divisor,
             },
             Features::Floats(data) => Features::Floats(gather(data, width, rows)),
         }
@@ -99,8 +92,10 @@ impl Targets {
 
 #[derive(Clone, Debug)]
 enum Examples {
-    /// Fixed-size feature vectors with a target each; `shape` is one example's natural shape.
+    /// `count` fixed-size feature vectors with a target each; `shape` is one example's
+    /// natural shape.
     Table {
+        count: usize,
         features: Features,
         shape: Vec<usize>,
         targets: Targets,
@@ -123,10 +118,11 @@ pub struct Split {
 }
 
 impl Split {
-    /// A split of fixed-size examples. `features` holds `shape.product()` values per example
-    /// and there is one target per example; the caller guarantees both.
+    /// A split of `count` fixed-size examples. `features` holds `shape.product()` values per
+    /// example and there is one target per example; the caller guarantees both.
     pub(crate) fn table(
         dataset: Arc<str>,
+        count: usize,
         features: Features,
         shape: Vec<usize>,
         targets: Targets,
@@ -134,6 +130,7 @@ impl Split {
         Split {
             dataset,
             examples: Examples::Table {
+                count,
                 features,
                 shape,
                 targets,
@@ -152,12 +149,7 @@ impl Split {
     /// The number of examples.
     pub fn len(&self) -> usize {
         match &self.examples {
-            Examples::Table {
-                features, shape, ..
-            } => {
-                let width: usize = shape.iter().product();
-                features.len().checked_div(width).unwrap_or(0)
-            }
+            Examples::Table { count, .. } => *count,
             // Window i reads tokens i·seq ..= i·seq + seq (the last one as its final target).
             Examples::Text { tokens, seq, .. } => tokens.len().saturating_sub(1) / seq,
         }
@@ -202,6 +194,7 @@ impl Split {
                 features,
                 shape,
                 targets: kinds,
+                ..
             } => {
                 let width: usize = shape.iter().product();
                 if input_per != width {
