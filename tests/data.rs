@@ -201,37 +201,37 @@ fn idx_round_trips_and_rejects_bad_files() {
     let data: Vec<u8> = (0..24).collect();
     let bytes = write_idx(&[2, 3, 4], &data).expect("write");
     assert_eq!(&bytes[..4], &[0, 0, 8, 3]);
-    let array = parse_idx(&bytes, "t.idx").expect("parse");
+    let array = parse_idx(bytes.clone(), "t.idx").expect("parse");
     assert_eq!(array.dims, vec![2, 3, 4]);
     assert_eq!(array.data, data);
     assert_eq!(write_idx(&[2, 3], &data), None);
 
     let mut bad = bytes.clone();
     bad[2] = 0x0d;
-    let text = message(parse_idx(&bad, "floats.idx"));
+    let text = message(parse_idx(bad, "floats.idx"));
     assert!(
         text.contains("floats.idx") && text.contains("magic"),
         "{text}"
     );
-    let text = message(parse_idx(&[0x1f, 0x8b, 8, 0, 1], "zipped.idx"));
+    let text = message(parse_idx(vec![0x1f, 0x8b, 8, 0, 1], "zipped.idx"));
     assert!(text.contains("magic"), "{text}");
 
-    let text = message(parse_idx(&bytes[..bytes.len() - 1], "short.idx"));
+    let text = message(parse_idx(bytes[..bytes.len() - 1].to_vec(), "short.idx"));
     assert!(
         text.contains("short.idx") && text.contains("truncated"),
         "{text}"
     );
-    let text = message(parse_idx(&bytes[..6], "header.idx"));
+    let text = message(parse_idx(bytes[..6].to_vec(), "header.idx"));
     assert!(text.contains("truncated"), "{text}");
-    let text = message(parse_idx(&[0, 0], "tiny.idx"));
+    let text = message(parse_idx(vec![0, 0], "tiny.idx"));
     assert!(text.contains("truncated"), "{text}");
     let mut long = bytes.clone();
     long.push(0);
-    let text = message(parse_idx(&long, "long.idx"));
+    let text = message(parse_idx(long, "long.idx"));
     assert!(text.contains("trailing"), "{text}");
     // A header claiming 2^32 x 2^32 elements is measured, not allocated.
     let huge = [0, 0, 8, 2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-    assert!(message(parse_idx(&huge, "huge.idx")).contains("truncated"));
+    assert!(message(parse_idx(huge.to_vec(), "huge.idx")).contains("truncated"));
 }
 
 /// Writes a tiny Fashion-MNIST look-alike: 3 training and 2 test images of 2x3 pixels.
