@@ -10,7 +10,7 @@
 //! | `mnist5k` | 5000 MNIST digits, 28×28, 10 classes; 80/20 split | built in (`data/mnist_5k.csv.gz`) |
 //! | `fmnist` | Fashion-MNIST, 60000 + 10000, 28×28, 10 classes | the Debian package `dataset-fashion-mnist`, or `dir` |
 //! | `shakespeare(seq = N)` | windows of N characters, next-character targets; last 10% is test | built in (`data/shakespeare.txt`) |
-//! | `npz("file")` | the arrays `x_train`, `y_train`, `x_test`, `y_test` (see [`npz`](self::npz)) | the user's file |
+//! | `npz("file")` | the arrays `x_train`, `y_train`, `x_test`, `y_test` (see [`npz`]) | the user's file |
 //! | `csv("file")` | numeric features, class label last; seeded stratified split | the user's file, optionally gzipped |
 //!
 //! Why it is shaped this way:
@@ -22,7 +22,7 @@
 //!   only the batch is `f32`. Fashion-MNIST's 60000 training images are 47 MB as bytes and
 //!   would be 188 MB as floats.
 //! - **The model's shapes decide the layout.** The data set does not impose `[B, 64]` or
-//!   `[B, 8, 8]`; any shape holding an example's values fits (see [`split`](self::split)).
+//!   `[B, 8, 8]`; any shape holding an example's values fits (see [`split`]).
 //! - **Deterministic.** Splits use fixed seeds and each epoch's order depends only on
 //!   `(seed, epoch)`, so a run can be repeated and resumed exactly.
 //! - **Errors, not panics.** Every problem with a file or a shape is a [`DataError`] naming
