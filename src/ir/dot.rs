@@ -21,10 +21,7 @@ pub fn to_dot(program: &Program) -> String {
                     LeafKind::Target => "shape=house, style=filled, fillcolor=\"#b7e4c7\"",
                     LeafKind::State => "shape=box3d, style=filled, fillcolor=\"#e0e0e0\"",
                 };
-                (
-                    format!("{} {}\\n{}", kind.keyword(), name, node.shape),
-                    style,
-                )
+                (format!("{} {}\\n{}", kind.keyword(), name, node.shape), style)
             }
             op => {
                 let title = if name.is_empty() {
@@ -35,9 +32,7 @@ pub fn to_dot(program: &Program) -> String {
                 let style = match (node.region, op.kind()) {
                     (Region::Loss, _) => "shape=ellipse, style=filled, fillcolor=\"#f8a5a5\"",
                     (_, OpKind::Const) => "shape=plaintext",
-                    (_, OpKind::Contraction) => {
-                        "shape=ellipse, style=\"filled,bold\", fillcolor=\"#cdb4db\""
-                    }
+                    (_, OpKind::Contraction) => "shape=ellipse, style=\"filled,bold\", fillcolor=\"#cdb4db\"",
                     _ => "shape=ellipse",
                 };
                 (format!("{id} {}\\n{}", escape(&title), node.shape), style)

@@ -63,14 +63,8 @@ pub enum Init {
     Zeros,
     Ones,
     Constant(f64),
-    Normal {
-        mean: f64,
-        std: f64,
-    },
-    Uniform {
-        low: f64,
-        high: f64,
-    },
+    Normal { mean: f64, std: f64 },
+    Uniform { low: f64, high: f64 },
     /// Glorot/Xavier uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
     Xavier,
     /// He/Kaiming normal: N(0, 2 / fan_in).
@@ -84,12 +78,7 @@ impl fmt::Display for Init {
             Init::Ones => f.write_str("ones"),
             Init::Constant(c) => write!(f, "constant({})", fmt_f64(*c)),
             Init::Normal { mean, std } => {
-                write!(
-                    f,
-                    "normal(mean = {}, std = {})",
-                    fmt_f64(*mean),
-                    fmt_f64(*std)
-                )
+                write!(f, "normal(mean = {}, std = {})", fmt_f64(*mean), fmt_f64(*std))
             }
             Init::Uniform { low, high } => {
                 write!(f, "uniform({}, {})", fmt_f64(*low), fmt_f64(*high))

@@ -94,38 +94,19 @@ pub enum Op {
     /// axes is either 1 or equal to the target's.
     Broadcast,
     /// Elements `start..end` along `axis`.
-    Slice {
-        axis: usize,
-        start: usize,
-        end: usize,
-    },
+    Slice { axis: usize, start: usize, end: usize },
     /// Zeros added before and after along `axis` (the adjoint of `Slice`).
-    Pad {
-        axis: usize,
-        before: usize,
-        after: usize,
-    },
+    Pad { axis: usize, before: usize, after: usize },
     /// Operands joined along `axis`.
-    Concat {
-        axis: usize,
-    },
+    Concat { axis: usize },
     /// `[..., m, k] @ [..., k, n] -> [..., m, n]`, batch axes equal.
     MatMul,
     /// 2-D convolution (cross-correlation), input `[N, C, H, W]`, weight `[O, C, KH, KW]`.
-    Conv2d {
-        stride: usize,
-        padding: usize,
-    },
+    Conv2d { stride: usize, padding: usize },
     /// The adjoint of `Conv2d` with respect to its input: args (cotangent, weight).
-    Conv2dInputGrad {
-        stride: usize,
-        padding: usize,
-    },
+    Conv2dInputGrad { stride: usize, padding: usize },
     /// The adjoint of `Conv2d` with respect to its weight: args (input, cotangent).
-    Conv2dWeightGrad {
-        stride: usize,
-        padding: usize,
-    },
+    Conv2dWeightGrad { stride: usize, padding: usize },
 }
 
 /// The broad kind of an op, for printing, DOT colouring and backend dispatch.

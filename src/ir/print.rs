@@ -16,12 +16,7 @@ pub fn to_text(program: &Program) -> String {
         let mut line = format!("  {id} = ");
         match &node.op {
             Op::Leaf(kind) => {
-                let _ = write!(
-                    line,
-                    "{} {}",
-                    kind.keyword(),
-                    node.name.as_deref().unwrap_or("?")
-                );
+                let _ = write!(line, "{} {}", kind.keyword(), node.name.as_deref().unwrap_or("?"));
             }
             Op::Const(c) => {
                 let _ = write!(line, "const {}", fmt_f64(*c));

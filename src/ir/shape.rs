@@ -243,9 +243,7 @@ pub fn infer(op: &Op, args: &[&Shape], target: Option<&Shape>) -> Result<Shape, 
         Op::MatMul => {
             let (a, b) = (args[0], args[1]);
             if a.rank() < 2 || a.rank() != b.rank() {
-                return err(format!(
-                    "matmul needs operands of one rank >= 2, got {a} and {b}"
-                ));
+                return err(format!("matmul needs operands of one rank >= 2, got {a} and {b}"));
             }
             let r = a.rank();
             if a.0[..r - 2] != b.0[..r - 2] || a.0[r - 1] != b.0[r - 2] {

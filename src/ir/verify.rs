@@ -14,11 +14,7 @@ pub struct VerifyError {
 
 impl fmt::Display for VerifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "IR verification failed in `{}`: {}",
-            self.program, self.message
-        )
+        write!(f, "IR verification failed in `{}`: {}", self.program, self.message)
     }
 }
 
@@ -43,10 +39,7 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
                 return Err(fail(format!("leaf {id} has no name")));
             };
             if !leaf_names.insert((kind, name.clone())) {
-                return Err(fail(format!(
-                    "two {} leaves named `{name}`",
-                    kind.keyword()
-                )));
+                return Err(fail(format!("two {} leaves named `{name}`", kind.keyword())));
             }
         }
         let arg_shapes: Vec<&shape::Shape> = node.args.iter().map(|&a| program.shape(a)).collect();
@@ -54,10 +47,7 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
         match shape::infer(&node.op, &arg_shapes, target) {
             Ok(s) if s == node.shape => {}
             Ok(s) => {
-                return Err(fail(format!(
-                    "{id} = {} is declared {} but produces {s}",
-                    node.op, node.shape
-                )))
+                return Err(fail(format!("{id} = {} is declared {} but produces {s}", node.op, node.shape)))
             }
             Err(e) => return Err(fail(format!("{id} = {}: {e}", node.op))),
         }
@@ -65,10 +55,7 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
     let mut names = HashSet::new();
     for o in &program.outputs {
         if o.value.index() >= program.nodes.len() {
-            return Err(fail(format!(
-                "output `{}` refers to missing {}",
-                o.name, o.value
-            )));
+            return Err(fail(format!("output `{}` refers to missing {}", o.name, o.value)));
         }
         if !names.insert(&o.name) {
             return Err(fail(format!("two outputs named `{}`", o.name)));

@@ -118,11 +118,7 @@ pub enum Stmt {
         span: Span,
     },
     /// `h = expr`: rebinds an existing name (how loop bodies carry state).
-    Assign {
-        name: Ident,
-        value: Expr,
-        span: Span,
-    },
+    Assign { name: Ident, value: Expr, span: Span },
     /// `const T = 8` inside a block.
     Const(ConstDef),
     /// `for t in 0..N { ... }`, unrolled at compile time.
@@ -214,15 +210,9 @@ pub enum ExprKind {
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `f(a, b, key = c)`.
-    Call {
-        callee: Ident,
-        args: Vec<Arg>,
-    },
+    Call { callee: Ident, args: Vec<Arg> },
     /// `x[t]`, `x[0..4]`, `x[.., 2]`.
-    Index {
-        base: Box<Expr>,
-        indices: Vec<IndexItem>,
-    },
+    Index { base: Box<Expr>, indices: Vec<IndexItem> },
     /// `(a, b)`.
     Tuple(Vec<Expr>),
     /// `[B, 16]`: a list, used for shapes and axis lists.
@@ -250,14 +240,7 @@ pub enum IndexItem {
 }
 
 /// Builds a binary expression spanning `start..end` (used by the grammar).
-pub fn bin(
-    file: crate::source::FileId,
-    start: usize,
-    end: usize,
-    op: BinOp,
-    a: Expr,
-    b: Expr,
-) -> Expr {
+pub fn bin(file: crate::source::FileId, start: usize, end: usize, op: BinOp, a: Expr, b: Expr) -> Expr {
     Expr {
         kind: ExprKind::Binary(op, Box::new(a), Box::new(b)),
         span: Span::new(file, start, end),

@@ -30,13 +30,8 @@ pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
                 format!("unexpected character `{}`", text.escape_debug())
             };
             diagnostics.push(
-                Diagnostic::new(
-                    ErrorKind::InvalidToken,
-                    what,
-                    Span::new(file, start, end),
-                    "not a token of the language",
-                )
-                .with_help("comments start with `//`; strings are in double quotes"),
+                Diagnostic::new(ErrorKind::InvalidToken, what, Span::new(file, start, end), "not a token of the language")
+                    .with_help("comments start with `//`; strings are in double quotes"),
             );
         } else {
             tokens.push((start, token, end));
@@ -103,10 +98,6 @@ fn syntax_error(file: FileId, source: &str, error: ParseError<usize, Token, ()>)
 
 fn expected_list(expected: &[String]) -> String {
     let shown: Vec<&str> = expected.iter().take(8).map(|s| s.as_str()).collect();
-    let more = if expected.len() > shown.len() {
-        ", ..."
-    } else {
-        ""
-    };
+    let more = if expected.len() > shown.len() { ", ..." } else { "" };
     format!("expected one of {}{more}", shown.join(", "))
 }
