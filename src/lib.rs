@@ -5,6 +5,7 @@
 //! program), `ir` (the program representation shared by every later stage).
 
 pub mod cli;
+pub mod data;
 pub mod diag;
 pub mod ir;
 pub mod sema;
