@@ -7,12 +7,14 @@
 //! rules live in `shape::infer`, shared by the builder methods here and the verifier.
 
 mod dot;
+mod looped;
 mod op;
 mod print;
 pub mod shape;
 mod verify;
 
 pub use dot::to_dot;
+pub use looped::LoopProgram;
 pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, UnaryOp};
 pub use print::to_text;
 pub use shape::{Shape, ShapeError};

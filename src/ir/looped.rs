@@ -1,0 +1,143 @@
+//! Loops over IR programs with named state: the shape of predictive-coding relaxation.
+//!
+//! A `LoopProgram` is a prologue, run once, and a body, run `steps` times. State is a set of
+//! named tensors: the prologue's outputs set it; each body run reads it through `State`
+//! leaves of the same names and overwrites the entries named by its outputs. State the body
+//! never writes is loop-invariant. Both backends run this form, so the whole loop can be
+//! compiled as one function.
+
+use super::{LeafKind, Node, Op, Output, Program, Region, ValueId};
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopProgram {
+    pub prologue: Program,
+    pub body: Program,
+    pub steps: usize,
+}
+
+impl LoopProgram {
+    /// The state names the body overwrites every step.
+    pub fn carried(&self) -> BTreeSet<String> {
+        let states: BTreeSet<&str> = self.body.leaves(LeafKind::State).into_iter().map(|(_, n)| n).collect();
+        self.body
+            .outputs
+            .iter()
+            .filter(|o| states.contains(o.name.as_str()))
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    /// Moves every body node that does not depend on carried state into the prologue, where
+    /// it is computed once; the body reads its value through a new `State` leaf. Values that
+    /// are the same every step (the frozen predictions and Jacobians of fixed mode, say) are
+    /// then never recomputed inside the loop.
+    pub fn hoist_invariants(&mut self) {
+        let carried = self.carried();
+        let body = &self.body;
+        let mut variant = vec![false; body.nodes.len()];
+        for id in body.ids() {
+            let node = body.node(id);
+            variant[id.index()] = match node.op {
+                Op::Leaf(LeafKind::State) => carried.contains(node.name.as_deref().unwrap_or("")),
+                Op::Leaf(_) | Op::Const(_) | Op::Iota { .. } => false,
+                _ => node.args.iter().any(|a| variant[a.index()]),
+            };
+        }
+        // Invariant computed nodes that a variant node or an output reads cross the boundary.
+        let mut crossing = BTreeSet::new();
+        for id in body.ids() {
+            let node = body.node(id);
+            if variant[id.index()] {
+                for &a in &node.args {
+                    if !variant[a.index()] && is_computed(body.node(a)) {
+                        crossing.insert(a);
+                    }
+                }
+            }
+        }
+        for o in &body.outputs {
+            if !variant[o.value.index()] && is_computed(body.node(o.value)) {
+                crossing.insert(o.value);
+            }
+        }
+        if crossing.is_empty() {
+            return;
+        }
+        // Replay the invariant part into the prologue, reading its state from the prologue's
+        // own outputs.
+        let prologue_out: HashMap<String, ValueId> =
+            self.prologue.outputs.iter().map(|o| (o.name.clone(), o.value)).collect();
+        let mut into_prologue: HashMap<ValueId, ValueId> = HashMap::new();
+        for id in body.ids() {
+            if variant[id.index()] {
+                continue;
+            }
+            let node = body.node(id);
+            let new = match &node.op {
+                Op::Leaf(LeafKind::State) => {
+                    let name = node.name.clone().unwrap_or_default();
+                    match prologue_out.get(&name) {
+                        Some(&v) => v,
+                        None => continue,
+                    }
+                }
+                Op::Leaf(kind) => {
+                    let name = node.name.clone().unwrap_or_default();
+                    match self.prologue.leaf_named(*kind, &name) {
+                        Some(v) => v,
+                        None => self.prologue.leaf(*kind, name, node.shape.clone()),
+                    }
+                }
+                _ => {
+                    let args: Option<Vec<ValueId>> = node.args.iter().map(|a| into_prologue.get(a).copied()).collect();
+                    let Some(args) = args else { continue };
+                    self.prologue.push(Node { args, ..node.clone() })
+                }
+            };
+            into_prologue.insert(id, new);
+        }
+        let mut body_map: HashMap<ValueId, ValueId> = HashMap::new();
+        let mut new_body = Program::new(body.name.clone());
+        new_body.inits = body.inits.clone();
+        for id in body.ids() {
+            let node = body.node(id);
+            if crossing.contains(&id) {
+                if let Some(&p) = into_prologue.get(&id) {
+                    let name = format!("hoisted.{}", id.0);
+                    self.prologue.set_output(name.clone(), p);
+                    let leaf = new_body.push(Node {
+                        op: Op::Leaf(LeafKind::State),
+                        args: vec![],
+                        shape: node.shape.clone(),
+                        name: Some(name),
+                        region: Region::Model,
+                    });
+                    body_map.insert(id, leaf);
+                    continue;
+                }
+            }
+            if !variant[id.index()] && is_computed(node) && !crossing.contains(&id) {
+                continue;
+            }
+            let args = node.args.iter().map(|a| body_map[a]).collect();
+            body_map.insert(id, new_body.push(Node { args, ..node.clone() }));
+        }
+        new_body.outputs = body
+            .outputs
+            .iter()
+            .map(|o| Output {
+                name: o.name.clone(),
+                value: body_map[&o.value],
+            })
+            .collect();
+        self.prologue.prune();
+        new_body.prune();
+        self.body = new_body;
+    }
+}
+
+/// Whether a node does work worth hoisting (leaves and constants stay where they are used).
+fn is_computed(node: &Node) -> bool {
+    !matches!(node.op, Op::Leaf(_) | Op::Const(_) | Op::Iota { .. })
+}

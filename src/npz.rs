@@ -1,0 +1,83 @@
+//! Named tensors in NumPy `.npz` files: parameters, batches, gradients and checkpoints.
+//!
+//! Files are numpy's own format (a zip of `.npy` arrays), readable with `np.load`. Writes go
+//! to a temporary file in the same directory that is renamed over the target, so a crash or a
+//! kill mid-write never leaves a half-written file where a good one was.
+
+use ndarray::ArrayD;
+use ndarray_npy::{NpzReader, NpzWriter};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Tensors by name.
+pub type Arrays = BTreeMap<String, ArrayD<f32>>;
+
+/// Why a `.npz` file could not be read or written.
+#[derive(Debug)]
+pub struct NpzError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for NpzError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+impl std::error::Error for NpzError {}
+
+fn fail(path: &Path, message: impl fmt::Display) -> NpzError {
+    NpzError {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Reads every array of a `.npz` file as `f32` (float64 arrays are converted).
+pub fn read(path: &Path) -> Result<Arrays, NpzError> {
+    let file = File::open(path).map_err(|e| fail(path, format!("cannot open: {e}")))?;
+    let mut npz = NpzReader::new(file).map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
+    let names = npz.names().map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
+    let mut out = Arrays::new();
+    for name in names {
+        let key = name.trim_end_matches(".npy").to_string();
+        let array = match npz.by_name::<ndarray::OwnedRepr<f32>, ndarray::IxDyn>(&name) {
+            Ok(a) => a,
+            Err(_) => match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&name) {
+                Ok(a) => a.mapv(|x| x as f32),
+                Err(e) => return Err(fail(path, format!("array `{key}` is not float32 or float64: {e}"))),
+            },
+        };
+        out.insert(key, array);
+    }
+    Ok(out)
+}
+
+/// Writes arrays as a `.npz` file, atomically (temporary file, then rename).
+pub fn write(path: &Path, arrays: &Arrays) -> Result<(), NpzError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| fail(path, "not a file path"))?
+        .to_string_lossy()
+        .to_string();
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(|e| fail(&tmp, format!("cannot create: {e}")))?;
+        let mut npz = NpzWriter::new(file);
+        for (name, array) in arrays {
+            npz.add_array(name.as_str(), array)
+                .map_err(|e| fail(path, format!("cannot write array `{name}`: {e}")))?;
+        }
+        let file = npz.finish().map_err(|e| fail(path, format!("cannot finish: {e}")))?;
+        file.sync_all().map_err(|e| fail(path, format!("cannot sync: {e}")))?;
+        std::fs::rename(&tmp, path).map_err(|e| fail(path, format!("cannot rename into place: {e}")))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

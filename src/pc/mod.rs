@@ -1,0 +1,467 @@
+//! The predictive-coding transform: a forward program to its relaxation and learning
+//! programs, both IR.
+//!
+//! **Nodes.** A PC node is a model value that depends on a parameter and is either bound by
+//! `let` (granularity `named`, the default) or any primitive op (granularity `all`), plus every
+//! such value the loss reads. Inputs, targets and values that depend on no parameter are
+//! clamped: they carry no units. Each PC node i has a prediction μ_i = f_i(v_parents; θ), the
+//! composite of the primitive ops between it and the PC nodes (or clamped values) it reads.
+//!
+//! **Units.** Nodes that the model reads further are *relaxed*: they get a value unit v_i and
+//! an error unit ε_i = v_i − μ_i. Nodes that only the loss reads are *outputs*: their error is
+//! clamped to ε_o = −∂L/∂μ_o. A relaxed node the loss also reads (a recurrent state with a
+//! loss term at every step) receives the loss's message −∂L/∂v_i as well.
+//!
+//! **Relaxation** (synchronous: every node updates from the previous step's state):
+//!
+//! ```text
+//! v_i ← v_i + η ( −π_i ε_i + Σ_{j ∈ children(i)} (∂μ_j/∂v_i)ᵀ π_j ε_j − ∂L/∂v_i )
+//! ```
+//!
+//! All children's messages come from one vector-Jacobian product of the *cut graph* — the
+//! model with every relaxed node's users reading v_i instead of the computed value — seeded
+//! with π_j ε_j at every prediction μ_j. Modes:
+//! - `fixed`: the cut graph is evaluated at the feedforward values, so predictions and
+//!   Jacobians are frozen; the loop hoisting pass then moves all of that out of the loop.
+//! - `strict`: the cut graph is evaluated at the current values every step.
+//! - `exact`: `fixed` with η = 1 and (by default) as many steps as the graph is deep; after
+//!   k steps the errors of nodes k hops from the loss are exact, so after `depth` steps every
+//!   error equals backprop's gradient — one reverse-topological sweep, one level per step.
+//!
+//! **Learning**: Δθ = Σ_{j uses θ} (∂μ_j/∂θ)ᵀ π_j ε_j — the same product taken with respect to
+//! the parameters, at the final state (frozen Jacobians in fixed and exact modes). The
+//! learning program also reports the messages to the inputs (Σ over their children), which
+//! equal −∂L/∂x at equilibrium.
+//!
+//! The energy F = ½ Σ_i π_i ‖ε_i‖² (outputs included) is an output of every step.
+
+mod dot;
+
+pub use dot::to_dot;
+
+use crate::autodiff::{self, AutodiffError};
+use crate::ir::{BinaryOp, LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
+use crate::sema::{InferenceConfig, Mode, NodeGranularity};
+use std::collections::{BTreeMap, HashMap};
+
+/// The role of a PC node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Has a value unit that relaxes; `loss_reads` when the loss also reads it.
+    Relaxed { loss_reads: bool },
+    /// Read only by the loss: error clamped to −∂L/∂μ.
+    Output,
+}
+
+/// One PC node of the forward program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PcNode {
+    /// The forward program's value.
+    pub value: ValueId,
+    /// A unique label, used in state names (`v.<label>`) and dumps.
+    pub label: String,
+    pub role: Role,
+    pub precision: f64,
+    /// PC nodes whose predictions read this node's value (through unnamed intermediates).
+    pub children: Vec<usize>,
+    /// Parameters its prediction reads directly or through intermediates.
+    pub params: Vec<String>,
+    pub shape: Shape,
+}
+
+/// The PC view of a forward program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PcGraph {
+    pub nodes: Vec<PcNode>,
+    /// Longest chain of relaxed nodes from any node to the loss: the steps exact mode needs.
+    pub depth: usize,
+}
+
+/// The programs of predictive-coding training for one model.
+#[derive(Clone, Debug)]
+pub struct PcPrograms {
+    pub graph: PcGraph,
+    /// The feedforward initialisation (prologue) and one relaxation step (body).
+    pub relax: LoopProgram,
+    /// Weight updates from the relaxed state: outputs `update.<param>` (ascent direction,
+    /// −∂L/∂θ at equilibrium) and `message.<input>` for every input.
+    pub learn: Program,
+    pub mode: Mode,
+    pub rate: f64,
+}
+
+#[derive(Debug)]
+pub enum PcError {
+    /// The model's loss was not found (the forward program has no `loss` output).
+    NoLoss,
+    /// Differentiating a node's prediction failed.
+    Autodiff(AutodiffError),
+}
+
+impl std::fmt::Display for PcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PcError::NoLoss => f.write_str("the forward program has no `loss` output"),
+            PcError::Autodiff(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for PcError {}
+
+impl From<AutodiffError> for PcError {
+    fn from(e: AutodiffError) -> Self {
+        PcError::Autodiff(e)
+    }
+}
+
+/// The name of the state entry holding a node's value unit.
+pub fn value_state(label: &str) -> String {
+    format!("v.{label}")
+}
+
+/// The name of the state entry holding a node's feedforward value.
+pub fn feedforward_state(label: &str) -> String {
+    format!("ff.{label}")
+}
+
+/// The default number of relaxation steps for a mode.
+pub fn default_steps(graph: &PcGraph, config: &InferenceConfig) -> usize {
+    match config.mode {
+        Mode::Exact => graph.depth.max(1),
+        _ => config.steps,
+    }
+}
+
+/// Finds the PC nodes of a forward program.
+pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
+    let n = forward.nodes.len();
+    let users = forward.users();
+    // Which nodes depend on a parameter, and which parameters each reads.
+    let mut on_param = vec![false; n];
+    for id in forward.ids() {
+        let node = forward.node(id);
+        on_param[id.index()] = node.op == Op::Leaf(LeafKind::Param) || node.args.iter().any(|a| on_param[a.index()]);
+    }
+    let is_model_op = |id: ValueId| {
+        let node = forward.node(id);
+        node.region == Region::Model && !matches!(node.op, Op::Leaf(_)) && on_param[id.index()]
+    };
+    let loss_reads = |id: ValueId| users[id.index()].iter().any(|&u| forward.node(u).region == Region::Loss);
+    let model_reads = |id: ValueId| users[id.index()].iter().any(|&u| forward.node(u).region == Region::Model);
+    let mut index_of: HashMap<ValueId, usize> = HashMap::new();
+    let mut nodes = Vec::new();
+    let mut name_count: HashMap<String, usize> = HashMap::new();
+    for id in forward.ids() {
+        if let Some(name) = &forward.node(id).name {
+            *name_count.entry(name.clone()).or_default() += 1;
+        }
+    }
+    let mut name_seen: HashMap<String, usize> = HashMap::new();
+    for id in forward.ids() {
+        if !is_model_op(id) {
+            continue;
+        }
+        let node = forward.node(id);
+        let chosen = match config.nodes {
+            NodeGranularity::All => true,
+            NodeGranularity::Named => node.name.is_some() || loss_reads(id),
+        };
+        if !chosen {
+            continue;
+        }
+        let label = match &node.name {
+            Some(name) if name_count[name] == 1 => name.clone(),
+            Some(name) => {
+                let k = name_seen.entry(name.clone()).or_default();
+                *k += 1;
+                format!("{name}.{}", *k - 1)
+            }
+            None => format!("n{}", id.0),
+        };
+        let role = if model_reads(id) {
+            Role::Relaxed { loss_reads: loss_reads(id) }
+        } else {
+            Role::Output
+        };
+        let precision = node
+            .name
+            .as_ref()
+            .and_then(|name| config.precision.get(name))
+            .copied()
+            .unwrap_or(1.0);
+        index_of.insert(id, nodes.len());
+        nodes.push(PcNode {
+            value: id,
+            label,
+            role,
+            precision: if role == Role::Output { 1.0 } else { precision },
+            children: Vec::new(),
+            params: Vec::new(),
+            shape: node.shape.clone(),
+        });
+    }
+    // Children and parameters: walk each prediction's composite back to the PC nodes and
+    // parameters it reads.
+    for (j, pc) in nodes.clone().iter().enumerate() {
+        let mut stack: Vec<ValueId> = forward.node(pc.value).args.clone();
+        let mut seen = std::collections::HashSet::new();
+        let mut params = Vec::new();
+        while let Some(a) = stack.pop() {
+            if !seen.insert(a) {
+                continue;
+            }
+            if let Some(&i) = index_of.get(&a) {
+                if !nodes[i].children.contains(&j) {
+                    nodes[i].children.push(j);
+                }
+                continue;
+            }
+            let node = forward.node(a);
+            if node.op == Op::Leaf(LeafKind::Param) {
+                params.push(node.name.clone().unwrap_or_default());
+            }
+            stack.extend(node.args.iter().copied());
+        }
+        params.sort();
+        params.dedup();
+        nodes[j].params = params;
+    }
+    // Depth: relaxed hops from each node to the loss.
+    let mut level = vec![0usize; nodes.len()];
+    for j in (0..nodes.len()).rev() {
+        level[j] = match nodes[j].role {
+            Role::Output => 0,
+            Role::Relaxed { .. } => 1 + nodes[j].children.iter().map(|&c| level[c]).max().unwrap_or(0),
+        };
+    }
+    let depth = level.iter().copied().max().unwrap_or(0);
+    PcGraph { nodes, depth }
+}
+
+/// Builds the relaxation and learning programs of a forward program.
+pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcPrograms, PcError> {
+    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
+    let graph = analyse(forward, config);
+    let (mode, rate) = match config.mode {
+        Mode::Exact => (Mode::Exact, 1.0),
+        m => (m, config.rate),
+    };
+    let steps = default_steps(&graph, config);
+
+    // Prologue: the feedforward pass; every relaxed node starts at its prediction.
+    let mut prologue = Program::new(format!("{}.relax.prologue", forward.name));
+    let ff = replay(forward, &mut prologue, &HashMap::new());
+    for pc in relaxed(&graph) {
+        prologue.set_output(value_state(&pc.label), ff[pc.value.index()]);
+        if mode != Mode::Strict {
+            prologue.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
+        }
+    }
+    prologue.set_output("loss", ff[loss.index()]);
+
+    // Body: one synchronous step.
+    let mut body = Program::new(format!("{}.relax.step", forward.name));
+    let units = errors(forward, &graph, &mut body, mode, loss)?;
+    let wrt: Vec<ValueId> = relaxed(&graph).map(|pc| units.cut[&pc.value]).collect();
+    let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
+    let mut energy_terms = Vec::new();
+    for (k, pc) in relaxed(&graph).enumerate() {
+        let v = units.values[&pc.value];
+        let eps = units.errors[&pc.value];
+        // v + η (−π ε + Σ children's messages − ∂L/∂v)
+        let weighted = scaled(&mut body, eps, pc.precision);
+        let mut drive = body.sub(messages[k], weighted);
+        if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
+            drive = body.add_values(drive, from_loss);
+        }
+        let step = body.scale(drive, rate);
+        let next = body.add_values(v, step);
+        body.set_output(value_state(&pc.label), next);
+    }
+    for pc in &graph.nodes {
+        let eps = units.errors[&pc.value];
+        energy_terms.push(half_weighted_norm(&mut body, eps, pc.precision));
+    }
+    let energy = sum_all(&mut body, &energy_terms);
+    body.set_output("energy", energy);
+
+    let mut relax = LoopProgram { prologue, body, steps };
+    relax.body.prune();
+    relax.hoist_invariants();
+
+    // Learning: the same product with respect to the parameters and inputs.
+    let mut learn = Program::new(format!("{}.learn", forward.name));
+    let units = errors(forward, &graph, &mut learn, mode, loss)?;
+    let params: Vec<(ValueId, String)> = learn
+        .leaves(LeafKind::Param)
+        .into_iter()
+        .map(|(id, n)| (id, n.to_string()))
+        .collect();
+    let inputs: Vec<(ValueId, String)> = learn
+        .leaves(LeafKind::Input)
+        .into_iter()
+        .map(|(id, n)| (id, n.to_string()))
+        .collect();
+    let wrt: Vec<ValueId> = params.iter().chain(&inputs).map(|(id, _)| *id).collect();
+    let grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
+    for ((_, name), g) in params.iter().zip(&grads) {
+        learn.set_output(format!("update.{name}"), *g);
+    }
+    for ((_, name), g) in inputs.iter().zip(&grads[params.len()..]) {
+        learn.set_output(format!("message.{name}"), *g);
+    }
+    let energy_terms: Vec<ValueId> = graph
+        .nodes
+        .iter()
+        .map(|pc| half_weighted_norm(&mut learn, units.errors[&pc.value], pc.precision))
+        .collect();
+    let energy = sum_all(&mut learn, &energy_terms);
+    learn.set_output("energy", energy);
+    learn.prune();
+    Ok(PcPrograms {
+        graph,
+        relax,
+        learn,
+        mode,
+        rate,
+    })
+}
+
+fn relaxed(graph: &PcGraph) -> impl Iterator<Item = &PcNode> {
+    graph.nodes.iter().filter(|pc| matches!(pc.role, Role::Relaxed { .. }))
+}
+
+/// The error units of one step, built into `program`.
+struct Units {
+    /// Forward value → the leaf its users read in the cut graph (relaxed nodes only).
+    cut: HashMap<ValueId, ValueId>,
+    /// Forward value → its current value unit (relaxed nodes).
+    values: HashMap<ValueId, ValueId>,
+    /// Forward value → its error unit ε (every PC node).
+    errors: HashMap<ValueId, ValueId>,
+    /// Forward value → −∂L/∂v for relaxed nodes the loss reads.
+    loss_messages: HashMap<ValueId, ValueId>,
+    /// (prediction μ_j, π_j ε_j) for every PC node j: the seeds of the message product.
+    seeds: Vec<(ValueId, ValueId)>,
+}
+
+/// Builds the cut graph and the error units into `program`. The cut reads `ff.*` state in
+/// fixed and exact modes (frozen predictions and Jacobians) and `v.*` in strict mode.
+fn errors(forward: &Program, graph: &PcGraph, program: &mut Program, mode: Mode, loss: ValueId) -> Result<Units, PcError> {
+    let mut cut = HashMap::new();
+    let mut values = HashMap::new();
+    for pc in relaxed(graph) {
+        let v = program.leaf(LeafKind::State, value_state(&pc.label), pc.shape.clone());
+        values.insert(pc.value, v);
+        let at = if mode == Mode::Strict {
+            v
+        } else {
+            program.leaf(LeafKind::State, feedforward_state(&pc.label), pc.shape.clone())
+        };
+        cut.insert(pc.value, at);
+    }
+    let computed = replay(forward, program, &cut);
+    // −∂L/∂ for outputs (at their predictions) and for relaxed nodes the loss reads.
+    let mut loss_wrt = Vec::new();
+    for pc in &graph.nodes {
+        match pc.role {
+            Role::Output => loss_wrt.push(computed[pc.value.index()]),
+            Role::Relaxed { loss_reads: true } => loss_wrt.push(cut[&pc.value]),
+            Role::Relaxed { loss_reads: false } => {}
+        }
+    }
+    let minus_one = program.constant(-1.0, Shape::scalar());
+    let loss_grads = if loss_wrt.is_empty() {
+        Vec::new()
+    } else {
+        autodiff::vjp(program, &[(computed[loss.index()], minus_one)], &loss_wrt)?
+    };
+    let mut loss_grads = loss_grads.into_iter();
+    let mut errors = HashMap::new();
+    let mut loss_messages = HashMap::new();
+    let mut seeds = Vec::new();
+    for pc in &graph.nodes {
+        let mu = computed[pc.value.index()];
+        let eps = match pc.role {
+            Role::Output => loss_grads.next().expect("one gradient per output"),
+            Role::Relaxed { loss_reads } => {
+                if loss_reads {
+                    loss_messages.insert(pc.value, loss_grads.next().expect("one gradient per loss-read node"));
+                }
+                program.sub(values[&pc.value], mu)
+            }
+        };
+        errors.insert(pc.value, eps);
+        seeds.push((mu, scaled(program, eps, pc.precision)));
+    }
+    Ok(Units {
+        cut,
+        values,
+        errors,
+        loss_messages,
+        seeds,
+    })
+}
+
+/// Copies the forward program into `program`: leaves become leaves of the same kind and name,
+/// and every user of a node in `cut` reads the given value instead. Returns, for each forward
+/// node, the node computing it (for cut nodes: their prediction from the cut inputs).
+fn replay(forward: &Program, program: &mut Program, cut: &HashMap<ValueId, ValueId>) -> Vec<ValueId> {
+    let mut computed: Vec<ValueId> = Vec::with_capacity(forward.nodes.len());
+    let read = |computed: &Vec<ValueId>, a: ValueId| cut.get(&a).copied().unwrap_or(computed[a.index()]);
+    for id in forward.ids() {
+        let node = forward.node(id);
+        let new = match node.op {
+            Op::Leaf(kind) => {
+                let name = node.name.clone().unwrap_or_default();
+                match program.leaf_named(kind, &name) {
+                    Some(existing) => existing,
+                    None => program.leaf(kind, name, node.shape.clone()),
+                }
+            }
+            _ => {
+                let args = node.args.iter().map(|&a| read(&computed, a)).collect();
+                program.push(Node { args, ..node.clone() })
+            }
+        };
+        computed.push(new);
+    }
+    for (name, init) in &forward.inits {
+        program.inits.insert(name.clone(), init.clone());
+    }
+    computed
+}
+
+fn scaled(program: &mut Program, x: ValueId, c: f64) -> ValueId {
+    if c == 1.0 {
+        x
+    } else {
+        program.scale(x, c)
+    }
+}
+
+/// ½ π ‖x‖², a scalar.
+fn half_weighted_norm(program: &mut Program, x: ValueId, precision: f64) -> ValueId {
+    let sq = program.binary(BinaryOp::Mul, x, x);
+    let rank = program.shape(sq).rank();
+    let total = program.reduce_sum(sq, (0..rank).collect());
+    program.scale(total, 0.5 * precision)
+}
+
+fn sum_all(program: &mut Program, terms: &[ValueId]) -> ValueId {
+    match terms.split_first() {
+        None => program.constant(0.0, Shape::scalar()),
+        Some((&first, rest)) => rest.iter().fold(first, |acc, &t| program.add_values(acc, t)),
+    }
+}
+
+/// A short description of the PC graph (for `pcg ir --stage pc` headers and reports).
+pub fn summary(graph: &PcGraph) -> BTreeMap<&'static str, usize> {
+    let mut m = BTreeMap::new();
+    m.insert("nodes", graph.nodes.len());
+    m.insert("relaxed", relaxed(graph).count());
+    m.insert("outputs", graph.nodes.iter().filter(|p| p.role == Role::Output).count());
+    m.insert("depth", graph.depth);
+    m
+}
