@@ -2,6 +2,7 @@
 //! predictive-coding equivalents.
 
 pub mod diag;
+pub mod interp;
 pub mod ir;
 pub mod source;
 pub mod syntax;
