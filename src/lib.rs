@@ -2,12 +2,19 @@
 //! predictive-coding equivalents.
 //!
 //! The pipeline, one module per stage: `syntax` (text to AST), `sema` (AST to the forward IR
-//! program), `ir` (the program representation shared by every later stage).
+//! program), `ir` (the program representation shared by every later stage), `autodiff` (the
+//! gradient program), `pc` (the relaxation and learning programs), `interp` (the reference
+//! backend), `train` (training loops); `data` and `npz` handle files.
 
+pub mod autodiff;
 pub mod cli;
 pub mod data;
 pub mod diag;
+pub mod interp;
 pub mod ir;
+pub mod npz;
+pub mod pc;
 pub mod sema;
 pub mod source;
 pub mod syntax;
+pub mod train;

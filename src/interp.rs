@@ -1,0 +1,518 @@
+//! The reference interpreter: runs any program (forward, gradient, PC) on ndarray tensors.
+//!
+//! It is the definition of what a program means, so it favours clarity over speed: one pass
+//! over the nodes in program order, one `apply_*` function per op kind, each a direct reading
+//! of the op's documentation in `ir::op`. It is not slow where that would distort results or
+//! make training examples impractical: matrix products go through ndarray's `dot` (which uses
+//! matrixmultiply), and convolutions are one im2col and one GEMM. The JIT is checked against it.
+//!
+//! The element type is generic (`Real`): training runs in `f32`, finite-difference checks of
+//! the autodiff rules in `f64`.
+
+use crate::ir::{
+    verify, BinaryOp, LeafKind, Node, Op, Program, ReduceOp, Shape, UnaryOp, ValueId, VerifyError,
+};
+use ndarray::{Array2, ArrayView2, ArrayViewD, Axis, IxDyn, Slice, Zip};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Element types the interpreter runs in: f32 (training) and f64 (checks).
+///
+/// `to_f64` shares its name with `num_traits::ToPrimitive::to_f64` (a supertrait of `Float`),
+/// so on a generic `F` call it as `Real::to_f64(x)`.
+pub trait Real:
+    ndarray::LinalgScalar + num_traits::Float + fmt::Debug + Send + Sync + 'static
+{
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// A dense tensor of any rank, in row-major (standard) layout when produced here.
+pub type Tensor<F> = ndarray::ArrayD<F>;
+
+/// Leaf values (and named outputs) by name. Leaf names are unique within a program.
+pub type Bindings<F> = BTreeMap<String, Tensor<F>>;
+
+/// Why a program could not be evaluated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EvalError {
+    /// The program breaks an IR invariant; a compiler bug, not a user error.
+    Invalid(VerifyError),
+    /// A leaf the program needs has no value in the bindings.
+    MissingLeaf {
+        name: String,
+        kind: LeafKind,
+        shape: Shape,
+    },
+    /// A leaf's bound value does not have the leaf's declared shape.
+    LeafShape {
+        name: String,
+        expected: Shape,
+        found: Shape,
+    },
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalError::Invalid(e) => write!(f, "{e}"),
+            EvalError::MissingLeaf { name, kind, shape } => {
+                write!(
+                    f,
+                    "no value given for {} `{name}` of shape {shape}",
+                    kind.keyword()
+                )
+            }
+            EvalError::LeafShape {
+                name,
+                expected,
+                found,
+            } => write!(
+                f,
+                "`{name}` is declared {expected} but was given a value of shape {found}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EvalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EvalError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Values of every node, in program order.
+pub fn eval<F: Real>(program: &Program, leaves: &Bindings<F>) -> Result<Vec<Tensor<F>>, EvalError> {
+    let schedule = Schedule {
+        compute: vec![true; program.nodes.len()],
+        free_after: vec![Vec::new(); program.nodes.len()],
+    };
+    let values = run(program, leaves, &schedule)?;
+    Ok(values.into_iter().flatten().collect())
+}
+
+/// Only the program's named outputs; frees each intermediate after its last use (no holding
+/// every value of a long unrolled program). Nodes no output depends on are not evaluated, and
+/// their leaves need no binding.
+pub fn eval_outputs<F: Real>(
+    program: &Program,
+    leaves: &Bindings<F>,
+) -> Result<Bindings<F>, EvalError> {
+    let schedule = Schedule::for_outputs(program);
+    let mut values = run(program, leaves, &schedule)?;
+    let mut named = Bindings::new();
+    for (i, output) in program.outputs.iter().enumerate() {
+        let slot = &mut values[output.value.index()];
+        let shared_later = program.outputs[i + 1..]
+            .iter()
+            .any(|later| later.value == output.value);
+        let value = if shared_later {
+            slot.clone()
+        } else {
+            slot.take()
+        };
+        named.insert(
+            output.name.clone(),
+            value.expect("outputs are kept to the end"),
+        );
+    }
+    Ok(named)
+}
+
+/// Which nodes to evaluate, and which values can be dropped after each node.
+struct Schedule {
+    compute: Vec<bool>,
+    /// `free_after[i]`: values whose last use is node i.
+    free_after: Vec<Vec<ValueId>>,
+}
+
+impl Schedule {
+    /// Evaluate what the outputs depend on; drop every other value after its last use.
+    fn for_outputs(program: &Program) -> Schedule {
+        let n = program.nodes.len();
+        let mut compute = vec![false; n];
+        let mut is_output = vec![false; n];
+        for o in &program.outputs {
+            compute[o.value.index()] = true;
+            is_output[o.value.index()] = true;
+        }
+        let mut last_use: Vec<Option<ValueId>> = vec![None; n];
+        for id in program.ids().rev() {
+            if !compute[id.index()] {
+                continue;
+            }
+            for &a in &program.node(id).args {
+                compute[a.index()] = true;
+                last_use[a.index()].get_or_insert(id);
+            }
+        }
+        let mut free_after = vec![Vec::new(); n];
+        for id in program.ids() {
+            if let (Some(user), false) = (last_use[id.index()], is_output[id.index()]) {
+                free_after[user.index()].push(id);
+            }
+        }
+        Schedule {
+            compute,
+            free_after,
+        }
+    }
+}
+
+fn run<F: Real>(
+    program: &Program,
+    leaves: &Bindings<F>,
+    schedule: &Schedule,
+) -> Result<Vec<Option<Tensor<F>>>, EvalError> {
+    verify(program).map_err(EvalError::Invalid)?;
+    let mut values: Vec<Option<Tensor<F>>> = vec![None; program.nodes.len()];
+    for id in program.ids() {
+        if !schedule.compute[id.index()] {
+            continue;
+        }
+        let node = program.node(id);
+        let value = match &node.op {
+            Op::Leaf(kind) => leaf_value(node, *kind, leaves)?,
+            op => {
+                let args: Vec<&Tensor<F>> = node
+                    .args
+                    .iter()
+                    .map(|a| values[a.index()].as_ref().expect("operands are live"))
+                    .collect();
+                apply(op, &args, &node.shape)
+            }
+        };
+        values[id.index()] = Some(value);
+        for dead in &schedule.free_after[id.index()] {
+            values[dead.index()] = None;
+        }
+    }
+    Ok(values)
+}
+
+fn leaf_value<F: Real>(
+    node: &Node,
+    kind: LeafKind,
+    leaves: &Bindings<F>,
+) -> Result<Tensor<F>, EvalError> {
+    let name = node.name.clone().unwrap_or_default();
+    let Some(value) = leaves.get(&name) else {
+        return Err(EvalError::MissingLeaf {
+            name,
+            kind,
+            shape: node.shape.clone(),
+        });
+    };
+    if value.shape() != node.shape.dims() {
+        return Err(EvalError::LeafShape {
+            name,
+            expected: node.shape.clone(),
+            found: Shape::new(value.shape()),
+        });
+    }
+    Ok(standard(value.view()))
+}
+
+/// The value of one non-leaf node from its operands' values; `shape` is the node's shape.
+fn apply<F: Real>(op: &Op, args: &[&Tensor<F>], shape: &Shape) -> Tensor<F> {
+    let dims = IxDyn(shape.dims());
+    match op {
+        Op::Leaf(_) => unreachable!("leaves are read from the bindings"),
+        Op::Const(c) => Tensor::from_elem(dims, F::from_f64(*c)),
+        Op::Unary(u) => {
+            let f = unary_fn::<F>(*u);
+            args[0].mapv(f)
+        }
+        Op::Binary(b) => {
+            let f = binary_fn::<F>(*b);
+            Zip::from(args[0])
+                .and(args[1])
+                .map_collect(|&a, &b| f(a, b))
+        }
+        Op::Where => Zip::from(args[0])
+            .and(args[1])
+            .and(args[2])
+            .map_collect(|&c, &a, &b| if c != F::zero() { a } else { b }),
+        Op::Reduce(r, axes) => reduce(*r, args[0], axes),
+        Op::Reshape => args[0]
+            .to_shape(dims)
+            .expect("reshape keeps the element count")
+            .into_owned(),
+        Op::Transpose(perm) => standard(args[0].view().permuted_axes(perm.clone())),
+        Op::Broadcast => standard(
+            args[0]
+                .broadcast(dims)
+                .expect("broadcast target checked by the verifier"),
+        ),
+        Op::Slice { axis, start, end } => {
+            standard(args[0].slice_axis(Axis(*axis), Slice::from(*start..*end)))
+        }
+        Op::Pad { axis, before, .. } => {
+            let mut out = Tensor::zeros(dims);
+            let len = args[0].len_of(Axis(*axis));
+            out.slice_axis_mut(Axis(*axis), Slice::from(*before..before + len))
+                .assign(args[0]);
+            out
+        }
+        Op::Concat { axis } => {
+            let views: Vec<ArrayViewD<F>> = args.iter().map(|a| a.view()).collect();
+            ndarray::concatenate(Axis(*axis), &views).expect("concat shapes checked")
+        }
+        Op::MatMul => matmul(args[0], args[1], shape),
+        Op::Conv2d { stride, padding } => {
+            let geometry = ConvGeometry::new(args[0].shape(), args[1].shape(), *stride, *padding);
+            geometry.conv(args[0], args[1])
+        }
+        Op::Conv2dInputGrad { stride, padding } => {
+            let geometry = ConvGeometry::new(shape.dims(), args[1].shape(), *stride, *padding);
+            geometry.input_grad(args[0], args[1])
+        }
+        Op::Conv2dWeightGrad { stride, padding } => {
+            let geometry = ConvGeometry::new(args[0].shape(), shape.dims(), *stride, *padding);
+            geometry.weight_grad(args[0], args[1])
+        }
+    }
+}
+
+/// A copy of a view in standard (row-major) layout.
+fn standard<F: Real>(view: ArrayViewD<F>) -> Tensor<F> {
+    view.as_standard_layout().into_owned()
+}
+
+fn unary_fn<F: Real>(op: UnaryOp) -> impl Fn(F) -> F {
+    move |x: F| match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tan => x.tan(),
+        UnaryOp::Tanh => x.tanh(),
+        // 1 / (1 + e^-x), written so that neither branch overflows.
+        UnaryOp::Sigmoid => {
+            if x >= F::zero() {
+                F::one() / (F::one() + (-x).exp())
+            } else {
+                let e = x.exp();
+                e / (F::one() + e)
+            }
+        }
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sign => {
+            if x > F::zero() {
+                F::one()
+            } else if x < F::zero() {
+                -F::one()
+            } else {
+                F::zero()
+            }
+        }
+        UnaryOp::Powf(p) => x.powf(F::from_f64(p)),
+    }
+}
+
+fn binary_fn<F: Real>(op: BinaryOp) -> impl Fn(F, F) -> F {
+    let indicator = |holds: bool| if holds { F::one() } else { F::zero() };
+    move |a: F, b: F| match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Greater => indicator(a > b),
+        BinaryOp::Equal => indicator(a == b),
+    }
+}
+
+fn reduce<F: Real>(op: ReduceOp, x: &Tensor<F>, axes: &[usize]) -> Tensor<F> {
+    // Reducing the highest axis first keeps the lower axis numbers valid.
+    axes.iter().rev().fold(x.clone(), |acc, &axis| match op {
+        ReduceOp::Sum => acc.sum_axis(Axis(axis)),
+        ReduceOp::Max => acc.fold_axis(Axis(axis), F::neg_infinity(), |&m, &v| m.max(v)),
+    })
+}
+
+/// `[..., m, k] @ [..., k, n]`: one GEMM per batch index.
+fn matmul<F: Real>(a: &Tensor<F>, b: &Tensor<F>, shape: &Shape) -> Tensor<F> {
+    let r = a.ndim();
+    let (m, k, n) = (a.shape()[r - 2], a.shape()[r - 1], b.shape()[r - 1]);
+    let batch: usize = a.shape()[..r - 2].iter().product();
+    let a3 = a.to_shape((batch, m, k)).expect("matmul operand");
+    let b3 = b.to_shape((batch, k, n)).expect("matmul operand");
+    let mut out = ndarray::Array3::zeros((batch, m, n));
+    for i in 0..batch {
+        ndarray::linalg::general_mat_mul(
+            F::one(),
+            &a3.index_axis(Axis(0), i),
+            &b3.index_axis(Axis(0), i),
+            F::zero(),
+            &mut out.index_axis_mut(Axis(0), i),
+        );
+    }
+    out.into_shape_with_order(IxDyn(shape.dims()))
+        .expect("matmul result")
+}
+
+/// The sizes of one 2-D convolution. Convolution and its two adjoints are all computed through
+/// the im2col matrix `[C*KH*KW, N*OH*OW]`, whose column (n, oh, ow) holds the input patch that
+/// output pixel (n, ·, oh, ow) sees:
+///
+/// - conv:        out    = W · cols,        W the weight as `[O, C*KH*KW]`
+/// - weight grad: dW     = G · colsᵀ,       G the cotangent as `[O, N*OH*OW]`
+/// - input grad:  dcols  = Wᵀ · G, scattered back onto the input by `col2im` (im2col's adjoint)
+struct ConvGeometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl ConvGeometry {
+    fn new(input: &[usize], weight: &[usize], stride: usize, padding: usize) -> ConvGeometry {
+        let out = |size, kernel| {
+            crate::ir::shape::conv_out(size, kernel, stride, padding).expect("kernel fits input")
+        };
+        ConvGeometry {
+            n: input[0],
+            c: input[1],
+            h: input[2],
+            w: input[3],
+            o: weight[0],
+            kh: weight[2],
+            kw: weight[3],
+            oh: out(input[2], weight[2]),
+            ow: out(input[3], weight[3]),
+            stride,
+            padding,
+        }
+    }
+
+    fn patch_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    fn pixels(&self) -> usize {
+        self.n * self.oh * self.ow
+    }
+
+    /// Calls `visit(entry, pixel)` for every entry of the im2col matrix that reads an input
+    /// element (entries in the zero padding are skipped): `entry` is the flat index into the
+    /// matrix, `pixel` the flat index into the `[N, C, H, W]` input.
+    fn for_each_tap(&self, mut visit: impl FnMut(usize, usize)) {
+        let inside = |pos: usize, size: usize| pos.checked_sub(self.padding).filter(|&i| i < size);
+        for c in 0..self.c {
+            for ki in 0..self.kh {
+                for kj in 0..self.kw {
+                    let row = (c * self.kh + ki) * self.kw + kj;
+                    for n in 0..self.n {
+                        for oh in 0..self.oh {
+                            let Some(ih) = inside(oh * self.stride + ki, self.h) else {
+                                continue;
+                            };
+                            for ow in 0..self.ow {
+                                let Some(iw) = inside(ow * self.stride + kj, self.w) else {
+                                    continue;
+                                };
+                                let column = (n * self.oh + oh) * self.ow + ow;
+                                let pixel = ((n * self.c + c) * self.h + ih) * self.w + iw;
+                                visit(row * self.pixels() + column, pixel);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn im2col<F: Real>(&self, input: &Tensor<F>) -> Array2<F> {
+        let input = input.as_standard_layout();
+        let input = input.as_slice().expect("standard layout");
+        let mut cols = Array2::zeros((self.patch_len(), self.pixels()));
+        let entries = cols.as_slice_mut().expect("fresh array");
+        self.for_each_tap(|entry, pixel| entries[entry] = input[pixel]);
+        cols
+    }
+
+    /// The adjoint of `im2col`: sums every matrix entry back onto the input element it read.
+    fn col2im<F: Real>(&self, cols: &Array2<F>) -> Tensor<F> {
+        let cols = cols.as_standard_layout();
+        let entries = cols.as_slice().expect("standard layout");
+        let mut input = Tensor::zeros(IxDyn(&[self.n, self.c, self.h, self.w]));
+        let pixels = input.as_slice_mut().expect("fresh array");
+        self.for_each_tap(|entry, pixel| pixels[pixel] = pixels[pixel] + entries[entry]);
+        input
+    }
+
+    /// The weight `[O, C, KH, KW]` as the matrix `[O, C*KH*KW]`.
+    fn weight_matrix<'a, F: Real>(&self, weight: &'a Tensor<F>) -> ArrayView2<'a, F> {
+        weight
+            .view()
+            .into_shape_with_order((self.o, self.patch_len()))
+            .expect("weight in standard layout")
+    }
+
+    /// A `[N, O, OH, OW]` tensor as the matrix `[O, N*OH*OW]`.
+    fn output_matrix<F: Real>(&self, output: &Tensor<F>) -> Array2<F> {
+        standard(output.view().permuted_axes(vec![1, 0, 2, 3]))
+            .into_shape_with_order((self.o, self.pixels()))
+            .expect("standard layout")
+    }
+
+    /// The matrix `[O, N*OH*OW]` as the tensor `[N, O, OH, OW]`.
+    fn output_tensor<F: Real>(&self, matrix: Array2<F>) -> Tensor<F> {
+        let as_o_first = matrix
+            .into_shape_with_order(IxDyn(&[self.o, self.n, self.oh, self.ow]))
+            .expect("standard layout");
+        standard(as_o_first.view().permuted_axes(vec![1, 0, 2, 3]))
+    }
+
+    fn conv<F: Real>(&self, input: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
+        let weight = standard(weight.view());
+        let out = self.weight_matrix(&weight).dot(&self.im2col(input));
+        self.output_tensor(out)
+    }
+
+    fn input_grad<F: Real>(&self, cotangent: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
+        let weight = standard(weight.view());
+        let patches = self
+            .weight_matrix(&weight)
+            .t()
+            .dot(&self.output_matrix(cotangent));
+        self.col2im(&patches)
+    }
+
+    fn weight_grad<F: Real>(&self, input: &Tensor<F>, cotangent: &Tensor<F>) -> Tensor<F> {
+        let grad = self.output_matrix(cotangent).dot(&self.im2col(input).t());
+        grad.into_shape_with_order(IxDyn(&[self.o, self.c, self.kh, self.kw]))
+            .expect("standard layout")
+    }
+}

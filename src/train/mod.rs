@@ -1,0 +1,3 @@
+//! Training: parameter initialisation, optimisers and the training loop.
+
+pub mod init;
