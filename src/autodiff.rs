@@ -209,7 +209,7 @@ fn vjp_rule(
     let want = |i: usize| wanted[i];
     let cotangents = match &node.op {
         // Leaves and constants end the traversal.
-        Op::Leaf(_) | Op::Const(_) => vec![],
+        Op::Leaf(_) | Op::Const(_) | Op::Iota { .. } => vec![],
 
         // d(-x)/dx = -1
         Op::Unary(UnaryOp::Neg) => vec![Some(p.unary(UnaryOp::Neg, ct))],

@@ -240,6 +240,7 @@ fn apply<F: Real>(op: &Op, args: &[&Tensor<F>], shape: &Shape) -> Tensor<F> {
     match op {
         Op::Leaf(_) => unreachable!("leaves are read from the bindings"),
         Op::Const(c) => Tensor::from_elem(dims, F::from_f64(*c)),
+        Op::Iota { axis } => Tensor::from_shape_fn(dims, |index| F::from_f64(index[*axis] as f64)),
         Op::Unary(u) => {
             let f = unary_fn::<F>(*u);
             args[0].mapv(f)
@@ -515,4 +516,35 @@ impl ConvGeometry {
         grad.into_shape_with_order(IxDyn(&[self.o, self.c, self.kh, self.kw]))
             .expect("standard layout")
     }
+}
+
+/// Runs a loop program: the prologue once, then the body `steps` times. `observe` sees the
+/// bindings (the given leaves plus the state) after the prologue (step 0) and after each body
+/// run (steps 1..=steps); returning `false` stops the loop early. Returns the final state:
+/// every prologue and body output.
+pub fn run_loop<F: Real>(
+    program: &crate::ir::LoopProgram,
+    leaves: &Bindings<F>,
+    steps: usize,
+    mut observe: impl FnMut(usize, &Bindings<F>) -> bool,
+) -> Result<Bindings<F>, EvalError> {
+    let state = eval_outputs(&program.prologue, leaves)?;
+    let mut names: Vec<String> = state.keys().cloned().collect();
+    names.extend(program.body.outputs.iter().map(|o| o.name.clone()));
+    // One map holds the leaves and the state, so the body's bindings are never rebuilt.
+    let mut env = leaves.clone();
+    env.extend(state);
+    if observe(0, &env) {
+        for step in 1..=steps {
+            let next = eval_outputs(&program.body, &env)?;
+            env.extend(next);
+            if !observe(step, &env) {
+                break;
+            }
+        }
+    }
+    Ok(names
+        .into_iter()
+        .filter_map(|n| env.remove(&n).map(|v| (n, v)))
+        .collect())
 }

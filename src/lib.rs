@@ -11,6 +11,7 @@ pub mod cli;
 pub mod data;
 pub mod diag;
 pub mod interp;
+pub mod gradcheck;
 pub mod ir;
 pub mod npz;
 pub mod pc;

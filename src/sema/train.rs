@@ -2,6 +2,8 @@
 //! inference (relaxation) settings, the optimiser and the loop sizes. Every key and value is
 //! checked here; an unknown key or a bad value is a diagnostic with the valid choices.
 
+pub use crate::data::DataSpec;
+use crate::data::{SpecArg, SpecValue};
 use crate::diag::{closest, Diagnostic, ErrorKind};
 use crate::ir::Program;
 use crate::source::Span;
@@ -77,20 +79,9 @@ pub enum OptimizerConfig {
     },
 }
 
-/// Where the training data comes from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DataSource {
-    Digits,
-    Mnist5k,
-    Fmnist { dir: Option<String> },
-    Shakespeare { seq: usize },
-    Npz(String),
-    Csv(String),
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
-    pub data: Option<DataSource>,
+    pub data: Option<DataSpec>,
     pub method: Method,
     pub inference: InferenceConfig,
     pub optimizer: OptimizerConfig,
@@ -390,58 +381,33 @@ fn call_args<'a>(
     ok.then_some(out)
 }
 
-fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSource> {
-    const SETS: &[&str] = &["digits", "mnist5k", "fmnist", "shakespeare", "npz", "csv"];
-    let name = match &e.kind {
-        ExprKind::Name(id) => id.name.as_str(),
-        ExprKind::Call { callee, .. } => callee.name.as_str(),
-        _ => "",
-    };
-    let string_arg = |diagnostics: &mut Vec<Diagnostic>, key: &str| -> Option<String> {
-        let args = call_args(e, &[key], 1, diagnostics)?;
-        match args.get(key).map(|v| &v.kind) {
-            Some(ExprKind::Str(s)) => Some(s.clone()),
-            _ => {
-                diagnostics.push(bad_value(
-                    e.span,
-                    format!("`{name}` needs a file path"),
-                    format!("write `{name}(\"file.{name}\")`"),
-                ));
-                None
-            }
-        }
-    };
-    match name {
-        "digits" => Some(DataSource::Digits),
-        "mnist5k" => Some(DataSource::Mnist5k),
-        "fmnist" => {
-            let args = call_args(e, &["dir"], 1, diagnostics)?;
-            let dir = match args.get("dir").map(|v| &v.kind) {
-                None => None,
-                Some(ExprKind::Str(s)) => Some(s.clone()),
-                Some(_) => {
-                    diagnostics.push(bad_value(
-                        e.span,
-                        "`dir` must be a string",
-                        "e.g. `fmnist(dir = \"/data/fashion\")`",
-                    ));
-                    return None;
-                }
-            };
-            Some(DataSource::Fmnist { dir })
-        }
-        "shakespeare" => {
-            let args = call_args(e, &["seq"], 1, diagnostics)?;
-            let seq = match args.get("seq") {
-                None => 50,
-                Some(v) => integer(v, 1, diagnostics)? as usize,
-            };
-            Some(DataSource::Shakespeare { seq })
-        }
-        "npz" => string_arg(diagnostics, "path").map(DataSource::Npz),
-        "csv" => string_arg(diagnostics, "path").map(DataSource::Csv),
+/// The data set of a `data = ...` entry, read by the data module's own spec parser.
+fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSpec> {
+    let (name, args): (&str, &[ast::Arg]) = match &e.kind {
+        ExprKind::Name(id) => (id.name.as_str(), &[]),
+        ExprKind::Call { callee, args } => (callee.name.as_str(), args.as_slice()),
         _ => {
-            word(e, SETS, "data set", diagnostics);
+            diagnostics.push(bad_value(e.span, "expected a data set", "e.g. `digits`, `fmnist`, `shakespeare(seq = 50)`, `npz(\"f.npz\")`"));
+            return None;
+        }
+    };
+    let mut spec_args = Vec::new();
+    for a in args {
+        let value = match &a.value.kind {
+            ExprKind::Int(i) => SpecValue::Int(*i),
+            ExprKind::Float(x) => SpecValue::Float(*x),
+            ExprKind::Str(s) => SpecValue::Str(s.clone()),
+            _ => {
+                diagnostics.push(bad_value(a.value.span, "data set arguments are numbers or strings", "e.g. `shakespeare(seq = 50)`"));
+                return None;
+            }
+        };
+        spec_args.push(SpecArg { name: a.name.as_ref().map(|n| n.name.clone()), value });
+    }
+    match DataSpec::from_call(name, &spec_args) {
+        Ok(spec) => Some(spec),
+        Err(err) => {
+            diagnostics.push(bad_value(e.span, err.to_string(), "data sets: digits, mnist5k, fmnist, shakespeare(seq = N), npz(\"file.npz\"), csv(\"file.csv\")"));
             None
         }
     }

@@ -1,0 +1,96 @@
+//! Where a model's leaves get their values outside the training loop: named arrays from
+//! `.npz` files (checked against the declared shapes), the first batch of the train block's
+//! data, or seeded random data of the right shapes.
+
+use crate::data::{self, DataSpec};
+use crate::ir::{LeafKind, Program};
+use crate::npz::Arrays;
+use ndarray::ArrayD;
+use rand_distr::{Distribution, StandardNormal};
+use std::path::Path;
+
+/// Checks that `arrays` holds every leaf of the given kinds with its declared shape. The error
+/// names the array and both shapes.
+pub fn check_arrays(program: &Program, kinds: &[LeafKind], arrays: &Arrays, source: &Path) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for &kind in kinds {
+        for (id, name) in program.leaves(kind) {
+            let declared = program.shape(id);
+            match arrays.get(name) {
+                None => problems.push(format!(
+                    "{}: no array named `{name}` (the model's {} `{name}` has shape {declared})",
+                    source.display(),
+                    kind.keyword()
+                )),
+                Some(a) if a.shape() != declared.dims() => problems.push(format!(
+                    "{}: array `{name}` has shape {:?}, but the model declares {} `{name}` with shape {declared}",
+                    source.display(),
+                    a.shape(),
+                    kind.keyword()
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// The model's single input and target leaves, as (name, shape) pairs.
+fn io(program: &Program) -> Option<((String, Vec<usize>), (String, Vec<usize>))> {
+    let inputs = program.leaves(LeafKind::Input);
+    let targets = program.leaves(LeafKind::Target);
+    match (inputs.as_slice(), targets.as_slice()) {
+        ([(x, xn)], [(y, yn)]) => Some((
+            (xn.to_string(), program.shape(*x).dims().to_vec()),
+            (yn.to_string(), program.shape(*y).dims().to_vec()),
+        )),
+        _ => None,
+    }
+}
+
+/// The first training batch of a data set, shaped for the model (one input and one target).
+pub fn first_batch(program: &Program, spec: &DataSpec) -> Result<Arrays, String> {
+    let ((xn, xs), (yn, ys)) = io(program).ok_or("data sets feed models with exactly one input and one target")?;
+    let set = data::load(spec).map_err(|e| e.to_string())?;
+    let b = xs.first().copied().unwrap_or(1);
+    if set.train.len() < b {
+        return Err(format!("the data set has {} training examples, fewer than a batch of {b}", set.train.len()));
+    }
+    let order = data::epoch_order(set.train.len(), 0, 0);
+    let (x, y) = set.train.batch(&order[..b], &xs, &ys).map_err(|e| e.to_string())?;
+    Ok(Arrays::from([(xn, x), (yn, y)]))
+}
+
+/// Seeded random values for every input and target: standard normal inputs; one-hot targets
+/// (a random class along the last axis) when the last axis has more than one entry.
+pub fn random_batch(program: &Program, seed: u64) -> Arrays {
+    let mut out = Arrays::new();
+    for kind in [LeafKind::Input, LeafKind::Target] {
+        for (id, name) in program.leaves(kind) {
+            let mut rng = super::init::stream(seed, &format!("data.{name}"));
+            let dims = program.shape(id).dims().to_vec();
+            let classes = dims.last().copied().unwrap_or(1);
+            let array = if kind == LeafKind::Target && classes > 1 {
+                let mut a = ArrayD::<f32>::zeros(dims.clone());
+                let rows = a.len() / classes;
+                let flat = a.as_slice_mut().expect("fresh arrays are contiguous");
+                for r in 0..rows {
+                    let c = (rand::Rng::random::<u64>(&mut rng) % classes as u64) as usize;
+                    flat[r * classes + c] = 1.0;
+                }
+                a
+            } else {
+                ArrayD::from_shape_simple_fn(dims, || {
+                    let x: f64 = StandardNormal.sample(&mut rng);
+                    x as f32
+                })
+            };
+            out.insert(name.to_string(), array);
+        }
+    }
+    out
+}
