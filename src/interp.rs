@@ -12,7 +12,7 @@
 use crate::ir::{
     verify, BinaryOp, LeafKind, Node, Op, Program, ReduceOp, Shape, UnaryOp, ValueId, VerifyError,
 };
-use ndarray::{Array2, ArrayView2, ArrayViewD, Axis, IxDyn, Slice, Zip};
+use ndarray::{Array2, ArrayViewD, Axis, CowArray, Ix2, IxDyn, Slice, Zip};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -276,8 +276,15 @@ fn apply<F: Real>(op: &Op, args: &[&Tensor<F>], shape: &Shape) -> Tensor<F> {
             out
         }
         Op::Concat { axis } => {
-            let views: Vec<ArrayViewD<F>> = args.iter().map(|a| a.view()).collect();
-            ndarray::concatenate(Axis(*axis), &views).expect("concat shapes checked")
+            let mut out = Tensor::zeros(dims);
+            let mut start = 0;
+            for arg in args {
+                let end = start + arg.len_of(Axis(*axis));
+                out.slice_axis_mut(Axis(*axis), Slice::from(start..end))
+                    .assign(*arg);
+                start = end;
+            }
+            out
         }
         Op::MatMul => matmul(args[0], args[1], shape),
         Op::Conv2d { stride, padding } => {
@@ -347,11 +354,16 @@ fn binary_fn<F: Real>(op: BinaryOp) -> impl Fn(F, F) -> F {
 }
 
 fn reduce<F: Real>(op: ReduceOp, x: &Tensor<F>, axes: &[usize]) -> Tensor<F> {
+    let mut reduced: Option<Tensor<F>> = None;
     // Reducing the highest axis first keeps the lower axis numbers valid.
-    axes.iter().rev().fold(x.clone(), |acc, &axis| match op {
-        ReduceOp::Sum => acc.sum_axis(Axis(axis)),
-        ReduceOp::Max => acc.fold_axis(Axis(axis), F::neg_infinity(), |&m, &v| m.max(v)),
-    })
+    for &axis in axes.iter().rev() {
+        let from = reduced.as_ref().unwrap_or(x);
+        reduced = Some(match op {
+            ReduceOp::Sum => from.sum_axis(Axis(axis)),
+            ReduceOp::Max => from.fold_axis(Axis(axis), F::neg_infinity(), |&m, &v| m.max(v)),
+        });
+    }
+    reduced.unwrap_or_else(|| x.clone())
 }
 
 /// `[..., m, k] @ [..., k, n]`: one GEMM per batch index.
@@ -473,38 +485,37 @@ impl ConvGeometry {
     }
 
     /// The weight `[O, C, KH, KW]` as the matrix `[O, C*KH*KW]`.
-    fn weight_matrix<'a, F: Real>(&self, weight: &'a Tensor<F>) -> ArrayView2<'a, F> {
+    fn weight_matrix<'a, F: Real>(&self, weight: &'a Tensor<F>) -> CowArray<'a, F, Ix2> {
         weight
-            .view()
-            .into_shape_with_order((self.o, self.patch_len()))
-            .expect("weight in standard layout")
+            .to_shape((self.o, self.patch_len()))
+            .expect("weight shape")
     }
 
     /// A `[N, O, OH, OW]` tensor as the matrix `[O, N*OH*OW]`.
     fn output_matrix<F: Real>(&self, output: &Tensor<F>) -> Array2<F> {
-        standard(output.view().permuted_axes(vec![1, 0, 2, 3]))
-            .into_shape_with_order((self.o, self.pixels()))
-            .expect("standard layout")
+        let o_first = output.view().permuted_axes(vec![1, 0, 2, 3]);
+        o_first
+            .to_shape((self.o, self.pixels()))
+            .expect("output shape")
+            .into_owned()
     }
 
     /// The matrix `[O, N*OH*OW]` as the tensor `[N, O, OH, OW]`.
-    fn output_tensor<F: Real>(&self, matrix: Array2<F>) -> Tensor<F> {
-        let as_o_first = matrix
-            .into_shape_with_order(IxDyn(&[self.o, self.n, self.oh, self.ow]))
-            .expect("standard layout");
-        standard(as_o_first.view().permuted_axes(vec![1, 0, 2, 3]))
+    fn output_tensor<F: Real>(&self, matrix: &Array2<F>) -> Tensor<F> {
+        let o_first = matrix
+            .to_shape(IxDyn(&[self.o, self.n, self.oh, self.ow]))
+            .expect("output shape");
+        standard(o_first.view().permuted_axes(vec![1, 0, 2, 3]))
     }
 
     fn conv<F: Real>(&self, input: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
-        let weight = standard(weight.view());
-        let out = self.weight_matrix(&weight).dot(&self.im2col(input));
-        self.output_tensor(out)
+        let out = self.weight_matrix(weight).dot(&self.im2col(input));
+        self.output_tensor(&out)
     }
 
     fn input_grad<F: Real>(&self, cotangent: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
-        let weight = standard(weight.view());
         let patches = self
-            .weight_matrix(&weight)
+            .weight_matrix(weight)
             .t()
             .dot(&self.output_matrix(cotangent));
         self.col2im(&patches)
@@ -512,7 +523,8 @@ impl ConvGeometry {
 
     fn weight_grad<F: Real>(&self, input: &Tensor<F>, cotangent: &Tensor<F>) -> Tensor<F> {
         let grad = self.output_matrix(cotangent).dot(&self.im2col(input).t());
-        grad.into_shape_with_order(IxDyn(&[self.o, self.c, self.kh, self.kw]))
-            .expect("standard layout")
+        grad.to_shape(IxDyn(&[self.o, self.c, self.kh, self.kw]))
+            .expect("weight shape")
+            .into_owned()
     }
 }
