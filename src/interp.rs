@@ -1,10 +1,14 @@
 //! The reference interpreter: runs any program (forward, gradient, PC) on ndarray tensors.
 //!
 //! It is the definition of what a program means, so it favours clarity over speed: one pass
-//! over the nodes in program order, one `apply_*` function per op kind, each a direct reading
-//! of the op's documentation in `ir::op`. It is not slow where that would distort results or
-//! make training examples impractical: matrix products go through ndarray's `dot` (which uses
-//! matrixmultiply), and convolutions are one im2col and one GEMM. The JIT is checked against it.
+//! over the nodes in program order, and one arm per op in `apply`, each a direct reading of the
+//! op's documentation in `ir::op`. It is not slow where that would make training examples
+//! impractical: matrix products go through ndarray's GEMM (matrixmultiply), and a convolution
+//! and its two adjoints are each one im2col and one GEMM. The JIT is checked against it.
+//!
+//! `eval` keeps every node's value (for tests and debugging); `eval_outputs` evaluates only
+//! what the outputs need and drops each value after its last use, so a long unrolled program
+//! holds only its live values.
 //!
 //! The element type is generic (`Real`): training runs in `f32`, finite-difference checks of
 //! the autodiff rules in `f64`.
@@ -104,11 +108,8 @@ impl std::error::Error for EvalError {
 
 /// Values of every node, in program order.
 pub fn eval<F: Real>(program: &Program, leaves: &Bindings<F>) -> Result<Vec<Tensor<F>>, EvalError> {
-    let schedule = Schedule {
-        compute: vec![true; program.nodes.len()],
-        free_after: vec![Vec::new(); program.nodes.len()],
-    };
-    let values = run(program, leaves, &schedule)?;
+    verify(program).map_err(EvalError::Invalid)?;
+    let values = run(program, leaves, &Schedule::everything(program))?;
     Ok(values.into_iter().flatten().collect())
 }
 
@@ -119,8 +120,8 @@ pub fn eval_outputs<F: Real>(
     program: &Program,
     leaves: &Bindings<F>,
 ) -> Result<Bindings<F>, EvalError> {
-    let schedule = Schedule::for_outputs(program);
-    let mut values = run(program, leaves, &schedule)?;
+    verify(program).map_err(EvalError::Invalid)?;
+    let mut values = run(program, leaves, &Schedule::for_outputs(program))?;
     let mut named = Bindings::new();
     for (i, output) in program.outputs.iter().enumerate() {
         let slot = &mut values[output.value.index()];
@@ -148,6 +149,14 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// Evaluate every node and keep every value.
+    fn everything(program: &Program) -> Schedule {
+        Schedule {
+            compute: vec![true; program.nodes.len()],
+            free_after: vec![Vec::new(); program.nodes.len()],
+        }
+    }
+
     /// Evaluate what the outputs depend on; drop every other value after its last use.
     fn for_outputs(program: &Program) -> Schedule {
         let n = program.nodes.len();
@@ -180,12 +189,12 @@ impl Schedule {
     }
 }
 
+/// Evaluates a verified program in program order, following the schedule.
 fn run<F: Real>(
     program: &Program,
     leaves: &Bindings<F>,
     schedule: &Schedule,
 ) -> Result<Vec<Option<Tensor<F>>>, EvalError> {
-    verify(program).map_err(EvalError::Invalid)?;
     let mut values: Vec<Option<Tensor<F>>> = vec![None; program.nodes.len()];
     for id in program.ids() {
         if !schedule.compute[id.index()] {
