@@ -101,7 +101,9 @@ pub fn vjp(
         }
     }
     // Every user of a node follows it, so a reverse sweep sees a node's cotangent complete.
-    for id in program.ids().rev() {
+    // The sweep covers the nodes that were there before it; it only appends after them.
+    let swept = program.nodes.len() as u32;
+    for id in (0..swept).rev().map(ValueId) {
         let Some(cotangent) = cotangents[id.index()] else {
             continue;
         };

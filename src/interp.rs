@@ -1,10 +1,14 @@
 //! The reference interpreter: runs any program (forward, gradient, PC) on ndarray tensors.
 //!
 //! It is the definition of what a program means, so it favours clarity over speed: one pass
-//! over the nodes in program order, one `apply_*` function per op kind, each a direct reading
-//! of the op's documentation in `ir::op`. It is not slow where that would distort results or
-//! make training examples impractical: matrix products go through ndarray's `dot` (which uses
-//! matrixmultiply), and convolutions are one im2col and one GEMM. The JIT is checked against it.
+//! over the nodes in program order, and one arm per op in `apply`, each a direct reading of the
+//! op's documentation in `ir::op`. It is not slow where that would make training examples
+//! impractical: matrix products go through ndarray's GEMM (matrixmultiply), and a convolution
+//! and its two adjoints are each one im2col and one GEMM. The JIT is checked against it.
+//!
+//! `eval` keeps every node's value (for tests and debugging); `eval_outputs` evaluates only
+//! what the outputs need and drops each value after its last use, so a long unrolled program
+//! holds only its live values.
 //!
 //! The element type is generic (`Real`): training runs in `f32`, finite-difference checks of
 //! the autodiff rules in `f64`.
@@ -12,7 +16,7 @@
 use crate::ir::{
     verify, BinaryOp, LeafKind, Node, Op, Program, ReduceOp, Shape, UnaryOp, ValueId, VerifyError,
 };
-use ndarray::{Array2, ArrayView2, ArrayViewD, Axis, IxDyn, Slice, Zip};
+use ndarray::{Array2, ArrayViewD, Axis, CowArray, Ix2, IxDyn, Slice, Zip};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -104,11 +108,8 @@ impl std::error::Error for EvalError {
 
 /// Values of every node, in program order.
 pub fn eval<F: Real>(program: &Program, leaves: &Bindings<F>) -> Result<Vec<Tensor<F>>, EvalError> {
-    let schedule = Schedule {
-        compute: vec![true; program.nodes.len()],
-        free_after: vec![Vec::new(); program.nodes.len()],
-    };
-    let values = run(program, leaves, &schedule)?;
+    verify(program).map_err(EvalError::Invalid)?;
+    let values = run(program, leaves, &Schedule::everything(program))?;
     Ok(values.into_iter().flatten().collect())
 }
 
@@ -119,8 +120,8 @@ pub fn eval_outputs<F: Real>(
     program: &Program,
     leaves: &Bindings<F>,
 ) -> Result<Bindings<F>, EvalError> {
-    let schedule = Schedule::for_outputs(program);
-    let mut values = run(program, leaves, &schedule)?;
+    verify(program).map_err(EvalError::Invalid)?;
+    let mut values = run(program, leaves, &Schedule::for_outputs(program))?;
     let mut named = Bindings::new();
     for (i, output) in program.outputs.iter().enumerate() {
         let slot = &mut values[output.value.index()];
@@ -148,6 +149,14 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// Evaluate every node and keep every value.
+    fn everything(program: &Program) -> Schedule {
+        Schedule {
+            compute: vec![true; program.nodes.len()],
+            free_after: vec![Vec::new(); program.nodes.len()],
+        }
+    }
+
     /// Evaluate what the outputs depend on; drop every other value after its last use.
     fn for_outputs(program: &Program) -> Schedule {
         let n = program.nodes.len();
@@ -180,12 +189,12 @@ impl Schedule {
     }
 }
 
+/// Evaluates a verified program in program order, following the schedule.
 fn run<F: Real>(
     program: &Program,
     leaves: &Bindings<F>,
     schedule: &Schedule,
 ) -> Result<Vec<Option<Tensor<F>>>, EvalError> {
-    verify(program).map_err(EvalError::Invalid)?;
     let mut values: Vec<Option<Tensor<F>>> = vec![None; program.nodes.len()];
     for id in program.ids() {
         if !schedule.compute[id.index()] {
@@ -277,8 +286,15 @@ fn apply<F: Real>(op: &Op, args: &[&Tensor<F>], shape: &Shape) -> Tensor<F> {
             out
         }
         Op::Concat { axis } => {
-            let views: Vec<ArrayViewD<F>> = args.iter().map(|a| a.view()).collect();
-            ndarray::concatenate(Axis(*axis), &views).expect("concat shapes checked")
+            let mut out = Tensor::zeros(dims);
+            let mut start = 0;
+            for arg in args {
+                let end = start + arg.len_of(Axis(*axis));
+                out.slice_axis_mut(Axis(*axis), Slice::from(start..end))
+                    .assign(*arg);
+                start = end;
+            }
+            out
         }
         Op::MatMul => matmul(args[0], args[1], shape),
         Op::Conv2d { stride, padding } => {
@@ -348,11 +364,16 @@ fn binary_fn<F: Real>(op: BinaryOp) -> impl Fn(F, F) -> F {
 }
 
 fn reduce<F: Real>(op: ReduceOp, x: &Tensor<F>, axes: &[usize]) -> Tensor<F> {
+    let mut reduced: Option<Tensor<F>> = None;
     // Reducing the highest axis first keeps the lower axis numbers valid.
-    axes.iter().rev().fold(x.clone(), |acc, &axis| match op {
-        ReduceOp::Sum => acc.sum_axis(Axis(axis)),
-        ReduceOp::Max => acc.fold_axis(Axis(axis), F::neg_infinity(), |&m, &v| m.max(v)),
-    })
+    for &axis in axes.iter().rev() {
+        let from = reduced.as_ref().unwrap_or(x);
+        reduced = Some(match op {
+            ReduceOp::Sum => from.sum_axis(Axis(axis)),
+            ReduceOp::Max => from.fold_axis(Axis(axis), F::neg_infinity(), |&m, &v| m.max(v)),
+        });
+    }
+    reduced.unwrap_or_else(|| x.clone())
 }
 
 /// `[..., m, k] @ [..., k, n]`: one GEMM per batch index.
@@ -474,38 +495,37 @@ impl ConvGeometry {
     }
 
     /// The weight `[O, C, KH, KW]` as the matrix `[O, C*KH*KW]`.
-    fn weight_matrix<'a, F: Real>(&self, weight: &'a Tensor<F>) -> ArrayView2<'a, F> {
+    fn weight_matrix<'a, F: Real>(&self, weight: &'a Tensor<F>) -> CowArray<'a, F, Ix2> {
         weight
-            .view()
-            .into_shape_with_order((self.o, self.patch_len()))
-            .expect("weight in standard layout")
+            .to_shape((self.o, self.patch_len()))
+            .expect("weight shape")
     }
 
     /// A `[N, O, OH, OW]` tensor as the matrix `[O, N*OH*OW]`.
     fn output_matrix<F: Real>(&self, output: &Tensor<F>) -> Array2<F> {
-        standard(output.view().permuted_axes(vec![1, 0, 2, 3]))
-            .into_shape_with_order((self.o, self.pixels()))
-            .expect("standard layout")
+        let o_first = output.view().permuted_axes(vec![1, 0, 2, 3]);
+        o_first
+            .to_shape((self.o, self.pixels()))
+            .expect("output shape")
+            .into_owned()
     }
 
     /// The matrix `[O, N*OH*OW]` as the tensor `[N, O, OH, OW]`.
-    fn output_tensor<F: Real>(&self, matrix: Array2<F>) -> Tensor<F> {
-        let as_o_first = matrix
-            .into_shape_with_order(IxDyn(&[self.o, self.n, self.oh, self.ow]))
-            .expect("standard layout");
-        standard(as_o_first.view().permuted_axes(vec![1, 0, 2, 3]))
+    fn output_tensor<F: Real>(&self, matrix: &Array2<F>) -> Tensor<F> {
+        let o_first = matrix
+            .to_shape(IxDyn(&[self.o, self.n, self.oh, self.ow]))
+            .expect("output shape");
+        standard(o_first.view().permuted_axes(vec![1, 0, 2, 3]))
     }
 
     fn conv<F: Real>(&self, input: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
-        let weight = standard(weight.view());
-        let out = self.weight_matrix(&weight).dot(&self.im2col(input));
-        self.output_tensor(out)
+        let out = self.weight_matrix(weight).dot(&self.im2col(input));
+        self.output_tensor(&out)
     }
 
     fn input_grad<F: Real>(&self, cotangent: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
-        let weight = standard(weight.view());
         let patches = self
-            .weight_matrix(&weight)
+            .weight_matrix(weight)
             .t()
             .dot(&self.output_matrix(cotangent));
         self.col2im(&patches)
@@ -513,8 +533,9 @@ impl ConvGeometry {
 
     fn weight_grad<F: Real>(&self, input: &Tensor<F>, cotangent: &Tensor<F>) -> Tensor<F> {
         let grad = self.output_matrix(cotangent).dot(&self.im2col(input).t());
-        grad.into_shape_with_order(IxDyn(&[self.o, self.c, self.kh, self.kw]))
-            .expect("standard layout")
+        grad.to_shape(IxDyn(&[self.o, self.c, self.kh, self.kw]))
+            .expect("weight shape")
+            .into_owned()
     }
 }
 

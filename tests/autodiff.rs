@@ -684,3 +684,39 @@ fn gradient_program_text() {
     }
     ");
 }
+
+#[test]
+fn a_small_cnn() {
+    // conv 3x3 (padding 1) -> relu -> 2x2 max pool -> dense -> squared error
+    let mut rng = rng(1500);
+    let mut case = Case::new("cnn");
+    let x = case.leaf(
+        LeafKind::Input,
+        "x",
+        uniform(&mut rng, &[2, 1, 4, 4], -1.0, 1.0),
+    );
+    let k = case.param("k", uniform(&mut rng, &[2, 1, 3, 3], -1.0, 1.0));
+    let w = case.param("w", uniform(&mut rng, &[8, 3], -1.0, 1.0));
+    let y = case.leaf(LeafKind::Target, "y", uniform(&mut rng, &[2, 3], -1.0, 1.0));
+    let p = &mut case.program;
+    let conv = p.build(
+        Op::Conv2d {
+            stride: 1,
+            padding: 1,
+        },
+        &[x, k],
+        None,
+    );
+    let zero = p.constant_like(0.0, conv);
+    let relu = p.binary(BinaryOp::Max, conv, zero);
+    let windows = p.reshape(relu, Shape::new([2, 2, 2, 2, 2, 2]));
+    let pooled = p.build(Op::Reduce(ReduceOp::Max, vec![3, 5]), &[windows], None);
+    let flat = p.reshape(pooled, Shape::new([2, 8]));
+    let prediction = p.build(Op::MatMul, &[flat, w], None);
+    let miss = p.sub(prediction, y);
+    let square = p.mul(miss, miss);
+    let total = p.reduce_sum(square, vec![0, 1]);
+    let loss = p.scale(total, 0.5);
+    p.set_output("loss", loss);
+    case.check();
+}

@@ -21,6 +21,7 @@ fn run(op: Op, operands: &[ArrayD<f64>], target: Option<&[usize]>) -> ArrayD<f64
     let outputs = eval_outputs(&p, &leaves).expect("eval_outputs");
     assert_eq!(all[out.index()], outputs["out"]);
     assert_eq!(all[out.index()].shape(), p.shape(out).dims());
+    assert!(all.iter().all(|v| v.is_standard_layout()));
     outputs["out"].clone()
 }
 
@@ -506,4 +507,16 @@ fn f32_and_f64_agree() {
     for (a, b) in y64.iter().zip(y32) {
         assert!((a - *b as f64).abs() < 1e-6);
     }
+}
+
+#[test]
+fn leaves_in_any_memory_layout_read_logically() {
+    // A column-major binding: logically [[1, 3, 5], [2, 4, 6]].
+    let x = counting(&[3, 2]).reversed_axes();
+    assert!(!x.is_standard_layout());
+    let flat = run1(Op::Reshape, &x, Some(&[6]));
+    assert_eq!(flat, array![1.0, 3.0, 5.0, 2.0, 4.0, 6.0].into_dyn());
+    let w = array![[1.0], [0.0], [-1.0]].into_dyn();
+    let product = run(Op::MatMul, &[x, w], None);
+    assert_eq!(product, array![[1.0 - 5.0], [2.0 - 6.0]].into_dyn());
 }
