@@ -15,6 +15,7 @@ pub mod gradcheck;
 pub mod ir;
 pub mod npz;
 pub mod pc;
+pub mod plot;
 pub mod sema;
 pub mod source;
 pub mod syntax;

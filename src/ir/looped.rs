@@ -104,8 +104,19 @@ impl LoopProgram {
             let node = body.node(id);
             if crossing.contains(&id) {
                 if let Some(&p) = into_prologue.get(&id) {
-                    let name = format!("hoisted.{}", id.0);
-                    self.prologue.set_output(name.clone(), p);
+                    // Reuse an existing state entry holding the same value.
+                    let name = match self.prologue.outputs.iter().find(|o| o.value == p) {
+                        Some(o) => o.name.clone(),
+                        None => {
+                            let name = format!("hoisted.{}", id.0);
+                            self.prologue.set_output(name.clone(), p);
+                            name
+                        }
+                    };
+                    if let Some(&existing) = new_body.leaf_named(LeafKind::State, &name).as_ref() {
+                        body_map.insert(id, existing);
+                        continue;
+                    }
                     let leaf = new_body.push(Node {
                         op: Op::Leaf(LeafKind::State),
                         args: vec![],
@@ -131,8 +142,8 @@ impl LoopProgram {
                 value: body_map[&o.value],
             })
             .collect();
-        self.prologue.prune();
-        new_body.prune();
+        self.prologue.cse();
+        new_body.cse();
         self.body = new_body;
     }
 }

@@ -115,7 +115,8 @@ pub struct Program {
     pub name: String,
     pub nodes: Vec<Node>,
     pub outputs: Vec<Output>,
-    /// Initialisers of the `Param` leaves, by parameter name.
+    /// Initialisers of the `Param` leaves, and default values of `Input` and `Target` leaves
+    /// (used when no data is given), by leaf name.
     pub inits: BTreeMap<String, Init>,
 }
 
@@ -346,6 +347,38 @@ impl Program {
         for o in &mut self.outputs {
             o.value = renumber[o.value.index()];
         }
+    }
+
+    /// Common-subexpression elimination: a computed node identical to an earlier one (same op,
+    /// operands and shape) is replaced by it, then dead nodes are pruned. For derived programs;
+    /// the forward program keeps its nodes distinct because names and regions matter there.
+    pub fn cse(&mut self) {
+        let mut seen: std::collections::HashMap<(String, Vec<ValueId>, Shape), ValueId> =
+            std::collections::HashMap::new();
+        let mut replace: Vec<ValueId> = (0..self.nodes.len() as u32).map(ValueId).collect();
+        for i in 0..self.nodes.len() {
+            let args: Vec<ValueId> = self.nodes[i].args.iter().map(|a| replace[a.index()]).collect();
+            self.nodes[i].args.clone_from(&args);
+            if matches!(self.nodes[i].op, Op::Leaf(_)) {
+                continue;
+            }
+            let key = (self.nodes[i].op.to_string(), args, self.nodes[i].shape.clone());
+            match seen.get(&key) {
+                Some(&first) => {
+                    replace[i] = first;
+                    if self.nodes[first.index()].name.is_none() {
+                        self.nodes[first.index()].name = self.nodes[i].name.clone();
+                    }
+                }
+                None => {
+                    seen.insert(key, ValueId(i as u32));
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            o.value = replace[o.value.index()];
+        }
+        self.prune();
     }
 
     /// Sets the source name of a node (used for PC node granularity and for printing).

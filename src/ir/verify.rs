@@ -75,8 +75,11 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
         }
     }
     for name in program.inits.keys() {
-        if program.leaf_named(super::LeafKind::Param, name).is_none() {
-            return Err(fail(format!("initialiser for unknown parameter `{name}`")));
+        let known = [super::LeafKind::Param, super::LeafKind::Input, super::LeafKind::Target]
+            .iter()
+            .any(|&k| program.leaf_named(k, name).is_some());
+        if !known {
+            return Err(fail(format!("initialiser for unknown leaf `{name}`")));
         }
     }
     Ok(())

@@ -42,7 +42,7 @@ pub use dot::to_dot;
 use crate::autodiff::{self, AutodiffError};
 use crate::ir::{BinaryOp, LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
 use crate::sema::{InferenceConfig, Mode, NodeGranularity};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// The role of a PC node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,7 +287,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     body.set_output("energy", energy);
 
     let mut relax = LoopProgram { prologue, body, steps };
-    relax.body.prune();
+    relax.body.cse();
     relax.hoist_invariants();
 
     // Learning: the same product with respect to the parameters and inputs.
@@ -318,7 +318,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         .collect();
     let energy = sum_all(&mut learn, &energy_terms);
     learn.set_output("energy", energy);
-    learn.prune();
+    learn.cse();
     Ok(PcPrograms {
         graph,
         relax,
@@ -456,12 +456,36 @@ fn sum_all(program: &mut Program, terms: &[ValueId]) -> ValueId {
     }
 }
 
-/// A short description of the PC graph (for `pcg ir --stage pc` headers and reports).
-pub fn summary(graph: &PcGraph) -> BTreeMap<&'static str, usize> {
-    let mut m = BTreeMap::new();
-    m.insert("nodes", graph.nodes.len());
-    m.insert("relaxed", relaxed(graph).count());
-    m.insert("outputs", graph.nodes.iter().filter(|p| p.role == Role::Output).count());
-    m.insert("depth", graph.depth);
-    m
+/// A header for `pcg ir --stage pc`: the PC nodes, their roles and the schedule.
+pub fn describe(programs: &PcPrograms) -> String {
+    let g = &programs.graph;
+    let relaxed_count = relaxed(g).count();
+    let mut out = format!(
+        "// predictive coding: {} nodes ({} relaxed, {} outputs), depth {}, mode {}, {} steps of rate {}\n",
+        g.nodes.len(),
+        relaxed_count,
+        g.nodes.len() - relaxed_count,
+        g.depth,
+        programs.mode.name(),
+        programs.relax.steps,
+        crate::ir::fmt_f64(programs.rate),
+    );
+    for pc in &g.nodes {
+        let role = match pc.role {
+            Role::Relaxed { loss_reads: false } => "relaxed",
+            Role::Relaxed { loss_reads: true } => "relaxed+loss",
+            Role::Output => "output",
+        };
+        let children: Vec<&str> = pc.children.iter().map(|&c| g.nodes[c].label.as_str()).collect();
+        out.push_str(&format!(
+            "//   {} {} {} <- params [{}] -> children [{}]{}\n",
+            pc.label,
+            role,
+            pc.shape,
+            pc.params.join(", "),
+            children.join(", "),
+            if pc.precision != 1.0 { format!(" precision {}", crate::ir::fmt_f64(pc.precision)) } else { String::new() },
+        ));
+    }
+    out
 }

@@ -256,7 +256,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     );
                     return;
                 }
-                self.declare(*kind, name, ty, init.as_ref(), *span);
+                self.declare(*kind, name, ty, init.as_ref());
             }
             Stmt::Let { pattern, value, .. } => {
                 let val = self.expr(value);
@@ -338,7 +338,6 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         name: &ast::Ident,
         ty: &ast::TypeExpr,
         init: Option<&ast::Expr>,
-        span: Span,
     ) {
         if let Some(existing) = self.scopes[self.frame_base..]
             .iter()
@@ -364,38 +363,21 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             ast::DeclKind::Target => LeafKind::Target,
             ast::DeclKind::Param => LeafKind::Param,
         };
-        if kind != ast::DeclKind::Param {
-            if let Some(init) = init {
-                self.error(
-                    Diagnostic::new(
-                        ErrorKind::BadInitialiser,
-                        format!(
-                            "only parameters have initialisers; `{}` is {}",
-                            name.name,
-                            leaf_kind.keyword()
-                        ),
-                        init.span,
-                        "not allowed here",
-                    )
-                    .with_help("inputs and targets are clamped to the data"),
-                );
-            }
-        }
         let id = self
             .program
             .leaf(leaf_kind, name.name.clone(), shape.clone());
-        if kind == ast::DeclKind::Param {
-            let init = match init {
-                Some(e) => self.initialiser(e),
-                None if shape.rank() >= 2 => Some(Init::Xavier),
-                None => Some(Init::Zeros),
-            };
-            if let Some(init) = init {
-                self.program.inits.insert(name.name.clone(), init);
-            }
+        // A parameter's initialiser; for an input or a target, the value it takes when no data
+        // is given (`input y0: [] = constant(5)`).
+        let init = match (init, kind) {
+            (Some(e), _) => self.initialiser(e),
+            (None, ast::DeclKind::Param) if shape.rank() >= 2 => Some(Init::Xavier),
+            (None, ast::DeclKind::Param) => Some(Init::Zeros),
+            (None, _) => None,
+        };
+        if let Some(init) = init {
+            self.program.inits.insert(name.name.clone(), init);
         }
         self.bind(name, Val::Tensor(id));
-        let _ = span;
     }
 
     /// The concrete shape of a declaration: every dimension a compile-time integer.

@@ -32,6 +32,17 @@ pub enum Mode {
     Exact,
 }
 
+impl Mode {
+    /// The mode's keyword in `.pcg` files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fixed => "fixed",
+            Mode::Strict => "strict",
+            Mode::Exact => "exact",
+        }
+    }
+}
+
 /// Which IR values become predictive-coding nodes with value and error units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeGranularity {

@@ -65,8 +65,9 @@ pub fn first_batch(program: &Program, spec: &DataSpec) -> Result<Arrays, String>
     Ok(Arrays::from([(xn, x), (yn, y)]))
 }
 
-/// Seeded random values for every input and target: standard normal inputs; one-hot targets
-/// (a random class along the last axis) when the last axis has more than one entry.
+/// Seeded values for every input and target: the declared default when there is one, else
+/// standard normal inputs, and one-hot targets (a random class along the last axis) when the
+/// last axis has more than one entry.
 pub fn random_batch(program: &Program, seed: u64) -> Arrays {
     let mut out = Arrays::new();
     for kind in [LeafKind::Input, LeafKind::Target] {
@@ -74,7 +75,9 @@ pub fn random_batch(program: &Program, seed: u64) -> Arrays {
             let mut rng = super::init::stream(seed, &format!("data.{name}"));
             let dims = program.shape(id).dims().to_vec();
             let classes = dims.last().copied().unwrap_or(1);
-            let array = if kind == LeafKind::Target && classes > 1 {
+            let array = if let Some(default) = program.inits.get(name) {
+                super::init::sample(default, program.shape(id), &mut rng)
+            } else if kind == LeafKind::Target && classes > 1 {
                 let mut a = ArrayD::<f32>::zeros(dims.clone());
                 let rows = a.len() / classes;
                 let flat = a.as_slice_mut().expect("fresh arrays are contiguous");

@@ -1,0 +1,226 @@
+//! The subcommands that compute: `grad` and `gradcheck`.
+
+use super::{compile_or_report, emit, MethodArg, ProblemFlags, RelaxFlags};
+use crate::autodiff;
+use crate::gradcheck::{self, Report};
+use crate::interp::{self, Bindings};
+use crate::ir::LeafKind;
+use crate::npz::{self, Arrays};
+use crate::pc;
+use crate::sema::{CompileOptions, Compiled, Mode};
+use crate::train::{batch, init};
+use std::path::Path;
+use std::process::ExitCode;
+
+fn error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// Parameters and one batch for a one-batch computation (see `ProblemFlags`).
+pub(super) fn problem(file: &Path, compiled: &Compiled, flags: &ProblemFlags) -> Result<Arrays, ExitCode> {
+    let forward = &compiled.forward;
+    let seed = flags.seed.or(compiled.train.as_ref().map(|t| t.seed)).unwrap_or(0);
+    let mut leaves = match &flags.params {
+        Some(path) => {
+            let arrays = npz::read(path).map_err(error)?;
+            batch::check_arrays(forward, &[LeafKind::Param], &arrays, path).map_err(error)?;
+            arrays
+        }
+        None => init::init_params(forward, seed),
+    };
+    let data = match &flags.inputs {
+        Some(path) => {
+            let arrays = npz::read(path).map_err(error)?;
+            batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path).map_err(error)?;
+            arrays
+        }
+        None => {
+            let spec = compiled.train.as_ref().and_then(|t| t.data.clone());
+            match spec {
+                Some(spec) => {
+                    let spec = spec.relative_to(file.parent().unwrap_or(Path::new(".")));
+                    match batch::first_batch(forward, &spec) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            eprintln!("warning: using seeded random data: {e}");
+                            batch::random_batch(forward, seed)
+                        }
+                    }
+                }
+                None => batch::random_batch(forward, seed),
+            }
+        }
+    };
+    leaves.extend(data);
+    Ok(leaves)
+}
+
+fn to_f64(arrays: &Arrays) -> Bindings<f64> {
+    arrays.iter().map(|(k, v)| (k.clone(), v.mapv(f64::from))).collect()
+}
+
+fn scalar<F: interp::Real>(b: &Bindings<F>, name: &str) -> f64 {
+    b.get(name).map_or(f64::NAN, |t| t.iter().map(|&x| interp::Real::to_f64(x)).sum())
+}
+
+pub(super) fn grad(file: &Path, method: MethodArg, out: &Path, flags: &ProblemFlags, relax: &RelaxFlags, options: &CompileOptions) -> ExitCode {
+    let compiled = match compile_or_report(file, options) {
+        Ok((_, c)) => c,
+        Err(code) => return code,
+    };
+    let leaves = match problem(file, &compiled, flags) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let forward = &compiled.forward;
+    let (loss, grads) = match method {
+        MethodArg::Bp => {
+            let program = match autodiff::grad_program(forward) {
+                Ok(p) => p,
+                Err(e) => return error(e),
+            };
+            match interp::eval_outputs(&program, &leaves) {
+                Ok(out) => {
+                    let grads: Arrays = out
+                        .iter()
+                        .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone())))
+                        .collect();
+                    (scalar(&out, "loss"), grads)
+                }
+                Err(e) => return error(e),
+            }
+        }
+        MethodArg::Pc => {
+            let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
+            let programs = match pc::transform(forward, &inference) {
+                Ok(p) => p,
+                Err(e) => return error(e),
+            };
+            let steps = relax.steps.unwrap_or(programs.relax.steps);
+            let state = match interp::run_loop(&programs.relax, &leaves, steps, |_, _| true) {
+                Ok(s) => s,
+                Err(e) => return error(e),
+            };
+            let mut env = leaves.clone();
+            env.extend(state.clone());
+            match interp::eval_outputs(&programs.learn, &env) {
+                // The negated update is comparable with backprop's gradient.
+                Ok(out) => (
+                    scalar(&state, "loss"),
+                    out.iter()
+                        .filter_map(|(k, v)| k.strip_prefix("update.").map(|n| (n.to_string(), v.mapv(|x| -x))))
+                        .collect(),
+                ),
+                Err(e) => return error(e),
+            }
+        }
+    };
+    if let Err(e) = npz::write(out, &grads) {
+        return error(e);
+    }
+    emit(&(format!("loss={loss}") + "\n"));
+    ExitCode::SUCCESS
+}
+
+pub(super) fn gradcheck(
+    file: &Path,
+    tol: f64,
+    json: bool,
+    plot: Option<&Path>,
+    flags: &ProblemFlags,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> ExitCode {
+    let compiled = match compile_or_report(file, options) {
+        Ok((_, c)) => c,
+        Err(code) => return code,
+    };
+    let leaves = match problem(file, &compiled, flags) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
+    let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves)) {
+        Ok(r) => r,
+        Err(e) => return error(e),
+    };
+    if json {
+        emit(&(report_json(&compiled.model_name, &report) + "\n"));
+    } else {
+        emit(&report_table(&compiled.model_name, &report));
+    }
+    if let Some(path) = plot {
+        if let Err(e) = crate::plot::gradcheck_svg(path, &compiled.model_name, &report) {
+            return error(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    let max = report.max_rel_err();
+    let checked = report.programs.mode != Mode::Strict;
+    if checked && !(max <= tol) {
+        eprintln!("gradcheck failed: max_rel_err {max:.3e} > tol {tol:.1e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn report_json(model: &str, r: &Report) -> String {
+    let params: Vec<serde_json::Value> = r
+        .params
+        .iter()
+        .map(|p| {
+            let last = p.trace.last();
+            serde_json::json!({
+                "name": p.name,
+                "rel_err": last.map(|t| t.rel_err),
+                "cosine": last.map(|t| t.cosine),
+                "trace": p.trace.iter().map(|t| serde_json::json!({"step": t.step, "rel_err": t.rel_err, "cosine": t.cosine})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "model": model,
+        "mode": r.programs.mode.name(),
+        "steps": r.steps,
+        "rate": r.programs.rate,
+        "depth": r.programs.graph.depth,
+        "loss": r.loss,
+        "max_rel_err": r.max_rel_err(),
+        "params": params,
+        "energy": r.energy,
+    })
+    .to_string()
+}
+
+fn report_table(model: &str, r: &Report) -> String {
+    let mut out = format!(
+        "gradcheck model={model} mode={} steps={} rate={} depth={} loss={:.6}\n",
+        r.programs.mode.name(),
+        r.steps,
+        r.programs.rate,
+        r.programs.graph.depth,
+        r.loss
+    );
+    let width = r.params.iter().map(|p| p.name.len()).max().unwrap_or(5).max(9);
+    out.push_str(&format!("{:>6}", "step"));
+    for p in &r.params {
+        out.push_str(&format!("  {:>width$}", p.name));
+    }
+    out.push_str(&format!("  {:>10}\n", "energy"));
+    let rows = r.params.first().map_or(0, |p| p.trace.len());
+    for i in 0..rows {
+        let step = r.params[0].trace[i].step;
+        out.push_str(&format!("{step:>6}"));
+        for p in &r.params {
+            out.push_str(&format!("  {:>width$.3e}", p.trace[i].rel_err));
+        }
+        out.push_str(&format!("  {:>10.4e}\n", r.energy.get(step).copied().unwrap_or(f64::NAN)));
+    }
+    out.push_str(&format!("{:>6}", "cosine"));
+    for p in &r.params {
+        out.push_str(&format!("  {:>width$.6}", p.trace.last().map_or(f64::NAN, |t| t.cosine)));
+    }
+    out.push('\n');
+    out.push_str(&format!("max_rel_err={:.3e}\n", r.max_rel_err()));
+    out
+}

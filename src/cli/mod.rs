@@ -1,0 +1,341 @@
+//! The command-line interface: `pcg check | ir | ...`. Each subcommand is a thin driver over
+//! the library's stages; what it prints is part of the public interface.
+
+mod commands;
+
+use crate::autodiff;
+use crate::diag;
+use crate::ir::{self, Program};
+use crate::pc;
+use crate::sema::{self, CompileOptions, Compiled, InferenceConfig, Mode};
+use crate::source::Sources;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pcg",
+    version,
+    about = "Compile differentiable programs to predictive-coding networks"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check files for errors; exit 0 when clean, 1 with diagnostics on stderr.
+    Check {
+        /// The `.pcg` files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Print a stage of the compiler's representation of a model.
+    Ir {
+        file: PathBuf,
+        /// Which representation to print.
+        #[arg(long, value_enum, default_value_t = Stage::Ir)]
+        stage: Stage,
+        /// Text or Graphviz DOT.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Compute every parameter's gradient on one batch, by backprop or predictive coding.
+    Grad {
+        file: PathBuf,
+        /// How to compute the gradient.
+        #[arg(long, value_enum, default_value_t = MethodArg::Bp)]
+        method: MethodArg,
+        /// Where to write the gradients (`.npz`, one array per parameter).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        problem: ProblemFlags,
+        #[command(flatten)]
+        relax: RelaxFlags,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Compare predictive coding's weight updates with backprop's gradients on one batch.
+    Gradcheck {
+        file: PathBuf,
+        /// Fail (exit 1) when the worst relative error exceeds this (fixed and exact modes).
+        #[arg(long, default_value_t = 1e-3)]
+        tol: f64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG plot of relative error and energy against steps.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        #[command(flatten)]
+        problem: ProblemFlags,
+        #[command(flatten)]
+        relax: RelaxFlags,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+}
+
+/// Where the parameters and the batch of a one-batch computation come from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProblemFlags {
+    /// Parameters as `.npz` arrays named like the model's params (default: the initialisers).
+    #[arg(long)]
+    pub params: Option<PathBuf>,
+    /// Inputs and targets as `.npz` arrays named like the model's (default: the first batch of
+    /// the train block's data, or seeded random data when there is none).
+    #[arg(long)]
+    pub inputs: Option<PathBuf>,
+    /// Seed for initialisation and random data (default: the train block's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Overrides of the train block's inference settings.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RelaxFlags {
+    /// Relaxation mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Relaxation steps T.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Relaxation step size η.
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
+impl RelaxFlags {
+    /// The inference configuration: the train block's, with these flags applied.
+    pub fn apply(&self, base: Option<&InferenceConfig>) -> InferenceConfig {
+        let mut cfg = base.cloned().unwrap_or_default();
+        if let Some(m) = self.mode {
+            cfg.mode = m.into();
+        }
+        if let Some(t) = self.steps {
+            cfg.steps = t;
+        }
+        if let Some(r) = self.rate {
+            cfg.rate = r;
+        }
+        cfg
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    Bp,
+    Pc,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Fixed,
+    Strict,
+    Exact,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Fixed => Mode::Fixed,
+            ModeArg::Strict => Mode::Strict,
+            ModeArg::Exact => Mode::Exact,
+        }
+    }
+}
+
+/// Flags shared by every command that compiles a model.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CompileFlags {
+    /// The model to use when the file defines several.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The batch size (binds `B`), overriding the train block.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Bind a dimension variable, e.g. `--dim T=50` (repeatable).
+    #[arg(long = "dim", value_parser = parse_dim)]
+    pub dims: Vec<(String, usize)>,
+}
+
+impl CompileFlags {
+    pub fn options(&self) -> CompileOptions {
+        CompileOptions {
+            model: self.model.clone(),
+            batch: self.batch,
+            dims: self.dims.iter().cloned().collect(),
+        }
+    }
+}
+
+fn parse_dim(s: &str) -> Result<(String, usize), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=N, got `{s}`"))?;
+    let value: usize = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a positive integer"))?;
+    if value == 0 {
+        return Err("a dimension must be at least 1".to_string());
+    }
+    Ok((name.trim().to_string(), value))
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The parsed syntax tree.
+    Ast,
+    /// The forward IR program.
+    Ir,
+    /// The backprop gradient program.
+    Grad,
+    /// The predictive-coding programs: relaxation prologue and step, and learning.
+    Pc,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Dot,
+}
+
+/// Writes to stdout; a closed pipe (`pcg ir ... | head`) ends the output quietly instead of
+/// panicking.
+pub(crate) fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { files, compile } => check(&files, &compile.options()),
+        Command::Ir {
+            file,
+            stage,
+            format,
+            compile,
+        } => ir_dump(&file, stage, format, &compile.options()),
+        Command::Grad {
+            file,
+            method,
+            out,
+            problem,
+            relax,
+            compile,
+        } => commands::grad(&file, method, &out, &problem, &relax, &compile.options()),
+        Command::Gradcheck {
+            file,
+            tol,
+            json,
+            plot,
+            problem,
+            relax,
+            compile,
+        } => commands::gradcheck(&file, tol, json, plot.as_deref(), &problem, &relax, &compile.options()),
+    }
+}
+
+fn check(files: &[PathBuf], options: &CompileOptions) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        let (sources, result) = sema::check_file(file, options);
+        if let Err(diagnostics) = result {
+            diag::emit_to_stderr(&sources, &diagnostics);
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Compiles the model of `file`, printing diagnostics on failure.
+pub fn compile_or_report(
+    file: &Path,
+    options: &CompileOptions,
+) -> Result<(Sources, Compiled), ExitCode> {
+    let (sources, result) = sema::compile_file(file, options);
+    match result {
+        Ok(c) => Ok((sources, c)),
+        Err(diagnostics) => {
+            diag::emit_to_stderr(&sources, &diagnostics);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) -> ExitCode {
+    if stage == Stage::Ast {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut sources = Sources::new();
+        let id = sources.add(file.display().to_string(), text.clone());
+        let (module, diagnostics) = crate::syntax::parse(id, &text);
+        if !diagnostics.is_empty() {
+            diag::emit_to_stderr(&sources, &diagnostics);
+            return ExitCode::FAILURE;
+        }
+        if format == Format::Dot {
+            eprintln!("error: the AST has no DOT form; use --format text");
+            return ExitCode::FAILURE;
+        }
+        emit(&(format!("{module:#?}") + "\n"));
+        return ExitCode::SUCCESS;
+    }
+    let (_, compiled) = match compile_or_report(file, options) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let forward = &compiled.forward;
+    let programs: Vec<Program> = match stage {
+        Stage::Ast | Stage::Ir => vec![forward.clone()],
+        Stage::Grad => match autodiff::grad_program(forward) {
+            Ok(p) => vec![p],
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Stage::Pc => {
+            let inference = compiled.train.as_ref().map(|t| t.inference.clone()).unwrap_or_default();
+            match pc::transform(forward, &inference) {
+                Ok(p) if format == Format::Dot => {
+                    emit(&pc::to_dot(forward, &p.graph));
+                    return ExitCode::SUCCESS;
+                }
+                Ok(p) => {
+                    emit(&(pc::describe(&p) + "\n"));
+                    vec![p.relax.prologue, p.relax.body, p.learn]
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    for program in &programs {
+        match format {
+            Format::Text => emit(&ir::to_text(program)),
+            Format::Dot => emit(&ir::to_dot(program)),
+        }
+    }
+    ExitCode::SUCCESS
+}

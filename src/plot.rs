@@ -1,0 +1,82 @@
+//! SVG figures: the gradient check's convergence trace and training curves.
+
+use crate::gradcheck::Report;
+use plotters::prelude::*;
+use std::path::Path;
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !lo.is_finite() {
+        return 1e-8..1.0;
+    }
+    (lo / 2.0).max(1e-16)..(hi * 2.0).max(lo * 10.0)
+}
+
+/// Relative error of every parameter and the energy against relaxation steps, log scale.
+pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(540);
+    let steps = report.steps.max(1) as f64;
+    let errors = log_range(report.params.iter().flat_map(|p| p.trace.iter().map(|t| t.rel_err)));
+    let mut chart = ChartBuilder::on(&left)
+        .caption(format!("{model}: PC update vs backprop gradient"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..steps, errors.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("relaxation step")
+        .y_desc("relative error")
+        .draw()?;
+    for (i, p) in report.params.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                p.trace.iter().filter(|t| t.rel_err > 0.0).map(|t| (t.step as f64, t.rel_err)),
+                colour.stroke_width(2),
+            ))?
+            .label(p.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    let energies = log_range(report.energy.iter().copied());
+    let mut chart = ChartBuilder::on(&right)
+        .caption("energy F", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..steps, energies.log_scale())?;
+    chart.configure_mesh().x_desc("relaxation step").draw()?;
+    chart.draw_series(LineSeries::new(
+        report
+            .energy
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| **e > 0.0)
+            .map(|(i, e)| (i as f64, *e)),
+        COLOURS[3].stroke_width(2),
+    ))?;
+    root.present()?;
+    Ok(())
+}
