@@ -1,10 +1,9 @@
 //! The predictive-coding transform: a forward program to its relaxation and learning
 //! programs, both IR.
 //!
-//! **Nodes.** A PC node is a model value that depends on a parameter and is either bound by
+//! **Nodes.** A PC node is a computed model value (not a constant) that is either bound by
 //! `let` (granularity `named`, the default) or any primitive op (granularity `all`), plus every
-//! such value the loss reads. Inputs, targets and values that depend on no parameter are
-//! clamped: they carry no units. Each PC node i has a prediction μ_i = f_i(v_parents; θ), the
+//! such value the loss reads. Inputs and targets are clamped to the data: they carry no units. Each PC node i has a prediction μ_i = f_i(v_parents; θ), the
 //! composite of the primitive ops between it and the PC nodes (or clamped values) it reads.
 //!
 //! **Units.** Nodes that the model reads further are *relaxed*: they get a value unit v_i and
@@ -137,15 +136,15 @@ pub fn default_steps(graph: &PcGraph, config: &InferenceConfig) -> usize {
 pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
     let n = forward.nodes.len();
     let users = forward.users();
-    // Which nodes depend on a parameter, and which parameters each reads.
-    let mut on_param = vec![false; n];
+    // Which nodes depend on a leaf (data or parameters); the rest are constants.
+    let mut on_leaf = vec![false; n];
     for id in forward.ids() {
         let node = forward.node(id);
-        on_param[id.index()] = node.op == Op::Leaf(LeafKind::Param) || node.args.iter().any(|a| on_param[a.index()]);
+        on_leaf[id.index()] = matches!(node.op, Op::Leaf(_)) || node.args.iter().any(|a| on_leaf[a.index()]);
     }
     let is_model_op = |id: ValueId| {
         let node = forward.node(id);
-        node.region == Region::Model && !matches!(node.op, Op::Leaf(_)) && on_param[id.index()]
+        node.region == Region::Model && !matches!(node.op, Op::Leaf(_)) && on_leaf[id.index()]
     };
     let loss_reads = |id: ValueId| users[id.index()].iter().any(|&u| forward.node(u).region == Region::Loss);
     let model_reads = |id: ValueId| users[id.index()].iter().any(|&u| forward.node(u).region == Region::Model);
