@@ -23,6 +23,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("matmul_shape_mismatch", "E0201"),
     ("misplaced_statement", "E0108"),
     ("missing_loss", "E0302"),
+    ("missing_loss_empty_loop", "E0302"),
     ("non_constant_loop_bound", "E0208"),
     ("parse_recovery", "E0002"),
     ("recursion", "E0107"),

@@ -55,6 +55,8 @@ pub(super) struct Lowerer<'g, 'd> {
     call_stack: Vec<(String, Span)>,
     region: Region,
     loss_terms: Vec<(ValueId, Span)>,
+    /// Whether a `loss` statement was lowered at all (its term may have been an error).
+    saw_loss: bool,
     dims: BTreeMap<String, usize>,
     unrolled: usize,
 }
@@ -75,6 +77,7 @@ pub(super) fn lower_model(
         call_stack: Vec::new(),
         region: Region::Model,
         loss_terms: Vec::new(),
+        saw_loss: false,
         dims: dims.clone(),
         unrolled: 0,
     };
@@ -86,6 +89,10 @@ pub(super) fn lower_model(
         l.stmt(stmt, true);
     }
     if l.loss_terms.is_empty() {
+        // A loss statement whose value was an error has been reported already.
+        if l.saw_loss {
+            return None;
+        }
         l.error(
             Diagnostic::new(
                 ErrorKind::MissingLoss,
@@ -290,6 +297,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     );
                     return;
                 }
+                self.saw_loss = true;
                 let outer = self.region;
                 self.region = Region::Loss;
                 let val = self.expr(value);
