@@ -365,6 +365,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             return;
         }
         let Some(shape) = self.decl_shape(ty) else {
+            // The shape's error is reported; uses of the name should not report it again.
+            self.bind(name, Val::Poison);
             return;
         };
         let leaf_kind = match kind {
