@@ -296,8 +296,8 @@ fn integer(e: &ast::Expr, min: i64, diagnostics: &mut Vec<Diagnostic>) -> Option
         _ => {
             diagnostics.push(bad_value(
                 e.span,
-                "expected an integer",
-                format!("use an integer of at least {min}"),
+                format!("expected an integer of at least {min}"),
+                "write a whole number, without a decimal point",
             ));
             None
         }
