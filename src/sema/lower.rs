@@ -1204,7 +1204,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         let mut dims: HashMap<String, usize> = HashMap::new();
         for (param, arg) in def.params.iter().zip(&bound) {
             if let Some(ty) = &param.ty {
-                if !self.match_type(ty, &arg.val, arg.span, &mut dims, &param.name.name) {
+                let what = format!("argument `{}`", param.name.name);
+                if !self.match_type(ty, &arg.val, arg.span, &mut dims, &what) {
                     return Val::Poison;
                 }
             }
