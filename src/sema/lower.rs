@@ -24,6 +24,22 @@ use std::collections::{BTreeMap, HashMap};
 /// the compiler.
 const MAX_UNROLLED_ITERATIONS: usize = 100_000;
 
+/// How deeply expressions, loops and inlined calls may nest. Lowering recurses over the
+/// syntax tree; the bound keeps a pathological file from overflowing the stack, and no real
+/// model comes near it.
+const MAX_NESTING: usize = 128;
+
+/// The most elements one tensor may have (2^40, terabytes of floats): far beyond any model
+/// that could run, and small enough that no shape arithmetic overflows.
+pub(super) const MAX_ELEMENTS: usize = 1 << 40;
+
+/// The number of elements of `dims`, if it is at most `MAX_ELEMENTS`.
+fn bounded_numel(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
 #[derive(Clone, Debug)]
 struct Binding {
     val: Val,
@@ -57,6 +73,8 @@ pub(super) struct Lowerer<'g, 'd> {
     loss_terms: Vec<(ValueId, Span)>,
     /// Whether a `loss` statement was lowered at all (its term may have been an error).
     saw_loss: bool,
+    /// How many expressions and loop bodies enclose the one being lowered.
+    nesting: usize,
     dims: BTreeMap<String, usize>,
     unrolled: usize,
 }
@@ -78,6 +96,7 @@ pub(super) fn lower_model(
         region: Region::Model,
         loss_terms: Vec::new(),
         saw_loss: false,
+        nesting: 0,
         dims: dims.clone(),
         unrolled: 0,
     };
@@ -446,7 +465,31 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 }
             }
         }
+        if ok && !self.check_size(&out, ty.span()) {
+            return None;
+        }
         ok.then_some(Shape(out))
+    }
+
+    /// Reports a shape with more than `MAX_ELEMENTS` elements; true if the size is fine.
+    pub fn check_size(&mut self, dims: &[usize], span: Span) -> bool {
+        if bounded_numel(dims).is_some() {
+            return true;
+        }
+        let shown: Vec<String> = dims.iter().map(usize::to_string).collect();
+        self.error(
+            Diagnostic::new(
+                ErrorKind::ShapeMismatch,
+                format!(
+                    "a tensor of shape [{}] is too large (more than 2^40 elements)",
+                    shown.join(", ")
+                ),
+                span,
+                "too large",
+            )
+            .with_help("check the dimensions for a typo"),
+        );
+        false
     }
 
     fn initialiser(&mut self, e: &ast::Expr) -> Option<Init> {
@@ -609,12 +652,16 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 );
                 return;
             }
+            if !self.enter(var.span) {
+                return;
+            }
             self.scopes.push(Scope::default());
             self.bind(var, Val::Int(t));
             for s in body {
                 self.stmt(s, in_model);
             }
             self.scopes.pop();
+            self.nesting -= 1;
         }
     }
 
@@ -641,6 +688,33 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     // ---- expressions --------------------------------------------------------------------
 
     pub fn expr(&mut self, e: &ast::Expr) -> Val {
+        if !self.enter(e.span) {
+            return Val::Poison;
+        }
+        let val = self.expr_kind(e);
+        self.nesting -= 1;
+        val
+    }
+
+    /// Steps one level deeper into the tree; false (with an error) past `MAX_NESTING`.
+    fn enter(&mut self, span: Span) -> bool {
+        if self.nesting >= MAX_NESTING {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::NestingTooDeep,
+                    format!("expressions, loops and calls nest more than {MAX_NESTING} deep here"),
+                    span,
+                    "nested too deeply",
+                )
+                .with_help("split the expression with `let`"),
+            );
+            return false;
+        }
+        self.nesting += 1;
+        true
+    }
+
+    fn expr_kind(&mut self, e: &ast::Expr) -> Val {
         match &e.kind {
             ExprKind::Int(i) => Val::Int(*i),
             ExprKind::Float(x) => Val::Float(*x),
@@ -650,7 +724,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             ExprKind::Neg(inner) => {
                 let v = self.expr(inner);
                 match v {
-                    Val::Int(i) => Val::Int(-i),
+                    Val::Int(i) => i.checked_neg().map_or(Val::Float(-(i as f64)), Val::Int),
                     Val::Float(x) => Val::Float(-x),
                     Val::Tensor(id) => self.unary(UnaryOp::Neg, id, e.span),
                     Val::Poison => Val::Poison,
@@ -751,7 +825,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         match self.program.add(op, args, target) {
             Ok(id) => {
                 self.program.nodes[id.index()].region = self.region;
-                Some(id)
+                let dims = self.shape(id).dims().to_vec();
+                self.check_size(&dims, span).then_some(id)
             }
             Err(e) => {
                 self.error(Diagnostic::new(
@@ -1066,7 +1141,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                         return self.type_error(&v, "an integer index", e.span);
                     };
                     let k = if i < 0 { i + size } else { i };
-                    (k, k + 1, e.span, true)
+                    (k, k.saturating_add(1), e.span, true)
                 }
                 ast::IndexItem::Range { start, end, span } => {
                     let lo = match start {
