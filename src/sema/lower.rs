@@ -1311,7 +1311,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                         def.body.span,
                         "this body ends without a result expression",
                     )
-                    .with_help("end the body with an expression, or `return (a, b)`"),
+                    .with_help("end the body with an expression; one that starts with `(`, `[` or `-` is written `return ...`"),
                 );
                 Val::Poison
             }
