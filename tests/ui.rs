@@ -27,6 +27,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("non_constant_loop_bound", "E0208"),
     ("parse_recovery", "E0002"),
     ("recursion", "E0107"),
+    ("result_needs_return", "E0204"),
     ("return_shape_mismatch", "E0205"),
     ("shape_mismatch", "E0203"),
     ("signature_mismatch", "E0205"),
