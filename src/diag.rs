@@ -63,6 +63,8 @@ pub enum ErrorKind {
     BadTrainValue,
     /// A declaration that is not allowed where it appears (`param` inside a function).
     MisplacedStatement,
+    /// Expressions, loops or inlined calls nested deeper than the compiler allows.
+    NestingTooDeep,
     /// An argument outside what an operation accepts (a negative axis, a zero stride).
     BadArgument,
 }
@@ -83,6 +85,7 @@ impl ErrorKind {
             WrongArity => "E0106",
             Recursion => "E0107",
             MisplacedStatement => "E0108",
+            NestingTooDeep => "E0109",
             MatmulShapeMismatch => "E0201",
             BroadcastMismatch => "E0202",
             ShapeMismatch => "E0203",

@@ -6,7 +6,7 @@
 //! `relu` to `max(x, 0)`, `one_hot` to a comparison with `iota`. Everything higher-level
 //! (softmax, losses, layers, recurrent cells) is written in `.pcg` in the stdlib.
 
-use super::lower::{ArgVal, Lowerer};
+use super::lower::{ArgVal, Lowerer, MAX_ELEMENTS};
 use super::value::Val;
 use crate::diag::{Diagnostic, ErrorKind};
 use crate::ir::{BinaryOp, Op, ReduceOp, Shape, UnaryOp, ValueId};
@@ -419,7 +419,6 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let a = b.get(1)?;
             let want = dims(l, a)?;
             let numel = l.shape(x).numel();
-            let known: i64 = want.iter().filter(|&&d| d != -1).product();
             let holes = want.iter().filter(|&&d| d == -1).count();
             if holes > 1 || want.iter().any(|&d| d == 0 || d < -1) {
                 bad_arg(
@@ -429,15 +428,18 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 );
                 return None;
             }
+            let fixed: Vec<usize> = want
+                .iter()
+                .filter(|&&d| d != -1)
+                .map(|&d| d as usize)
+                .collect();
+            if !l.check_size(&fixed, a.span) {
+                return None;
+            }
+            let known: usize = fixed.iter().product();
             let resolved: Vec<usize> = want
                 .iter()
-                .map(|&d| {
-                    if d == -1 {
-                        numel / known.max(1) as usize
-                    } else {
-                        d as usize
-                    }
-                })
+                .map(|&d| if d == -1 { numel / known } else { d as usize })
                 .collect();
             let target = Shape(resolved);
             if target.numel() != numel {
@@ -477,16 +479,20 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let rank = l.shape(x).rank();
             let perm: Vec<usize> = match b.get(1) {
                 Some(a) => {
-                    let p = dims(l, a)?;
-                    p.iter()
-                        .map(|&i| {
-                            if i < 0 {
-                                (i + rank as i64) as usize
-                            } else {
-                                i as usize
-                            }
-                        })
-                        .collect()
+                    let mut perm = Vec::new();
+                    for i in dims(l, a)? {
+                        let k = if i < 0 { i + rank as i64 } else { i };
+                        if k < 0 || k >= rank as i64 {
+                            bad_arg(
+                                l,
+                                a.span,
+                                format!("axis {i} is out of range for a tensor of rank {rank}"),
+                            );
+                            return None;
+                        }
+                        perm.push(k as usize);
+                    }
+                    perm
                 }
                 None if rank >= 2 => {
                     let mut p: Vec<usize> = (0..rank).collect();
@@ -510,6 +516,9 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 return None;
             }
             let target = Shape(want.iter().map(|&d| d as usize).collect());
+            if !l.check_size(target.dims(), a.span) {
+                return None;
+            }
             let from = l.shape(x).clone();
             if !from.broadcasts_to(&target) {
                 l.error(
@@ -626,6 +635,9 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             with_one.push(1);
             let mut out = l.shape(labels).dims().to_vec();
             out.push(n as usize);
+            if !l.check_size(&out, span) {
+                return None;
+            }
             let rank = out.len();
             let column = l.push_node(Op::Reshape, vec![labels], Some(Shape(with_one)), span)?;
             let spread = l.broadcast_to(column, &Shape(out.clone()), span)?;
@@ -641,6 +653,10 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                     let p = int(l, a)?;
                     if p < 0 {
                         bad_arg(l, a.span, format!("padding must not be negative, got {p}"));
+                        return None;
+                    }
+                    if p as usize > MAX_ELEMENTS {
+                        bad_arg(l, a.span, format!("padding {p} is too large"));
                         return None;
                     }
                     p as usize
@@ -677,6 +693,9 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
                 _ => number(l, b.get(1)?)?,
             };
             let shape = Shape(want.iter().map(|&d| d as usize).collect());
+            if !l.check_size(shape.dims(), a.span) {
+                return None;
+            }
             Some(Val::Tensor(l.constant(value, shape)))
         }
         "dim" => {

@@ -24,6 +24,22 @@ use std::collections::{BTreeMap, HashMap};
 /// the compiler.
 const MAX_UNROLLED_ITERATIONS: usize = 100_000;
 
+/// How deeply expressions, loops and inlined calls may nest. Lowering recurses over the
+/// syntax tree; the bound keeps a pathological file from overflowing the stack, and no real
+/// model comes near it.
+const MAX_NESTING: usize = 128;
+
+/// The most elements one tensor may have (2^40, terabytes of floats): far beyond any model
+/// that could run, and small enough that no shape arithmetic overflows.
+pub(super) const MAX_ELEMENTS: usize = 1 << 40;
+
+/// The number of elements of `dims`, if it is at most `MAX_ELEMENTS`.
+fn bounded_numel(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+}
+
 #[derive(Clone, Debug)]
 struct Binding {
     val: Val,
@@ -55,6 +71,10 @@ pub(super) struct Lowerer<'g, 'd> {
     call_stack: Vec<(String, Span)>,
     region: Region,
     loss_terms: Vec<(ValueId, Span)>,
+    /// Whether a `loss` statement was lowered at all (its term may have been an error).
+    saw_loss: bool,
+    /// How many expressions and loop bodies enclose the one being lowered.
+    nesting: usize,
     dims: BTreeMap<String, usize>,
     unrolled: usize,
 }
@@ -75,6 +95,8 @@ pub(super) fn lower_model(
         call_stack: Vec::new(),
         region: Region::Model,
         loss_terms: Vec::new(),
+        saw_loss: false,
+        nesting: 0,
         dims: dims.clone(),
         unrolled: 0,
     };
@@ -86,6 +108,10 @@ pub(super) fn lower_model(
         l.stmt(stmt, true);
     }
     if l.loss_terms.is_empty() {
+        // A loss statement whose value was an error has been reported already.
+        if l.saw_loss {
+            return None;
+        }
         l.error(
             Diagnostic::new(
                 ErrorKind::MissingLoss,
@@ -290,6 +316,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     );
                     return;
                 }
+                self.saw_loss = true;
                 let outer = self.region;
                 self.region = Region::Loss;
                 let val = self.expr(value);
@@ -356,6 +383,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             return;
         }
         let Some(shape) = self.decl_shape(ty) else {
+            // The shape's error is reported; uses of the name should not report it again.
+            self.bind(name, Val::Poison);
             return;
         };
         let leaf_kind = match kind {
@@ -418,7 +447,31 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 }
             }
         }
+        if ok && !self.check_size(&out, ty.span()) {
+            return None;
+        }
         ok.then_some(Shape(out))
+    }
+
+    /// Reports a shape with more than `MAX_ELEMENTS` elements; true if the size is fine.
+    pub fn check_size(&mut self, dims: &[usize], span: Span) -> bool {
+        if bounded_numel(dims).is_some() {
+            return true;
+        }
+        let shown: Vec<String> = dims.iter().map(usize::to_string).collect();
+        self.error(
+            Diagnostic::new(
+                ErrorKind::ShapeMismatch,
+                format!(
+                    "a tensor of shape [{}] is too large (more than 2^40 elements)",
+                    shown.join(", ")
+                ),
+                span,
+                "too large",
+            )
+            .with_help("check the dimensions for a typo"),
+        );
+        false
     }
 
     fn initialiser(&mut self, e: &ast::Expr) -> Option<Init> {
@@ -581,12 +634,16 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 );
                 return;
             }
+            if !self.enter(var.span) {
+                return;
+            }
             self.scopes.push(Scope::default());
             self.bind(var, Val::Int(t));
             for s in body {
                 self.stmt(s, in_model);
             }
             self.scopes.pop();
+            self.nesting -= 1;
         }
     }
 
@@ -613,6 +670,33 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     // ---- expressions --------------------------------------------------------------------
 
     pub fn expr(&mut self, e: &ast::Expr) -> Val {
+        if !self.enter(e.span) {
+            return Val::Poison;
+        }
+        let val = self.expr_kind(e);
+        self.nesting -= 1;
+        val
+    }
+
+    /// Steps one level deeper into the tree; false (with an error) past `MAX_NESTING`.
+    fn enter(&mut self, span: Span) -> bool {
+        if self.nesting >= MAX_NESTING {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::NestingTooDeep,
+                    format!("expressions, loops and calls nest more than {MAX_NESTING} deep here"),
+                    span,
+                    "nested too deeply",
+                )
+                .with_help("split the expression with `let`"),
+            );
+            return false;
+        }
+        self.nesting += 1;
+        true
+    }
+
+    fn expr_kind(&mut self, e: &ast::Expr) -> Val {
         match &e.kind {
             ExprKind::Int(i) => Val::Int(*i),
             ExprKind::Float(x) => Val::Float(*x),
@@ -622,7 +706,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             ExprKind::Neg(inner) => {
                 let v = self.expr(inner);
                 match v {
-                    Val::Int(i) => Val::Int(-i),
+                    Val::Int(i) => i.checked_neg().map_or(Val::Float(-(i as f64)), Val::Int),
                     Val::Float(x) => Val::Float(-x),
                     Val::Tensor(id) => self.unary(UnaryOp::Neg, id, e.span),
                     Val::Poison => Val::Poison,
@@ -723,7 +807,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         match self.program.add(op, args, target) {
             Ok(id) => {
                 self.program.nodes[id.index()].region = self.region;
-                Some(id)
+                let dims = self.shape(id).dims().to_vec();
+                self.check_size(&dims, span).then_some(id)
             }
             Err(e) => {
                 self.error(Diagnostic::new(
@@ -1038,7 +1123,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                         return self.type_error(&v, "an integer index", e.span);
                     };
                     let k = if i < 0 { i + size } else { i };
-                    (k, k + 1, e.span, true)
+                    (k, k.saturating_add(1), e.span, true)
                 }
                 ast::IndexItem::Range { start, end, span } => {
                     let lo = match start {
@@ -1176,7 +1261,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         let mut dims: HashMap<String, usize> = HashMap::new();
         for (param, arg) in def.params.iter().zip(&bound) {
             if let Some(ty) = &param.ty {
-                if !self.match_type(ty, &arg.val, arg.span, &mut dims, &param.name.name) {
+                let what = format!("argument `{}`", param.name.name);
+                if !self.match_type(ty, &arg.val, arg.span, &mut dims, &what) {
                     return Val::Poison;
                 }
             }
@@ -1207,7 +1293,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                         def.body.span,
                         "this body ends without a result expression",
                     )
-                    .with_help("end the body with an expression, or `return (a, b)`"),
+                    .with_help("end the body with an expression; one that starts with `(`, `[` or `-` is written `return ...`"),
                 );
                 Val::Poison
             }

@@ -454,8 +454,15 @@ fn analyse_model(
             .with_label(first.model.span, "first train block"),
         );
     }
-    let train = trains.first().and_then(|t| train::check(t, diagnostics));
-    let batch = options.batch.or(train.as_ref().map(|t| t.batch));
+    // A train block with errors still binds `B` (to its batch size or the default), so the
+    // model's own errors are reported without a cascade of unbound dimensions.
+    let checked = trains.first().map(|t| {
+        let before = diagnostics.len();
+        let cfg = train::configure(t, diagnostics);
+        (cfg, diagnostics.len() == before)
+    });
+    let batch = options.batch.or(checked.as_ref().map(|(t, _)| t.batch));
+    let train = checked.and_then(|(t, sound)| sound.then_some(t));
     let mut dims = options.dims.clone();
     if let Some(b) = batch {
         dims.entry("B".to_string()).or_insert(b);

@@ -120,6 +120,13 @@ const INFERENCE_KEYS: &[&str] = &["mode", "steps", "rate", "precision", "nodes"]
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
 pub fn check(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> Option<TrainConfig> {
     let before = diagnostics.len();
+    let cfg = configure(def, diagnostics);
+    (diagnostics.len() == before).then_some(cfg)
+}
+
+/// Checks a train block, reporting every problem, and returns the configuration with the
+/// default in place of each bad entry (so the model can still be analysed with a batch size).
+pub(crate) fn configure(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> TrainConfig {
     let mut cfg = TrainConfig {
         data: None,
         method: Method::Pc,
@@ -174,7 +181,7 @@ pub fn check(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> Option<T
             other => diagnostics.push(unknown_key(other, entry.key.span, KEYS, "train")),
         }
     }
-    (diagnostics.len() == before).then_some(cfg)
+    cfg
 }
 
 /// Checks what needs the compiled model: precision keys must name PC nodes.
@@ -291,8 +298,8 @@ fn integer(e: &ast::Expr, min: i64, diagnostics: &mut Vec<Diagnostic>) -> Option
         _ => {
             diagnostics.push(bad_value(
                 e.span,
-                "expected an integer",
-                format!("use an integer of at least {min}"),
+                format!("expected an integer of at least {min}"),
+                "write a whole number, without a decimal point",
             ));
             None
         }

@@ -18,9 +18,15 @@ lalrpop_mod!(
 
 /// Parses one file. Lexer errors and recoverable syntax errors are all reported; the module
 /// holds every item that parsed.
+///
+/// Error recovery resumes at the next token that can start a statement, which is often the
+/// next word of the same mistake (`# a comment` reads as the statements `a`, `comment`, ...).
+/// A syntax error within two tokens of the previous error, lexical or syntactic, is such a
+/// cascade and is not reported; the first error of each mistake always is.
 pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let mut tokens = Vec::new();
+    let mut bad_bytes = Vec::new();
     for (start, token, end) in lexer::lex(source) {
         if token == Token::Error {
             let text = source.get(start..end).unwrap_or("");
@@ -38,21 +44,48 @@ pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
                 )
                 .with_help("comments start with `//`; strings are in double quotes"),
             );
+            bad_bytes.push(start);
         } else {
             tokens.push((start, token, end));
         }
     }
+    // Errors are placed by the index of the token they are at (a lexer error: of the token
+    // after it), so that distances count tokens.
+    let starts: Vec<usize> = tokens.iter().map(|t| t.0).collect();
+    let token_index = |byte: usize| starts.partition_point(|&s| s < byte);
+    let mut earlier: Vec<usize> = bad_bytes.iter().map(|&b| token_index(b)).collect();
+    let mut report = |diagnostics: &mut Vec<Diagnostic>, error: ParseError<usize, Token, ()>| {
+        let at = token_index(error_location(&error));
+        let cascade = earlier.iter().any(|&e| e <= at && at - e <= 2);
+        earlier.push(at);
+        if !cascade {
+            diagnostics.push(syntax_error(file, source, error));
+        }
+    };
     let mut recovered: Vec<ErrorRecovery<usize, Token, ()>> = Vec::new();
     let result = grammar::ModuleParser::new().parse(file, &mut recovered, tokens);
     for r in recovered {
-        diagnostics.push(syntax_error(file, source, r.error));
+        report(&mut diagnostics, r.error);
     }
     match result {
         Ok(module) => (module, diagnostics),
         Err(e) => {
-            diagnostics.push(syntax_error(file, source, e));
+            // Never silent: a cascade follows an earlier error, and the first error of a
+            // chain of cascades is always reported.
+            report(&mut diagnostics, e);
             (ast::Module::default(), diagnostics)
         }
+    }
+}
+
+/// The byte offset a syntax error is reported at.
+fn error_location(error: &ParseError<usize, Token, ()>) -> usize {
+    match error {
+        ParseError::UnrecognizedToken { token, .. } | ParseError::ExtraToken { token } => token.0,
+        ParseError::UnrecognizedEof { location, .. } | ParseError::InvalidToken { location } => {
+            *location
+        }
+        ParseError::User { .. } => 0,
     }
 }
 

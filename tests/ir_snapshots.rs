@@ -1,0 +1,83 @@
+//! Snapshots of the forward IR of every example: a change in lowering, naming, regions or
+//! shapes shows up as a reviewable diff of `tests/snapshots/ir_snapshots__*.snap`.
+
+use pcg::sema::{self, CompileOptions, Compiled};
+use std::path::{Path, PathBuf};
+
+/// The examples, sorted, as paths relative to the crate root (so snapshots do not depend on
+/// where the checkout lives).
+fn examples() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(root.join("examples"))
+        .expect("examples/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcg"))
+        .map(|p| p.strip_prefix(root).expect("under the root").to_path_buf())
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn compile(path: &Path) -> Compiled {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let (sources, result) = sema::compile_file(&full, &CompileOptions::default());
+    match result {
+        Ok(c) => c,
+        Err(diagnostics) => panic!(
+            "{} does not compile:\n{}",
+            path.display(),
+            pcg::diag::render(&sources, &diagnostics)
+        ),
+    }
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn every_example_has_an_ir_snapshot() {
+    let paths = examples();
+    assert!(paths.len() >= 7, "expected the examples, found {paths:?}");
+    for path in paths {
+        let program = compile(&path).forward;
+        insta::with_settings!({ description => path.display().to_string(), omit_expression => true }, {
+            insta::assert_snapshot!(format!("ir_{}", stem(&path)), pcg::ir::to_text(&program));
+        });
+    }
+}
+
+#[test]
+fn dot_of_mlp_digits_and_toy_graph() {
+    for name in ["mlp_digits", "toy_graph"] {
+        let path = PathBuf::from("examples").join(format!("{name}.pcg"));
+        let program = compile(&path).forward;
+        insta::with_settings!({ description => path.display().to_string(), omit_expression => true }, {
+            insta::assert_snapshot!(format!("dot_{name}"), pcg::ir::to_dot(&program));
+        });
+    }
+}
+
+/// The binary prints exactly what the library's printer gives.
+#[test]
+fn pcg_ir_prints_the_snapshotted_text() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
+        .current_dir(root)
+        .args(["ir", "examples/toy_graph.pcg", "--stage", "ir"])
+        .output()
+        .expect("pcg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let program = compile(Path::new("examples/toy_graph.pcg")).forward;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        pcg::ir::to_text(&program)
+    );
+}
