@@ -106,7 +106,9 @@ pub fn run<F: Real>(
     let steps = steps.unwrap_or(programs.relax.steps);
     let grad = autodiff::grad_program(forward).map_err(CheckError::Autodiff)?;
     let bp = interp::eval_outputs(&grad, leaves)?;
-    let loss = bp.get("loss").map_or(f64::NAN, |l| l.iter().map(|&x| Real::to_f64(x)).sum());
+    let loss = bp
+        .get("loss")
+        .map_or(f64::NAN, |l| l.iter().map(|&x| Real::to_f64(x)).sum());
     let names: Vec<String> = forward
         .leaves(crate::ir::LeafKind::Param)
         .into_iter()
@@ -139,20 +141,46 @@ pub fn run<F: Real>(
             }
         };
         if step == 0 {
-            energy.push(learned.get("energy").map_or(0.0, |e| e.iter().map(|&x| Real::to_f64(x)).sum()));
+            energy.push(
+                learned
+                    .get("energy")
+                    .map_or(0.0, |e| e.iter().map(|&x| Real::to_f64(x)).sum()),
+            );
         }
         for p in &mut params {
-            let (Some(update), Some(g)) = (learned.get(&format!("update.{}", p.name)), bp.get(&format!("grad.{}", p.name))) else {
+            let (Some(update), Some(g)) = (
+                learned.get(&format!("update.{}", p.name)),
+                bp.get(&format!("grad.{}", p.name)),
+            ) else {
                 continue;
             };
             // PC's gradient estimate is the negated update.
-            let diff = norm(update.iter().zip(g.iter()).map(|(&u, &b)| -Real::to_f64(u) - Real::to_f64(b)));
+            let diff = norm(
+                update
+                    .iter()
+                    .zip(g.iter())
+                    .map(|(&u, &b)| -Real::to_f64(u) - Real::to_f64(b)),
+            );
             let gn = norm(g.iter().map(|&b| Real::to_f64(b)));
             let un = norm(update.iter().map(|&u| Real::to_f64(u)));
-            let dot: f64 = update.iter().zip(g.iter()).map(|(&u, &b)| -Real::to_f64(u) * Real::to_f64(b)).sum();
+            let dot: f64 = update
+                .iter()
+                .zip(g.iter())
+                .map(|(&u, &b)| -Real::to_f64(u) * Real::to_f64(b))
+                .sum();
             let rel_err = if gn > 0.0 { diff / gn } else { un };
-            let cosine = if gn > 0.0 && un > 0.0 { dot / (gn * un) } else if gn == un { 1.0 } else { 0.0 };
-            p.trace.push(TracePoint { step, rel_err, cosine });
+            let cosine = if gn > 0.0 && un > 0.0 {
+                dot / (gn * un)
+            } else if gn == un {
+                1.0
+            } else {
+                0.0
+            };
+            p.trace.push(TracePoint {
+                step,
+                rel_err,
+                cosine,
+            });
         }
         if step == steps {
             last_learn = Some(learned);
@@ -165,7 +193,10 @@ pub fn run<F: Real>(
     let inputs = last_learn
         .map(|l| {
             l.iter()
-                .filter_map(|(k, v)| k.strip_prefix("message.").map(|n| (n.to_string(), v.iter().map(|&x| Real::to_f64(x)).sum())))
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("message.")
+                        .map(|n| (n.to_string(), v.iter().map(|&x| Real::to_f64(x)).sum()))
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -39,8 +39,11 @@ fn fail(path: &Path, message: impl fmt::Display) -> NpzError {
 /// Reads every array of a `.npz` file as `f32` (float64 arrays are converted).
 pub fn read(path: &Path) -> Result<Arrays, NpzError> {
     let file = File::open(path).map_err(|e| fail(path, format!("cannot open: {e}")))?;
-    let mut npz = NpzReader::new(file).map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
-    let names = npz.names().map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
+    let mut npz =
+        NpzReader::new(file).map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
+    let names = npz
+        .names()
+        .map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
     let mut out = Arrays::new();
     for name in names {
         let key = name.trim_end_matches(".npy").to_string();
@@ -48,7 +51,12 @@ pub fn read(path: &Path) -> Result<Arrays, NpzError> {
             Ok(a) => a,
             Err(_) => match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&name) {
                 Ok(a) => a.mapv(|x| x as f32),
-                Err(e) => return Err(fail(path, format!("array `{key}` is not float32 or float64: {e}"))),
+                Err(e) => {
+                    return Err(fail(
+                        path,
+                        format!("array `{key}` is not float32 or float64: {e}"),
+                    ))
+                }
             },
         };
         out.insert(key, array);
@@ -58,7 +66,10 @@ pub fn read(path: &Path) -> Result<Arrays, NpzError> {
 
 /// Writes arrays as a `.npz` file, atomically (temporary file, then rename).
 pub fn write(path: &Path, arrays: &Arrays) -> Result<(), NpzError> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
         .ok_or_else(|| fail(path, "not a file path"))?
@@ -72,9 +83,13 @@ pub fn write(path: &Path, arrays: &Arrays) -> Result<(), NpzError> {
             npz.add_array(name.as_str(), array)
                 .map_err(|e| fail(path, format!("cannot write array `{name}`: {e}")))?;
         }
-        let file = npz.finish().map_err(|e| fail(path, format!("cannot finish: {e}")))?;
-        file.sync_all().map_err(|e| fail(path, format!("cannot sync: {e}")))?;
-        std::fs::rename(&tmp, path).map_err(|e| fail(path, format!("cannot rename into place: {e}")))
+        let file = npz
+            .finish()
+            .map_err(|e| fail(path, format!("cannot finish: {e}")))?;
+        file.sync_all()
+            .map_err(|e| fail(path, format!("cannot sync: {e}")))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| fail(path, format!("cannot rename into place: {e}")))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -20,7 +20,9 @@ const COLOURS: [RGBColor; 8] = [
 fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if !lo.is_finite() {
         return 1e-8..1.0;
     }
@@ -33,9 +35,17 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(540);
     let steps = report.steps.max(1) as f64;
-    let errors = log_range(report.params.iter().flat_map(|p| p.trace.iter().map(|t| t.rel_err)));
+    let errors = log_range(
+        report
+            .params
+            .iter()
+            .flat_map(|p| p.trace.iter().map(|t| t.rel_err)),
+    );
     let mut chart = ChartBuilder::on(&left)
-        .caption(format!("{model}: PC update vs backprop gradient"), ("sans-serif", 18))
+        .caption(
+            format!("{model}: PC update vs backprop gradient"),
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
@@ -49,11 +59,16 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
         let colour = COLOURS[i % COLOURS.len()];
         chart
             .draw_series(LineSeries::new(
-                p.trace.iter().filter(|t| t.rel_err > 0.0).map(|t| (t.step as f64, t.rel_err)),
+                p.trace
+                    .iter()
+                    .filter(|t| t.rel_err > 0.0)
+                    .map(|t| (t.step as f64, t.rel_err)),
                 colour.stroke_width(2),
             ))?
             .label(p.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

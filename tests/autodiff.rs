@@ -483,7 +483,7 @@ fn a_parameter_off_every_path_gets_zeros() {
     case.param("unused", uniform(&mut rng, &[2, 2], -1.0, 1.0));
     let y = case.program.unary(UnaryOp::Exp, x);
     let grads = case.with_loss(y, &mut rng).gradients();
-    assert_eq!(grads["grad.unused"], ArrayD::zeros(IxDyn(&[2, 2])));
+    assert_eq!(grads["grad.unused"], ArrayD::<f64>::zeros(IxDyn(&[2, 2])));
 }
 
 #[test]

@@ -51,8 +51,14 @@ fn toy_graph_backprop_gradients() {
     let dtheta = out["grad.theta"].sum();
     assert!((dtheta - -0.8792).abs() < 1e-4, "dL/dtheta = {dtheta}");
     // The message PC sends to y0 after exact relaxation is -dL/dy0.
-    let report = gradcheck::run(&forward, &config(Mode::Exact, 0, 1.0), None, &toy_leaves()).expect("runs");
-    let dy0 = -report.inputs.iter().find(|(n, _)| n == "y0").expect("message to y0").1;
+    let report =
+        gradcheck::run(&forward, &config(Mode::Exact, 0, 1.0), None, &toy_leaves()).expect("runs");
+    let dy0 = -report
+        .inputs
+        .iter()
+        .find(|(n, _)| n == "y0")
+        .expect("message to y0")
+        .1;
     assert!((dy0 - -11.3705).abs() < 1e-4, "dL/dy0 = {dy0}");
 }
 
@@ -64,12 +70,29 @@ fn toy_graph_converges_within_the_papers_step_counts() {
     let dy0_bp = -11.370_532_186_715_645_f64;
     for (rate, within) in [(0.02, 352), (0.1, 68), (0.5, 11)] {
         let rel_after = |steps: usize| {
-            let report = gradcheck::run(&forward, &config(Mode::Fixed, steps, rate), None, &toy_leaves()).expect("runs");
-            let dy0 = -report.inputs.iter().find(|(n, _)| n == "y0").expect("message").1;
+            let report = gradcheck::run(
+                &forward,
+                &config(Mode::Fixed, steps, rate),
+                None,
+                &toy_leaves(),
+            )
+            .expect("runs");
+            let dy0 = -report
+                .inputs
+                .iter()
+                .find(|(n, _)| n == "y0")
+                .expect("message")
+                .1;
             ((dy0 - dy0_bp) / dy0_bp).abs()
         };
-        assert!(rel_after(within) < 1e-3, "rate {rate}: not converged after {within} steps");
-        assert!(rel_after(within - 1) > 1e-3, "rate {rate}: converged before {within} steps");
+        assert!(
+            rel_after(within) < 1e-3,
+            "rate {rate}: not converged after {within} steps"
+        );
+        assert!(
+            rel_after(within - 1) > 1e-3,
+            "rate {rate}: converged before {within} steps"
+        );
     }
 }
 
@@ -89,14 +112,26 @@ fn fixed_mode_converges_to_backprop_on_every_example() {
     for &(path, b) in EXAMPLES {
         let compiled = compile(path, Some(b));
         let forward = &compiled.forward;
-        let base = compiled.train.expect("examples have a train block").inference;
+        let base = compiled
+            .train
+            .expect("examples have a train block")
+            .inference;
         let depth = pcg::pc::analyse(forward, &base).depth;
         // Enough steps: well past the depth at step size 0.5.
         let steps = 4 * depth + 40;
-        let report = gradcheck::run(forward, &config(Mode::Fixed, steps, 0.5), None, &leaves(forward)).expect("runs");
+        let report = gradcheck::run(
+            forward,
+            &config(Mode::Fixed, steps, 0.5),
+            None,
+            &leaves(forward),
+        )
+        .expect("runs");
         assert!(!report.params.is_empty(), "{path}: no parameters checked");
         let max = report.max_rel_err();
-        assert!(max <= 1e-4, "{path}: fixed mode max relative error {max:e} after {steps} steps");
+        assert!(
+            max <= 1e-4,
+            "{path}: fixed mode max relative error {max:e} after {steps} steps"
+        );
         for p in &report.params {
             let first = p.trace.first().expect("trace").rel_err;
             let last = p.trace.last().expect("trace").rel_err;
@@ -110,14 +145,33 @@ fn exact_mode_is_backprop_after_depth_steps() {
     for &(path, b) in EXAMPLES {
         let compiled = compile(path, Some(b));
         let forward = &compiled.forward;
-        let report = gradcheck::run(forward, &config(Mode::Exact, 0, 1.0), None, &leaves(forward)).expect("runs");
+        let report = gradcheck::run(
+            forward,
+            &config(Mode::Exact, 0, 1.0),
+            None,
+            &leaves(forward),
+        )
+        .expect("runs");
         let depth = report.programs.graph.depth;
-        assert_eq!(report.steps, depth.max(1), "{path}: exact mode runs depth steps");
+        assert_eq!(
+            report.steps,
+            depth.max(1),
+            "{path}: exact mode runs depth steps"
+        );
         let max = report.max_rel_err();
-        assert!(max <= 1e-5, "{path}: exact mode max relative error {max:e} after {depth} steps");
+        assert!(
+            max <= 1e-5,
+            "{path}: exact mode max relative error {max:e} after {depth} steps"
+        );
         // One step is not enough where the graph is deeper (the errors have not arrived).
         if depth > 1 {
-            let short = gradcheck::run(forward, &config(Mode::Exact, 0, 1.0), Some(1), &leaves(forward)).expect("runs");
+            let short = gradcheck::run(
+                forward,
+                &config(Mode::Exact, 0, 1.0),
+                Some(1),
+                &leaves(forward),
+            )
+            .expect("runs");
             assert!(short.max_rel_err() > 1e-5, "{path}: exact after one step");
         }
     }
@@ -128,11 +182,21 @@ fn strict_mode_runs_and_reports() {
     for &(path, b) in EXAMPLES {
         let compiled = compile(path, Some(b));
         let forward = &compiled.forward;
-        let report = gradcheck::run(forward, &config(Mode::Strict, 10, 0.1), None, &leaves(forward)).expect("runs");
+        let report = gradcheck::run(
+            forward,
+            &config(Mode::Strict, 10, 0.1),
+            None,
+            &leaves(forward),
+        )
+        .expect("runs");
         assert_eq!(report.energy.len(), 11, "{path}: one energy per step");
         for p in &report.params {
             let last = p.trace.last().expect("trace");
-            assert!(last.rel_err.is_finite() && last.cosine.is_finite(), "{path}: {} not finite", p.name);
+            assert!(
+                last.rel_err.is_finite() && last.cosine.is_finite(),
+                "{path}: {} not finite",
+                p.name
+            );
         }
     }
 }
@@ -144,17 +208,37 @@ fn precision_changes_the_dynamics_not_the_fixed_point() {
     let mut cfg = config(Mode::Fixed, 60, 0.3);
     cfg.precision.insert("h".into(), 3.0);
     let weighted = gradcheck::run(forward, &cfg, None, &leaves(forward)).expect("runs");
-    assert!(weighted.max_rel_err() < 1e-4, "precision moved the equilibrium: {:e}", weighted.max_rel_err());
+    assert!(
+        weighted.max_rel_err() < 1e-4,
+        "precision moved the equilibrium: {:e}",
+        weighted.max_rel_err()
+    );
     let few = gradcheck::run(forward, &cfg, Some(3), &leaves(forward)).expect("runs");
-    let plain = gradcheck::run(forward, &config(Mode::Fixed, 60, 0.3), Some(3), &leaves(forward)).expect("runs");
-    assert_ne!(few.max_rel_err(), plain.max_rel_err(), "precision had no effect on the relaxation");
+    let plain = gradcheck::run(
+        forward,
+        &config(Mode::Fixed, 60, 0.3),
+        Some(3),
+        &leaves(forward),
+    )
+    .expect("runs");
+    assert_ne!(
+        few.max_rel_err(),
+        plain.max_rel_err(),
+        "precision had no effect on the relaxation"
+    );
 }
 
 #[test]
 fn energy_is_computed_at_every_step_and_falls_in_fixed_mode() {
     let compiled = compile("examples/shared_branches.pcg", Some(4));
     let forward = &compiled.forward;
-    let report = gradcheck::run(forward, &config(Mode::Fixed, 30, 0.2), None, &leaves(forward)).expect("runs");
+    let report = gradcheck::run(
+        forward,
+        &config(Mode::Fixed, 30, 0.2),
+        None,
+        &leaves(forward),
+    )
+    .expect("runs");
     assert_eq!(report.energy.len(), 31);
     assert!(report.energy.iter().all(|e| e.is_finite() && *e >= 0.0));
 }
@@ -174,7 +258,10 @@ fn node_granularity_all_gives_the_same_gradients() {
 
 #[test]
 fn pc_ir_dumps_of_small_examples() {
-    for (name, path) in [("toy_graph", "examples/toy_graph.pcg"), ("mlp_digits", "examples/mlp_digits.pcg")] {
+    for (name, path) in [
+        ("toy_graph", "examples/toy_graph.pcg"),
+        ("mlp_digits", "examples/mlp_digits.pcg"),
+    ] {
         let compiled = compile(path, None);
         let inference = compiled.train.expect("train block").inference;
         let programs = pcg::pc::transform(&compiled.forward, &inference).expect("transforms");

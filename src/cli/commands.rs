@@ -18,9 +18,16 @@ fn error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Parameters and one batch for a one-batch computation (see `ProblemFlags`).
-pub(super) fn problem(file: &Path, compiled: &Compiled, flags: &ProblemFlags) -> Result<Arrays, ExitCode> {
+pub(super) fn problem(
+    file: &Path,
+    compiled: &Compiled,
+    flags: &ProblemFlags,
+) -> Result<Arrays, ExitCode> {
     let forward = &compiled.forward;
-    let seed = flags.seed.or(compiled.train.as_ref().map(|t| t.seed)).unwrap_or(0);
+    let seed = flags
+        .seed
+        .or(compiled.train.as_ref().map(|t| t.seed))
+        .unwrap_or(0);
     let mut leaves = match &flags.params {
         Some(path) => {
             let arrays = npz::read(path).map_err(error)?;
@@ -32,7 +39,8 @@ pub(super) fn problem(file: &Path, compiled: &Compiled, flags: &ProblemFlags) ->
     let data = match &flags.inputs {
         Some(path) => {
             let arrays = npz::read(path).map_err(error)?;
-            batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path).map_err(error)?;
+            batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path)
+                .map_err(error)?;
             arrays
         }
         None => {
@@ -57,14 +65,26 @@ pub(super) fn problem(file: &Path, compiled: &Compiled, flags: &ProblemFlags) ->
 }
 
 fn to_f64(arrays: &Arrays) -> Bindings<f64> {
-    arrays.iter().map(|(k, v)| (k.clone(), v.mapv(f64::from))).collect()
+    arrays
+        .iter()
+        .map(|(k, v)| (k.clone(), v.mapv(f64::from)))
+        .collect()
 }
 
 fn scalar<F: interp::Real>(b: &Bindings<F>, name: &str) -> f64 {
-    b.get(name).map_or(f64::NAN, |t| t.iter().map(|&x| interp::Real::to_f64(x)).sum())
+    b.get(name).map_or(f64::NAN, |t| {
+        t.iter().map(|&x| interp::Real::to_f64(x)).sum()
+    })
 }
 
-pub(super) fn grad(file: &Path, method: MethodArg, out: &Path, flags: &ProblemFlags, relax: &RelaxFlags, options: &CompileOptions) -> ExitCode {
+pub(super) fn grad(
+    file: &Path,
+    method: MethodArg,
+    out: &Path,
+    flags: &ProblemFlags,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> ExitCode {
     let compiled = match compile_or_report(file, options) {
         Ok((_, c)) => c,
         Err(code) => return code,
@@ -84,7 +104,9 @@ pub(super) fn grad(file: &Path, method: MethodArg, out: &Path, flags: &ProblemFl
                 Ok(out) => {
                     let grads: Arrays = out
                         .iter()
-                        .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone())))
+                        .filter_map(|(k, v)| {
+                            k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))
+                        })
                         .collect();
                     (scalar(&out, "loss"), grads)
                 }
@@ -109,7 +131,10 @@ pub(super) fn grad(file: &Path, method: MethodArg, out: &Path, flags: &ProblemFl
                 Ok(out) => (
                     scalar(&state, "loss"),
                     out.iter()
-                        .filter_map(|(k, v)| k.strip_prefix("update.").map(|n| (n.to_string(), v.mapv(|x| -x))))
+                        .filter_map(|(k, v)| {
+                            k.strip_prefix("update.")
+                                .map(|n| (n.to_string(), v.mapv(|x| -x)))
+                        })
                         .collect(),
                 ),
                 Err(e) => return error(e),
@@ -141,7 +166,8 @@ pub(super) fn gradcheck(
         Err(code) => return code,
     };
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
-    let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves)) {
+    let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves))
+    {
         Ok(r) => r,
         Err(e) => return error(e),
     };
@@ -157,7 +183,7 @@ pub(super) fn gradcheck(
     }
     let max = report.max_rel_err();
     let checked = report.programs.mode != Mode::Strict;
-    if checked && !(max <= tol) {
+    if checked && (max > tol || max.is_nan()) {
         eprintln!("gradcheck failed: max_rel_err {max:.3e} > tol {tol:.1e}");
         return ExitCode::FAILURE;
     }
@@ -201,7 +227,13 @@ fn report_table(model: &str, r: &Report) -> String {
         r.programs.graph.depth,
         r.loss
     );
-    let width = r.params.iter().map(|p| p.name.len()).max().unwrap_or(5).max(9);
+    let width = r
+        .params
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(9);
     out.push_str(&format!("{:>6}", "step"));
     for p in &r.params {
         out.push_str(&format!("  {:>width$}", p.name));
@@ -214,11 +246,17 @@ fn report_table(model: &str, r: &Report) -> String {
         for p in &r.params {
             out.push_str(&format!("  {:>width$.3e}", p.trace[i].rel_err));
         }
-        out.push_str(&format!("  {:>10.4e}\n", r.energy.get(step).copied().unwrap_or(f64::NAN)));
+        out.push_str(&format!(
+            "  {:>10.4e}\n",
+            r.energy.get(step).copied().unwrap_or(f64::NAN)
+        ));
     }
     out.push_str(&format!("{:>6}", "cosine"));
     for p in &r.params {
-        out.push_str(&format!("  {:>width$.6}", p.trace.last().map_or(f64::NAN, |t| t.cosine)));
+        out.push_str(&format!(
+            "  {:>width$.6}",
+            p.trace.last().map_or(f64::NAN, |t| t.cosine)
+        ));
     }
     out.push('\n');
     out.push_str(&format!("max_rel_err={:.3e}\n", r.max_rel_err()));

@@ -241,7 +241,15 @@ pub fn run(cli: Cli) -> ExitCode {
             problem,
             relax,
             compile,
-        } => commands::gradcheck(&file, tol, json, plot.as_deref(), &problem, &relax, &compile.options()),
+        } => commands::gradcheck(
+            &file,
+            tol,
+            json,
+            plot.as_deref(),
+            &problem,
+            &relax,
+            &compile.options(),
+        ),
     }
 }
 
@@ -314,7 +322,11 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
             }
         },
         Stage::Pc => {
-            let inference = compiled.train.as_ref().map(|t| t.inference.clone()).unwrap_or_default();
+            let inference = compiled
+                .train
+                .as_ref()
+                .map(|t| t.inference.clone())
+                .unwrap_or_default();
             match pc::transform(forward, &inference) {
                 Ok(p) if format == Format::Dot => {
                     emit(&pc::to_dot(forward, &p.graph));

@@ -19,7 +19,12 @@ pub struct LoopProgram {
 impl LoopProgram {
     /// The state names the body overwrites every step.
     pub fn carried(&self) -> BTreeSet<String> {
-        let states: BTreeSet<&str> = self.body.leaves(LeafKind::State).into_iter().map(|(_, n)| n).collect();
+        let states: BTreeSet<&str> = self
+            .body
+            .leaves(LeafKind::State)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
         self.body
             .outputs
             .iter()
@@ -66,8 +71,12 @@ impl LoopProgram {
         }
         // Replay the invariant part into the prologue, reading its state from the prologue's
         // own outputs.
-        let prologue_out: HashMap<String, ValueId> =
-            self.prologue.outputs.iter().map(|o| (o.name.clone(), o.value)).collect();
+        let prologue_out: HashMap<String, ValueId> = self
+            .prologue
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), o.value))
+            .collect();
         let mut into_prologue: HashMap<ValueId, ValueId> = HashMap::new();
         for id in body.ids() {
             if variant[id.index()] {
@@ -90,9 +99,16 @@ impl LoopProgram {
                     }
                 }
                 _ => {
-                    let args: Option<Vec<ValueId>> = node.args.iter().map(|a| into_prologue.get(a).copied()).collect();
+                    let args: Option<Vec<ValueId>> = node
+                        .args
+                        .iter()
+                        .map(|a| into_prologue.get(a).copied())
+                        .collect();
                     let Some(args) = args else { continue };
-                    self.prologue.push(Node { args, ..node.clone() })
+                    self.prologue.push(Node {
+                        args,
+                        ..node.clone()
+                    })
                 }
             };
             into_prologue.insert(id, new);
@@ -132,7 +148,13 @@ impl LoopProgram {
                 continue;
             }
             let args = node.args.iter().map(|a| body_map[a]).collect();
-            body_map.insert(id, new_body.push(Node { args, ..node.clone() }));
+            body_map.insert(
+                id,
+                new_body.push(Node {
+                    args,
+                    ..node.clone()
+                }),
+            );
         }
         new_body.outputs = body
             .outputs

@@ -357,12 +357,20 @@ impl Program {
             std::collections::HashMap::new();
         let mut replace: Vec<ValueId> = (0..self.nodes.len() as u32).map(ValueId).collect();
         for i in 0..self.nodes.len() {
-            let args: Vec<ValueId> = self.nodes[i].args.iter().map(|a| replace[a.index()]).collect();
+            let args: Vec<ValueId> = self.nodes[i]
+                .args
+                .iter()
+                .map(|a| replace[a.index()])
+                .collect();
             self.nodes[i].args.clone_from(&args);
             if matches!(self.nodes[i].op, Op::Leaf(_)) {
                 continue;
             }
-            let key = (self.nodes[i].op.to_string(), args, self.nodes[i].shape.clone());
+            let key = (
+                self.nodes[i].op.to_string(),
+                args,
+                self.nodes[i].shape.clone(),
+            );
             match seen.get(&key) {
                 Some(&first) => {
                     replace[i] = first;

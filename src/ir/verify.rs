@@ -75,9 +75,13 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
         }
     }
     for name in program.inits.keys() {
-        let known = [super::LeafKind::Param, super::LeafKind::Input, super::LeafKind::Target]
-            .iter()
-            .any(|&k| program.leaf_named(k, name).is_some());
+        let known = [
+            super::LeafKind::Param,
+            super::LeafKind::Input,
+            super::LeafKind::Target,
+        ]
+        .iter()
+        .any(|&k| program.leaf_named(k, name).is_some());
         if !known {
             return Err(fail(format!("initialiser for unknown leaf `{name}`")));
         }

@@ -15,10 +15,18 @@ pub fn to_dot(forward: &Program, graph: &PcGraph) -> String {
     let _ = writeln!(out, "  loss [label=\"loss\", shape=doublecircle, style=filled, fillcolor=\"#e63946\", fontcolor=white];");
     for (i, pc) in graph.nodes.iter().enumerate() {
         let _ = writeln!(out, "  subgraph cluster_{i} {{");
-        let _ = writeln!(out, "    label=\"{} {}\"; style=rounded; color=\"#999999\";", pc.label, pc.shape);
+        let _ = writeln!(
+            out,
+            "    label=\"{} {}\"; style=rounded; color=\"#999999\";",
+            pc.label, pc.shape
+        );
         match pc.role {
             Role::Relaxed { .. } => {
-                let _ = writeln!(out, "    v{i} [label=\"v {}\", shape=box, style=filled, fillcolor=\"#8ecae6\"];", pc.label);
+                let _ = writeln!(
+                    out,
+                    "    v{i} [label=\"v {}\", shape=box, style=filled, fillcolor=\"#8ecae6\"];",
+                    pc.label
+                );
                 let _ = writeln!(out, "    e{i} [label=\"ε = v − μ\", shape=box, style=filled, fillcolor=\"#f8a5a5\"];");
             }
             Role::Output => {
@@ -30,19 +38,28 @@ pub fn to_dot(forward: &Program, graph: &PcGraph) -> String {
             let _ = writeln!(out, "  loss -> e{i} [label=\"clamp\", color=\"#e63946\"];");
         }
         for p in &pc.params {
-            let _ = writeln!(out, "  e{i} -> p_{p} [label=\"Δθ\", style=dashed, color=\"#b08900\"];");
+            let _ = writeln!(
+                out,
+                "  e{i} -> p_{p} [label=\"Δθ\", style=dashed, color=\"#b08900\"];"
+            );
         }
     }
     for (id, name) in forward.leaves(LeafKind::Param) {
         let _ = id;
-        let _ = writeln!(out, "  p_{name} [label=\"param {name}\", shape=box, style=filled, fillcolor=\"#f4c542\"];");
+        let _ = writeln!(
+            out,
+            "  p_{name} [label=\"param {name}\", shape=box, style=filled, fillcolor=\"#f4c542\"];"
+        );
     }
     // Predictions: a child's prediction reads its parents' values (or clamped inputs).
     for (j, pc) in graph.nodes.iter().enumerate() {
         for (i, parent) in graph.nodes.iter().enumerate() {
             if parent.children.contains(&j) {
                 let _ = writeln!(out, "  v{i} -> e{j} [label=\"μ\", color=\"#555555\"];");
-                let _ = writeln!(out, "  e{j} -> v{i} [label=\"(∂μ/∂v)ᵀ ε\", style=dashed, color=\"#d62828\"];");
+                let _ = writeln!(
+                    out,
+                    "  e{j} -> v{i} [label=\"(∂μ/∂v)ᵀ ε\", style=dashed, color=\"#d62828\"];"
+                );
             }
         }
         let _ = pc;

@@ -140,14 +140,23 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
     let mut on_leaf = vec![false; n];
     for id in forward.ids() {
         let node = forward.node(id);
-        on_leaf[id.index()] = matches!(node.op, Op::Leaf(_)) || node.args.iter().any(|a| on_leaf[a.index()]);
+        on_leaf[id.index()] =
+            matches!(node.op, Op::Leaf(_)) || node.args.iter().any(|a| on_leaf[a.index()]);
     }
     let is_model_op = |id: ValueId| {
         let node = forward.node(id);
         node.region == Region::Model && !matches!(node.op, Op::Leaf(_)) && on_leaf[id.index()]
     };
-    let loss_reads = |id: ValueId| users[id.index()].iter().any(|&u| forward.node(u).region == Region::Loss);
-    let model_reads = |id: ValueId| users[id.index()].iter().any(|&u| forward.node(u).region == Region::Model);
+    let loss_reads = |id: ValueId| {
+        users[id.index()]
+            .iter()
+            .any(|&u| forward.node(u).region == Region::Loss)
+    };
+    let model_reads = |id: ValueId| {
+        users[id.index()]
+            .iter()
+            .any(|&u| forward.node(u).region == Region::Model)
+    };
     let mut index_of: HashMap<ValueId, usize> = HashMap::new();
     let mut nodes = Vec::new();
     let mut name_count: HashMap<String, usize> = HashMap::new();
@@ -179,7 +188,9 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
             None => format!("n{}", id.0),
         };
         let role = if model_reads(id) {
-            Role::Relaxed { loss_reads: loss_reads(id) }
+            Role::Relaxed {
+                loss_reads: loss_reads(id),
+            }
         } else {
             Role::Output
         };
@@ -231,7 +242,14 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
     for j in (0..nodes.len()).rev() {
         level[j] = match nodes[j].role {
             Role::Output => 0,
-            Role::Relaxed { .. } => 1 + nodes[j].children.iter().map(|&c| level[c]).max().unwrap_or(0),
+            Role::Relaxed { .. } => {
+                1 + nodes[j]
+                    .children
+                    .iter()
+                    .map(|&c| level[c])
+                    .max()
+                    .unwrap_or(0)
+            }
         };
     }
     let depth = level.iter().copied().max().unwrap_or(0);
@@ -285,7 +303,11 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     let energy = sum_all(&mut body, &energy_terms);
     body.set_output("energy", energy);
 
-    let mut relax = LoopProgram { prologue, body, steps };
+    let mut relax = LoopProgram {
+        prologue,
+        body,
+        steps,
+    };
     relax.body.cse();
     relax.hoist_invariants();
 
@@ -328,7 +350,10 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
 }
 
 fn relaxed(graph: &PcGraph) -> impl Iterator<Item = &PcNode> {
-    graph.nodes.iter().filter(|pc| matches!(pc.role, Role::Relaxed { .. }))
+    graph
+        .nodes
+        .iter()
+        .filter(|pc| matches!(pc.role, Role::Relaxed { .. }))
 }
 
 /// The error units of one step, built into `program`.
@@ -347,7 +372,13 @@ struct Units {
 
 /// Builds the cut graph and the error units into `program`. The cut reads `ff.*` state in
 /// fixed and exact modes (frozen predictions and Jacobians) and `v.*` in strict mode.
-fn errors(forward: &Program, graph: &PcGraph, program: &mut Program, mode: Mode, loss: ValueId) -> Result<Units, PcError> {
+fn errors(
+    forward: &Program,
+    graph: &PcGraph,
+    program: &mut Program,
+    mode: Mode,
+    loss: ValueId,
+) -> Result<Units, PcError> {
     let mut cut = HashMap::new();
     let mut values = HashMap::new();
     for pc in relaxed(graph) {
@@ -356,7 +387,11 @@ fn errors(forward: &Program, graph: &PcGraph, program: &mut Program, mode: Mode,
         let at = if mode == Mode::Strict {
             v
         } else {
-            program.leaf(LeafKind::State, feedforward_state(&pc.label), pc.shape.clone())
+            program.leaf(
+                LeafKind::State,
+                feedforward_state(&pc.label),
+                pc.shape.clone(),
+            )
         };
         cut.insert(pc.value, at);
     }
@@ -386,7 +421,10 @@ fn errors(forward: &Program, graph: &PcGraph, program: &mut Program, mode: Mode,
             Role::Output => loss_grads.next().expect("one gradient per output"),
             Role::Relaxed { loss_reads } => {
                 if loss_reads {
-                    loss_messages.insert(pc.value, loss_grads.next().expect("one gradient per loss-read node"));
+                    loss_messages.insert(
+                        pc.value,
+                        loss_grads.next().expect("one gradient per loss-read node"),
+                    );
                 }
                 program.sub(values[&pc.value], mu)
             }
@@ -406,9 +444,14 @@ fn errors(forward: &Program, graph: &PcGraph, program: &mut Program, mode: Mode,
 /// Copies the forward program into `program`: leaves become leaves of the same kind and name,
 /// and every user of a node in `cut` reads the given value instead. Returns, for each forward
 /// node, the node computing it (for cut nodes: their prediction from the cut inputs).
-fn replay(forward: &Program, program: &mut Program, cut: &HashMap<ValueId, ValueId>) -> Vec<ValueId> {
+fn replay(
+    forward: &Program,
+    program: &mut Program,
+    cut: &HashMap<ValueId, ValueId>,
+) -> Vec<ValueId> {
     let mut computed: Vec<ValueId> = Vec::with_capacity(forward.nodes.len());
-    let read = |computed: &Vec<ValueId>, a: ValueId| cut.get(&a).copied().unwrap_or(computed[a.index()]);
+    let read =
+        |computed: &Vec<ValueId>, a: ValueId| cut.get(&a).copied().unwrap_or(computed[a.index()]);
     for id in forward.ids() {
         let node = forward.node(id);
         let new = match node.op {
@@ -421,7 +464,10 @@ fn replay(forward: &Program, program: &mut Program, cut: &HashMap<ValueId, Value
             }
             _ => {
                 let args = node.args.iter().map(|&a| read(&computed, a)).collect();
-                program.push(Node { args, ..node.clone() })
+                program.push(Node {
+                    args,
+                    ..node.clone()
+                })
             }
         };
         computed.push(new);
@@ -451,7 +497,9 @@ fn half_weighted_norm(program: &mut Program, x: ValueId, precision: f64) -> Valu
 fn sum_all(program: &mut Program, terms: &[ValueId]) -> ValueId {
     match terms.split_first() {
         None => program.constant(0.0, Shape::scalar()),
-        Some((&first, rest)) => rest.iter().fold(first, |acc, &t| program.add_values(acc, t)),
+        Some((&first, rest)) => rest
+            .iter()
+            .fold(first, |acc, &t| program.add_values(acc, t)),
     }
 }
 
@@ -475,7 +523,11 @@ pub fn describe(programs: &PcPrograms) -> String {
             Role::Relaxed { loss_reads: true } => "relaxed+loss",
             Role::Output => "output",
         };
-        let children: Vec<&str> = pc.children.iter().map(|&c| g.nodes[c].label.as_str()).collect();
+        let children: Vec<&str> = pc
+            .children
+            .iter()
+            .map(|&c| g.nodes[c].label.as_str())
+            .collect();
         out.push_str(&format!(
             "//   {} {} {} <- params [{}] -> children [{}]{}\n",
             pc.label,
@@ -483,7 +535,11 @@ pub fn describe(programs: &PcPrograms) -> String {
             pc.shape,
             pc.params.join(", "),
             children.join(", "),
-            if pc.precision != 1.0 { format!(" precision {}", crate::ir::fmt_f64(pc.precision)) } else { String::new() },
+            if pc.precision != 1.0 {
+                format!(" precision {}", crate::ir::fmt_f64(pc.precision))
+            } else {
+                String::new()
+            },
         ));
     }
     out

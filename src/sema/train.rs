@@ -405,7 +405,11 @@ fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSpec> {
         ExprKind::Name(id) => (id.name.as_str(), &[]),
         ExprKind::Call { callee, args } => (callee.name.as_str(), args.as_slice()),
         _ => {
-            diagnostics.push(bad_value(e.span, "expected a data set", "e.g. `digits`, `fmnist`, `shakespeare(seq = 50)`, `npz(\"f.npz\")`"));
+            diagnostics.push(bad_value(
+                e.span,
+                "expected a data set",
+                "e.g. `digits`, `fmnist`, `shakespeare(seq = 50)`, `npz(\"f.npz\")`",
+            ));
             return None;
         }
     };
@@ -416,11 +420,18 @@ fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSpec> {
             ExprKind::Float(x) => SpecValue::Float(*x),
             ExprKind::Str(s) => SpecValue::Str(s.clone()),
             _ => {
-                diagnostics.push(bad_value(a.value.span, "data set arguments are numbers or strings", "e.g. `shakespeare(seq = 50)`"));
+                diagnostics.push(bad_value(
+                    a.value.span,
+                    "data set arguments are numbers or strings",
+                    "e.g. `shakespeare(seq = 50)`",
+                ));
                 return None;
             }
         };
-        spec_args.push(SpecArg { name: a.name.as_ref().map(|n| n.name.clone()), value });
+        spec_args.push(SpecArg {
+            name: a.name.as_ref().map(|n| n.name.clone()),
+            value,
+        });
     }
     match DataSpec::from_call(name, &spec_args) {
         Ok(spec) => Some(spec),

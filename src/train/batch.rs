@@ -11,7 +11,12 @@ use std::path::Path;
 
 /// Checks that `arrays` holds every leaf of the given kinds with its declared shape. The error
 /// names the array and both shapes.
-pub fn check_arrays(program: &Program, kinds: &[LeafKind], arrays: &Arrays, source: &Path) -> Result<(), String> {
+pub fn check_arrays(
+    program: &Program,
+    kinds: &[LeafKind],
+    arrays: &Arrays,
+    source: &Path,
+) -> Result<(), String> {
     let mut problems = Vec::new();
     for &kind in kinds {
         for (id, name) in program.leaves(kind) {
@@ -39,8 +44,11 @@ pub fn check_arrays(program: &Program, kinds: &[LeafKind], arrays: &Arrays, sour
     }
 }
 
-/// The model's single input and target leaves, as (name, shape) pairs.
-fn io(program: &Program) -> Option<((String, Vec<usize>), (String, Vec<usize>))> {
+/// A leaf's name and shape.
+type LeafShape = (String, Vec<usize>);
+
+/// The model's single input and target leaves.
+fn io(program: &Program) -> Option<(LeafShape, LeafShape)> {
     let inputs = program.leaves(LeafKind::Input);
     let targets = program.leaves(LeafKind::Target);
     match (inputs.as_slice(), targets.as_slice()) {
@@ -54,14 +62,21 @@ fn io(program: &Program) -> Option<((String, Vec<usize>), (String, Vec<usize>))>
 
 /// The first training batch of a data set, shaped for the model (one input and one target).
 pub fn first_batch(program: &Program, spec: &DataSpec) -> Result<Arrays, String> {
-    let ((xn, xs), (yn, ys)) = io(program).ok_or("data sets feed models with exactly one input and one target")?;
+    let ((xn, xs), (yn, ys)) =
+        io(program).ok_or("data sets feed models with exactly one input and one target")?;
     let set = data::load(spec).map_err(|e| e.to_string())?;
     let b = xs.first().copied().unwrap_or(1);
     if set.train.len() < b {
-        return Err(format!("the data set has {} training examples, fewer than a batch of {b}", set.train.len()));
+        return Err(format!(
+            "the data set has {} training examples, fewer than a batch of {b}",
+            set.train.len()
+        ));
     }
     let order = data::epoch_order(set.train.len(), 0, 0);
-    let (x, y) = set.train.batch(&order[..b], &xs, &ys).map_err(|e| e.to_string())?;
+    let (x, y) = set
+        .train
+        .batch(&order[..b], &xs, &ys)
+        .map_err(|e| e.to_string())?;
     Ok(Arrays::from([(xn, x), (yn, y)]))
 }
 

@@ -39,7 +39,9 @@ pub fn stream(seed: u64, name: &str) -> ChaCha8Rng {
 pub fn sample(init: &Init, shape: &Shape, rng: &mut ChaCha8Rng) -> ArrayD<f32> {
     let dims = ndarray::IxDyn(shape.dims());
     let (fan_in, fan_out) = fans(shape);
-    let mut draw = |dist: &dyn Fn(&mut ChaCha8Rng) -> f64| ArrayD::from_shape_simple_fn(dims.clone(), || dist(rng) as f32);
+    let mut draw = |dist: &dyn Fn(&mut ChaCha8Rng) -> f64| {
+        ArrayD::from_shape_simple_fn(dims.clone(), || dist(rng) as f32)
+    };
     match init {
         Init::Zeros => ArrayD::zeros(dims),
         Init::Ones => ArrayD::ones(dims),
