@@ -70,6 +70,23 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
                 PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
             });
     }
+    for (i, p) in report.inputs.iter().enumerate() {
+        let colour = COLOURS[(report.params.len() + i) % COLOURS.len()];
+        chart
+            .draw_series(DashedLineSeries::new(
+                p.trace
+                    .iter()
+                    .filter(|t| t.rel_err > 0.0)
+                    .map(|t| (t.step as f64, t.rel_err)),
+                6,
+                4,
+                colour.stroke_width(2),
+            ))?
+            .label(format!("{} (input message)", p.name))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

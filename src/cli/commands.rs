@@ -204,6 +204,14 @@ fn report_json(model: &str, r: &Report) -> String {
             })
         })
         .collect();
+    let inputs: Vec<serde_json::Value> = r
+        .inputs
+        .iter()
+        .map(|p| {
+            let last = p.trace.last();
+            serde_json::json!({"name": p.name, "rel_err": last.map(|t| t.rel_err), "cosine": last.map(|t| t.cosine)})
+        })
+        .collect();
     serde_json::json!({
         "model": model,
         "mode": r.programs.mode.name(),
@@ -213,6 +221,7 @@ fn report_json(model: &str, r: &Report) -> String {
         "loss": r.loss,
         "max_rel_err": r.max_rel_err(),
         "params": params,
+        "inputs": inputs,
         "energy": r.energy,
     })
     .to_string()
@@ -227,23 +236,29 @@ fn report_table(model: &str, r: &Report) -> String {
         r.programs.graph.depth,
         r.loss
     );
-    let width = r
+    // Parameters, then the messages to inputs (`msg:x`).
+    let columns: Vec<(String, &gradcheck::ParamTrace)> = r
         .params
         .iter()
-        .map(|p| p.name.len())
+        .map(|p| (p.name.clone(), p))
+        .chain(r.inputs.iter().map(|p| (format!("msg:{}", p.name), p)))
+        .collect();
+    let width = columns
+        .iter()
+        .map(|(n, _)| n.len())
         .max()
         .unwrap_or(5)
         .max(9);
     out.push_str(&format!("{:>6}", "step"));
-    for p in &r.params {
-        out.push_str(&format!("  {:>width$}", p.name));
+    for (name, _) in &columns {
+        out.push_str(&format!("  {name:>width$}"));
     }
     out.push_str(&format!("  {:>10}\n", "energy"));
-    let rows = r.params.first().map_or(0, |p| p.trace.len());
+    let rows = columns.first().map_or(0, |(_, p)| p.trace.len());
     for i in 0..rows {
-        let step = r.params[0].trace[i].step;
+        let step = columns[0].1.trace[i].step;
         out.push_str(&format!("{step:>6}"));
-        for p in &r.params {
+        for (_, p) in &columns {
             out.push_str(&format!("  {:>width$.3e}", p.trace[i].rel_err));
         }
         out.push_str(&format!(
@@ -252,7 +267,7 @@ fn report_table(model: &str, r: &Report) -> String {
         ));
     }
     out.push_str(&format!("{:>6}", "cosine"));
-    for p in &r.params {
+    for (_, p) in &columns {
         out.push_str(&format!(
             "  {:>width$.6}",
             p.trace.last().map_or(f64::NAN, |t| t.cosine)
