@@ -2,6 +2,7 @@
 //! the library's stages; what it prints is part of the public interface.
 
 mod commands;
+mod training;
 
 use crate::autodiff;
 use crate::diag;
@@ -62,6 +63,31 @@ pub enum Command {
         #[command(flatten)]
         compile: CompileFlags,
     },
+    /// Train a model on its data, by predictive coding or backprop.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunFlags,
+        #[command(flatten)]
+        relax: RelaxFlags,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Evaluate parameters (a checkpoint) on the test split of the model's data.
+    Eval {
+        file: PathBuf,
+        /// Parameters or a checkpoint (`.npz`).
+        #[arg(long)]
+        params: PathBuf,
+        /// The data set, overriding the train block's.
+        #[arg(long)]
+        data: Option<String>,
+        /// Where the Fashion-MNIST IDX files are.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
         file: PathBuf,
@@ -81,6 +107,62 @@ pub enum Command {
         #[command(flatten)]
         compile: CompileFlags,
     },
+}
+
+/// Flags of `pcg run`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunFlags {
+    /// Learning method (default: the train block's).
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
+    /// Epochs to train (default: the train block's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed for initialisation and shuffling (default: the train block's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Learning rate, overriding the optimiser's.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Which backend runs the programs.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    pub backend: BackendArg,
+    /// The data set, overriding the train block's (e.g. `digits`, `fmnist(dir = "d")`).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Where the Fashion-MNIST IDX files are (instead of the Debian package's directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Append one JSON line of metrics per epoch to this file.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Write a checkpoint (parameters and optimiser state) at the end of every epoch.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Continue from a checkpoint written by `--save`.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Draw the run's loss and accuracy curves to an SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print only the final line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendArg {
+    /// The reference interpreter.
+    #[default]
+    Interp,
+}
+
+impl BackendArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Interp => "interp",
+        }
+    }
 }
 
 /// Where the parameters and the batch of a one-batch computation come from.
@@ -233,6 +315,25 @@ pub fn run(cli: Cli) -> ExitCode {
             relax,
             compile,
         } => commands::grad(&file, method, &out, &problem, &relax, &compile.options()),
+        Command::Run {
+            file,
+            run,
+            relax,
+            compile,
+        } => training::run(&file, &run, &relax, &compile.options()),
+        Command::Eval {
+            file,
+            params,
+            data,
+            data_dir,
+            compile,
+        } => training::eval(
+            &file,
+            &params,
+            data.as_deref(),
+            data_dir.as_deref(),
+            &compile.options(),
+        ),
         Command::Gradcheck {
             file,
             tol,
