@@ -88,6 +88,37 @@ pub enum Command {
         #[command(flatten)]
         compile: CompileFlags,
     },
+    /// Time full training steps on seeded random data of the model's shapes.
+    Bench {
+        file: PathBuf,
+        /// Learning method (default: the train block's).
+        #[arg(long, value_enum)]
+        method: Option<MethodArg>,
+        /// Which backend runs the programs.
+        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        backend: BackendArg,
+        /// Relaxation steps T (default: the inference block's).
+        #[arg(long)]
+        inference_steps: Option<usize>,
+        /// Timed training steps (after warm-up).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[command(flatten)]
+        relax: RelaxFlags,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Draw learning curves from `--metrics` files of several runs into one SVG.
+    Plot {
+        /// `LABEL=FILE.jsonl` pairs, e.g. `pc=runs/pc.jsonl bp=runs/bp.jsonl`.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// The figure's title.
+        #[arg(long, default_value = "training")]
+        title: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
         file: PathBuf,
@@ -145,6 +176,9 @@ pub struct RunFlags {
     /// Draw the run's loss and accuracy curves to an SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Train on at most this many batches per epoch (a quick run on a large data set).
+    #[arg(long)]
+    pub max_batches: Option<usize>,
     /// Print only the final line.
     #[arg(long)]
     pub quiet: bool,
@@ -334,6 +368,22 @@ pub fn run(cli: Cli) -> ExitCode {
             data_dir.as_deref(),
             &compile.options(),
         ),
+        Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
+        Command::Bench {
+            file,
+            method,
+            backend,
+            inference_steps,
+            iters,
+            relax,
+            compile,
+        } => {
+            let relax = RelaxFlags {
+                steps: inference_steps.or(relax.steps),
+                ..relax
+            };
+            training::bench(&file, method, backend, iters, &relax, &compile.options())
+        }
         Command::Gradcheck {
             file,
             tol,

@@ -151,6 +151,7 @@ pub(super) fn run(
         clip: base.as_ref().and_then(|t| t.clip),
         save: flags.save.clone(),
         hint,
+        max_batches: flags.max_batches,
     };
     let mut metrics = match &flags.metrics {
         Some(path) => {
@@ -168,7 +169,10 @@ pub(super) fn run(
         None => None,
     };
     let batches_per_epoch = match crate::train::batch::io_shapes(forward) {
-        Ok(((_, xs), _)) => data.train.len() / xs[0].max(1),
+        Ok(((_, xs), _)) => {
+            let all = data.train.len() / xs[0].max(1);
+            flags.max_batches.map_or(all, |m| m.min(all))
+        }
         Err(e) => return fail(e),
     };
     let bar = if flags.quiet {
@@ -323,4 +327,145 @@ pub(super) fn eval(
         }
         Err(e) => fail(e),
     }
+}
+
+pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> ExitCode {
+    use crate::plot::Curve;
+    let (mut losses, mut accuracies) = (Vec::new(), Vec::new());
+    for run in runs {
+        let Some((label, path)) = run.split_once('=') else {
+            return fail(format!("expected LABEL=FILE.jsonl, got `{run}`"));
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("cannot read {path}: {e}")),
+        };
+        let (mut test_loss, mut acc) = (Vec::new(), Vec::new());
+        for (n, line) in text.lines().enumerate() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                return fail(format!("{path}:{}: not a JSON line", n + 1));
+            };
+            let epoch = v["epoch"].as_f64().unwrap_or((n + 1) as f64);
+            if let Some(l) = v["test_loss"].as_f64() {
+                test_loss.push((epoch, l));
+            }
+            if let Some(a) = v["test_acc"].as_f64() {
+                acc.push((epoch, a));
+            }
+        }
+        losses.push(Curve {
+            label: format!("{label} test loss"),
+            points: test_loss,
+        });
+        if !acc.is_empty() {
+            accuracies.push(Curve {
+                label: format!("{label} test accuracy"),
+                points: acc,
+            });
+        }
+    }
+    match crate::plot::curves_svg(out, title, &losses, &accuracies, "test accuracy") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("cannot write {}: {e}", out.display())),
+    }
+}
+
+/// The engine of a backend for a model's programs.
+fn engine(backend: BackendArg, programs: Programs) -> Result<Box<dyn Engine>, String> {
+    match backend {
+        BackendArg::Interp => Ok(Box::new(InterpEngine::new(programs))),
+    }
+}
+
+pub(super) fn bench(
+    file: &Path,
+    method: Option<MethodArg>,
+    backend: BackendArg,
+    iters: usize,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> ExitCode {
+    let compiled = match compile_or_report(file, options) {
+        Ok((_, c)) => c,
+        Err(code) => return code,
+    };
+    let forward = &compiled.forward;
+    let base = compiled.train.clone();
+    let method = match method {
+        Some(MethodArg::Bp) => Method::Bp,
+        Some(MethodArg::Pc) => Method::Pc,
+        None => base.as_ref().map_or(Method::Pc, |t| t.method),
+    };
+    let inference = relax.apply(base.as_ref().map(|t| &t.inference));
+    let programs = match Programs::build(forward, method, &inference) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let steps = programs.steps;
+    let flops = match (&programs.grad, &programs.pc) {
+        (Some(g), _) => crate::ir::flops(g),
+        (_, Some(pc)) => {
+            crate::ir::flops(&pc.relax.prologue)
+                + steps as u64 * crate::ir::flops(&pc.relax.body)
+                + crate::ir::flops(&pc.learn)
+        }
+        _ => 0,
+    };
+    let mut engine = match engine(backend, programs) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let seed = base.as_ref().map_or(0, |t| t.seed);
+    let mut params = init::init_params(forward, seed);
+    let batch = crate::train::batch::random_batch(forward, seed);
+    let mut optimizer = Optimizer::new(
+        base.as_ref().map_or(
+            OptimizerConfig::Sgd {
+                lr: 0.01,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
+            |t| t.optimizer.clone(),
+        ),
+        None,
+    );
+    let mut step = |params: &mut npz::Arrays| -> Result<(), String> {
+        let mut leaves = params.clone();
+        leaves.extend(batch.clone());
+        let result = engine.gradients(&leaves).map_err(|e| e.to_string())?;
+        optimizer.step(params, &result.grads);
+        Ok(())
+    };
+    let warmup = 3.min(iters.max(1));
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = std::time::Instant::now();
+        if let Err(e) = step(&mut params) {
+            return fail(e);
+        }
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let (min, median) = (
+        times.first().copied().unwrap_or(f64::NAN),
+        times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+    );
+    let method_name = if method == Method::Pc { "pc" } else { "bp" };
+    let b = crate::train::batch::io_shapes(forward)
+        .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    emit(&format!(
+        "min {min:.3} ms, median {median:.3} ms over {} steps; {:.3} GFLOP per step, {:.1} GFLOP/s at the median\n",
+        times.len(),
+        flops as f64 / 1e9,
+        flops as f64 / 1e6 / median
+    ));
+    emit(&format!(
+        "bench model={} method={method_name} backend={} batch={b} inference_steps={} ms_per_step={median:.4}\n",
+        compiled.model_name,
+        backend.name(),
+        if method == Method::Pc { steps } else { 0 }
+    ));
+    ExitCode::SUCCESS
 }

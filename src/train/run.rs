@@ -33,6 +33,8 @@ pub struct Settings {
     pub save: Option<PathBuf>,
     /// Describes the step sizes in divergence hints, e.g. "inference rate 0.5, learning rate 0.05".
     pub hint: String,
+    /// Train on at most this many batches per epoch.
+    pub max_batches: Option<usize>,
 }
 
 /// Metrics of one epoch.
@@ -243,7 +245,8 @@ pub fn train(
 ) -> Result<Outcome, TrainError> {
     let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
     let b = xs[0];
-    let batches = dataset.train.len() / b;
+    let all = dataset.train.len() / b;
+    let batches = settings.max_batches.map_or(all, |m| m.min(all));
     if batches == 0 {
         return Err(TrainError::Data(format!(
             "{} has {} training examples, fewer than one batch of {b}",
