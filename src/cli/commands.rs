@@ -1,6 +1,8 @@
 //! The subcommands that compute: `grad` and `gradcheck`.
 
-use super::{compile_or_report, emit, MethodArg, ProblemFlags, RelaxFlags};
+use super::{
+    compile_or_report, emit, fail, CmdResult, MethodArg, ProblemFlags, RelaxFlags, Reported,
+};
 use crate::autodiff;
 use crate::gradcheck::{self, Report};
 use crate::interp::{self, Bindings};
@@ -10,19 +12,13 @@ use crate::pc;
 use crate::sema::{CompileOptions, Compiled, Mode};
 use crate::train::{batch, init};
 use std::path::Path;
-use std::process::ExitCode;
-
-fn error(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::FAILURE
-}
 
 /// Parameters and one batch for a one-batch computation (see `ProblemFlags`).
 pub(super) fn problem(
     file: &Path,
     compiled: &Compiled,
     flags: &ProblemFlags,
-) -> Result<Arrays, ExitCode> {
+) -> Result<Arrays, Reported> {
     let forward = &compiled.forward;
     let seed = flags
         .seed
@@ -30,17 +26,17 @@ pub(super) fn problem(
         .unwrap_or(0);
     let mut leaves = match &flags.params {
         Some(path) => {
-            let arrays = npz::read(path).map_err(error)?;
-            batch::check_arrays(forward, &[LeafKind::Param], &arrays, path).map_err(error)?;
+            let arrays = npz::read(path).map_err(fail)?;
+            batch::check_arrays(forward, &[LeafKind::Param], &arrays, path).map_err(fail)?;
             arrays
         }
         None => init::init_params(forward, seed),
     };
     let data = match &flags.inputs {
         Some(path) => {
-            let arrays = npz::read(path).map_err(error)?;
+            let arrays = npz::read(path).map_err(fail)?;
             batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path)
-                .map_err(error)?;
+                .map_err(fail)?;
             arrays
         }
         None => {
@@ -84,22 +80,13 @@ pub(super) fn grad(
     flags: &ProblemFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
-    let leaves = match problem(file, &compiled, flags) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let leaves = problem(file, &compiled, flags)?;
     let forward = &compiled.forward;
     let (loss, grads) = match method {
         MethodArg::Bp => {
-            let program = match autodiff::grad_program(forward) {
-                Ok(p) => p,
-                Err(e) => return error(e),
-            };
+            let program = autodiff::grad_program(forward).map_err(fail)?;
             match interp::eval_outputs(&program, &leaves) {
                 Ok(out) => {
                     let grads: Arrays = out
@@ -110,20 +97,15 @@ pub(super) fn grad(
                         .collect();
                     (scalar(&out, "loss"), grads)
                 }
-                Err(e) => return error(e),
+                Err(e) => return Err(fail(e)),
             }
         }
         MethodArg::Pc => {
             let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
-            let programs = match pc::transform(forward, &inference) {
-                Ok(p) => p,
-                Err(e) => return error(e),
-            };
+            let programs = pc::transform(forward, &inference).map_err(fail)?;
             let steps = relax.steps.unwrap_or(programs.relax.steps);
-            let state = match interp::run_loop(&programs.relax, &leaves, steps, |_, _| true) {
-                Ok(s) => s,
-                Err(e) => return error(e),
-            };
+            let state =
+                interp::run_loop(&programs.relax, &leaves, steps, |_, _| true).map_err(fail)?;
             let mut env = leaves.clone();
             env.extend(state.clone());
             match interp::eval_outputs(&programs.learn, &env) {
@@ -137,15 +119,15 @@ pub(super) fn grad(
                         })
                         .collect(),
                 ),
-                Err(e) => return error(e),
+                Err(e) => return Err(fail(e)),
             }
         }
     };
     if let Err(e) = npz::write(out, &grads) {
-        return error(e);
+        return Err(fail(e));
     }
     emit(&(format!("loss={loss}") + "\n"));
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 pub(super) fn gradcheck(
@@ -156,20 +138,14 @@ pub(super) fn gradcheck(
     flags: &ProblemFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
-    let leaves = match problem(file, &compiled, flags) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let leaves = problem(file, &compiled, flags)?;
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
     let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves))
     {
         Ok(r) => r,
-        Err(e) => return error(e),
+        Err(e) => return Err(fail(e)),
     };
     if json {
         emit(&(report_json(&compiled.model_name, &report) + "\n"));
@@ -178,16 +154,16 @@ pub(super) fn gradcheck(
     }
     if let Some(path) = plot {
         if let Err(e) = crate::plot::gradcheck_svg(path, &compiled.model_name, &report) {
-            return error(format!("cannot write {}: {e}", path.display()));
+            return Err(fail(format!("cannot write {}: {e}", path.display())));
         }
     }
     let max = report.max_rel_err();
     let checked = report.programs.mode != Mode::Strict;
     if checked && (max > tol || max.is_nan()) {
         eprintln!("gradcheck failed: max_rel_err {max:.3e} > tol {tol:.1e}");
-        return ExitCode::FAILURE;
+        return Err(Reported);
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn report_json(model: &str, r: &Report) -> String {

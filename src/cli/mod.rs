@@ -331,9 +331,22 @@ pub(crate) fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+/// An error that has already been reported on stderr.
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+/// What a subcommand returns: success, or a failure already reported.
+pub(crate) type CmdResult = Result<(), Reported>;
+
+/// Reports an error on stderr.
+pub(crate) fn fail(message: impl std::fmt::Display) -> Reported {
+    eprintln!("error: {message}");
+    Reported
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+    let result = match cli.command {
         Command::Check { files, compile } => check(&files, &compile.options()),
         Command::Ir {
             file,
@@ -401,10 +414,14 @@ pub fn run(cli: Cli) -> ExitCode {
             &relax,
             &compile.options(),
         ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Reported) => ExitCode::FAILURE,
     }
 }
 
-fn check(files: &[PathBuf], options: &CompileOptions) -> ExitCode {
+fn check(files: &[PathBuf], options: &CompileOptions) -> CmdResult {
     let mut failed = false;
     for file in files {
         let (sources, result) = sema::check_file(file, options);
@@ -414,34 +431,30 @@ fn check(files: &[PathBuf], options: &CompileOptions) -> ExitCode {
         }
     }
     if failed {
-        ExitCode::FAILURE
+        Err(Reported)
     } else {
-        ExitCode::SUCCESS
+        Ok(())
     }
 }
 
 /// Compiles the model of `file`, printing diagnostics on failure.
-pub fn compile_or_report(
+pub(crate) fn compile_or_report(
     file: &Path,
     options: &CompileOptions,
-) -> Result<(Sources, Compiled), ExitCode> {
+) -> Result<Compiled, Reported> {
     let (sources, result) = sema::compile_file(file, options);
-    match result {
-        Ok(c) => Ok((sources, c)),
-        Err(diagnostics) => {
-            diag::emit_to_stderr(&sources, &diagnostics);
-            Err(ExitCode::FAILURE)
-        }
-    }
+    result.map_err(|diagnostics| {
+        diag::emit_to_stderr(&sources, &diagnostics);
+        Reported
+    })
 }
 
-fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) -> ExitCode {
+fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) -> CmdResult {
     if stage == Stage::Ast {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: cannot read `{}`: {e}", file.display());
-                return ExitCode::FAILURE;
+                return Err(fail(format!("cannot read `{}`: {e}", file.display())));
             }
         };
         let mut sources = Sources::new();
@@ -449,27 +462,22 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
         let (module, diagnostics) = crate::syntax::parse(id, &text);
         if !diagnostics.is_empty() {
             diag::emit_to_stderr(&sources, &diagnostics);
-            return ExitCode::FAILURE;
+            return Err(Reported);
         }
         if format == Format::Dot {
-            eprintln!("error: the AST has no DOT form; use --format text");
-            return ExitCode::FAILURE;
+            return Err(fail("the AST has no DOT form; use --format text"));
         }
         emit(&(format!("{module:#?}") + "\n"));
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
-    let (_, compiled) = match compile_or_report(file, options) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     let programs: Vec<Program> = match stage {
         Stage::Ast | Stage::Ir => vec![forward.clone()],
         Stage::Grad => match autodiff::grad_program(forward) {
             Ok(p) => vec![p],
             Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                return Err(fail(e));
             }
         },
         Stage::Pc => {
@@ -481,15 +489,14 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
             match pc::transform(forward, &inference) {
                 Ok(p) if format == Format::Dot => {
                     emit(&pc::to_dot(forward, &p.graph));
-                    return ExitCode::SUCCESS;
+                    return Ok(());
                 }
                 Ok(p) => {
                     emit(&(pc::describe(&p) + "\n"));
                     vec![p.relax.prologue, p.relax.body, p.learn]
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
+                    return Err(fail(e));
                 }
             }
         }
@@ -500,5 +507,5 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
             Format::Dot => emit(&ir::to_dot(program)),
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! `pcg run` and `pcg eval`: training on real data and evaluating checkpoints.
 
-use super::{compile_or_report, emit, BackendArg, MethodArg, RelaxFlags, RunFlags};
+use super::{
+    compile_or_report, emit, fail, BackendArg, CmdResult, MethodArg, RelaxFlags, RunFlags,
+};
 use crate::data::{self, DataSpec, Dataset};
 use crate::ir::LeafKind;
 use crate::npz;
@@ -12,12 +14,6 @@ use crate::train::run::{self, Event, Settings};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::FAILURE
-}
 
 /// The data set named by a flag or the train block, anchored at the model file's directory.
 fn dataset(
@@ -82,11 +78,8 @@ pub(super) fn run(
     flags: &RunFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
     let method = match flags.method {
@@ -118,22 +111,16 @@ pub(super) fn run(
         base.as_ref(),
     ) {
         Ok(d) => d,
-        Err(e) => return fail(e),
+        Err(e) => return Err(fail(e)),
     };
-    let programs = match Programs::build(forward, method, &inference) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
+    let programs = Programs::build(forward, method, &inference).map_err(fail)?;
     let mut engine: Box<dyn Engine> = match flags.backend {
         BackendArg::Interp => Box::new(InterpEngine::new(programs)),
     };
     let mut optimizer =
         Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
     let (params, start) = match &flags.resume {
-        Some(path) => match run::load_checkpoint(path, forward, &mut optimizer) {
-            Ok(p) => p,
-            Err(e) => return fail(e),
-        },
+        Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
         None => (init::init_params(forward, seed), 0),
     };
     let hint = match method {
@@ -163,7 +150,7 @@ pub(super) fn run(
                 .open(path);
             match file {
                 Ok(f) => Some(f),
-                Err(e) => return fail(format!("cannot write {}: {e}", path.display())),
+                Err(e) => return Err(fail(format!("cannot write {}: {e}", path.display()))),
             }
         }
         None => None,
@@ -173,7 +160,7 @@ pub(super) fn run(
             let all = data.train.len() / xs[0].max(1);
             flags.max_batches.map_or(all, |m| m.min(all))
         }
-        Err(e) => return fail(e),
+        Err(e) => return Err(fail(e)),
     };
     let bar = if flags.quiet {
         ProgressBar::hidden()
@@ -245,22 +232,19 @@ pub(super) fn run(
         )
     };
     bar.finish_and_clear();
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => return fail(e),
-    };
+    let outcome = outcome.map_err(fail)?;
     let (train_loss, test_loss, test_acc) = match outcome.history.last() {
         Some(m) => (m.train_loss, m.test_loss, m.test_acc),
         None => match run::evaluate(engine.as_mut(), forward, &data.test, &outcome.params) {
             Ok((l, a)) => (f64::NAN, l, a),
-            Err(e) => return fail(e),
+            Err(e) => return Err(fail(e)),
         },
     };
     if let Some(path) = &flags.plot {
         if let Err(e) =
             crate::plot::training_svg(path, &compiled.model_name, method_name, &outcome.history)
         {
-            return fail(format!("cannot write {}: {e}", path.display()));
+            return Err(fail(format!("cannot write {}: {e}", path.display())));
         }
     }
     let acc = test_acc.map_or(String::new(), |a| format!(" test_acc={a:.4}"));
@@ -269,7 +253,7 @@ pub(super) fn run(
         flags.backend.name(),
         outcome.seconds
     ));
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 pub(super) fn eval(
@@ -278,16 +262,10 @@ pub(super) fn eval(
     data_flag: Option<&str>,
     data_dir: Option<&Path>,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
-    let arrays = match npz::read(params) {
-        Ok(a) => a,
-        Err(e) => return fail(e),
-    };
+    let arrays = npz::read(params).map_err(fail)?;
     let names: Vec<String> = forward
         .leaves(LeafKind::Param)
         .into_iter()
@@ -300,21 +278,15 @@ pub(super) fn eval(
     if let Err(e) =
         crate::train::batch::check_arrays(forward, &[LeafKind::Param], &params_only, params)
     {
-        return fail(e);
+        return Err(fail(e));
     }
-    let data = match dataset(file, data_flag, data_dir, compiled.train.as_ref()) {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
+    let data = dataset(file, data_flag, data_dir, compiled.train.as_ref()).map_err(fail)?;
     let inference = compiled
         .train
         .as_ref()
         .map(|t| t.inference.clone())
         .unwrap_or_default();
-    let programs = match Programs::build(forward, Method::Bp, &inference) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
+    let programs = Programs::build(forward, Method::Bp, &inference).map_err(fail)?;
     let mut engine = InterpEngine::new(programs);
     match run::evaluate(&mut engine, forward, &data.test, &params_only) {
         Ok((loss, acc)) => {
@@ -323,27 +295,27 @@ pub(super) fn eval(
                 "eval test_loss={loss:.6}{acc} examples={}\n",
                 data.test.len()
             ));
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Err(e) => fail(e),
+        Err(e) => Err(fail(e)),
     }
 }
 
-pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> ExitCode {
+pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
     use crate::plot::Curve;
     let (mut losses, mut accuracies) = (Vec::new(), Vec::new());
     for run in runs {
         let Some((label, path)) = run.split_once('=') else {
-            return fail(format!("expected LABEL=FILE.jsonl, got `{run}`"));
+            return Err(fail(format!("expected LABEL=FILE.jsonl, got `{run}`")));
         };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) => return fail(format!("cannot read {path}: {e}")),
+            Err(e) => return Err(fail(format!("cannot read {path}: {e}"))),
         };
         let (mut test_loss, mut acc) = (Vec::new(), Vec::new());
         for (n, line) in text.lines().enumerate() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                return fail(format!("{path}:{}: not a JSON line", n + 1));
+                return Err(fail(format!("{path}:{}: not a JSON line", n + 1)));
             };
             let epoch = v["epoch"].as_f64().unwrap_or((n + 1) as f64);
             if let Some(l) = v["test_loss"].as_f64() {
@@ -365,8 +337,8 @@ pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> ExitCode {
         }
     }
     match crate::plot::curves_svg(out, title, &losses, &accuracies, "test accuracy") {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format!("cannot write {}: {e}", out.display())),
+        Ok(()) => Ok(()),
+        Err(e) => Err(fail(format!("cannot write {}: {e}", out.display()))),
     }
 }
 
@@ -384,11 +356,8 @@ pub(super) fn bench(
     iters: usize,
     relax: &RelaxFlags,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
     let method = match method {
@@ -397,10 +366,7 @@ pub(super) fn bench(
         None => base.as_ref().map_or(Method::Pc, |t| t.method),
     };
     let inference = relax.apply(base.as_ref().map(|t| &t.inference));
-    let programs = match Programs::build(forward, method, &inference) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
+    let programs = Programs::build(forward, method, &inference).map_err(fail)?;
     let steps = programs.steps;
     let flops = match (&programs.grad, &programs.pc) {
         (Some(g), _) => crate::ir::flops(g),
@@ -411,10 +377,7 @@ pub(super) fn bench(
         }
         _ => 0,
     };
-    let mut engine = match engine(backend, programs) {
-        Ok(e) => e,
-        Err(e) => return fail(e),
-    };
+    let mut engine = engine(backend, programs).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let mut params = init::init_params(forward, seed);
     let batch = crate::train::batch::random_batch(forward, seed);
@@ -441,7 +404,7 @@ pub(super) fn bench(
     for i in 0..warmup + iters {
         let t0 = std::time::Instant::now();
         if let Err(e) = step(&mut params) {
-            return fail(e);
+            return Err(fail(e));
         }
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -467,5 +430,5 @@ pub(super) fn bench(
         backend.name(),
         if method == Method::Pc { steps } else { 0 }
     ));
-    ExitCode::SUCCESS
+    Ok(())
 }
