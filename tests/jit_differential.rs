@@ -525,3 +525,48 @@ proptest! {
         assert_close(&format!("random graph {seed}"), &out, &reference, 1e-3);
     }
 }
+
+/// A loop whose carried state is partly set by the prologue and partly taken from the leaves,
+/// with a body output nobody reads back and an invariant state entry.
+#[test]
+fn loop_state_from_prologue_and_leaves() {
+    use pcg::ir::LoopProgram;
+    let shape = Shape::new(vec![3, 5]);
+    let mut prologue = Program::new("prologue");
+    let x = prologue.leaf(LeafKind::Input, "x", shape.clone());
+    let a0 = prologue.unary(UnaryOp::Tanh, x);
+    prologue.set_output("a", a0);
+    let k = prologue.scale(x, 0.5);
+    prologue.set_output("k", k);
+    let mut body = Program::new("body");
+    let a = body.leaf(LeafKind::State, "a", shape.clone());
+    let b = body.leaf(LeafKind::State, "b", shape.clone());
+    let k = body.leaf(LeafKind::State, "k", shape.clone());
+    let ab = body.mul(a, b);
+    let next_a = body.add_values(ab, k);
+    let half = body.scale(a, 0.5);
+    let next_b = body.sub(b, half);
+    body.set_output("a", next_a);
+    body.set_output("b", next_b);
+    body.set_output("b copy", b);
+    let energy = body.reduce_sum(next_a, vec![0, 1]);
+    body.set_output("energy", energy);
+    let program = LoopProgram {
+        prologue,
+        body,
+        steps: 5,
+    };
+    let mut leaves = Bindings::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    leaves.insert("x".to_string(), random_tensor(&shape, &mut rng));
+    leaves.insert(
+        "b".to_string(),
+        random_tensor(&shape, &mut rng).mapv(|v| v * 0.2),
+    );
+    let mut jit = JitLoop::compile(&program, &checked()).expect("compiles");
+    for steps in 0..6 {
+        let reference = interp::run_loop(&program, &leaves, steps, |_, _| true).expect("runs");
+        let state = jit.run(&leaves, steps).expect("runs");
+        assert_close(&format!("{steps} steps"), &state, &reference, TOLERANCE);
+    }
+}

@@ -117,6 +117,17 @@ impl Function {
     fn compile(lowered: &Lowered, layout: &Layout, options: &JitOptions) -> Result<Self, JitError> {
         let plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
         plan.verify(&lowered.kernels).map_err(JitError::Plan)?;
+        Self::build(lowered, layout, options, plan)
+    }
+
+    /// Generates code for kernels over a plan (verified by the caller, except in tests of the
+    /// run-time checks).
+    fn build(
+        lowered: &Lowered,
+        layout: &Layout,
+        options: &JitOptions,
+        plan: BufferPlan,
+    ) -> Result<Self, JitError> {
         let checked_len = if options.bounds_checks {
             plan.arena_len
         } else {
@@ -633,5 +644,48 @@ impl JitLoop {
 
     pub fn plan(&self) -> &BufferPlan {
         &self.function.plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lower::{Affine, Expr, Place};
+    use super::*;
+
+    /// A copy of 10 elements between buffers of 8: rejected by the plan's verifier, and caught
+    /// by the generated checks when the plan is not verified.
+    #[test]
+    fn out_of_buffer_access_is_caught() {
+        let mut lowered = Lowered::default();
+        let from = lowered.buffer("from", 8, true);
+        let to = lowered.buffer("to", 8, true);
+        lowered.kernels.push(Kernel::Map {
+            dims: vec![10],
+            out: Place {
+                buffer: to,
+                map: Affine::contiguous(&[10]),
+            },
+            expr: Expr::Load {
+                buffer: from,
+                map: Affine::contiguous(&[10]),
+            },
+        });
+        let options = JitOptions {
+            bounds_checks: true,
+            threads: 1,
+        };
+        let e = Function::compile(&lowered, &Layout::Straight, &options);
+        assert!(matches!(
+            e,
+            Err(JitError::Plan(PlanError::OutOfBuffer { .. }))
+        ));
+        let mut plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
+        plan.arena_len += 16;
+        let mut function =
+            Function::build(&lowered, &Layout::Straight, &options, plan).expect("compiles");
+        assert!(matches!(
+            function.call(0),
+            Err(JitError::OutOfBounds { kernel: 0 })
+        ));
     }
 }
