@@ -470,7 +470,7 @@ fn random_program(seed: u64, rows: usize, cols: usize, ops: usize) -> Program {
     for _ in 0..ops {
         let x = pick(&mut rng, &values);
         let y = pick(&mut rng, &values);
-        let v = match rng.random_range(0..11) {
+        let v = match rng.random_range(0..16) {
             0 => p.unary(UnaryOp::Tanh, x),
             1 => p.unary(UnaryOp::Sigmoid, x),
             2 => p.add_values(x, y),
@@ -491,6 +491,69 @@ fn random_program(seed: u64, rows: usize, cols: usize, ops: usize) -> Program {
                 let c = p.binary(BinaryOp::Greater, x, y);
                 p.build(Op::Where, &[c, x, y], None)
             }
+            11 => {
+                // A computed value read transposed and transposed back.
+                let t = p.transpose(x, vec![1, 0]);
+                let u = p.unary(UnaryOp::Sin, t);
+                let w = p.add_values(u, u);
+                p.transpose(w, vec![1, 0])
+            }
+            12 if cols > 1 => {
+                let s = p.build(
+                    Op::Slice {
+                        axis: 1,
+                        start: 1,
+                        end: cols,
+                    },
+                    &[x],
+                    None,
+                );
+                let e = p.unary(UnaryOp::Exp, s);
+                p.build(
+                    Op::Pad {
+                        axis: 1,
+                        before: 0,
+                        after: 1,
+                    },
+                    &[e],
+                    None,
+                )
+            }
+            13 if rows > 1 => {
+                let top = p.build(
+                    Op::Slice {
+                        axis: 0,
+                        start: 0,
+                        end: 1,
+                    },
+                    &[x],
+                    None,
+                );
+                let rest = p.build(
+                    Op::Slice {
+                        axis: 0,
+                        start: 1,
+                        end: rows,
+                    },
+                    &[y],
+                    None,
+                );
+                let rest = p.unary(UnaryOp::Neg, rest);
+                p.build(Op::Concat { axis: 0 }, &[top, rest], None)
+            }
+            14 => {
+                // The transpose of a matrix reshaped to the matrix's shape: not a strided view.
+                let t = p.transpose(x, vec![1, 0]);
+                let m = p.reshape(t, Shape::new(vec![rows * cols]));
+                let c = p.unary(UnaryOp::Cos, m);
+                p.reshape(c, matrix.clone())
+            }
+            15 => {
+                let i = p.build(Op::Iota { axis: 0 }, &[], Some(matrix.clone()));
+                let i = p.scale(i, 0.1);
+                p.mul(i, x)
+            }
+            12..=13 => p.unary(UnaryOp::Abs, x),
             _ => {
                 let m = p.build(Op::Reduce(ReduceOp::Max, vec![1]), &[x], None);
                 let m = p.reshape(m, Shape::new(vec![rows, 1]));
@@ -510,7 +573,7 @@ fn random_program(seed: u64, rows: usize, cols: usize, ops: usize) -> Program {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn random_graphs(seed in 0u64..1_000_000, rows in 1usize..9, cols in 1usize..11, ops in 1usize..14) {
