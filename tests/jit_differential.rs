@@ -446,7 +446,7 @@ fn examples_predictive_coding() {
                 &format!("{what} relax {steps} steps"),
                 &state,
                 &reference,
-                1e-3,
+                TOLERANCE,
             );
         }
         let mut env = leaves.clone();
@@ -585,7 +585,7 @@ proptest! {
         }
         let reference = interp::eval_outputs(&program, &leaves).expect("runs");
         let out = JitProgram::compile(&program, &checked()).expect("compiles").run(&leaves).expect("runs");
-        assert_close(&format!("random graph {seed}"), &out, &reference, 1e-3);
+        assert_close(&format!("random graph {seed}"), &out, &reference, TOLERANCE);
     }
 }
 
