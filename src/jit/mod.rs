@@ -101,9 +101,6 @@ struct Function {
     _convs: Vec<runtime::ConvDesc>,
 }
 
-// The raw descriptor pointers inside the code refer only to boxes this value owns.
-unsafe impl Send for Function {}
-
 impl Drop for Function {
     fn drop(&mut self) {
         if let Some(module) = self.module.take() {
@@ -585,6 +582,7 @@ impl JitLoop {
         lowered.lower(prologue, &prologue_leaves, &prologue_targets);
         let prologue_end = lowered.kernels.len();
         // The first copy runs on even step counts: reads `even`, writes `odd`.
+        let mut ends = [prologue_end; 2];
         for (copy, reads) in body_leaves.iter().enumerate() {
             let targets: Vec<Option<BufferId>> = body
                 .outputs
@@ -592,12 +590,12 @@ impl JitLoop {
                 .map(|o| Some(target(&o.name, copy == 0)))
                 .collect();
             lowered.lower(body, reads, &targets);
+            ends[copy] = lowered.kernels.len();
         }
-        let first_end = prologue_end + (lowered.kernels.len() - prologue_end) / 2;
         let layout = Layout::Loop {
             prologue: 0..prologue_end,
-            first: prologue_end..first_end,
-            second: first_end..lowered.kernels.len(),
+            first: prologue_end..ends[0],
+            second: ends[0]..ends[1],
         };
         let function = Function::compile(&lowered, &layout, options)?;
         Ok(JitLoop {
@@ -651,6 +649,13 @@ impl JitLoop {
 mod tests {
     use super::lower::{Affine, Expr, Place};
     use super::*;
+
+    #[test]
+    fn compiled_code_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<JitProgram>();
+        is_send::<JitLoop>();
+    }
 
     /// A copy of 10 elements between buffers of 8: rejected by the plan's verifier, and caught
     /// by the generated checks when the plan is not verified.
