@@ -13,6 +13,7 @@ pub mod diag;
 pub mod gradcheck;
 pub mod interp;
 pub mod ir;
+pub mod jit;
 pub mod npz;
 pub mod pc;
 pub mod plot;

@@ -1,0 +1,629 @@
+//! Code generation: lowered kernels to one Cranelift function.
+//!
+//! The function has the signature `fn(arena: *mut f32, steps: i64) -> i32`: every buffer is at
+//! a constant offset from `arena` (the buffer plan fixed them), `steps` is the number of loop
+//! iterations (ignored by straight-line programs), and the result is 0, or the 1-based index
+//! of the kernel whose checked access failed.
+//!
+//! A `Map` or `Reduce` kernel becomes a loop nest. Its axes are first simplified — unit axes
+//! dropped, neighbouring axes that every map walks evenly merged — so that most elementwise
+//! work is one flat loop. The innermost loop runs four lanes at a time (`f32x4`) when every
+//! buffer it reads is walked with stride 0 or 1, and finishes with a scalar tail; a reduction
+//! over the innermost axis keeps its partial result in a register. Matrix products and
+//! convolutions are calls into `runtime`.
+
+use super::lower::{BufferId, Expr, Kernel};
+use super::math::{self, Lanes};
+use super::plan::BufferPlan;
+use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    types, Block, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value,
+};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use std::ops::Range;
+
+/// The runtime functions a function may call, as imported into it.
+pub struct RuntimeRefs {
+    pub matmul: FuncRef,
+    pub conv: FuncRef,
+    pub sin: FuncRef,
+    pub cos: FuncRef,
+    pub tan: FuncRef,
+    pub powf: FuncRef,
+}
+
+/// How the kernels form the function: straight-line, or a prologue and a loop body. The loop
+/// body is present twice (`first` and `second`), reading and writing the carried state in
+/// opposite buffers, so that a step never has to copy state.
+pub enum Layout {
+    Straight,
+    Loop {
+        prologue: Range<usize>,
+        first: Range<usize>,
+        second: Range<usize>,
+    },
+}
+
+/// Translates the kernels of one function, in the spirit of cranelift-jit-demo's
+/// `FunctionTranslator`: one `translate_*` method per construct.
+pub struct FunctionTranslator<'a> {
+    pub builder: FunctionBuilder<'a>,
+    /// The arena's base address: the function's first parameter.
+    pub arena: Value,
+    pub plan: &'a BufferPlan,
+    pub runtime: RuntimeRefs,
+    /// For each kernel, the address of its runtime descriptor (calls only).
+    pub descriptors: &'a [Option<i64>],
+    /// Emit a range check before every load and store.
+    pub bounds_checks: bool,
+    /// Returns its parameter: the status of a failed check.
+    pub fail: Block,
+    /// The kernel being translated (its 1-based index is the status of a failed check).
+    pub kernel: usize,
+}
+
+/// One operand position of a loop nest: where it reads (or writes) and how it walks.
+struct Slot {
+    /// The buffer read, or `None` for an index value.
+    buffer: Option<BufferId>,
+    /// Element position at index 0: arena offset for buffers, the index value's offset else.
+    base: usize,
+    strides: Vec<usize>,
+}
+
+/// An expression node over slots, in evaluation order.
+enum Node {
+    Load(usize),
+    Index(usize),
+    Const(f32),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    Where(usize, usize, usize),
+}
+
+/// A `Map` or `Reduce` kernel flattened for code generation; slot 0 is the output.
+struct Nest {
+    dims: Vec<usize>,
+    slots: Vec<Slot>,
+    nodes: Vec<Node>,
+    reduce: Option<ReduceOp>,
+}
+
+impl Nest {
+    fn new(plan: &BufferPlan, dims: &[usize], out: (BufferId, &super::lower::Affine)) -> Nest {
+        let mut nest = Nest {
+            dims: dims.to_vec(),
+            slots: Vec::new(),
+            nodes: Vec::new(),
+            reduce: None,
+        };
+        nest.slots.push(Slot {
+            buffer: Some(out.0),
+            base: plan.buffers[out.0].offset + out.1.offset,
+            strides: out.1.strides.clone(),
+        });
+        nest
+    }
+
+    /// Appends `expr`'s nodes; returns the index of its root.
+    fn flatten(&mut self, plan: &BufferPlan, expr: &Expr) -> usize {
+        let node = match expr {
+            Expr::Load { buffer, map } => {
+                self.slots.push(Slot {
+                    buffer: Some(*buffer),
+                    base: plan.buffers[*buffer].offset + map.offset,
+                    strides: map.strides.clone(),
+                });
+                Node::Load(self.slots.len() - 1)
+            }
+            Expr::Index(map) => {
+                self.slots.push(Slot {
+                    buffer: None,
+                    base: map.offset,
+                    strides: map.strides.clone(),
+                });
+                Node::Index(self.slots.len() - 1)
+            }
+            Expr::Const(c) => Node::Const(*c),
+            Expr::Unary(op, a) => {
+                let a = self.flatten(plan, a);
+                Node::Unary(*op, a)
+            }
+            Expr::Binary(op, a, b) => {
+                let a = self.flatten(plan, a);
+                let b = self.flatten(plan, b);
+                Node::Binary(*op, a, b)
+            }
+            Expr::Where(args) => {
+                let c = self.flatten(plan, &args[0]);
+                let a = self.flatten(plan, &args[1]);
+                let b = self.flatten(plan, &args[2]);
+                Node::Where(c, a, b)
+            }
+        };
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Drops unit axes and merges neighbouring axes that every slot walks evenly.
+    fn simplify(&mut self) {
+        let keep: Vec<usize> = (0..self.dims.len())
+            .filter(|&k| self.dims[k] != 1)
+            .collect();
+        self.dims = keep.iter().map(|&k| self.dims[k]).collect();
+        for slot in &mut self.slots {
+            slot.strides = keep.iter().map(|&k| slot.strides[k]).collect();
+        }
+        let mut k = self.dims.len();
+        while k > 1 {
+            k -= 1;
+            let d = self.dims[k];
+            if self
+                .slots
+                .iter()
+                .all(|s| s.strides[k - 1] == s.strides[k] * d)
+            {
+                self.dims[k - 1] *= d;
+                self.dims.remove(k);
+                for slot in &mut self.slots {
+                    slot.strides.remove(k - 1);
+                }
+            }
+        }
+        if self.dims.is_empty() {
+            self.dims.push(1);
+            for slot in &mut self.slots {
+                slot.strides.push(0);
+            }
+        }
+    }
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+impl FunctionTranslator<'_> {
+    /// Emits the whole function body after the entry block has been set up.
+    pub fn translate(&mut self, kernels: &[Kernel], layout: &Layout, steps: Value) {
+        match layout {
+            Layout::Straight => self.translate_kernels(kernels, 0..kernels.len()),
+            Layout::Loop {
+                prologue,
+                first,
+                second,
+            } => {
+                self.translate_kernels(kernels, prologue.clone());
+                let header = self.builder.create_block();
+                let first_block = self.builder.create_block();
+                let second_block = self.builder.create_block();
+                let exit = self.builder.create_block();
+                self.builder.append_block_param(header, types::I64);
+                let zero = self.builder.ins().iconst(types::I64, 0);
+                self.builder.ins().jump(header, &[zero.into()]);
+                self.builder.switch_to_block(header);
+                let step = self.builder.block_params(header)[0];
+                let more = self.builder.ins().icmp(IntCC::SignedLessThan, step, steps);
+                self.builder.ins().brif(more, first_block, &[], exit, &[]);
+                self.builder.switch_to_block(first_block);
+                self.translate_kernels(kernels, first.clone());
+                let next = self.builder.ins().iadd_imm_s(step, 1);
+                let more = self.builder.ins().icmp(IntCC::SignedLessThan, next, steps);
+                self.builder.ins().brif(more, second_block, &[], exit, &[]);
+                self.builder.switch_to_block(second_block);
+                self.translate_kernels(kernels, second.clone());
+                let next = self.builder.ins().iadd_imm_s(step, 2);
+                self.builder.ins().jump(header, &[next.into()]);
+                self.builder.switch_to_block(exit);
+            }
+        }
+        let ok = self.builder.ins().iconst(types::I32, 0);
+        self.builder.ins().return_(&[ok]);
+        self.builder.switch_to_block(self.fail);
+        let status = self.builder.block_params(self.fail)[0];
+        self.builder.ins().return_(&[status]);
+        self.builder.seal_all_blocks();
+    }
+
+    fn translate_kernels(&mut self, kernels: &[Kernel], range: Range<usize>) {
+        for k in range {
+            self.kernel = k;
+            match &kernels[k] {
+                Kernel::Map { dims, out, expr } => {
+                    self.translate_nest(dims, out.buffer, &out.map, expr, None)
+                }
+                Kernel::Reduce {
+                    op,
+                    dims,
+                    out,
+                    expr,
+                } => self.translate_nest(dims, out.buffer, &out.map, expr, Some(*op)),
+                Kernel::MatMul(_) => self.translate_call(self.runtime.matmul),
+                Kernel::Conv(_) => self.translate_call(self.runtime.conv),
+            }
+        }
+    }
+
+    /// A runtime call with the kernel's descriptor; a non-zero status fails the function.
+    fn translate_call(&mut self, callee: FuncRef) {
+        let descriptor = self.descriptors[self.kernel].expect("calls have descriptors");
+        let descriptor = self.builder.ins().iconst(types::I64, descriptor);
+        let call = self.builder.ins().call(callee, &[descriptor, self.arena]);
+        let status = self.builder.inst_results(call)[0];
+        let code = self.status_code();
+        let failed = self.builder.ins().icmp_imm_s(IntCC::NotEqual, status, 0);
+        let next = self.builder.create_block();
+        self.builder
+            .ins()
+            .brif(failed, self.fail, &[code.into()], next, &[]);
+        self.builder.switch_to_block(next);
+    }
+
+    fn status_code(&mut self) -> Value {
+        self.builder
+            .ins()
+            .iconst(types::I32, (self.kernel + 1) as i64)
+    }
+
+    fn translate_nest(
+        &mut self,
+        dims: &[usize],
+        out: BufferId,
+        map: &super::lower::Affine,
+        expr: &Expr,
+        reduce: Option<ReduceOp>,
+    ) {
+        if dims.contains(&0) {
+            return;
+        }
+        let mut nest = Nest::new(self.plan, dims, (out, map));
+        nest.flatten(self.plan, expr);
+        nest.reduce = reduce;
+        nest.simplify();
+        let rows: Vec<Value> = nest
+            .slots
+            .iter()
+            .map(|s| self.builder.ins().iconst(types::I64, s.base as i64))
+            .collect();
+        self.translate_level(&nest, 0, &rows);
+    }
+
+    /// A counted loop `for i in (start..end).step_by(step)` around `body`.
+    fn counted_loop(
+        &mut self,
+        start: i64,
+        end: i64,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) {
+        let header = self.builder.create_block();
+        let inner = self.builder.create_block();
+        let exit = self.builder.create_block();
+        self.builder.append_block_param(header, types::I64);
+        let start = self.builder.ins().iconst(types::I64, start);
+        self.builder.ins().jump(header, &[start.into()]);
+        self.builder.switch_to_block(header);
+        let i = self.builder.block_params(header)[0];
+        // i + step <= end
+        let more = self
+            .builder
+            .ins()
+            .icmp_imm_s(IntCC::SignedLessThanOrEqual, i, end - step);
+        self.builder.ins().brif(more, inner, &[], exit, &[]);
+        self.builder.switch_to_block(inner);
+        body(self, i);
+        let next = self.builder.ins().iadd_imm_s(i, step);
+        self.builder.ins().jump(header, &[next.into()]);
+        self.builder.switch_to_block(exit);
+    }
+
+    fn translate_level(&mut self, nest: &Nest, level: usize, rows: &[Value]) {
+        if level + 1 == nest.dims.len() {
+            return self.translate_inner(nest, rows);
+        }
+        self.counted_loop(0, nest.dims[level] as i64, 1, &mut |this, i| {
+            let inner_rows: Vec<Value> = nest
+                .slots
+                .iter()
+                .zip(rows)
+                .map(|(slot, &row)| this.advance(row, i, slot.strides[level]))
+                .collect();
+            this.translate_level(nest, level + 1, &inner_rows);
+        });
+    }
+
+    /// `row + i·stride`.
+    fn advance(&mut self, row: Value, i: Value, stride: usize) -> Value {
+        match stride {
+            0 => row,
+            1 => self.builder.ins().iadd(row, i),
+            s => {
+                let offset = self.builder.ins().imul_imm_s(i, s as i64);
+                self.builder.ins().iadd(row, offset)
+            }
+        }
+    }
+
+    /// The innermost loop: a four-lane main loop and a scalar tail where the slots allow it.
+    fn translate_inner(&mut self, nest: &Nest, rows: &[Value]) {
+        let level = nest.dims.len() - 1;
+        let n = nest.dims[level] as i64;
+        let accumulate = nest.reduce.is_some() && nest.slots[0].strides[level] == 0;
+        let simd = n >= 4
+            && nest.slots.iter().enumerate().all(|(i, s)| {
+                s.buffer.is_none() || s.strides[level] <= 1 || (i == 0 && accumulate)
+            });
+        // Loads that do not move along the inner axis are read once.
+        let mut invariant: Vec<Option<Value>> = vec![None; nest.slots.len()];
+        for (i, slot) in nest.slots.iter().enumerate().skip(1) {
+            if slot.buffer.is_some() && slot.strides[level] == 0 {
+                invariant[i] = Some(self.load(slot, rows[i], Lanes::SCALAR));
+            }
+        }
+        let op = nest.reduce.unwrap_or(ReduceOp::Sum);
+        let identity = match op {
+            ReduceOp::Sum => 0.0,
+            ReduceOp::Max => f32::NEG_INFINITY,
+        };
+        let scalar_acc = self.builder.declare_var(types::F32);
+        let vector_acc = self.builder.declare_var(types::F32X4);
+        if accumulate {
+            let s = math::float(&mut self.builder, Lanes::SCALAR, identity);
+            self.builder.def_var(scalar_acc, s);
+            let v = math::float(&mut self.builder, Lanes::VECTOR, identity);
+            self.builder.def_var(vector_acc, v);
+        }
+        let main = if simd { n / 4 * 4 } else { 0 };
+        let step = |this: &mut Self, i: Value, lanes: Lanes, acc: Variable| {
+            let value = this.evaluate(nest, rows, &invariant, i, lanes);
+            if accumulate {
+                let prev = this.builder.use_var(acc);
+                let next = this.combine(op, lanes, prev, value);
+                this.builder.def_var(acc, next);
+            } else {
+                let out = this.advance(rows[0], i, nest.slots[0].strides[level]);
+                let value = match nest.reduce {
+                    Some(op) => {
+                        let prev = this.load(&nest.slots[0], out, lanes);
+                        this.combine(op, lanes, prev, value)
+                    }
+                    None => value,
+                };
+                this.store(&nest.slots[0], out, value);
+            }
+        };
+        if main > 0 {
+            self.counted_loop(0, main, 4, &mut |this, i| {
+                step(this, i, Lanes::VECTOR, vector_acc)
+            });
+        }
+        if main < n {
+            self.counted_loop(main, n, 1, &mut |this, i| {
+                step(this, i, Lanes::SCALAR, scalar_acc)
+            });
+        }
+        if accumulate {
+            let mut total = self.builder.use_var(scalar_acc);
+            if main > 0 {
+                let v = self.builder.use_var(vector_acc);
+                for lane in 0..4u8 {
+                    let x = self.builder.ins().extractlane(v, lane);
+                    total = self.combine(op, Lanes::SCALAR, total, x);
+                }
+            }
+            let prev = self.load(&nest.slots[0], rows[0], Lanes::SCALAR);
+            let value = self.combine(op, Lanes::SCALAR, prev, total);
+            self.store(&nest.slots[0], rows[0], value);
+        }
+    }
+
+    fn combine(&mut self, op: ReduceOp, lanes: Lanes, acc: Value, x: Value) -> Value {
+        match op {
+            ReduceOp::Sum => self.builder.ins().fadd(acc, x),
+            ReduceOp::Max => math::max(&mut self.builder, lanes, acc, x),
+        }
+    }
+
+    /// The expression's value at inner index `i`.
+    fn evaluate(
+        &mut self,
+        nest: &Nest,
+        rows: &[Value],
+        invariant: &[Option<Value>],
+        i: Value,
+        lanes: Lanes,
+    ) -> Value {
+        let level = nest.dims.len() - 1;
+        let mut values: Vec<Value> = Vec::with_capacity(nest.nodes.len());
+        for node in &nest.nodes {
+            let v = match *node {
+                Node::Load(s) => match invariant[s] {
+                    Some(x) if lanes.width > 1 => self.builder.ins().splat(lanes.float, x),
+                    Some(x) => x,
+                    None => {
+                        let at = self.advance(rows[s], i, nest.slots[s].strides[level]);
+                        self.load(&nest.slots[s], at, lanes)
+                    }
+                },
+                Node::Index(s) => {
+                    let stride = nest.slots[s].strides[level];
+                    let at = self.advance(rows[s], i, stride);
+                    let first = self.builder.ins().fcvt_from_sint(types::F32, at);
+                    if lanes.width > 1 {
+                        let first = self.builder.ins().splat(lanes.float, first);
+                        let ramp: Vec<u8> = (0..4)
+                            .flat_map(|l| ((l * stride) as f32).to_le_bytes())
+                            .collect();
+                        let ramp = self
+                            .builder
+                            .func
+                            .dfg
+                            .constants
+                            .insert(ConstantData::from(ramp));
+                        let ramp = self.builder.ins().vconst(lanes.float, ramp);
+                        self.builder.ins().fadd(first, ramp)
+                    } else {
+                        first
+                    }
+                }
+                Node::Const(c) => math::float(&mut self.builder, lanes, c),
+                Node::Unary(op, a) => self.translate_unary(op, lanes, values[a]),
+                Node::Binary(op, a, b) => self.translate_binary(op, lanes, values[a], values[b]),
+                Node::Where(c, a, b) => {
+                    let zero = math::float(&mut self.builder, lanes, 0.0);
+                    math::select_cmp(
+                        &mut self.builder,
+                        lanes,
+                        FloatCC::NotEqual,
+                        values[c],
+                        zero,
+                        values[a],
+                        values[b],
+                    )
+                }
+            };
+            values.push(v);
+        }
+        *values.last().expect("expressions are not empty")
+    }
+
+    fn translate_unary(&mut self, op: UnaryOp, lanes: Lanes, x: Value) -> Value {
+        let b = &mut self.builder;
+        match op {
+            UnaryOp::Neg => b.ins().fneg(x),
+            UnaryOp::Abs => b.ins().fabs(x),
+            UnaryOp::Sqrt => b.ins().sqrt(x),
+            UnaryOp::Exp => math::exp(b, lanes, x),
+            UnaryOp::Log => math::log(b, lanes, x),
+            UnaryOp::Tanh => math::tanh(b, lanes, x),
+            UnaryOp::Sigmoid => math::sigmoid(b, lanes, x),
+            UnaryOp::Sign => {
+                let one = math::float(b, lanes, 1.0);
+                let minus_one = math::float(b, lanes, -1.0);
+                let zero = math::float(b, lanes, 0.0);
+                let negative =
+                    math::select_cmp(b, lanes, FloatCC::LessThan, x, zero, minus_one, zero);
+                math::select_cmp(b, lanes, FloatCC::GreaterThan, x, zero, one, negative)
+            }
+            UnaryOp::Powf(p) => self.translate_powf(lanes, x, p),
+            UnaryOp::Sin => self.call_per_lane(self.runtime.sin, lanes, x, None),
+            UnaryOp::Cos => self.call_per_lane(self.runtime.cos, lanes, x, None),
+            UnaryOp::Tan => self.call_per_lane(self.runtime.tan, lanes, x, None),
+        }
+    }
+
+    /// x^p for a constant p: small integer and half powers inline, others through libm.
+    fn translate_powf(&mut self, lanes: Lanes, x: Value, p: f64) -> Value {
+        let b = &mut self.builder;
+        let one = math::float(b, lanes, 1.0);
+        match p {
+            0.0 => one,
+            1.0 => x,
+            2.0 => b.ins().fmul(x, x),
+            3.0 => {
+                let x2 = b.ins().fmul(x, x);
+                b.ins().fmul(x2, x)
+            }
+            -1.0 => b.ins().fdiv(one, x),
+            -2.0 => {
+                let x2 = b.ins().fmul(x, x);
+                b.ins().fdiv(one, x2)
+            }
+            0.5 => b.ins().sqrt(x),
+            _ => {
+                let p = b.ins().f32const(p as f32);
+                self.call_per_lane(self.runtime.powf, lanes, x, Some(p))
+            }
+        }
+    }
+
+    /// Calls a scalar runtime function on each lane of `x` (with `extra` as a second
+    /// argument when given).
+    fn call_per_lane(
+        &mut self,
+        callee: FuncRef,
+        lanes: Lanes,
+        x: Value,
+        extra: Option<Value>,
+    ) -> Value {
+        let call = |this: &mut Self, v: Value| {
+            let args: Vec<Value> = std::iter::once(v).chain(extra).collect();
+            let inst = this.builder.ins().call(callee, &args);
+            this.builder.inst_results(inst)[0]
+        };
+        if lanes.width == 1 {
+            return call(self, x);
+        }
+        let mut result = x;
+        for lane in 0..lanes.width as u8 {
+            let v = self.builder.ins().extractlane(x, lane);
+            let y = call(self, v);
+            result = self.builder.ins().insertlane(result, y, lane);
+        }
+        result
+    }
+
+    fn translate_binary(&mut self, op: BinaryOp, lanes: Lanes, x: Value, y: Value) -> Value {
+        let b = &mut self.builder;
+        match op {
+            BinaryOp::Add => b.ins().fadd(x, y),
+            BinaryOp::Sub => b.ins().fsub(x, y),
+            BinaryOp::Mul => b.ins().fmul(x, y),
+            BinaryOp::Div => b.ins().fdiv(x, y),
+            BinaryOp::Max => math::max(b, lanes, x, y),
+            BinaryOp::Greater | BinaryOp::Equal => {
+                let cc = if op == BinaryOp::Greater {
+                    FloatCC::GreaterThan
+                } else {
+                    FloatCC::Equal
+                };
+                let one = math::float(b, lanes, 1.0);
+                let zero = math::float(b, lanes, 0.0);
+                math::select_cmp(b, lanes, cc, x, y, one, zero)
+            }
+        }
+    }
+
+    /// The address of element position `at` (an arena offset in elements), after checking it
+    /// against the slot's buffer when bounds checks are on.
+    fn address(&mut self, slot: &Slot, at: Value, lanes: Lanes) -> Value {
+        if self.bounds_checks {
+            let buffer = &self.plan.buffers[slot.buffer.expect("memory slots have buffers")];
+            // at − start <u len − width + 1, with len < width failing every access.
+            let start = buffer.offset as i64;
+            let room = buffer.len as i64 - lanes.width as i64 + 1;
+            let relative = self.builder.ins().iadd_imm_s(at, -start);
+            let inside = if room > 0 {
+                self.builder
+                    .ins()
+                    .icmp_imm_s(IntCC::UnsignedLessThan, relative, room)
+            } else {
+                self.builder.ins().iconst(types::I8, 0)
+            };
+            let ok = self.builder.create_block();
+            let code = self.status_code();
+            self.builder
+                .ins()
+                .brif(inside, ok, &[], self.fail, &[code.into()]);
+            self.builder.switch_to_block(ok);
+        }
+        let bytes = self.builder.ins().ishl_imm_u(at, 2);
+        self.builder.ins().iadd(self.arena, bytes)
+    }
+
+    fn load(&mut self, slot: &Slot, at: Value, lanes: Lanes) -> Value {
+        let address = self.address(slot, at, lanes);
+        self.builder.ins().load(lanes.float, flags(), address, 0)
+    }
+
+    fn store(&mut self, slot: &Slot, at: Value, value: Value) {
+        let lanes = if self.builder.func.dfg.value_type(value).is_vector() {
+            Lanes::VECTOR
+        } else {
+            Lanes::SCALAR
+        };
+        let address = self.address(slot, at, lanes);
+        self.builder.ins().store(flags(), value, address, 0);
+    }
+}

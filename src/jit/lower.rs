@@ -1,0 +1,836 @@
+//! Lowering: an IR program to a loop-level form over planned buffers.
+//!
+//! Every node's value is held as an [`Expr`]: an elementwise expression whose leaves read
+//! buffers through affine maps. Elementwise ops build bigger expressions (fusion), movement ops
+//! rewrite the maps of the leaves (a transpose or broadcast costs nothing), and a value is
+//! *materialised* — written to a buffer by one loop — only where that pays or is needed: when
+//! several users would recompute it, when a contraction or a reshape needs it in memory, and
+//! for the program's outputs. Reductions, matrix products and convolutions always write a
+//! buffer. The result is a list of [`Kernel`]s in program order; the buffer plan assigns them
+//! memory and the code generator turns each into one loop nest or one runtime call.
+
+use crate::ir::{BinaryOp, LeafKind, Op, Program, ReduceOp, UnaryOp, ValueId};
+use std::collections::HashMap;
+
+/// The index of a buffer in the buffer table.
+pub type BufferId = usize;
+
+/// An expression larger than this is written to a buffer rather than grown further.
+const MAX_FUSED_OPS: usize = 48;
+
+/// An affine map from a loop's multi-index `i` to `offset + Σ_k i_k · strides[k]`: the position
+/// of an element inside its buffer, or (for [`Expr::Index`]) the value of an iota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Affine {
+    pub offset: usize,
+    pub strides: Vec<usize>,
+}
+
+/// Row-major strides of a shape.
+pub fn contiguous_strides(dims: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; dims.len()];
+    let mut step = 1;
+    for (s, &d) in strides.iter_mut().zip(dims).rev() {
+        *s = step;
+        step *= d;
+    }
+    strides
+}
+
+impl Affine {
+    pub fn contiguous(dims: &[usize]) -> Affine {
+        Affine {
+            offset: 0,
+            strides: contiguous_strides(dims),
+        }
+    }
+
+    /// Whether the map visits a buffer of `dims`'s size in row-major order from its start.
+    pub fn is_contiguous(&self, dims: &[usize]) -> bool {
+        self.offset == 0
+            && self
+                .strides
+                .iter()
+                .zip(contiguous_strides(dims))
+                .zip(dims)
+                .all(|((&s, c), &d)| d == 1 || s == c)
+    }
+
+    /// One past the largest position the map reaches over `dims` (0 when `dims` is empty of
+    /// elements).
+    pub fn extent(&self, dims: &[usize]) -> usize {
+        if dims.contains(&0) {
+            return 0;
+        }
+        self.offset
+            + 1
+            + dims
+                .iter()
+                .zip(&self.strides)
+                .map(|(&d, &s)| (d - 1) * s)
+                .sum::<usize>()
+    }
+
+    fn transpose(&self, perm: &[usize]) -> Affine {
+        Affine {
+            offset: self.offset,
+            strides: perm.iter().map(|&p| self.strides[p]).collect(),
+        }
+    }
+
+    /// Numpy broadcasting from `from` to `to`: new leading axes and stretched axes of size 1
+    /// get stride 0.
+    fn broadcast(&self, from: &[usize], to: &[usize]) -> Affine {
+        let lead = to.len() - from.len();
+        let strides = (0..to.len())
+            .map(|i| {
+                if i < lead || from[i - lead] == 1 {
+                    0
+                } else {
+                    self.strides[i - lead]
+                }
+            })
+            .collect();
+        Affine {
+            offset: self.offset,
+            strides,
+        }
+    }
+
+    fn slice(&self, axis: usize, start: usize) -> Affine {
+        Affine {
+            offset: self.offset + start * self.strides[axis],
+            strides: self.strides.clone(),
+        }
+    }
+
+    /// The same elements seen with shape `to` instead of `from`, if that is affine: each group
+    /// of axes that is merged or split must be evenly strided.
+    fn reshape(&self, from: &[usize], to: &[usize]) -> Option<Affine> {
+        let mut strides = vec![0; to.len()];
+        if from.iter().product::<usize>() == 0 {
+            return Some(Affine {
+                offset: self.offset,
+                strides,
+            });
+        }
+        let old: Vec<(usize, usize)> = from
+            .iter()
+            .zip(&self.strides)
+            .filter(|(&d, _)| d != 1)
+            .map(|(&d, &s)| (d, s))
+            .collect();
+        let new: Vec<usize> = (0..to.len()).filter(|&i| to[i] != 1).collect();
+        let (mut oi, mut ni) = (0, 0);
+        while ni < new.len() && oi < old.len() {
+            let (mut np, mut op) = (to[new[ni]], old[oi].0);
+            let (mut nj, mut oj) = (ni + 1, oi + 1);
+            while np != op {
+                if np < op {
+                    np *= to[*new.get(nj)?];
+                    nj += 1;
+                } else {
+                    op *= old.get(oj)?.0;
+                    oj += 1;
+                }
+            }
+            if (oi..oj - 1).any(|k| old[k].1 != old[k + 1].0 * old[k + 1].1) {
+                return None;
+            }
+            let mut step = old[oj - 1].1;
+            for k in (ni..nj).rev() {
+                strides[new[k]] = step;
+                step *= to[new[k]];
+            }
+            ni = nj;
+            oi = oj;
+        }
+        (ni == new.len() && oi == old.len()).then_some(Affine {
+            offset: self.offset,
+            strides,
+        })
+    }
+}
+
+/// An elementwise expression over a loop's index space.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The element of `buffer` at the mapped position.
+    Load {
+        buffer: BufferId,
+        map: Affine,
+    },
+    Const(f32),
+    /// The mapped position itself, as a float (an iota).
+    Index(Affine),
+    Unary(UnaryOp, Box<Expr>),
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    /// `where(cond, a, b)`.
+    Where(Box<[Expr; 3]>),
+}
+
+impl Expr {
+    /// Whether evaluating the expression does no arithmetic (a load, a constant, an index).
+    fn is_view(&self) -> bool {
+        matches!(self, Expr::Load { .. } | Expr::Const(_) | Expr::Index(_))
+    }
+
+    /// The number of operations in the expression.
+    fn ops(&self) -> usize {
+        match self {
+            Expr::Load { .. } | Expr::Const(_) | Expr::Index(_) => 0,
+            Expr::Unary(_, a) => 1 + a.ops(),
+            Expr::Binary(_, a, b) => 1 + a.ops() + b.ops(),
+            Expr::Where(args) => 1 + args.iter().map(Expr::ops).sum::<usize>(),
+        }
+    }
+
+    /// The expression with every affine map replaced by `f` of it, if `f` succeeds on all.
+    fn remap(&self, f: &impl Fn(&Affine) -> Option<Affine>) -> Option<Expr> {
+        Some(match self {
+            Expr::Load { buffer, map } => Expr::Load {
+                buffer: *buffer,
+                map: f(map)?,
+            },
+            Expr::Const(c) => Expr::Const(*c),
+            Expr::Index(map) => Expr::Index(f(map)?),
+            Expr::Unary(op, a) => Expr::Unary(*op, Box::new(a.remap(f)?)),
+            Expr::Binary(op, a, b) => {
+                Expr::Binary(*op, Box::new(a.remap(f)?), Box::new(b.remap(f)?))
+            }
+            Expr::Where(args) => {
+                let [c, a, b] = &**args;
+                Expr::Where(Box::new([c.remap(f)?, a.remap(f)?, b.remap(f)?]))
+            }
+        })
+    }
+
+    /// Calls `visit` on every buffer read, with its map.
+    pub fn for_each_load(&self, visit: &mut impl FnMut(BufferId, &Affine)) {
+        match self {
+            Expr::Load { buffer, map } => visit(*buffer, map),
+            Expr::Const(_) | Expr::Index(_) => {}
+            Expr::Unary(_, a) => a.for_each_load(visit),
+            Expr::Binary(_, a, b) => {
+                a.for_each_load(visit);
+                b.for_each_load(visit);
+            }
+            Expr::Where(args) => args.iter().for_each(|a| a.for_each_load(visit)),
+        }
+    }
+}
+
+/// Where a loop writes: a buffer and the map from the loop's index to positions in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Place {
+    pub buffer: BufferId,
+    pub map: Affine,
+}
+
+/// A matrix operand of a batched product: element (b, i, j) lies at
+/// `offset + b·batch + i·rows + j·cols` in `buffer`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatOperand {
+    pub buffer: BufferId,
+    pub offset: usize,
+    pub batch: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// `c[b] = a[b] · b[b]` for every batch index; `c` is contiguous `[batch, m, n]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatMulKernel {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: MatOperand,
+    pub b: MatOperand,
+    pub c: BufferId,
+}
+
+/// Which of the three convolution products a [`ConvKernel`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKind {
+    /// args (input, weight) → output
+    Forward,
+    /// args (cotangent, weight) → input gradient
+    InputGrad,
+    /// args (input, cotangent) → weight gradient
+    WeightGrad,
+}
+
+/// The sizes of one 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    fn new(input: &[usize], weight: &[usize], stride: usize, padding: usize) -> ConvShape {
+        let out =
+            |size, kernel| crate::ir::shape::conv_out(size, kernel, stride, padding).unwrap_or(0);
+        ConvShape {
+            n: input[0],
+            c: input[1],
+            h: input[2],
+            w: input[3],
+            o: weight[0],
+            kh: weight[2],
+            kw: weight[3],
+            oh: out(input[2], weight[2]),
+            ow: out(input[3], weight[3]),
+            stride,
+            padding,
+        }
+    }
+
+    /// The length of one sample's im2col matrix `[C·KH·KW, OH·OW]`.
+    pub fn columns_len(&self) -> usize {
+        self.c * self.kh * self.kw * self.oh * self.ow
+    }
+}
+
+/// A convolution product through a runtime kernel; all buffers contiguous.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvKernel {
+    pub kind: ConvKind,
+    pub shape: ConvShape,
+    pub args: [BufferId; 2],
+    pub out: BufferId,
+    /// Room for one sample's im2col matrix.
+    pub columns: BufferId,
+}
+
+/// One step of a lowered program.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// `out[i] = expr[i]` for every index `i` of `dims`.
+    Map {
+        dims: Vec<usize>,
+        out: Place,
+        expr: Expr,
+    },
+    /// `out[i] = op(out[i], expr[i])` for every index `i` of `dims`, in order; the out map has
+    /// stride 0 along the reduced axes, and `out` was filled with the identity beforehand.
+    Reduce {
+        op: ReduceOp,
+        dims: Vec<usize>,
+        out: Place,
+        expr: Expr,
+    },
+    MatMul(MatMulKernel),
+    Conv(ConvKernel),
+}
+
+impl Kernel {
+    /// Calls `visit(buffer, extent, written)` for each buffer access: `extent` is one past the
+    /// largest element position touched.
+    pub fn for_each_access(&self, mut visit: impl FnMut(BufferId, usize, bool)) {
+        match self {
+            Kernel::Map { dims, out, expr }
+            | Kernel::Reduce {
+                dims, out, expr, ..
+            } => {
+                expr.for_each_load(&mut |b, map| visit(b, map.extent(dims), false));
+                if matches!(self, Kernel::Reduce { .. }) {
+                    visit(out.buffer, out.map.extent(dims), false);
+                }
+                visit(out.buffer, out.map.extent(dims), true);
+            }
+            Kernel::MatMul(mm) => {
+                let operand = |x: &MatOperand, rows: usize, cols: usize| {
+                    Affine {
+                        offset: x.offset,
+                        strides: vec![x.batch, x.rows, x.cols],
+                    }
+                    .extent(&[mm.batch, rows, cols])
+                };
+                visit(mm.a.buffer, operand(&mm.a, mm.m, mm.k), false);
+                visit(mm.b.buffer, operand(&mm.b, mm.k, mm.n), false);
+                visit(mm.c, mm.batch * mm.m * mm.n, true);
+            }
+            Kernel::Conv(conv) => {
+                let s = conv.shape;
+                let input = s.n * s.c * s.h * s.w;
+                let weight = s.o * s.c * s.kh * s.kw;
+                let output = s.n * s.o * s.oh * s.ow;
+                let (a, b, out) = match conv.kind {
+                    ConvKind::Forward => (input, weight, output),
+                    ConvKind::InputGrad => (output, weight, input),
+                    ConvKind::WeightGrad => (input, output, weight),
+                };
+                visit(conv.args[0], a, false);
+                visit(conv.args[1], b, false);
+                visit(conv.columns, s.columns_len(), true);
+                visit(conv.out, out, true);
+            }
+        }
+    }
+}
+
+/// A buffer of the lowered form: its length in f32 elements and what it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferSpec {
+    pub label: String,
+    pub len: usize,
+    /// Live for the whole function (leaves, state, outputs), not only between its first and
+    /// last use.
+    pub pinned: bool,
+}
+
+/// The buffers and kernels of one compiled function, built by lowering one or more programs.
+#[derive(Clone, Debug, Default)]
+pub struct Lowered {
+    pub buffers: Vec<BufferSpec>,
+    pub kernels: Vec<Kernel>,
+}
+
+impl Lowered {
+    pub fn buffer(&mut self, label: impl Into<String>, len: usize, pinned: bool) -> BufferId {
+        self.buffers.push(BufferSpec {
+            label: label.into(),
+            len,
+            pinned,
+        });
+        self.buffers.len() - 1
+    }
+
+    /// Appends the kernels of `program`'s outputs. `leaves` holds the buffer of every leaf the
+    /// outputs need; `targets[i]`, when given, is the buffer output i must end up in. Returns
+    /// the buffer holding each output.
+    pub fn lower(
+        &mut self,
+        program: &Program,
+        leaves: &HashMap<ValueId, BufferId>,
+        targets: &[Option<BufferId>],
+    ) -> Vec<BufferId> {
+        let mut lowering = Lowering::new(self, program, targets);
+        for id in program.ids() {
+            if lowering.needed[id.index()] {
+                lowering.lower_node(id, leaves);
+            }
+        }
+        let mut result = Vec::new();
+        for (i, output) in program.outputs.iter().enumerate() {
+            let buffer = lowering.buffer_of(output.value);
+            match targets.get(i).copied().flatten() {
+                Some(target) if target != buffer => {
+                    let dims = program.shape(output.value).dims().to_vec();
+                    lowering.copy(buffer, target, &dims);
+                    result.push(target);
+                }
+                _ => result.push(buffer),
+            }
+        }
+        result
+    }
+}
+
+/// The nodes of a program that its outputs depend on.
+pub fn needed_nodes(program: &Program) -> Vec<bool> {
+    let mut needed = vec![false; program.nodes.len()];
+    for o in &program.outputs {
+        needed[o.value.index()] = true;
+    }
+    for id in program.ids().rev() {
+        if needed[id.index()] {
+            for a in &program.node(id).args {
+                needed[a.index()] = true;
+            }
+        }
+    }
+    needed
+}
+
+/// The state of lowering one program.
+struct Lowering<'a> {
+    out: &'a mut Lowered,
+    program: &'a Program,
+    needed: Vec<bool>,
+    /// How many needed nodes read each node.
+    users: Vec<usize>,
+    /// Each lowered node's value.
+    values: Vec<Option<Expr>>,
+    /// Buffers that given nodes must be materialised into (outputs with fixed homes).
+    homes: HashMap<ValueId, BufferId>,
+}
+
+impl<'a> Lowering<'a> {
+    fn new(out: &'a mut Lowered, program: &'a Program, targets: &[Option<BufferId>]) -> Self {
+        let needed = needed_nodes(program);
+        let mut users = vec![0; program.nodes.len()];
+        for id in program.ids().filter(|id| needed[id.index()]) {
+            for a in &program.node(id).args {
+                users[a.index()] += 1;
+            }
+        }
+        let mut homes = HashMap::new();
+        for (output, target) in program.outputs.iter().zip(targets) {
+            let is_leaf = matches!(program.node(output.value).op, Op::Leaf(_));
+            if let (Some(target), false) = (target, is_leaf) {
+                homes.entry(output.value).or_insert(*target);
+            }
+        }
+        Lowering {
+            out,
+            program,
+            needed,
+            users,
+            values: vec![None; program.nodes.len()],
+            homes,
+        }
+    }
+
+    fn dims(&self, id: ValueId) -> Vec<usize> {
+        self.program.shape(id).dims().to_vec()
+    }
+
+    fn value(&self, id: ValueId) -> Expr {
+        self.values[id.index()]
+            .clone()
+            .expect("operands are lowered before their users")
+    }
+
+    /// A buffer for node `id`'s result: its home if it has one, else a fresh one.
+    fn result_buffer(&mut self, id: ValueId) -> BufferId {
+        if let Some(&home) = self.homes.get(&id) {
+            return home;
+        }
+        let node = self.program.node(id);
+        let label = match &node.name {
+            Some(name) => format!("{id} {name}"),
+            None => format!("{id} {}", node.op),
+        };
+        self.out.buffer(label, node.shape.numel(), false)
+    }
+
+    /// The buffer holding node `id`'s value, writing it to one first if it is not in memory
+    /// in row-major order.
+    fn buffer_of(&mut self, id: ValueId) -> BufferId {
+        let dims = self.dims(id);
+        let expr = self.value(id);
+        if let Expr::Load { buffer, map } = &expr {
+            let whole = self.out.buffers[*buffer].len == dims.iter().product::<usize>();
+            let home_ok = self.homes.get(&id).is_none_or(|h| h == buffer);
+            if map.is_contiguous(&dims) && whole && home_ok {
+                return *buffer;
+            }
+        }
+        let buffer = self.result_buffer(id);
+        self.out.kernels.push(Kernel::Map {
+            out: Place {
+                buffer,
+                map: Affine::contiguous(&dims),
+            },
+            dims: dims.clone(),
+            expr,
+        });
+        self.values[id.index()] = Some(contiguous_load(buffer, &dims));
+        buffer
+    }
+
+    fn copy(&mut self, from: BufferId, to: BufferId, dims: &[usize]) {
+        self.out.kernels.push(Kernel::Map {
+            dims: dims.to_vec(),
+            out: Place {
+                buffer: to,
+                map: Affine::contiguous(dims),
+            },
+            expr: contiguous_load(from, dims),
+        });
+    }
+
+    fn lower_node(&mut self, id: ValueId, leaves: &HashMap<ValueId, BufferId>) {
+        let node = self.program.node(id);
+        let dims = self.dims(id);
+        let args = node.args.clone();
+        let expr = match &node.op {
+            Op::Leaf(_) => contiguous_load(leaves[&id], &dims),
+            Op::Const(c) => Expr::Const(*c as f32),
+            Op::Iota { axis } => {
+                let mut strides = vec![0; dims.len()];
+                strides[*axis] = 1;
+                Expr::Index(Affine { offset: 0, strides })
+            }
+            Op::Unary(op) => Expr::Unary(*op, Box::new(self.value(args[0]))),
+            Op::Binary(op) => Expr::Binary(
+                *op,
+                Box::new(self.value(args[0])),
+                Box::new(self.value(args[1])),
+            ),
+            Op::Where => Expr::Where(Box::new([
+                self.value(args[0]),
+                self.value(args[1]),
+                self.value(args[2]),
+            ])),
+            Op::Reshape => {
+                let from = self.dims(args[0]);
+                match self.value(args[0]).remap(&|m| m.reshape(&from, &dims)) {
+                    Some(e) => e,
+                    None => contiguous_load(self.buffer_of(args[0]), &dims),
+                }
+            }
+            Op::Transpose(perm) => self
+                .value(args[0])
+                .remap(&|m| Some(m.transpose(perm)))
+                .expect("transposes are affine"),
+            Op::Broadcast => {
+                let from = self.dims(args[0]);
+                let grows = dims.iter().product::<usize>() > from.iter().product::<usize>();
+                if grows && !self.value(args[0]).is_view() {
+                    self.buffer_of(args[0]);
+                }
+                self.value(args[0])
+                    .remap(&|m| Some(m.broadcast(&from, &dims)))
+                    .expect("broadcasts are affine")
+            }
+            Op::Slice { axis, start, .. } => self
+                .value(args[0])
+                .remap(&|m| Some(m.slice(*axis, *start)))
+                .expect("slices are affine"),
+            Op::Pad { axis, before, .. } => {
+                let buffer = self.result_buffer(id);
+                self.out.kernels.push(Kernel::Map {
+                    dims: dims.clone(),
+                    out: Place {
+                        buffer,
+                        map: Affine::contiguous(&dims),
+                    },
+                    expr: Expr::Const(0.0),
+                });
+                let expr = self.value(args[0]);
+                self.write_part(buffer, &dims, *axis, *before, args[0], expr);
+                contiguous_load(buffer, &dims)
+            }
+            Op::Concat { axis } => {
+                let buffer = self.result_buffer(id);
+                let mut start = 0;
+                for &a in &args {
+                    let expr = self.value(a);
+                    self.write_part(buffer, &dims, *axis, start, a, expr);
+                    start += self.program.shape(a).dims()[*axis];
+                }
+                contiguous_load(buffer, &dims)
+            }
+            Op::Reduce(op, axes) => {
+                let from = self.dims(args[0]);
+                let expr = self.value(args[0]);
+                let buffer = self.result_buffer(id);
+                let identity = match op {
+                    ReduceOp::Sum => 0.0,
+                    ReduceOp::Max => f32::NEG_INFINITY,
+                };
+                self.out.kernels.push(Kernel::Map {
+                    dims: dims.clone(),
+                    out: Place {
+                        buffer,
+                        map: Affine::contiguous(&dims),
+                    },
+                    expr: Expr::Const(identity),
+                });
+                let kept = contiguous_strides(&dims);
+                let mut kept = kept.into_iter();
+                let strides = (0..from.len())
+                    .map(|i| {
+                        if axes.contains(&i) {
+                            0
+                        } else {
+                            kept.next().unwrap_or(0)
+                        }
+                    })
+                    .collect();
+                self.out.kernels.push(Kernel::Reduce {
+                    op: *op,
+                    dims: from,
+                    out: Place {
+                        buffer,
+                        map: Affine { offset: 0, strides },
+                    },
+                    expr,
+                });
+                contiguous_load(buffer, &dims)
+            }
+            Op::MatMul => {
+                let r = dims.len();
+                let a_dims = self.dims(args[0]);
+                let (m, k, n) = (a_dims[r - 2], a_dims[r - 1], dims[r - 1]);
+                let batch = dims[..r - 2].iter().product();
+                let a = self.mat_operand(args[0]);
+                let b = self.mat_operand(args[1]);
+                let c = self.result_buffer(id);
+                self.out.kernels.push(Kernel::MatMul(MatMulKernel {
+                    batch,
+                    m,
+                    k,
+                    n,
+                    a,
+                    b,
+                    c,
+                }));
+                contiguous_load(c, &dims)
+            }
+            Op::Conv2d { stride, padding }
+            | Op::Conv2dInputGrad { stride, padding }
+            | Op::Conv2dWeightGrad { stride, padding } => {
+                let (kind, input, weight) = match node.op {
+                    Op::Conv2d { .. } => {
+                        (ConvKind::Forward, self.dims(args[0]), self.dims(args[1]))
+                    }
+                    Op::Conv2dInputGrad { .. } => {
+                        (ConvKind::InputGrad, dims.clone(), self.dims(args[1]))
+                    }
+                    _ => (ConvKind::WeightGrad, self.dims(args[0]), dims.clone()),
+                };
+                let shape = ConvShape::new(&input, &weight, *stride, *padding);
+                let a = self.buffer_of(args[0]);
+                let b = self.buffer_of(args[1]);
+                let out = self.result_buffer(id);
+                let columns = self
+                    .out
+                    .buffer(format!("{id} im2col"), shape.columns_len(), false);
+                self.out.kernels.push(Kernel::Conv(ConvKernel {
+                    kind,
+                    shape,
+                    args: [a, b],
+                    out,
+                    columns,
+                }));
+                contiguous_load(out, &dims)
+            }
+        };
+        let computed = !matches!(node.op, Op::Leaf(_) | Op::Const(_) | Op::Iota { .. });
+        let shared = self.users[id.index()] > 1 && !expr.is_view();
+        self.values[id.index()] = Some(expr);
+        if computed && (shared || self.value(id).ops() > MAX_FUSED_OPS) {
+            self.buffer_of(id);
+        }
+    }
+
+    /// Writes `expr` (the value of `arg`) into the part of `buffer` (of shape `dims`) that
+    /// starts at `start` along `axis`.
+    fn write_part(
+        &mut self,
+        buffer: BufferId,
+        dims: &[usize],
+        axis: usize,
+        start: usize,
+        arg: ValueId,
+        expr: Expr,
+    ) {
+        let part = self.dims(arg);
+        let strides = contiguous_strides(dims);
+        self.out.kernels.push(Kernel::Map {
+            out: Place {
+                buffer,
+                map: Affine {
+                    offset: start * strides[axis],
+                    strides,
+                },
+            },
+            dims: part,
+            expr,
+        });
+    }
+
+    /// Node `id` (rank ≥ 2) as a strided batch of matrices, writing it to a buffer first when
+    /// its batch axes cannot be walked with one stride.
+    fn mat_operand(&mut self, id: ValueId) -> MatOperand {
+        let dims = self.dims(id);
+        let r = dims.len();
+        if let Expr::Load { buffer, map } = self.value(id) {
+            if let Some(batch) = batch_stride(&dims[..r - 2], &map.strides[..r - 2]) {
+                return MatOperand {
+                    buffer,
+                    offset: map.offset,
+                    batch,
+                    rows: map.strides[r - 2],
+                    cols: map.strides[r - 1],
+                };
+            }
+        }
+        let buffer = self.buffer_of(id);
+        let strides = contiguous_strides(&dims);
+        MatOperand {
+            buffer,
+            offset: 0,
+            batch: dims[r - 2] * dims[r - 1],
+            rows: strides[r - 2],
+            cols: strides[r - 1],
+        }
+    }
+}
+
+fn contiguous_load(buffer: BufferId, dims: &[usize]) -> Expr {
+    Expr::Load {
+        buffer,
+        map: Affine::contiguous(dims),
+    }
+}
+
+/// The one stride that walks the batch axes in row-major order, if there is one.
+fn batch_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
+    let axes: Vec<(usize, usize)> = dims
+        .iter()
+        .zip(strides)
+        .filter(|(&d, _)| d != 1)
+        .map(|(&d, &s)| (d, s))
+        .collect();
+    if axes.windows(2).any(|w| w[0].1 != w[1].0 * w[1].1) {
+        return None;
+    }
+    Some(axes.last().map_or(0, |&(_, s)| s))
+}
+
+/// Whether a program's leaf is needed, and its kind (for the run-time checks).
+pub fn needed_leaves(program: &Program) -> Vec<(ValueId, LeafKind)> {
+    let needed = needed_nodes(program);
+    program
+        .ids()
+        .filter(|id| needed[id.index()])
+        .filter_map(|id| match program.node(id).op {
+            Op::Leaf(kind) => Some((id, kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_merges_and_splits_contiguous_axes() {
+        let m = Affine::contiguous(&[2, 3, 4]);
+        let r = m.reshape(&[2, 3, 4], &[6, 4]).expect("merge");
+        assert_eq!(r.strides, vec![4, 1]);
+        let r = m.reshape(&[2, 3, 4], &[2, 12, 1]).expect("merge with unit");
+        assert_eq!(r.strides, vec![12, 1, 0]);
+    }
+
+    #[test]
+    fn reshape_of_a_transpose_is_not_affine() {
+        let m = Affine::contiguous(&[2, 3]).transpose(&[1, 0]);
+        assert!(m.reshape(&[3, 2], &[6]).is_none());
+        // Splitting one axis of a transposed view stays affine.
+        let r = m.reshape(&[3, 2], &[3, 2, 1]).expect("unit axis");
+        assert_eq!(r.strides[..2], [1, 3]);
+    }
+
+    #[test]
+    fn broadcast_strides_are_zero() {
+        let m = Affine::contiguous(&[3, 1]);
+        assert_eq!(m.broadcast(&[3, 1], &[2, 3, 5]).strides, vec![0, 1, 0]);
+    }
+}

@@ -1,0 +1,696 @@
+//! The Cranelift JIT backend: native code for IR programs.
+//!
+//! Compiling a program goes through three small stages, one module each:
+//!
+//! 1. `lower` — the program to a loop-level form: elementwise chains fused into single
+//!    expressions, movement ops folded into the affine maps those expressions read through,
+//!    reductions, and calls for matrix products and convolutions;
+//! 2. `plan` — every buffer at a fixed offset in one arena, buffers that are never live at the
+//!    same time sharing memory; the plan is verified before any code runs;
+//! 3. `codegen` — the kernels to one Cranelift function (SIMD loop nests, inline polynomial
+//!    transcendentals from `math`, and calls into `runtime`).
+//!
+//! [`JitProgram`] compiles a straight-line [`Program`]; [`JitLoop`] compiles a [`LoopProgram`]
+//! — the prologue and the whole `steps`-long loop — into one function, so that predictive-coding
+//! relaxation never returns to Rust between steps. Both have the interpreter's contract
+//! (`interp::eval_outputs`, `interp::run_loop`) and are tested against it.
+
+mod codegen;
+mod lower;
+mod math;
+mod plan;
+mod runtime;
+
+pub use plan::{BufferPlan, PlanError, PlannedBuffer};
+
+use crate::interp::{Bindings, EvalError, Tensor};
+use crate::ir::{verify, LeafKind, LoopProgram, Program, Shape, ValueId, VerifyError};
+use codegen::{FunctionTranslator, Layout, RuntimeRefs};
+use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use lower::{BufferId, Kernel, Lowered};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+/// How to compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitOptions {
+    /// Check every load and store the generated code makes against its buffer (and every
+    /// runtime kernel's operands against the arena); a failed check stops the run with
+    /// [`JitError::OutOfBounds`]. A debugging aid: the plan is verified statically anyway.
+    pub bounds_checks: bool,
+    /// Threads the matrix products may use (large products only).
+    pub threads: usize,
+}
+
+impl Default for JitOptions {
+    fn default() -> Self {
+        JitOptions {
+            bounds_checks: false,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Why a program could not be compiled or run.
+#[derive(Debug)]
+pub enum JitError {
+    /// The program breaks an IR invariant (a compiler bug upstream).
+    Invalid(VerifyError),
+    /// A leaf is missing from the bindings or has the wrong shape.
+    Leaf(EvalError),
+    /// The buffer plan failed verification (a compiler bug here).
+    Plan(PlanError),
+    /// Cranelift rejected the generated function.
+    Codegen(String),
+    /// With bounds checks on, kernel `kernel` tried to access memory outside its buffer.
+    OutOfBounds { kernel: usize },
+}
+
+impl fmt::Display for JitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JitError::Invalid(e) => write!(f, "{e}"),
+            JitError::Leaf(e) => write!(f, "{e}"),
+            JitError::Plan(e) => write!(f, "invalid buffer plan: {e}"),
+            JitError::Codegen(e) => write!(f, "code generation failed: {e}"),
+            JitError::OutOfBounds { kernel } => {
+                write!(f, "kernel {kernel} accessed memory outside its buffer")
+            }
+        }
+    }
+}
+
+impl std::error::Error for JitError {}
+
+/// The native entry point: `fn(arena, steps) -> status`.
+type Entry = unsafe extern "C" fn(*mut f32, i64) -> i32;
+
+/// One compiled native function with its arena and the descriptors its calls read.
+struct Function {
+    /// Owns the machine code; freed on drop.
+    module: Option<JITModule>,
+    entry: Entry,
+    clif: String,
+    plan: BufferPlan,
+    arena: Vec<f32>,
+    /// Runtime-kernel descriptors, at fixed addresses the code embeds.
+    _matmuls: Vec<runtime::MatMulDesc>,
+    _convs: Vec<runtime::ConvDesc>,
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        if let Some(module) = self.module.take() {
+            // SAFETY: `entry` is not callable after drop, and no other code refers to it.
+            unsafe { module.free_memory() };
+        }
+    }
+}
+
+impl Function {
+    fn compile(lowered: &Lowered, layout: &Layout, options: &JitOptions) -> Result<Self, JitError> {
+        let plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
+        plan.verify(&lowered.kernels).map_err(JitError::Plan)?;
+        Self::build(lowered, layout, options, plan)
+    }
+
+    /// Generates code for kernels over a plan (verified by the caller, except in tests of the
+    /// run-time checks).
+    fn build(
+        lowered: &Lowered,
+        layout: &Layout,
+        options: &JitOptions,
+        plan: BufferPlan,
+    ) -> Result<Self, JitError> {
+        let checked_len = if options.bounds_checks {
+            plan.arena_len
+        } else {
+            0
+        };
+        let offset = |b: BufferId| plan.buffers[b].offset;
+        let mut matmuls = Vec::new();
+        let mut convs = Vec::new();
+        let mut descriptors = vec![None; lowered.kernels.len()];
+        for (k, kernel) in lowered.kernels.iter().enumerate() {
+            match kernel {
+                Kernel::MatMul(mm) => {
+                    matmuls.push((
+                        k,
+                        runtime::MatMulDesc::new(
+                            (mm.batch, mm.m, mm.k, mm.n),
+                            (offset(mm.a.buffer), mm.a),
+                            (offset(mm.b.buffer), mm.b),
+                            offset(mm.c),
+                            options.threads,
+                            checked_len,
+                        ),
+                    ));
+                }
+                Kernel::Conv(conv) => {
+                    convs.push((
+                        k,
+                        runtime::ConvDesc {
+                            kind: conv.kind,
+                            shape: conv.shape,
+                            args: [offset(conv.args[0]), offset(conv.args[1])],
+                            out: offset(conv.out),
+                            columns: offset(conv.columns),
+                            threads: options.threads,
+                            checked_len,
+                        },
+                    ));
+                }
+                Kernel::Map { .. } | Kernel::Reduce { .. } => {}
+            }
+        }
+        // The descriptors' heap addresses stay fixed: the vectors are complete and only moved.
+        let (matmul_kernels, matmuls): (Vec<usize>, Vec<_>) = matmuls.into_iter().unzip();
+        let (conv_kernels, convs): (Vec<usize>, Vec<_>) = convs.into_iter().unzip();
+        for (&k, desc) in matmul_kernels.iter().zip(&matmuls) {
+            descriptors[k] = Some(desc as *const runtime::MatMulDesc as i64);
+        }
+        for (&k, desc) in conv_kernels.iter().zip(&convs) {
+            descriptors[k] = Some(desc as *const runtime::ConvDesc as i64);
+        }
+        let codegen = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
+
+        let mut builder =
+            JITBuilder::with_flags(&[("opt_level", "speed")], default_libcall_names())
+                .map_err(|e| codegen(&e))?;
+        let symbols: [(&str, *const u8); 6] = [
+            ("pcg_matmul", runtime::matmul as *const u8),
+            ("pcg_conv", runtime::conv as *const u8),
+            ("pcg_sinf", runtime::sin as *const u8),
+            ("pcg_cosf", runtime::cos as *const u8),
+            ("pcg_tanf", runtime::tan as *const u8),
+            ("pcg_powf", runtime::powf as *const u8),
+        ];
+        for (name, address) in symbols {
+            builder.symbol(name, address);
+        }
+        let mut module = JITModule::new(builder);
+        let result = Self::define(&mut module, lowered, layout, &plan, &descriptors, options);
+        let (id, clif) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                // SAFETY: nothing compiled in this module has been handed out.
+                unsafe { module.free_memory() };
+                return Err(e);
+            }
+        };
+        module.finalize_definitions().map_err(|e| codegen(&e))?;
+        let code = module.get_finalized_function(id);
+        // SAFETY: the function was defined with exactly this signature.
+        let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
+        Ok(Function {
+            module: Some(module),
+            entry,
+            clif,
+            arena: vec![0.0; plan.arena_len],
+            plan,
+            _matmuls: matmuls,
+            _convs: convs,
+        })
+    }
+
+    /// Declares the runtime imports and defines the function; returns its id and CLIF text.
+    fn define(
+        module: &mut JITModule,
+        lowered: &Lowered,
+        layout: &Layout,
+        plan: &BufferPlan,
+        descriptors: &[Option<i64>],
+        options: &JitOptions,
+    ) -> Result<(FuncId, String), JitError> {
+        let codegen = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
+        let pointer = module.target_config().pointer_type();
+        let mut call_sig = module.make_signature();
+        call_sig.params.push(AbiParam::new(pointer));
+        call_sig.params.push(AbiParam::new(pointer));
+        call_sig.returns.push(AbiParam::new(types::I32));
+        let mut unary_sig = module.make_signature();
+        unary_sig.params.push(AbiParam::new(types::F32));
+        unary_sig.returns.push(AbiParam::new(types::F32));
+        let mut binary_sig = unary_sig.clone();
+        binary_sig.params.push(AbiParam::new(types::F32));
+        let mut import = |name: &str, sig| {
+            module
+                .declare_function(name, Linkage::Import, sig)
+                .map_err(|e| codegen(&e))
+        };
+        let imports = [
+            import("pcg_matmul", &call_sig)?,
+            import("pcg_conv", &call_sig)?,
+            import("pcg_sinf", &unary_sig)?,
+            import("pcg_cosf", &unary_sig)?,
+            import("pcg_tanf", &unary_sig)?,
+            import("pcg_powf", &binary_sig)?,
+        ];
+
+        let mut sig = module.make_signature();
+        sig.params.push(AbiParam::new(pointer));
+        sig.params.push(AbiParam::new(types::I64));
+        sig.returns.push(AbiParam::new(types::I32));
+        let id = module
+            .declare_function("pcg_entry", Linkage::Local, &sig)
+            .map_err(|e| codegen(&e))?;
+        let mut ctx = module.make_context();
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let mut fctx = FunctionBuilderContext::new();
+        {
+            let mut builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let refs: Vec<_> = imports
+                .iter()
+                .map(|&f| module.declare_func_in_func(f, builder.func))
+                .collect();
+            let entry = builder.create_block();
+            builder.append_block_params_for_function_params(entry);
+            builder.switch_to_block(entry);
+            let arena = builder.block_params(entry)[0];
+            let steps = builder.block_params(entry)[1];
+            let fail = builder.create_block();
+            builder.append_block_param(fail, types::I32);
+            let mut translator = FunctionTranslator {
+                builder,
+                arena,
+                plan,
+                runtime: RuntimeRefs {
+                    matmul: refs[0],
+                    conv: refs[1],
+                    sin: refs[2],
+                    cos: refs[3],
+                    tan: refs[4],
+                    powf: refs[5],
+                },
+                descriptors,
+                bounds_checks: options.bounds_checks,
+                fail,
+                kernel: 0,
+            };
+            translator.translate(&lowered.kernels, layout, steps);
+            translator.builder.finalize(module.target_config());
+        }
+        let clif = ctx.func.display().to_string();
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| codegen(&format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+        Ok((id, clif))
+    }
+
+    fn slice_mut(&mut self, buffer: BufferId) -> &mut [f32] {
+        let b = &self.plan.buffers[buffer];
+        &mut self.arena[b.offset..b.offset + b.len]
+    }
+
+    fn tensor(&self, buffer: BufferId, shape: &Shape) -> Tensor<f32> {
+        let b = &self.plan.buffers[buffer];
+        let data = self.arena[b.offset..b.offset + b.len].to_vec();
+        Tensor::from_shape_vec(shape.dims(), data).expect("buffers hold their value's elements")
+    }
+
+    fn call(&mut self, steps: usize) -> Result<(), JitError> {
+        // SAFETY: the arena has the planned length, the plan was verified, and every kernel's
+        // accesses were checked against it at compile time.
+        let status = unsafe { (self.entry)(self.arena.as_mut_ptr(), steps as i64) };
+        match status {
+            0 => Ok(()),
+            k => Err(JitError::OutOfBounds {
+                kernel: k as usize - 1,
+            }),
+        }
+    }
+}
+
+/// A leaf read from the bindings: its name, kind, shape and buffer.
+#[derive(Clone, Debug)]
+struct LeafSlot {
+    name: String,
+    kind: LeafKind,
+    shape: Shape,
+    buffer: BufferId,
+}
+
+/// Copies each leaf's value into its buffer, checking presence and shape.
+fn bind_leaves(
+    function: &mut Function,
+    slots: &[LeafSlot],
+    leaves: &Bindings<f32>,
+) -> Result<(), JitError> {
+    for slot in slots {
+        let Some(value) = leaves.get(&slot.name) else {
+            return Err(JitError::Leaf(EvalError::MissingLeaf {
+                name: slot.name.clone(),
+                kind: slot.kind,
+                shape: slot.shape.clone(),
+            }));
+        };
+        if value.shape() != slot.shape.dims() {
+            return Err(JitError::Leaf(EvalError::LeafShape {
+                name: slot.name.clone(),
+                expected: slot.shape.clone(),
+                found: Shape::new(value.shape()),
+            }));
+        }
+        let dst = function.slice_mut(slot.buffer);
+        match value.as_slice() {
+            Some(src) => dst.copy_from_slice(src),
+            None => dst.iter_mut().zip(value.iter()).for_each(|(d, s)| *d = *s),
+        }
+    }
+    Ok(())
+}
+
+fn verify_program(program: &Program) -> Result<(), JitError> {
+    verify(program).map_err(JitError::Invalid)
+}
+
+/// One compiled [`Program`].
+pub struct JitProgram {
+    function: Function,
+    leaves: Vec<LeafSlot>,
+    outputs: Vec<(String, Shape, BufferId)>,
+}
+
+impl JitProgram {
+    pub fn compile(program: &Program, options: &JitOptions) -> Result<JitProgram, JitError> {
+        verify_program(program)?;
+        let mut lowered = Lowered::default();
+        let mut leaf_buffers = HashMap::new();
+        let mut leaves = Vec::new();
+        for (id, kind) in lower::needed_leaves(program) {
+            let node = program.node(id);
+            let name = node.name.clone().unwrap_or_default();
+            let buffer = lowered.buffer(format!("{id} {name}"), node.shape.numel(), true);
+            leaf_buffers.insert(id, buffer);
+            leaves.push(LeafSlot {
+                name,
+                kind,
+                shape: node.shape.clone(),
+                buffer,
+            });
+        }
+        let buffers = lowered.lower(program, &leaf_buffers, &[]);
+        let mut outputs = Vec::new();
+        for (output, buffer) in program.outputs.iter().zip(buffers) {
+            lowered.buffers[buffer].pinned = true;
+            outputs.push((
+                output.name.clone(),
+                program.shape(output.value).clone(),
+                buffer,
+            ));
+        }
+        let function = Function::compile(&lowered, &Layout::Straight, options)?;
+        Ok(JitProgram {
+            function,
+            leaves,
+            outputs,
+        })
+    }
+
+    /// Runs the program: the same contract as `interp::eval_outputs::<f32>`.
+    pub fn run(&mut self, leaves: &Bindings<f32>) -> Result<Bindings<f32>, JitError> {
+        bind_leaves(&mut self.function, &self.leaves, leaves)?;
+        self.function.call(0)?;
+        Ok(self
+            .outputs
+            .iter()
+            .map(|(name, shape, buffer)| (name.clone(), self.function.tensor(*buffer, shape)))
+            .collect())
+    }
+
+    /// The Cranelift IR of the compiled function, before optimisation.
+    pub fn clif(&self) -> &str {
+        &self.function.clif
+    }
+
+    pub fn plan(&self) -> &BufferPlan {
+        &self.function.plan
+    }
+}
+
+/// Where a named state entry of a loop lives.
+#[derive(Clone, Copy, Debug)]
+enum StateHome {
+    /// Written by the prologue or the body but not both read and written by the body.
+    Single(BufferId),
+    /// Carried: the body reads it and writes it. Even steps leave it in `even`, odd steps in
+    /// `odd`; the two copies of the body alternate between them.
+    Carried { even: BufferId, odd: BufferId },
+}
+
+/// One named state entry of a compiled loop.
+#[derive(Clone, Debug)]
+struct StateEntry {
+    name: String,
+    shape: Shape,
+    home: StateHome,
+    prologue_writes: bool,
+    body_writes: bool,
+}
+
+/// One compiled [`LoopProgram`]: the prologue and the whole loop in one native function.
+pub struct JitLoop {
+    function: Function,
+    leaves: Vec<LeafSlot>,
+    /// Carried state the prologue does not set: initialised from the leaves of the same name.
+    initial: Vec<LeafSlot>,
+    /// The final state, in the order the programs name it.
+    state: Vec<StateEntry>,
+}
+
+impl JitLoop {
+    pub fn compile(program: &LoopProgram, options: &JitOptions) -> Result<JitLoop, JitError> {
+        verify_program(&program.prologue)?;
+        verify_program(&program.body)?;
+        let prologue = &program.prologue;
+        let body = &program.body;
+        let mut lowered = Lowered::default();
+
+        // State entries, by name, in the order run_loop reports them.
+        let body_reads: BTreeSet<&str> = lower::needed_leaves(body)
+            .into_iter()
+            .filter_map(|(id, _)| body.node(id).name.as_deref())
+            .collect();
+        let body_writes: BTreeSet<&str> = body.outputs.iter().map(|o| o.name.as_str()).collect();
+        let mut homes: HashMap<String, StateHome> = HashMap::new();
+        let mut state = Vec::new();
+        let mut shapes: Vec<(&str, Shape)> = Vec::new();
+        for o in &prologue.outputs {
+            shapes.push((&o.name, prologue.shape(o.value).clone()));
+        }
+        for o in &body.outputs {
+            shapes.push((&o.name, body.shape(o.value).clone()));
+        }
+        for (name, shape) in shapes {
+            if homes.contains_key(name) {
+                continue;
+            }
+            let len = shape.numel();
+            let home = if body_reads.contains(name) && body_writes.contains(name) {
+                StateHome::Carried {
+                    even: lowered.buffer(format!("state {name}"), len, true),
+                    odd: lowered.buffer(format!("state {name} (odd steps)"), len, true),
+                }
+            } else {
+                StateHome::Single(lowered.buffer(format!("state {name}"), len, true))
+            };
+            homes.insert(name.to_string(), home);
+            state.push(StateEntry {
+                name: name.to_string(),
+                shape,
+                home,
+                prologue_writes: prologue.output(name).is_some(),
+                body_writes: body_writes.contains(name),
+            });
+        }
+
+        // Leaves by name, shared by the prologue and the body.
+        let mut leaves: Vec<LeafSlot> = Vec::new();
+        let mut leaf_buffer = |lowered: &mut Lowered, p: &Program, id: ValueId, kind| {
+            let node = p.node(id);
+            let name = node.name.clone().unwrap_or_default();
+            if let Some(slot) = leaves.iter().find(|s| s.name == name) {
+                return slot.buffer;
+            }
+            let buffer = lowered.buffer(format!("leaf {name}"), node.shape.numel(), true);
+            leaves.push(LeafSlot {
+                name,
+                kind,
+                shape: node.shape.clone(),
+                buffer,
+            });
+            buffer
+        };
+        let mut prologue_leaves = HashMap::new();
+        for (id, kind) in lower::needed_leaves(prologue) {
+            prologue_leaves.insert(id, leaf_buffer(&mut lowered, prologue, id, kind));
+        }
+        let written_by_prologue: BTreeSet<&str> =
+            prologue.outputs.iter().map(|o| o.name.as_str()).collect();
+        let mut initial = Vec::new();
+        // The body's leaves for the even copy (reading `even`) and the odd copy.
+        let mut body_leaves = [HashMap::new(), HashMap::new()];
+        for (id, kind) in lower::needed_leaves(body) {
+            let node = body.node(id);
+            let name = node.name.as_deref().unwrap_or("");
+            match homes.get(name) {
+                Some(&StateHome::Carried { even, odd }) => {
+                    body_leaves[0].insert(id, even);
+                    body_leaves[1].insert(id, odd);
+                    if !written_by_prologue.contains(name) {
+                        initial.push(LeafSlot {
+                            name: name.to_string(),
+                            kind,
+                            shape: node.shape.clone(),
+                            buffer: even,
+                        });
+                    }
+                }
+                // Read but not written by the body: set once by the prologue.
+                Some(&StateHome::Single(b)) => {
+                    body_leaves[0].insert(id, b);
+                    body_leaves[1].insert(id, b);
+                }
+                _ => {
+                    let b = leaf_buffer(&mut lowered, body, id, kind);
+                    body_leaves[0].insert(id, b);
+                    body_leaves[1].insert(id, b);
+                }
+            }
+        }
+
+        let target = |name: &str, odd: bool| match homes[name] {
+            StateHome::Single(b) => b,
+            StateHome::Carried { even, odd: o } => {
+                if odd {
+                    o
+                } else {
+                    even
+                }
+            }
+        };
+        let prologue_targets: Vec<Option<BufferId>> = prologue
+            .outputs
+            .iter()
+            .map(|o| Some(target(&o.name, false)))
+            .collect();
+        lowered.lower(prologue, &prologue_leaves, &prologue_targets);
+        let prologue_end = lowered.kernels.len();
+        // The first copy runs on even step counts: reads `even`, writes `odd`.
+        let mut ends = [prologue_end; 2];
+        for (copy, reads) in body_leaves.iter().enumerate() {
+            let targets: Vec<Option<BufferId>> = body
+                .outputs
+                .iter()
+                .map(|o| Some(target(&o.name, copy == 0)))
+                .collect();
+            lowered.lower(body, reads, &targets);
+            ends[copy] = lowered.kernels.len();
+        }
+        let layout = Layout::Loop {
+            prologue: 0..prologue_end,
+            first: prologue_end..ends[0],
+            second: ends[0]..ends[1],
+        };
+        let function = Function::compile(&lowered, &layout, options)?;
+        Ok(JitLoop {
+            function,
+            leaves,
+            initial,
+            state,
+        })
+    }
+
+    /// Runs the prologue and `steps` body steps: the same contract as `interp::run_loop::<f32>`
+    /// without the observer. Returns the final state.
+    pub fn run(&mut self, leaves: &Bindings<f32>, steps: usize) -> Result<Bindings<f32>, JitError> {
+        bind_leaves(&mut self.function, &self.leaves, leaves)?;
+        bind_leaves(&mut self.function, &self.initial, leaves)?;
+        self.function.call(steps)?;
+        let mut out = Bindings::new();
+        for entry in &self.state {
+            let buffer = match entry.home {
+                StateHome::Single(b) => b,
+                StateHome::Carried { even, odd } => {
+                    if steps % 2 == 1 {
+                        odd
+                    } else {
+                        even
+                    }
+                }
+            };
+            if entry.prologue_writes || (entry.body_writes && steps > 0) {
+                let value = self.function.tensor(buffer, &entry.shape);
+                out.insert(entry.name.clone(), value);
+            } else if let Some(v) = leaves.get(&entry.name) {
+                // run_loop reports a body output that no step has written from the leaves.
+                out.insert(entry.name.clone(), v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The Cranelift IR of the compiled function, before optimisation.
+    pub fn clif(&self) -> &str {
+        &self.function.clif
+    }
+
+    pub fn plan(&self) -> &BufferPlan {
+        &self.function.plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lower::{Affine, Expr, Place};
+    use super::*;
+
+    #[test]
+    fn compiled_code_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<JitProgram>();
+        is_send::<JitLoop>();
+    }
+
+    /// A copy of 10 elements between buffers of 8: rejected by the plan's verifier, and caught
+    /// by the generated checks when the plan is not verified.
+    #[test]
+    fn out_of_buffer_access_is_caught() {
+        let mut lowered = Lowered::default();
+        let from = lowered.buffer("from", 8, true);
+        let to = lowered.buffer("to", 8, true);
+        lowered.kernels.push(Kernel::Map {
+            dims: vec![10],
+            out: Place {
+                buffer: to,
+                map: Affine::contiguous(&[10]),
+            },
+            expr: Expr::Load {
+                buffer: from,
+                map: Affine::contiguous(&[10]),
+            },
+        });
+        let options = JitOptions {
+            bounds_checks: true,
+            threads: 1,
+        };
+        let e = Function::compile(&lowered, &Layout::Straight, &options);
+        assert!(matches!(
+            e,
+            Err(JitError::Plan(PlanError::OutOfBuffer { .. }))
+        ));
+        let mut plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
+        plan.arena_len += 16;
+        let mut function =
+            Function::build(&lowered, &Layout::Straight, &options, plan).expect("compiles");
+        assert!(matches!(
+            function.call(0),
+            Err(JitError::OutOfBounds { kernel: 0 })
+        ));
+    }
+}

@@ -1,0 +1,321 @@
+//! Runtime kernels the generated code calls: matrix products and convolutions through a tuned
+//! GEMM (the `gemm` crate: AVX-512 micro-kernels, and the fastest of the crates measured on
+//! this project's products), and the scalar transcendental functions that have no inline
+//! approximation.
+//!
+//! Generated code passes the arena's base and a descriptor — a `#[repr(C)]` struct the
+//! compiled function owns, holding element offsets into the arena — so that the same code and
+//! descriptors serve every run. Each kernel returns 0, or a non-zero status when a checked
+//! descriptor would reach outside the arena.
+
+use super::lower::{ConvKind, ConvShape, MatOperand};
+use gemm::Parallelism;
+
+/// Products with fewer multiply-adds than this run on one thread: below it, handing work to a
+/// second core costs more than it saves (measured on 64×256 @ 256×256).
+const PARALLEL_MIN_MACS: usize = 1 << 22;
+
+/// Status returned when a checked kernel would leave its arena.
+pub const OUT_OF_ARENA: i32 = 1;
+
+fn parallelism(threads: usize, macs: usize) -> Parallelism {
+    if threads > 1 && macs >= PARALLEL_MIN_MACS {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += ...` when `accumulate`, with element
+/// strides (row, column) for each matrix.
+///
+/// # Safety
+/// Every addressed element must lie inside live allocations.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    (m, k, n): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (isize, isize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (isize, isize),
+    accumulate: bool,
+    threads: usize,
+) {
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m as isize {
+                for j in 0..n as isize {
+                    *dst.offset(i * dst_rs + j * dst_cs) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs,
+        dst_rs,
+        accumulate,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        parallelism(threads, m * n * k),
+    );
+}
+
+/// A batched matrix product, as the generated code sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MatMulDesc {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: [usize; 4],
+    pub b: [usize; 4],
+    /// The contiguous `[batch, m, n]` result's offset.
+    pub c: usize,
+    pub threads: usize,
+    /// The arena's length when accesses are to be checked, else 0.
+    pub checked_len: usize,
+}
+
+impl MatMulDesc {
+    pub fn new(
+        (batch, m, k, n): (usize, usize, usize, usize),
+        a: (usize, MatOperand),
+        b: (usize, MatOperand),
+        c: usize,
+        threads: usize,
+        checked_len: usize,
+    ) -> Self {
+        let operand = |(base, x): (usize, MatOperand)| [base + x.offset, x.batch, x.rows, x.cols];
+        MatMulDesc {
+            batch,
+            m,
+            k,
+            n,
+            a: operand(a),
+            b: operand(b),
+            c,
+            threads,
+            checked_len,
+        }
+    }
+
+    fn extents(&self) -> [usize; 3] {
+        let last = |x: &[usize; 4], rows: usize, cols: usize| {
+            x[0] + (self.batch - 1) * x[1] + (rows - 1) * x[2] + (cols - 1) * x[3] + 1
+        };
+        [
+            last(&self.a, self.m, self.k),
+            last(&self.b, self.k, self.n),
+            self.c + self.batch * self.m * self.n,
+        ]
+    }
+}
+
+/// Runs a [`MatMulDesc`] on the arena at `arena`.
+///
+/// # Safety
+/// `desc` must point to a valid descriptor whose offsets lie inside the arena.
+pub unsafe extern "C" fn matmul(desc: *const MatMulDesc, arena: *mut f32) -> i32 {
+    let d = &*desc;
+    if d.batch * d.m * d.n == 0 {
+        return 0;
+    }
+    if d.checked_len > 0 && d.extents().iter().any(|&e| e > d.checked_len) {
+        return OUT_OF_ARENA;
+    }
+    for b in 0..d.batch {
+        gemm_strided(
+            (d.m, d.k, d.n),
+            arena.add(d.c + b * d.m * d.n),
+            (d.n as isize, 1),
+            arena.add(d.a[0] + b * d.a[1]),
+            (d.a[2] as isize, d.a[3] as isize),
+            arena.add(d.b[0] + b * d.b[1]),
+            (d.b[2] as isize, d.b[3] as isize),
+            false,
+            d.threads,
+        );
+    }
+    0
+}
+
+/// A convolution product, as the generated code sees it: offsets of the two operands, the
+/// result and one sample's im2col matrix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConvDesc {
+    pub kind: ConvKind,
+    pub shape: ConvShape,
+    pub args: [usize; 2],
+    pub out: usize,
+    pub columns: usize,
+    pub threads: usize,
+    pub checked_len: usize,
+}
+
+impl ConvDesc {
+    fn extents(&self) -> [usize; 4] {
+        let s = &self.shape;
+        let input = s.n * s.c * s.h * s.w;
+        let weight = s.o * s.c * s.kh * s.kw;
+        let output = s.n * s.o * s.oh * s.ow;
+        let (a, b, out) = match self.kind {
+            ConvKind::Forward => (input, weight, output),
+            ConvKind::InputGrad => (output, weight, input),
+            ConvKind::WeightGrad => (input, output, weight),
+        };
+        [
+            self.args[0] + a,
+            self.args[1] + b,
+            self.out + out,
+            self.columns + s.columns_len(),
+        ]
+    }
+}
+
+/// Runs a [`ConvDesc`] on the arena at `arena`. Each sample is one im2col and one GEMM:
+///
+/// - forward:     out[n]  = W · cols(x[n]),       W as `[O, C·KH·KW]`
+/// - weight grad: dW     += G[n] · cols(x[n])ᵀ,   G[n] as `[O, OH·OW]`
+/// - input grad:  dx[n]   = col2im(Wᵀ · G[n])
+///
+/// # Safety
+/// `desc` must point to a valid descriptor whose offsets lie inside the arena.
+pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
+    let d = &*desc;
+    if d.checked_len > 0 && d.extents().iter().any(|&e| e > d.checked_len) {
+        return OUT_OF_ARENA;
+    }
+    let s = d.shape;
+    let patch = s.c * s.kh * s.kw;
+    let pixels = s.oh * s.ow;
+    let input_len = s.c * s.h * s.w;
+    let columns = std::slice::from_raw_parts_mut(arena.add(d.columns), s.columns_len());
+    let weight_len = s.o * patch;
+    match d.kind {
+        ConvKind::Forward => {
+            for n in 0..s.n {
+                let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
+                im2col(&s, x, columns);
+                gemm_strided(
+                    (s.o, patch, pixels),
+                    arena.add(d.out + n * s.o * pixels),
+                    (pixels as isize, 1),
+                    arena.add(d.args[1]),
+                    (patch as isize, 1),
+                    columns.as_ptr(),
+                    (pixels as isize, 1),
+                    false,
+                    d.threads,
+                );
+            }
+        }
+        ConvKind::WeightGrad => {
+            std::slice::from_raw_parts_mut(arena.add(d.out), weight_len).fill(0.0);
+            for n in 0..s.n {
+                let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
+                im2col(&s, x, columns);
+                gemm_strided(
+                    (s.o, pixels, patch),
+                    arena.add(d.out),
+                    (patch as isize, 1),
+                    arena.add(d.args[1] + n * s.o * pixels),
+                    (pixels as isize, 1),
+                    columns.as_ptr(),
+                    (1, pixels as isize),
+                    true,
+                    d.threads,
+                );
+            }
+        }
+        ConvKind::InputGrad => {
+            for n in 0..s.n {
+                gemm_strided(
+                    (patch, s.o, pixels),
+                    columns.as_mut_ptr(),
+                    (pixels as isize, 1),
+                    arena.add(d.args[1]),
+                    (1, patch as isize),
+                    arena.add(d.args[0] + n * s.o * pixels),
+                    (pixels as isize, 1),
+                    false,
+                    d.threads,
+                );
+                let dx =
+                    std::slice::from_raw_parts_mut(arena.add(d.out + n * input_len), input_len);
+                col2im(&s, columns, dx);
+            }
+        }
+    }
+    0
+}
+
+/// Calls `visit(entry, pixel)` for every entry of one sample's im2col matrix that reads an
+/// input element: `entry` indexes the `[C·KH·KW, OH·OW]` matrix, `pixel` the `[C, H, W]` input.
+fn for_each_tap(s: &ConvShape, mut visit: impl FnMut(usize, usize)) {
+    let pixels = s.oh * s.ow;
+    let inside = |pos: usize, size: usize| pos.checked_sub(s.padding).filter(|&i| i < size);
+    for c in 0..s.c {
+        for ki in 0..s.kh {
+            for kj in 0..s.kw {
+                let row = ((c * s.kh + ki) * s.kw + kj) * pixels;
+                for oh in 0..s.oh {
+                    let Some(ih) = inside(oh * s.stride + ki, s.h) else {
+                        continue;
+                    };
+                    for ow in 0..s.ow {
+                        let Some(iw) = inside(ow * s.stride + kj, s.w) else {
+                            continue;
+                        };
+                        visit(row + oh * s.ow + ow, (c * s.h + ih) * s.w + iw);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn im2col(s: &ConvShape, input: &[f32], columns: &mut [f32]) {
+    columns.fill(0.0);
+    for_each_tap(s, |entry, pixel| columns[entry] = input[pixel]);
+}
+
+/// The adjoint of `im2col`: sums each matrix entry onto the input element it read.
+fn col2im(s: &ConvShape, columns: &[f32], input: &mut [f32]) {
+    input.fill(0.0);
+    for_each_tap(s, |entry, pixel| input[pixel] += columns[entry]);
+}
+
+/// Scalar functions with no inline approximation, called once per lane.
+pub extern "C" fn sin(x: f32) -> f32 {
+    x.sin()
+}
+
+pub extern "C" fn cos(x: f32) -> f32 {
+    x.cos()
+}
+
+pub extern "C" fn tan(x: f32) -> f32 {
+    x.tan()
+}
+
+pub extern "C" fn powf(x: f32, p: f32) -> f32 {
+    x.powf(p)
+}
