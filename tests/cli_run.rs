@@ -68,11 +68,36 @@ fn the_main_example_trains_by_pc_and_bp_to_the_same_accuracy() {
     let (pc, bp) = (final_line(&pc), final_line(&bp));
     assert_eq!(pc["method"], "pc");
     assert_eq!(bp["method"], "bp");
-    assert_eq!(pc["backend"], "interp");
+    assert_eq!(pc["backend"], "jit", "the compiled backend is the default");
     let (a, b) = (number(&pc, "test_acc"), number(&bp, "test_acc"));
     assert!(a >= 0.90 && b >= 0.90, "pc {a}, bp {b}");
     assert!((a - b).abs() <= 0.03, "pc {a}, bp {b}");
     assert!(number(&pc, "seconds") < 60.0);
+}
+
+#[test]
+fn jit_and_interpreter_end_with_the_same_train_loss() {
+    for method in ["pc", "bp"] {
+        let run = |backend: &str| {
+            final_line(&pcg(&[
+                "run",
+                "examples/mlp_digits.pcg",
+                "--method",
+                method,
+                "--backend",
+                backend,
+                "--quiet",
+            ]))
+        };
+        let (jit, interp) = (run("jit"), run("interp"));
+        assert_eq!(jit["backend"], "jit");
+        assert_eq!(interp["backend"], "interp");
+        let (a, b) = (number(&jit, "train_loss"), number(&interp, "train_loss"));
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs(),
+            "{method}: jit {a}, interp {b}"
+        );
+    }
 }
 
 #[test]

@@ -7,9 +7,11 @@ mod training;
 use crate::autodiff;
 use crate::diag;
 use crate::ir::{self, Program};
+use crate::jit::JitOptions;
 use crate::pc;
 use crate::sema::{self, CompileOptions, Compiled, InferenceConfig, Mode};
 use crate::source::Sources;
+use crate::train::engine::{Engine, InterpEngine, JitEngine, Programs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,7 +97,7 @@ pub enum Command {
         #[arg(long, value_enum)]
         method: Option<MethodArg>,
         /// Which backend runs the programs.
-        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
         backend: BackendArg,
         /// Relaxation steps T (default: the inference block's).
         #[arg(long)]
@@ -156,7 +158,7 @@ pub struct RunFlags {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Which backend runs the programs.
-    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
     pub backend: BackendArg,
     /// The data set, overriding the train block's (e.g. `digits`, `fmnist(dir = "d")`).
     #[arg(long)]
@@ -186,16 +188,29 @@ pub struct RunFlags {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BackendArg {
-    /// The reference interpreter.
+    /// Native code compiled with Cranelift.
     #[default]
+    Jit,
+    /// The reference interpreter.
     Interp,
 }
 
 impl BackendArg {
     pub fn name(self) -> &'static str {
         match self {
+            BackendArg::Jit => "jit",
             BackendArg::Interp => "interp",
         }
+    }
+
+    /// The engine that runs a model's programs on this backend.
+    pub fn engine(self, programs: Programs) -> Result<Box<dyn Engine>, String> {
+        Ok(match self {
+            BackendArg::Jit => Box::new(
+                JitEngine::new(programs, &JitOptions::default()).map_err(|e| e.to_string())?,
+            ),
+            BackendArg::Interp => Box::new(InterpEngine::new(programs)),
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use crate::data::{self, DataSpec, Dataset};
 use crate::ir::LeafKind;
 use crate::npz;
 use crate::sema::{CompileOptions, Method, OptimizerConfig, TrainConfig};
-use crate::train::engine::{Engine, InterpEngine, Programs};
+use crate::train::engine::{InterpEngine, Programs};
 use crate::train::init;
 use crate::train::optim::Optimizer;
 use crate::train::run::{self, Event, Settings};
@@ -114,9 +114,7 @@ pub(super) fn run(
         Err(e) => return Err(fail(e)),
     };
     let programs = Programs::build(forward, method, &inference).map_err(fail)?;
-    let mut engine: Box<dyn Engine> = match flags.backend {
-        BackendArg::Interp => Box::new(InterpEngine::new(programs)),
-    };
+    let mut engine = flags.backend.engine(programs).map_err(fail)?;
     let mut optimizer =
         Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
     let (params, start) = match &flags.resume {
@@ -342,13 +340,6 @@ pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
     }
 }
 
-/// The engine of a backend for a model's programs.
-fn engine(backend: BackendArg, programs: Programs) -> Result<Box<dyn Engine>, String> {
-    match backend {
-        BackendArg::Interp => Ok(Box::new(InterpEngine::new(programs))),
-    }
-}
-
 pub(super) fn bench(
     file: &Path,
     method: Option<MethodArg>,
@@ -377,7 +368,7 @@ pub(super) fn bench(
         }
         _ => 0,
     };
-    let mut engine = engine(backend, programs).map_err(fail)?;
+    let mut engine = backend.engine(programs).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let mut params = init::init_params(forward, seed);
     let batch = crate::train::batch::random_batch(forward, seed);

@@ -6,6 +6,7 @@
 use crate::autodiff;
 use crate::interp::{self, Bindings, EvalError};
 use crate::ir::{LeafKind, Program};
+use crate::jit::{JitError, JitLoop, JitOptions, JitProgram};
 use crate::npz::Arrays;
 use crate::pc::{self, PcPrograms};
 use crate::sema::{InferenceConfig, Method};
@@ -263,5 +264,120 @@ pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
     match largest {
         Some((label, peak)) => format!("the energy (node `{label}` has grown to |v| = {peak:.3e})"),
         None => "the energy".to_string(),
+    }
+}
+
+/// The compiled backend: every program compiled to native code with Cranelift, the whole
+/// relaxation loop in one function. On a non-finite result it replays the step on the
+/// interpreter to name the node and the relaxation step where it went wrong.
+pub struct JitEngine {
+    programs: Programs,
+    grad: Option<JitProgram>,
+    relax: Option<JitLoop>,
+    learn: Option<JitProgram>,
+    eval: JitProgram,
+}
+
+impl JitEngine {
+    pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
+        let grad = programs
+            .grad
+            .as_ref()
+            .map(|p| JitProgram::compile(p, options))
+            .transpose()?;
+        let (relax, learn) = match &programs.pc {
+            Some(pc) => (
+                Some(JitLoop::compile(&pc.relax, options)?),
+                Some(JitProgram::compile(&pc.learn, options)?),
+            ),
+            None => (None, None),
+        };
+        let eval = JitProgram::compile(&programs.eval, options)?;
+        Ok(JitEngine {
+            programs,
+            grad,
+            relax,
+            learn,
+            eval,
+        })
+    }
+
+    /// The step replayed on the interpreter, for its divergence diagnostic.
+    fn diagnose(&self, leaves: &Bindings<f32>) -> EngineError {
+        match InterpEngine::new(self.programs.clone()).gradients(leaves) {
+            Err(e @ EngineError::Diverged { .. }) => e,
+            _ => EngineError::Diverged {
+                what: "the compiled step's result".into(),
+                relaxation_step: None,
+            },
+        }
+    }
+}
+
+impl From<JitError> for EngineError {
+    fn from(e: JitError) -> Self {
+        EngineError::Eval(e.to_string())
+    }
+}
+
+impl Engine for JitEngine {
+    fn backend(&self) -> &'static str {
+        "jit"
+    }
+
+    fn gradients(&mut self, leaves: &Bindings<f32>) -> Result<StepResult, EngineError> {
+        if let Some(grad) = &mut self.grad {
+            let out = grad.run(leaves)?;
+            let loss = scalar(&out, "loss");
+            let grads: Arrays = out
+                .into_iter()
+                .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
+                .collect();
+            if !loss.is_finite() || check_grads(&grads).is_err() {
+                return Err(self.diagnose(leaves));
+            }
+            return Ok(StepResult {
+                loss,
+                energy: None,
+                grads,
+            });
+        }
+        let (Some(relax), Some(learn)) = (&mut self.relax, &mut self.learn) else {
+            return Err(EngineError::Eval("no programs".into()));
+        };
+        let state = relax.run(leaves, self.programs.steps)?;
+        let energy = state
+            .get("energy")
+            .map(|e| e.iter().map(|&x| f64::from(x)).sum::<f64>());
+        if energy.is_some_and(|e| !e.is_finite()) {
+            return Err(self.diagnose(leaves));
+        }
+        let loss = scalar(&state, "loss");
+        let mut env = leaves.clone();
+        env.extend(state);
+        let grads: Arrays = learn
+            .run(&env)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("update.")
+                    .map(|n| (n.to_string(), v.mapv(|x| -x)))
+            })
+            .collect();
+        if check_grads(&grads).is_err() {
+            return Err(self.diagnose(leaves));
+        }
+        Ok(StepResult {
+            loss,
+            energy,
+            grads,
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        leaves: &Bindings<f32>,
+    ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
+        let mut out = self.eval.run(leaves)?;
+        Ok((scalar(&out, "loss"), out.remove("prediction")))
     }
 }
