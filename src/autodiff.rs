@@ -132,6 +132,12 @@ pub fn vjp(
 /// copy of the forward program plus the reverse pass, with outputs "loss" and "grad.<p>" for
 /// every `Param` leaf p (in program order). Runs `ir::verify` on the result.
 pub fn grad_program(forward: &Program) -> Result<Program, AutodiffError> {
+    gradient_program(forward, &[LeafKind::Param])
+}
+
+/// Like `grad_program`, with outputs `grad.<leaf>` for every leaf of the given kinds (e.g.
+/// parameters and inputs, to compare with the messages predictive coding sends to inputs).
+pub fn gradient_program(forward: &Program, of: &[LeafKind]) -> Result<Program, AutodiffError> {
     let loss = forward.output("loss").ok_or(AutodiffError::NoLoss)?;
     let loss_shape = forward.shape(loss);
     if *loss_shape != Shape::scalar() {
@@ -139,9 +145,9 @@ pub fn grad_program(forward: &Program) -> Result<Program, AutodiffError> {
             shape: loss_shape.clone(),
         });
     }
-    let params: Vec<(ValueId, String)> = forward
-        .leaves(LeafKind::Param)
-        .into_iter()
+    let params: Vec<(ValueId, String)> = of
+        .iter()
+        .flat_map(|&kind| forward.leaves(kind))
         .map(|(id, name)| (id, name.to_string()))
         .collect();
     let mut program = forward.clone();

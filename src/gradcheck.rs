@@ -3,7 +3,7 @@
 
 use crate::autodiff;
 use crate::interp::{self, Bindings, EvalError, Real};
-use crate::ir::Program;
+use crate::ir::{LeafKind, Program};
 use crate::pc::{self, PcError, PcPrograms};
 use crate::sema::InferenceConfig;
 use std::fmt;
@@ -32,8 +32,9 @@ pub struct Report {
     pub params: Vec<ParamTrace>,
     /// The energy after each step (index = step; 0 is the feedforward state).
     pub energy: Vec<f64>,
-    /// The messages PC sends to each input after the last step, with backprop's −∂L/∂x.
-    pub inputs: Vec<(String, f64)>,
+    /// The messages PC sends to each input (Σ over its children), compared with backprop's
+    /// −∂L/∂x as the parameters are.
+    pub inputs: Vec<ParamTrace>,
 }
 
 impl Report {
@@ -72,13 +73,13 @@ impl From<EvalError> for CheckError {
     }
 }
 
-/// The steps at which the trace is sampled: every step up to 10, then about ten per decade,
-/// always ending at `steps`.
+/// The steps at which the trace is sampled: every step up to 100, then about twenty per
+/// decade, always ending at `steps`.
 pub fn checkpoints(steps: usize) -> Vec<usize> {
-    let mut out: Vec<usize> = (1..=steps.min(10)).collect();
-    let mut x = 10.0f64;
+    let mut out: Vec<usize> = (1..=steps.min(100)).collect();
+    let mut x = 100.0f64;
     while (x as usize) < steps {
-        x *= 10f64.powf(0.1);
+        x *= 10f64.powf(0.05);
         let s = (x.round() as usize).min(steps);
         if out.last() != Some(&s) {
             out.push(s);
@@ -94,6 +95,32 @@ fn norm(xs: impl Iterator<Item = f64>) -> f64 {
     xs.map(|x| x * x).sum::<f64>().sqrt()
 }
 
+/// PC's gradient estimate (the negated update or message) against backprop's gradient.
+fn compare<F: Real>(
+    update: &interp::Tensor<F>,
+    grad: &interp::Tensor<F>,
+    step: usize,
+) -> TracePoint {
+    let pc = || update.iter().map(|&u| -Real::to_f64(u));
+    let bp = || grad.iter().map(|&b| Real::to_f64(b));
+    let diff = norm(pc().zip(bp()).map(|(u, b)| u - b));
+    let (pn, gn) = (norm(pc()), norm(bp()));
+    let dot: f64 = pc().zip(bp()).map(|(u, b)| u * b).sum();
+    let rel_err = if gn > 0.0 { diff / gn } else { pn };
+    let cosine = if gn > 0.0 && pn > 0.0 {
+        dot / (gn * pn)
+    } else if gn == pn {
+        1.0
+    } else {
+        0.0
+    };
+    TracePoint {
+        step,
+        rel_err,
+        cosine,
+    }
+}
+
 /// Compares PC's updates after `steps` relaxation steps with backprop's gradients on one batch
 /// (`leaves` holds parameters, inputs and targets), in the interpreter's f64 mode.
 pub fn run<F: Real>(
@@ -104,28 +131,28 @@ pub fn run<F: Real>(
 ) -> Result<Report, CheckError> {
     let programs = pc::transform(forward, inference).map_err(CheckError::Transform)?;
     let steps = steps.unwrap_or(programs.relax.steps);
-    let grad = autodiff::grad_program(forward).map_err(CheckError::Autodiff)?;
+    let grad = autodiff::gradient_program(forward, &[LeafKind::Param, LeafKind::Input])
+        .map_err(CheckError::Autodiff)?;
     let bp = interp::eval_outputs(&grad, leaves)?;
     let loss = bp
         .get("loss")
         .map_or(f64::NAN, |l| l.iter().map(|&x| Real::to_f64(x)).sum());
-    let names: Vec<String> = forward
-        .leaves(crate::ir::LeafKind::Param)
-        .into_iter()
-        .map(|(_, n)| n.to_string())
-        .collect();
+    let names = |kind: LeafKind| -> Vec<ParamTrace> {
+        forward
+            .leaves(kind)
+            .into_iter()
+            .map(|(_, n)| ParamTrace {
+                name: n.to_string(),
+                trace: Vec::new(),
+            })
+            .collect()
+    };
     let mut marks = vec![0];
     marks.extend(checkpoints(steps));
-    let mut params: Vec<ParamTrace> = names
-        .iter()
-        .map(|n| ParamTrace {
-            name: n.clone(),
-            trace: Vec::new(),
-        })
-        .collect();
+    let mut params = names(LeafKind::Param);
+    let mut inputs = names(LeafKind::Input);
     let mut energy = Vec::with_capacity(steps + 1);
     let mut failure = None;
-    let mut last_learn = None;
     interp::run_loop(&programs.relax, leaves, steps, |step, env| {
         if let Some(e) = env.get("energy").filter(|_| step > 0) {
             energy.push(e.iter().map(|&x| Real::to_f64(x)).sum());
@@ -147,60 +174,26 @@ pub fn run<F: Real>(
                     .map_or(0.0, |e| e.iter().map(|&x| Real::to_f64(x)).sum()),
             );
         }
-        for p in &mut params {
+        for (p, prefix) in params
+            .iter_mut()
+            .map(|p| (p, "update."))
+            .chain(inputs.iter_mut().map(|p| (p, "message.")))
+        {
             let (Some(update), Some(g)) = (
-                learned.get(&format!("update.{}", p.name)),
+                learned.get(&format!("{prefix}{}", p.name)),
                 bp.get(&format!("grad.{}", p.name)),
             ) else {
                 continue;
             };
-            // PC's gradient estimate is the negated update.
-            let diff = norm(
-                update
-                    .iter()
-                    .zip(g.iter())
-                    .map(|(&u, &b)| -Real::to_f64(u) - Real::to_f64(b)),
-            );
-            let gn = norm(g.iter().map(|&b| Real::to_f64(b)));
-            let un = norm(update.iter().map(|&u| Real::to_f64(u)));
-            let dot: f64 = update
-                .iter()
-                .zip(g.iter())
-                .map(|(&u, &b)| -Real::to_f64(u) * Real::to_f64(b))
-                .sum();
-            let rel_err = if gn > 0.0 { diff / gn } else { un };
-            let cosine = if gn > 0.0 && un > 0.0 {
-                dot / (gn * un)
-            } else if gn == un {
-                1.0
-            } else {
-                0.0
-            };
-            p.trace.push(TracePoint {
-                step,
-                rel_err,
-                cosine,
-            });
-        }
-        if step == steps {
-            last_learn = Some(learned);
+            p.trace.push(compare(update, g, step));
         }
         true
     })?;
     if let Some(e) = failure {
         return Err(e.into());
     }
-    let inputs = last_learn
-        .map(|l| {
-            l.iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix("message.")
-                        .map(|n| (n.to_string(), v.iter().map(|&x| Real::to_f64(x)).sum()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     params.retain(|p| !p.trace.is_empty());
+    inputs.retain(|p| !p.trace.is_empty());
     Ok(Report {
         programs,
         steps,

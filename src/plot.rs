@@ -70,6 +70,23 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
                 PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
             });
     }
+    for (i, p) in report.inputs.iter().enumerate() {
+        let colour = COLOURS[(report.params.len() + i) % COLOURS.len()];
+        chart
+            .draw_series(DashedLineSeries::new(
+                p.trace
+                    .iter()
+                    .filter(|t| t.rel_err > 0.0)
+                    .map(|t| (t.step as f64, t.rel_err)),
+                6,
+                4,
+                colour.stroke_width(2),
+            ))?
+            .label(format!("{} (input message)", p.name))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -94,4 +111,127 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
     ))?;
     root.present()?;
     Ok(())
+}
+
+/// One labelled curve of per-epoch values.
+pub struct Curve {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Two panels of per-epoch curves: losses (log scale) and test accuracy (or any second metric).
+pub fn curves_svg(
+    path: &Path,
+    title: &str,
+    losses: &[Curve],
+    accuracies: &[Curve],
+    accuracy_label: &str,
+) -> PlotResult {
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let epochs = losses
+        .iter()
+        .chain(accuracies)
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max);
+    let range = log_range(losses.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
+    let mut chart = ChartBuilder::on(&left)
+        .caption(format!("{title}: loss"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..epochs, range.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss")
+        .draw()?;
+    for (i, c) in losses.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                c.points.iter().copied().filter(|p| p.1 > 0.0),
+                colour.stroke_width(2),
+            ))?
+            .label(c.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    let (lo, hi) = accuracies
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (lo, hi) = if lo.is_finite() {
+        (lo - 0.02, hi + 0.02)
+    } else {
+        (0.0, 1.0)
+    };
+    let mut chart = ChartBuilder::on(&right)
+        .caption(format!("{title}: {accuracy_label}"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..epochs, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(accuracy_label)
+        .draw()?;
+    for (i, c) in accuracies.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                c.points.iter().copied(),
+                colour.stroke_width(2),
+            ))?
+            .label(c.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
+    if !accuracies.is_empty() {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// One run's curves: train and test loss, and test accuracy where the model has one.
+pub fn training_svg(
+    path: &Path,
+    model: &str,
+    method: &str,
+    history: &[crate::train::run::EpochMetrics],
+) -> PlotResult {
+    let series = |label: &str, f: &dyn Fn(&crate::train::run::EpochMetrics) -> Option<f64>| Curve {
+        label: format!("{method} {label}"),
+        points: history
+            .iter()
+            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
+            .collect(),
+    };
+    let losses = [
+        series("train loss", &|m| Some(m.train_loss)),
+        series("test loss", &|m| Some(m.test_loss)),
+    ];
+    let acc = series("test accuracy", &|m| m.test_acc);
+    let accuracies: Vec<Curve> = if acc.points.is_empty() {
+        Vec::new()
+    } else {
+        vec![acc]
+    };
+    curves_svg(path, model, &losses, &accuracies, "test accuracy")
 }

@@ -1,6 +1,8 @@
 //! The subcommands that compute: `grad` and `gradcheck`.
 
-use super::{compile_or_report, emit, MethodArg, ProblemFlags, RelaxFlags};
+use super::{
+    compile_or_report, emit, fail, CmdResult, MethodArg, ProblemFlags, RelaxFlags, Reported,
+};
 use crate::autodiff;
 use crate::gradcheck::{self, Report};
 use crate::interp::{self, Bindings};
@@ -10,19 +12,13 @@ use crate::pc;
 use crate::sema::{CompileOptions, Compiled, Mode};
 use crate::train::{batch, init};
 use std::path::Path;
-use std::process::ExitCode;
-
-fn error(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::FAILURE
-}
 
 /// Parameters and one batch for a one-batch computation (see `ProblemFlags`).
 pub(super) fn problem(
     file: &Path,
     compiled: &Compiled,
     flags: &ProblemFlags,
-) -> Result<Arrays, ExitCode> {
+) -> Result<Arrays, Reported> {
     let forward = &compiled.forward;
     let seed = flags
         .seed
@@ -30,17 +26,17 @@ pub(super) fn problem(
         .unwrap_or(0);
     let mut leaves = match &flags.params {
         Some(path) => {
-            let arrays = npz::read(path).map_err(error)?;
-            batch::check_arrays(forward, &[LeafKind::Param], &arrays, path).map_err(error)?;
+            let arrays = npz::read(path).map_err(fail)?;
+            batch::check_arrays(forward, &[LeafKind::Param], &arrays, path).map_err(fail)?;
             arrays
         }
         None => init::init_params(forward, seed),
     };
     let data = match &flags.inputs {
         Some(path) => {
-            let arrays = npz::read(path).map_err(error)?;
+            let arrays = npz::read(path).map_err(fail)?;
             batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path)
-                .map_err(error)?;
+                .map_err(fail)?;
             arrays
         }
         None => {
@@ -84,22 +80,13 @@ pub(super) fn grad(
     flags: &ProblemFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
-    let leaves = match problem(file, &compiled, flags) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let leaves = problem(file, &compiled, flags)?;
     let forward = &compiled.forward;
     let (loss, grads) = match method {
         MethodArg::Bp => {
-            let program = match autodiff::grad_program(forward) {
-                Ok(p) => p,
-                Err(e) => return error(e),
-            };
+            let program = autodiff::grad_program(forward).map_err(fail)?;
             match interp::eval_outputs(&program, &leaves) {
                 Ok(out) => {
                     let grads: Arrays = out
@@ -110,20 +97,15 @@ pub(super) fn grad(
                         .collect();
                     (scalar(&out, "loss"), grads)
                 }
-                Err(e) => return error(e),
+                Err(e) => return Err(fail(e)),
             }
         }
         MethodArg::Pc => {
             let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
-            let programs = match pc::transform(forward, &inference) {
-                Ok(p) => p,
-                Err(e) => return error(e),
-            };
+            let programs = pc::transform(forward, &inference).map_err(fail)?;
             let steps = relax.steps.unwrap_or(programs.relax.steps);
-            let state = match interp::run_loop(&programs.relax, &leaves, steps, |_, _| true) {
-                Ok(s) => s,
-                Err(e) => return error(e),
-            };
+            let state =
+                interp::run_loop(&programs.relax, &leaves, steps, |_, _| true).map_err(fail)?;
             let mut env = leaves.clone();
             env.extend(state.clone());
             match interp::eval_outputs(&programs.learn, &env) {
@@ -137,15 +119,15 @@ pub(super) fn grad(
                         })
                         .collect(),
                 ),
-                Err(e) => return error(e),
+                Err(e) => return Err(fail(e)),
             }
         }
     };
     if let Err(e) = npz::write(out, &grads) {
-        return error(e);
+        return Err(fail(e));
     }
     emit(&(format!("loss={loss}") + "\n"));
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 pub(super) fn gradcheck(
@@ -156,20 +138,14 @@ pub(super) fn gradcheck(
     flags: &ProblemFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
-) -> ExitCode {
-    let compiled = match compile_or_report(file, options) {
-        Ok((_, c)) => c,
-        Err(code) => return code,
-    };
-    let leaves = match problem(file, &compiled, flags) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let leaves = problem(file, &compiled, flags)?;
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
     let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves))
     {
         Ok(r) => r,
-        Err(e) => return error(e),
+        Err(e) => return Err(fail(e)),
     };
     if json {
         emit(&(report_json(&compiled.model_name, &report) + "\n"));
@@ -178,16 +154,16 @@ pub(super) fn gradcheck(
     }
     if let Some(path) = plot {
         if let Err(e) = crate::plot::gradcheck_svg(path, &compiled.model_name, &report) {
-            return error(format!("cannot write {}: {e}", path.display()));
+            return Err(fail(format!("cannot write {}: {e}", path.display())));
         }
     }
     let max = report.max_rel_err();
     let checked = report.programs.mode != Mode::Strict;
     if checked && (max > tol || max.is_nan()) {
         eprintln!("gradcheck failed: max_rel_err {max:.3e} > tol {tol:.1e}");
-        return ExitCode::FAILURE;
+        return Err(Reported);
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 fn report_json(model: &str, r: &Report) -> String {
@@ -204,6 +180,14 @@ fn report_json(model: &str, r: &Report) -> String {
             })
         })
         .collect();
+    let inputs: Vec<serde_json::Value> = r
+        .inputs
+        .iter()
+        .map(|p| {
+            let last = p.trace.last();
+            serde_json::json!({"name": p.name, "rel_err": last.map(|t| t.rel_err), "cosine": last.map(|t| t.cosine)})
+        })
+        .collect();
     serde_json::json!({
         "model": model,
         "mode": r.programs.mode.name(),
@@ -213,6 +197,7 @@ fn report_json(model: &str, r: &Report) -> String {
         "loss": r.loss,
         "max_rel_err": r.max_rel_err(),
         "params": params,
+        "inputs": inputs,
         "energy": r.energy,
     })
     .to_string()
@@ -227,23 +212,29 @@ fn report_table(model: &str, r: &Report) -> String {
         r.programs.graph.depth,
         r.loss
     );
-    let width = r
+    // Parameters, then the messages to inputs (`msg:x`).
+    let columns: Vec<(String, &gradcheck::ParamTrace)> = r
         .params
         .iter()
-        .map(|p| p.name.len())
+        .map(|p| (p.name.clone(), p))
+        .chain(r.inputs.iter().map(|p| (format!("msg:{}", p.name), p)))
+        .collect();
+    let width = columns
+        .iter()
+        .map(|(n, _)| n.len())
         .max()
         .unwrap_or(5)
         .max(9);
     out.push_str(&format!("{:>6}", "step"));
-    for p in &r.params {
-        out.push_str(&format!("  {:>width$}", p.name));
+    for (name, _) in &columns {
+        out.push_str(&format!("  {name:>width$}"));
     }
     out.push_str(&format!("  {:>10}\n", "energy"));
-    let rows = r.params.first().map_or(0, |p| p.trace.len());
+    let rows = columns.first().map_or(0, |(_, p)| p.trace.len());
     for i in 0..rows {
-        let step = r.params[0].trace[i].step;
+        let step = columns[0].1.trace[i].step;
         out.push_str(&format!("{step:>6}"));
-        for p in &r.params {
+        for (_, p) in &columns {
             out.push_str(&format!("  {:>width$.3e}", p.trace[i].rel_err));
         }
         out.push_str(&format!(
@@ -252,7 +243,7 @@ fn report_table(model: &str, r: &Report) -> String {
         ));
     }
     out.push_str(&format!("{:>6}", "cosine"));
-    for p in &r.params {
+    for (_, p) in &columns {
         out.push_str(&format!(
             "  {:>width$.6}",
             p.trace.last().map_or(f64::NAN, |t| t.cosine)

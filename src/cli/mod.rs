@@ -2,6 +2,7 @@
 //! the library's stages; what it prints is part of the public interface.
 
 mod commands;
+mod training;
 
 use crate::autodiff;
 use crate::diag;
@@ -62,6 +63,62 @@ pub enum Command {
         #[command(flatten)]
         compile: CompileFlags,
     },
+    /// Train a model on its data, by predictive coding or backprop.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunFlags,
+        #[command(flatten)]
+        relax: RelaxFlags,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Evaluate parameters (a checkpoint) on the test split of the model's data.
+    Eval {
+        file: PathBuf,
+        /// Parameters or a checkpoint (`.npz`).
+        #[arg(long)]
+        params: PathBuf,
+        /// The data set, overriding the train block's.
+        #[arg(long)]
+        data: Option<String>,
+        /// Where the Fashion-MNIST IDX files are.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Time full training steps on seeded random data of the model's shapes.
+    Bench {
+        file: PathBuf,
+        /// Learning method (default: the train block's).
+        #[arg(long, value_enum)]
+        method: Option<MethodArg>,
+        /// Which backend runs the programs.
+        #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+        backend: BackendArg,
+        /// Relaxation steps T (default: the inference block's).
+        #[arg(long)]
+        inference_steps: Option<usize>,
+        /// Timed training steps (after warm-up).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[command(flatten)]
+        relax: RelaxFlags,
+        #[command(flatten)]
+        compile: CompileFlags,
+    },
+    /// Draw learning curves from `--metrics` files of several runs into one SVG.
+    Plot {
+        /// `LABEL=FILE.jsonl` pairs, e.g. `pc=runs/pc.jsonl bp=runs/bp.jsonl`.
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// The figure's title.
+        #[arg(long, default_value = "training")]
+        title: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
         file: PathBuf,
@@ -81,6 +138,65 @@ pub enum Command {
         #[command(flatten)]
         compile: CompileFlags,
     },
+}
+
+/// Flags of `pcg run`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunFlags {
+    /// Learning method (default: the train block's).
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
+    /// Epochs to train (default: the train block's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed for initialisation and shuffling (default: the train block's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Learning rate, overriding the optimiser's.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Which backend runs the programs.
+    #[arg(long, value_enum, default_value_t = BackendArg::Interp)]
+    pub backend: BackendArg,
+    /// The data set, overriding the train block's (e.g. `digits`, `fmnist(dir = "d")`).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Where the Fashion-MNIST IDX files are (instead of the Debian package's directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Append one JSON line of metrics per epoch to this file.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Write a checkpoint (parameters and optimiser state) at the end of every epoch.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// Continue from a checkpoint written by `--save`.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Draw the run's loss and accuracy curves to an SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Train on at most this many batches per epoch (a quick run on a large data set).
+    #[arg(long)]
+    pub max_batches: Option<usize>,
+    /// Print only the final line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendArg {
+    /// The reference interpreter.
+    #[default]
+    Interp,
+}
+
+impl BackendArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Interp => "interp",
+        }
+    }
 }
 
 /// Where the parameters and the batch of a one-batch computation come from.
@@ -215,9 +331,22 @@ pub(crate) fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+/// An error that has already been reported on stderr.
+#[derive(Debug)]
+pub(crate) struct Reported;
+
+/// What a subcommand returns: success, or a failure already reported.
+pub(crate) type CmdResult = Result<(), Reported>;
+
+/// Reports an error on stderr.
+pub(crate) fn fail(message: impl std::fmt::Display) -> Reported {
+    eprintln!("error: {message}");
+    Reported
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
+    let result = match cli.command {
         Command::Check { files, compile } => check(&files, &compile.options()),
         Command::Ir {
             file,
@@ -233,6 +362,41 @@ pub fn run(cli: Cli) -> ExitCode {
             relax,
             compile,
         } => commands::grad(&file, method, &out, &problem, &relax, &compile.options()),
+        Command::Run {
+            file,
+            run,
+            relax,
+            compile,
+        } => training::run(&file, &run, &relax, &compile.options()),
+        Command::Eval {
+            file,
+            params,
+            data,
+            data_dir,
+            compile,
+        } => training::eval(
+            &file,
+            &params,
+            data.as_deref(),
+            data_dir.as_deref(),
+            &compile.options(),
+        ),
+        Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
+        Command::Bench {
+            file,
+            method,
+            backend,
+            inference_steps,
+            iters,
+            relax,
+            compile,
+        } => {
+            let relax = RelaxFlags {
+                steps: inference_steps.or(relax.steps),
+                ..relax
+            };
+            training::bench(&file, method, backend, iters, &relax, &compile.options())
+        }
         Command::Gradcheck {
             file,
             tol,
@@ -250,10 +414,14 @@ pub fn run(cli: Cli) -> ExitCode {
             &relax,
             &compile.options(),
         ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Reported) => ExitCode::FAILURE,
     }
 }
 
-fn check(files: &[PathBuf], options: &CompileOptions) -> ExitCode {
+fn check(files: &[PathBuf], options: &CompileOptions) -> CmdResult {
     let mut failed = false;
     for file in files {
         let (sources, result) = sema::check_file(file, options);
@@ -263,34 +431,30 @@ fn check(files: &[PathBuf], options: &CompileOptions) -> ExitCode {
         }
     }
     if failed {
-        ExitCode::FAILURE
+        Err(Reported)
     } else {
-        ExitCode::SUCCESS
+        Ok(())
     }
 }
 
 /// Compiles the model of `file`, printing diagnostics on failure.
-pub fn compile_or_report(
+pub(crate) fn compile_or_report(
     file: &Path,
     options: &CompileOptions,
-) -> Result<(Sources, Compiled), ExitCode> {
+) -> Result<Compiled, Reported> {
     let (sources, result) = sema::compile_file(file, options);
-    match result {
-        Ok(c) => Ok((sources, c)),
-        Err(diagnostics) => {
-            diag::emit_to_stderr(&sources, &diagnostics);
-            Err(ExitCode::FAILURE)
-        }
-    }
+    result.map_err(|diagnostics| {
+        diag::emit_to_stderr(&sources, &diagnostics);
+        Reported
+    })
 }
 
-fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) -> ExitCode {
+fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) -> CmdResult {
     if stage == Stage::Ast {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("error: cannot read `{}`: {e}", file.display());
-                return ExitCode::FAILURE;
+                return Err(fail(format!("cannot read `{}`: {e}", file.display())));
             }
         };
         let mut sources = Sources::new();
@@ -298,27 +462,22 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
         let (module, diagnostics) = crate::syntax::parse(id, &text);
         if !diagnostics.is_empty() {
             diag::emit_to_stderr(&sources, &diagnostics);
-            return ExitCode::FAILURE;
+            return Err(Reported);
         }
         if format == Format::Dot {
-            eprintln!("error: the AST has no DOT form; use --format text");
-            return ExitCode::FAILURE;
+            return Err(fail("the AST has no DOT form; use --format text"));
         }
         emit(&(format!("{module:#?}") + "\n"));
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
-    let (_, compiled) = match compile_or_report(file, options) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     let programs: Vec<Program> = match stage {
         Stage::Ast | Stage::Ir => vec![forward.clone()],
         Stage::Grad => match autodiff::grad_program(forward) {
             Ok(p) => vec![p],
             Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                return Err(fail(e));
             }
         },
         Stage::Pc => {
@@ -330,15 +489,14 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
             match pc::transform(forward, &inference) {
                 Ok(p) if format == Format::Dot => {
                     emit(&pc::to_dot(forward, &p.graph));
-                    return ExitCode::SUCCESS;
+                    return Ok(());
                 }
                 Ok(p) => {
                     emit(&(pc::describe(&p) + "\n"));
                     vec![p.relax.prologue, p.relax.body, p.learn]
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
+                    return Err(fail(e));
                 }
             }
         }
@@ -349,5 +507,5 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
             Format::Dot => emit(&ir::to_dot(program)),
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

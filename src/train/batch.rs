@@ -45,25 +45,29 @@ pub fn check_arrays(
 }
 
 /// A leaf's name and shape.
-type LeafShape = (String, Vec<usize>);
+pub type LeafShape = (String, Vec<usize>);
 
-/// The model's single input and target leaves.
-fn io(program: &Program) -> Option<(LeafShape, LeafShape)> {
-    let inputs = program.leaves(LeafKind::Input);
-    let targets = program.leaves(LeafKind::Target);
+/// The model's input and target leaves with their shapes (data sets feed exactly one of each).
+pub fn io_shapes(forward: &Program) -> Result<(LeafShape, LeafShape), String> {
+    let inputs = forward.leaves(LeafKind::Input);
+    let targets = forward.leaves(LeafKind::Target);
     match (inputs.as_slice(), targets.as_slice()) {
-        ([(x, xn)], [(y, yn)]) => Some((
-            (xn.to_string(), program.shape(*x).dims().to_vec()),
-            (yn.to_string(), program.shape(*y).dims().to_vec()),
+        ([(x, xn)], [(y, yn)]) => Ok((
+            (xn.to_string(), forward.shape(*x).dims().to_vec()),
+            (yn.to_string(), forward.shape(*y).dims().to_vec()),
         )),
-        _ => None,
+        _ => Err(format!(
+            "training on a data set needs a model with one input and one target; `{}` has {} and {}",
+            forward.name,
+            inputs.len(),
+            targets.len()
+        )),
     }
 }
 
 /// The first training batch of a data set, shaped for the model (one input and one target).
 pub fn first_batch(program: &Program, spec: &DataSpec) -> Result<Arrays, String> {
-    let ((xn, xs), (yn, ys)) =
-        io(program).ok_or("data sets feed models with exactly one input and one target")?;
+    let ((xn, xs), (yn, ys)) = io_shapes(program)?;
     let set = data::load(spec).map_err(|e| e.to_string())?;
     let b = xs.first().copied().unwrap_or(1);
     if set.train.len() < b {

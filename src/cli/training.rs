@@ -1,0 +1,434 @@
+//! `pcg run` and `pcg eval`: training on real data and evaluating checkpoints.
+
+use super::{
+    compile_or_report, emit, fail, BackendArg, CmdResult, MethodArg, RelaxFlags, RunFlags,
+};
+use crate::data::{self, DataSpec, Dataset};
+use crate::ir::LeafKind;
+use crate::npz;
+use crate::sema::{CompileOptions, Method, OptimizerConfig, TrainConfig};
+use crate::train::engine::{Engine, InterpEngine, Programs};
+use crate::train::init;
+use crate::train::optim::Optimizer;
+use crate::train::run::{self, Event, Settings};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::Path;
+
+/// The data set named by a flag or the train block, anchored at the model file's directory.
+fn dataset(
+    file: &Path,
+    flag: Option<&str>,
+    dir: Option<&Path>,
+    train: Option<&TrainConfig>,
+) -> Result<Dataset, String> {
+    let spec = match flag {
+        Some(text) => text.parse::<DataSpec>().map_err(|e| e.to_string())?,
+        None => train
+            .and_then(|t| t.data.clone())
+            .ok_or("the model has no data: add `data = digits` (or another data set) to its train block, or pass --data")?,
+    };
+    let mut spec = spec.relative_to(file.parent().unwrap_or(Path::new(".")));
+    if let (DataSpec::Fmnist { dir: None }, Some(d)) = (&spec, dir) {
+        spec = DataSpec::Fmnist {
+            dir: Some(d.to_path_buf()),
+        };
+    }
+    data::load(&spec).map_err(|e| e.to_string())
+}
+
+fn with_lr(optimizer: &OptimizerConfig, lr: Option<f64>) -> OptimizerConfig {
+    let Some(new) = lr else {
+        return optimizer.clone();
+    };
+    match optimizer.clone() {
+        OptimizerConfig::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => OptimizerConfig::Sgd {
+            lr: new,
+            momentum,
+            weight_decay,
+        },
+        OptimizerConfig::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => OptimizerConfig::Adam {
+            lr: new,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        },
+    }
+}
+
+fn learning_rate(optimizer: &OptimizerConfig) -> f64 {
+    match optimizer {
+        OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
+    }
+}
+
+pub(super) fn run(
+    file: &Path,
+    flags: &RunFlags,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let forward = &compiled.forward;
+    let base = compiled.train.clone();
+    let method = match flags.method {
+        Some(MethodArg::Bp) => Method::Bp,
+        Some(MethodArg::Pc) => Method::Pc,
+        None => base.as_ref().map_or(Method::Pc, |t| t.method),
+    };
+    let inference = relax.apply(base.as_ref().map(|t| &t.inference));
+    let optimizer_config = with_lr(
+        &base.as_ref().map_or(
+            OptimizerConfig::Sgd {
+                lr: 0.01,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
+            |t| t.optimizer.clone(),
+        ),
+        flags.lr,
+    );
+    let seed = flags.seed.or(base.as_ref().map(|t| t.seed)).unwrap_or(0);
+    let epochs = flags
+        .epochs
+        .or(base.as_ref().map(|t| t.epochs))
+        .unwrap_or(1);
+    let data = match dataset(
+        file,
+        flags.data.as_deref(),
+        flags.data_dir.as_deref(),
+        base.as_ref(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return Err(fail(e)),
+    };
+    let programs = Programs::build(forward, method, &inference).map_err(fail)?;
+    let mut engine: Box<dyn Engine> = match flags.backend {
+        BackendArg::Interp => Box::new(InterpEngine::new(programs)),
+    };
+    let mut optimizer =
+        Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
+    let (params, start) = match &flags.resume {
+        Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
+        None => (init::init_params(forward, seed), 0),
+    };
+    let hint = match method {
+        Method::Pc => format!(
+            "inference rate {} now, learning rate {} now",
+            inference.rate,
+            learning_rate(&optimizer_config)
+        ),
+        Method::Bp => format!("learning rate {} now", learning_rate(&optimizer_config)),
+    };
+    let settings = Settings {
+        epochs,
+        seed,
+        optimizer: optimizer_config,
+        clip: base.as_ref().and_then(|t| t.clip),
+        save: flags.save.clone(),
+        hint,
+        max_batches: flags.max_batches,
+    };
+    let mut metrics = match &flags.metrics {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(flags.resume.is_some())
+                .truncate(flags.resume.is_none())
+                .open(path);
+            match file {
+                Ok(f) => Some(f),
+                Err(e) => return Err(fail(format!("cannot write {}: {e}", path.display()))),
+            }
+        }
+        None => None,
+    };
+    let batches_per_epoch = match crate::train::batch::io_shapes(forward) {
+        Ok(((_, xs), _)) => {
+            let all = data.train.len() / xs[0].max(1);
+            flags.max_batches.map_or(all, |m| m.min(all))
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    let bar = if flags.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new((epochs.saturating_sub(start) * batches_per_epoch) as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    let method_name = match method {
+        Method::Pc => "pc",
+        Method::Bp => "bp",
+    };
+    let mut last_acc: Option<f64> = None;
+    let outcome = {
+        let mut on = |event: Event| match event {
+            Event::Batch {
+                epoch,
+                loss,
+                energy,
+                ..
+            } => {
+                bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+                let mut msg = format!("loss {loss:.4}");
+                if let Some(e) = energy {
+                    msg.push_str(&format!(" energy {e:.4}"));
+                }
+                if let Some(a) = last_acc {
+                    msg.push_str(&format!(" test_acc {a:.4}"));
+                }
+                bar.set_message(msg);
+                bar.inc(1);
+            }
+            Event::Epoch(m) => {
+                last_acc = m.test_acc;
+                if let Some(f) = metrics.as_mut() {
+                    let _ = writeln!(f, "{}", m.to_json());
+                }
+                if !flags.quiet {
+                    let acc = m
+                        .test_acc
+                        .map_or(String::new(), |a| format!(" test_acc={a:.4}"));
+                    let energy = m
+                        .energy
+                        .map_or(String::new(), |e| format!(" energy={e:.6}"));
+                    bar.suspend(|| {
+                        emit(&format!(
+                            "epoch {}/{} train_loss={:.6} test_loss={:.6}{acc}{energy} seconds={:.2} examples_per_second={:.0}\n",
+                            m.epoch, epochs, m.train_loss, m.test_loss, m.seconds, m.examples_per_second
+                        ))
+                    });
+                }
+            }
+        };
+        run::train(
+            engine.as_mut(),
+            forward,
+            &data,
+            &settings,
+            params,
+            optimizer,
+            start,
+            &mut on,
+        )
+    };
+    bar.finish_and_clear();
+    let outcome = outcome.map_err(fail)?;
+    let (train_loss, test_loss, test_acc) = match outcome.history.last() {
+        Some(m) => (m.train_loss, m.test_loss, m.test_acc),
+        None => match run::evaluate(engine.as_mut(), forward, &data.test, &outcome.params) {
+            Ok((l, a)) => (f64::NAN, l, a),
+            Err(e) => return Err(fail(e)),
+        },
+    };
+    if let Some(path) = &flags.plot {
+        if let Err(e) =
+            crate::plot::training_svg(path, &compiled.model_name, method_name, &outcome.history)
+        {
+            return Err(fail(format!("cannot write {}: {e}", path.display())));
+        }
+    }
+    let acc = test_acc.map_or(String::new(), |a| format!(" test_acc={a:.4}"));
+    emit(&format!(
+        "final method={method_name} backend={} epochs={epochs} train_loss={train_loss:.6} test_loss={test_loss:.6}{acc} seconds={:.2}\n",
+        flags.backend.name(),
+        outcome.seconds
+    ));
+    Ok(())
+}
+
+pub(super) fn eval(
+    file: &Path,
+    params: &Path,
+    data_flag: Option<&str>,
+    data_dir: Option<&Path>,
+    options: &CompileOptions,
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let forward = &compiled.forward;
+    let arrays = npz::read(params).map_err(fail)?;
+    let names: Vec<String> = forward
+        .leaves(LeafKind::Param)
+        .into_iter()
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let params_only: npz::Arrays = arrays
+        .into_iter()
+        .filter(|(k, _)| names.contains(k))
+        .collect();
+    if let Err(e) =
+        crate::train::batch::check_arrays(forward, &[LeafKind::Param], &params_only, params)
+    {
+        return Err(fail(e));
+    }
+    let data = dataset(file, data_flag, data_dir, compiled.train.as_ref()).map_err(fail)?;
+    let inference = compiled
+        .train
+        .as_ref()
+        .map(|t| t.inference.clone())
+        .unwrap_or_default();
+    let programs = Programs::build(forward, Method::Bp, &inference).map_err(fail)?;
+    let mut engine = InterpEngine::new(programs);
+    match run::evaluate(&mut engine, forward, &data.test, &params_only) {
+        Ok((loss, acc)) => {
+            let acc = acc.map_or(String::new(), |a| format!(" test_acc={a:.4}"));
+            emit(&format!(
+                "eval test_loss={loss:.6}{acc} examples={}\n",
+                data.test.len()
+            ));
+            Ok(())
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
+    use crate::plot::Curve;
+    let (mut losses, mut accuracies) = (Vec::new(), Vec::new());
+    for run in runs {
+        let Some((label, path)) = run.split_once('=') else {
+            return Err(fail(format!("expected LABEL=FILE.jsonl, got `{run}`")));
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return Err(fail(format!("cannot read {path}: {e}"))),
+        };
+        let (mut test_loss, mut acc) = (Vec::new(), Vec::new());
+        for (n, line) in text.lines().enumerate() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                return Err(fail(format!("{path}:{}: not a JSON line", n + 1)));
+            };
+            let epoch = v["epoch"].as_f64().unwrap_or((n + 1) as f64);
+            if let Some(l) = v["test_loss"].as_f64() {
+                test_loss.push((epoch, l));
+            }
+            if let Some(a) = v["test_acc"].as_f64() {
+                acc.push((epoch, a));
+            }
+        }
+        losses.push(Curve {
+            label: format!("{label} test loss"),
+            points: test_loss,
+        });
+        if !acc.is_empty() {
+            accuracies.push(Curve {
+                label: format!("{label} test accuracy"),
+                points: acc,
+            });
+        }
+    }
+    match crate::plot::curves_svg(out, title, &losses, &accuracies, "test accuracy") {
+        Ok(()) => Ok(()),
+        Err(e) => Err(fail(format!("cannot write {}: {e}", out.display()))),
+    }
+}
+
+/// The engine of a backend for a model's programs.
+fn engine(backend: BackendArg, programs: Programs) -> Result<Box<dyn Engine>, String> {
+    match backend {
+        BackendArg::Interp => Ok(Box::new(InterpEngine::new(programs))),
+    }
+}
+
+pub(super) fn bench(
+    file: &Path,
+    method: Option<MethodArg>,
+    backend: BackendArg,
+    iters: usize,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> CmdResult {
+    let compiled = compile_or_report(file, options)?;
+    let forward = &compiled.forward;
+    let base = compiled.train.clone();
+    let method = match method {
+        Some(MethodArg::Bp) => Method::Bp,
+        Some(MethodArg::Pc) => Method::Pc,
+        None => base.as_ref().map_or(Method::Pc, |t| t.method),
+    };
+    let inference = relax.apply(base.as_ref().map(|t| &t.inference));
+    let programs = Programs::build(forward, method, &inference).map_err(fail)?;
+    let steps = programs.steps;
+    let flops = match (&programs.grad, &programs.pc) {
+        (Some(g), _) => crate::ir::flops(g),
+        (_, Some(pc)) => {
+            crate::ir::flops(&pc.relax.prologue)
+                + steps as u64 * crate::ir::flops(&pc.relax.body)
+                + crate::ir::flops(&pc.learn)
+        }
+        _ => 0,
+    };
+    let mut engine = engine(backend, programs).map_err(fail)?;
+    let seed = base.as_ref().map_or(0, |t| t.seed);
+    let mut params = init::init_params(forward, seed);
+    let batch = crate::train::batch::random_batch(forward, seed);
+    let mut optimizer = Optimizer::new(
+        base.as_ref().map_or(
+            OptimizerConfig::Sgd {
+                lr: 0.01,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
+            |t| t.optimizer.clone(),
+        ),
+        None,
+    );
+    let mut step = |params: &mut npz::Arrays| -> Result<(), String> {
+        let mut leaves = params.clone();
+        leaves.extend(batch.clone());
+        let result = engine.gradients(&leaves).map_err(|e| e.to_string())?;
+        optimizer.step(params, &result.grads);
+        Ok(())
+    };
+    let warmup = 3.min(iters.max(1));
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = std::time::Instant::now();
+        if let Err(e) = step(&mut params) {
+            return Err(fail(e));
+        }
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let (min, median) = (
+        times.first().copied().unwrap_or(f64::NAN),
+        times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+    );
+    let method_name = if method == Method::Pc { "pc" } else { "bp" };
+    let b = crate::train::batch::io_shapes(forward)
+        .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    emit(&format!(
+        "min {min:.3} ms, median {median:.3} ms over {} steps; {:.3} GFLOP per step, {:.1} GFLOP/s at the median\n",
+        times.len(),
+        flops as f64 / 1e9,
+        flops as f64 / 1e6 / median
+    ));
+    emit(&format!(
+        "bench model={} method={method_name} backend={} batch={b} inference_steps={} ms_per_step={median:.4}\n",
+        compiled.model_name,
+        backend.name(),
+        if method == Method::Pc { steps } else { 0 }
+    ));
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Engines: what one training step computes, behind one interface, for each backend. An engine
+//! owns the compiled programs of a model — backprop's gradient program, or predictive coding's
+//! relaxation and learning programs — and the evaluation program, and turns a batch and the
+//! parameters into a loss and a gradient.
+
+use crate::autodiff;
+use crate::interp::{self, Bindings, EvalError};
+use crate::ir::{LeafKind, Program};
+use crate::npz::Arrays;
+use crate::pc::{self, PcPrograms};
+use crate::sema::{InferenceConfig, Method};
+use ndarray::ArrayD;
+use std::fmt;
+
+/// The outcome of one step's gradient computation.
+#[derive(Clone, Debug)]
+pub struct StepResult {
+    /// The loss at the feedforward pass.
+    pub loss: f64,
+    /// The relaxation's final energy (predictive coding only).
+    pub energy: Option<f64>,
+    /// ∂L/∂θ (backprop) or −Δθ (predictive coding), by parameter.
+    pub grads: Arrays,
+}
+
+/// Why a step failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineError {
+    /// A program could not run (a compiler bug or a leaf of the wrong shape).
+    Eval(String),
+    /// A value stopped being finite.
+    Diverged {
+        /// The PC node, parameter or quantity that went non-finite.
+        what: String,
+        /// The relaxation step at which it happened (predictive coding).
+        relaxation_step: Option<usize>,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Eval(e) => f.write_str(e),
+            EngineError::Diverged {
+                what,
+                relaxation_step: Some(step),
+            } => write!(f, "{what} is not finite at relaxation step {step}"),
+            EngineError::Diverged {
+                what,
+                relaxation_step: None,
+            } => write!(f, "{what} is not finite"),
+        }
+    }
+}
+
+impl From<EvalError> for EngineError {
+    fn from(e: EvalError) -> Self {
+        EngineError::Eval(e.to_string())
+    }
+}
+
+/// One training step's computation for one backend.
+pub trait Engine {
+    /// The backend's name, as `--backend` spells it.
+    fn backend(&self) -> &'static str;
+    /// Loss and gradients on one batch; `leaves` holds the parameters and the batch.
+    fn gradients(&mut self, leaves: &Bindings<f32>) -> Result<StepResult, EngineError>;
+    /// Loss and, where the model has one prediction shaped like its target, the prediction.
+    fn evaluate(
+        &mut self,
+        leaves: &Bindings<f32>,
+    ) -> Result<(f64, Option<ArrayD<f32>>), EngineError>;
+}
+
+/// The programs a model trains with, independent of the backend that runs them.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    pub method: Method,
+    /// Backprop: outputs `loss` and `grad.<param>`.
+    pub grad: Option<Program>,
+    /// Predictive coding: relaxation and learning.
+    pub pc: Option<PcPrograms>,
+    /// Relaxation steps per training step.
+    pub steps: usize,
+    /// The forward program with an extra output `prediction` when there is one.
+    pub eval: Program,
+}
+
+impl Programs {
+    pub fn build(
+        forward: &Program,
+        method: Method,
+        inference: &InferenceConfig,
+    ) -> Result<Self, String> {
+        let (grad, pc, steps) = match method {
+            Method::Bp => (
+                Some(autodiff::grad_program(forward).map_err(|e| e.to_string())?),
+                None,
+                0,
+            ),
+            Method::Pc => {
+                let programs = pc::transform(forward, inference).map_err(|e| e.to_string())?;
+                let steps = programs.relax.steps;
+                (None, Some(programs), steps)
+            }
+        };
+        Ok(Programs {
+            method,
+            grad,
+            pc,
+            steps,
+            eval: eval_program(forward, inference),
+        })
+    }
+}
+
+/// The forward program plus an output `prediction`: the one value the loss reads whose shape
+/// is the target's (a classifier's logits or scores), if there is exactly one.
+pub fn eval_program(forward: &Program, inference: &InferenceConfig) -> Program {
+    let mut eval = forward.clone();
+    let targets = forward.leaves(LeafKind::Target);
+    if let [(target, _)] = targets.as_slice() {
+        let graph = pc::analyse(forward, inference);
+        let candidates: Vec<_> = graph
+            .nodes
+            .iter()
+            .filter(|n| n.role == pc::Role::Output && n.shape == *forward.shape(*target))
+            .collect();
+        if let [one] = candidates.as_slice() {
+            eval.set_output("prediction", one.value);
+        }
+    }
+    eval
+}
+
+fn scalar(b: &Bindings<f32>, name: &str) -> f64 {
+    b.get(name)
+        .map_or(f64::NAN, |t| t.iter().map(|&x| f64::from(x)).sum())
+}
+
+fn all_finite(a: &ArrayD<f32>) -> bool {
+    a.iter().all(|x| x.is_finite())
+}
+
+/// Names the first non-finite gradient, if any.
+pub fn check_grads(grads: &Arrays) -> Result<(), EngineError> {
+    match grads.iter().find(|(_, g)| !all_finite(g)) {
+        Some((name, _)) => Err(EngineError::Diverged {
+            what: format!("the gradient of parameter `{name}`"),
+            relaxation_step: None,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The reference backend: the interpreter.
+pub struct InterpEngine {
+    programs: Programs,
+}
+
+impl InterpEngine {
+    pub fn new(programs: Programs) -> Self {
+        InterpEngine { programs }
+    }
+}
+
+impl Engine for InterpEngine {
+    fn backend(&self) -> &'static str {
+        "interp"
+    }
+
+    fn gradients(&mut self, leaves: &Bindings<f32>) -> Result<StepResult, EngineError> {
+        if let Some(grad) = &self.programs.grad {
+            let out = interp::eval_outputs(grad, leaves)?;
+            let loss = scalar(&out, "loss");
+            if !loss.is_finite() {
+                return Err(EngineError::Diverged {
+                    what: "the loss".into(),
+                    relaxation_step: None,
+                });
+            }
+            let grads: Arrays = out
+                .into_iter()
+                .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
+                .collect();
+            check_grads(&grads)?;
+            return Ok(StepResult {
+                loss,
+                energy: None,
+                grads,
+            });
+        }
+        let pc = self
+            .programs
+            .pc
+            .as_ref()
+            .ok_or_else(|| EngineError::Eval("no programs".into()))?;
+        let mut diverged = None;
+        let state = interp::run_loop(&pc.relax, leaves, self.programs.steps, |step, env| {
+            let finite = env
+                .get("energy")
+                .is_none_or(|e| e.iter().all(|x| x.is_finite()));
+            if !finite {
+                diverged = Some((step, first_non_finite_node(pc, env)));
+            }
+            finite
+        })?;
+        if let Some((step, node)) = diverged {
+            return Err(EngineError::Diverged {
+                what: node,
+                relaxation_step: Some(step),
+            });
+        }
+        let loss = scalar(&state, "loss");
+        let energy = state
+            .get("energy")
+            .map(|e| e.iter().map(|&x| f64::from(x)).sum());
+        let mut env = leaves.clone();
+        env.extend(state);
+        let learned = interp::eval_outputs(&pc.learn, &env)?;
+        let grads: Arrays = learned
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("update.")
+                    .map(|n| (n.to_string(), v.mapv(|x| -x)))
+            })
+            .collect();
+        check_grads(&grads)?;
+        Ok(StepResult {
+            loss,
+            energy,
+            grads,
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        leaves: &Bindings<f32>,
+    ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
+        let mut out = interp::eval_outputs(&self.programs.eval, leaves)?;
+        Ok((scalar(&out, "loss"), out.remove("prediction")))
+    }
+}
+
+/// The PC node to blame for a non-finite energy: the first whose value unit is not finite, or
+/// else the one with the largest value (its error overflowed when squared).
+pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
+    let values = pc
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| state.get(&pc::value_state(&n.label)).map(|v| (n, v)));
+    let mut largest: Option<(&str, f32)> = None;
+    for (node, v) in values {
+        if !all_finite(v) {
+            return format!("the value of node `{}`", node.label);
+        }
+        let peak = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        if largest.is_none_or(|(_, p)| peak > p) {
+            largest = Some((&node.label, peak));
+        }
+    }
+    match largest {
+        Some((label, peak)) => format!("the energy (node `{label}` has grown to |v| = {peak:.3e})"),
+        None => "the energy".to_string(),
+    }
+}

@@ -1,0 +1,324 @@
+//! The training loop: seeded shuffling, one engine step and one optimiser step per batch,
+//! per-epoch test evaluation, checkpoints at the end of every epoch, and divergence detection.
+//!
+//! Determinism: the parameters come from the seed, each epoch's order from (seed, epoch), and
+//! each step is a pure function of the parameters and the batch, so the same seed gives the
+//! same result, and a run resumed from the checkpoint of epoch k ends exactly where an
+//! uninterrupted run does.
+
+use super::batch::io_shapes;
+use super::engine::{Engine, EngineError};
+use super::optim::{Optimizer, STATE_PREFIX};
+use crate::data::{self, Dataset, Split};
+use crate::interp::Bindings;
+use crate::ir::{LeafKind, Program};
+use crate::npz::{self, Arrays};
+use crate::sema::OptimizerConfig;
+use ndarray::{ArrayD, Axis};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The checkpoint entry holding how many epochs are done.
+pub const EPOCHS_DONE: &str = "meta.epochs_done";
+
+/// What the loop needs besides the engine and the data.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub epochs: usize,
+    pub seed: u64,
+    pub optimizer: OptimizerConfig,
+    pub clip: Option<f64>,
+    /// Write a checkpoint here at the end of every epoch.
+    pub save: Option<PathBuf>,
+    /// Describes the step sizes in divergence hints, e.g. "inference rate 0.5, learning rate 0.05".
+    pub hint: String,
+    /// Train on at most this many batches per epoch.
+    pub max_batches: Option<usize>,
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_acc: Option<f64>,
+    /// Mean final relaxation energy over the epoch's batches (predictive coding).
+    pub energy: Option<f64>,
+    pub seconds: f64,
+    pub examples_per_second: f64,
+}
+
+impl EpochMetrics {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "test_loss": self.test_loss,
+            "test_acc": self.test_acc,
+            "energy": self.energy,
+            "seconds": self.seconds,
+            "examples_per_second": self.examples_per_second,
+        })
+    }
+}
+
+/// Progress reported to the caller.
+pub enum Event<'a> {
+    Batch {
+        epoch: usize,
+        index: usize,
+        batches: usize,
+        loss: f64,
+        energy: Option<f64>,
+    },
+    Epoch(&'a EpochMetrics),
+}
+
+/// The result of training.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub params: Arrays,
+    pub history: Vec<EpochMetrics>,
+    pub seconds: f64,
+}
+
+#[derive(Debug)]
+pub enum TrainError {
+    /// The data does not fit the model, or a batch could not be made.
+    Data(String),
+    /// A step failed; divergence comes with where it happened and what to try.
+    Step {
+        epoch: usize,
+        batch: usize,
+        error: EngineError,
+        hint: String,
+    },
+    /// A checkpoint could not be read or written.
+    Checkpoint(String),
+}
+
+impl fmt::Display for TrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrainError::Data(e) | TrainError::Checkpoint(e) => f.write_str(e),
+            TrainError::Step {
+                epoch,
+                batch,
+                error: error @ EngineError::Diverged { .. },
+                hint,
+            } => write!(
+                f,
+                "training diverged in epoch {epoch}, batch {batch}: {error}\n  help: try a smaller step size ({hint}); the last checkpoint, if any, is intact"
+            ),
+            TrainError::Step { epoch, batch, error, .. } => write!(f, "epoch {epoch}, batch {batch}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+/// Mean loss and accuracy (where the model has a prediction) over a split's full batches.
+pub fn evaluate(
+    engine: &mut dyn Engine,
+    forward: &Program,
+    split: &Split,
+    params: &Arrays,
+) -> Result<(f64, Option<f64>), TrainError> {
+    let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
+    let b = xs[0];
+    let batches = split.len() / b;
+    if batches == 0 {
+        return Err(TrainError::Data(format!(
+            "the split has {} examples, fewer than one batch of {b}",
+            split.len()
+        )));
+    }
+    let mut leaves: Bindings<f32> = params.clone();
+    let (mut loss, mut correct, mut counted, mut has_prediction) = (0.0, 0usize, 0usize, false);
+    for k in 0..batches {
+        let indices: Vec<usize> = (k * b..(k + 1) * b).collect();
+        let (x, y) = split
+            .batch(&indices, &xs, &ys)
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        leaves.insert(xn.clone(), x);
+        leaves.insert(yn.clone(), y);
+        let (l, prediction) = engine.evaluate(&leaves).map_err(|error| TrainError::Step {
+            epoch: 0,
+            batch: k,
+            error,
+            hint: String::new(),
+        })?;
+        loss += l;
+        if let (Some(p), Some(y)) = (prediction, leaves.get(&yn)) {
+            has_prediction = true;
+            correct += agreements(&p, y);
+            counted += b;
+        }
+    }
+    let acc = (has_prediction && counted > 0).then(|| correct as f64 / counted as f64);
+    Ok((loss / batches as f64, acc))
+}
+
+/// How many rows have the same arg-max (over the last axis) in prediction and target.
+fn agreements(prediction: &ArrayD<f32>, target: &ArrayD<f32>) -> usize {
+    let last = Axis(prediction.ndim() - 1);
+    let argmax = |a: &ArrayD<f32>| -> Vec<usize> {
+        a.lanes(last)
+            .into_iter()
+            .map(|lane| {
+                lane.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv {
+                            (i, v)
+                        } else {
+                            (bi, bv)
+                        }
+                    })
+                    .0
+            })
+            .collect()
+    };
+    argmax(prediction)
+        .iter()
+        .zip(argmax(target))
+        .filter(|(a, b)| **a == *b)
+        .count()
+}
+
+/// Loads a checkpoint: parameters (checked against the model), optimiser state and the number
+/// of epochs done.
+pub fn load_checkpoint(
+    path: &std::path::Path,
+    forward: &Program,
+    optimizer: &mut Optimizer,
+) -> Result<(Arrays, usize), TrainError> {
+    let arrays = npz::read(path).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let params: Arrays = arrays
+        .iter()
+        .filter(|(k, _)| !k.starts_with(STATE_PREFIX) && !k.starts_with("meta."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    super::batch::check_arrays(forward, &[LeafKind::Param], &params, path)
+        .map_err(TrainError::Checkpoint)?;
+    optimizer.restore(&arrays);
+    let done = arrays
+        .get(EPOCHS_DONE)
+        .and_then(|a| a.iter().next().copied())
+        .ok_or_else(|| {
+            TrainError::Checkpoint(format!(
+                "{}: not a pcg checkpoint (no `{EPOCHS_DONE}`)",
+                path.display()
+            ))
+        })?;
+    Ok((params, done as usize))
+}
+
+fn save_checkpoint(
+    path: &std::path::Path,
+    params: &Arrays,
+    optimizer: &Optimizer,
+    epochs_done: usize,
+) -> Result<(), TrainError> {
+    let mut arrays = params.clone();
+    arrays.extend(optimizer.state());
+    arrays.insert(
+        EPOCHS_DONE.into(),
+        ndarray::arr0(epochs_done as f32).into_dyn(),
+    );
+    npz::write(path, &arrays).map_err(|e| TrainError::Checkpoint(e.to_string()))
+}
+
+/// Trains from `params` (epoch `start` onwards) for the settings' epochs.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    engine: &mut dyn Engine,
+    forward: &Program,
+    dataset: &Dataset,
+    settings: &Settings,
+    mut params: Arrays,
+    mut optimizer: Optimizer,
+    start: usize,
+    on: &mut dyn FnMut(Event),
+) -> Result<Outcome, TrainError> {
+    let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
+    let b = xs[0];
+    let all = dataset.train.len() / b;
+    let batches = settings.max_batches.map_or(all, |m| m.min(all));
+    if batches == 0 {
+        return Err(TrainError::Data(format!(
+            "{} has {} training examples, fewer than one batch of {b}",
+            dataset.name,
+            dataset.train.len()
+        )));
+    }
+    let began = Instant::now();
+    let mut history = Vec::new();
+    for epoch in start..settings.epochs {
+        let t0 = Instant::now();
+        let order = data::epoch_order(dataset.train.len(), settings.seed, epoch);
+        let (mut loss_sum, mut energy_sum, mut energies) = (0.0, 0.0, 0usize);
+        let mut leaves: Bindings<f32> = Bindings::new();
+        for k in 0..batches {
+            let (x, y) = dataset
+                .train
+                .batch(&order[k * b..(k + 1) * b], &xs, &ys)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            leaves.clone_from(&params);
+            leaves.insert(xn.clone(), x);
+            leaves.insert(yn.clone(), y);
+            let fail = |error| TrainError::Step {
+                epoch: epoch + 1,
+                batch: k + 1,
+                error,
+                hint: settings.hint.clone(),
+            };
+            let step = engine.gradients(&leaves).map_err(fail)?;
+            optimizer.step(&mut params, &step.grads);
+            if let Some((name, _)) = params
+                .iter()
+                .find(|(_, p)| p.iter().any(|x| !x.is_finite()))
+            {
+                return Err(fail(EngineError::Diverged {
+                    what: format!("parameter `{name}` after the update"),
+                    relaxation_step: None,
+                }));
+            }
+            loss_sum += step.loss;
+            if let Some(e) = step.energy {
+                energy_sum += e;
+                energies += 1;
+            }
+            on(Event::Batch {
+                epoch: epoch + 1,
+                index: k + 1,
+                batches,
+                loss: step.loss,
+                energy: step.energy,
+            });
+        }
+        let (test_loss, test_acc) = evaluate(engine, forward, &dataset.test, &params)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / batches as f64,
+            test_loss,
+            test_acc,
+            energy: (energies > 0).then(|| energy_sum / energies as f64),
+            seconds,
+            examples_per_second: (batches * b) as f64 / seconds.max(1e-9),
+        };
+        if let Some(path) = &settings.save {
+            save_checkpoint(path, &params, &optimizer, epoch + 1)?;
+        }
+        on(Event::Epoch(&metrics));
+        history.push(metrics);
+    }
+    Ok(Outcome {
+        params,
+        history,
+        seconds: began.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,228 @@
+//! `pcg grad` and `pcg gradcheck` as a user runs them.
+
+use pcg::npz;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pcg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pcg"))
+        .args(args)
+        .output()
+        .expect("pcg runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pcg-cli-grad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn grad_writes_numpy_npz_with_one_array_per_parameter() {
+    let out = scratch("bp.npz");
+    let o = pcg(&[
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--method",
+        "bp",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    assert!(stdout.starts_with("loss="), "{stdout}");
+    let loss: f64 = stdout
+        .trim()
+        .trim_start_matches("loss=")
+        .parse()
+        .expect("a number");
+    assert!(loss.is_finite() && loss > 0.0);
+    // numpy's format: a zip archive of .npy members.
+    let bytes = std::fs::read(&out).expect("written");
+    assert_eq!(&bytes[..2], b"PK");
+    assert!(bytes.windows(6).any(|w| w == b"\x93NUMPY"));
+    let grads = npz::read(&out).expect("reads back");
+    let names: Vec<&str> = grads.keys().map(String::as_str).collect();
+    assert_eq!(names, ["b1", "b2", "w1", "w2"]);
+    assert_eq!(grads["w1"].shape(), &[64, 64]);
+    assert_eq!(grads["b2"].shape(), &[10]);
+}
+
+#[test]
+fn npz_round_trips_through_files() {
+    let path = scratch("round.npz");
+    let mut arrays = npz::Arrays::new();
+    arrays.insert(
+        "w".into(),
+        ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 5]), |i| {
+            (i[0] * 5 + i[1]) as f32 * 0.25 - 1.0
+        }),
+    );
+    arrays.insert("s".into(), ndarray::arr0(7.5f32).into_dyn());
+    npz::write(&path, &arrays).expect("writes");
+    assert_eq!(npz::read(&path).expect("reads"), arrays);
+}
+
+#[test]
+fn exact_pc_gradients_equal_backprop_from_given_params_and_inputs() {
+    // Parameters and a batch written by one command are read back by the others.
+    let params = scratch("params.npz");
+    let inputs = scratch("inputs.npz");
+    let compiled = pcg::sema::compile_file(
+        Path::new("examples/shared_branches.pcg"),
+        &Default::default(),
+    )
+    .1
+    .expect("compiles");
+    npz::write(
+        &params,
+        &pcg::train::init::init_params(&compiled.forward, 3),
+    )
+    .unwrap();
+    npz::write(
+        &inputs,
+        &pcg::train::batch::random_batch(&compiled.forward, 3),
+    )
+    .unwrap();
+    let (bp, pc) = (scratch("g_bp.npz"), scratch("g_pc.npz"));
+    for (method, out) in [("bp", &bp), ("pc", &pc)] {
+        let o = pcg(&[
+            "grad",
+            "examples/shared_branches.pcg",
+            "--method",
+            method,
+            "--mode",
+            "exact",
+            "--params",
+            params.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let (bp, pc) = (npz::read(&bp).unwrap(), npz::read(&pc).unwrap());
+    for (name, g) in &bp {
+        let p = &pc[name];
+        let diff = (g - p).mapv(|x| x * x).sum().sqrt();
+        let norm = g.mapv(|x| x * x).sum().sqrt().max(1e-12);
+        assert!(
+            diff / norm < 1e-4,
+            "{name}: relative difference {}",
+            diff / norm
+        );
+    }
+}
+
+#[test]
+fn missing_or_misshapen_arrays_are_named_with_both_shapes() {
+    let params = scratch("bad_params.npz");
+    let mut arrays = npz::Arrays::new();
+    arrays.insert(
+        "w1".into(),
+        ndarray::ArrayD::zeros(ndarray::IxDyn(&[64, 63])),
+    );
+    npz::write(&params, &arrays).unwrap();
+    let o = pcg(&[
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--params",
+        params.to_str().unwrap(),
+        "--out",
+        scratch("never.npz").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("`w1` has shape [64, 63]") && err.contains("[64, 64]"),
+        "{err}"
+    );
+    assert!(err.contains("no array named `b1`"), "{err}");
+    assert!(!scratch("never.npz").exists());
+    let o = pcg(&[
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--inputs",
+        "no/such/file.npz",
+        "--out",
+        scratch("never.npz").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no/such/file.npz"));
+}
+
+fn gradcheck_json(args: &[&str]) -> serde_json::Value {
+    let o = pcg(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object")
+}
+
+#[test]
+fn gradcheck_passes_on_every_example_in_fixed_and_exact_mode() {
+    // Defaults for the small examples; the large ones on a smaller batch to keep CI short
+    // (README shows the full-batch runs).
+    let cases: &[(&str, &[&str])] = &[
+        ("examples/toy_graph.pcg", &[]),
+        ("examples/mlp_digits.pcg", &[]),
+        ("examples/shared_branches.pcg", &[]),
+        ("examples/rnn_digits.pcg", &[]),
+        ("examples/mlp_fmnist.pcg", &["--batch", "8"]),
+        ("examples/cnn_fmnist.pcg", &["--batch", "4"]),
+        ("examples/lstm_shakespeare.pcg", &["--batch", "2"]),
+    ];
+    for (file, extra) in cases {
+        for (mode, limit) in [("fixed", 1e-3), ("exact", 1e-4)] {
+            let mut args = vec!["gradcheck", file, "--mode", mode, "--json"];
+            args.extend_from_slice(extra);
+            let j = gradcheck_json(&args);
+            let max = j["max_rel_err"].as_f64().expect("max_rel_err");
+            assert!(max <= limit, "{file} {mode}: {max}");
+            let params = j["params"].as_array().expect("params");
+            assert!(!params.is_empty());
+            for p in params {
+                assert!(p["name"].is_string());
+                assert!(!p["trace"].as_array().expect("trace").is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn gradcheck_fails_when_not_converged_and_strict_only_reports() {
+    let o = pcg(&["gradcheck", "examples/toy_graph.pcg", "--steps", "5"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    assert!(text(&o.stderr).contains("max_rel_err"));
+    let o = pcg(&[
+        "gradcheck",
+        "examples/toy_graph.pcg",
+        "--mode",
+        "strict",
+        "--steps",
+        "5",
+    ]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn gradcheck_plots_an_svg() {
+    let svg = scratch("toy.svg");
+    let o = pcg(&[
+        "gradcheck",
+        "examples/toy_graph.pcg",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = std::fs::read_to_string(&svg).expect("written");
+    assert!(s.starts_with("<svg") && s.contains("theta") && s.contains("energy"));
+}

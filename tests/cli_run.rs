@@ -1,0 +1,318 @@
+//! `pcg run` and `pcg eval` as a user runs them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn pcg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pcg"))
+        .args(args)
+        .output()
+        .expect("pcg runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pcg-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The `key=value` fields of the last stdout line, which must start with `final`.
+fn final_line(o: &Output) -> std::collections::BTreeMap<String, String> {
+    let stdout = text(&o.stdout);
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("final "),
+        "last line: {last}\nstderr: {}",
+        text(&o.stderr)
+    );
+    last.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn number(fields: &std::collections::BTreeMap<String, String>, key: &str) -> f64 {
+    fields[key].parse().expect("a number")
+}
+
+#[test]
+fn the_main_example_trains_by_pc_and_bp_to_the_same_accuracy() {
+    let pc = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--method",
+        "pc",
+        "--quiet",
+    ]);
+    let bp = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--method",
+        "bp",
+        "--quiet",
+    ]);
+    assert!(pc.status.success() && bp.status.success());
+    assert_eq!(
+        text(&pc.stdout).lines().count(),
+        1,
+        "--quiet prints only the final line"
+    );
+    let (pc, bp) = (final_line(&pc), final_line(&bp));
+    assert_eq!(pc["method"], "pc");
+    assert_eq!(bp["method"], "bp");
+    assert_eq!(pc["backend"], "interp");
+    let (a, b) = (number(&pc, "test_acc"), number(&bp, "test_acc"));
+    assert!(a >= 0.90 && b >= 0.90, "pc {a}, bp {b}");
+    assert!((a - b).abs() <= 0.03, "pc {a}, bp {b}");
+    assert!(number(&pc, "seconds") < 60.0);
+}
+
+#[test]
+fn same_seed_same_result_and_another_seed_differs() {
+    let run = |seed: &str| {
+        final_line(&pcg(&[
+            "run",
+            "examples/mlp_digits.pcg",
+            "--epochs",
+            "2",
+            "--seed",
+            seed,
+            "--quiet",
+        ]))
+    };
+    let (a, b, c) = (run("1"), run("1"), run("2"));
+    assert_eq!(a["train_loss"], b["train_loss"]);
+    assert_eq!(a["test_loss"], b["test_loss"]);
+    assert_ne!(a["train_loss"], c["train_loss"]);
+}
+
+#[test]
+fn metrics_and_plot_are_written_per_epoch() {
+    let (metrics, plot) = (scratch("m.jsonl"), scratch("curves.svg"));
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--epochs",
+        "3",
+        "--metrics",
+        metrics.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["epoch"], 3);
+    assert!(lines[2]["test_acc"].as_f64().is_some() && lines[2]["energy"].as_f64().is_some());
+    let epochs = text(&o.stdout)
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .count();
+    assert_eq!(epochs, 3);
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn a_killed_run_leaves_an_intact_checkpoint_and_resume_reproduces_the_uninterrupted_run() {
+    let (full, part, killed) = (
+        scratch("full.npz"),
+        scratch("part.npz"),
+        scratch("killed.npz"),
+    );
+    let file = "examples/mlp_digits.pcg";
+    // Uninterrupted: 6 epochs.
+    let o = pcg(&[
+        "run",
+        file,
+        "--epochs",
+        "6",
+        "--save",
+        full.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let uninterrupted = final_line(&o);
+    // Interrupted after 3 epochs (the checkpoint of epoch 3), then resumed to 6.
+    let o = pcg(&[
+        "run",
+        file,
+        "--epochs",
+        "3",
+        "--save",
+        part.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success());
+    let o = pcg(&[
+        "run",
+        file,
+        "--epochs",
+        "6",
+        "--resume",
+        part.to_str().unwrap(),
+        "--save",
+        part.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let resumed = final_line(&o);
+    assert_eq!(uninterrupted["train_loss"], resumed["train_loss"]);
+    assert_eq!(uninterrupted["test_loss"], resumed["test_loss"]);
+    assert_eq!(
+        pcg::npz::read(&full).unwrap(),
+        pcg::npz::read(&part).unwrap(),
+        "same parameters and optimiser state"
+    );
+
+    // A real kill in the middle of a long run: the checkpoint on disk is always a whole one.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pcg"))
+        .args([
+            "run",
+            file,
+            "--epochs",
+            "100000",
+            "--save",
+            killed.to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let started = Instant::now();
+    while !killed.exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(137));
+    child.kill().expect("killed");
+    child.wait().expect("reaped");
+    let arrays = pcg::npz::read(&killed).expect("the checkpoint is readable after a kill");
+    let done = arrays["meta.epochs_done"].iter().next().copied().unwrap() as usize;
+    assert!(done >= 1);
+    let o = pcg(&["eval", file, "--params", killed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("eval test_loss="));
+    let o = pcg(&[
+        "run",
+        file,
+        "--epochs",
+        &(done + 1).to_string(),
+        "--resume",
+        killed.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn a_diverging_relaxation_ends_in_a_diagnostic_naming_the_node() {
+    let ck = scratch("div.npz");
+    // A good epoch first, then a run that diverges: the checkpoint stays intact.
+    assert!(pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--epochs",
+        "1",
+        "--save",
+        ck.to_str().unwrap(),
+        "--quiet"
+    ])
+    .status
+    .success());
+    let before = pcg::npz::read(&ck).unwrap();
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--rate",
+        "100",
+        "--epochs",
+        "2",
+        "--resume",
+        ck.to_str().unwrap(),
+        "--save",
+        ck.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("diverged") && err.contains("node `h`") && err.contains("relaxation step"),
+        "{err}"
+    );
+    assert!(err.contains("inference rate 100"), "{err}");
+    assert!(!text(&o.stdout).contains("NaN"));
+    assert_eq!(
+        pcg::npz::read(&ck).unwrap(),
+        before,
+        "the last good checkpoint is kept"
+    );
+    // Backprop with an absurd learning rate: the parameter is named.
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--method",
+        "bp",
+        "--lr",
+        "1e30",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("diverged"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn missing_and_malformed_data_are_diagnostics() {
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--data",
+        "npz(\"no/such.npz\")",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("no/such.npz"));
+    let bad = scratch("bad.csv");
+    std::fs::write(&bad, "1,2,3\n4,five,6\n").unwrap();
+    let spec = format!("csv(\"{}\")", bad.display());
+    let o = pcg(&["run", "examples/mlp_digits.pcg", "--data", &spec]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("bad.csv"), "{}", text(&o.stderr));
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--data",
+        "fmnist",
+        "--data-dir",
+        "/no/such/dir",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("dataset-fashion-mnist"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = pcg(&[
+        "eval",
+        "examples/mlp_digits.pcg",
+        "--params",
+        "no/such/ckpt.npz",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--resume",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!text(&o.stderr).contains("panicked"));
+}
