@@ -68,9 +68,7 @@ fn pc_training_step_mlp_fmnist() {
         println!("  prologue {prologue_ms:.2} ms, learn {learn_ms:.2} ms");
         let jit_ms = per_step(50, || {
             let state = relax.run(&leaves, steps).expect("relax");
-            let mut env = leaves.clone();
-            env.extend(state);
-            learn.run(&env).expect("learn");
+            learn.run_layered(&[&state, &leaves]).expect("learn");
         });
         println!(
             "mlp_fmnist batch 64, {steps} steps, threads {threads}: interpreter {interp_ms:.2} ms, \

@@ -449,9 +449,19 @@ fn examples_predictive_coding() {
                 TOLERANCE,
             );
         }
+        let state = interp::run_loop(&programs.relax, &leaves, 3, |_, _| true).expect("relaxes");
         let mut env = leaves.clone();
-        env.extend(interp::run_loop(&programs.relax, &leaves, 3, |_, _| true).expect("relaxes"));
+        env.extend(state.clone());
         check_program(&format!("{what} learn"), &programs.learn, &env);
+        // Leaves and state given as layers, the state first, read as the merged map.
+        let mut learn = JitProgram::compile(&programs.learn, &checked()).expect("compiles");
+        let layered = learn.run_layered(&[&state, &leaves]).expect("learns");
+        assert_close(
+            &format!("{what} layered learn"),
+            &layered,
+            &learn.run(&env).expect("learns"),
+            0.0,
+        );
     }
 }
 

@@ -335,14 +335,15 @@ struct LeafSlot {
     buffer: BufferId,
 }
 
-/// Copies each leaf's value into its buffer, checking presence and shape.
+/// Copies each leaf's value into its buffer, checking presence and shape. The value of a name
+/// is taken from the first of `layers` that has it.
 fn bind_leaves(
     function: &mut Function,
     slots: &[LeafSlot],
-    leaves: &Bindings<f32>,
+    layers: &[&Bindings<f32>],
 ) -> Result<(), JitError> {
     for slot in slots {
-        let Some(value) = leaves.get(&slot.name) else {
+        let Some(value) = layers.iter().find_map(|l| l.get(&slot.name)) else {
             return Err(JitError::Leaf(EvalError::MissingLeaf {
                 name: slot.name.clone(),
                 kind: slot.kind,
@@ -414,7 +415,14 @@ impl JitProgram {
 
     /// Runs the program: the same contract as `interp::eval_outputs::<f32>`.
     pub fn run(&mut self, leaves: &Bindings<f32>) -> Result<Bindings<f32>, JitError> {
-        bind_leaves(&mut self.function, &self.leaves, leaves)?;
+        self.run_layered(&[leaves])
+    }
+
+    /// [`run`](Self::run) with each leaf taken from the first of `layers` that names it:
+    /// `run_layered(&[&state, &leaves])` is `run` on the leaves extended by the state, without
+    /// building (and copying into) that merged map.
+    pub fn run_layered(&mut self, layers: &[&Bindings<f32>]) -> Result<Bindings<f32>, JitError> {
+        bind_leaves(&mut self.function, &self.leaves, layers)?;
         self.function.call(0)?;
         Ok(self
             .outputs
@@ -609,8 +617,8 @@ impl JitLoop {
     /// Runs the prologue and `steps` body steps: the same contract as `interp::run_loop::<f32>`
     /// without the observer. Returns the final state.
     pub fn run(&mut self, leaves: &Bindings<f32>, steps: usize) -> Result<Bindings<f32>, JitError> {
-        bind_leaves(&mut self.function, &self.leaves, leaves)?;
-        bind_leaves(&mut self.function, &self.initial, leaves)?;
+        bind_leaves(&mut self.function, &self.leaves, &[leaves])?;
+        bind_leaves(&mut self.function, &self.initial, &[leaves])?;
         self.function.call(steps)?;
         let mut out = Bindings::new();
         for entry in &self.state {
