@@ -1,15 +1,15 @@
 //! The subcommands that compute: `grad` and `gradcheck`.
 
 use super::{
-    compile_or_report, emit, fail, CmdResult, MethodArg, ProblemFlags, RelaxFlags, Reported,
+    compile_or_report, emit, fail, BackendArg, CmdResult, MethodArg, ProblemFlags, RelaxFlags,
+    Reported,
 };
-use crate::autodiff;
 use crate::gradcheck::{self, Report};
-use crate::interp::{self, Bindings};
+use crate::interp::Bindings;
 use crate::ir::LeafKind;
 use crate::npz::{self, Arrays};
-use crate::pc;
 use crate::sema::{CompileOptions, Compiled, Mode};
+use crate::train::engine::Programs;
 use crate::train::{batch, init};
 use std::path::Path;
 
@@ -67,15 +67,10 @@ fn to_f64(arrays: &Arrays) -> Bindings<f64> {
         .collect()
 }
 
-fn scalar<F: interp::Real>(b: &Bindings<F>, name: &str) -> f64 {
-    b.get(name).map_or(f64::NAN, |t| {
-        t.iter().map(|&x| interp::Real::to_f64(x)).sum()
-    })
-}
-
 pub(super) fn grad(
     file: &Path,
     method: MethodArg,
+    backend: BackendArg,
     out: &Path,
     flags: &ProblemFlags,
     relax: &RelaxFlags,
@@ -83,50 +78,14 @@ pub(super) fn grad(
 ) -> CmdResult {
     let compiled = compile_or_report(file, options)?;
     let leaves = problem(file, &compiled, flags)?;
-    let forward = &compiled.forward;
-    let (loss, grads) = match method {
-        MethodArg::Bp => {
-            let program = autodiff::grad_program(forward).map_err(fail)?;
-            match interp::eval_outputs(&program, &leaves) {
-                Ok(out) => {
-                    let grads: Arrays = out
-                        .iter()
-                        .filter_map(|(k, v)| {
-                            k.strip_prefix("grad.").map(|n| (n.to_string(), v.clone()))
-                        })
-                        .collect();
-                    (scalar(&out, "loss"), grads)
-                }
-                Err(e) => return Err(fail(e)),
-            }
-        }
-        MethodArg::Pc => {
-            let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
-            let programs = pc::transform(forward, &inference).map_err(fail)?;
-            let steps = relax.steps.unwrap_or(programs.relax.steps);
-            let state =
-                interp::run_loop(&programs.relax, &leaves, steps, |_, _| true).map_err(fail)?;
-            let mut env = leaves.clone();
-            env.extend(state.clone());
-            match interp::eval_outputs(&programs.learn, &env) {
-                // The negated update is comparable with backprop's gradient.
-                Ok(out) => (
-                    scalar(&state, "loss"),
-                    out.iter()
-                        .filter_map(|(k, v)| {
-                            k.strip_prefix("update.")
-                                .map(|n| (n.to_string(), v.mapv(|x| -x)))
-                        })
-                        .collect(),
-                ),
-                Err(e) => return Err(fail(e)),
-            }
-        }
-    };
-    if let Err(e) = npz::write(out, &grads) {
-        return Err(fail(e));
-    }
-    emit(&(format!("loss={loss}") + "\n"));
+    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
+    let programs =
+        Programs::build(&compiled.forward, method.into(), &inference, relax.steps).map_err(fail)?;
+    let mut engine = backend.engine(programs).map_err(fail)?;
+    // For PC the engine's gradient is the negated update, comparable with backprop's.
+    let step = engine.gradients(&leaves).map_err(fail)?;
+    npz::write(out, &step.grads).map_err(fail)?;
+    emit(&format!("loss={}\n", step.loss));
     Ok(())
 }
 

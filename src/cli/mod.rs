@@ -9,7 +9,7 @@ use crate::diag;
 use crate::ir::{self, Program};
 use crate::jit::JitOptions;
 use crate::pc;
-use crate::sema::{self, CompileOptions, Compiled, InferenceConfig, Mode};
+use crate::sema::{self, CompileOptions, Compiled, InferenceConfig, Method, Mode};
 use crate::source::Sources;
 use crate::train::engine::{Engine, InterpEngine, JitEngine, Programs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -55,6 +55,9 @@ pub enum Command {
         /// How to compute the gradient.
         #[arg(long, value_enum, default_value_t = MethodArg::Bp)]
         method: MethodArg,
+        /// Which backend runs the programs.
+        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+        backend: BackendArg,
         /// Where to write the gradients (`.npz`, one array per parameter).
         #[arg(long)]
         out: PathBuf,
@@ -266,6 +269,15 @@ pub enum MethodArg {
     Pc,
 }
 
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Method {
+        match m {
+            MethodArg::Bp => Method::Bp,
+            MethodArg::Pc => Method::Pc,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     Fixed,
@@ -331,6 +343,10 @@ pub enum Stage {
     Grad,
     /// The predictive-coding programs: relaxation prologue and step, and learning.
     Pc,
+    /// The JIT's buffer plan of each compiled training function: buffers, sizes, peak bytes.
+    Plan,
+    /// The Cranelift IR of each compiled training function.
+    Clif,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,11 +388,20 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Grad {
             file,
             method,
+            backend,
             out,
             problem,
             relax,
             compile,
-        } => commands::grad(&file, method, &out, &problem, &relax, &compile.options()),
+        } => commands::grad(
+            &file,
+            method,
+            backend,
+            &out,
+            &problem,
+            &relax,
+            &compile.options(),
+        ),
         Command::Run {
             file,
             run,
@@ -487,8 +512,11 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
     }
     let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
+    if matches!(stage, Stage::Plan | Stage::Clif) {
+        return jit_dump(&compiled, stage);
+    }
     let programs: Vec<Program> = match stage {
-        Stage::Ast | Stage::Ir => vec![forward.clone()],
+        Stage::Ast | Stage::Ir | Stage::Plan | Stage::Clif => vec![forward.clone()],
         Stage::Grad => match autodiff::grad_program(forward) {
             Ok(p) => vec![p],
             Err(e) => {
@@ -521,6 +549,43 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
             Format::Text => emit(&ir::to_text(program)),
             Format::Dot => emit(&ir::to_dot(program)),
         }
+    }
+    Ok(())
+}
+
+/// The JIT's view of the training functions: the gradient program (backprop) or the
+/// relaxation loop and the learning program (predictive coding), as the train block says.
+fn jit_dump(compiled: &Compiled, stage: Stage) -> CmdResult {
+    use crate::jit::{JitLoop, JitProgram};
+    let train = compiled.train.as_ref();
+    let method = train.map_or(Method::Pc, |t| t.method);
+    let inference = train.map(|t| t.inference.clone()).unwrap_or_default();
+    let programs = Programs::build(&compiled.forward, method, &inference, None).map_err(fail)?;
+    let options = JitOptions::default();
+    let mut sections: Vec<(String, String, String)> = Vec::new();
+    if let Some(grad) = &programs.grad {
+        let jit = JitProgram::compile(grad, &options).map_err(fail)?;
+        sections.push((
+            grad.name.clone(),
+            jit.plan().to_string(),
+            jit.clif().to_string(),
+        ));
+    }
+    if let Some(pc) = &programs.pc {
+        let relax = JitLoop::compile(&pc.relax, &options).map_err(fail)?;
+        let name = format!("{} ({} steps)", pc.relax.body.name, pc.relax.steps);
+        sections.push((name, relax.plan().to_string(), relax.clif().to_string()));
+        let learn = JitProgram::compile(&pc.learn, &options).map_err(fail)?;
+        sections.push((
+            pc.learn.name.clone(),
+            learn.plan().to_string(),
+            learn.clif().to_string(),
+        ));
+    }
+    for (name, plan, clif) in sections {
+        emit(&format!("// {name}\n"));
+        emit(if stage == Stage::Plan { &plan } else { &clif });
+        emit("\n");
     }
     Ok(())
 }

@@ -113,7 +113,7 @@ pub(super) fn run(
         Ok(d) => d,
         Err(e) => return Err(fail(e)),
     };
-    let programs = Programs::build(forward, method, &inference).map_err(fail)?;
+    let programs = Programs::build(forward, method, &inference, relax.steps).map_err(fail)?;
     let mut engine = flags.backend.engine(programs).map_err(fail)?;
     let mut optimizer =
         Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
@@ -284,7 +284,7 @@ pub(super) fn eval(
         .as_ref()
         .map(|t| t.inference.clone())
         .unwrap_or_default();
-    let programs = Programs::build(forward, Method::Bp, &inference).map_err(fail)?;
+    let programs = Programs::build(forward, Method::Bp, &inference, None).map_err(fail)?;
     let mut engine = InterpEngine::new(programs);
     match run::evaluate(&mut engine, forward, &data.test, &params_only) {
         Ok((loss, acc)) => {
@@ -357,7 +357,7 @@ pub(super) fn bench(
         None => base.as_ref().map_or(Method::Pc, |t| t.method),
     };
     let inference = relax.apply(base.as_ref().map(|t| &t.inference));
-    let programs = Programs::build(forward, method, &inference).map_err(fail)?;
+    let programs = Programs::build(forward, method, &inference, relax.steps).map_err(fail)?;
     let steps = programs.steps;
     let flops = match (&programs.grad, &programs.pc) {
         (Some(g), _) => crate::ir::flops(g),

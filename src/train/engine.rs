@@ -88,10 +88,12 @@ pub struct Programs {
 }
 
 impl Programs {
+    /// The programs of `method`; `steps` overrides the relaxation's default step count.
     pub fn build(
         forward: &Program,
         method: Method,
         inference: &InferenceConfig,
+        steps: Option<usize>,
     ) -> Result<Self, String> {
         let (grad, pc, steps) = match method {
             Method::Bp => (
@@ -101,7 +103,7 @@ impl Programs {
             ),
             Method::Pc => {
                 let programs = pc::transform(forward, inference).map_err(|e| e.to_string())?;
-                let steps = programs.relax.steps;
+                let steps = steps.unwrap_or(programs.relax.steps);
                 (None, Some(programs), steps)
             }
         };
@@ -353,10 +355,8 @@ impl Engine for JitEngine {
             return Err(self.diagnose(leaves));
         }
         let loss = scalar(&state, "loss");
-        let mut env = leaves.clone();
-        env.extend(state);
         let grads: Arrays = learn
-            .run(&env)?
+            .run_layered(&[&state, leaves])?
             .into_iter()
             .filter_map(|(k, v)| {
                 k.strip_prefix("update.")
