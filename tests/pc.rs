@@ -281,3 +281,44 @@ fn pc_ir_dumps_of_small_examples() {
         assert!(dot.starts_with("digraph") && dot.contains("ε"));
     }
 }
+
+/// The closed-form relaxation (fixed and exact modes) gives the simulated loop's final state.
+#[test]
+fn closed_form_relaxation_equals_simulation() {
+    let mut solved_some = 0;
+    for &(path, b) in EXAMPLES {
+        let compiled = compile(path, Some(b));
+        let forward = &compiled.forward;
+        for cfg in [config(Mode::Fixed, 37, 0.3), config(Mode::Exact, 0, 1.0), config(Mode::Fixed, 5, 0.9)] {
+            let programs = pcg::pc::transform(forward, &cfg).expect("transforms");
+            let steps = programs.relax.steps;
+            let Some(solved) = pcg::pc::solve(forward, &programs.graph, programs.mode, programs.rate, steps).expect("solves") else {
+                assert!(programs.graph.depth >= steps, "{path}: no closed form though depth < steps");
+                continue;
+            };
+            solved_some += 1;
+            pcg::ir::verify(&solved).expect("valid program");
+            let leaves = leaves(forward);
+            let simulated = interp::run_loop(&programs.relax, &leaves, steps, |_, _| true).expect("runs");
+            let closed = interp::eval_outputs(&solved, &leaves).expect("runs");
+            for (name, value) in &closed {
+                let reference = &simulated[name];
+                let diff = (value - reference).mapv(|x| x * x).sum().sqrt();
+                let norm = reference.mapv(|x| x * x).sum().sqrt().max(1e-30);
+                assert!(diff / norm < 1e-9, "{path} {:?}: {name} differs by {:e}", cfg.mode, diff / norm);
+            }
+        }
+    }
+    assert!(solved_some >= 10, "the closed form applied only {solved_some} times");
+}
+
+#[test]
+fn closed_form_coefficients() {
+    // One step of size η: e(1) = η c, so γ_0 = 1 and γ_k = 0 beyond.
+    assert_eq!(pcg::pc::coefficients(0.5, 1, 3), vec![1.0, 0.0, 0.0]);
+    // Exact mode: every power of M up to the depth counts once.
+    assert_eq!(pcg::pc::coefficients(1.0, 4, 3), vec![1.0, 1.0, 1.0]);
+    // γ_0 = Σ_t (1 − η)^t: a geometric series.
+    let g = pcg::pc::coefficients(0.1, 20, 1)[0];
+    assert!((g - (1.0 - 0.9f64.powi(20)) / 0.1).abs() < 1e-12);
+}

@@ -34,8 +34,10 @@
 //!
 //! The energy F = ½ Σ_i π_i ‖ε_i‖² (outputs included) is an output of every step.
 
+mod closed;
 mod dot;
 
+pub use closed::{coefficients, solve};
 pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};

@@ -83,6 +83,9 @@ pub struct Programs {
     pub pc: Option<PcPrograms>,
     /// Relaxation steps per training step.
     pub steps: usize,
+    /// The relaxation's final state in closed form (fixed and exact modes, where it saves
+    /// work); `None` runs the relaxation step by step.
+    pub solved: Option<Program>,
     /// The forward program with an extra output `prediction` when there is one.
     pub eval: Program,
 }
@@ -107,13 +110,26 @@ impl Programs {
                 (None, Some(programs), steps)
             }
         };
+        let solved = match &pc {
+            Some(p) => pc::solve(forward, &p.graph, p.mode, p.rate, steps).map_err(|e| e.to_string())?,
+            None => None,
+        };
         Ok(Programs {
+            solved,
             method,
             grad,
             pc,
             steps,
             eval: eval_program(forward, inference),
         })
+    }
+}
+
+impl Programs {
+    /// The same programs without the closed form: every relaxation step is run.
+    pub fn simulated(mut self) -> Self {
+        self.solved = None;
+        self
     }
 }
 
@@ -198,42 +214,37 @@ impl Engine for InterpEngine {
             .pc
             .as_ref()
             .ok_or_else(|| EngineError::Eval("no programs".into()))?;
-        let mut diverged = None;
-        let state = interp::run_loop(&pc.relax, leaves, self.programs.steps, |step, env| {
-            let finite = env
-                .get("energy")
-                .is_none_or(|e| e.iter().all(|x| x.is_finite()));
-            if !finite {
-                diverged = Some((step, first_non_finite_node(pc, env)));
+        let state = match &self.programs.solved {
+            Some(solved) => {
+                let state = interp::eval_outputs(solved, leaves)?;
+                if state.values().any(|v| !all_finite(v)) {
+                    // Replay step by step to say where it went wrong.
+                    return Err(diverged(&self.programs, leaves));
+                }
+                state
             }
-            finite
-        })?;
-        if let Some((step, node)) = diverged {
-            return Err(EngineError::Diverged {
-                what: node,
-                relaxation_step: Some(step),
-            });
-        }
+            None => {
+                let mut diverged = None;
+                let state = interp::run_loop(&pc.relax, leaves, self.programs.steps, |step, env| {
+                    let finite = env.get("energy").is_none_or(|e| e.iter().all(|x| x.is_finite()));
+                    if !finite {
+                        diverged = Some((step, first_non_finite_node(pc, env)));
+                    }
+                    finite
+                })?;
+                if let Some((step, node)) = diverged {
+                    return Err(EngineError::Diverged {
+                        what: node,
+                        relaxation_step: Some(step),
+                    });
+                }
+                state
+            }
+        };
         let loss = scalar(&state, "loss");
-        let energy = state
-            .get("energy")
-            .map(|e| e.iter().map(|&x| f64::from(x)).sum());
         let mut env = leaves.clone();
         env.extend(state);
-        let learned = interp::eval_outputs(&pc.learn, &env)?;
-        let grads: Arrays = learned
-            .into_iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("update.")
-                    .map(|n| (n.to_string(), v.mapv(|x| -x)))
-            })
-            .collect();
-        check_grads(&grads)?;
-        Ok(StepResult {
-            loss,
-            energy,
-            grads,
-        })
+        learned(loss, interp::eval_outputs(&pc.learn, &env)?)
     }
 
     fn evaluate(
@@ -242,6 +253,30 @@ impl Engine for InterpEngine {
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
         let mut out = interp::eval_outputs(&self.programs.eval, leaves)?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
+    }
+}
+
+/// The step's result from the learning program's outputs: the negated updates are the
+/// gradients; the energy is the relaxed state's.
+fn learned(loss: f64, mut out: Bindings<f32>) -> Result<StepResult, EngineError> {
+    let energy = out.remove("energy").map(|e| e.iter().map(|&x| f64::from(x)).sum());
+    let grads: Arrays = out
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("update.").map(|n| (n.to_string(), v.mapv(|x| -x))))
+        .collect();
+    check_grads(&grads)?;
+    Ok(StepResult { loss, energy, grads })
+}
+
+/// Replays a step that went non-finite on the interpreter, simulating every relaxation step,
+/// to name the node and the step where it diverged.
+fn diverged(programs: &Programs, leaves: &Bindings<f32>) -> EngineError {
+    match InterpEngine::new(programs.clone().simulated()).gradients(leaves) {
+        Err(e @ EngineError::Diverged { .. }) => e,
+        _ => EngineError::Diverged {
+            what: "the relaxed state".into(),
+            relaxation_step: None,
+        },
     }
 }
 
@@ -276,43 +311,30 @@ pub struct JitEngine {
     programs: Programs,
     grad: Option<JitProgram>,
     relax: Option<JitLoop>,
+    solved: Option<JitProgram>,
     learn: Option<JitProgram>,
     eval: JitProgram,
 }
 
 impl JitEngine {
     pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
-        let grad = programs
-            .grad
-            .as_ref()
-            .map(|p| JitProgram::compile(p, options))
-            .transpose()?;
+        let compile = |p: &Program| JitProgram::compile(p, options);
+        let grad = programs.grad.as_ref().map(compile).transpose()?;
+        let solved = programs.solved.as_ref().map(compile).transpose()?;
         let (relax, learn) = match &programs.pc {
-            Some(pc) => (
-                Some(JitLoop::compile(&pc.relax, options)?),
-                Some(JitProgram::compile(&pc.learn, options)?),
-            ),
+            Some(pc) if solved.is_some() => (None, Some(compile(&pc.learn)?)),
+            Some(pc) => (Some(JitLoop::compile(&pc.relax, options)?), Some(compile(&pc.learn)?)),
             None => (None, None),
         };
-        let eval = JitProgram::compile(&programs.eval, options)?;
+        let eval = compile(&programs.eval)?;
         Ok(JitEngine {
             programs,
             grad,
             relax,
+            solved,
             learn,
             eval,
         })
-    }
-
-    /// The step replayed on the interpreter, for its divergence diagnostic.
-    fn diagnose(&self, leaves: &Bindings<f32>) -> EngineError {
-        match InterpEngine::new(self.programs.clone()).gradients(leaves) {
-            Err(e @ EngineError::Diverged { .. }) => e,
-            _ => EngineError::Diverged {
-                what: "the compiled step's result".into(),
-                relaxation_step: None,
-            },
-        }
     }
 }
 
@@ -336,7 +358,7 @@ impl Engine for JitEngine {
                 .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
                 .collect();
             if !loss.is_finite() || check_grads(&grads).is_err() {
-                return Err(self.diagnose(leaves));
+                return Err(diverged(&self.programs, leaves));
             }
             return Ok(StepResult {
                 loss,
@@ -344,33 +366,19 @@ impl Engine for JitEngine {
                 grads,
             });
         }
-        let (Some(relax), Some(learn)) = (&mut self.relax, &mut self.learn) else {
+        let state = match (&mut self.solved, &mut self.relax) {
+            (Some(solved), _) => solved.run(leaves)?,
+            (None, Some(relax)) => relax.run(leaves, self.programs.steps)?,
+            (None, None) => return Err(EngineError::Eval("no programs".into())),
+        };
+        let Some(learn) = &mut self.learn else {
             return Err(EngineError::Eval("no programs".into()));
         };
-        let state = relax.run(leaves, self.programs.steps)?;
-        let energy = state
-            .get("energy")
-            .map(|e| e.iter().map(|&x| f64::from(x)).sum::<f64>());
-        if energy.is_some_and(|e| !e.is_finite()) {
-            return Err(self.diagnose(leaves));
-        }
         let loss = scalar(&state, "loss");
-        let grads: Arrays = learn
-            .run_layered(&[&state, leaves])?
-            .into_iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("update.")
-                    .map(|n| (n.to_string(), v.mapv(|x| -x)))
-            })
-            .collect();
-        if check_grads(&grads).is_err() {
-            return Err(self.diagnose(leaves));
+        if !loss.is_finite() || state.values().any(|v| !all_finite(v)) {
+            return Err(diverged(&self.programs, leaves));
         }
-        Ok(StepResult {
-            loss,
-            energy,
-            grads,
-        })
+        learned(loss, learn.run_layered(&[&state, leaves])?).map_err(|_| diverged(&self.programs, leaves))
     }
 
     fn evaluate(

@@ -1,0 +1,148 @@
+//! The relaxation solved in closed form, for fixed and exact modes.
+//!
+//! With predictions and Jacobians frozen, one synchronous step is linear in the errors:
+//!
+//! ```text
+//! e(t+1) = (1 − η) e(t) + η (M e(t) + c),   e(0) = 0
+//! ```
+//!
+//! where M e is the message product (each relaxed node's children's (∂μ_j/∂v_i)ᵀ e_j) and c the
+//! constant drive from the clamped outputs and the loss. The graph is a DAG, so M is nilpotent:
+//! M^D = 0 for D the number of relaxed levels (`PcGraph::depth`). Expanding
+//! ((1 − η) I + η M)^t binomially gives the state after T steps exactly:
+//!
+//! ```text
+//! e(T) = Σ_{k<D} γ_k M^k (η c),   γ_k = Σ_{t=k}^{T−1} C(t, k) (1 − η)^(t−k) η^k
+//! ```
+//!
+//! — D − 1 message products instead of T steps, the same result up to rounding. It applies when
+//! every relaxed node has unit precision (a per-node precision breaks the scalar expansion) and
+//! pays when D < T; otherwise the relaxation is simulated step by step.
+
+use super::{feedforward_state, relaxed, replay, value_state, PcError, PcGraph, Role};
+use crate::autodiff;
+use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
+use crate::sema::Mode;
+use std::collections::HashMap;
+
+/// γ_k for k < depth: the weight of M^k (η c) in the errors after `steps` steps of size `rate`.
+pub fn coefficients(rate: f64, steps: usize, depth: usize) -> Vec<f64> {
+    (0..depth)
+        .map(|k| {
+            if k >= steps {
+                return 0.0;
+            }
+            if rate == 1.0 {
+                // Only the t = k term survives: (1 − η)^0 η^k = 1.
+                return 1.0;
+            }
+            // In logs: ln C(t, k) + (t − k) ln(1 − η) + k ln η, with C(t + 1, k) = C(t, k) (t + 1) / (t + 1 − k).
+            let (ln_keep, ln_rate) = ((1.0 - rate).ln(), rate.ln());
+            let mut ln_binomial = 0.0;
+            let mut sum = 0.0;
+            for t in k..steps {
+                if t > k {
+                    ln_binomial += ((t as f64) / ((t - k) as f64)).ln();
+                }
+                sum += (ln_binomial + (t - k) as f64 * ln_keep + k as f64 * ln_rate).exp();
+            }
+            sum
+        })
+        .collect()
+}
+
+/// The final relaxation state in closed form, with the same outputs as the simulated loop's
+/// final state (`v.*`, `ff.*`, `loss`); `None` where the closed form does not apply or would
+/// not save work.
+pub fn solve(forward: &Program, graph: &PcGraph, mode: Mode, rate: f64, steps: usize) -> Result<Option<Program>, PcError> {
+    let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
+    if mode == Mode::Strict || !unit_precision || graph.depth >= steps.max(1) {
+        return Ok(None);
+    }
+    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
+    let mut p = Program::new(format!("{}.relax.solved", forward.name));
+    let ff = replay(forward, &mut p, &HashMap::new());
+    // The cut: an identity copy of each relaxed node's feedforward value. The predictions read
+    // the copies, so a vector-Jacobian product with respect to them stops there: one
+    // application of M, not a backward pass through the whole graph.
+    let mut cut = HashMap::new();
+    for pc in relaxed(graph) {
+        let id = p.push(Node {
+            op: Op::Reshape,
+            args: vec![ff[pc.value.index()]],
+            shape: pc.shape.clone(),
+            name: None,
+            region: Region::Model,
+        });
+        cut.insert(pc.value, id);
+    }
+    let predicted = replay(forward, &mut p, &cut);
+    let cuts: Vec<ValueId> = relaxed(graph).map(|pc| cut[&pc.value]).collect();
+
+    // The clamped errors of the outputs and the loss's messages to relaxed nodes it reads.
+    let mut loss_wrt = Vec::new();
+    for pc in &graph.nodes {
+        match pc.role {
+            Role::Output => loss_wrt.push(predicted[pc.value.index()]),
+            Role::Relaxed { loss_reads: true } => loss_wrt.push(cut[&pc.value]),
+            Role::Relaxed { loss_reads: false } => {}
+        }
+    }
+    let minus_one = p.constant(-1.0, Shape::scalar());
+    let loss_grads = if loss_wrt.is_empty() {
+        Vec::new()
+    } else {
+        autodiff::vjp(&mut p, &[(predicted[loss.index()], minus_one)], &loss_wrt)?
+    };
+    let mut loss_grads = loss_grads.into_iter();
+    let mut output_seeds = Vec::new();
+    let mut loss_messages = HashMap::new();
+    for pc in &graph.nodes {
+        match pc.role {
+            Role::Output => output_seeds.push((predicted[pc.value.index()], loss_grads.next().expect("an output error"))),
+            Role::Relaxed { loss_reads: true } => {
+                loss_messages.insert(pc.value, loss_grads.next().expect("a loss message"));
+            }
+            Role::Relaxed { loss_reads: false } => {}
+        }
+    }
+
+    // u_0 = η c, with c the outputs' messages plus the loss's.
+    let from_outputs = if output_seeds.is_empty() {
+        cuts.iter().map(|&c| p.constant_like(0.0, c)).collect()
+    } else {
+        autodiff::vjp(&mut p, &output_seeds, &cuts)?
+    };
+    let mut u: Vec<ValueId> = relaxed(graph)
+        .zip(from_outputs)
+        .map(|(pc, m)| {
+            let drive = match loss_messages.get(&pc.value) {
+                Some(&l) => p.add_values(m, l),
+                None => m,
+            };
+            p.scale(drive, rate)
+        })
+        .collect();
+    let gamma = coefficients(rate, steps, graph.depth);
+    let mut errors: Vec<ValueId> = u.iter().map(|&x| p.scale(x, gamma[0])).collect();
+    for &g in &gamma[1..] {
+        // u_k = M u_{k−1}: the relaxed nodes' messages to their parents.
+        let seeds: Vec<(ValueId, ValueId)> = relaxed(graph)
+            .zip(&u)
+            .map(|(pc, &x)| (predicted[pc.value.index()], x))
+            .collect();
+        u = autodiff::vjp(&mut p, &seeds, &cuts)?;
+        for (e, &x) in errors.iter_mut().zip(&u) {
+            let term = p.scale(x, g);
+            *e = p.add_values(*e, term);
+        }
+    }
+    for (pc, e) in relaxed(graph).zip(errors) {
+        let v = p.add_values(ff[pc.value.index()], e);
+        p.set_output(value_state(&pc.label), v);
+        p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
+    }
+    p.set_output("loss", ff[loss.index()]);
+    p.cse();
+    Ok(Some(p))
+}
