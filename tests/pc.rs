@@ -289,27 +289,50 @@ fn closed_form_relaxation_equals_simulation() {
     for &(path, b) in EXAMPLES {
         let compiled = compile(path, Some(b));
         let forward = &compiled.forward;
-        for cfg in [config(Mode::Fixed, 37, 0.3), config(Mode::Exact, 0, 1.0), config(Mode::Fixed, 5, 0.9)] {
+        for cfg in [
+            config(Mode::Fixed, 37, 0.3),
+            config(Mode::Exact, 0, 1.0),
+            config(Mode::Fixed, 5, 0.9),
+        ] {
             let programs = pcg::pc::transform(forward, &cfg).expect("transforms");
             let steps = programs.relax.steps;
-            let Some(solved) = pcg::pc::solve(forward, &programs.graph, programs.mode, programs.rate, steps).expect("solves") else {
-                assert!(programs.graph.depth >= steps, "{path}: no closed form though depth < steps");
+            let Some(solved) = pcg::pc::solve(
+                forward,
+                &programs.graph,
+                programs.mode,
+                programs.rate,
+                steps,
+            )
+            .expect("solves") else {
+                assert!(
+                    programs.graph.depth >= steps,
+                    "{path}: no closed form though depth < steps"
+                );
                 continue;
             };
             solved_some += 1;
             pcg::ir::verify(&solved).expect("valid program");
             let leaves = leaves(forward);
-            let simulated = interp::run_loop(&programs.relax, &leaves, steps, |_, _| true).expect("runs");
+            let simulated =
+                interp::run_loop(&programs.relax, &leaves, steps, |_, _| true).expect("runs");
             let closed = interp::eval_outputs(&solved, &leaves).expect("runs");
             for (name, value) in &closed {
                 let reference = &simulated[name];
                 let diff = (value - reference).mapv(|x| x * x).sum().sqrt();
                 let norm = reference.mapv(|x| x * x).sum().sqrt().max(1e-30);
-                assert!(diff / norm < 1e-9, "{path} {:?}: {name} differs by {:e}", cfg.mode, diff / norm);
+                assert!(
+                    diff / norm < 1e-9,
+                    "{path} {:?}: {name} differs by {:e}",
+                    cfg.mode,
+                    diff / norm
+                );
             }
         }
     }
-    assert!(solved_some >= 10, "the closed form applied only {solved_some} times");
+    assert!(
+        solved_some >= 10,
+        "the closed form applied only {solved_some} times"
+    );
 }
 
 #[test]

@@ -83,7 +83,7 @@ pub(super) fn grad(
         Programs::build(&compiled.forward, method.into(), &inference, relax.steps).map_err(fail)?;
     let mut engine = backend.engine(programs).map_err(fail)?;
     // For PC the engine's gradient is the negated update, comparable with backprop's.
-    let step = engine.gradients(&leaves).map_err(fail)?;
+    let step = engine.gradients(&leaves, &Arrays::new()).map_err(fail)?;
     npz::write(out, &step.grads).map_err(fail)?;
     emit(&format!("loss={}\n", step.loss));
     Ok(())

@@ -384,9 +384,9 @@ pub(super) fn bench(
         None,
     );
     let mut step = |params: &mut npz::Arrays| -> Result<(), String> {
-        let mut leaves = params.clone();
-        leaves.extend(batch.clone());
-        let result = engine.gradients(&leaves).map_err(|e| e.to_string())?;
+        let result = engine
+            .gradients(params, &batch)
+            .map_err(|e| e.to_string())?;
         optimizer.step(params, &result.grads);
         Ok(())
     };

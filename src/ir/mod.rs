@@ -350,7 +350,8 @@ impl Program {
     }
 
     /// Common-subexpression elimination: a computed node identical to an earlier one (same op,
-    /// operands and shape) is replaced by it, then dead nodes are pruned. For derived programs;
+    /// operands and shape) is replaced by it, an identity reshape by its operand, then dead
+    /// nodes are pruned. For derived programs;
     /// the forward program keeps its nodes distinct because names and regions matter there.
     pub fn cse(&mut self) {
         let mut seen: std::collections::HashMap<(String, Vec<ValueId>, Shape), ValueId> =
@@ -364,6 +365,11 @@ impl Program {
                 .collect();
             self.nodes[i].args.clone_from(&args);
             if matches!(self.nodes[i].op, Op::Leaf(_)) {
+                continue;
+            }
+            // A reshape to the operand's own shape is the operand.
+            if self.nodes[i].op == Op::Reshape && *self.shape(args[0]) == self.nodes[i].shape {
+                replace[i] = args[0];
                 continue;
             }
             let key = (
@@ -387,6 +393,51 @@ impl Program {
             o.value = replace[o.value.index()];
         }
         self.prune();
+    }
+
+    /// Appends `other` to this program: its `State` leaves read the values given by name,
+    /// its other leaves become (or reuse) this program's leaves of the same kind and name.
+    /// Returns `other`'s outputs as values of this program.
+    pub fn append(
+        &mut self,
+        other: &Program,
+        state: &std::collections::HashMap<String, ValueId>,
+    ) -> Vec<Output> {
+        let mut map = Vec::with_capacity(other.nodes.len());
+        for node in &other.nodes {
+            let id = match node.op {
+                Op::Leaf(kind) => {
+                    let name = node.name.clone().unwrap_or_default();
+                    match (kind, state.get(&name)) {
+                        (LeafKind::State, Some(&v)) => v,
+                        _ => self
+                            .leaf_named(kind, &name)
+                            .unwrap_or_else(|| self.leaf(kind, name, node.shape.clone())),
+                    }
+                }
+                _ => {
+                    let args = node.args.iter().map(|a: &ValueId| map[a.index()]).collect();
+                    self.push(Node {
+                        args,
+                        ..node.clone()
+                    })
+                }
+            };
+            map.push(id);
+        }
+        for (name, init) in &other.inits {
+            self.inits
+                .entry(name.clone())
+                .or_insert_with(|| init.clone());
+        }
+        other
+            .outputs
+            .iter()
+            .map(|o| Output {
+                name: o.name.clone(),
+                value: map[o.value.index()],
+            })
+            .collect()
     }
 
     /// Sets the source name of a node (used for PC node granularity and for printing).

@@ -12,8 +12,9 @@ use super::lower::{ConvKind, ConvShape, MatOperand};
 use gemm::Parallelism;
 
 /// Products with fewer multiply-adds than this run on one thread: below it, handing work to a
-/// second core costs more than it saves (measured on 64×256 @ 256×256).
-const PARALLEL_MIN_MACS: usize = 1 << 22;
+/// second core costs more than it saves (measured on the 64×784 @ 784×256 product of the
+/// benchmark model, which is faster on one thread).
+const PARALLEL_MIN_MACS: usize = 1 << 24;
 
 /// Status returned when a checked kernel would leave its arena.
 pub const OUT_OF_ARENA: i32 = 1;

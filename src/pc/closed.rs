@@ -54,7 +54,13 @@ pub fn coefficients(rate: f64, steps: usize, depth: usize) -> Vec<f64> {
 /// The final relaxation state in closed form, with the same outputs as the simulated loop's
 /// final state (`v.*`, `ff.*`, `loss`); `None` where the closed form does not apply or would
 /// not save work.
-pub fn solve(forward: &Program, graph: &PcGraph, mode: Mode, rate: f64, steps: usize) -> Result<Option<Program>, PcError> {
+pub fn solve(
+    forward: &Program,
+    graph: &PcGraph,
+    mode: Mode,
+    rate: f64,
+    steps: usize,
+) -> Result<Option<Program>, PcError> {
     let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
     if mode == Mode::Strict || !unit_precision || graph.depth >= steps.max(1) {
         return Ok(None);
@@ -99,7 +105,10 @@ pub fn solve(forward: &Program, graph: &PcGraph, mode: Mode, rate: f64, steps: u
     let mut loss_messages = HashMap::new();
     for pc in &graph.nodes {
         match pc.role {
-            Role::Output => output_seeds.push((predicted[pc.value.index()], loss_grads.next().expect("an output error"))),
+            Role::Output => output_seeds.push((
+                predicted[pc.value.index()],
+                loss_grads.next().expect("an output error"),
+            )),
             Role::Relaxed { loss_reads: true } => {
                 loss_messages.insert(pc.value, loss_grads.next().expect("a loss message"));
             }
@@ -145,4 +154,26 @@ pub fn solve(forward: &Program, graph: &PcGraph, mode: Mode, rate: f64, steps: u
     p.set_output("loss", ff[loss.index()]);
     p.cse();
     Ok(Some(p))
+}
+
+/// One program for a whole predictive-coding training step: the closed-form relaxation
+/// followed by the learning program, reading the relaxed state directly. Common
+/// subexpression elimination then shares the feedforward pass and the frozen Jacobians
+/// between the two. Outputs: the learning program's (`update.*`, `message.*`, `energy`) and
+/// `loss`.
+pub fn fuse_step(solved: &Program, learn: &Program) -> Program {
+    let mut step = solved.clone();
+    step.name = learn.name.replace(".learn", ".step");
+    let state: HashMap<String, ValueId> = solved
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), o.value))
+        .collect();
+    let loss = solved.output("loss");
+    step.outputs = step.append(learn, &state);
+    if let Some(loss) = loss {
+        step.set_output("loss", loss);
+    }
+    step.cse();
+    step
 }

@@ -37,7 +37,7 @@
 mod closed;
 mod dot;
 
-pub use closed::{coefficients, solve};
+pub use closed::{coefficients, fuse_step, solve};
 pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};

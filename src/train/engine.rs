@@ -64,12 +64,13 @@ impl From<EvalError> for EngineError {
 pub trait Engine {
     /// The backend's name, as `--backend` spells it.
     fn backend(&self) -> &'static str;
-    /// Loss and gradients on one batch; `leaves` holds the parameters and the batch.
-    fn gradients(&mut self, leaves: &Bindings<f32>) -> Result<StepResult, EngineError>;
+    /// Loss and gradients on one batch (inputs and targets by name).
+    fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError>;
     /// Loss and, where the model has one prediction shaped like its target, the prediction.
     fn evaluate(
         &mut self,
-        leaves: &Bindings<f32>,
+        params: &Arrays,
+        batch: &Arrays,
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError>;
 }
 
@@ -83,9 +84,10 @@ pub struct Programs {
     pub pc: Option<PcPrograms>,
     /// Relaxation steps per training step.
     pub steps: usize,
-    /// The relaxation's final state in closed form (fixed and exact modes, where it saves
-    /// work); `None` runs the relaxation step by step.
-    pub solved: Option<Program>,
+    /// The whole PC step as one program — the relaxation solved in closed form, then the
+    /// learning — in fixed and exact modes where that saves work; `None` runs the relaxation
+    /// step by step.
+    pub fused: Option<Program>,
     /// The forward program with an extra output `prediction` when there is one.
     pub eval: Program,
 }
@@ -98,7 +100,7 @@ impl Programs {
         inference: &InferenceConfig,
         steps: Option<usize>,
     ) -> Result<Self, String> {
-        let (grad, pc, steps) = match method {
+        let (grad, mut pc, steps) = match method {
             Method::Bp => (
                 Some(autodiff::grad_program(forward).map_err(|e| e.to_string())?),
                 None,
@@ -110,12 +112,19 @@ impl Programs {
                 (None, Some(programs), steps)
             }
         };
-        let solved = match &pc {
-            Some(p) => pc::solve(forward, &p.graph, p.mode, p.rate, steps).map_err(|e| e.to_string())?,
+        // Training needs the updates, not the messages to the inputs (which gradcheck reads).
+        if let Some(p) = &mut pc {
+            p.learn.outputs.retain(|o| !o.name.starts_with("message."));
+            p.learn.prune();
+        }
+        let fused = match &pc {
+            Some(p) => pc::solve(forward, &p.graph, p.mode, p.rate, steps)
+                .map_err(|e| e.to_string())?
+                .map(|solved| pc::fuse_step(&solved, &p.learn)),
             None => None,
         };
         Ok(Programs {
-            solved,
+            fused,
             method,
             grad,
             pc,
@@ -128,7 +137,7 @@ impl Programs {
 impl Programs {
     /// The same programs without the closed form: every relaxation step is run.
     pub fn simulated(mut self) -> Self {
-        self.solved = None;
+        self.fused = None;
         self
     }
 }
@@ -152,6 +161,13 @@ pub fn eval_program(forward: &Program, inference: &InferenceConfig) -> Program {
     eval
 }
 
+/// Parameters and a batch in one map (the interpreter binds leaves from one map).
+fn merged(params: &Arrays, batch: &Arrays) -> Bindings<f32> {
+    let mut leaves = params.clone();
+    leaves.extend(batch.iter().map(|(k, v)| (k.clone(), v.clone())));
+    leaves
+}
+
 fn scalar(b: &Bindings<f32>, name: &str) -> f64 {
     b.get(name)
         .map_or(f64::NAN, |t| t.iter().map(|&x| f64::from(x)).sum())
@@ -161,14 +177,16 @@ fn all_finite(a: &ArrayD<f32>) -> bool {
     a.iter().all(|x| x.is_finite())
 }
 
-/// Names the first non-finite gradient, if any.
-pub fn check_grads(grads: &Arrays) -> Result<(), EngineError> {
-    match grads.iter().find(|(_, g)| !all_finite(g)) {
-        Some((name, _)) => Err(EngineError::Diverged {
-            what: format!("the gradient of parameter `{name}`"),
+/// A loss that is not finite. (Engines check the scalars they compute anyway — the loss and
+/// the energy; the training loop checks the parameters after each update, once.)
+fn check_loss(loss: f64) -> Result<(), EngineError> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(EngineError::Diverged {
+            what: "the loss".into(),
             relaxation_step: None,
-        }),
-        None => Ok(()),
+        })
     }
 }
 
@@ -188,7 +206,8 @@ impl Engine for InterpEngine {
         "interp"
     }
 
-    fn gradients(&mut self, leaves: &Bindings<f32>) -> Result<StepResult, EngineError> {
+    fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
+        let leaves = &merged(params, batch);
         if let Some(grad) = &self.programs.grad {
             let out = interp::eval_outputs(grad, leaves)?;
             let loss = scalar(&out, "loss");
@@ -202,7 +221,7 @@ impl Engine for InterpEngine {
                 .into_iter()
                 .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
                 .collect();
-            check_grads(&grads)?;
+            check_loss(loss)?;
             return Ok(StepResult {
                 loss,
                 energy: None,
@@ -214,33 +233,31 @@ impl Engine for InterpEngine {
             .pc
             .as_ref()
             .ok_or_else(|| EngineError::Eval("no programs".into()))?;
-        let state = match &self.programs.solved {
-            Some(solved) => {
-                let state = interp::eval_outputs(solved, leaves)?;
-                if state.values().any(|v| !all_finite(v)) {
-                    // Replay step by step to say where it went wrong.
-                    return Err(diverged(&self.programs, leaves));
-                }
-                state
+        if let Some(fused) = &self.programs.fused {
+            let out = interp::eval_outputs(fused, leaves)?;
+            let loss = scalar(&out, "loss");
+            if check_loss(loss).is_err() || out.get("energy").is_some_and(|e| !all_finite(e)) {
+                // Replay step by step to say where it went wrong.
+                return Err(diverged(&self.programs, params, batch));
             }
-            None => {
-                let mut diverged = None;
-                let state = interp::run_loop(&pc.relax, leaves, self.programs.steps, |step, env| {
-                    let finite = env.get("energy").is_none_or(|e| e.iter().all(|x| x.is_finite()));
-                    if !finite {
-                        diverged = Some((step, first_non_finite_node(pc, env)));
-                    }
-                    finite
-                })?;
-                if let Some((step, node)) = diverged {
-                    return Err(EngineError::Diverged {
-                        what: node,
-                        relaxation_step: Some(step),
-                    });
-                }
-                state
+            return learned(loss, out);
+        }
+        let mut diverged = None;
+        let state = interp::run_loop(&pc.relax, leaves, self.programs.steps, |step, env| {
+            let finite = env
+                .get("energy")
+                .is_none_or(|e| e.iter().all(|x| x.is_finite()));
+            if !finite {
+                diverged = Some((step, first_non_finite_node(pc, env)));
             }
-        };
+            finite
+        })?;
+        if let Some((step, node)) = diverged {
+            return Err(EngineError::Diverged {
+                what: node,
+                relaxation_step: Some(step),
+            });
+        }
         let loss = scalar(&state, "loss");
         let mut env = leaves.clone();
         env.extend(state);
@@ -249,9 +266,10 @@ impl Engine for InterpEngine {
 
     fn evaluate(
         &mut self,
-        leaves: &Bindings<f32>,
+        params: &Arrays,
+        batch: &Arrays,
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
-        let mut out = interp::eval_outputs(&self.programs.eval, leaves)?;
+        let mut out = interp::eval_outputs(&self.programs.eval, &merged(params, batch))?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
     }
 }
@@ -259,19 +277,34 @@ impl Engine for InterpEngine {
 /// The step's result from the learning program's outputs: the negated updates are the
 /// gradients; the energy is the relaxed state's.
 fn learned(loss: f64, mut out: Bindings<f32>) -> Result<StepResult, EngineError> {
-    let energy = out.remove("energy").map(|e| e.iter().map(|&x| f64::from(x)).sum());
+    let energy = out
+        .remove("energy")
+        .map(|e| e.iter().map(|&x| f64::from(x)).sum::<f64>());
+    if energy.is_some_and(|e| !e.is_finite()) {
+        return Err(EngineError::Diverged {
+            what: "the energy".into(),
+            relaxation_step: None,
+        });
+    }
     let grads: Arrays = out
         .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix("update.").map(|n| (n.to_string(), v.mapv(|x| -x))))
+        .filter_map(|(k, mut v)| {
+            let name = k.strip_prefix("update.")?.to_string();
+            v.mapv_inplace(|x| -x);
+            Some((name, v))
+        })
         .collect();
-    check_grads(&grads)?;
-    Ok(StepResult { loss, energy, grads })
+    Ok(StepResult {
+        loss,
+        energy,
+        grads,
+    })
 }
 
 /// Replays a step that went non-finite on the interpreter, simulating every relaxation step,
 /// to name the node and the step where it diverged.
-fn diverged(programs: &Programs, leaves: &Bindings<f32>) -> EngineError {
-    match InterpEngine::new(programs.clone().simulated()).gradients(leaves) {
+fn diverged(programs: &Programs, params: &Arrays, batch: &Arrays) -> EngineError {
+    match InterpEngine::new(programs.clone().simulated()).gradients(params, batch) {
         Err(e @ EngineError::Diverged { .. }) => e,
         _ => EngineError::Diverged {
             what: "the relaxed state".into(),
@@ -311,7 +344,7 @@ pub struct JitEngine {
     programs: Programs,
     grad: Option<JitProgram>,
     relax: Option<JitLoop>,
-    solved: Option<JitProgram>,
+    fused: Option<JitProgram>,
     learn: Option<JitProgram>,
     eval: JitProgram,
 }
@@ -320,10 +353,13 @@ impl JitEngine {
     pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
         let compile = |p: &Program| JitProgram::compile(p, options);
         let grad = programs.grad.as_ref().map(compile).transpose()?;
-        let solved = programs.solved.as_ref().map(compile).transpose()?;
+        let fused = programs.fused.as_ref().map(compile).transpose()?;
         let (relax, learn) = match &programs.pc {
-            Some(pc) if solved.is_some() => (None, Some(compile(&pc.learn)?)),
-            Some(pc) => (Some(JitLoop::compile(&pc.relax, options)?), Some(compile(&pc.learn)?)),
+            Some(_) if fused.is_some() => (None, None),
+            Some(pc) => (
+                Some(JitLoop::compile(&pc.relax, options)?),
+                Some(compile(&pc.learn)?),
+            ),
             None => (None, None),
         };
         let eval = compile(&programs.eval)?;
@@ -331,7 +367,7 @@ impl JitEngine {
             programs,
             grad,
             relax,
-            solved,
+            fused,
             learn,
             eval,
         })
@@ -349,16 +385,16 @@ impl Engine for JitEngine {
         "jit"
     }
 
-    fn gradients(&mut self, leaves: &Bindings<f32>) -> Result<StepResult, EngineError> {
+    fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
         if let Some(grad) = &mut self.grad {
-            let out = grad.run(leaves)?;
+            let out = grad.run_layered(&[batch, params])?;
             let loss = scalar(&out, "loss");
             let grads: Arrays = out
                 .into_iter()
                 .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
                 .collect();
-            if !loss.is_finite() || check_grads(&grads).is_err() {
-                return Err(diverged(&self.programs, leaves));
+            if check_loss(loss).is_err() {
+                return Err(diverged(&self.programs, params, batch));
             }
             return Ok(StepResult {
                 loss,
@@ -366,26 +402,35 @@ impl Engine for JitEngine {
                 grads,
             });
         }
-        let state = match (&mut self.solved, &mut self.relax) {
-            (Some(solved), _) => solved.run(leaves)?,
-            (None, Some(relax)) => relax.run(leaves, self.programs.steps)?,
-            (None, None) => return Err(EngineError::Eval("no programs".into())),
+        if let Some(fused) = &mut self.fused {
+            let out = fused.run_layered(&[batch, params])?;
+            let loss = scalar(&out, "loss");
+            if check_loss(loss).is_err() || out.get("energy").is_some_and(|e| !all_finite(e)) {
+                return Err(diverged(&self.programs, params, batch));
+            }
+            return learned(loss, out);
+        }
+        let state = match &mut self.relax {
+            Some(relax) => relax.run(&merged(params, batch), self.programs.steps)?,
+            None => return Err(EngineError::Eval("no programs".into())),
         };
         let Some(learn) = &mut self.learn else {
             return Err(EngineError::Eval("no programs".into()));
         };
         let loss = scalar(&state, "loss");
-        if !loss.is_finite() || state.values().any(|v| !all_finite(v)) {
-            return Err(diverged(&self.programs, leaves));
+        if check_loss(loss).is_err() || state.get("energy").is_some_and(|e| !all_finite(e)) {
+            return Err(diverged(&self.programs, params, batch));
         }
-        learned(loss, learn.run_layered(&[&state, leaves])?).map_err(|_| diverged(&self.programs, leaves))
+        learned(loss, learn.run_layered(&[&state, batch, params])?)
+            .map_err(|_| diverged(&self.programs, params, batch))
     }
 
     fn evaluate(
         &mut self,
-        leaves: &Bindings<f32>,
+        params: &Arrays,
+        batch: &Arrays,
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
-        let mut out = self.eval.run(leaves)?;
+        let mut out = self.eval.run_layered(&[batch, params])?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
     }
 }

@@ -10,7 +10,6 @@ use super::batch::io_shapes;
 use super::engine::{Engine, EngineError};
 use super::optim::{Optimizer, STATE_PREFIX};
 use crate::data::{self, Dataset, Split};
-use crate::interp::Bindings;
 use crate::ir::{LeafKind, Program};
 use crate::npz::{self, Arrays};
 use crate::sema::OptimizerConfig;
@@ -135,7 +134,7 @@ pub fn evaluate(
             split.len()
         )));
     }
-    let mut leaves: Bindings<f32> = params.clone();
+    let mut leaves = Arrays::new();
     let (mut loss, mut correct, mut counted, mut has_prediction) = (0.0, 0usize, 0usize, false);
     for k in 0..batches {
         let indices: Vec<usize> = (k * b..(k + 1) * b).collect();
@@ -144,12 +143,15 @@ pub fn evaluate(
             .map_err(|e| TrainError::Data(e.to_string()))?;
         leaves.insert(xn.clone(), x);
         leaves.insert(yn.clone(), y);
-        let (l, prediction) = engine.evaluate(&leaves).map_err(|error| TrainError::Step {
-            epoch: 0,
-            batch: k,
-            error,
-            hint: String::new(),
-        })?;
+        let (l, prediction) =
+            engine
+                .evaluate(params, &leaves)
+                .map_err(|error| TrainError::Step {
+                    epoch: 0,
+                    batch: k,
+                    error,
+                    hint: String::new(),
+                })?;
         loss += l;
         if let (Some(p), Some(y)) = (prediction, leaves.get(&yn)) {
             has_prediction = true;
@@ -260,13 +262,12 @@ pub fn train(
         let t0 = Instant::now();
         let order = data::epoch_order(dataset.train.len(), settings.seed, epoch);
         let (mut loss_sum, mut energy_sum, mut energies) = (0.0, 0.0, 0usize);
-        let mut leaves: Bindings<f32> = Bindings::new();
+        let mut leaves = Arrays::new();
         for k in 0..batches {
             let (x, y) = dataset
                 .train
                 .batch(&order[k * b..(k + 1) * b], &xs, &ys)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
-            leaves.clone_from(&params);
             leaves.insert(xn.clone(), x);
             leaves.insert(yn.clone(), y);
             let fail = |error| TrainError::Step {
@@ -275,7 +276,7 @@ pub fn train(
                 error,
                 hint: settings.hint.clone(),
             };
-            let step = engine.gradients(&leaves).map_err(fail)?;
+            let step = engine.gradients(&params, &leaves).map_err(fail)?;
             optimizer.step(&mut params, &step.grads);
             if let Some((name, _)) = params
                 .iter()
