@@ -47,3 +47,4 @@ print(', '.join(out))")
   echo "|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } | tee benches/peers/results.md
+python3 scripts/readme_tables.py

@@ -1,0 +1,18 @@
+"""Copies the tables that the benchmark scripts write (docs/zoo.md, benches/peers/results.md,
+docs/backends.md) into README.md between their markers."""
+import re
+
+tables = {"zoo": "docs/zoo.md", "peers": "benches/peers/results.md", "backends": "docs/backends.md"}
+readme = open("README.md").read()
+for name, path in tables.items():
+    try:
+        table = open(path).read().strip()
+    except FileNotFoundError:
+        continue
+    readme = re.sub(
+        rf"<!-- {name}:begin -->.*<!-- {name}:end -->",
+        lambda _: f"<!-- {name}:begin -->\n{table}\n<!-- {name}:end -->",
+        readme,
+        flags=re.S,
+    )
+open("README.md", "w").write(readme)
