@@ -117,6 +117,10 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
 pub struct Curve {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    /// Curves of one group share a colour (one model trained by PC and by BP, say).
+    pub group: usize,
+    /// Drawn dashed (predictive coding, against backprop's solid line).
+    pub dashed: bool,
 }
 
 /// Two panels of per-epoch curves: losses (log scale) and test accuracy (or any second metric).
@@ -137,7 +141,7 @@ pub fn curves_svg(
         .fold(1.0f64, f64::max);
     let range = log_range(losses.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
     let mut chart = ChartBuilder::on(&left)
-        .caption(format!("{title}: loss"), ("sans-serif", 18))
+        .caption(format!("{title}: test loss"), ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(60)
@@ -146,18 +150,19 @@ pub fn curves_svg(
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("loss")
+        .y_label_formatter(&|v| format!("{v:.3}"))
         .draw()?;
-    for (i, c) in losses.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                c.points.iter().copied().filter(|p| p.1 > 0.0),
-                colour.stroke_width(2),
-            ))?
+    for c in losses {
+        let points = c.points.iter().copied().filter(|p| p.1 > 0.0);
+        let (colour, dashed) = (COLOURS[c.group % COLOURS.len()], c.dashed);
+        let series = if dashed {
+            chart.draw_series(DashedLineSeries::new(points, 6, 4, colour.stroke_width(2)))?
+        } else {
+            chart.draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+        };
+        series
             .label(c.label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
+            .legend(move |(x, y)| legend_mark(x, y, colour, dashed));
     }
     chart
         .configure_series_labels()
@@ -186,17 +191,17 @@ pub fn curves_svg(
         .x_desc("epoch")
         .y_desc(accuracy_label)
         .draw()?;
-    for (i, c) in accuracies.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                c.points.iter().copied(),
-                colour.stroke_width(2),
-            ))?
+    for c in accuracies {
+        let points = c.points.iter().copied();
+        let (colour, dashed) = (COLOURS[c.group % COLOURS.len()], c.dashed);
+        let series = if dashed {
+            chart.draw_series(DashedLineSeries::new(points, 6, 4, colour.stroke_width(2)))?
+        } else {
+            chart.draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+        };
+        series
             .label(c.label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
+            .legend(move |(x, y)| legend_mark(x, y, colour, dashed));
     }
     if !accuracies.is_empty() {
         chart
@@ -209,6 +214,12 @@ pub fn curves_svg(
     Ok(())
 }
 
+/// A legend sample: a line, or a short dash for dashed curves.
+fn legend_mark(x: i32, y: i32, colour: RGBColor, dashed: bool) -> PathElement<(i32, i32)> {
+    let end = if dashed { x + 8 } else { x + 18 };
+    PathElement::new(vec![(x, y), (end, y)], colour.stroke_width(2))
+}
+
 /// One run's curves: train and test loss, and test accuracy where the model has one.
 pub fn training_svg(
     path: &Path,
@@ -216,18 +227,23 @@ pub fn training_svg(
     method: &str,
     history: &[crate::train::run::EpochMetrics],
 ) -> PlotResult {
-    let series = |label: &str, f: &dyn Fn(&crate::train::run::EpochMetrics) -> Option<f64>| Curve {
-        label: format!("{method} {label}"),
-        points: history
-            .iter()
-            .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
-            .collect(),
-    };
+    let series =
+        |label: &str, group: usize, f: &dyn Fn(&crate::train::run::EpochMetrics) -> Option<f64>| {
+            Curve {
+                label: format!("{method} {label}"),
+                points: history
+                    .iter()
+                    .filter_map(|m| f(m).map(|v| (m.epoch as f64, v)))
+                    .collect(),
+                group,
+                dashed: false,
+            }
+        };
     let losses = [
-        series("train loss", &|m| Some(m.train_loss)),
-        series("test loss", &|m| Some(m.test_loss)),
+        series("train loss", 0, &|m| Some(m.train_loss)),
+        series("test loss", 1, &|m| Some(m.test_loss)),
     ];
-    let acc = series("test accuracy", &|m| m.test_acc);
+    let acc = series("test accuracy", 1, &|m| m.test_acc);
     let accuracies: Vec<Curve> = if acc.points.is_empty() {
         Vec::new()
     } else {

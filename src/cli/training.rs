@@ -302,6 +302,8 @@ pub(super) fn eval(
 pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
     use crate::plot::Curve;
     let (mut losses, mut accuracies) = (Vec::new(), Vec::new());
+    // Runs labelled `<model> <method>` share a colour per model; PC is dashed.
+    let mut groups: Vec<String> = Vec::new();
     for run in runs {
         let Some((label, path)) = run.split_once('=') else {
             return Err(fail(format!("expected LABEL=FILE.jsonl, got `{run}`")));
@@ -323,14 +325,24 @@ pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
                 acc.push((epoch, a));
             }
         }
+        let model = label.split_whitespace().next().unwrap_or(label).to_string();
+        let group = groups.iter().position(|g| *g == model).unwrap_or_else(|| {
+            groups.push(model);
+            groups.len() - 1
+        });
+        let dashed = label.split_whitespace().any(|w| w == "pc");
         losses.push(Curve {
             label: format!("{label} test loss"),
             points: test_loss,
+            group,
+            dashed,
         });
         if !acc.is_empty() {
             accuracies.push(Curve {
                 label: format!("{label} test accuracy"),
                 points: acc,
+                group,
+                dashed,
             });
         }
     }
