@@ -13,6 +13,7 @@
 //! The element type is generic (`Real`): training runs in `f32`, finite-difference checks of
 //! the autodiff rules in `f64`.
 
+use crate::ir::shape::ConvGeometry;
 use crate::ir::{
     verify, BinaryOp, LeafKind, Node, Op, Program, ReduceOp, Shape, UnaryOp, ValueId, VerifyError,
 };
@@ -404,40 +405,7 @@ fn matmul<F: Real>(a: &Tensor<F>, b: &Tensor<F>, shape: &Shape) -> Tensor<F> {
 /// - conv:        out    = W · cols,        W the weight as `[O, C*KH*KW]`
 /// - weight grad: dW     = G · colsᵀ,       G the cotangent as `[O, N*OH*OW]`
 /// - input grad:  dcols  = Wᵀ · G, scattered back onto the input by `col2im` (im2col's adjoint)
-struct ConvGeometry {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    stride: usize,
-    padding: usize,
-}
-
 impl ConvGeometry {
-    fn new(input: &[usize], weight: &[usize], stride: usize, padding: usize) -> ConvGeometry {
-        let out = |size, kernel| {
-            crate::ir::shape::conv_out(size, kernel, stride, padding).expect("kernel fits input")
-        };
-        ConvGeometry {
-            n: input[0],
-            c: input[1],
-            h: input[2],
-            w: input[3],
-            o: weight[0],
-            kh: weight[2],
-            kw: weight[3],
-            oh: out(input[2], weight[2]),
-            ow: out(input[3], weight[3]),
-            stride,
-            padding,
-        }
-    }
-
     fn patch_len(&self) -> usize {
         self.c * self.kh * self.kw
     }

@@ -37,6 +37,11 @@ fn dataset(
     data::load(&spec).map_err(|e| e.to_string())
 }
 
+/// The method a flag asks for, else the train block's, else predictive coding.
+fn chosen_method(flag: Option<MethodArg>, train: Option<&TrainConfig>) -> Method {
+    flag.map_or_else(|| train.map_or(Method::Pc, |t| t.method), Method::from)
+}
+
 fn with_lr(optimizer: &OptimizerConfig, lr: Option<f64>) -> OptimizerConfig {
     let Some(new) = lr else {
         return optimizer.clone();
@@ -82,11 +87,7 @@ pub(super) fn run(
     let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let method = match flags.method {
-        Some(MethodArg::Bp) => Method::Bp,
-        Some(MethodArg::Pc) => Method::Pc,
-        None => base.as_ref().map_or(Method::Pc, |t| t.method),
-    };
+    let method = chosen_method(flags.method, base.as_ref());
     let inference = relax.apply(base.as_ref().map(|t| &t.inference));
     let optimizer_config = with_lr(
         &base.as_ref().map_or(
@@ -363,11 +364,7 @@ pub(super) fn bench(
     let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let method = match method {
-        Some(MethodArg::Bp) => Method::Bp,
-        Some(MethodArg::Pc) => Method::Pc,
-        None => base.as_ref().map_or(Method::Pc, |t| t.method),
-    };
+    let method = chosen_method(method, base.as_ref());
     let inference = relax.apply(base.as_ref().map(|t| &t.inference));
     let programs = Programs::build(forward, method, &inference, relax.steps).map_err(fail)?;
     let steps = programs.steps;

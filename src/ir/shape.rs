@@ -105,6 +105,44 @@ pub fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> Op
     }
 }
 
+/// The sizes of a 2-D convolution: input `[n, c, h, w]`, weight `[o, c, kh, kw]`, output
+/// `[n, o, oh, ow]`. Both backends derive their loops from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// The geometry of a convolution whose shapes `infer` accepted (a kernel that does not
+    /// fit gives an empty output).
+    pub fn new(input: &[usize], weight: &[usize], stride: usize, padding: usize) -> ConvGeometry {
+        let out = |size, kernel| conv_out(size, kernel, stride, padding).unwrap_or(0);
+        ConvGeometry {
+            n: input[0],
+            c: input[1],
+            h: input[2],
+            w: input[3],
+            o: weight[0],
+            kh: weight[2],
+            kw: weight[3],
+            oh: out(input[2], weight[2]),
+            ow: out(input[3], weight[3]),
+            stride,
+            padding,
+        }
+    }
+}
+
 /// The result shape of `op` applied to operands of `args` shapes. `target` is the declared
 /// result for ops that need one (leaves, constants, reshape, broadcast) and is checked against
 /// the inferred shape for the others when given.

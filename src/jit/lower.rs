@@ -9,6 +9,7 @@
 //! buffer. The result is a list of [`Kernel`]s in program order; the buffer plan assigns them
 //! memory and the code generator turns each into one loop nest or one runtime call.
 
+pub use crate::ir::shape::ConvGeometry;
 use crate::ir::{BinaryOp, LeafKind, Op, Program, ReduceOp, UnaryOp, ValueId};
 use std::collections::HashMap;
 
@@ -261,41 +262,7 @@ pub enum ConvKind {
     WeightGrad,
 }
 
-/// The sizes of one 2-D convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ConvShape {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub stride: usize,
-    pub padding: usize,
-}
-
-impl ConvShape {
-    fn new(input: &[usize], weight: &[usize], stride: usize, padding: usize) -> ConvShape {
-        let out =
-            |size, kernel| crate::ir::shape::conv_out(size, kernel, stride, padding).unwrap_or(0);
-        ConvShape {
-            n: input[0],
-            c: input[1],
-            h: input[2],
-            w: input[3],
-            o: weight[0],
-            kh: weight[2],
-            kw: weight[3],
-            oh: out(input[2], weight[2]),
-            ow: out(input[3], weight[3]),
-            stride,
-            padding,
-        }
-    }
-
+impl ConvGeometry {
     /// The length of one sample's im2col matrix `[C·KH·KW, OH·OW]`.
     pub fn columns_len(&self) -> usize {
         self.c * self.kh * self.kw * self.oh * self.ow
@@ -306,7 +273,7 @@ impl ConvShape {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvKernel {
     pub kind: ConvKind,
-    pub shape: ConvShape,
+    pub shape: ConvGeometry,
     pub args: [BufferId; 2],
     pub out: BufferId,
     /// Room for one sample's im2col matrix.
@@ -693,7 +660,7 @@ impl<'a> Lowering<'a> {
                     }
                     _ => (ConvKind::WeightGrad, self.dims(args[0]), dims.clone()),
                 };
-                let shape = ConvShape::new(&input, &weight, *stride, *padding);
+                let shape = ConvGeometry::new(&input, &weight, *stride, *padding);
                 let a = self.buffer_of(args[0]);
                 let b = self.buffer_of(args[1]);
                 let out = self.result_buffer(id);

@@ -8,7 +8,7 @@
 //! descriptors serve every run. Each kernel returns 0, or a non-zero status when a checked
 //! descriptor would reach outside the arena.
 
-use super::lower::{ConvKind, ConvShape, MatOperand};
+use super::lower::{ConvGeometry, ConvKind, MatOperand};
 use gemm::Parallelism;
 
 /// Products with fewer multiply-adds than this run on one thread: below it, handing work to a
@@ -163,7 +163,7 @@ pub unsafe extern "C" fn matmul(desc: *const MatMulDesc, arena: *mut f32) -> i32
 #[derive(Clone, Copy, Debug)]
 pub struct ConvDesc {
     pub kind: ConvKind,
-    pub shape: ConvShape,
+    pub shape: ConvGeometry,
     pub args: [usize; 2],
     pub out: usize,
     pub columns: usize,
@@ -270,7 +270,7 @@ pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
 
 /// Calls `visit(entry, pixel)` for every entry of one sample's im2col matrix that reads an
 /// input element: `entry` indexes the `[C·KH·KW, OH·OW]` matrix, `pixel` the `[C, H, W]` input.
-fn for_each_tap(s: &ConvShape, mut visit: impl FnMut(usize, usize)) {
+fn for_each_tap(s: &ConvGeometry, mut visit: impl FnMut(usize, usize)) {
     let pixels = s.oh * s.ow;
     let inside = |pos: usize, size: usize| pos.checked_sub(s.padding).filter(|&i| i < size);
     for c in 0..s.c {
@@ -293,13 +293,13 @@ fn for_each_tap(s: &ConvShape, mut visit: impl FnMut(usize, usize)) {
     }
 }
 
-fn im2col(s: &ConvShape, input: &[f32], columns: &mut [f32]) {
+fn im2col(s: &ConvGeometry, input: &[f32], columns: &mut [f32]) {
     columns.fill(0.0);
     for_each_tap(s, |entry, pixel| columns[entry] = input[pixel]);
 }
 
 /// The adjoint of `im2col`: sums each matrix entry onto the input element it read.
-fn col2im(s: &ConvShape, columns: &[f32], input: &mut [f32]) {
+fn col2im(s: &ConvGeometry, columns: &[f32], input: &mut [f32]) {
     input.fill(0.0);
     for_each_tap(s, |entry, pixel| input[pixel] += columns[entry]);
 }
