@@ -372,6 +372,33 @@ impl Program {
                 replace[i] = args[0];
                 continue;
             }
+            // x + 0, x - 0, 0 + x, x * 1, 1 * x, x / 1 are x; x * 0 and 0 * x are 0 (operands of
+            // binary ops share the node's shape). Non-finite x is not special-cased: the
+            // programs these come from multiply by structural zeros of the graph.
+            if let Op::Binary(b) = self.nodes[i].op {
+                let constant = |v: ValueId| match self.nodes[v.index()].op {
+                    Op::Const(c) => Some(c),
+                    _ => None,
+                };
+                let (l, r) = (constant(args[0]), constant(args[1]));
+                let same = match (b, l, r) {
+                    (BinaryOp::Add, _, Some(c)) | (BinaryOp::Sub, _, Some(c)) if c == 0.0 => {
+                        Some(args[0])
+                    }
+                    (BinaryOp::Add, Some(c), _) if c == 0.0 => Some(args[1]),
+                    (BinaryOp::Mul, _, Some(c)) | (BinaryOp::Div, _, Some(c)) if c == 1.0 => {
+                        Some(args[0])
+                    }
+                    (BinaryOp::Mul, Some(c), _) if c == 1.0 => Some(args[1]),
+                    (BinaryOp::Mul, _, Some(c)) if c == 0.0 => Some(args[1]),
+                    (BinaryOp::Mul, Some(c), _) if c == 0.0 => Some(args[0]),
+                    _ => None,
+                };
+                if let Some(v) = same {
+                    replace[i] = v;
+                    continue;
+                }
+            }
             let key = (
                 self.nodes[i].op.to_string(),
                 args,
