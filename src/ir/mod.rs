@@ -380,18 +380,17 @@ impl Program {
                     Op::Const(c) => Some(c),
                     _ => None,
                 };
-                let (l, r) = (constant(args[0]), constant(args[1]));
-                let same = match (b, l, r) {
-                    (BinaryOp::Add, _, Some(c)) | (BinaryOp::Sub, _, Some(c)) if c == 0.0 => {
-                        Some(args[0])
-                    }
-                    (BinaryOp::Add, Some(c), _) if c == 0.0 => Some(args[1]),
-                    (BinaryOp::Mul, _, Some(c)) | (BinaryOp::Div, _, Some(c)) if c == 1.0 => {
-                        Some(args[0])
-                    }
-                    (BinaryOp::Mul, Some(c), _) if c == 1.0 => Some(args[1]),
-                    (BinaryOp::Mul, _, Some(c)) if c == 0.0 => Some(args[1]),
-                    (BinaryOp::Mul, Some(c), _) if c == 0.0 => Some(args[0]),
+                let is = |v: ValueId, k: f64| constant(v) == Some(k);
+                let (x, y) = (args[0], args[1]);
+                let same = match b {
+                    BinaryOp::Add if is(y, 0.0) => Some(x),
+                    BinaryOp::Add if is(x, 0.0) => Some(y),
+                    BinaryOp::Sub if is(y, 0.0) => Some(x),
+                    BinaryOp::Mul if is(y, 1.0) => Some(x),
+                    BinaryOp::Mul if is(x, 1.0) => Some(y),
+                    BinaryOp::Mul if is(y, 0.0) => Some(y),
+                    BinaryOp::Mul if is(x, 0.0) => Some(x),
+                    BinaryOp::Div if is(y, 1.0) => Some(x),
                     _ => None,
                 };
                 if let Some(v) = same {
