@@ -381,15 +381,15 @@ pub(super) fn bench(
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let mut params = init::init_params(forward, seed);
     let batch = crate::train::batch::random_batch(forward, seed);
+    // Plain SGD at the file's learning rate: the update the peer benchmarks make too, so the
+    // timed work is the same.
+    let lr = base.as_ref().map_or(0.01, |t| learning_rate(&t.optimizer));
     let mut optimizer = Optimizer::new(
-        base.as_ref().map_or(
-            OptimizerConfig::Sgd {
-                lr: 0.01,
-                momentum: 0.0,
-                weight_decay: 0.0,
-            },
-            |t| t.optimizer.clone(),
-        ),
+        OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
         None,
     );
     let mut step = |params: &mut npz::Arrays| -> Result<(), String> {

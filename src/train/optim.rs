@@ -62,6 +62,13 @@ impl Optimizer {
                     weight_decay,
                 } => {
                     let (lr, mu, wd) = (lr as f32, momentum as f32, weight_decay as f32);
+                    if mu == 0.0 {
+                        // p <- p - lr (g + wd p): no velocity to keep.
+                        Zip::from(&mut *p)
+                            .and(g)
+                            .for_each(|p, &g| *p -= lr * (scale * g + wd * *p));
+                        continue;
+                    }
                     let v = self
                         .first
                         .entry(name.clone())
