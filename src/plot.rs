@@ -152,23 +152,7 @@ pub fn curves_svg(
         .y_desc("loss")
         .y_label_formatter(&|v| format!("{v:.3}"))
         .draw()?;
-    for c in losses {
-        let points = c.points.iter().copied().filter(|p| p.1 > 0.0);
-        let (colour, dashed) = (COLOURS[c.group % COLOURS.len()], c.dashed);
-        let series = if dashed {
-            chart.draw_series(DashedLineSeries::new(points, 6, 4, colour.stroke_width(2)))?
-        } else {
-            chart.draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-        };
-        series
-            .label(c.label.clone())
-            .legend(move |(x, y)| legend_mark(x, y, colour, dashed));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    draw_curves(&mut chart, losses, |v| v > 0.0)?;
     let (lo, hi) = accuracies
         .iter()
         .flat_map(|c| c.points.iter().map(|p| p.1))
@@ -191,8 +175,27 @@ pub fn curves_svg(
         .x_desc("epoch")
         .y_desc(accuracy_label)
         .draw()?;
-    for c in accuracies {
-        let points = c.points.iter().copied();
+    if !accuracies.is_empty() {
+        draw_curves(&mut chart, accuracies, |_| true)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Draws curves (the points whose value `keep` accepts), one colour per group, dashed where
+/// asked, with a legend.
+fn draw_curves<'a, DB, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    curves: &[Curve],
+    keep: impl Fn(f64) -> bool,
+) -> PlotResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    Y: Ranged<ValueType = f64>,
+{
+    for c in curves {
+        let points = c.points.iter().copied().filter(|p| keep(p.1));
         let (colour, dashed) = (COLOURS[c.group % COLOURS.len()], c.dashed);
         let series = if dashed {
             chart.draw_series(DashedLineSeries::new(points, 6, 4, colour.stroke_width(2)))?
@@ -203,14 +206,11 @@ pub fn curves_svg(
             .label(c.label.clone())
             .legend(move |(x, y)| legend_mark(x, y, colour, dashed));
     }
-    if !accuracies.is_empty() {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 

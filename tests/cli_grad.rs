@@ -2,23 +2,13 @@
 
 use pcg::npz;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn pcg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pcg"))
-        .args(args)
-        .output()
-        .expect("pcg runs")
-}
+mod common;
+
+use common::{pcg, text};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pcg-cli-grad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    common::scratch("cli-grad", name)
 }
 
 #[test]

@@ -4,21 +4,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn pcg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pcg"))
-        .args(args)
-        .output()
-        .expect("pcg runs")
-}
+mod common;
+
+use common::{pcg, text};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pcg-cli-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join(name)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    common::scratch("cli-run", name)
 }
 
 /// The `key=value` fields of the last stdout line, which must start with `final`.

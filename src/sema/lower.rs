@@ -1093,6 +1093,24 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         }
     }
 
+    /// A bound of a range index: absent gives `default`; negative counts from the end of an
+    /// axis of `size`. A bound that is not an integer is reported (the error value returned).
+    fn range_bound(
+        &mut self,
+        bound: Option<&ast::Expr>,
+        default: i64,
+        size: i64,
+    ) -> Result<i64, Val> {
+        let Some(e) = bound else {
+            return Ok(default);
+        };
+        match self.expr(e) {
+            Val::Int(i) if i < 0 => Ok(i + size),
+            Val::Int(i) => Ok(i),
+            v => Err(self.type_error(&v, "an integer bound", e.span)),
+        }
+    }
+
     fn index_tensor(&mut self, id: ValueId, base_span: Span, indices: &[ast::IndexItem]) -> Val {
         let shape = self.shape(id).clone();
         if indices.len() > shape.rank() {
@@ -1126,31 +1144,13 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     (k, k.saturating_add(1), e.span, true)
                 }
                 ast::IndexItem::Range { start, end, span } => {
-                    let lo = match start {
-                        Some(e) => match self.expr(e) {
-                            Val::Int(i) => {
-                                if i < 0 {
-                                    i + size
-                                } else {
-                                    i
-                                }
-                            }
-                            v => return self.type_error(&v, "an integer bound", e.span),
-                        },
-                        None => 0,
+                    let lo = match self.range_bound(start.as_ref(), 0, size) {
+                        Ok(b) => b,
+                        Err(v) => return v,
                     };
-                    let hi = match end {
-                        Some(e) => match self.expr(e) {
-                            Val::Int(i) => {
-                                if i < 0 {
-                                    i + size
-                                } else {
-                                    i
-                                }
-                            }
-                            v => return self.type_error(&v, "an integer bound", e.span),
-                        },
-                        None => size,
+                    let hi = match self.range_bound(end.as_ref(), size, size) {
+                        Ok(b) => b,
+                        Err(v) => return v,
                     };
                     (lo, hi, *span, false)
                 }
