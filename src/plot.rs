@@ -39,6 +39,7 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
         report
             .params
             .iter()
+            .chain(&report.inputs)
             .flat_map(|p| p.trace.iter().map(|t| t.rel_err)),
     );
     let mut chart = ChartBuilder::on(&left)
@@ -55,43 +56,29 @@ pub fn gradcheck_svg(path: &Path, model: &str, report: &Report) -> PlotResult {
         .x_desc("relaxation step")
         .y_desc("relative error")
         .draw()?;
-    for (i, p) in report.params.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                p.trace
-                    .iter()
-                    .filter(|t| t.rel_err > 0.0)
-                    .map(|t| (t.step as f64, t.rel_err)),
-                colour.stroke_width(2),
-            ))?
-            .label(p.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
-    }
-    for (i, p) in report.inputs.iter().enumerate() {
-        let colour = COLOURS[(report.params.len() + i) % COLOURS.len()];
-        chart
-            .draw_series(DashedLineSeries::new(
-                p.trace
-                    .iter()
-                    .filter(|t| t.rel_err > 0.0)
-                    .map(|t| (t.step as f64, t.rel_err)),
-                6,
-                4,
-                colour.stroke_width(2),
-            ))?
-            .label(format!("{} (input message)", p.name))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    // Parameters solid, the messages to the inputs dashed.
+    let trace = |p: &crate::gradcheck::ParamTrace| -> Vec<(f64, f64)> {
+        p.trace.iter().map(|t| (t.step as f64, t.rel_err)).collect()
+    };
+    let curves: Vec<Curve> = report
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), trace(p), false))
+        .chain(
+            report
+                .inputs
+                .iter()
+                .map(|p| (format!("{} (input message)", p.name), trace(p), true)),
+        )
+        .enumerate()
+        .map(|(group, (label, points, dashed))| Curve {
+            label,
+            points,
+            group,
+            dashed,
+        })
+        .collect();
+    draw_curves(&mut chart, &curves, |v| v > 0.0)?;
     let energies = log_range(report.energy.iter().copied());
     let mut chart = ChartBuilder::on(&right)
         .caption("energy F", ("sans-serif", 18))
