@@ -340,6 +340,20 @@ fn every_op_alone() {
     }
 }
 
+/// The JIT's and the interpreter's outputs of a one-leaf program on the values `xs`.
+fn unary_outputs(p: &Program, xs: &[f32]) -> (Bindings<f32>, Bindings<f32>) {
+    let leaves = Bindings::from([(
+        "x0".to_string(),
+        ArrayD::from_shape_vec(vec![xs.len()], xs.to_vec()).expect("shape"),
+    )]);
+    let reference = interp::eval_outputs(p, &leaves).expect("runs");
+    let out = JitProgram::compile(p, &JitOptions::default())
+        .expect("compiles")
+        .run(&leaves)
+        .expect("runs");
+    (out, reference)
+}
+
 #[test]
 fn transcendentals_match_libm_closely() {
     let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 0.0113).collect();
@@ -353,15 +367,7 @@ fn transcendentals_match_libm_closely() {
             };
             p.unary(u, a)
         });
-        let leaves = Bindings::from([(
-            "x0".to_string(),
-            ArrayD::from_shape_vec(vec![n], xs.clone()).expect("shape"),
-        )]);
-        let reference = interp::eval_outputs(&p, &leaves).expect("runs");
-        let out = JitProgram::compile(&p, &JitOptions::default())
-            .expect("compiles")
-            .run(&leaves)
-            .expect("runs");
+        let (out, reference) = unary_outputs(&p, &xs);
         let worst = out["out"]
             .iter()
             .zip(reference["out"].iter())
@@ -369,6 +375,40 @@ fn transcendentals_match_libm_closely() {
             .map(|(a, b)| ((a - b) / b).abs())
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-6, "{u}: worst relative error {worst}");
+    }
+}
+
+/// NaN stays NaN (divergence detection relies on it), infinities and values far outside the
+/// polynomials' ranges saturate as libm does, and tiny arguments keep their value.
+#[test]
+fn transcendentals_at_special_values() {
+    let xs = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e30,
+        -1e30,
+        100.0,
+        -100.0,
+        88.0,
+        -86.0,
+        8.5,
+        -8.5,
+        1e-5,
+        -1e-5,
+        0.0,
+        1e-38,
+    ];
+    let n = xs.len();
+    for u in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Log] {
+        let p = single(&[&[n]], |p, x| p.unary(u, x[0]));
+        let (out, reference) = unary_outputs(&p, &xs);
+        for ((x, a), b) in xs.iter().zip(&out["out"]).zip(&reference["out"]) {
+            let close = (a.is_nan() && b.is_nan())
+                || a == b
+                || (b.is_finite() && (a - b).abs() <= 1e-6 * b.abs().max(1e-30));
+            assert!(close, "{u}({x}): jit {a}, libm {b}");
+        }
     }
 }
 

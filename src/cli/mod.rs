@@ -536,7 +536,13 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
                 }
                 Ok(p) => {
                     emit(&(pc::describe(&p) + "\n"));
-                    vec![p.relax.prologue, p.relax.body, p.learn]
+                    // After the simulated programs, the one-program step that training runs
+                    // when the relaxation has a closed form (fixed and exact modes).
+                    let trained = Programs::build(forward, Method::Pc, &inference, None);
+                    let step = trained.map_err(fail)?.fused;
+                    let mut programs = vec![p.relax.prologue, p.relax.body, p.learn];
+                    programs.extend(step);
+                    programs
                 }
                 Err(e) => {
                     return Err(fail(e));
@@ -553,8 +559,9 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
     Ok(())
 }
 
-/// The JIT's view of the training functions: the gradient program (backprop) or the
-/// relaxation loop and the learning program (predictive coding), as the train block says.
+/// The JIT's view of the training functions as `pcg run` compiles them: the gradient program
+/// (backprop), the one-program step when the relaxation has a closed form (predictive coding in
+/// fixed and exact modes), or else the relaxation loop and the learning program.
 fn jit_dump(compiled: &Compiled, stage: Stage) -> CmdResult {
     use crate::jit::{JitLoop, JitProgram};
     let train = compiled.train.as_ref();
@@ -571,7 +578,14 @@ fn jit_dump(compiled: &Compiled, stage: Stage) -> CmdResult {
             jit.clif().to_string(),
         ));
     }
-    if let Some(pc) = &programs.pc {
+    if let Some(step) = &programs.fused {
+        let jit = JitProgram::compile(step, &options).map_err(fail)?;
+        sections.push((
+            format!("{} (relaxation solved in closed form)", step.name),
+            jit.plan().to_string(),
+            jit.clif().to_string(),
+        ));
+    } else if let Some(pc) = &programs.pc {
         let relax = JitLoop::compile(&pc.relax, &options).map_err(fail)?;
         let name = format!("{} ({} steps)", pc.relax.body.name, pc.relax.steps);
         sections.push((name, relax.plan().to_string(), relax.clif().to_string()));

@@ -368,9 +368,11 @@ pub(super) fn bench(
     let inference = relax.apply(base.as_ref().map(|t| &t.inference));
     let programs = Programs::build(forward, method, &inference, relax.steps).map_err(fail)?;
     let steps = programs.steps;
-    let flops = match (&programs.grad, &programs.pc) {
-        (Some(g), _) => crate::ir::flops(g),
-        (_, Some(pc)) => {
+    // The work the compiled step does: with the relaxation in closed form, that is the fused
+    // program's, not T simulated steps'.
+    let flops = match (&programs.grad, &programs.fused, &programs.pc) {
+        (Some(g), _, _) | (_, Some(g), _) => crate::ir::flops(g),
+        (_, _, Some(pc)) => {
             crate::ir::flops(&pc.relax.prologue)
                 + steps as u64 * crate::ir::flops(&pc.relax.body)
                 + crate::ir::flops(&pc.learn)

@@ -57,6 +57,8 @@ pub struct FunctionTranslator<'a> {
     pub descriptors: &'a [Option<i64>],
     /// Emit a range check before every load and store.
     pub bounds_checks: bool,
+    /// The target has fused multiply-add instructions.
+    pub fma: bool,
     /// Returns its parameter: the status of a failed check.
     pub fail: Block,
     /// The kernel being translated (its 1-based index is the status of a failed check).
@@ -494,10 +496,10 @@ impl FunctionTranslator<'_> {
             UnaryOp::Neg => b.ins().fneg(x),
             UnaryOp::Abs => b.ins().fabs(x),
             UnaryOp::Sqrt => b.ins().sqrt(x),
-            UnaryOp::Exp => math::exp(b, lanes, x),
-            UnaryOp::Log => math::log(b, lanes, x),
-            UnaryOp::Tanh => math::tanh(b, lanes, x),
-            UnaryOp::Sigmoid => math::sigmoid(b, lanes, x),
+            UnaryOp::Exp => math::exp(b, lanes, self.fma, x),
+            UnaryOp::Log => math::log(b, lanes, self.fma, x),
+            UnaryOp::Tanh => math::tanh(b, lanes, self.fma, x),
+            UnaryOp::Sigmoid => math::sigmoid(b, lanes, self.fma, x),
             UnaryOp::Sign => {
                 let one = math::float(b, lanes, 1.0);
                 let minus_one = math::float(b, lanes, -1.0);

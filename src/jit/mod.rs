@@ -20,6 +20,7 @@ mod lower;
 mod math;
 mod plan;
 mod runtime;
+mod team;
 
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
 
@@ -288,6 +289,7 @@ impl Function {
                 },
                 descriptors,
                 bounds_checks: options.bounds_checks,
+                fma: has_fma(module.isa()),
                 fail,
                 kernel: 0,
             };
@@ -323,6 +325,19 @@ impl Function {
                 kernel: k as usize - 1,
             }),
         }
+    }
+}
+
+/// Whether `isa` has fused multiply-add instructions for f32 scalars and vectors: always on
+/// AArch64, with the FMA extension (which Cranelift detects on the host) on x86-64.
+fn has_fma(isa: &dyn cranelift_codegen::isa::TargetIsa) -> bool {
+    match isa.name() {
+        "aarch64" => true,
+        "x64" => isa
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == "has_fma" && f.as_bool() == Some(true)),
+        _ => false,
     }
 }
 

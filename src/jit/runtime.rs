@@ -9,26 +9,37 @@
 //! descriptor would reach outside the arena.
 
 use super::lower::{ConvGeometry, ConvKind, MatOperand};
-use gemm::Parallelism;
+use super::team;
 
-/// Products with fewer multiply-adds than this run on one thread: below it, handing work to a
-/// second core costs more than it saves (measured on the 64×784 @ 784×256 product of the
-/// benchmark model, which is faster on one thread).
-const PARALLEL_MIN_MACS: usize = 1 << 24;
+/// Products with fewer multiply-adds than this run on the calling thread alone: below it,
+/// sharing the product costs more than it saves (measured: 64×256 @ 256×10 is 1.6× faster on
+/// two cores, 1×256 @ 256×256 three times slower).
+const SHARED_MIN_MACS: usize = 1 << 17;
+
+/// Rows or columns of a shared product's pieces come in multiples of this, the width of the
+/// GEMM micro-kernels, so that no piece has a ragged edge it need not have.
+const PIECE_ALIGN: usize = 16;
 
 /// Status returned when a checked kernel would leave its arena.
 pub const OUT_OF_ARENA: i32 = 1;
 
-fn parallelism(threads: usize, macs: usize) -> Parallelism {
-    if threads > 1 && macs >= PARALLEL_MIN_MACS {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
+/// A raw pointer that may cross to a helper thread: each piece of a shared product writes
+/// rows or columns of the result no other piece touches.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: see the type's comment; the operands are only read.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    fn get(&self) -> T {
+        self.0
     }
 }
 
 /// `dst (m×n) = lhs (m×k) · rhs (k×n)`, or `dst += ...` when `accumulate`, with element
-/// strides (row, column) for each matrix.
+/// strides (row, column) for each matrix. Large products are split along their longer side
+/// between up to `threads` threads (see `team`).
 ///
 /// # Safety
 /// Every addressed element must lie inside live allocations.
@@ -54,27 +65,60 @@ unsafe fn gemm_strided(
         }
         return;
     }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs,
-        dst_rs,
-        accumulate,
-        lhs,
-        lhs_cs,
-        lhs_rs,
-        rhs,
-        rhs_cs,
-        rhs_rs,
-        1.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        parallelism(threads, m * n * k),
-    );
+    let piece = |(m, n): (usize, usize), dst: *mut f32, lhs: *const f32, rhs: *const f32| {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+    let ways = threads.min(team::size());
+    if ways <= 1 || m * n * k < SHARED_MIN_MACS {
+        return piece((m, n), dst, lhs, rhs);
+    }
+    // Split the longer side into `ways` aligned pieces: rows of dst and lhs, or columns of
+    // dst and rhs.
+    let by_rows = m >= n;
+    let side = if by_rows { m } else { n };
+    let width = side.div_ceil(ways).div_ceil(PIECE_ALIGN) * PIECE_ALIGN;
+    let (dst, lhs, rhs) = (Shared(dst), Shared(lhs), Shared(rhs));
+    team::run(side.div_ceil(width), &|i| {
+        let start = i * width;
+        let len = width.min(side - start) as isize;
+        let at = start as isize;
+        // SAFETY: each piece addresses a sub-block of the caller's matrices.
+        if by_rows {
+            piece(
+                (len as usize, n),
+                dst.get().offset(at * dst_rs),
+                lhs.get().offset(at * lhs_rs),
+                rhs.get(),
+            );
+        } else {
+            piece(
+                (m, len as usize),
+                dst.get().offset(at * dst_cs),
+                lhs.get(),
+                rhs.get().offset(at * rhs_cs),
+            );
+        }
+    });
 }
 
 /// A batched matrix product, as the generated code sees it.
@@ -319,4 +363,50 @@ pub extern "C" fn tan(x: f32) -> f32 {
 
 pub extern "C" fn powf(x: f32, p: f32) -> f32 {
     x.powf(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared product equals the one-thread product for shapes split by rows and by
+    /// columns, sides that are not multiples of the piece width, transposed operands and
+    /// accumulation.
+    #[test]
+    fn shared_products_equal_one_thread_products() {
+        let shapes = [(300, 64, 37), (37, 64, 300), (64, 784, 256), (129, 33, 131)];
+        for (m, k, n) in shapes {
+            let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+            let rhs: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+            for transposed in [false, true] {
+                // lhs read as m×k, either row-major or as the transpose of a k×m matrix.
+                let lhs_strides = if transposed {
+                    (1, m as isize)
+                } else {
+                    (k as isize, 1)
+                };
+                for accumulate in [false, true] {
+                    let product = |threads: usize| {
+                        let mut dst: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32).collect();
+                        // SAFETY: every index addressed lies inside the three vectors.
+                        unsafe {
+                            gemm_strided(
+                                (m, k, n),
+                                dst.as_mut_ptr(),
+                                (n as isize, 1),
+                                lhs.as_ptr(),
+                                lhs_strides,
+                                rhs.as_ptr(),
+                                (n as isize, 1),
+                                accumulate,
+                                threads,
+                            )
+                        };
+                        dst
+                    };
+                    assert_eq!(product(1), product(4), "{m}×{k}×{n}");
+                }
+            }
+        }
+    }
 }
