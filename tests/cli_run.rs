@@ -248,31 +248,37 @@ fn a_diverging_relaxation_ends_in_a_diagnostic_naming_the_node() {
     .status
     .success());
     let before = pcg::npz::read(&ck).unwrap();
-    let o = pcg(&[
-        "run",
-        "examples/mlp_digits.pcg",
-        "--rate",
-        "100",
-        "--epochs",
-        "2",
-        "--resume",
-        ck.to_str().unwrap(),
-        "--save",
-        ck.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = text(&o.stderr);
-    assert!(
-        err.contains("diverged") && err.contains("node `h`") && err.contains("relaxation step"),
-        "{err}"
-    );
-    assert!(err.contains("inference rate 100"), "{err}");
-    assert!(!text(&o.stdout).contains("NaN"));
-    assert_eq!(
-        pcg::npz::read(&ck).unwrap(),
-        before,
-        "the last good checkpoint is kept"
-    );
+    // Fixed mode solves the relaxation in closed form, strict mode simulates it step by step:
+    // both name the node and the step.
+    for mode in ["fixed", "strict"] {
+        let o = pcg(&[
+            "run",
+            "examples/mlp_digits.pcg",
+            "--mode",
+            mode,
+            "--rate",
+            "100",
+            "--epochs",
+            "2",
+            "--resume",
+            ck.to_str().unwrap(),
+            "--save",
+            ck.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{mode}");
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("diverged") && err.contains("node `h`") && err.contains("relaxation step"),
+            "{mode}: {err}"
+        );
+        assert!(err.contains("inference rate 100"), "{err}");
+        assert!(!text(&o.stdout).contains("NaN"));
+        assert_eq!(
+            pcg::npz::read(&ck).unwrap(),
+            before,
+            "the last good checkpoint is kept"
+        );
+    }
     // Backprop with an absurd learning rate: the parameter is named.
     let o = pcg(&[
         "run",

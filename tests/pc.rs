@@ -345,3 +345,44 @@ fn closed_form_coefficients() {
     let g = pcg::pc::coefficients(0.1, 20, 1)[0];
     assert!((g - (1.0 - 0.9f64.powi(20)) / 0.1).abs() < 1e-12);
 }
+
+/// Dropping the per-step energy (as the compiled training loop does) removes work from every
+/// step and leaves the final state as it was.
+#[test]
+fn a_relaxation_without_its_per_step_energy_ends_in_the_same_state() {
+    for &(path, b) in EXAMPLES {
+        let compiled = compile(path, Some(b));
+        let forward = &compiled.forward;
+        let leaves = leaves(forward);
+        for mode in [Mode::Fixed, Mode::Strict] {
+            let programs = pcg::pc::transform(forward, &config(mode, 7, 0.1)).expect("transforms");
+            let mut lean = programs.relax.clone();
+            lean.retain_outputs(|name| name != "energy");
+            assert!(
+                lean.body.nodes.len() < programs.relax.body.nodes.len(),
+                "{path} {mode:?}: nothing was dropped"
+            );
+            let full = interp::run_loop(&programs.relax, &leaves, 7, |_, _| true).expect("runs");
+            let state = interp::run_loop(&lean, &leaves, 7, |_, _| true).expect("runs");
+            assert!(!state.contains_key("energy") && full.contains_key("energy"));
+            for (name, value) in &state {
+                if name.starts_with("v.") || name == "loss" {
+                    assert_eq!(value, &full[name], "{path} {mode:?}: {name}");
+                }
+            }
+            let values = state.keys().filter(|n| n.starts_with("v.")).count();
+            assert_eq!(
+                values,
+                programs.graph.nodes.len() - outputs(&programs.graph)
+            );
+        }
+    }
+}
+
+fn outputs(graph: &pcg::pc::PcGraph) -> usize {
+    graph
+        .nodes
+        .iter()
+        .filter(|n| n.role == pcg::pc::Role::Output)
+        .count()
+}

@@ -33,6 +33,27 @@ impl LoopProgram {
             .collect()
     }
 
+    /// Keeps only the body outputs `keep` accepts and the prologue outputs the body still
+    /// reads or `keep` accepts, and drops the computation nothing kept needs any more: a loop
+    /// whose caller does not read some per-step result need not compute it every step.
+    pub fn retain_outputs(&mut self, keep: impl Fn(&str) -> bool) {
+        self.body.outputs.retain(|o| keep(&o.name));
+        self.body.prune();
+        let users = self.body.users();
+        let output_values: BTreeSet<ValueId> = self.body.outputs.iter().map(|o| o.value).collect();
+        let read: BTreeSet<String> = self
+            .body
+            .leaves(LeafKind::State)
+            .into_iter()
+            .filter(|(id, _)| !users[id.index()].is_empty() || output_values.contains(id))
+            .map(|(_, n)| n.to_string())
+            .collect();
+        self.prologue
+            .outputs
+            .retain(|o| read.contains(&o.name) || keep(&o.name));
+        self.prologue.prune();
+    }
+
     /// Moves every body node that does not depend on carried state into the prologue, where
     /// it is computed once; the body reads its value through a new `State` leaf. Values that
     /// are the same every step (the frozen predictions and Jacobians of fixed mode, say) are
