@@ -520,3 +520,53 @@ fn leaves_in_any_memory_layout_read_logically() {
     let product = run(Op::MatMul, &[x, w], None);
     assert_eq!(product, array![[1.0 - 5.0], [2.0 - 6.0]].into_dyn());
 }
+
+/// Sums of pads whose parts are adjacent along one axis become one concat (no zeros, no
+/// sums); sums of parts that are not adjacent stay sums. Either way the values are unchanged.
+#[test]
+fn sums_of_adjacent_pads_become_a_concat() {
+    let mut p = Program::new("pads");
+    let x = p.leaf(LeafKind::Input, "x", Shape::new([3, 10]));
+    let part = |p: &mut Program, start: usize, end: usize| {
+        let s = p
+            .add(
+                Op::Slice {
+                    axis: 1,
+                    start,
+                    end,
+                },
+                vec![x],
+                None,
+            )
+            .expect("slice");
+        let t = p.unary(UnaryOp::Tanh, s);
+        p.add(
+            Op::Pad {
+                axis: 1,
+                before: start,
+                after: 10 - end,
+            },
+            vec![t],
+            None,
+        )
+        .expect("pad")
+    };
+    let (a, b, c) = (part(&mut p, 0, 4), part(&mut p, 4, 7), part(&mut p, 7, 10));
+    // c + b, then + a: every step joins adjacent parts.
+    let cb = p.add_values(c, b);
+    let joined = p.add_values(cb, a);
+    p.set_output("joined", joined);
+    // a + c leaves a gap: not joined.
+    let gap = p.add_values(a, c);
+    p.set_output("gap", gap);
+    let leaves = Bindings::from([("x".to_string(), counting(&[3, 10]).mapv(|v| v / 7.0))]);
+    let before = eval_outputs(&p, &leaves).expect("runs");
+    p.cse();
+    let after = eval_outputs(&p, &leaves).expect("runs");
+    assert_eq!(before, after);
+    let joined = p.output("joined").expect("output");
+    assert!(matches!(p.node(joined).op, Op::Concat { axis: 1 }));
+    assert_eq!(p.node(joined).args.len(), 3);
+    let gap = p.output("gap").expect("output");
+    assert!(matches!(p.node(gap).op, Op::Binary(BinaryOp::Add)));
+}

@@ -354,6 +354,7 @@ impl Program {
     /// nodes are pruned. For derived programs;
     /// the forward program keeps its nodes distinct because names and regions matter there.
     pub fn cse(&mut self) {
+        self.join_padded_sums();
         let mut seen: std::collections::HashMap<(String, Vec<ValueId>, Shape), ValueId> =
             std::collections::HashMap::new();
         let mut replace: Vec<ValueId> = (0..self.nodes.len() as u32).map(ValueId).collect();
@@ -419,6 +420,85 @@ impl Program {
             o.value = replace[o.value.index()];
         }
         self.prune();
+    }
+
+    /// Rewrites `pad(a) + pad(b)` along one axis, where `b`'s part starts where `a`'s ends,
+    /// as one pad of `concat(a, b)`. Chains of such sums — the gradient of a tensor sliced
+    /// into parts, as an LSTM's gates are — become one concat: no zeros written, no sums
+    /// taken. Exact: adding a zero leaves every element as it was (the sign of a zero aside).
+    fn join_padded_sums(&mut self) {
+        /// A pad's axis, zeros before and after, and operand.
+        fn as_pad(p: &Program, v: ValueId) -> Option<(usize, usize, usize, ValueId)> {
+            match p.node(v).op {
+                Op::Pad {
+                    axis,
+                    before,
+                    after,
+                } => Some((axis, before, after, p.node(v).args[0])),
+                _ => None,
+            }
+        }
+        /// The parts a value joins along `axis`: a concat's operands, or the value itself.
+        fn parts(p: &Program, v: ValueId, axis: usize) -> Vec<ValueId> {
+            match p.node(v).op {
+                Op::Concat { axis: a } if a == axis => p.node(v).args.clone(),
+                _ => vec![v],
+            }
+        }
+        let old = std::mem::take(&mut self.nodes);
+        let mut map: Vec<ValueId> = Vec::with_capacity(old.len());
+        for mut node in old {
+            for a in &mut node.args {
+                *a = map[a.index()];
+            }
+            let pads = match node.op {
+                Op::Binary(BinaryOp::Add) => {
+                    as_pad(self, node.args[0]).zip(as_pad(self, node.args[1]))
+                }
+                _ => None,
+            };
+            let joined = pads.and_then(|(x, y)| {
+                let (lo, hi) = if x.1 <= y.1 { (x, y) } else { (y, x) };
+                let lo_len = self.shape(lo.3).dims()[lo.0];
+                (lo.0 == hi.0 && lo.1 + lo_len == hi.1).then_some((lo, hi))
+            });
+            let Some(((axis, before, _, lo), (_, _, after, hi))) = joined else {
+                map.push(self.push(node));
+                continue;
+            };
+            let mut args = parts(self, lo, axis);
+            args.extend(parts(self, hi, axis));
+            let mut dims = node.shape.dims().to_vec();
+            dims[axis] -= before + after;
+            let concat = Node {
+                op: Op::Concat { axis },
+                args,
+                shape: Shape::new(dims),
+                name: None,
+                region: node.region,
+            };
+            let id = if before == 0 && after == 0 {
+                self.push(Node {
+                    name: node.name,
+                    ..concat
+                })
+            } else {
+                let concat = self.push(concat);
+                self.push(Node {
+                    op: Op::Pad {
+                        axis,
+                        before,
+                        after,
+                    },
+                    args: vec![concat],
+                    ..node
+                })
+            };
+            map.push(id);
+        }
+        for o in &mut self.outputs {
+            o.value = map[o.value.index()];
+        }
     }
 
     /// Appends `other` to this program: its `State` leaves read the values given by name,
