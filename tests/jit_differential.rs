@@ -683,3 +683,42 @@ fn loop_state_from_prologue_and_leaves() {
         assert_close(&format!("{steps} steps"), &state, &reference, TOLERANCE);
     }
 }
+
+/// Every function `pcg run` compiles for an example keeps its arena within 1.5× of the most
+/// memory its buffers ever need at once.
+#[test]
+fn buffer_plans_stay_close_to_the_live_peak() {
+    use pcg::sema::Method;
+    use pcg::train::engine::Programs;
+    let tight = |what: &str, plan: &pcg::jit::BufferPlan| {
+        let (arena, live) = (plan.peak_bytes(), plan.live_bytes());
+        assert!(
+            arena as f64 <= 1.5 * live as f64,
+            "{what}: arena {arena} bytes, live at most {live}"
+        );
+    };
+    for path in examples() {
+        let compiled = compile_example(&path);
+        let inference = compiled
+            .train
+            .as_ref()
+            .map(|t| t.inference.clone())
+            .unwrap_or_default();
+        let what = path.display().to_string();
+        for method in [Method::Pc, Method::Bp] {
+            let programs = Programs::build(&compiled.forward, method, &inference, None)
+                .expect("programs build");
+            let options = JitOptions::default();
+            for program in programs.grad.iter().chain(&programs.fused) {
+                let jit = JitProgram::compile(program, &options).expect("compiles");
+                tight(&format!("{what} {}", program.name), jit.plan());
+            }
+            if let (Some(pc), None) = (&programs.pc, &programs.fused) {
+                let relax = JitLoop::compile(&pc.relax, &options).expect("compiles");
+                tight(&format!("{what} relax"), relax.plan());
+                let learn = JitProgram::compile(&pc.learn, &options).expect("compiles");
+                tight(&format!("{what} learn"), learn.plan());
+            }
+        }
+    }
+}

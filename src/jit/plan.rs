@@ -9,7 +9,8 @@
 use super::lower::{BufferSpec, Kernel};
 use std::fmt;
 
-/// Offsets are multiples of this many elements (64 bytes: one cache line, one AVX-512 vector).
+/// Offsets of buffers of at least this many elements are multiples of it (64 bytes: one cache
+/// line, one AVX-512 vector); smaller buffers (scalars, say) are packed without gaps.
 const ALIGN: usize = 16;
 
 /// One buffer's place in the arena.
@@ -118,7 +119,7 @@ impl BufferPlan {
                 if offset + planned[i].len <= start {
                     break;
                 }
-                offset = offset.max(round_up(end));
+                offset = offset.max(align(end, planned[i].len));
             }
             planned[i].offset = offset;
             arena_len = arena_len.max(offset + planned[i].len);
@@ -133,6 +134,24 @@ impl BufferPlan {
     /// The arena's size in bytes: the peak memory of the function's buffers.
     pub fn peak_bytes(&self) -> usize {
         self.arena_len * std::mem::size_of::<f32>()
+    }
+
+    /// The most memory live at once: the largest total size of the buffers live during one
+    /// kernel. No placement can make the arena smaller than this.
+    pub fn live_bytes(&self) -> usize {
+        let end = self.buffers.iter().map(|b| b.live.1 + 1).max().unwrap_or(0);
+        let mut change = vec![0isize; end + 1];
+        for b in &self.buffers {
+            change[b.live.0] += b.len as isize;
+            change[b.live.1 + 1] -= b.len as isize;
+        }
+        let mut live = 0isize;
+        let mut peak = 0isize;
+        for c in change {
+            live += c;
+            peak = peak.max(live);
+        }
+        peak as usize * std::mem::size_of::<f32>()
     }
 
     /// What the arena would need if no buffers shared memory.
@@ -192,6 +211,12 @@ impl fmt::Display for BufferPlan {
             self.unshared_bytes(),
             self.buffers.len()
         )?;
+        let live = self.live_bytes();
+        writeln!(
+            f,
+            "live at most: {live} bytes (arena / live = {:.3})",
+            self.peak_bytes() as f64 / live.max(1) as f64
+        )?;
         for b in &self.buffers {
             writeln!(
                 f,
@@ -211,8 +236,13 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 <= b.1 && b.0 <= a.1
 }
 
-fn round_up(x: usize) -> usize {
-    x.div_ceil(ALIGN) * ALIGN
+/// The first offset at or after `x` where a buffer of `len` elements may start.
+fn align(x: usize, len: usize) -> usize {
+    if len < ALIGN {
+        x
+    } else {
+        x.div_ceil(ALIGN) * ALIGN
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +280,10 @@ mod tests {
         let plan = BufferPlan::new(&buffers, &kernels);
         plan.verify(&kernels).expect("valid plan");
         assert!(plan.arena_len < 4 * 100, "arena {}", plan.arena_len);
+        // Two buffers are live during each copy: no placement needs less.
+        assert_eq!(plan.live_bytes(), 2 * 100 * 4);
+        // The second buffer starts at the next 64-byte boundary.
+        assert_eq!(plan.peak_bytes(), (112 + 100) * 4);
     }
 
     #[test]
