@@ -435,6 +435,15 @@ fn compile_example(path: &Path) -> sema::Compiled {
     compiled.unwrap_or_else(|_| panic!("{} compiles", path.display()))
 }
 
+/// The file's inference settings (the defaults where it has no train block).
+fn file_inference(compiled: &sema::Compiled) -> sema::InferenceConfig {
+    compiled
+        .train
+        .as_ref()
+        .map(|t| t.inference.clone())
+        .unwrap_or_default()
+}
+
 fn example_leaves(forward: &Program) -> Bindings<f32> {
     let mut leaves = init::init_params(forward, 0);
     leaves.extend(batch::random_batch(forward, 0));
@@ -468,11 +477,7 @@ fn examples_predictive_coding() {
     for path in examples() {
         let compiled = compile_example(&path);
         let leaves = example_leaves(&compiled.forward);
-        let inference = compiled
-            .train
-            .as_ref()
-            .map(|t| t.inference.clone())
-            .unwrap_or_default();
+        let inference = file_inference(&compiled);
         let what = path.display().to_string();
         let programs = pcg::pc::transform(&compiled.forward, &inference).expect("transforms");
         let mut relax = JitLoop::compile(&programs.relax, &checked())
@@ -699,11 +704,7 @@ fn buffer_plans_stay_close_to_the_live_peak() {
     };
     for path in examples() {
         let compiled = compile_example(&path);
-        let inference = compiled
-            .train
-            .as_ref()
-            .map(|t| t.inference.clone())
-            .unwrap_or_default();
+        let inference = file_inference(&compiled);
         let what = path.display().to_string();
         for method in [Method::Pc, Method::Bp] {
             let programs = Programs::build(&compiled.forward, method, &inference, None)
