@@ -338,3 +338,56 @@ fn missing_and_malformed_data_are_diagnostics() {
     assert_eq!(o.status.code(), Some(1));
     assert!(!text(&o.stderr).contains("panicked"));
 }
+
+/// Evaluation covers the whole test split, whatever the batch size: the examples that do not
+/// fill a batch are evaluated too, so the loss and accuracy do not depend on `--batch`.
+#[test]
+fn evaluation_covers_every_test_example_at_any_batch_size() {
+    let ck = scratch("eval-all.npz");
+    let trained = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--epochs",
+        "2",
+        "--save",
+        ck.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(trained.status.success(), "{}", text(&trained.stderr));
+    let eval = |batch: &str| {
+        let o = pcg(&[
+            "eval",
+            "examples/mlp_digits.pcg",
+            "--params",
+            ck.to_str().unwrap(),
+            "--batch",
+            batch,
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let line = text(&o.stdout);
+        let field = |key: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+                .parse()
+                .expect("a number")
+        };
+        (field("test_loss"), field("test_acc"), field("examples"))
+    };
+    // 359 test examples: 11 batches of 32 and 7 more; 51 of 7 and 2 more; none of 360.
+    let whole = eval("32");
+    assert_eq!(whole.2, 359.0);
+    for batch in ["7", "360"] {
+        let other = eval(batch);
+        assert_eq!(other.1, whole.1, "accuracy at batch {batch}");
+        assert!(
+            (other.0 - whole.0).abs() <= 1e-5 * whole.0.abs(),
+            "loss at batch {batch}: {} against {}",
+            other.0,
+            whole.0
+        );
+    }
+    // The final line of a run reports the same evaluation.
+    let fields = final_line(&trained);
+    assert_eq!(number(&fields, "test_acc"), whole.1);
+}

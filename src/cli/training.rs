@@ -4,10 +4,10 @@ use super::{
     compile_or_report, emit, fail, BackendArg, CmdResult, MethodArg, RelaxFlags, RunFlags,
 };
 use crate::data::{self, DataSpec, Dataset};
-use crate::ir::LeafKind;
+use crate::ir::{LeafKind, Program};
 use crate::npz;
-use crate::sema::{CompileOptions, Method, OptimizerConfig, TrainConfig};
-use crate::train::engine::{InterpEngine, Programs};
+use crate::sema::{CompileOptions, InferenceConfig, Method, OptimizerConfig, TrainConfig};
+use crate::train::engine::{eval_program, InterpEngine, Programs};
 use crate::train::init;
 use crate::train::optim::Optimizer;
 use crate::train::run::{self, Event, Settings};
@@ -138,6 +138,7 @@ pub(super) fn run(
         save: flags.save.clone(),
         hint,
         max_batches: flags.max_batches,
+        test_remainder: test_remainder(file, options, forward, &inference, data.test.len()),
     };
     let mut metrics = match &flags.metrics {
         Some(path) => {
@@ -234,7 +235,13 @@ pub(super) fn run(
     let outcome = outcome.map_err(fail)?;
     let (train_loss, test_loss, test_acc) = match outcome.history.last() {
         Some(m) => (m.train_loss, m.test_loss, m.test_acc),
-        None => match run::evaluate(engine.as_mut(), forward, &data.test, &outcome.params) {
+        None => match run::evaluate(
+            engine.as_mut(),
+            forward,
+            &data.test,
+            &outcome.params,
+            settings.test_remainder.as_ref(),
+        ) {
             Ok((l, a)) => (f64::NAN, l, a),
             Err(e) => return Err(fail(e)),
         },
@@ -253,6 +260,38 @@ pub(super) fn run(
         outcome.seconds
     ));
     Ok(())
+}
+
+/// The model compiled for the test examples that do not fill a batch, so that evaluation
+/// covers the whole split: `None` when the batches divide it, or (with a note) when the model
+/// does not compile at that batch size.
+fn test_remainder(
+    file: &Path,
+    options: &CompileOptions,
+    forward: &Program,
+    inference: &InferenceConfig,
+    examples: usize,
+) -> Option<run::Remainder> {
+    let b = crate::train::batch::io_shapes(forward).ok()?.0 .1[0];
+    let rest = examples % b;
+    if rest == 0 {
+        return None;
+    }
+    let options = CompileOptions {
+        batch: Some(rest),
+        ..options.clone()
+    };
+    match crate::sema::compile_file(file, &options).1 {
+        Ok(compiled) => Some(run::Remainder {
+            eval: eval_program(&compiled.forward, inference),
+        }),
+        Err(_) => {
+            eprintln!(
+                "note: the last {rest} test examples are not evaluated: the model does not compile for a batch of {rest}"
+            );
+            None
+        }
+    }
 }
 
 pub(super) fn eval(
@@ -287,7 +326,14 @@ pub(super) fn eval(
         .unwrap_or_default();
     let programs = Programs::build(forward, Method::Bp, &inference, None).map_err(fail)?;
     let mut engine = InterpEngine::new(programs);
-    match run::evaluate(&mut engine, forward, &data.test, &params_only) {
+    let remainder = test_remainder(file, options, forward, &inference, data.test.len());
+    match run::evaluate(
+        &mut engine,
+        forward,
+        &data.test,
+        &params_only,
+        remainder.as_ref(),
+    ) {
         Ok((loss, acc)) => {
             let acc = acc.map_or(String::new(), |a| format!(" test_acc={a:.4}"));
             emit(&format!(

@@ -34,6 +34,8 @@ pub struct Settings {
     pub hint: String,
     /// Train on at most this many batches per epoch.
     pub max_batches: Option<usize>,
+    /// The test examples that do not fill a batch, evaluated after the full batches.
+    pub test_remainder: Option<Remainder>,
 }
 
 /// Metrics of one epoch.
@@ -118,24 +120,45 @@ impl fmt::Display for TrainError {
 
 impl std::error::Error for TrainError {}
 
-/// Mean loss and accuracy (where the model has a prediction) over a split's full batches.
+/// The examples of a split that do not fill a batch: the model's evaluation program compiled
+/// for their number (`engine::eval_program` of the model at that batch size). They are run on
+/// the interpreter, once per evaluation.
+#[derive(Clone, Debug)]
+pub struct Remainder {
+    pub eval: Program,
+}
+
+/// Mean loss per example and accuracy (where the model has a prediction) over a split: its
+/// full batches through the engine, and the rest, when `remainder` is given, through its
+/// program. A batch's loss is taken as the mean over its examples.
 pub fn evaluate(
     engine: &mut dyn Engine,
     forward: &Program,
     split: &Split,
     params: &Arrays,
+    remainder: Option<&Remainder>,
 ) -> Result<(f64, Option<f64>), TrainError> {
     let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
     let b = xs[0];
     let batches = split.len() / b;
-    if batches == 0 {
+    if batches == 0 && remainder.is_none() {
         return Err(TrainError::Data(format!(
             "the split has {} examples, fewer than one batch of {b}",
             split.len()
         )));
     }
     let mut leaves = Arrays::new();
-    let (mut loss, mut correct, mut counted, mut has_prediction) = (0.0, 0usize, 0usize, false);
+    let (mut loss, mut examples) = (0.0, 0usize);
+    let (mut correct, mut counted, mut has_prediction) = (0usize, 0usize, false);
+    let mut tally = |l: f64, n: usize, prediction: Option<ArrayD<f32>>, y: &ArrayD<f32>| {
+        loss += l * n as f64;
+        examples += n;
+        if let Some(p) = prediction {
+            has_prediction = true;
+            correct += agreements(&p, y);
+            counted += n;
+        }
+    };
     for k in 0..batches {
         let indices: Vec<usize> = (k * b..(k + 1) * b).collect();
         let (x, y) = split
@@ -143,24 +166,40 @@ pub fn evaluate(
             .map_err(|e| TrainError::Data(e.to_string()))?;
         leaves.insert(xn.clone(), x);
         leaves.insert(yn.clone(), y);
-        let (l, prediction) =
-            engine
-                .evaluate(params, &leaves)
-                .map_err(|error| TrainError::Step {
-                    epoch: 0,
-                    batch: k,
-                    error,
-                    hint: String::new(),
-                })?;
-        loss += l;
-        if let (Some(p), Some(y)) = (prediction, leaves.get(&yn)) {
-            has_prediction = true;
-            correct += agreements(&p, y);
-            counted += b;
-        }
+        let (l, prediction) = engine
+            .evaluate(params, &leaves)
+            .map_err(|error| evaluation_failed(k, error))?;
+        tally(l, b, prediction, &leaves[&yn]);
+    }
+    let rest = split.len() - batches * b;
+    if let (Some(remainder), true) = (remainder, rest > 0) {
+        let indices: Vec<usize> = (batches * b..split.len()).collect();
+        let with_rows = |dims: &[usize]| [&[rest], &dims[1..]].concat();
+        let (x, y) = split
+            .batch(&indices, &with_rows(&xs), &with_rows(&ys))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        let mut env: crate::interp::Bindings<f32> = params.clone();
+        env.insert(xn.clone(), x);
+        env.insert(yn.clone(), y.clone());
+        let mut out = crate::interp::eval_outputs(&remainder.eval, &env)
+            .map_err(|e| evaluation_failed(batches, e.into()))?;
+        let l = out
+            .get("loss")
+            .and_then(|l| l.iter().next().copied())
+            .map_or(f64::NAN, f64::from);
+        tally(l, rest, out.remove("prediction"), &y);
     }
     let acc = (has_prediction && counted > 0).then(|| correct as f64 / counted as f64);
-    Ok((loss / batches as f64, acc))
+    Ok((loss / examples as f64, acc))
+}
+
+fn evaluation_failed(batch: usize, error: EngineError) -> TrainError {
+    TrainError::Step {
+        epoch: 0,
+        batch,
+        error,
+        hint: String::new(),
+    }
 }
 
 /// How many rows have the same arg-max (over the last axis) in prediction and target.
@@ -300,7 +339,13 @@ pub fn train(
                 energy: step.energy,
             });
         }
-        let (test_loss, test_acc) = evaluate(engine, forward, &dataset.test, &params)?;
+        let (test_loss, test_acc) = evaluate(
+            engine,
+            forward,
+            &dataset.test,
+            &params,
+            settings.test_remainder.as_ref(),
+        )?;
         let seconds = t0.elapsed().as_secs_f64();
         let metrics = EpochMetrics {
             epoch: epoch + 1,
