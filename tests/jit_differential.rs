@@ -59,8 +59,12 @@ fn random_leaves(program: &Program, seed: u64) -> Bindings<f32> {
 }
 
 fn check_program(what: &str, program: &Program, leaves: &Bindings<f32>) {
+    check_program_with(what, program, leaves, &checked());
+}
+
+fn check_program_with(what: &str, program: &Program, leaves: &Bindings<f32>, options: &JitOptions) {
     let reference = interp::eval_outputs(program, leaves).expect("the interpreter runs it");
-    let mut jit = JitProgram::compile(program, &checked())
+    let mut jit = JitProgram::compile(program, options)
         .unwrap_or_else(|e| panic!("{what}: compile: {e}\n{}", pcg::ir::to_text(program)));
     let out = jit
         .run(leaves)
@@ -293,13 +297,13 @@ fn every_op_alone() {
     for (stride, padding) in [(1, 0), (2, 1), (1, 2)] {
         cases.push((
             format!("conv2d stride {stride} padding {padding}"),
-            single(&[&[2, 3, 7, 6], &[4, 3, 3, 2]], |p, x| {
+            single(&[&[3, 3, 7, 6], &[4, 3, 3, 2]], |p, x| {
                 op(p, Op::Conv2d { stride, padding }, &[x[0], x[1]], None)
             }),
         ));
         let out = pcg::ir::shape::infer(
             &Op::Conv2d { stride, padding },
-            &[&Shape::new(vec![2, 3, 7, 6]), &Shape::new(vec![4, 3, 3, 2])],
+            &[&Shape::new(vec![3, 3, 7, 6]), &Shape::new(vec![4, 3, 3, 2])],
             None,
         )
         .expect("conv shape");
@@ -311,13 +315,13 @@ fn every_op_alone() {
                     p,
                     Op::Conv2dInputGrad { stride, padding },
                     &[x[0], x[1]],
-                    Some(vec![2, 3, 7, 6]),
+                    Some(vec![3, 3, 7, 6]),
                 )
             }),
         ));
         cases.push((
             format!("conv2d weight grad stride {stride} padding {padding}"),
-            single(&[&[2, 3, 7, 6], &out], |p, x| {
+            single(&[&[3, 3, 7, 6], &out], |p, x| {
                 op(
                     p,
                     Op::Conv2dWeightGrad { stride, padding },
@@ -335,8 +339,20 @@ fn every_op_alone() {
             p.add_values(s, x[0])
         }),
     ));
+    // On one thread, and with products and convolutions shared between two.
+    let one_thread = JitOptions {
+        threads: 1,
+        ..checked()
+    };
     for (what, program) in &cases {
-        check_program(what, program, &random_leaves(program, 7));
+        let leaves = random_leaves(program, 7);
+        check_program(what, program, &leaves);
+        check_program_with(
+            &format!("{what} (one thread)"),
+            program,
+            &leaves,
+            &one_thread,
+        );
     }
 }
 

@@ -267,17 +267,38 @@ impl ConvGeometry {
     pub fn columns_len(&self) -> usize {
         self.c * self.kh * self.kw * self.oh * self.ow
     }
+
+    /// The length of the weight `[O, C, KH, KW]`.
+    pub fn weight_len(&self) -> usize {
+        self.o * self.c * self.kh * self.kw
+    }
 }
 
-/// A convolution product through a runtime kernel; all buffers contiguous.
+/// A convolution product through a runtime kernel; all buffers contiguous. The samples are
+/// split into `ways` groups that may run on different threads, each with its own part of
+/// `scratch`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvKernel {
     pub kind: ConvKind,
     pub shape: ConvGeometry,
     pub args: [BufferId; 2],
     pub out: BufferId,
-    /// Room for one sample's im2col matrix.
-    pub columns: BufferId,
+    pub ways: usize,
+    /// `ways` parts of [`scratch_part`](Self::scratch_part) elements each.
+    pub scratch: BufferId,
+}
+
+impl ConvKernel {
+    /// One group's scratch: an im2col matrix and, for a weight gradient summed over groups,
+    /// the group's partial sum.
+    pub fn scratch_part(kind: ConvKind, shape: &ConvGeometry, ways: usize) -> usize {
+        let partial = if kind == ConvKind::WeightGrad && ways > 1 {
+            shape.weight_len()
+        } else {
+            0
+        };
+        shape.columns_len() + partial
+    }
 }
 
 /// One step of a lowered program.
@@ -340,7 +361,8 @@ impl Kernel {
                 };
                 visit(conv.args[0], a, false);
                 visit(conv.args[1], b, false);
-                visit(conv.columns, s.columns_len(), true);
+                let part = ConvKernel::scratch_part(conv.kind, &s, conv.ways);
+                visit(conv.scratch, part * conv.ways, true);
                 visit(conv.out, out, true);
             }
         }
@@ -362,6 +384,9 @@ pub struct BufferSpec {
 pub struct Lowered {
     pub buffers: Vec<BufferSpec>,
     pub kernels: Vec<Kernel>,
+    /// Groups a convolution's samples are split into (threads that may share it); 0 or 1:
+    /// one group.
+    pub conv_ways: usize,
 }
 
 impl Lowered {
@@ -664,15 +689,16 @@ impl<'a> Lowering<'a> {
                 let a = self.buffer_of(args[0]);
                 let b = self.buffer_of(args[1]);
                 let out = self.result_buffer(id);
-                let columns = self
-                    .out
-                    .buffer(format!("{id} im2col"), shape.columns_len(), false);
+                let ways = self.out.conv_ways.clamp(1, shape.n.max(1));
+                let part = ConvKernel::scratch_part(kind, &shape, ways);
+                let scratch = self.out.buffer(format!("{id} im2col"), part * ways, false);
                 self.out.kernels.push(Kernel::Conv(ConvKernel {
                     kind,
                     shape,
                     args: [a, b],
                     out,
-                    columns,
+                    ways,
+                    scratch,
                 }));
                 contiguous_load(out, &dims)
             }

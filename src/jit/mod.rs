@@ -158,8 +158,8 @@ impl Function {
                             shape: conv.shape,
                             args: [offset(conv.args[0]), offset(conv.args[1])],
                             out: offset(conv.out),
-                            columns: offset(conv.columns),
-                            threads: options.threads,
+                            scratch: offset(conv.scratch),
+                            ways: conv.ways,
                             checked_len,
                         },
                     ));
@@ -395,7 +395,10 @@ pub struct JitProgram {
 impl JitProgram {
     pub fn compile(program: &Program, options: &JitOptions) -> Result<JitProgram, JitError> {
         verify_program(program)?;
-        let mut lowered = Lowered::default();
+        let mut lowered = Lowered {
+            conv_ways: options.threads,
+            ..Lowered::default()
+        };
         let mut leaf_buffers = HashMap::new();
         let mut leaves = Vec::new();
         for (id, kind) in lower::needed_leaves(program) {
@@ -492,7 +495,10 @@ impl JitLoop {
         verify_program(&program.body)?;
         let prologue = &program.prologue;
         let body = &program.body;
-        let mut lowered = Lowered::default();
+        let mut lowered = Lowered {
+            conv_ways: options.threads,
+            ..Lowered::default()
+        };
 
         // State entries, by name, in the order run_loop reports them.
         let body_reads: BTreeSet<&str> = lower::needed_leaves(body)

@@ -8,7 +8,7 @@
 //! descriptors serve every run. Each kernel returns 0, or a non-zero status when a checked
 //! descriptor would reach outside the arena.
 
-use super::lower::{ConvGeometry, ConvKind, MatOperand};
+use super::lower::{ConvGeometry, ConvKernel, ConvKind, MatOperand};
 use super::team;
 
 /// Products with fewer multiply-adds than this run on the calling thread alone: below it,
@@ -202,7 +202,7 @@ pub unsafe extern "C" fn matmul(desc: *const MatMulDesc, arena: *mut f32) -> i32
 }
 
 /// A convolution product, as the generated code sees it: offsets of the two operands, the
-/// result and one sample's im2col matrix.
+/// result and the scratch space of `ways` sample groups.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConvDesc {
@@ -210,8 +210,8 @@ pub struct ConvDesc {
     pub shape: ConvGeometry,
     pub args: [usize; 2],
     pub out: usize,
-    pub columns: usize,
-    pub threads: usize,
+    pub scratch: usize,
+    pub ways: usize,
     pub checked_len: usize,
 }
 
@@ -219,7 +219,7 @@ impl ConvDesc {
     fn extents(&self) -> [usize; 4] {
         let s = &self.shape;
         let input = s.n * s.c * s.h * s.w;
-        let weight = s.o * s.c * s.kh * s.kw;
+        let weight = s.weight_len();
         let output = s.n * s.o * s.oh * s.ow;
         let (a, b, out) = match self.kind {
             ConvKind::Forward => (input, weight, output),
@@ -230,7 +230,7 @@ impl ConvDesc {
             self.args[0] + a,
             self.args[1] + b,
             self.out + out,
-            self.columns + s.columns_len(),
+            self.scratch + self.ways * ConvKernel::scratch_part(self.kind, s, self.ways),
         ]
     }
 }
@@ -241,6 +241,9 @@ impl ConvDesc {
 /// - weight grad: dW     += G[n] · cols(x[n])ᵀ,   G[n] as `[O, OH·OW]`
 /// - input grad:  dx[n]   = col2im(Wᵀ · G[n])
 ///
+/// The samples are split into `ways` contiguous groups shared between threads (see `team`),
+/// each with its own im2col matrix; a weight gradient sums the groups' partial sums at the end.
+///
 /// # Safety
 /// `desc` must point to a valid descriptor whose offsets lie inside the arena.
 pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
@@ -249,14 +252,56 @@ pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
         return OUT_OF_ARENA;
     }
     let s = d.shape;
+    let ways = d.ways.max(1);
+    let per_group = s.n.div_ceil(ways);
+    let part = ConvKernel::scratch_part(d.kind, &s, ways);
+    let arena = Shared(arena);
+    team::run(ways, &|group| {
+        let samples = (group * per_group).min(s.n)..((group + 1) * per_group).min(s.n);
+        let base = arena.get();
+        // SAFETY: the groups' samples, scratch parts and (forward, input grad) outputs are
+        // disjoint; the weight gradient's groups write their own partial sums.
+        let scratch = base.add(d.scratch + group * part);
+        let columns = std::slice::from_raw_parts_mut(scratch, s.columns_len());
+        let sum = if ways > 1 {
+            scratch.add(s.columns_len())
+        } else {
+            base.add(d.out)
+        };
+        conv_samples(d, base, samples, columns, sum);
+    });
+    if d.kind == ConvKind::WeightGrad && ways > 1 {
+        let base = arena.get();
+        let out = std::slice::from_raw_parts_mut(base.add(d.out), s.weight_len());
+        out.fill(0.0);
+        for group in 0..ways {
+            let partial = base.add(d.scratch + group * part + s.columns_len());
+            let partial = std::slice::from_raw_parts(partial, s.weight_len());
+            out.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
+        }
+    }
+    0
+}
+
+/// The convolution of `samples` on one thread, with `columns` for one im2col matrix; a weight
+/// gradient is summed into `sum` (zeroed first).
+///
+/// # Safety
+/// As for [`conv`]; `sum` has room for the weight.
+unsafe fn conv_samples(
+    d: &ConvDesc,
+    arena: *mut f32,
+    samples: std::ops::Range<usize>,
+    columns: &mut [f32],
+    sum: *mut f32,
+) {
+    let s = d.shape;
     let patch = s.c * s.kh * s.kw;
     let pixels = s.oh * s.ow;
     let input_len = s.c * s.h * s.w;
-    let columns = std::slice::from_raw_parts_mut(arena.add(d.columns), s.columns_len());
-    let weight_len = s.o * patch;
     match d.kind {
         ConvKind::Forward => {
-            for n in 0..s.n {
+            for n in samples {
                 let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
                 im2col(&s, x, columns);
                 gemm_strided(
@@ -268,30 +313,30 @@ pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
                     columns.as_ptr(),
                     (pixels as isize, 1),
                     false,
-                    d.threads,
+                    1,
                 );
             }
         }
         ConvKind::WeightGrad => {
-            std::slice::from_raw_parts_mut(arena.add(d.out), weight_len).fill(0.0);
-            for n in 0..s.n {
+            std::slice::from_raw_parts_mut(sum, s.weight_len()).fill(0.0);
+            for n in samples {
                 let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
                 im2col(&s, x, columns);
                 gemm_strided(
                     (s.o, pixels, patch),
-                    arena.add(d.out),
+                    sum,
                     (patch as isize, 1),
                     arena.add(d.args[1] + n * s.o * pixels),
                     (pixels as isize, 1),
                     columns.as_ptr(),
                     (1, pixels as isize),
                     true,
-                    d.threads,
+                    1,
                 );
             }
         }
         ConvKind::InputGrad => {
-            for n in 0..s.n {
+            for n in samples {
                 gemm_strided(
                     (patch, s.o, pixels),
                     columns.as_mut_ptr(),
@@ -301,7 +346,7 @@ pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
                     arena.add(d.args[0] + n * s.o * pixels),
                     (pixels as isize, 1),
                     false,
-                    d.threads,
+                    1,
                 );
                 let dx =
                     std::slice::from_raw_parts_mut(arena.add(d.out + n * input_len), input_len);
@@ -309,7 +354,6 @@ pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
             }
         }
     }
-    0
 }
 
 /// Calls `visit(entry, pixel)` for every entry of one sample's im2col matrix that reads an
