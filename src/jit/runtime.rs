@@ -356,25 +356,36 @@ unsafe fn conv_samples(
     }
 }
 
-/// Calls `visit(entry, pixel)` for every entry of one sample's im2col matrix that reads an
-/// input element: `entry` indexes the `[C·KH·KW, OH·OW]` matrix, `pixel` the `[C, H, W]` input.
-fn for_each_tap(s: &ConvGeometry, mut visit: impl FnMut(usize, usize)) {
+/// Calls `visit(entry, pixel, len)` for every run of entries of one sample's im2col matrix
+/// that read input elements: entries `entry..entry + len` of the `[C·KH·KW, OH·OW]` matrix
+/// read the `[C, H, W]` input at `pixel`, `pixel + stride`, …. Entries outside every run read
+/// the zero padding.
+fn for_each_run(s: &ConvGeometry, mut visit: impl FnMut(usize, usize, usize)) {
     let pixels = s.oh * s.ow;
     let inside = |pos: usize, size: usize| pos.checked_sub(s.padding).filter(|&i| i < size);
     for c in 0..s.c {
         for ki in 0..s.kh {
             for kj in 0..s.kw {
                 let row = ((c * s.kh + ki) * s.kw + kj) * pixels;
+                // The output columns whose input column ow·stride + kj − padding is inside.
+                let first = s.padding.saturating_sub(kj).div_ceil(s.stride);
+                let end = (s.w + s.padding)
+                    .checked_sub(kj)
+                    .map_or(0, |e| e.div_ceil(s.stride))
+                    .min(s.ow);
+                if first >= end {
+                    continue;
+                }
+                let iw = first * s.stride + kj - s.padding;
                 for oh in 0..s.oh {
                     let Some(ih) = inside(oh * s.stride + ki, s.h) else {
                         continue;
                     };
-                    for ow in 0..s.ow {
-                        let Some(iw) = inside(ow * s.stride + kj, s.w) else {
-                            continue;
-                        };
-                        visit(row + oh * s.ow + ow, (c * s.h + ih) * s.w + iw);
-                    }
+                    visit(
+                        row + oh * s.ow + first,
+                        (c * s.h + ih) * s.w + iw,
+                        end - first,
+                    );
                 }
             }
         }
@@ -383,13 +394,25 @@ fn for_each_tap(s: &ConvGeometry, mut visit: impl FnMut(usize, usize)) {
 
 fn im2col(s: &ConvGeometry, input: &[f32], columns: &mut [f32]) {
     columns.fill(0.0);
-    for_each_tap(s, |entry, pixel| columns[entry] = input[pixel]);
+    for_each_run(s, |entry, pixel, len| {
+        let out = &mut columns[entry..entry + len];
+        if s.stride == 1 {
+            out.copy_from_slice(&input[pixel..pixel + len]);
+        } else {
+            let read = input[pixel..].iter().step_by(s.stride);
+            out.iter_mut().zip(read).for_each(|(o, &x)| *o = x);
+        }
+    });
 }
 
 /// The adjoint of `im2col`: sums each matrix entry onto the input element it read.
 fn col2im(s: &ConvGeometry, columns: &[f32], input: &mut [f32]) {
     input.fill(0.0);
-    for_each_tap(s, |entry, pixel| input[pixel] += columns[entry]);
+    for_each_run(s, |entry, pixel, len| {
+        let from = &columns[entry..entry + len];
+        let to = input[pixel..].iter_mut().step_by(s.stride);
+        to.zip(from).for_each(|(x, &c)| *x += c);
+    });
 }
 
 /// Scalar functions with no inline approximation, called once per lane.
