@@ -216,3 +216,50 @@ fn gradcheck_plots_an_svg() {
     let s = std::fs::read_to_string(&svg).expect("written");
     assert!(s.starts_with("<svg") && s.contains("theta") && s.contains("energy"));
 }
+
+/// The JIT's options change how the work is done, not the result: one thread or every core,
+/// with or without checks on every memory access, on a model with matrix products and one
+/// with convolutions.
+#[test]
+fn jit_threads_and_bounds_checks_leave_the_gradients_as_they_were() {
+    for (model, batch) in [
+        ("examples/mlp_fmnist.pcg", "64"),
+        ("examples/cnn_fmnist.pcg", "8"),
+    ] {
+        let run = |name: &str, extra: &[&str]| {
+            let out = scratch(name);
+            let mut args = vec![
+                "grad",
+                model,
+                "--method",
+                "pc",
+                "--batch",
+                batch,
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            let o = pcg(&args);
+            assert!(o.status.success(), "{}", text(&o.stderr));
+            npz::read(&out).expect("written")
+        };
+        let shared = run("shared.npz", &[]);
+        let alone = run("alone.npz", &["--threads", "1", "--bounds-checks"]);
+        assert_eq!(
+            shared.keys().collect::<Vec<_>>(),
+            alone.keys().collect::<Vec<_>>()
+        );
+        for (name, a) in &shared {
+            let b = &alone[name];
+            let scale = a.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "{model} {name}: {worst} (scale {scale})"
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The subcommands that compute: `grad` and `gradcheck`.
 
 use super::{
-    compile_or_report, emit, fail, BackendArg, CmdResult, MethodArg, ProblemFlags, RelaxFlags,
+    compile_or_report, emit, fail, BackendFlags, CmdResult, MethodArg, ProblemFlags, RelaxFlags,
     Reported,
 };
 use crate::gradcheck::{self, Report};
@@ -70,7 +70,7 @@ fn to_f64(arrays: &Arrays) -> Bindings<f64> {
 pub(super) fn grad(
     file: &Path,
     method: MethodArg,
-    backend: BackendArg,
+    backend: &BackendFlags,
     out: &Path,
     flags: &ProblemFlags,
     relax: &RelaxFlags,

@@ -55,9 +55,8 @@ pub enum Command {
         /// How to compute the gradient.
         #[arg(long, value_enum, default_value_t = MethodArg::Bp)]
         method: MethodArg,
-        /// Which backend runs the programs.
-        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
-        backend: BackendArg,
+        #[command(flatten)]
+        backend: BackendFlags,
         /// Where to write the gradients (`.npz`, one array per parameter).
         #[arg(long)]
         out: PathBuf,
@@ -99,9 +98,8 @@ pub enum Command {
         /// Learning method (default: the train block's).
         #[arg(long, value_enum)]
         method: Option<MethodArg>,
-        /// Which backend runs the programs.
-        #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
-        backend: BackendArg,
+        #[command(flatten)]
+        backend: BackendFlags,
         /// Relaxation steps T (default: the inference block's).
         #[arg(long)]
         inference_steps: Option<usize>,
@@ -160,9 +158,8 @@ pub struct RunFlags {
     /// Learning rate, overriding the optimiser's.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Which backend runs the programs.
-    #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
-    pub backend: BackendArg,
+    #[command(flatten)]
+    pub backend: BackendFlags,
     /// The data set, overriding the train block's (e.g. `digits`, `fmnist(dir = "d")`).
     #[arg(long)]
     pub data: Option<String>,
@@ -205,13 +202,44 @@ impl BackendArg {
             BackendArg::Interp => "interp",
         }
     }
+}
+
+/// Which backend runs the programs, and how the JIT compiles them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BackendFlags {
+    /// Which backend runs the programs.
+    #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
+    pub backend: BackendArg,
+    /// JIT: threads that large matrix products and convolutions are shared between
+    /// (default: one per core).
+    #[arg(long)]
+    pub threads: Option<std::num::NonZeroUsize>,
+    /// JIT: check every memory access of the compiled code against its buffer and stop with a
+    /// diagnostic at the first one outside (a debugging aid; slower).
+    #[arg(long)]
+    pub bounds_checks: bool,
+}
+
+impl BackendFlags {
+    pub fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The JIT's options.
+    pub fn jit_options(&self) -> JitOptions {
+        let default = JitOptions::default();
+        JitOptions {
+            bounds_checks: self.bounds_checks,
+            threads: self.threads.map_or(default.threads, |n| n.get()),
+        }
+    }
 
     /// The engine that runs a model's programs on this backend.
-    pub fn engine(self, programs: Programs) -> Result<Box<dyn Engine>, String> {
-        Ok(match self {
-            BackendArg::Jit => Box::new(
-                JitEngine::new(programs, &JitOptions::default()).map_err(|e| e.to_string())?,
-            ),
+    pub fn engine(&self, programs: Programs) -> Result<Box<dyn Engine>, String> {
+        Ok(match self.backend {
+            BackendArg::Jit => {
+                Box::new(JitEngine::new(programs, &self.jit_options()).map_err(|e| e.to_string())?)
+            }
             BackendArg::Interp => Box::new(InterpEngine::new(programs)),
         })
     }
@@ -396,7 +424,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => commands::grad(
             &file,
             method,
-            backend,
+            &backend,
             &out,
             &problem,
             &relax,
@@ -435,7 +463,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 steps: inference_steps.or(relax.steps),
                 ..relax
             };
-            training::bench(&file, method, backend, iters, &relax, &compile.options())
+            training::bench(&file, method, &backend, iters, &relax, &compile.options())
         }
         Command::Gradcheck {
             file,

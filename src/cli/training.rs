@@ -1,7 +1,7 @@
 //! `pcg run` and `pcg eval`: training on real data and evaluating checkpoints.
 
 use super::{
-    compile_or_report, emit, fail, BackendArg, CmdResult, MethodArg, RelaxFlags, RunFlags,
+    compile_or_report, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, RunFlags,
 };
 use crate::data::{self, DataSpec, Dataset};
 use crate::ir::{LeafKind, Program};
@@ -402,7 +402,7 @@ pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
 pub(super) fn bench(
     file: &Path,
     method: Option<MethodArg>,
-    backend: BackendArg,
+    backend: &BackendFlags,
     iters: usize,
     relax: &RelaxFlags,
     options: &CompileOptions,
