@@ -27,6 +27,9 @@ struct Job<'a> {
     chunks: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// A chunk panicked (a bug in a kernel): counted as done so that nobody waits forever,
+    /// and raised again on the calling thread.
+    panicked: AtomicBool,
 }
 
 impl Job<'_> {
@@ -37,7 +40,10 @@ impl Job<'_> {
             if i >= self.chunks {
                 return;
             }
-            (self.work)(i);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.work)(i)));
+            if run.is_err() {
+                self.panicked.store(true, SeqCst);
+            }
             self.done.fetch_add(1, SeqCst);
         }
     }
@@ -139,7 +145,7 @@ pub fn run(chunks: usize, work: &(dyn Fn(usize) + Sync)) {
     let Some(team) = team().filter(|_| chunks > 1) else {
         return alone();
     };
-    let Ok(_guard) = team.caller.try_lock() else {
+    let Ok(guard) = team.caller.try_lock() else {
         return alone();
     };
     let shared = team.shared;
@@ -148,6 +154,7 @@ pub fn run(chunks: usize, work: &(dyn Fn(usize) + Sync)) {
         chunks,
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
+        panicked: AtomicBool::new(false),
     };
     // The helpers only dereference the pointer while `live` is set, and `job` outlives that.
     let erased = (&job as *const Job<'_>).cast_mut().cast::<Job<'static>>();
@@ -163,6 +170,8 @@ pub fn run(chunks: usize, work: &(dyn Fn(usize) + Sync)) {
         std::hint::spin_loop();
     }
     shared.job.store(std::ptr::null_mut(), SeqCst);
+    drop(guard);
+    assert!(!job.panicked.load(SeqCst), "a shared kernel panicked");
 }
 
 #[cfg(test)]
@@ -183,6 +192,23 @@ mod tests {
                 "{chunks} chunks"
             );
         }
+    }
+
+    #[test]
+    fn a_panicking_chunk_is_raised_on_the_caller_and_the_team_still_works() {
+        let result = std::panic::catch_unwind(|| {
+            run(4, &|i| {
+                assert!(i != 2, "chunk 2 fails");
+            })
+        });
+        assert!(result.is_err());
+        // The team is not left poisoned: later jobs are shared again.
+        assert!(team().is_none_or(|t| !t.caller.is_poisoned()));
+        let count = AtomicUsize::new(0);
+        run(4, &|_| {
+            count.fetch_add(1, SeqCst);
+        });
+        assert_eq!(count.load(SeqCst), 4);
     }
 
     #[test]
