@@ -739,3 +739,54 @@ fn buffer_plans_stay_close_to_the_live_peak() {
         }
     }
 }
+
+/// Loop nests large enough to be shared between threads (flat, broadcast, reduced along the
+/// inner axis, with an odd outer extent, and one reduced along the outer axis, which stays on
+/// one thread) give the interpreter's results, every access checked.
+#[test]
+fn kernels_shared_between_threads() {
+    let cases: Vec<(&str, Program)> = vec![
+        (
+            "flat",
+            single(&[&[64, 130], &[64, 130]], |p, x| {
+                let m = p.mul(x[0], x[1]);
+                p.unary(UnaryOp::Tanh, m)
+            }),
+        ),
+        (
+            "broadcast row",
+            single(&[&[64, 130], &[130]], |p, x| {
+                let r = p.broadcast(x[1], Shape::new(vec![64, 130]));
+                let s = p.add_values(x[0], r);
+                p.unary(UnaryOp::Sigmoid, s)
+            }),
+        ),
+        (
+            "inner reduction, odd rows",
+            single(&[&[67, 129]], |p, x| {
+                let e = p.unary(UnaryOp::Exp, x[0]);
+                p.reduce_sum(e, vec![1])
+            }),
+        ),
+        (
+            "outer reduction",
+            single(&[&[67, 129]], |p, x| p.reduce_sum(x[0], vec![0])),
+        ),
+        (
+            "transposed read",
+            single(&[&[96, 80], &[80, 96]], |p, x| {
+                let t = p.transpose(x[1], vec![1, 0]);
+                p.mul(x[0], t)
+            }),
+        ),
+    ];
+    for (what, program) in &cases {
+        check_program(what, program, &random_leaves(program, 3));
+    }
+    // The first two are shared: each has a function of its own besides the entry.
+    for (what, program) in &cases[..2] {
+        let jit = JitProgram::compile(program, &checked()).expect("compiles");
+        let functions = jit.clif().matches("function ").count();
+        assert!(functions > 1, "{what}: {functions} function(s)");
+    }
+}

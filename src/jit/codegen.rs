@@ -10,7 +10,10 @@
 //! work is one flat loop. The innermost loop runs four lanes at a time (`f32x4`) when every
 //! buffer it reads is walked with stride 0 or 1, and finishes with a scalar tail; a reduction
 //! over the innermost axis keeps its partial result in a register. Matrix products and
-//! convolutions are calls into `runtime`.
+//! convolutions are calls into `runtime`. A nest of at least [`SHARED_MIN_ELEMENTS`] whose
+//! outermost axis is not reduced gets a function of its own, `fn(arena, lo, hi) -> i32` over
+//! outermost indices `lo..hi`, which the main function hands to `runtime::parallel` to run in
+//! parts on several threads.
 
 use super::lower::{BufferId, Expr, Kernel};
 use super::math::{self, Lanes};
@@ -21,6 +24,7 @@ use cranelift_codegen::ir::{
     types, Block, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
+use std::collections::HashMap;
 use std::ops::Range;
 
 /// The runtime functions a function may call, as imported into it.
@@ -31,6 +35,8 @@ pub struct RuntimeRefs {
     pub cos: FuncRef,
     pub tan: FuncRef,
     pub powf: FuncRef,
+    /// `parallel(piece, arena, extent, pieces) -> status`: runs a shared kernel's function.
+    pub parallel: FuncRef,
 }
 
 /// How the kernels form the function: straight-line, or a prologue and a loop body. The loop
@@ -63,6 +69,8 @@ pub struct FunctionTranslator<'a> {
     pub fail: Block,
     /// The kernel being translated (its 1-based index is the status of a failed check).
     pub kernel: usize,
+    /// Kernels shared between threads: their own function, outermost extent and pieces.
+    pub shared: HashMap<usize, (FuncRef, usize, usize)>,
 }
 
 /// One operand position of a loop nest: where it reads (or writes) and how it walks.
@@ -148,6 +156,54 @@ impl Nest {
         self.nodes.len() - 1
     }
 
+    /// The loop nest of a `Map` or `Reduce` kernel, simplified; `None` for calls and empty
+    /// kernels.
+    fn of(plan: &BufferPlan, kernel: &Kernel) -> Option<Nest> {
+        let (dims, out, expr, reduce) = match kernel {
+            Kernel::Map { dims, out, expr } => (dims, out, expr, None),
+            Kernel::Reduce {
+                op,
+                dims,
+                out,
+                expr,
+            } => (dims, out, expr, Some(*op)),
+            Kernel::MatMul(_) | Kernel::Conv(_) => return None,
+        };
+        if dims.contains(&0) {
+            return None;
+        }
+        let mut nest = Nest::new(plan, dims, (out.buffer, &out.map));
+        nest.flatten(plan, expr);
+        nest.reduce = reduce;
+        nest.simplify();
+        Some(nest)
+    }
+
+    /// Prepares the nest to be shared between threads along its outermost axis: a single
+    /// flat axis is first cut into `pieces` rows whose length is a multiple of four (so every
+    /// row keeps its SIMD loop). Returns the outermost axis's extent, or `None` when the nest
+    /// is too small to be worth sharing or its outermost axis is reduced (two threads would
+    /// write the same results).
+    fn split(&mut self, pieces: usize) -> Option<usize> {
+        let elements: usize = self.dims.iter().product();
+        if pieces < 2 || elements < SHARED_MIN_ELEMENTS {
+            return None;
+        }
+        if self.dims.len() == 1 {
+            let n = self.dims[0];
+            if !n.is_multiple_of(4 * pieces) {
+                return None;
+            }
+            let row = n / pieces;
+            self.dims = vec![pieces, row];
+            for slot in &mut self.slots {
+                let s = slot.strides[0];
+                slot.strides = vec![s * row, s];
+            }
+        }
+        (self.slots[0].strides[0] != 0).then_some(self.dims[0])
+    }
+
     /// Drops unit axes and merges neighbouring axes that every slot walks evenly.
     fn simplify(&mut self) {
         let keep: Vec<usize> = (0..self.dims.len())
@@ -180,6 +236,15 @@ impl Nest {
             }
         }
     }
+}
+
+/// Loop nests with fewer elements than this run on the calling thread alone: below it,
+/// handing half to a second core costs more than it saves.
+pub const SHARED_MIN_ELEMENTS: usize = 1 << 12;
+
+/// The outermost extent a kernel is shared along between `pieces` threads, if it is shared.
+pub fn shared_extent(plan: &BufferPlan, kernel: &Kernel, pieces: usize) -> Option<usize> {
+    Nest::of(plan, kernel)?.split(pieces)
 }
 
 fn flags() -> MemFlagsData {
@@ -220,6 +285,11 @@ impl FunctionTranslator<'_> {
                 self.builder.switch_to_block(exit);
             }
         }
+        self.finish();
+    }
+
+    /// Returns 0 at the end of the body; the failure block returns its status.
+    fn finish(&mut self) {
         let ok = self.builder.ins().iconst(types::I32, 0);
         self.builder.ins().return_(&[ok]);
         self.builder.switch_to_block(self.fail);
@@ -231,16 +301,12 @@ impl FunctionTranslator<'_> {
     fn translate_kernels(&mut self, kernels: &[Kernel], range: Range<usize>) {
         for k in range {
             self.kernel = k;
+            if let Some(&(piece, extent, pieces)) = self.shared.get(&k) {
+                self.translate_shared(piece, extent, pieces);
+                continue;
+            }
             match &kernels[k] {
-                Kernel::Map { dims, out, expr } => {
-                    self.translate_nest(dims, out.buffer, &out.map, expr, None)
-                }
-                Kernel::Reduce {
-                    op,
-                    dims,
-                    out,
-                    expr,
-                } => self.translate_nest(dims, out.buffer, &out.map, expr, Some(*op)),
+                Kernel::Map { .. } | Kernel::Reduce { .. } => self.translate_nest(&kernels[k]),
                 Kernel::MatMul(_) => self.translate_call(self.runtime.matmul),
                 Kernel::Conv(_) => self.translate_call(self.runtime.conv),
             }
@@ -254,6 +320,15 @@ impl FunctionTranslator<'_> {
         let call = self.builder.ins().call(callee, &[descriptor, self.arena]);
         let status = self.builder.inst_results(call)[0];
         let code = self.status_code();
+        self.fail_unless_zero(status, code);
+    }
+
+    /// Fails the function with the status a shared kernel's pieces returned, if not 0.
+    fn branch_on_status(&mut self, status: Value) {
+        self.fail_unless_zero(status, status);
+    }
+
+    fn fail_unless_zero(&mut self, status: Value, code: Value) {
         let failed = self.builder.ins().icmp_imm_s(IntCC::NotEqual, status, 0);
         let next = self.builder.create_block();
         self.builder
@@ -268,27 +343,44 @@ impl FunctionTranslator<'_> {
             .iconst(types::I32, (self.kernel + 1) as i64)
     }
 
-    fn translate_nest(
-        &mut self,
-        dims: &[usize],
-        out: BufferId,
-        map: &super::lower::Affine,
-        expr: &Expr,
-        reduce: Option<ReduceOp>,
-    ) {
-        if dims.contains(&0) {
-            return;
+    fn translate_nest(&mut self, kernel: &Kernel) {
+        if let Some(nest) = Nest::of(self.plan, kernel) {
+            let rows = self.rows(&nest);
+            self.translate_level(&nest, 0, &rows, None);
         }
-        let mut nest = Nest::new(self.plan, dims, (out, map));
-        nest.flatten(self.plan, expr);
-        nest.reduce = reduce;
-        nest.simplify();
-        let rows: Vec<Value> = nest
-            .slots
+    }
+
+    /// The element positions of every slot at index 0.
+    fn rows(&mut self, nest: &Nest) -> Vec<Value> {
+        nest.slots
             .iter()
             .map(|s| self.builder.ins().iconst(types::I64, s.base as i64))
-            .collect();
-        self.translate_level(&nest, 0, &rows);
+            .collect()
+    }
+
+    /// The body of a kernel's own function: its nest, split for `pieces` threads, over the
+    /// outermost indices `lo..hi` (the function's parameters).
+    pub fn translate_piece(&mut self, kernel: &Kernel, pieces: usize, (lo, hi): (Value, Value)) {
+        let mut nest = Nest::of(self.plan, kernel).expect("shared kernels are loop nests");
+        nest.split(pieces).expect("shared kernels split");
+        let rows = self.rows(&nest);
+        self.translate_level(&nest, 0, &rows, Some((lo, hi)));
+        self.finish();
+    }
+
+    /// A kernel shared between threads: a runtime call that runs the kernel's own function
+    /// (`piece`) on parts of its outermost axis.
+    fn translate_shared(&mut self, piece: FuncRef, extent: usize, pieces: usize) {
+        let pointer = self.builder.func.dfg.value_type(self.arena);
+        let function = self.builder.ins().func_addr(pointer, piece);
+        let extent = self.builder.ins().iconst(types::I64, extent as i64);
+        let pieces = self.builder.ins().iconst(types::I64, pieces as i64);
+        let call = self.builder.ins().call(
+            self.runtime.parallel,
+            &[function, self.arena, extent, pieces],
+        );
+        let status = self.builder.inst_results(call)[0];
+        self.branch_on_status(status);
     }
 
     /// A counted loop `for i in (start..end).step_by(step)` around `body`.
@@ -320,19 +412,49 @@ impl FunctionTranslator<'_> {
         self.builder.switch_to_block(exit);
     }
 
-    fn translate_level(&mut self, nest: &Nest, level: usize, rows: &[Value]) {
+    /// The loops of `level` and the levels inside it; `range` bounds the outermost loop
+    /// (a shared kernel's piece) instead of the axis's extent.
+    fn translate_level(
+        &mut self,
+        nest: &Nest,
+        level: usize,
+        rows: &[Value],
+        range: Option<(Value, Value)>,
+    ) {
         if level + 1 == nest.dims.len() {
             return self.translate_inner(nest, rows);
         }
-        self.counted_loop(0, nest.dims[level] as i64, 1, &mut |this, i| {
+        let mut body = |this: &mut Self, i: Value| {
             let inner_rows: Vec<Value> = nest
                 .slots
                 .iter()
                 .zip(rows)
                 .map(|(slot, &row)| this.advance(row, i, slot.strides[level]))
                 .collect();
-            this.translate_level(nest, level + 1, &inner_rows);
-        });
+            this.translate_level(nest, level + 1, &inner_rows, None);
+        };
+        match range {
+            Some((lo, hi)) => self.loop_between(lo, hi, &mut body),
+            None => self.counted_loop(0, nest.dims[level] as i64, 1, &mut body),
+        }
+    }
+
+    /// `for i in lo..hi` around `body`, with bounds known only at run time.
+    fn loop_between(&mut self, lo: Value, hi: Value, body: &mut dyn FnMut(&mut Self, Value)) {
+        let header = self.builder.create_block();
+        let inner = self.builder.create_block();
+        let exit = self.builder.create_block();
+        self.builder.append_block_param(header, types::I64);
+        self.builder.ins().jump(header, &[lo.into()]);
+        self.builder.switch_to_block(header);
+        let i = self.builder.block_params(header)[0];
+        let more = self.builder.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.builder.ins().brif(more, inner, &[], exit, &[]);
+        self.builder.switch_to_block(inner);
+        body(self, i);
+        let next = self.builder.ins().iadd_imm_s(i, 1);
+        self.builder.ins().jump(header, &[next.into()]);
+        self.builder.switch_to_block(exit);
     }
 
     /// `row + i·stride`.

@@ -181,7 +181,8 @@ impl Function {
         let mut builder =
             JITBuilder::with_flags(&[("opt_level", "speed")], default_libcall_names())
                 .map_err(|e| codegen(&e))?;
-        let symbols: [(&str, *const u8); 6] = [
+        let symbols: [(&str, *const u8); 7] = [
+            ("pcg_parallel", runtime::parallel as *const u8),
             ("pcg_matmul", runtime::matmul as *const u8),
             ("pcg_conv", runtime::conv as *const u8),
             ("pcg_sinf", runtime::sin as *const u8),
@@ -237,6 +238,12 @@ impl Function {
         unary_sig.returns.push(AbiParam::new(types::F32));
         let mut binary_sig = unary_sig.clone();
         binary_sig.params.push(AbiParam::new(types::F32));
+        let mut parallel_sig = module.make_signature();
+        parallel_sig.params.push(AbiParam::new(pointer));
+        parallel_sig.params.push(AbiParam::new(pointer));
+        parallel_sig.params.push(AbiParam::new(types::I64));
+        parallel_sig.params.push(AbiParam::new(types::I64));
+        parallel_sig.returns.push(AbiParam::new(types::I32));
         let mut import = |name: &str, sig| {
             module
                 .declare_function(name, Linkage::Import, sig)
@@ -249,7 +256,50 @@ impl Function {
             import("pcg_cosf", &unary_sig)?,
             import("pcg_tanf", &unary_sig)?,
             import("pcg_powf", &binary_sig)?,
+            import("pcg_parallel", &parallel_sig)?,
         ];
+        let fma = has_fma(module.isa());
+        let common = Common {
+            plan,
+            descriptors,
+            bounds_checks: options.bounds_checks,
+            fma,
+        };
+        let mut clif = String::new();
+
+        // Large elementwise kernels get a function of their own, run in parts by `parallel`.
+        let pieces = options.threads;
+        let mut pieces_sig = module.make_signature();
+        pieces_sig.params.push(AbiParam::new(pointer));
+        pieces_sig.params.push(AbiParam::new(types::I64));
+        pieces_sig.params.push(AbiParam::new(types::I64));
+        pieces_sig.returns.push(AbiParam::new(types::I32));
+        let mut shared = Vec::new();
+        for (k, kernel) in lowered.kernels.iter().enumerate() {
+            let Some(extent) = codegen::shared_extent(plan, kernel, pieces) else {
+                continue;
+            };
+            let id = module
+                .declare_function(&format!("pcg_kernel_{k}"), Linkage::Local, &pieces_sig)
+                .map_err(|e| codegen(&e))?;
+            let mut ctx = module.make_context();
+            ctx.func.signature = pieces_sig.clone();
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            let mut fctx = FunctionBuilderContext::new();
+            {
+                let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let (mut translator, params) = common.translator(builder, module, &imports);
+                translator.kernel = k;
+                translator.translate_piece(kernel, pieces, (params[1], params[2]));
+                translator.builder.finalize(module.target_config());
+            }
+            clif.push_str(&ctx.func.display().to_string());
+            module
+                .define_function(id, &mut ctx)
+                .map_err(|e| codegen(&format!("{e:?}")))?;
+            module.clear_context(&mut ctx);
+            shared.push((k, id, extent));
+        }
 
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(pointer));
@@ -263,40 +313,16 @@ impl Function {
         ctx.func.name = UserFuncName::user(0, id.as_u32());
         let mut fctx = FunctionBuilderContext::new();
         {
-            let mut builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let refs: Vec<_> = imports
-                .iter()
-                .map(|&f| module.declare_func_in_func(f, builder.func))
-                .collect();
-            let entry = builder.create_block();
-            builder.append_block_params_for_function_params(entry);
-            builder.switch_to_block(entry);
-            let arena = builder.block_params(entry)[0];
-            let steps = builder.block_params(entry)[1];
-            let fail = builder.create_block();
-            builder.append_block_param(fail, types::I32);
-            let mut translator = FunctionTranslator {
-                builder,
-                arena,
-                plan,
-                runtime: RuntimeRefs {
-                    matmul: refs[0],
-                    conv: refs[1],
-                    sin: refs[2],
-                    cos: refs[3],
-                    tan: refs[4],
-                    powf: refs[5],
-                },
-                descriptors,
-                bounds_checks: options.bounds_checks,
-                fma: has_fma(module.isa()),
-                fail,
-                kernel: 0,
-            };
-            translator.translate(&lowered.kernels, layout, steps);
+            let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let (mut translator, params) = common.translator(builder, module, &imports);
+            for &(k, f, extent) in &shared {
+                let piece = module.declare_func_in_func(f, translator.builder.func);
+                translator.shared.insert(k, (piece, extent, pieces));
+            }
+            translator.translate(&lowered.kernels, layout, params[1]);
             translator.builder.finalize(module.target_config());
         }
-        let clif = ctx.func.display().to_string();
+        clif.insert_str(0, &ctx.func.display().to_string());
         module
             .define_function(id, &mut ctx)
             .map_err(|e| codegen(&format!("{e:?}")))?;
@@ -325,6 +351,60 @@ impl Function {
                 kernel: k as usize - 1,
             }),
         }
+    }
+}
+
+/// What every function of one compiled program shares.
+struct Common<'a> {
+    plan: &'a BufferPlan,
+    descriptors: &'a [Option<i64>],
+    bounds_checks: bool,
+    fma: bool,
+}
+
+impl<'a> Common<'a> {
+    /// A translator for a new function: the runtime imported, the entry block started, its
+    /// first parameter the arena. Returns the function's parameters too.
+    fn translator<'b>(
+        &self,
+        mut builder: FunctionBuilder<'b>,
+        module: &mut JITModule,
+        imports: &[FuncId],
+    ) -> (FunctionTranslator<'b>, Vec<cranelift_codegen::ir::Value>)
+    where
+        'a: 'b,
+    {
+        let refs: Vec<_> = imports
+            .iter()
+            .map(|&f| module.declare_func_in_func(f, builder.func))
+            .collect();
+        let entry = builder.create_block();
+        builder.append_block_params_for_function_params(entry);
+        builder.switch_to_block(entry);
+        let params = builder.block_params(entry).to_vec();
+        let fail = builder.create_block();
+        builder.append_block_param(fail, types::I32);
+        let translator = FunctionTranslator {
+            builder,
+            arena: params[0],
+            plan: self.plan,
+            runtime: RuntimeRefs {
+                matmul: refs[0],
+                conv: refs[1],
+                sin: refs[2],
+                cos: refs[3],
+                tan: refs[4],
+                powf: refs[5],
+                parallel: refs[6],
+            },
+            descriptors: self.descriptors,
+            bounds_checks: self.bounds_checks,
+            fma: self.fma,
+            fail,
+            kernel: 0,
+            shared: HashMap::new(),
+        };
+        (translator, params)
     }
 }
 
@@ -686,40 +766,43 @@ mod tests {
         is_send::<JitLoop>();
     }
 
-    /// A copy of 10 elements between buffers of 8: rejected by the plan's verifier, and caught
-    /// by the generated checks when the plan is not verified.
+    /// A copy of 8 elements too many between two buffers: rejected by the plan's verifier,
+    /// and caught by the generated checks when the plan is not verified — in a small kernel on
+    /// one thread, and in one large enough to be shared between two.
     #[test]
     fn out_of_buffer_access_is_caught() {
-        let mut lowered = Lowered::default();
-        let from = lowered.buffer("from", 8, true);
-        let to = lowered.buffer("to", 8, true);
-        lowered.kernels.push(Kernel::Map {
-            dims: vec![10],
-            out: Place {
-                buffer: to,
-                map: Affine::contiguous(&[10]),
-            },
-            expr: Expr::Load {
-                buffer: from,
-                map: Affine::contiguous(&[10]),
-            },
-        });
-        let options = JitOptions {
-            bounds_checks: true,
-            threads: 1,
-        };
-        let e = Function::compile(&lowered, &Layout::Straight, &options);
-        assert!(matches!(
-            e,
-            Err(JitError::Plan(PlanError::OutOfBuffer { .. }))
-        ));
-        let mut plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
-        plan.arena_len += 16;
-        let mut function =
-            Function::build(&lowered, &Layout::Straight, &options, plan).expect("compiles");
-        assert!(matches!(
-            function.call(0),
-            Err(JitError::OutOfBounds { kernel: 0 })
-        ));
+        for (len, threads) in [(8, 1), (8, 2), (8184, 2)] {
+            let mut lowered = Lowered::default();
+            let from = lowered.buffer("from", len, true);
+            let to = lowered.buffer("to", len, true);
+            lowered.kernels.push(Kernel::Map {
+                dims: vec![len + 8],
+                out: Place {
+                    buffer: to,
+                    map: Affine::contiguous(&[len + 8]),
+                },
+                expr: Expr::Load {
+                    buffer: from,
+                    map: Affine::contiguous(&[len + 8]),
+                },
+            });
+            let options = JitOptions {
+                bounds_checks: true,
+                threads,
+            };
+            let e = Function::compile(&lowered, &Layout::Straight, &options);
+            assert!(matches!(
+                e,
+                Err(JitError::Plan(PlanError::OutOfBuffer { .. }))
+            ));
+            let mut plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
+            plan.arena_len += 16;
+            let mut function =
+                Function::build(&lowered, &Layout::Straight, &options, plan).expect("compiles");
+            assert!(
+                matches!(function.call(0), Err(JitError::OutOfBounds { kernel: 0 })),
+                "{len} elements on {threads} thread(s)"
+            );
+        }
     }
 }

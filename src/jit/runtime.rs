@@ -415,6 +415,31 @@ fn col2im(s: &ConvGeometry, columns: &[f32], input: &mut [f32]) {
     });
 }
 
+/// A shared kernel's own function: runs its outermost indices `lo..hi` on the arena and
+/// returns 0, or the status of a failed check.
+pub type Piece = unsafe extern "C" fn(arena: *mut f32, lo: i64, hi: i64) -> i32;
+
+/// Runs a shared elementwise kernel: its outermost axis of `extent` indices cut into `pieces`
+/// parts, shared between threads (see `team`). Returns the first non-zero status of a part.
+///
+/// # Safety
+/// `piece` must be a compiled kernel function over this arena.
+pub unsafe extern "C" fn parallel(piece: Piece, arena: *mut f32, extent: i64, pieces: i64) -> i32 {
+    let extent = extent.max(0) as usize;
+    let pieces = (pieces.max(1) as usize).min(extent.max(1));
+    let status = std::sync::atomic::AtomicI32::new(0);
+    let arena = Shared(arena);
+    team::run(pieces, &|part| {
+        let (lo, hi) = (part * extent / pieces, (part + 1) * extent / pieces);
+        // SAFETY: the parts write disjoint outer indices of the kernel's output.
+        let s = piece(arena.get(), lo as i64, hi as i64);
+        if s != 0 {
+            status.store(s, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    status.into_inner()
+}
+
 /// Scalar functions with no inline approximation, called once per lane.
 pub extern "C" fn sin(x: f32) -> f32 {
     x.sin()
