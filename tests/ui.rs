@@ -26,6 +26,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("missing_loss_empty_loop", "E0302"),
     ("non_constant_loop_bound", "E0208"),
     ("parse_recovery", "E0002"),
+    ("parse_recovery_bindings", "E0002"),
     ("recursion", "E0107"),
     ("result_needs_return", "E0204"),
     ("return_shape_mismatch", "E0205"),

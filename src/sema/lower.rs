@@ -108,8 +108,10 @@ pub(super) fn lower_model(
         l.stmt(stmt, true);
     }
     if l.loss_terms.is_empty() {
-        // A loss statement whose value was an error has been reported already.
-        if l.saw_loss {
+        // A loss statement whose value was an error, or a statement that did not parse (it
+        // may have been the loss), has been reported already.
+        let unparsed = model.body.iter().any(|s| matches!(s, Stmt::Error { .. }));
+        if l.saw_loss || unparsed {
             return None;
         }
         l.error(
@@ -323,7 +325,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 self.region = outer;
                 self.loss_term(val, value.span);
             }
-            Stmt::Error(_) => {}
+            Stmt::Error { binds, .. } => {
+                for name in binds {
+                    self.bind(name, Val::Poison);
+                }
+            }
         }
     }
 

@@ -135,8 +135,10 @@ pub enum Stmt {
     },
     /// `loss expr`: one term of the model's loss; the terms are summed.
     Loss { value: Expr, span: Span },
-    /// A statement the parser could not read; its error is already reported.
-    Error(Span),
+    /// A statement the parser could not read; its error is already reported. `binds` are the
+    /// names it would have bound (`let h = …`, `let (a, b) = …`), so that their uses are not
+    /// reported as undefined too.
+    Error { span: Span, binds: Vec<Ident> },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -63,12 +63,21 @@ pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
         }
     };
     let mut recovered: Vec<ErrorRecovery<usize, Token, ()>> = Vec::new();
-    let result = grammar::ModuleParser::new().parse(file, &mut recovered, tokens);
+    let result = grammar::ModuleParser::new().parse(file, &mut recovered, tokens.clone());
     for r in recovered {
         report(&mut diagnostics, r.error);
     }
     match result {
-        Ok(module) => (module, diagnostics),
+        Ok(mut module) => {
+            for item in &mut module.items {
+                match item {
+                    ast::Item::Fn(f) => name_unparsed_bindings(file, &tokens, &mut f.body.stmts),
+                    ast::Item::Model(m) => name_unparsed_bindings(file, &tokens, &mut m.body),
+                    _ => {}
+                }
+            }
+            (module, diagnostics)
+        }
         Err(e) => {
             // Never silent: a cascade follows an earlier error, and the first error of a
             // chain of cascades is always reported.
@@ -134,12 +143,57 @@ fn syntax_error(file: FileId, source: &str, error: ParseError<usize, Token, ()>)
     }
 }
 
+/// Fills in the names each unparsed `let` statement would have bound, read off its tokens:
+/// `let NAME` or `let (NAME, (NAME, …), …)` up to the `=`.
+fn name_unparsed_bindings(file: FileId, tokens: &[(usize, Token, usize)], stmts: &mut [ast::Stmt]) {
+    for stmt in stmts {
+        match stmt {
+            ast::Stmt::Error { span, binds } => {
+                let first = tokens.partition_point(|t| t.0 < span.start as usize);
+                let mut rest = tokens[first..]
+                    .iter()
+                    .take_while(|t| t.2 <= span.end as usize);
+                if !matches!(rest.next(), Some((_, Token::Let, _))) {
+                    continue;
+                }
+                for (start, token, end) in rest {
+                    match token {
+                        Token::Ident(name) => binds.push(ast::Ident {
+                            name: name.clone(),
+                            span: Span::new(file, *start, *end),
+                        }),
+                        Token::LParen | Token::RParen | Token::Comma => {}
+                        _ => break,
+                    }
+                }
+            }
+            ast::Stmt::For { body, .. } => name_unparsed_bindings(file, tokens, body),
+            _ => {}
+        }
+    }
+}
+
+/// What the parser would have accepted, in words: terminals as the user writes them.
 fn expected_list(expected: &[String]) -> String {
-    let shown: Vec<&str> = expected.iter().take(8).map(|s| s.as_str()).collect();
+    let shown: Vec<String> = expected.iter().take(8).map(|s| describe(s)).collect();
     let more = if expected.len() > shown.len() {
         ", ..."
     } else {
         ""
     };
-    format!("expected one of {}{more}", shown.join(", "))
+    match shown.as_slice() {
+        [one] if more.is_empty() => format!("expected {one}"),
+        _ => format!("expected one of {}{more}", shown.join(", ")),
+    }
+}
+
+/// A grammar terminal as the user sees it: `IDENT` is "a name", `"("` is `` `(` ``.
+fn describe(terminal: &str) -> String {
+    match terminal {
+        "IDENT" => "a name".to_string(),
+        "INT" => "an integer".to_string(),
+        "FLOAT" => "a number".to_string(),
+        "STR" => "a string".to_string(),
+        quoted => format!("`{}`", quoted.trim_matches('"')),
+    }
 }
