@@ -9,7 +9,7 @@
 use crate::source::{Sources, Span};
 use codespan_reporting::diagnostic as cs;
 use codespan_reporting::term;
-use codespan_reporting::term::termcolor::{ColorChoice, StandardStream, WriteColor};
+use codespan_reporting::term::termcolor::{BufferedStandardStream, ColorChoice, WriteColor};
 
 /// The kinds of compile errors; each has a stable code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -203,12 +203,23 @@ pub fn emit_to_stderr(sources: &Sources, diagnostics: &[Diagnostic]) {
     } else {
         ColorChoice::Never
     };
-    let mut stream = StandardStream::stderr(choice);
+    let mut stream = BufferedStandardStream::stderr(choice);
     emit(sources, diagnostics, &mut stream);
+    let _ = std::io::Write::flush(&mut stream);
 }
+
+/// At most this many diagnostics are shown; a hostile or badly broken file gets a count of
+/// the rest instead of megabytes of errors.
+const MAX_SHOWN: usize = 50;
 
 fn emit(sources: &Sources, diagnostics: &[Diagnostic], out: &mut dyn WriteColor) {
     let config = term::Config::default();
+    if diagnostics.len() > MAX_SHOWN {
+        emit(sources, &diagnostics[..MAX_SHOWN], out);
+        let rest = diagnostics.len() - MAX_SHOWN;
+        let _ = writeln!(out, "error: {rest} more errors not shown");
+        return;
+    }
     for d in diagnostics {
         // A span that falls outside its file (which would be a compiler bug) must not hide
         // the message: fall back to rendering it without labels.

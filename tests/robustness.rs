@@ -424,3 +424,44 @@ fn pcg_check_rejects_truncated_files() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Nesting far past the limit — hundreds of thousands of levels, more than any stack holds if
+/// the tree were walked or freed recursively — is one diagnostic, not a crash; and a file with
+/// many errors shows the first 50 and counts the rest.
+#[test]
+fn nesting_deeper_than_any_stack_is_diagnosed() {
+    const LEVELS: usize = 300_000;
+    let forms = [
+        ("-", ""),
+        ("-(", ")"),
+        ("[", "]"),
+        ("tanh(", ")"),
+        ("x + ", ""),
+    ];
+    for (open, close) in forms {
+        let text = format!(
+            "model m {{\n  input x: [4]\n  loss sum({}x{})\n}}\n",
+            open.repeat(LEVELS),
+            close.repeat(LEVELS)
+        );
+        let checked = check(&text);
+        let (_, result) = &checked;
+        let codes: Vec<&str> = match result {
+            Ok(_) => panic!("`{open}` nested {LEVELS} deep was accepted"),
+            Err(diagnostics) => diagnostics.iter().map(|d| d.kind.code()).collect(),
+        };
+        assert!(codes.contains(&"E0109"), "`{open}`: {codes:?}");
+    }
+    let many = format!(
+        "model m {{\n  input x: [4]\n  loss sum({}x{})\n}}\n",
+        "undefined_f(".repeat(100),
+        ")".repeat(100)
+    );
+    let (sources, result) = check(&many);
+    let diagnostics = result.expect_err("unknown functions");
+    assert!(diagnostics.len() > 50);
+    let rendered = pcg::diag::render(&sources, &diagnostics);
+    assert_eq!(rendered.matches("error[").count(), 50);
+    let rest = format!("error: {} more errors not shown", diagnostics.len() - 50);
+    assert!(rendered.contains(&rest), "{rest}");
+}

@@ -231,6 +231,46 @@ pub enum ExprKind {
     List(Vec<Expr>),
 }
 
+impl Drop for Expr {
+    /// Frees the tree with an explicit stack rather than by recursion: a hostile file's
+    /// `-(-(-(…)))` nests deeper than any thread's stack. (The compiler rejects such nesting
+    /// with E0109, but only after the tree is built, and it must still be freed.)
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        self.kind.take_children(&mut pending);
+        while let Some(mut e) = pending.pop() {
+            e.kind.take_children(&mut pending);
+        }
+    }
+}
+
+impl ExprKind {
+    /// Moves every child expression into `out`, leaving a leaf in its place.
+    fn take_children(&mut self, out: &mut Vec<Expr>) {
+        match std::mem::replace(self, ExprKind::Bool(false)) {
+            ExprKind::Neg(a) => out.push(*a),
+            ExprKind::Binary(_, a, b) => {
+                out.push(*a);
+                out.push(*b);
+            }
+            ExprKind::Call { args, .. } => out.extend(args.into_iter().map(|a| a.value)),
+            ExprKind::Index { base, indices } => {
+                out.push(*base);
+                for item in indices {
+                    match item {
+                        IndexItem::At(e) => out.push(e),
+                        IndexItem::Range { start, end, .. } => {
+                            out.extend(start.into_iter().chain(end))
+                        }
+                    }
+                }
+            }
+            ExprKind::Tuple(items) | ExprKind::List(items) => out.extend(items),
+            leaf => *self = leaf,
+        }
+    }
+}
+
 /// A call argument, positional or named.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Arg {
