@@ -391,3 +391,31 @@ fn evaluation_covers_every_test_example_at_any_batch_size() {
     let fields = final_line(&trained);
     assert_eq!(number(&fields, "test_acc"), whole.1);
 }
+
+/// A model with no hidden layer (nothing to relax: predictive coding is backprop) trained on
+/// the user's own text file, named on the command line relative to the working directory.
+#[test]
+fn a_text_file_trains_a_model_with_nothing_to_relax() {
+    let dir = scratch("text-run");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("t.txt"), "abcab".repeat(200)).expect("text");
+    let model = "use nn\n\nmodel chars {\n    input  x: [B, 8, 3]\n    target y: [B, 8, 3]\n    param  w: [3, 3] = xavier\n    let logits = reshape(x, [B * 8, 3]) @ w\n    loss cross_entropy(logits, reshape(y, [B * 8, 3]))\n}\n\ntrain chars {\n    optimizer = sgd(lr = 0.5)\n    batch = 4   epochs = 3   seed = 0\n}\n";
+    std::fs::write(dir.join("chars.pcg"), model).expect("model");
+    let run = |method: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pcg"))
+            .current_dir(&dir)
+            .args(["run", "chars.pcg", "--data", "text(\"t.txt\", seq = 8)"])
+            .args(["--method", method, "--quiet"])
+            .output()
+            .expect("pcg runs");
+        assert!(o.status.success(), "{method}: {}", text(&o.stderr));
+        final_line(&o)
+    };
+    let (pc, bp) = (run("pc"), run("bp"));
+    assert_eq!(pc["train_loss"], bp["train_loss"]);
+    assert_eq!(pc["test_loss"], bp["test_loss"]);
+    assert!(
+        number(&pc, "test_loss") < (3.0f64).ln(),
+        "learned something"
+    );
+}

@@ -142,6 +142,46 @@ fn mnist5k_loads_as_28_by_28_images() {
 
 // ---------------------------------------------------------------- text
 
+/// A user's text file (gzipped or not): its own vocabulary, the held-out tail as test split,
+/// and clear errors for a missing file or bytes that are not UTF-8.
+#[test]
+fn a_text_file_gives_windows_over_its_own_characters() {
+    let dir = scratch("text-file");
+    let body = "abcab".repeat(200);
+    std::fs::write(dir.join("t.txt"), &body).expect("write");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).expect("gzip");
+    std::fs::write(dir.join("t.txt.gz"), gz.finish().expect("gzip")).expect("write");
+    for name in ["t.txt", "t.txt.gz"] {
+        let spec = DataSpec::Text {
+            path: dir.join(name),
+            seq: 8,
+        };
+        let data = load(&spec).expect("loads");
+        let vocab = data.vocab.as_ref().expect("vocab");
+        assert_eq!(vocab.chars(), &['a', 'b', 'c']);
+        assert_eq!(data.example_shape, vec![8]);
+        // 1000 characters, the last 100 held out; one extra character for the last target.
+        assert_eq!(data.train.len(), (900 - 1) / 8);
+        assert_eq!(data.test.len(), (100 - 1) / 8);
+        let (x, y) = data.train.batch(&[0], &[1, 8], &[1, 8]).expect("ids");
+        let decode = |a: &ArrayD<f32>| vocab.decode(a.iter().map(|&v| v as usize));
+        assert_eq!(decode(&x), "abcababc");
+        assert_eq!(decode(&y), "bcababca");
+    }
+    let missing = DataSpec::Text {
+        path: dir.join("absent.txt"),
+        seq: 8,
+    };
+    assert!(message(load(&missing)).contains("no such file"));
+    std::fs::write(dir.join("bin.txt"), [b'o', b'k', 0xff, 0xfe]).expect("write");
+    let binary = DataSpec::Text {
+        path: dir.join("bin.txt"),
+        seq: 8,
+    };
+    assert!(message(load(&binary)).contains("not UTF-8 text (invalid bytes at byte 2)"));
+}
+
 #[test]
 fn shakespeare_windows_predict_the_next_character() {
     let seq = 12;
@@ -586,6 +626,22 @@ fn specs_parse_from_text_and_calls() {
         }
     );
     assert_eq!(parse(&csv.to_string()).expect("round trip"), csv);
+    let text = parse("text(\"notes.txt\", seq = 16)").expect("text");
+    assert_eq!(
+        text,
+        DataSpec::Text {
+            path: "notes.txt".into(),
+            seq: 16
+        }
+    );
+    assert_eq!(parse(&text.to_string()).expect("round trip"), text);
+    assert_eq!(
+        parse("text(\"notes.txt\")").expect("default seq"),
+        DataSpec::Text {
+            path: "notes.txt".into(),
+            seq: 50
+        }
+    );
 
     for (text, expected) in [
         ("cifar", "unknown data set `cifar`"),
@@ -593,6 +649,8 @@ fn specs_parse_from_text_and_calls() {
         ("shakespeare(seq = \"x\")", "must be an integer"),
         ("digits(3)", "takes no positional argument 3"),
         ("npz", "needs a file"),
+        ("text", "needs a file"),
+        ("text(\"a.txt\", seq = -2)", "at least 1"),
         ("csv(\"t.csv\", test = 1.5)", "[0, 1)"),
         ("csv(\"t.csv\", color = 1)", "takes no argument `color`"),
         ("digits(", "expected"),

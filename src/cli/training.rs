@@ -22,13 +22,15 @@ fn dataset(
     dir: Option<&Path>,
     train: Option<&TrainConfig>,
 ) -> Result<Dataset, String> {
-    let spec = match flag {
+    // A path in the flag is relative to the working directory, one in the train block to the
+    // model file's directory.
+    let mut spec = match flag {
         Some(text) => text.parse::<DataSpec>().map_err(|e| e.to_string())?,
         None => train
             .and_then(|t| t.data.clone())
-            .ok_or("the model has no data: add `data = digits` (or another data set) to its train block, or pass --data")?,
+            .ok_or("the model has no data: add `data = digits` (or another data set) to its train block, or pass --data")?
+            .relative_to(file.parent().unwrap_or(Path::new("."))),
     };
-    let mut spec = spec.relative_to(file.parent().unwrap_or(Path::new(".")));
     if let (DataSpec::Fmnist { dir: None }, Some(d)) = (&spec, dir) {
         spec = DataSpec::Fmnist {
             dir: Some(d.to_path_buf()),

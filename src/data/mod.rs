@@ -10,6 +10,7 @@
 //! | `mnist5k` | 5000 MNIST digits, 28×28, 10 classes; 80/20 split | built in (`data/mnist_5k.csv.gz`) |
 //! | `fmnist` | Fashion-MNIST, 60000 + 10000, 28×28, 10 classes | the Debian package `dataset-fashion-mnist`, or `dir` |
 //! | `shakespeare(seq = N)` | windows of N characters, next-character targets; last 10% is test | built in (`data/shakespeare.txt`) |
+//! | `text("file", seq = N)` | the same over a UTF-8 text file (vocabulary: its characters) | the user's file, optionally gzipped |
 //! | `npz("file")` | the arrays `x_train`, `y_train`, `x_test`, `y_test` (see [`npz`]) | the user's file |
 //! | `csv("file")` | numeric features, class label last; seeded stratified split | the user's file, optionally gzipped |
 //!
@@ -85,17 +86,18 @@ pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
             builtin_images("mnist5k", "mnist_5k.csv.gz", MNIST5K_CSV, [28, 28], 255)
         }
         DataSpec::Fmnist { dir } => idx::load_fmnist(dir.as_deref()),
-        DataSpec::Shakespeare { seq } => {
-            let name: Arc<str> = Arc::from(format!("shakespeare(seq = {seq})"));
-            let splits = text::windows(&name, SHAKESPEARE_TXT, *seq, TEXT_TEST_FRACTION)?;
-            Ok(Dataset {
-                name: name.to_string(),
-                train: splits.train,
-                test: splits.test,
-                classes: None,
-                vocab: Some(splits.vocab),
-                example_shape: vec![*seq],
-            })
+        DataSpec::Shakespeare { seq } => text_windows(spec, *seq, SHAKESPEARE_TXT),
+        DataSpec::Text { path, seq } => {
+            let file = path.display().to_string();
+            let bytes = gunzip_if_gzipped(read_file(path)?, &file)?;
+            let text = String::from_utf8(bytes).map_err(|e| DataError::Text {
+                dataset: spec.to_string(),
+                problem: format!(
+                    "not UTF-8 text (invalid bytes at byte {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            })?;
+            text_windows(spec, *seq, &text)
         }
         DataSpec::Npz(path) => npz::load(path),
         DataSpec::Csv {
@@ -120,6 +122,21 @@ pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
             )
         }
     }
+}
+
+/// Windows of `seq` characters of `text` (`shakespeare` and `text` specs): the vocabulary is
+/// the text's characters, the held-out tail is the test split.
+fn text_windows(spec: &DataSpec, seq: usize, text: &str) -> Result<Dataset, DataError> {
+    let name: Arc<str> = Arc::from(spec.to_string());
+    let splits = text::windows(&name, text, seq, TEXT_TEST_FRACTION)?;
+    Ok(Dataset {
+        name: name.to_string(),
+        train: splits.train,
+        test: splits.test,
+        classes: None,
+        vocab: Some(splits.vocab),
+        example_shape: vec![seq],
+    })
 }
 
 /// The seeded shuffle of `0..len` for one epoch: the same `(seed, epoch)` always gives the

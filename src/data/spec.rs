@@ -6,6 +6,7 @@
 //! digits                          mnist5k
 //! fmnist                          fmnist(dir = "/data/fashion")
 //! shakespeare                     shakespeare(seq = 100)
+//! text("notes.txt", seq = 64)
 //! npz("mine.npz")                 csv("table.csv.gz", test = 0.25, seed = 7)
 //! ```
 //!
@@ -37,6 +38,8 @@ pub enum DataSpec {
     Fmnist { dir: Option<PathBuf> },
     /// Windows of `seq` characters of Shakespeare's plays (built in).
     Shakespeare { seq: usize },
+    /// Windows of `seq` characters of a UTF-8 text file (optionally gzipped).
+    Text { path: PathBuf, seq: usize },
     /// The user's arrays `x_train`, `y_train`, `x_test`, `y_test` in an `.npz` file.
     Npz(PathBuf),
     /// A CSV file (optionally gzipped) of features with the class label last, split at random.
@@ -73,7 +76,7 @@ impl fmt::Display for SpecValue {
 }
 
 /// The names `from_call` knows, for error messages.
-const KNOWN: &str = "digits, mnist5k, fmnist, shakespeare, npz, csv";
+const KNOWN: &str = "digits, mnist5k, fmnist, shakespeare, text, npz, csv";
 
 impl DataSpec {
     /// The spec of a data set named `name` called with `args`.
@@ -85,11 +88,14 @@ impl DataSpec {
             "fmnist" => DataSpec::Fmnist {
                 dir: call.string("dir", 0)?.map(PathBuf::from),
             },
-            "shakespeare" => {
-                let seq = call.int("seq", 0)?.unwrap_or(DEFAULT_SEQ as i64);
-                match usize::try_from(seq) {
-                    Ok(seq) if seq > 0 => DataSpec::Shakespeare { seq },
-                    _ => return Err(call.error(format!("`seq` must be at least 1, not {seq}"))),
+            "shakespeare" => DataSpec::Shakespeare {
+                seq: call.window("seq", 0)?,
+            },
+            "text" => {
+                let path = call.required_path()?;
+                DataSpec::Text {
+                    path,
+                    seq: call.window("seq", 1)?,
                 }
             }
             "npz" => DataSpec::Npz(call.required_path()?),
@@ -135,6 +141,10 @@ impl DataSpec {
                 dir: Some(anchor(dir)),
             },
             DataSpec::Npz(path) => DataSpec::Npz(anchor(path)),
+            DataSpec::Text { path, seq } => DataSpec::Text {
+                path: anchor(path),
+                seq: *seq,
+            },
             DataSpec::Csv {
                 path,
                 test_fraction,
@@ -159,6 +169,7 @@ impl fmt::Display for DataSpec {
             DataSpec::Fmnist { dir: None } => write!(f, "fmnist"),
             DataSpec::Fmnist { dir: Some(dir) } => write!(f, "fmnist(dir = {})", quoted(dir)),
             DataSpec::Shakespeare { seq } => write!(f, "shakespeare(seq = {seq})"),
+            DataSpec::Text { path, seq } => write!(f, "text({}, seq = {seq})", quoted(path)),
             DataSpec::Npz(path) => write!(f, "npz({})", quoted(path)),
             DataSpec::Csv {
                 path,
@@ -290,6 +301,15 @@ impl<'a> Call<'a> {
             Some(SpecValue::Int(v)) => Ok(Some(*v as f64)),
             Some(SpecValue::Float(v)) => Ok(Some(*v)),
             Some(other) => Err(self.error(format!("`{key}` must be a number, not {other}"))),
+        }
+    }
+
+    /// A text window length: a positive integer, `DEFAULT_SEQ` when not given.
+    fn window(&mut self, key: &str, position: usize) -> Result<usize, DataError> {
+        let seq = self.int(key, position)?.unwrap_or(DEFAULT_SEQ as i64);
+        match usize::try_from(seq) {
+            Ok(seq) if seq > 0 => Ok(seq),
+            _ => Err(self.error(format!("`{key}` must be at least 1, not {seq}"))),
         }
     }
 

@@ -132,9 +132,11 @@ pub fn solve(
             p.scale(drive, rate)
         })
         .collect();
+    // A graph of depth 0 has no relaxed nodes, so no errors to solve for.
     let gamma = coefficients(rate, steps, graph.depth);
-    let mut errors: Vec<ValueId> = u.iter().map(|&x| p.scale(x, gamma[0])).collect();
-    for &g in &gamma[1..] {
+    let first = gamma.first().copied().unwrap_or(0.0);
+    let mut errors: Vec<ValueId> = u.iter().map(|&x| p.scale(x, first)).collect();
+    for &g in gamma.iter().skip(1) {
         // u_k = M u_{k−1}: the relaxed nodes' messages to their parents.
         let seeds: Vec<(ValueId, ValueId)> = relaxed(graph)
             .zip(&u)
