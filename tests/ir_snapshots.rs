@@ -81,3 +81,22 @@ fn pcg_ir_prints_the_snapshotted_text() {
         pcg::ir::to_text(&program)
     );
 }
+
+/// `--dim` binds a dimension variable and overrides a `const` of the same name.
+#[test]
+fn dim_overrides_a_const() {
+    let input_shape = |dims: &[(&str, usize)]| {
+        let options = CompileOptions {
+            batch: Some(2),
+            dims: dims.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+            ..Default::default()
+        };
+        let (_, compiled) =
+            sema::compile_file(Path::new("examples/lstm_shakespeare.pcg"), &options);
+        let forward = compiled.expect("compiles").forward;
+        let (x, _) = forward.leaves(pcg::ir::LeafKind::Input)[0];
+        forward.shape(x).dims().to_vec()
+    };
+    assert_eq!(input_shape(&[]), [2, 50, 73]);
+    assert_eq!(input_shape(&[("T", 10), ("V", 42)]), [2, 10, 42]);
+}

@@ -332,7 +332,8 @@ pub struct CompileFlags {
     /// The batch size (binds `B`), overriding the train block.
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Bind a dimension variable, e.g. `--dim T=50` (repeatable).
+    /// Bind a dimension variable, or override a `const` of that name, e.g. `--dim T=50`
+    /// (repeatable).
     #[arg(long = "dim", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
 }

@@ -236,7 +236,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     fn define_const(&mut self, c: &ast::ConstDef, scope: usize) {
-        let val = self.expr(&c.value);
+        // `--dim NAME=N` overrides the file's value, as `--batch` overrides its batch size.
+        let val = match self.dims.get(&c.name.name) {
+            Some(&n) => Val::Int(n as i64),
+            None => self.expr(&c.value),
+        };
         let val = match val {
             Val::Int(_) | Val::Float(_) | Val::Poison => val,
             other => {
