@@ -1,12 +1,15 @@
 //! `pcg run` and `pcg eval`: training on real data and evaluating checkpoints.
 
 use super::{
-    compile_or_report, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, RunFlags,
+    compile_or_report, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported,
+    RunFlags,
 };
 use crate::data::{self, DataSpec, Dataset};
 use crate::ir::{LeafKind, Program};
 use crate::npz;
-use crate::sema::{CompileOptions, InferenceConfig, Method, OptimizerConfig, TrainConfig};
+use crate::sema::{
+    CompileOptions, Compiled, InferenceConfig, Method, OptimizerConfig, TrainConfig,
+};
 use crate::train::engine::{eval_program, InterpEngine, Programs};
 use crate::train::init;
 use crate::train::optim::Optimizer;
@@ -15,7 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
 
-/// The data set named by a flag or the train block, anchored at the model file's directory.
+/// The data set named by a flag (relative to the working directory) or by the train block
+/// (relative to the model file).
 fn dataset(
     file: &Path,
     flag: Option<&str>,
@@ -37,6 +41,35 @@ fn dataset(
         };
     }
     data::load(&spec).map_err(|e| e.to_string())
+}
+
+/// A model compiled for a training command, with the method and inference settings its
+/// flags and train block give, and the programs of one training step.
+struct Training {
+    compiled: Compiled,
+    method: Method,
+    inference: InferenceConfig,
+    programs: Programs,
+}
+
+fn training(
+    file: &Path,
+    method: Option<MethodArg>,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> Result<Training, Reported> {
+    let compiled = compile_or_report(file, options)?;
+    let train = compiled.train.as_ref();
+    let method = chosen_method(method, train);
+    let inference = relax.apply(train.map(|t| &t.inference));
+    let programs =
+        Programs::build(&compiled.forward, method, &inference, relax.steps).map_err(fail)?;
+    Ok(Training {
+        compiled,
+        method,
+        inference,
+        programs,
+    })
 }
 
 /// The method a flag asks for, else the train block's, else predictive coding.
@@ -86,11 +119,14 @@ pub(super) fn run(
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> CmdResult {
-    let compiled = compile_or_report(file, options)?;
+    let Training {
+        compiled,
+        method,
+        inference,
+        programs,
+    } = training(file, flags.method, relax, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let method = chosen_method(flags.method, base.as_ref());
-    let inference = relax.apply(base.as_ref().map(|t| &t.inference));
     let optimizer_config = with_lr(
         &base.as_ref().map_or(
             OptimizerConfig::Sgd {
@@ -116,7 +152,6 @@ pub(super) fn run(
         Ok(d) => d,
         Err(e) => return Err(fail(e)),
     };
-    let programs = Programs::build(forward, method, &inference, relax.steps).map_err(fail)?;
     let mut engine = flags.backend.engine(programs).map_err(fail)?;
     let mut optimizer =
         Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
@@ -409,12 +444,14 @@ pub(super) fn bench(
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> CmdResult {
-    let compiled = compile_or_report(file, options)?;
+    let Training {
+        compiled,
+        method,
+        programs,
+        ..
+    } = training(file, method, relax, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let method = chosen_method(method, base.as_ref());
-    let inference = relax.apply(base.as_ref().map(|t| &t.inference));
-    let programs = Programs::build(forward, method, &inference, relax.steps).map_err(fail)?;
     let steps = programs.steps;
     // The work the compiled step does: with the relaxation in closed form, that is the fused
     // program's, not T simulated steps'.
