@@ -1,4 +1,4 @@
-//! The relaxation solved in closed form, for fixed and exact modes.
+//! The relaxation's final state without simulating it, for fixed and exact modes.
 //!
 //! With predictions and Jacobians frozen, one synchronous step is linear in the errors:
 //!
@@ -15,10 +15,19 @@
 //! e(T) = Σ_{k<D} γ_k M^k (η c),   γ_k = Σ_{t=k}^{T−1} C(t, k) (1 − η)^(t−k) η^k
 //! ```
 //!
-//! — D − 1 message products instead of T steps, the same result up to rounding. It applies when
-//! every relaxed node has unit precision (a per-node precision breaks the scalar expansion) and
-//! pays when D < T; otherwise the relaxation is simulated step by step.
-
+//! Three ways to evaluate it, the cheapest that applies chosen by [`evaluation`]:
+//!
+//! - **sweep** — with η = 1 and T ≥ D every γ_k is 1, so e(T) = Σ_{k<D} M^k c = (I − M)⁻¹ c:
+//!   the solution of e_i = c_i + Σ_{j ∈ children(i)} (∂μ_j/∂v_i)ᵀ e_j, which one pass over the
+//!   nodes in reverse topological order gives. That pass is the reverse sweep of backprop
+//!   through the feedforward graph, seeded with −1 at the loss: e_i = −∂L/∂v_i. It costs one
+//!   backward pass whatever the depth (exact mode on the LSTM: one sweep, not D − 1 products).
+//! - **closed form** — D − 1 message products u_k = M u_{k−1} and the weighted sum above; pays
+//!   when D < T, and its program grows with D.
+//! - **simulated** — everything else (strict mode, a per-node precision, which breaks the
+//!   scalar expansion, and graphs at least T deep with η < 1): the loop, step by step.
+//!
+//! Each gives the simulated loop's result up to rounding (tested).
 use super::{feedforward_state, relaxed, replay, value_state, PcError, PcGraph, Role};
 use crate::autodiff;
 use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
@@ -51,9 +60,51 @@ pub fn coefficients(rate: f64, steps: usize, depth: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The final relaxation state in closed form, with the same outputs as the simulated loop's
-/// final state (`v.*`, `ff.*`, `loss`); `None` where the closed form does not apply or would
-/// not save work.
+/// How the final state of a relaxation is computed; see the module's documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evaluation {
+    /// One reverse sweep: η = 1 and at least as many steps as the graph is deep.
+    Sweep,
+    /// D − 1 message products: fewer relaxed levels than steps.
+    ClosedForm,
+    /// The loop, step by step.
+    Simulated,
+}
+
+impl Evaluation {
+    /// A line for `pcg ir --stage pc`: what was chosen and why.
+    pub fn describe(self, graph: &PcGraph, steps: usize) -> String {
+        match self {
+            Evaluation::Sweep => format!(
+                "one reverse sweep (rate 1 and {steps} steps >= depth {}: the errors are (I - M)^-1 c, backprop's)",
+                graph.depth
+            ),
+            Evaluation::ClosedForm => format!(
+                "closed form (depth {} < {steps} steps: {} message products instead of {steps} steps)",
+                graph.depth,
+                graph.depth.saturating_sub(1)
+            ),
+            Evaluation::Simulated => "simulated step by step".to_string(),
+        }
+    }
+}
+
+/// The cheapest evaluation of a relaxation that gives the simulated loop's final state.
+pub fn evaluation(graph: &PcGraph, mode: Mode, rate: f64, steps: usize) -> Evaluation {
+    let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
+    if mode == Mode::Strict || !unit_precision {
+        Evaluation::Simulated
+    } else if rate == 1.0 && steps >= graph.depth {
+        Evaluation::Sweep
+    } else if graph.depth < steps.max(1) {
+        Evaluation::ClosedForm
+    } else {
+        Evaluation::Simulated
+    }
+}
+
+/// The final relaxation state without the loop, with the same outputs as the simulated loop's
+/// final state (`v.*`, `ff.*`, `loss`); `None` where only the simulated loop applies.
 pub fn solve(
     forward: &Program,
     graph: &PcGraph,
@@ -61,10 +112,38 @@ pub fn solve(
     rate: f64,
     steps: usize,
 ) -> Result<Option<Program>, PcError> {
-    let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
-    if mode == Mode::Strict || !unit_precision || graph.depth >= steps.max(1) {
-        return Ok(None);
+    match evaluation(graph, mode, rate, steps) {
+        Evaluation::Simulated => Ok(None),
+        Evaluation::Sweep => sweep(forward, graph).map(Some),
+        Evaluation::ClosedForm => closed_form(forward, graph, rate, steps).map(Some),
     }
+}
+
+/// The converged errors by one reverse sweep: e_i = −∂L/∂v_i at the feedforward values.
+fn sweep(forward: &Program, graph: &PcGraph) -> Result<Program, PcError> {
+    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
+    let mut p = Program::new(format!("{}.relax.swept", forward.name));
+    let ff = replay(forward, &mut p, &HashMap::new());
+    let values: Vec<ValueId> = relaxed(graph).map(|pc| ff[pc.value.index()]).collect();
+    let minus_one = p.constant(-1.0, Shape::scalar());
+    let errors = autodiff::vjp(&mut p, &[(ff[loss.index()], minus_one)], &values)?;
+    for (pc, e) in relaxed(graph).zip(errors) {
+        let v = p.add_values(ff[pc.value.index()], e);
+        p.set_output(value_state(&pc.label), v);
+        p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
+    }
+    p.set_output("loss", ff[loss.index()]);
+    p.cse();
+    Ok(p)
+}
+
+/// The errors after `steps` steps as Σ_k γ_k M^k (η c).
+fn closed_form(
+    forward: &Program,
+    graph: &PcGraph,
+    rate: f64,
+    steps: usize,
+) -> Result<Program, PcError> {
     let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
     let mut p = Program::new(format!("{}.relax.solved", forward.name));
     let ff = replay(forward, &mut p, &HashMap::new());
@@ -155,7 +234,7 @@ pub fn solve(
     }
     p.set_output("loss", ff[loss.index()]);
     p.cse();
-    Ok(Some(p))
+    Ok(p)
 }
 
 /// One program for a whole predictive-coding training step: the closed-form relaxation

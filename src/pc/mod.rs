@@ -37,7 +37,7 @@
 mod closed;
 mod dot;
 
-pub use closed::{coefficients, fuse_step, solve};
+pub use closed::{coefficients, evaluation, fuse_step, solve, Evaluation};
 pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};
@@ -519,6 +519,11 @@ pub fn describe(programs: &PcPrograms) -> String {
         programs.relax.steps,
         crate::ir::fmt_f64(programs.rate),
     );
+    let chosen = evaluation(g, programs.mode, programs.rate, programs.relax.steps);
+    out.push_str(&format!(
+        "// final state: {}\n",
+        chosen.describe(g, programs.relax.steps)
+    ));
     for pc in &g.nodes {
         let role = match pc.role {
             Role::Relaxed { loss_reads: false } => "relaxed",
