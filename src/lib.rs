@@ -3,8 +3,8 @@
 //!
 //! The pipeline, one module per stage: `syntax` (text to AST), `sema` (AST to the forward IR
 //! program), `ir` (the program representation shared by every later stage), `autodiff` (the
-//! gradient program), `pc` (the relaxation and learning programs), `interp` (the reference
-//! backend), `train` (training loops); `data` and `npz` handle files.
+//! gradient program), `pc` (the relaxation and learning programs), `opt` (the IR-to-IR
+//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops); `data` and `npz` handle files.
 
 pub mod autodiff;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod interp;
 pub mod ir;
 pub mod jit;
 pub mod npz;
+pub mod opt;
 pub mod pc;
 pub mod plot;
 pub mod sema;

@@ -366,11 +366,12 @@ fn a_relaxation_without_its_per_step_energy_ends_in_the_same_state() {
             let state = interp::run_loop(&lean, &leaves, 7, |_, _| true).expect("runs");
             assert!(!state.contains_key("energy") && full.contains_key("energy"));
             for (name, value) in &state {
-                if name.starts_with("v.") || name == "loss" {
+                if name.starts_with("v.") || name.starts_with("e.") || name == "loss" {
                     assert_eq!(value, &full[name], "{path} {mode:?}: {name}");
                 }
             }
-            let values = state.keys().filter(|n| n.starts_with("v.")).count();
+            let prefix = if mode == Mode::Strict { "v." } else { "e." };
+            let values = state.keys().filter(|n| n.starts_with(prefix)).count();
             assert_eq!(
                 values,
                 programs.graph.nodes.len() - outputs(&programs.graph)

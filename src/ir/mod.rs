@@ -9,6 +9,7 @@
 mod dot;
 mod looped;
 mod op;
+mod parse;
 mod print;
 pub mod shape;
 mod verify;
@@ -16,6 +17,7 @@ mod verify;
 pub use dot::to_dot;
 pub use looped::LoopProgram;
 pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, UnaryOp};
+pub use parse::{from_text, ParseError};
 pub use print::to_text;
 pub use shape::{Shape, ShapeError};
 pub use verify::{verify, VerifyError};
@@ -346,158 +348,6 @@ impl Program {
         self.nodes = kept;
         for o in &mut self.outputs {
             o.value = renumber[o.value.index()];
-        }
-    }
-
-    /// Common-subexpression elimination: a computed node identical to an earlier one (same op,
-    /// operands and shape) is replaced by it, an identity reshape by its operand, then dead
-    /// nodes are pruned. For derived programs;
-    /// the forward program keeps its nodes distinct because names and regions matter there.
-    pub fn cse(&mut self) {
-        self.join_padded_sums();
-        let mut seen: std::collections::HashMap<(String, Vec<ValueId>, Shape), ValueId> =
-            std::collections::HashMap::new();
-        let mut replace: Vec<ValueId> = (0..self.nodes.len() as u32).map(ValueId).collect();
-        for i in 0..self.nodes.len() {
-            let args: Vec<ValueId> = self.nodes[i]
-                .args
-                .iter()
-                .map(|a| replace[a.index()])
-                .collect();
-            self.nodes[i].args.clone_from(&args);
-            if matches!(self.nodes[i].op, Op::Leaf(_)) {
-                continue;
-            }
-            // A reshape to the operand's own shape is the operand.
-            if self.nodes[i].op == Op::Reshape && *self.shape(args[0]) == self.nodes[i].shape {
-                replace[i] = args[0];
-                continue;
-            }
-            // x + 0, x - 0, 0 + x, x * 1, 1 * x, x / 1 are x; x * 0 and 0 * x are 0 (operands of
-            // binary ops share the node's shape). Non-finite x is not special-cased: the
-            // programs these come from multiply by structural zeros of the graph.
-            if let Op::Binary(b) = self.nodes[i].op {
-                let constant = |v: ValueId| match self.nodes[v.index()].op {
-                    Op::Const(c) => Some(c),
-                    _ => None,
-                };
-                let is = |v: ValueId, k: f64| constant(v) == Some(k);
-                let (x, y) = (args[0], args[1]);
-                let same = match b {
-                    BinaryOp::Add if is(y, 0.0) => Some(x),
-                    BinaryOp::Add if is(x, 0.0) => Some(y),
-                    BinaryOp::Sub if is(y, 0.0) => Some(x),
-                    BinaryOp::Mul if is(y, 1.0) => Some(x),
-                    BinaryOp::Mul if is(x, 1.0) => Some(y),
-                    BinaryOp::Mul if is(y, 0.0) => Some(y),
-                    BinaryOp::Mul if is(x, 0.0) => Some(x),
-                    BinaryOp::Div if is(y, 1.0) => Some(x),
-                    _ => None,
-                };
-                if let Some(v) = same {
-                    replace[i] = v;
-                    continue;
-                }
-            }
-            let key = (
-                self.nodes[i].op.to_string(),
-                args,
-                self.nodes[i].shape.clone(),
-            );
-            match seen.get(&key) {
-                Some(&first) => {
-                    replace[i] = first;
-                    if self.nodes[first.index()].name.is_none() {
-                        self.nodes[first.index()].name = self.nodes[i].name.clone();
-                    }
-                }
-                None => {
-                    seen.insert(key, ValueId(i as u32));
-                }
-            }
-        }
-        for o in &mut self.outputs {
-            o.value = replace[o.value.index()];
-        }
-        self.prune();
-    }
-
-    /// Rewrites `pad(a) + pad(b)` along one axis, where `b`'s part starts where `a`'s ends,
-    /// as one pad of `concat(a, b)`. Chains of such sums — the gradient of a tensor sliced
-    /// into parts, as an LSTM's gates are — become one concat: no zeros written, no sums
-    /// taken. Exact: adding a zero leaves every element as it was (the sign of a zero aside).
-    fn join_padded_sums(&mut self) {
-        /// A pad's axis, zeros before and after, and operand.
-        fn as_pad(p: &Program, v: ValueId) -> Option<(usize, usize, usize, ValueId)> {
-            match p.node(v).op {
-                Op::Pad {
-                    axis,
-                    before,
-                    after,
-                } => Some((axis, before, after, p.node(v).args[0])),
-                _ => None,
-            }
-        }
-        /// The parts a value joins along `axis`: a concat's operands, or the value itself.
-        fn parts(p: &Program, v: ValueId, axis: usize) -> Vec<ValueId> {
-            match p.node(v).op {
-                Op::Concat { axis: a } if a == axis => p.node(v).args.clone(),
-                _ => vec![v],
-            }
-        }
-        let old = std::mem::take(&mut self.nodes);
-        let mut map: Vec<ValueId> = Vec::with_capacity(old.len());
-        for mut node in old {
-            for a in &mut node.args {
-                *a = map[a.index()];
-            }
-            let pads = match node.op {
-                Op::Binary(BinaryOp::Add) => {
-                    as_pad(self, node.args[0]).zip(as_pad(self, node.args[1]))
-                }
-                _ => None,
-            };
-            let joined = pads.and_then(|(x, y)| {
-                let (lo, hi) = if x.1 <= y.1 { (x, y) } else { (y, x) };
-                let lo_len = self.shape(lo.3).dims()[lo.0];
-                (lo.0 == hi.0 && lo.1 + lo_len == hi.1).then_some((lo, hi))
-            });
-            let Some(((axis, before, _, lo), (_, _, after, hi))) = joined else {
-                map.push(self.push(node));
-                continue;
-            };
-            let mut args = parts(self, lo, axis);
-            args.extend(parts(self, hi, axis));
-            let mut dims = node.shape.dims().to_vec();
-            dims[axis] -= before + after;
-            let concat = Node {
-                op: Op::Concat { axis },
-                args,
-                shape: Shape::new(dims),
-                name: None,
-                region: node.region,
-            };
-            let id = if before == 0 && after == 0 {
-                self.push(Node {
-                    name: node.name,
-                    ..concat
-                })
-            } else {
-                let concat = self.push(concat);
-                self.push(Node {
-                    op: Op::Pad {
-                        axis,
-                        before,
-                        after,
-                    },
-                    args: vec![concat],
-                    ..node
-                })
-            };
-            map.push(id);
-        }
-        for o in &mut self.outputs {
-            o.value = map[o.value.index()];
         }
     }
 

@@ -28,7 +28,7 @@
 //!   scalar expansion, and graphs at least T deep with η < 1): the loop, step by step.
 //!
 //! Each gives the simulated loop's result up to rounding (tested).
-use super::{feedforward_state, relaxed, replay, value_state, PcError, PcGraph, Role};
+use super::{error_state, feedforward_state, relaxed, replay, PcError, PcGraph, Role};
 use crate::autodiff;
 use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
 use crate::sema::Mode;
@@ -104,7 +104,7 @@ pub fn evaluation(graph: &PcGraph, mode: Mode, rate: f64, steps: usize) -> Evalu
 }
 
 /// The final relaxation state without the loop, with the same outputs as the simulated loop's
-/// final state (`v.*`, `ff.*`, `loss`); `None` where only the simulated loop applies.
+/// final state (`e.*`, `ff.*`, `loss`); `None` where only the simulated loop applies.
 pub fn solve(
     forward: &Program,
     graph: &PcGraph,
@@ -128,12 +128,11 @@ fn sweep(forward: &Program, graph: &PcGraph) -> Result<Program, PcError> {
     let minus_one = p.constant(-1.0, Shape::scalar());
     let errors = autodiff::vjp(&mut p, &[(ff[loss.index()], minus_one)], &values)?;
     for (pc, e) in relaxed(graph).zip(errors) {
-        let v = p.add_values(ff[pc.value.index()], e);
-        p.set_output(value_state(&pc.label), v);
+        p.set_output(error_state(&pc.label), e);
         p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
     }
     p.set_output("loss", ff[loss.index()]);
-    p.cse();
+    crate::opt::simplify(&mut p);
     Ok(p)
 }
 
@@ -228,12 +227,11 @@ fn closed_form(
         }
     }
     for (pc, e) in relaxed(graph).zip(errors) {
-        let v = p.add_values(ff[pc.value.index()], e);
-        p.set_output(value_state(&pc.label), v);
+        p.set_output(error_state(&pc.label), e);
         p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
     }
     p.set_output("loss", ff[loss.index()]);
-    p.cse();
+    crate::opt::simplify(&mut p);
     Ok(p)
 }
 
@@ -255,6 +253,6 @@ pub fn fuse_step(solved: &Program, learn: &Program) -> Program {
     if let Some(loss) = loss {
         step.set_output("loss", loss);
     }
-    step.cse();
+    crate::opt::simplify(&mut step);
     step
 }

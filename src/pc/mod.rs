@@ -22,6 +22,10 @@
 //! with π_j ε_j at every prediction μ_j. Modes:
 //! - `fixed`: the cut graph is evaluated at the feedforward values, so predictions and
 //!   Jacobians are frozen; the loop hoisting pass then moves all of that out of the loop.
+//!   The loop carries the error units e_i = v_i − μ_i (state `e.<label>`, starting at 0)
+//!   instead of the values: with μ_i frozen this is a change of variables, v_i = μ_i + e_i,
+//!   under which a step reads no frozen value but the Jacobian factors,
+//!   e_i ← e_i + η (−π_i e_i + Σ_j (∂μ_j/∂v_i)ᵀ π_j e_j − ∂L/∂v_i).
 //! - `strict`: the cut graph is evaluated at the current values every step.
 //! - `exact`: `fixed` with η = 1 and (by default) as many steps as the graph is deep; after
 //!   k steps the errors of nodes k hops from the loss are exact, so after `depth` steps every
@@ -119,6 +123,22 @@ impl From<AutodiffError> for PcError {
 /// The name of the state entry holding a node's value unit.
 pub fn value_state(label: &str) -> String {
     format!("v.{label}")
+}
+
+/// The name of the state entry holding a node's error unit (fixed and exact modes, where
+/// the relaxation carries errors instead of values).
+pub fn error_state(label: &str) -> String {
+    format!("e.{label}")
+}
+
+/// The state entry a relaxation carries for a node: its error unit in fixed and exact modes,
+/// its value unit in strict mode.
+pub fn carried_state(mode: Mode, label: &str) -> String {
+    if mode == Mode::Strict {
+        value_state(label)
+    } else {
+        error_state(label)
+    }
 }
 
 /// The name of the state entry holding a node's feedforward value.
@@ -272,9 +292,13 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     let mut prologue = Program::new(format!("{}.relax.prologue", forward.name));
     let ff = replay(forward, &mut prologue, &HashMap::new());
     for pc in relaxed(&graph) {
-        prologue.set_output(value_state(&pc.label), ff[pc.value.index()]);
-        if mode != Mode::Strict {
-            prologue.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
+        let ff = ff[pc.value.index()];
+        if mode == Mode::Strict {
+            prologue.set_output(value_state(&pc.label), ff);
+        } else {
+            let zero = prologue.constant_like(0.0, ff);
+            prologue.set_output(error_state(&pc.label), zero);
+            prologue.set_output(feedforward_state(&pc.label), ff);
         }
     }
     prologue.set_output("loss", ff[loss.index()]);
@@ -286,17 +310,17 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
     let mut energy_terms = Vec::new();
     for (k, pc) in relaxed(&graph).enumerate() {
-        let v = units.values[&pc.value];
+        let unit = units.carried[&pc.value];
         let eps = units.errors[&pc.value];
-        // v + η (−π ε + Σ children's messages − ∂L/∂v)
+        // v + η (−π ε + Σ children's messages − ∂L/∂v), or the same step of e
         let weighted = scaled(&mut body, eps, pc.precision);
         let mut drive = body.sub(messages[k], weighted);
         if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
             drive = body.add_values(drive, from_loss);
         }
         let step = body.scale(drive, rate);
-        let next = body.add_values(v, step);
-        body.set_output(value_state(&pc.label), next);
+        let next = body.add_values(unit, step);
+        body.set_output(carried_state(mode, &pc.label), next);
     }
     for pc in &graph.nodes {
         let eps = units.errors[&pc.value];
@@ -310,8 +334,8 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         body,
         steps,
     };
-    relax.body.cse();
-    relax.hoist_invariants();
+    crate::opt::simplify(&mut relax.body);
+    crate::opt::hoist_invariants(&mut relax);
 
     // Learning: the same product with respect to the parameters and inputs.
     let mut learn = Program::new(format!("{}.learn", forward.name));
@@ -341,7 +365,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         .collect();
     let energy = sum_all(&mut learn, &energy_terms);
     learn.set_output("energy", energy);
-    learn.cse();
+    crate::opt::simplify(&mut learn);
     Ok(PcPrograms {
         graph,
         relax,
@@ -362,8 +386,9 @@ fn relaxed(graph: &PcGraph) -> impl Iterator<Item = &PcNode> {
 struct Units {
     /// Forward value → the leaf its users read in the cut graph (relaxed nodes only).
     cut: HashMap<ValueId, ValueId>,
-    /// Forward value → its current value unit (relaxed nodes).
-    values: HashMap<ValueId, ValueId>,
+    /// Forward value → the unit the relaxation carries for it (relaxed nodes): its value in
+    /// strict mode, its error in fixed and exact modes.
+    carried: HashMap<ValueId, ValueId>,
     /// Forward value → its error unit ε (every PC node).
     errors: HashMap<ValueId, ValueId>,
     /// Forward value → −∂L/∂v for relaxed nodes the loss reads.
@@ -373,7 +398,8 @@ struct Units {
 }
 
 /// Builds the cut graph and the error units into `program`. The cut reads `ff.*` state in
-/// fixed and exact modes (frozen predictions and Jacobians) and `v.*` in strict mode.
+/// fixed and exact modes (frozen predictions and Jacobians), whose errors are the `e.*`
+/// state, and `v.*` in strict mode, whose errors are v − μ.
 fn errors(
     forward: &Program,
     graph: &PcGraph,
@@ -382,12 +408,16 @@ fn errors(
     loss: ValueId,
 ) -> Result<Units, PcError> {
     let mut cut = HashMap::new();
-    let mut values = HashMap::new();
+    let mut carried = HashMap::new();
     for pc in relaxed(graph) {
-        let v = program.leaf(LeafKind::State, value_state(&pc.label), pc.shape.clone());
-        values.insert(pc.value, v);
+        let unit = program.leaf(
+            LeafKind::State,
+            carried_state(mode, &pc.label),
+            pc.shape.clone(),
+        );
+        carried.insert(pc.value, unit);
         let at = if mode == Mode::Strict {
-            v
+            unit
         } else {
             program.leaf(
                 LeafKind::State,
@@ -428,7 +458,11 @@ fn errors(
                         loss_grads.next().expect("one gradient per loss-read node"),
                     );
                 }
-                program.sub(values[&pc.value], mu)
+                if mode == Mode::Strict {
+                    program.sub(carried[&pc.value], mu)
+                } else {
+                    carried[&pc.value]
+                }
             }
         };
         errors.insert(pc.value, eps);
@@ -436,7 +470,7 @@ fn errors(
     }
     Ok(Units {
         cut,
-        values,
+        carried,
         errors,
         loss_messages,
         seeds,

@@ -313,18 +313,24 @@ fn diverged(programs: &Programs, params: &Arrays, batch: &Arrays) -> EngineError
     }
 }
 
-/// The PC node to blame for a non-finite energy: the first whose value unit is not finite, or
-/// else the one with the largest value (its error overflowed when squared).
+/// The PC node to blame for a non-finite energy: the first whose carried unit (value, or
+/// error in fixed and exact modes) is not finite, or else the one with the largest (its error
+/// overflowed when squared).
 pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
-    let values = pc
-        .graph
-        .nodes
-        .iter()
-        .filter_map(|n| state.get(&pc::value_state(&n.label)).map(|v| (n, v)));
+    let unit = if pc.mode == crate::sema::Mode::Strict {
+        "value"
+    } else {
+        "error"
+    };
+    let values = pc.graph.nodes.iter().filter_map(|n| {
+        state
+            .get(&pc::carried_state(pc.mode, &n.label))
+            .map(|v| (n, v))
+    });
     let mut largest: Option<(&str, f32)> = None;
     for (node, v) in values {
         if !all_finite(v) {
-            return format!("the value of node `{}`", node.label);
+            return format!("the {unit} of node `{}`", node.label);
         }
         let peak = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         if largest.is_none_or(|(_, p)| peak > p) {

@@ -1,0 +1,108 @@
+//! The IR-to-IR passes, tested as pairs of IR text: each `tests/passes/*.ir` file names a pass
+//! (`# pass: NAME`), gives the program(s) before it, then, after a `# expect` line, the text
+//! the pass must produce. The harness reads the first part with the IR reader, runs the pass,
+//! verifies the result and compares its printout with the second part. A loop pass reads two
+//! programs, the prologue then the body. `UPDATE_PASSES=1 cargo test --test passes` rewrites
+//! the expected parts from what the passes now produce (review the diff).
+
+use pcg::ir::{from_text, to_text, verify, LoopProgram, Program};
+use std::path::Path;
+
+/// Splits text holding several programs into one text per program.
+fn programs(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.starts_with('#') || (current.is_empty() && line.trim().is_empty()) {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line == "}" {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
+}
+
+fn parse(text: &str, file: &Path) -> Program {
+    let program = from_text(text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    verify(&program).unwrap_or_else(|e| panic!("{}: input invalid: {e}", file.display()));
+    program
+}
+
+/// Runs the named pass over the input programs and returns the programs after it.
+fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
+    let mut inputs = inputs;
+    match pass {
+        "hoist" => {
+            let body = inputs.pop().expect("a body");
+            let prologue = inputs.pop().expect("a prologue");
+            let mut looped = LoopProgram {
+                prologue,
+                body,
+                steps: 1,
+            };
+            pcg::opt::hoist_invariants(&mut looped);
+            vec![looped.prologue, looped.body]
+        }
+        single => inputs
+            .into_iter()
+            .map(|mut p| {
+                match single {
+                    "cse" => pcg::opt::cse(&mut p),
+                    "concat" => pcg::opt::concat::join_padded_sums(&mut p),
+                    "simplify" => pcg::opt::simplify(&mut p),
+                    other => panic!("unknown pass `{other}`"),
+                }
+                p
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn passes_rewrite_as_expected() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/passes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/passes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ir"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "too few pass tests");
+    let update = std::env::var_os("UPDATE_PASSES").is_some();
+    let mut failures = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable");
+        let pass = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# pass:"))
+            .unwrap_or_else(|| panic!("{}: no `# pass:` line", file.display()))
+            .trim()
+            .to_string();
+        let (before, expected) = text
+            .split_once("\n# expect\n")
+            .unwrap_or_else(|| panic!("{}: no `# expect` line", file.display()));
+        let inputs = programs(before).iter().map(|t| parse(t, file)).collect();
+        let outputs = run(&pass, inputs);
+        for p in &outputs {
+            verify(p).unwrap_or_else(|e| panic!("{}: output invalid: {e}", file.display()));
+        }
+        let actual: String = outputs.iter().map(to_text).collect();
+        let wanted: String = programs(expected).concat();
+        if update {
+            std::fs::write(file, format!("{before}\n# expect\n{actual}")).expect("writable");
+        } else if actual != wanted {
+            failures.push(format!(
+                "{}: pass `{pass}` produced\n{actual}\nexpected\n{wanted}",
+                file.display()
+            ));
+        }
+        // The expected text reads back as itself: it is a program, not only a string.
+        for t in programs(expected) {
+            assert_eq!(to_text(&parse(&t, file)), t, "{}", file.display());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
