@@ -510,6 +510,33 @@ fn examples_predictive_coding() {
                 TOLERANCE,
             );
         }
+        // The loop as training compiles it, without the per-step energy: its body runs as one
+        // part per thread, each on its own block of samples (checked accesses, two threads).
+        let lean = pcg::train::engine::compiled_relaxation(&programs);
+        let options = JitOptions {
+            threads: 2,
+            ..checked()
+        };
+        let mut split = JitLoop::compile(&lean, &options).expect("compiles");
+        let batched = compiled
+            .forward
+            .leaves(pcg::ir::LeafKind::Input)
+            .iter()
+            .any(|&(id, _)| compiled.forward.shape(id).rank() > 0);
+        assert!(
+            split.plan().parts == 2 || !batched,
+            "{what}: the relaxation does not split"
+        );
+        for steps in [1, 4] {
+            let reference = interp::run_loop(&lean, &leaves, steps, |_, _| true).expect("relaxes");
+            let state = split.run(&leaves, steps).expect("relaxes");
+            assert_close(
+                &format!("{what} split relax {steps} steps"),
+                &state,
+                &reference,
+                TOLERANCE,
+            );
+        }
         let state = interp::run_loop(&programs.relax, &leaves, 3, |_, _| true).expect("relaxes");
         let mut env = leaves.clone();
         env.extend(state.clone());

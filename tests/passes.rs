@@ -52,6 +52,7 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                 match single {
                     "cse" => pcg::opt::cse(&mut p),
                     "concat" => pcg::opt::concat::join_padded_sums(&mut p),
+                    "dead_parts" => pcg::opt::dead_parts::narrow_products(&mut p),
                     "simplify" => pcg::opt::simplify(&mut p),
                     other => panic!("unknown pass `{other}`"),
                 }
@@ -105,4 +106,91 @@ fn passes_rewrite_as_expected() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every example's relaxation step, in fixed and strict mode, split into two blocks of
+/// samples: block p of the leaves gives block p of every output, to rounding.
+#[test]
+fn a_split_relaxation_step_computes_its_block() {
+    use pcg::interp::{self, Bindings};
+    use pcg::ir::{LeafKind, Op};
+    use pcg::sema::{self, CompileOptions, InferenceConfig, Mode};
+    use pcg::train::{batch, init};
+    let examples = [
+        "mlp_digits",
+        "mlp_fmnist",
+        "cnn_fmnist",
+        "rnn_digits",
+        "lstm_shakespeare",
+        "shared_branches",
+    ];
+    let mut split = 0;
+    for name in examples {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.pcg"));
+        let options = CompileOptions {
+            batch: Some(4),
+            ..Default::default()
+        };
+        let (_, compiled) = sema::compile_file(&path, &options);
+        let forward = compiled.expect("compiles").forward;
+        let mut leaves: Bindings<f64> = init::init_params(&forward, 0)
+            .into_iter()
+            .chain(batch::random_batch(&forward, 0))
+            .map(|(k, v)| (k, v.mapv(f64::from)))
+            .collect();
+        for mode in [Mode::Fixed, Mode::Strict] {
+            let config = InferenceConfig {
+                mode,
+                steps: 3,
+                rate: 0.1,
+                ..Default::default()
+            };
+            let mut relax = pcg::pc::transform(&forward, &config)
+                .expect("transforms")
+                .relax;
+            relax.retain_outputs(|n| n != "energy");
+            let state = interp::run_loop(&relax, &leaves, 1, |_, _| true).expect("runs");
+            leaves.extend(state);
+            let full = interp::eval_outputs(&relax.body, &leaves).expect("runs");
+            let Some(parts) =
+                pcg::opt::split::split_rows(&relax.body, 2, |n| n.op != Op::Leaf(LeafKind::Param))
+            else {
+                panic!("{name} {mode:?}: the relaxation step does not split");
+            };
+            split += 1;
+            verify(&parts.program).expect("valid");
+            for p in 0..2 {
+                let mut block = leaves.clone();
+                for (id, leaf) in parts.program.leaves(LeafKind::State).into_iter().chain(
+                    [LeafKind::Input, LeafKind::Target]
+                        .into_iter()
+                        .flat_map(|k| parts.program.leaves(k)),
+                ) {
+                    if parts.restricted(id) {
+                        let whole = &leaves[leaf];
+                        let rows = whole.shape()[0] / 2;
+                        let view = whole.slice_axis(
+                            ndarray::Axis(0),
+                            ndarray::Slice::from(p * rows..(p + 1) * rows),
+                        );
+                        block.insert(leaf.to_string(), view.to_owned());
+                    }
+                }
+                let out = interp::eval_outputs(&parts.program, &block).expect("block runs");
+                for (k, v) in &out {
+                    let rows = full[k].shape()[0] / 2;
+                    let want = full[k].slice_axis(
+                        ndarray::Axis(0),
+                        ndarray::Slice::from(p * rows..(p + 1) * rows),
+                    );
+                    let diff = (v - &want).mapv(f64::abs).sum();
+                    assert!(
+                        diff < 1e-9,
+                        "{name} {mode:?} part {p}: {k} differs by {diff}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(split, 12);
 }

@@ -4,7 +4,6 @@
 mod commands;
 mod training;
 
-use crate::autodiff;
 use crate::diag;
 use crate::ir::{self, Program};
 use crate::jit::JitOptions;
@@ -546,12 +545,7 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
     }
     let programs: Vec<Program> = match stage {
         Stage::Ast | Stage::Ir | Stage::Plan | Stage::Clif => vec![forward.clone()],
-        Stage::Grad => match autodiff::grad_program(forward) {
-            Ok(p) => vec![p],
-            Err(e) => {
-                return Err(fail(e));
-            }
-        },
+        Stage::Grad => vec![crate::train::engine::gradient(forward).map_err(fail)?],
         Stage::Pc => {
             let inference = compiled
                 .train
@@ -615,7 +609,8 @@ fn jit_dump(compiled: &Compiled, stage: Stage) -> CmdResult {
             jit.clif().to_string(),
         ));
     } else if let Some(pc) = &programs.pc {
-        let relax = JitLoop::compile(&pc.relax, &options).map_err(fail)?;
+        let relax = crate::train::engine::compiled_relaxation(pc);
+        let relax = JitLoop::compile(&relax, &options).map_err(fail)?;
         let name = format!("{} ({} steps)", pc.relax.body.name, pc.relax.steps);
         sections.push((name, relax.plan().to_string(), relax.clif().to_string()));
         let learn = JitProgram::compile(&pc.learn, &options).map_err(fail)?;

@@ -409,30 +409,33 @@ pub fn flops(program: &Program) -> u64 {
     program
         .nodes
         .iter()
-        .map(|node| {
-            let out = node.shape.numel() as u64;
-            match &node.op {
-                Op::MatMul => {
-                    let a = program.shape(node.args[0]).dims();
-                    2 * out * a[a.len() - 1] as u64
-                }
-                Op::Conv2d { .. } => {
-                    let w = program.shape(node.args[1]).dims();
-                    2 * out * (w[1] * w[2] * w[3]) as u64
-                }
-                // Both adjoints cost what the convolution costs: 2 * |cotangent| * C * KH * KW.
-                Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => {
-                    let (cotangent, weight) = match node.op {
-                        Op::Conv2dInputGrad { .. } => (node.args[0], program.shape(node.args[1])),
-                        _ => (node.args[1], &node.shape),
-                    };
-                    let per_output = (weight.numel() / weight.dims()[0].max(1)) as u64;
-                    2 * program.shape(cotangent).numel() as u64 * per_output
-                }
-                Op::Unary(_) | Op::Binary(_) | Op::Where => out,
-                Op::Reduce(..) => program.shape(node.args[0]).numel() as u64,
-                _ => 0,
-            }
-        })
+        .map(|node| node_flops(program, node))
         .sum()
+}
+
+/// The floating-point operations of one node of `program`, as [`flops`] counts them.
+pub fn node_flops(program: &Program, node: &Node) -> u64 {
+    let out = node.shape.numel() as u64;
+    match &node.op {
+        Op::MatMul => {
+            let a = program.shape(node.args[0]).dims();
+            2 * out * a[a.len() - 1] as u64
+        }
+        Op::Conv2d { .. } => {
+            let w = program.shape(node.args[1]).dims();
+            2 * out * (w[1] * w[2] * w[3]) as u64
+        }
+        // Both adjoints cost what the convolution costs: 2 * |cotangent| * C * KH * KW.
+        Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => {
+            let (cotangent, weight) = match node.op {
+                Op::Conv2dInputGrad { .. } => (node.args[0], program.shape(node.args[1])),
+                _ => (node.args[1], &node.shape),
+            };
+            let per_output = (weight.numel() / weight.dims()[0].max(1)) as u64;
+            2 * program.shape(cotangent).numel() as u64 * per_output
+        }
+        Op::Unary(_) | Op::Binary(_) | Op::Where => out,
+        Op::Reduce(..) => program.shape(node.args[0]).numel() as u64,
+        _ => 0,
+    }
 }

@@ -37,17 +37,27 @@ pub struct RuntimeRefs {
     pub powf: FuncRef,
     /// `parallel(piece, arena, extent, pieces) -> status`: runs a shared kernel's function.
     pub parallel: FuncRef,
+    /// `parts(body, arena, steps, parts) -> status`: runs a split loop body's parts.
+    pub parts: FuncRef,
 }
 
 /// How the kernels form the function: straight-line, or a prologue and a loop body. The loop
 /// body is present twice (`first` and `second`), reading and writing the carried state in
-/// opposite buffers, so that a step never has to copy state.
+/// opposite buffers, so that a step never has to copy state. A split body (`Parts`) is a
+/// function of its own, `fn(arena, steps, part) -> status`, that runs the whole loop on one
+/// block of samples; the main function hands it to `runtime::parts` after the prologue.
 pub enum Layout {
     Straight,
     Loop {
         prologue: Range<usize>,
         first: Range<usize>,
         second: Range<usize>,
+    },
+    Parts {
+        prologue: Range<usize>,
+        first: Range<usize>,
+        second: Range<usize>,
+        parts: usize,
     },
 }
 
@@ -59,8 +69,8 @@ pub struct FunctionTranslator<'a> {
     pub arena: Value,
     pub plan: &'a BufferPlan,
     pub runtime: RuntimeRefs,
-    /// For each kernel, the address of its runtime descriptor (calls only).
-    pub descriptors: &'a [Option<i64>],
+    /// For each kernel, where its runtime descriptor is (calls only).
+    pub descriptors: &'a [Option<super::Descriptor>],
     /// Emit a range check before every load and store.
     pub bounds_checks: bool,
     /// The target has fused multiply-add instructions.
@@ -71,6 +81,11 @@ pub struct FunctionTranslator<'a> {
     pub kernel: usize,
     /// Kernels shared between threads: their own function, outermost extent and pieces.
     pub shared: HashMap<usize, (FuncRef, usize, usize)>,
+    /// In a split body's function: the part it runs (its third parameter). Buffers are then
+    /// addressed at `offset + part · part_stride`.
+    pub part: Option<Value>,
+    /// The split body's function, for the main function to hand to `runtime::parts`.
+    pub part_function: Option<FuncRef>,
 }
 
 /// One operand position of a loop nest: where it reads (or writes) and how it walks.
@@ -262,30 +277,69 @@ impl FunctionTranslator<'_> {
                 second,
             } => {
                 self.translate_kernels(kernels, prologue.clone());
-                let header = self.builder.create_block();
-                let first_block = self.builder.create_block();
-                let second_block = self.builder.create_block();
-                let exit = self.builder.create_block();
-                self.builder.append_block_param(header, types::I64);
-                let zero = self.builder.ins().iconst(types::I64, 0);
-                self.builder.ins().jump(header, &[zero.into()]);
-                self.builder.switch_to_block(header);
-                let step = self.builder.block_params(header)[0];
-                let more = self.builder.ins().icmp(IntCC::SignedLessThan, step, steps);
-                self.builder.ins().brif(more, first_block, &[], exit, &[]);
-                self.builder.switch_to_block(first_block);
-                self.translate_kernels(kernels, first.clone());
-                let next = self.builder.ins().iadd_imm_s(step, 1);
-                let more = self.builder.ins().icmp(IntCC::SignedLessThan, next, steps);
-                self.builder.ins().brif(more, second_block, &[], exit, &[]);
-                self.builder.switch_to_block(second_block);
-                self.translate_kernels(kernels, second.clone());
-                let next = self.builder.ins().iadd_imm_s(step, 2);
-                self.builder.ins().jump(header, &[next.into()]);
-                self.builder.switch_to_block(exit);
+                self.translate_loop(kernels, first.clone(), second.clone(), steps);
+            }
+            Layout::Parts {
+                prologue, parts, ..
+            } => {
+                self.translate_kernels(kernels, prologue.clone());
+                let pointer = self.builder.func.dfg.value_type(self.arena);
+                let body = self.part_function.expect("a split body has its function");
+                let function = self.builder.ins().func_addr(pointer, body);
+                let parts = self.builder.ins().iconst(types::I64, *parts as i64);
+                let call = self
+                    .builder
+                    .ins()
+                    .call(self.runtime.parts, &[function, self.arena, steps, parts]);
+                let status = self.builder.inst_results(call)[0];
+                self.branch_on_status(status);
             }
         }
         self.finish();
+    }
+
+    /// The body of a split loop's own function: the whole loop, on the part `part`.
+    pub fn translate_part(
+        &mut self,
+        kernels: &[Kernel],
+        (first, second): (Range<usize>, Range<usize>),
+        steps: Value,
+        part: Value,
+    ) {
+        self.part = Some(part);
+        self.translate_loop(kernels, first, second, steps);
+        self.finish();
+    }
+
+    /// `steps` runs of the body, alternating between its two copies.
+    fn translate_loop(
+        &mut self,
+        kernels: &[Kernel],
+        first: Range<usize>,
+        second: Range<usize>,
+        steps: Value,
+    ) {
+        let header = self.builder.create_block();
+        let first_block = self.builder.create_block();
+        let second_block = self.builder.create_block();
+        let exit = self.builder.create_block();
+        self.builder.append_block_param(header, types::I64);
+        let zero = self.builder.ins().iconst(types::I64, 0);
+        self.builder.ins().jump(header, &[zero.into()]);
+        self.builder.switch_to_block(header);
+        let step = self.builder.block_params(header)[0];
+        let more = self.builder.ins().icmp(IntCC::SignedLessThan, step, steps);
+        self.builder.ins().brif(more, first_block, &[], exit, &[]);
+        self.builder.switch_to_block(first_block);
+        self.translate_kernels(kernels, first);
+        let next = self.builder.ins().iadd_imm_s(step, 1);
+        let more = self.builder.ins().icmp(IntCC::SignedLessThan, next, steps);
+        self.builder.ins().brif(more, second_block, &[], exit, &[]);
+        self.builder.switch_to_block(second_block);
+        self.translate_kernels(kernels, second);
+        let next = self.builder.ins().iadd_imm_s(step, 2);
+        self.builder.ins().jump(header, &[next.into()]);
+        self.builder.switch_to_block(exit);
     }
 
     /// Returns 0 at the end of the body; the failure block returns its status.
@@ -313,10 +367,15 @@ impl FunctionTranslator<'_> {
         }
     }
 
-    /// A runtime call with the kernel's descriptor; a non-zero status fails the function.
+    /// A runtime call with the kernel's descriptor (its part's, in a split body); a non-zero
+    /// status fails the function.
     fn translate_call(&mut self, callee: FuncRef) {
-        let descriptor = self.descriptors[self.kernel].expect("calls have descriptors");
-        let descriptor = self.builder.ins().iconst(types::I64, descriptor);
+        let at = self.descriptors[self.kernel].expect("calls have descriptors");
+        let mut descriptor = self.builder.ins().iconst(types::I64, at.address);
+        if let Some(part) = self.part {
+            let offset = self.builder.ins().imul_imm_s(part, at.stride);
+            descriptor = self.builder.ins().iadd(descriptor, offset);
+        }
         let call = self.builder.ins().call(callee, &[descriptor, self.arena]);
         let status = self.builder.inst_results(call)[0];
         let code = self.status_code();
@@ -350,12 +409,28 @@ impl FunctionTranslator<'_> {
         }
     }
 
-    /// The element positions of every slot at index 0.
+    /// The element positions of every slot at index 0 (in a split body, in the part's view
+    /// of each buffer).
     fn rows(&mut self, nest: &Nest) -> Vec<Value> {
         nest.slots
             .iter()
-            .map(|s| self.builder.ins().iconst(types::I64, s.base as i64))
+            .map(|s| {
+                let base = self.builder.ins().iconst(types::I64, s.base as i64);
+                self.in_part(base, s.buffer)
+            })
             .collect()
+    }
+
+    /// `position + part · part_stride` of `buffer` in a split body, else `position`.
+    fn in_part(&mut self, position: Value, buffer: Option<BufferId>) -> Value {
+        let stride = buffer.map_or(0, |b| self.plan.buffers[b].part_stride);
+        match self.part {
+            Some(part) if stride > 0 => {
+                let offset = self.builder.ins().imul_imm_s(part, stride as i64);
+                self.builder.ins().iadd(position, offset)
+            }
+            _ => position,
+        }
     }
 
     /// The body of a kernel's own function: its nest, split for `pieces` threads, over the
@@ -713,11 +788,18 @@ impl FunctionTranslator<'_> {
     /// against the slot's buffer when bounds checks are on.
     fn address(&mut self, slot: &Slot, at: Value, lanes: Lanes) -> Value {
         if self.bounds_checks {
-            let buffer = &self.plan.buffers[slot.buffer.expect("memory slots have buffers")];
-            // at − start <u len − width + 1, with len < width failing every access.
-            let start = buffer.offset as i64;
-            let room = buffer.len as i64 - lanes.width as i64 + 1;
-            let relative = self.builder.ins().iadd_imm_s(at, -start);
+            let id = slot.buffer.expect("memory slots have buffers");
+            let buffer = &self.plan.buffers[id];
+            // at − start <u len − width + 1, with len < width failing every access; in a split
+            // body, start and len are the part's block or copy.
+            let len = match (self.part, buffer.share) {
+                (Some(_), super::lower::Share::Blocks) => buffer.len / self.plan.parts.max(1),
+                _ => buffer.len,
+            };
+            let room = len as i64 - lanes.width as i64 + 1;
+            let start = self.builder.ins().iconst(types::I64, buffer.offset as i64);
+            let start = self.in_part(start, Some(id));
+            let relative = self.builder.ins().isub(at, start);
             let inside = if room > 0 {
                 self.builder
                     .ins()

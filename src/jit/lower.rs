@@ -369,14 +369,30 @@ impl Kernel {
     }
 }
 
+/// How the parts of a split loop body (see `opt::split`), each running the same kernels on
+/// its own block of samples, see a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Share {
+    /// One buffer for everyone: read whole by the parts, or not touched by them.
+    #[default]
+    Whole,
+    /// Part p reads and writes block p of `parts` equal blocks (per-sample state and data).
+    Blocks,
+    /// A temporary of the parts: each has a copy of its own.
+    Private,
+}
+
 /// A buffer of the lowered form: its length in f32 elements and what it holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BufferSpec {
     pub label: String,
+    /// Length in elements: a `Blocks` buffer's whole length (its blocks are `len / parts`), a
+    /// `Private` buffer's for one copy.
     pub len: usize,
     /// Live for the whole function (leaves, state, outputs), not only between its first and
     /// last use.
     pub pinned: bool,
+    pub share: Share,
 }
 
 /// The buffers and kernels of one compiled function, built by lowering one or more programs.
@@ -387,16 +403,32 @@ pub struct Lowered {
     /// Groups a convolution's samples are split into (threads that may share it); 0 or 1:
     /// one group.
     pub conv_ways: usize,
+    /// Parts a split loop body runs as (1: not split), and the kernels they run.
+    pub parts: usize,
+    pub part_kernels: std::ops::Range<usize>,
+    /// New buffers are the parts' private temporaries (set while lowering the parts' body).
+    pub private: bool,
 }
 
 impl Lowered {
     pub fn buffer(&mut self, label: impl Into<String>, len: usize, pinned: bool) -> BufferId {
+        let share = if self.private {
+            Share::Private
+        } else {
+            Share::Whole
+        };
         self.buffers.push(BufferSpec {
             label: label.into(),
             len,
             pinned,
+            share,
         });
         self.buffers.len() - 1
+    }
+
+    /// Whether kernel `k` runs in the parts of a split loop body.
+    pub fn in_parts(&self, k: usize) -> bool {
+        self.parts > 1 && self.part_kernels.contains(&k)
     }
 
     /// Appends the kernels of `program`'s outputs. `leaves` holds the buffer of every leaf the
@@ -514,7 +546,13 @@ impl<'a> Lowering<'a> {
         let dims = self.dims(id);
         let expr = self.value(id);
         if let Expr::Load { buffer, map } = &expr {
-            let whole = self.out.buffers[*buffer].len == dims.iter().product::<usize>();
+            // In a split body, a buffer read in blocks is one block long.
+            let spec = &self.out.buffers[*buffer];
+            let len = match spec.share {
+                Share::Blocks if self.out.private => spec.len / self.out.parts.max(1),
+                _ => spec.len,
+            };
+            let whole = len == dims.iter().product::<usize>();
             let home_ok = self.homes.get(&id).is_none_or(|h| h == buffer);
             if map.is_contiguous(&dims) && whole && home_ok {
                 return *buffer;

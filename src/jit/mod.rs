@@ -86,6 +86,22 @@ impl fmt::Display for JitError {
 
 impl std::error::Error for JitError {}
 
+/// Where a runtime call finds its descriptor: part p's is `address + p · stride` bytes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Descriptor {
+    pub address: i64,
+    pub stride: i64,
+}
+
+impl Descriptor {
+    fn of<T>(first: &T) -> Descriptor {
+        Descriptor {
+            address: first as *const T as i64,
+            stride: std::mem::size_of::<T>() as i64,
+        }
+    }
+}
+
 /// The native entry point: `fn(arena, steps) -> status`.
 type Entry = unsafe extern "C" fn(*mut f32, i64) -> i32;
 
@@ -113,7 +129,7 @@ impl Drop for Function {
 
 impl Function {
     fn compile(lowered: &Lowered, layout: &Layout, options: &JitOptions) -> Result<Self, JitError> {
-        let plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
+        let plan = BufferPlan::new(lowered);
         plan.verify(&lowered.kernels).map_err(JitError::Plan)?;
         Self::build(lowered, layout, options, plan)
     }
@@ -131,58 +147,68 @@ impl Function {
         } else {
             0
         };
-        let offset = |b: BufferId| plan.buffers[b].offset;
+        // A part kernel gets one descriptor per part, each with part p's view of every
+        // buffer, and one thread (the parts already keep every core busy).
+        let offset =
+            |b: BufferId, part: usize| plan.buffers[b].offset + part * plan.buffers[b].part_stride;
         let mut matmuls = Vec::new();
         let mut convs = Vec::new();
-        let mut descriptors = vec![None; lowered.kernels.len()];
+        let mut calls: Vec<(usize, usize)> = Vec::new();
         for (k, kernel) in lowered.kernels.iter().enumerate() {
-            match kernel {
-                Kernel::MatMul(mm) => {
-                    matmuls.push((
-                        k,
-                        runtime::MatMulDesc::new(
-                            (mm.batch, mm.m, mm.k, mm.n),
-                            (offset(mm.a.buffer), mm.a),
-                            (offset(mm.b.buffer), mm.b),
-                            offset(mm.c),
-                            options.threads,
-                            checked_len,
-                        ),
-                    ));
+            let (parts, threads) = if lowered.in_parts(k) {
+                (lowered.parts, 1)
+            } else {
+                (1, options.threads)
+            };
+            for part in 0..parts {
+                match kernel {
+                    Kernel::MatMul(mm) => matmuls.push(runtime::MatMulDesc::new(
+                        (mm.batch, mm.m, mm.k, mm.n),
+                        (offset(mm.a.buffer, part), mm.a),
+                        (offset(mm.b.buffer, part), mm.b),
+                        offset(mm.c, part),
+                        threads,
+                        checked_len,
+                    )),
+                    Kernel::Conv(conv) => convs.push(runtime::ConvDesc {
+                        kind: conv.kind,
+                        shape: conv.shape,
+                        args: [offset(conv.args[0], part), offset(conv.args[1], part)],
+                        out: offset(conv.out, part),
+                        scratch: offset(conv.scratch, part),
+                        ways: conv.ways,
+                        checked_len,
+                    }),
+                    Kernel::Map { .. } | Kernel::Reduce { .. } => {}
                 }
-                Kernel::Conv(conv) => {
-                    convs.push((
-                        k,
-                        runtime::ConvDesc {
-                            kind: conv.kind,
-                            shape: conv.shape,
-                            args: [offset(conv.args[0]), offset(conv.args[1])],
-                            out: offset(conv.out),
-                            scratch: offset(conv.scratch),
-                            ways: conv.ways,
-                            checked_len,
-                        },
-                    ));
-                }
-                Kernel::Map { .. } | Kernel::Reduce { .. } => {}
+            }
+            if matches!(kernel, Kernel::MatMul(_) | Kernel::Conv(_)) {
+                calls.push((k, parts));
             }
         }
         // The descriptors' heap addresses stay fixed: the vectors are complete and only moved.
-        let (matmul_kernels, matmuls): (Vec<usize>, Vec<_>) = matmuls.into_iter().unzip();
-        let (conv_kernels, convs): (Vec<usize>, Vec<_>) = convs.into_iter().unzip();
-        for (&k, desc) in matmul_kernels.iter().zip(&matmuls) {
-            descriptors[k] = Some(desc as *const runtime::MatMulDesc as i64);
-        }
-        for (&k, desc) in conv_kernels.iter().zip(&convs) {
-            descriptors[k] = Some(desc as *const runtime::ConvDesc as i64);
+        let mut descriptors = vec![None; lowered.kernels.len()];
+        let (mut next_matmul, mut next_conv) = (0, 0);
+        for (k, parts) in calls {
+            descriptors[k] = Some(match lowered.kernels[k] {
+                Kernel::MatMul(_) => {
+                    next_matmul += parts;
+                    Descriptor::of(&matmuls[next_matmul - parts])
+                }
+                _ => {
+                    next_conv += parts;
+                    Descriptor::of(&convs[next_conv - parts])
+                }
+            });
         }
         let codegen = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
 
         let mut builder =
             JITBuilder::with_flags(&[("opt_level", "speed")], default_libcall_names())
                 .map_err(|e| codegen(&e))?;
-        let symbols: [(&str, *const u8); 7] = [
+        let symbols: [(&str, *const u8); 8] = [
             ("pcg_parallel", runtime::parallel as *const u8),
+            ("pcg_parts", runtime::parts as *const u8),
             ("pcg_matmul", runtime::matmul as *const u8),
             ("pcg_conv", runtime::conv as *const u8),
             ("pcg_sinf", runtime::sin as *const u8),
@@ -224,7 +250,7 @@ impl Function {
         lowered: &Lowered,
         layout: &Layout,
         plan: &BufferPlan,
-        descriptors: &[Option<i64>],
+        descriptors: &[Option<Descriptor>],
         options: &JitOptions,
     ) -> Result<(FuncId, String), JitError> {
         let codegen = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
@@ -257,6 +283,7 @@ impl Function {
             import("pcg_tanf", &unary_sig)?,
             import("pcg_powf", &binary_sig)?,
             import("pcg_parallel", &parallel_sig)?,
+            import("pcg_parts", &parallel_sig)?,
         ];
         let fma = has_fma(module.isa());
         let common = Common {
@@ -285,6 +312,9 @@ impl Function {
             let Some(extent) = codegen::shared_extent(plan, kernel, pieces) else {
                 continue;
             };
+            if lowered.in_parts(k) {
+                continue;
+            }
             let id = module
                 .declare_function(&format!("pcg_kernel_{k}"), Linkage::Local, &pieces_sig)
                 .map_err(|e| codegen(&e))?;
@@ -307,6 +337,42 @@ impl Function {
             shared.push((k, id, extent));
         }
 
+        // A split loop body: `fn(arena, steps, part) -> status`, the whole loop on one part.
+        let part_function = match layout {
+            Layout::Parts { first, second, .. } => {
+                let mut part_sig = module.make_signature();
+                part_sig.params.push(AbiParam::new(pointer));
+                part_sig.params.push(AbiParam::new(types::I64));
+                part_sig.params.push(AbiParam::new(types::I64));
+                part_sig.returns.push(AbiParam::new(types::I32));
+                let id = module
+                    .declare_function("pcg_part", Linkage::Local, &part_sig)
+                    .map_err(|e| codegen(&e))?;
+                let mut ctx = module.make_context();
+                ctx.func.signature = part_sig;
+                ctx.func.name = UserFuncName::user(0, id.as_u32());
+                let mut fctx = FunctionBuilderContext::new();
+                {
+                    let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                    let (mut translator, params) = common.translator(builder, module, &imports);
+                    translator.translate_part(
+                        &lowered.kernels,
+                        (first.clone(), second.clone()),
+                        params[1],
+                        params[2],
+                    );
+                    translator.builder.finalize(module.target_config());
+                }
+                clif.push_str(&ctx.func.display().to_string());
+                module
+                    .define_function(id, &mut ctx)
+                    .map_err(|e| codegen(&format!("{e:?}")))?;
+                module.clear_context(&mut ctx);
+                Some(id)
+            }
+            _ => None,
+        };
+
         let mut sig = module.make_signature();
         sig.params.push(AbiParam::new(pointer));
         sig.params.push(AbiParam::new(types::I64));
@@ -324,6 +390,10 @@ impl Function {
             for &(k, f, extent) in &shared {
                 let piece = module.declare_func_in_func(f, translator.builder.func);
                 translator.shared.insert(k, (piece, extent, pieces));
+            }
+            if let Some(f) = part_function {
+                translator.part_function =
+                    Some(module.declare_func_in_func(f, translator.builder.func));
             }
             translator.translate(&lowered.kernels, layout, params[1]);
             translator.builder.finalize(module.target_config());
@@ -363,7 +433,7 @@ impl Function {
 /// What every function of one compiled program shares.
 struct Common<'a> {
     plan: &'a BufferPlan,
-    descriptors: &'a [Option<i64>],
+    descriptors: &'a [Option<Descriptor>],
     bounds_checks: bool,
     fma: bool,
 }
@@ -402,6 +472,7 @@ impl<'a> Common<'a> {
                 tan: refs[4],
                 powf: refs[5],
                 parallel: refs[6],
+                parts: refs[7],
             },
             descriptors: self.descriptors,
             bounds_checks: self.bounds_checks,
@@ -409,6 +480,8 @@ impl<'a> Common<'a> {
             fail,
             kernel: 0,
             shared: HashMap::new(),
+            part: None,
+            part_function: None,
         };
         (translator, params)
     }
@@ -545,6 +618,15 @@ impl JitProgram {
     }
 }
 
+/// A loop body split into one part per thread (see `opt::split`), where it splits and the
+/// work every part would repeat is small: at most a tenth of the body's.
+fn split_body(body: &Program, threads: usize) -> Option<crate::opt::split::Split> {
+    let split = crate::opt::split::split_rows(body, threads, |leaf| {
+        leaf.op != crate::ir::Op::Leaf(LeafKind::Param)
+    })?;
+    (split.repeated_flops * 10 <= crate::ir::flops(body)).then_some(split)
+}
+
 /// Where a named state entry of a loop lives.
 #[derive(Clone, Copy, Debug)]
 enum StateHome {
@@ -585,6 +667,7 @@ impl JitLoop {
             conv_ways: options.threads,
             ..Lowered::default()
         };
+        let split = split_body(body, options.threads);
 
         // State entries, by name, in the order run_loop reports them.
         let body_reads: BTreeSet<&str> = lower::needed_leaves(body)
@@ -679,6 +762,29 @@ impl JitLoop {
             }
         }
 
+        // A split body reads and writes the per-sample state, data and results in blocks.
+        if let Some(split) = &split {
+            let restricted = lower::needed_leaves(body)
+                .into_iter()
+                .filter(|&(id, _)| split.restricted(id))
+                .filter_map(|(id, _)| body.node(id).name.clone());
+            let written = body.outputs.iter().map(|o| o.name.clone());
+            for name in restricted.chain(written) {
+                let buffers = match homes.get(&name) {
+                    Some(StateHome::Single(b)) => vec![*b],
+                    Some(StateHome::Carried { even, odd }) => vec![*even, *odd],
+                    None => leaves
+                        .iter()
+                        .filter(|l| l.name == name)
+                        .map(|l| l.buffer)
+                        .collect(),
+                };
+                for b in buffers {
+                    lowered.buffers[b].share = lower::Share::Blocks;
+                }
+            }
+        }
+
         let target = |name: &str, odd: bool| match homes[name] {
             StateHome::Single(b) => b,
             StateHome::Carried { even, odd: o } => {
@@ -696,7 +802,14 @@ impl JitLoop {
             .collect();
         lowered.lower(prologue, &prologue_leaves, &prologue_targets);
         let prologue_end = lowered.kernels.len();
-        // The first copy runs on even step counts: reads `even`, writes `odd`.
+        // The first copy runs on even step counts: reads `even`, writes `odd`. A split body
+        // is lowered on one block, with one thread and temporaries of its own per part.
+        let part_body = split.as_ref().map(|s| &s.program);
+        if let Some(split) = &split {
+            lowered.parts = split.parts;
+            lowered.private = true;
+            lowered.conv_ways = 1;
+        }
         let mut ends = [prologue_end; 2];
         for (copy, reads) in body_leaves.iter().enumerate() {
             let targets: Vec<Option<BufferId>> = body
@@ -704,13 +817,26 @@ impl JitLoop {
                 .iter()
                 .map(|o| Some(target(&o.name, copy == 0)))
                 .collect();
-            lowered.lower(body, reads, &targets);
+            lowered.lower(part_body.unwrap_or(body), reads, &targets);
             ends[copy] = lowered.kernels.len();
         }
-        let layout = Layout::Loop {
-            prologue: 0..prologue_end,
-            first: prologue_end..ends[0],
-            second: ends[0]..ends[1],
+        lowered.private = false;
+        let (prologue, first, second) = (0..prologue_end, prologue_end..ends[0], ends[0]..ends[1]);
+        let layout = match &split {
+            Some(split) => {
+                lowered.part_kernels = prologue_end..ends[1];
+                Layout::Parts {
+                    prologue,
+                    first,
+                    second,
+                    parts: split.parts,
+                }
+            }
+            None => Layout::Loop {
+                prologue,
+                first,
+                second,
+            },
         };
         let function = Function::compile(&lowered, &layout, options)?;
         Ok(JitLoop {
@@ -801,7 +927,7 @@ mod tests {
                 e,
                 Err(JitError::Plan(PlanError::OutOfBuffer { .. }))
             ));
-            let mut plan = BufferPlan::new(&lowered.buffers, &lowered.kernels);
+            let mut plan = BufferPlan::new(&lowered);
             plan.arena_len += 16;
             let mut function =
                 Function::build(&lowered, &Layout::Straight, &options, plan).expect("compiles");

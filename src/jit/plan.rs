@@ -5,8 +5,15 @@
 //! whole function), and buffers whose lifetimes do not overlap share memory. Placement is
 //! greedy, largest buffer first, each at the lowest offset that clears every placed buffer it
 //! is live with. [`BufferPlan::verify`] checks the result independently of how it was made.
+//!
+//! A split loop body (`opt::split`) runs as `parts` copies side by side, each at its own pace,
+//! so its buffers follow two more rules: the parts' private temporaries are planned as one
+//! window of their own, repeated once per part after everything else (a part's copy of a
+//! buffer is at `offset + p · part_stride`), and every other buffer the parts touch is kept
+//! live across the whole split region, so that no part can overwrite memory another still
+//! reads. Part p reads and writes block p of a `Blocks` buffer (`part_stride` = a block).
 
-use super::lower::{BufferSpec, Kernel};
+use super::lower::{Kernel, Lowered, Share};
 use std::fmt;
 
 /// Offsets of buffers of at least this many elements are multiples of it (64 bytes: one cache
@@ -23,6 +30,19 @@ pub struct PlannedBuffer {
     pub len: usize,
     /// The first and last kernel (by index) during which the buffer holds a live value.
     pub live: (usize, usize),
+    pub share: Share,
+    /// How far part p's view of the buffer is from part 0's, times p (0: the same for all).
+    pub part_stride: usize,
+}
+
+impl PlannedBuffer {
+    /// One past the last element any part may touch.
+    fn footprint_end(&self, parts: usize) -> usize {
+        match self.share {
+            Share::Private => self.offset + self.len + (parts - 1) * self.part_stride,
+            Share::Whole | Share::Blocks => self.offset + self.len,
+        }
+    }
 }
 
 /// Where every buffer of one compiled function lives.
@@ -31,6 +51,9 @@ pub struct BufferPlan {
     pub buffers: Vec<PlannedBuffer>,
     /// The arena's length in f32 elements.
     pub arena_len: usize,
+    /// Parts of a split loop body (1: none), and the kernels they run.
+    pub parts: usize,
+    pub part_kernels: std::ops::Range<usize>,
 }
 
 /// A broken plan: a compiler bug, reported instead of running.
@@ -78,15 +101,26 @@ impl fmt::Display for PlanError {
 impl std::error::Error for PlanError {}
 
 impl BufferPlan {
-    /// Plans `buffers` for the kernels in `kernels` (run in order).
-    pub fn new(buffers: &[BufferSpec], kernels: &[Kernel]) -> BufferPlan {
+    /// Plans the buffers of `lowered` for its kernels (run in order).
+    pub fn new(lowered: &Lowered) -> BufferPlan {
+        let (buffers, kernels) = (&lowered.buffers, &lowered.kernels);
+        let parts = lowered.parts.max(1);
+        let split = if parts > 1 {
+            lowered.part_kernels.clone()
+        } else {
+            0..0
+        };
         let last = kernels.len().saturating_sub(1);
         let mut live: Vec<Option<(usize, usize)>> = vec![None; buffers.len()];
         for (k, kernel) in kernels.iter().enumerate() {
             kernel.for_each_access(|b, _, _| {
-                let span = live[b].get_or_insert((k, k));
-                span.0 = span.0.min(k);
-                span.1 = span.1.max(k);
+                let mut span = (k, k);
+                if split.contains(&k) && buffers[b].share != Share::Private {
+                    span = (split.start, split.end - 1);
+                }
+                let known = live[b].get_or_insert(span);
+                known.0 = known.0.min(span.0);
+                known.1 = known.1.max(span.1);
             });
         }
         let mut planned: Vec<PlannedBuffer> = buffers
@@ -101,33 +135,29 @@ impl BufferPlan {
                 } else {
                     live.unwrap_or((0, 0))
                 },
+                share: spec.share,
+                part_stride: match spec.share {
+                    Share::Blocks => spec.len / parts,
+                    Share::Whole | Share::Private => 0,
+                },
             })
             .collect();
-        let mut order: Vec<usize> = (0..planned.len()).collect();
-        order.sort_by_key(|&i| (std::cmp::Reverse(planned[i].len), planned[i].live.0));
-        let mut placed: Vec<usize> = Vec::new();
-        let mut arena_len = 0;
-        for i in order {
-            let mut blocking: Vec<(usize, usize)> = placed
-                .iter()
-                .filter(|&&j| overlaps(planned[i].live, planned[j].live))
-                .map(|&j| (planned[j].offset, planned[j].offset + planned[j].len))
-                .collect();
-            blocking.sort_unstable();
-            let mut offset = 0;
-            for (start, end) in blocking {
-                if offset + planned[i].len <= start {
-                    break;
-                }
-                offset = offset.max(align(end, planned[i].len));
+        let (private, shared): (Vec<usize>, Vec<usize>) =
+            (0..planned.len()).partition(|&i| planned[i].share == Share::Private);
+        let mut arena_len = place(&mut planned, shared, 0);
+        if !private.is_empty() {
+            let base = align(arena_len, ALIGN);
+            let window = align(place(&mut planned, private.clone(), base) - base, ALIGN);
+            for &i in &private {
+                planned[i].part_stride = window;
             }
-            planned[i].offset = offset;
-            arena_len = arena_len.max(offset + planned[i].len);
-            placed.push(i);
+            arena_len = base + parts * window;
         }
         BufferPlan {
             buffers: planned,
             arena_len,
+            parts,
+            part_kernels: split,
         }
     }
 
@@ -159,11 +189,22 @@ impl BufferPlan {
         self.buffers.iter().map(|b| b.len).sum::<usize>() * std::mem::size_of::<f32>()
     }
 
-    /// Checks that no two simultaneously live buffers overlap, that every buffer lies inside
-    /// the arena, and that every kernel stays inside the buffers it touches.
+    /// Checks that no two simultaneously live buffers overlap (a part's private copies
+    /// against the other buffers, and against each other within the parts' window), that
+    /// every buffer lies inside the arena, and that every kernel stays inside the buffers it
+    /// touches (a part kernel inside part 0's block or copy).
     pub fn verify(&self, kernels: &[Kernel]) -> Result<(), PlanError> {
+        let parts = self.parts.max(1);
+        let window = self
+            .buffers
+            .iter()
+            .filter(|b| b.share == Share::Private)
+            .map(|b| (b.offset, b.part_stride))
+            .min();
         for b in &self.buffers {
-            if b.offset + b.len > self.arena_len {
+            let outside_window = b.share == Share::Private
+                && window.is_some_and(|(base, stride)| b.offset + b.len > base + stride);
+            if b.footprint_end(parts) > self.arena_len || outside_window {
                 return Err(PlanError::OutsideArena {
                     buffer: b.label.clone(),
                 });
@@ -171,7 +212,13 @@ impl BufferPlan {
         }
         for (i, a) in self.buffers.iter().enumerate() {
             for b in &self.buffers[i + 1..] {
-                let disjoint = a.offset + a.len <= b.offset || b.offset + b.len <= a.offset;
+                let both_private = a.share == Share::Private && b.share == Share::Private;
+                let (a_end, b_end) = if both_private {
+                    (a.offset + a.len, b.offset + b.len)
+                } else {
+                    (a.footprint_end(parts), b.footprint_end(parts))
+                };
+                let disjoint = a_end <= b.offset || b_end <= a.offset;
                 let empty = a.len == 0 || b.len == 0;
                 if overlaps(a.live, b.live) && !disjoint && !empty {
                     return Err(PlanError::Overlap {
@@ -182,15 +229,20 @@ impl BufferPlan {
             }
         }
         for (k, kernel) in kernels.iter().enumerate() {
+            let in_parts = parts > 1 && self.part_kernels.contains(&k);
             let mut error = None;
             kernel.for_each_access(|b, extent, _| {
                 let buffer = &self.buffers[b];
-                if extent > buffer.len && error.is_none() {
+                let len = match buffer.share {
+                    Share::Blocks if in_parts => buffer.len / parts,
+                    _ => buffer.len,
+                };
+                if extent > len && error.is_none() {
                     error = Some(PlanError::OutOfBuffer {
                         kernel: k,
                         buffer: buffer.label.clone(),
                         extent,
-                        len: buffer.len,
+                        len,
                     });
                 }
             });
@@ -217,10 +269,22 @@ impl fmt::Display for BufferPlan {
             "live at most: {live} bytes (arena / live = {:.3})",
             self.peak_bytes() as f64 / live.max(1) as f64
         )?;
-        for b in &self.buffers {
+        if self.parts > 1 {
             writeln!(
                 f,
-                "  [{:>9}, {:>9})  live {:>4}..={:<4} {}",
+                "split: kernels {}..{} run as {} parts, each on its own block of samples",
+                self.part_kernels.start, self.part_kernels.end, self.parts
+            )?;
+        }
+        for b in &self.buffers {
+            let share = match b.share {
+                Share::Whole => String::new(),
+                Share::Blocks => format!("  (in {} blocks)", self.parts),
+                Share::Private => format!("  (a copy per part, every {} bytes)", b.part_stride * 4),
+            };
+            writeln!(
+                f,
+                "  [{:>9}, {:>9})  live {:>4}..={:<4} {}{share}",
                 b.offset * 4,
                 (b.offset + b.len) * 4,
                 b.live.0,
@@ -236,6 +300,33 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 <= b.1 && b.0 <= a.1
 }
 
+/// Places the buffers `which` at or after `base`, largest first, each at the lowest offset
+/// that clears every placed buffer it is live with; returns the end of the last.
+fn place(planned: &mut [PlannedBuffer], mut which: Vec<usize>, base: usize) -> usize {
+    which.sort_by_key(|&i| (std::cmp::Reverse(planned[i].len), planned[i].live.0));
+    let mut placed: Vec<usize> = Vec::new();
+    let mut end_of_all = base;
+    for i in which {
+        let mut blocking: Vec<(usize, usize)> = placed
+            .iter()
+            .filter(|&&j| overlaps(planned[i].live, planned[j].live))
+            .map(|&j| (planned[j].offset, planned[j].offset + planned[j].len))
+            .collect();
+        blocking.sort_unstable();
+        let mut offset = base;
+        for (start, end) in blocking {
+            if offset + planned[i].len <= start {
+                break;
+            }
+            offset = offset.max(align(end, planned[i].len));
+        }
+        planned[i].offset = offset;
+        end_of_all = end_of_all.max(offset + planned[i].len);
+        placed.push(i);
+    }
+    end_of_all
+}
+
 /// The first offset at or after `x` where a buffer of `len` elements may start.
 fn align(x: usize, len: usize) -> usize {
     if len < ALIGN {
@@ -248,13 +339,22 @@ fn align(x: usize, len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jit::lower::{Affine, Expr, Place};
+    use crate::jit::lower::{Affine, BufferSpec, Expr, Place, Share};
 
     fn spec(len: usize) -> BufferSpec {
         BufferSpec {
             label: format!("b{len}"),
             len,
             pinned: false,
+            share: Share::Whole,
+        }
+    }
+
+    fn lowered(buffers: Vec<BufferSpec>, kernels: Vec<Kernel>) -> Lowered {
+        Lowered {
+            buffers,
+            kernels,
+            ..Lowered::default()
         }
     }
 
@@ -275,10 +375,12 @@ mod tests {
     #[test]
     fn dead_buffers_share_memory() {
         // a -> b -> c -> d: a and c can share, so can b and d.
-        let buffers = [spec(100), spec(100), spec(100), spec(100)];
-        let kernels = [copy(0, 1, 100), copy(1, 2, 100), copy(2, 3, 100)];
-        let plan = BufferPlan::new(&buffers, &kernels);
-        plan.verify(&kernels).expect("valid plan");
+        let lowered = lowered(
+            vec![spec(100), spec(100), spec(100), spec(100)],
+            vec![copy(0, 1, 100), copy(1, 2, 100), copy(2, 3, 100)],
+        );
+        let (plan, kernels) = (BufferPlan::new(&lowered), &lowered.kernels);
+        plan.verify(kernels).expect("valid plan");
         assert!(plan.arena_len < 4 * 100, "arena {}", plan.arena_len);
         // Two buffers are live during each copy: no placement needs less.
         assert_eq!(plan.live_bytes(), 2 * 100 * 4);
@@ -288,12 +390,11 @@ mod tests {
 
     #[test]
     fn verify_rejects_overlap() {
-        let buffers = [spec(10), spec(10)];
-        let kernels = [copy(0, 1, 10)];
-        let mut plan = BufferPlan::new(&buffers, &kernels);
+        let lowered = lowered(vec![spec(10), spec(10)], vec![copy(0, 1, 10)]);
+        let (mut plan, kernels) = (BufferPlan::new(&lowered), &lowered.kernels);
         plan.buffers[1].offset = plan.buffers[0].offset;
         assert!(matches!(
-            plan.verify(&kernels),
+            plan.verify(kernels),
             Err(PlanError::Overlap { .. })
         ));
     }

@@ -440,6 +440,27 @@ pub unsafe extern "C" fn parallel(piece: Piece, arena: *mut f32, extent: i64, pi
     status.into_inner()
 }
 
+/// A split loop body's function: `fn(arena, steps, part) -> status`.
+pub type PartBody = unsafe extern "C" fn(*mut f32, i64, i64) -> i32;
+
+/// Runs a split loop body: part p of `parts` on block p of the samples, all `steps` steps,
+/// the parts shared between threads (see `team`). Returns the first non-zero status of a part.
+///
+/// # Safety
+/// `body` must be a compiled split body over this arena.
+pub unsafe extern "C" fn parts(body: PartBody, arena: *mut f32, steps: i64, parts: i64) -> i32 {
+    let status = std::sync::atomic::AtomicI32::new(0);
+    let arena = Shared(arena);
+    team::run(parts.max(1) as usize, &|part| {
+        // SAFETY: the parts write disjoint blocks and private copies (see `plan`).
+        let s = body(arena.get(), steps, part as i64);
+        if s != 0 {
+            status.store(s, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    status.into_inner()
+}
+
 /// Scalar functions with no inline approximation, called once per lane.
 pub extern "C" fn sin(x: f32) -> f32 {
     x.sin()

@@ -6,23 +6,30 @@
 //!
 //! 1. [`concat`] — sums of pads over adjacent parts of an axis become one concat (gradients of
 //!    tensors sliced into parts).
-//! 2. [`cse`] — common subexpressions shared, identities folded, dead nodes pruned.
+//! 2. [`dead_parts`] — a product only partly used is computed only for the parts used (the
+//!    message to the clamped input's half of `concat(x, h) @ w`).
+//! 3. [`cse`] — common subexpressions shared, identities folded, dead nodes pruned.
 //!
-//! [`simplify`] runs these two on every derived program (gradient, learning, closed-form step).
+//! [`simplify`] runs these on every derived program (gradient, learning, closed-form step).
 //! A relaxation loop is then [`hoist`]ed: everything that does not depend on carried state moves
-//! to the prologue, which is simplified again.
+//! to the prologue, which is simplified again. Last, the backend asks [`split`] whether the loop
+//! body can run as independent blocks of samples on several cores.
 
 pub mod concat;
 pub mod cse;
+pub mod dead_parts;
 pub mod hoist;
+pub mod split;
 
 pub use cse::cse;
 pub use hoist::hoist_invariants;
 
 use crate::ir::Program;
 
-/// The clean-up every derived program gets: the pad/concat fold, then CSE.
+/// The clean-up every derived program gets: the pad/concat fold, dead parts of products,
+/// then CSE.
 pub fn simplify(program: &mut Program) {
     concat::join_padded_sums(program);
+    dead_parts::narrow_products(program);
     cse::cse(program);
 }

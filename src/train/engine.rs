@@ -101,11 +101,7 @@ impl Programs {
         steps: Option<usize>,
     ) -> Result<Self, String> {
         let (grad, mut pc, steps) = match method {
-            Method::Bp => (
-                Some(autodiff::grad_program(forward).map_err(|e| e.to_string())?),
-                None,
-                0,
-            ),
+            Method::Bp => (Some(gradient(forward)?), None, 0),
             Method::Pc => {
                 let programs = pc::transform(forward, inference).map_err(|e| e.to_string())?;
                 let steps = steps.unwrap_or(programs.relax.steps);
@@ -140,6 +136,13 @@ impl Programs {
         self.fused = None;
         self
     }
+}
+
+/// Backprop's gradient program, simplified as every derived program is.
+pub fn gradient(forward: &Program) -> Result<Program, String> {
+    let mut grad = autodiff::grad_program(forward).map_err(|e| e.to_string())?;
+    crate::opt::simplify(&mut grad);
+    Ok(grad)
 }
 
 /// The forward program plus an output `prediction`: the one value the loss reads whose shape
@@ -343,6 +346,15 @@ pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
     }
 }
 
+/// The relaxation loop as the compiled backend runs it: without the per-step energy, which is
+/// for the interpreter's replay of a diverged step (a healthy step needs only the final
+/// state's, which the learning program reports).
+pub fn compiled_relaxation(pc: &PcPrograms) -> crate::ir::LoopProgram {
+    let mut relax = pc.relax.clone();
+    relax.retain_outputs(|name| name != "energy");
+    relax
+}
+
 /// The compiled backend: every program compiled to native code with Cranelift, the whole
 /// relaxation loop in one function. On a non-finite result it replays the step on the
 /// interpreter to name the node and the relaxation step where it went wrong.
@@ -362,17 +374,10 @@ impl JitEngine {
         let fused = programs.fused.as_ref().map(compile).transpose()?;
         let (relax, learn) = match &programs.pc {
             Some(_) if fused.is_some() => (None, None),
-            Some(pc) => {
-                // The energy of every relaxation step is for the interpreter's replay of a
-                // diverged step; a healthy step needs only the final state's, which the
-                // learning program reports.
-                let mut relax = pc.relax.clone();
-                relax.retain_outputs(|name| name != "energy");
-                (
-                    Some(JitLoop::compile(&relax, options)?),
-                    Some(compile(&pc.learn)?),
-                )
-            }
+            Some(pc) => (
+                Some(JitLoop::compile(&compiled_relaxation(pc), options)?),
+                Some(compile(&pc.learn)?),
+            ),
             None => (None, None),
         };
         let eval = compile(&programs.eval)?;
