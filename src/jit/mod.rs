@@ -302,11 +302,6 @@ impl Function {
         } else {
             1
         };
-        let mut pieces_sig = module.make_signature();
-        pieces_sig.params.push(AbiParam::new(pointer));
-        pieces_sig.params.push(AbiParam::new(types::I64));
-        pieces_sig.params.push(AbiParam::new(types::I64));
-        pieces_sig.returns.push(AbiParam::new(types::I32));
         let mut shared = Vec::new();
         for (k, kernel) in lowered.kernels.iter().enumerate() {
             let Some(extent) = codegen::shared_extent(plan, kernel, pieces) else {
@@ -315,94 +310,54 @@ impl Function {
             if lowered.in_parts(k) {
                 continue;
             }
-            let id = module
-                .declare_function(&format!("pcg_kernel_{k}"), Linkage::Local, &pieces_sig)
-                .map_err(|e| codegen(&e))?;
-            let mut ctx = module.make_context();
-            ctx.func.signature = pieces_sig.clone();
-            ctx.func.name = UserFuncName::user(0, id.as_u32());
-            let mut fctx = FunctionBuilderContext::new();
-            {
-                let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                let (mut translator, params) = common.translator(builder, module, &imports);
-                translator.kernel = k;
-                translator.translate_piece(kernel, pieces, (params[1], params[2]));
-                translator.builder.finalize(module.target_config());
-            }
-            clif.push_str(&ctx.func.display().to_string());
-            module
-                .define_function(id, &mut ctx)
-                .map_err(|e| codegen(&format!("{e:?}")))?;
-            module.clear_context(&mut ctx);
+            // fn(arena, lo, hi) -> status
+            let name = format!("pcg_kernel_{k}");
+            let id = common.function(module, &imports, &name, 2, &mut clif, |t, params, _| {
+                t.kernel = k;
+                t.translate_piece(kernel, pieces, (params[1], params[2]));
+            })?;
             shared.push((k, id, extent));
         }
 
         // A split loop body: `fn(arena, steps, part) -> status`, the whole loop on one part.
         let part_function = match layout {
             Layout::Parts { first, second, .. } => {
-                let mut part_sig = module.make_signature();
-                part_sig.params.push(AbiParam::new(pointer));
-                part_sig.params.push(AbiParam::new(types::I64));
-                part_sig.params.push(AbiParam::new(types::I64));
-                part_sig.returns.push(AbiParam::new(types::I32));
-                let id = module
-                    .declare_function("pcg_part", Linkage::Local, &part_sig)
-                    .map_err(|e| codegen(&e))?;
-                let mut ctx = module.make_context();
-                ctx.func.signature = part_sig;
-                ctx.func.name = UserFuncName::user(0, id.as_u32());
-                let mut fctx = FunctionBuilderContext::new();
-                {
-                    let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-                    let (mut translator, params) = common.translator(builder, module, &imports);
-                    translator.translate_part(
-                        &lowered.kernels,
-                        (first.clone(), second.clone()),
-                        params[1],
-                        params[2],
-                    );
-                    translator.builder.finalize(module.target_config());
-                }
-                clif.push_str(&ctx.func.display().to_string());
-                module
-                    .define_function(id, &mut ctx)
-                    .map_err(|e| codegen(&format!("{e:?}")))?;
-                module.clear_context(&mut ctx);
-                Some(id)
+                let kernels = &lowered.kernels;
+                let ranges = (first.clone(), second.clone());
+                Some(common.function(
+                    module,
+                    &imports,
+                    "pcg_part",
+                    2,
+                    &mut clif,
+                    |t, params, _| {
+                        t.translate_part(kernels, ranges, params[1], params[2]);
+                    },
+                )?)
             }
             _ => None,
         };
 
-        let mut sig = module.make_signature();
-        sig.params.push(AbiParam::new(pointer));
-        sig.params.push(AbiParam::new(types::I64));
-        sig.returns.push(AbiParam::new(types::I32));
-        let id = module
-            .declare_function("pcg_entry", Linkage::Local, &sig)
-            .map_err(|e| codegen(&e))?;
-        let mut ctx = module.make_context();
-        ctx.func.signature = sig;
-        ctx.func.name = UserFuncName::user(0, id.as_u32());
-        let mut fctx = FunctionBuilderContext::new();
-        {
-            let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let (mut translator, params) = common.translator(builder, module, &imports);
-            for &(k, f, extent) in &shared {
-                let piece = module.declare_func_in_func(f, translator.builder.func);
-                translator.shared.insert(k, (piece, extent, pieces));
-            }
-            if let Some(f) = part_function {
-                translator.part_function =
-                    Some(module.declare_func_in_func(f, translator.builder.func));
-            }
-            translator.translate(&lowered.kernels, layout, params[1]);
-            translator.builder.finalize(module.target_config());
-        }
-        clif.insert_str(0, &ctx.func.display().to_string());
-        module
-            .define_function(id, &mut ctx)
-            .map_err(|e| codegen(&format!("{e:?}")))?;
-        module.clear_context(&mut ctx);
+        // fn(arena, steps) -> status
+        let mut entry_clif = String::new();
+        let id = common.function(
+            module,
+            &imports,
+            "pcg_entry",
+            1,
+            &mut entry_clif,
+            |t, params, module| {
+                for &(k, f, extent) in &shared {
+                    let piece = module.declare_func_in_func(f, t.builder.func);
+                    t.shared.insert(k, (piece, extent, pieces));
+                }
+                if let Some(f) = part_function {
+                    t.part_function = Some(module.declare_func_in_func(f, t.builder.func));
+                }
+                t.translate(&lowered.kernels, layout, params[1]);
+            },
+        )?;
+        clif.insert_str(0, &entry_clif);
         Ok((id, clif))
     }
 
@@ -439,6 +394,50 @@ struct Common<'a> {
 }
 
 impl<'a> Common<'a> {
+    /// Defines a function `fn(arena, i64 × extra) -> status` whose body `translate` emits,
+    /// and appends its CLIF text to `clif`.
+    fn function(
+        &self,
+        module: &mut JITModule,
+        imports: &[FuncId],
+        name: &str,
+        extra: usize,
+        clif: &mut String,
+        translate: impl FnOnce(
+            &mut FunctionTranslator<'_>,
+            &[cranelift_codegen::ir::Value],
+            &mut JITModule,
+        ),
+    ) -> Result<FuncId, JitError> {
+        let codegen = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
+        let mut sig = module.make_signature();
+        sig.params
+            .push(AbiParam::new(module.target_config().pointer_type()));
+        for _ in 0..extra {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        sig.returns.push(AbiParam::new(types::I32));
+        let id = module
+            .declare_function(name, Linkage::Local, &sig)
+            .map_err(|e| codegen(&e))?;
+        let mut ctx = module.make_context();
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let mut fctx = FunctionBuilderContext::new();
+        {
+            let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let (mut translator, params) = self.translator(builder, module, imports);
+            translate(&mut translator, &params, module);
+            translator.builder.finalize(module.target_config());
+        }
+        clif.push_str(&ctx.func.display().to_string());
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| codegen(&format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+        Ok(id)
+    }
+
     /// A translator for a new function: the runtime imported, the entry block started, its
     /// first parameter the arena. Returns the function's parameters too.
     fn translator<'b>(
