@@ -212,10 +212,21 @@ def jax_mlp_strict(steps, rate, unroll=None):
         return (0.5 * jnp.sum((v["h1"] - mu1) ** 2) + 0.5 * jnp.sum((v["h2"] - mu2) ** 2)
                 + 0.5 * jnp.sum((out - y) ** 2) / x.shape[0])
 
+    def feedforward(p, x):
+        h1 = jnp.tanh(x @ p["w1"] + p["b1"])
+        return {"h1": h1, "h2": jnp.tanh(h1 @ p["w2"] + p["b2"])}
+
+    return _jax_strict_update(energy, feedforward, steps, rate, unroll)
+
+
+def _jax_strict_update(energy, feedforward, steps, rate, unroll):
+    """Standard PC as PCX users write it: gradient descent on the energy with respect to the
+    values inside fori_loop, then the weight update -dE/dtheta at the final values."""
+    import jax
+
     @jax.jit
     def update(p, x, y):
-        h1 = jnp.tanh(x @ p["w1"] + p["b1"])
-        v0 = {"h1": h1, "h2": jnp.tanh(h1 @ p["w2"] + p["b2"])}
+        v0 = feedforward(p, x)
 
         def relax(_, v):
             g = jax.grad(energy)(v, p, x, y)
@@ -276,21 +287,13 @@ def jax_cnn_strict(steps, rate, unroll="full"):
         out = preds["out"](v, p, x)
         return e + 0.5 * jnp.sum((out - y) ** 2) / x.shape[0]
 
-    @jax.jit
-    def update(p, x, y):
+    def feedforward(p, x):
         v0 = {}
-        for k in relaxed:                                 # feedforward initialisation
+        for k in relaxed:
             v0[k] = preds[k](v0, p, x)
+        return v0
 
-        def relax(_, v):
-            g = jax.grad(energy)(v, p, x, y)
-            return jax.tree_util.tree_map(lambda a, b: a - rate * b, v, g)
-
-        v = jax.lax.fori_loop(0, steps, relax, v0, unroll=_unroll(unroll, steps))
-        g = jax.grad(energy, argnums=1)(v, p, x, y)
-        return jax.tree_util.tree_map(lambda a: -a, g)
-
-    return update
+    return _jax_strict_update(energy, feedforward, steps, rate, unroll)
 
 
 # ---------------------------------------------------------------------------------------------
