@@ -582,44 +582,38 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
     Ok(())
 }
 
-/// The JIT's view of the training functions as `pcg run` compiles them: the gradient program
-/// (backprop), the one-program step when the relaxation has a closed form (predictive coding in
-/// fixed and exact modes), or else the relaxation loop and the learning program.
+/// The JIT's view of the training step as `pcg run` compiles it: one function holding the
+/// gradient (backprop's program, the closed-form PC step, or the relaxation loop and the
+/// learning program) and the update of the file's optimiser, over resident parameters.
 fn jit_dump(compiled: &Compiled, stage: Stage) -> CmdResult {
-    use crate::jit::{JitLoop, JitProgram};
+    use crate::train::engine::JitEngine;
+    use crate::train::optim::Optimizer;
     let train = compiled.train.as_ref();
     let method = train.map_or(Method::Pc, |t| t.method);
     let inference = train.map(|t| t.inference.clone()).unwrap_or_default();
     let programs = Programs::build(&compiled.forward, method, &inference, None).map_err(fail)?;
-    let options = JitOptions::default();
-    let mut sections: Vec<(String, String, String)> = Vec::new();
-    if let Some(grad) = &programs.grad {
-        let jit = JitProgram::compile(grad, &options).map_err(fail)?;
-        sections.push((
-            grad.name.clone(),
-            jit.plan().to_string(),
-            jit.clif().to_string(),
-        ));
-    }
-    if let Some(step) = &programs.fused {
-        let jit = JitProgram::compile(step, &options).map_err(fail)?;
-        sections.push((
-            format!("{} (relaxation solved in closed form)", step.name),
-            jit.plan().to_string(),
-            jit.clif().to_string(),
-        ));
-    } else if let Some(pc) = &programs.pc {
-        let relax = crate::train::engine::compiled_relaxation(pc);
-        let relax = JitLoop::compile(&relax, &options).map_err(fail)?;
-        let name = format!("{} ({} steps)", pc.relax.body.name, pc.relax.steps);
-        sections.push((name, relax.plan().to_string(), relax.clif().to_string()));
-        let learn = JitProgram::compile(&pc.learn, &options).map_err(fail)?;
-        sections.push((
-            pc.learn.name.clone(),
-            learn.plan().to_string(),
-            learn.clif().to_string(),
-        ));
-    }
+    let config = train.map_or(
+        crate::sema::OptimizerConfig::Sgd {
+            lr: 0.01,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+        |t| t.optimizer.clone(),
+    );
+    let optimizer = Optimizer::new(config, train.and_then(|t| t.clip));
+    let what = match (&programs.grad, &programs.fused, &programs.pc) {
+        (Some(grad), _, _) => grad.name.clone(),
+        (_, Some(step), _) => format!("{} (relaxation solved in closed form)", step.name),
+        (_, _, Some(pc)) => format!(
+            "{} ({} steps) and {}",
+            pc.relax.body.name, programs.steps, pc.learn.name
+        ),
+        _ => String::new(),
+    };
+    let name = format!("training step: {what}, then the optimiser's update");
+    let engine = JitEngine::new(programs, &JitOptions::default()).map_err(fail)?;
+    let step = engine.compile_step(&optimizer).map_err(fail)?;
+    let sections = vec![(name, step.plan().to_string(), step.clif().to_string())];
     for (name, plan, clif) in sections {
         emit(&format!("// {name}\n"));
         emit(if stage == Stage::Plan { &plan } else { &clif });

@@ -466,12 +466,12 @@ pub(super) fn bench(
     };
     let mut engine = backend.engine(programs).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
-    let mut params = init::init_params(forward, seed);
+    let params = init::init_params(forward, seed);
     let batch = crate::train::batch::random_batch(forward, seed);
     // Plain SGD at the file's learning rate: the update the peer benchmarks make too, so the
     // timed work is the same.
     let lr = base.as_ref().map_or(0.01, |t| learning_rate(&t.optimizer));
-    let mut optimizer = Optimizer::new(
+    let optimizer = Optimizer::new(
         OptimizerConfig::Sgd {
             lr,
             momentum: 0.0,
@@ -479,19 +479,15 @@ pub(super) fn bench(
         },
         None,
     );
-    let mut step = |params: &mut npz::Arrays| -> Result<(), String> {
-        let result = engine
-            .gradients(params, &batch)
-            .map_err(|e| e.to_string())?;
-        optimizer.step(params, &result.grads);
-        Ok(())
-    };
+    engine
+        .start(params, optimizer)
+        .map_err(|e| fail(e.to_string()))?;
     let warmup = 3.min(iters.max(1));
     let mut times = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let t0 = std::time::Instant::now();
-        if let Err(e) = step(&mut params) {
-            return Err(fail(e));
+        if let Err(e) = engine.train_step(&batch) {
+            return Err(fail(e.to_string()));
         }
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);

@@ -41,25 +41,44 @@ pub struct RuntimeRefs {
     pub parts: FuncRef,
 }
 
-/// How the kernels form the function: straight-line, or a prologue and a loop body. The loop
-/// body is present twice (`first` and `second`), reading and writing the carried state in
-/// opposite buffers, so that a step never has to copy state. A split body (`Parts`) is a
-/// function of its own, `fn(arena, steps, part) -> status`, that runs the whole loop on one
-/// block of samples; the main function hands it to `runtime::parts` after the prologue.
-pub enum Layout {
-    Straight,
+/// One piece of a function's control flow over its kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Segment {
+    /// Kernels run once, in order.
+    Kernels(Range<usize>),
+    /// The function's `steps` runs of a loop body. The body is present twice (`first` and
+    /// `second`), reading and writing the carried state in opposite buffers, so that a step
+    /// never has to copy state.
     Loop {
-        prologue: Range<usize>,
         first: Range<usize>,
         second: Range<usize>,
     },
+    /// The same loop split into `parts` (see `opt::split`): a function of its own,
+    /// `fn(arena, steps, part) -> status`, runs the whole loop on one block of samples, and
+    /// `runtime::parts` runs it once per part.
     Parts {
-        prologue: Range<usize>,
         first: Range<usize>,
         second: Range<usize>,
         parts: usize,
     },
+    /// Ends the function with status [`DIVERGED`] unless every one of these scalar buffers
+    /// holds a finite number.
+    Guard(Vec<BufferId>),
 }
+
+/// How the kernels form the function: its segments, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layout(pub Vec<Segment>);
+
+impl Layout {
+    /// Every kernel once, in order.
+    pub fn straight(kernels: usize) -> Layout {
+        Layout(vec![Segment::Kernels(0..kernels)])
+    }
+}
+
+/// The status of a function stopped by a [`Segment::Guard`].
+pub const DIVERGED: i32 = -1;
 
 /// Translates the kernels of one function, in the spirit of cranelift-jit-demo's
 /// `FunctionTranslator`: one `translate_*` method per construct.
@@ -81,6 +100,8 @@ pub struct FunctionTranslator<'a> {
     pub kernel: usize,
     /// Kernels shared between threads: their own function, outermost extent and pieces.
     pub shared: HashMap<usize, (FuncRef, usize, usize)>,
+    /// Map kernels that flag values they write that are not finite: kernel → flag buffer.
+    pub checks: &'a HashMap<usize, BufferId>,
     /// In a split body's function: the part it runs (its third parameter). Buffers are then
     /// addressed at `offset + part · part_stride`.
     pub part: Option<Value>,
@@ -113,6 +134,8 @@ struct Nest {
     slots: Vec<Slot>,
     nodes: Vec<Node>,
     reduce: Option<ReduceOp>,
+    /// The arena position of a flag set to NaN when a value written is not finite.
+    check: Option<usize>,
 }
 
 impl Nest {
@@ -122,6 +145,7 @@ impl Nest {
             slots: Vec::new(),
             nodes: Vec::new(),
             reduce: None,
+            check: None,
         };
         nest.slots.push(Slot {
             buffer: Some(out.0),
@@ -269,33 +293,50 @@ fn flags() -> MemFlagsData {
 impl FunctionTranslator<'_> {
     /// Emits the whole function body after the entry block has been set up.
     pub fn translate(&mut self, kernels: &[Kernel], layout: &Layout, steps: Value) {
-        match layout {
-            Layout::Straight => self.translate_kernels(kernels, 0..kernels.len()),
-            Layout::Loop {
-                prologue,
-                first,
-                second,
-            } => {
-                self.translate_kernels(kernels, prologue.clone());
-                self.translate_loop(kernels, first.clone(), second.clone(), steps);
-            }
-            Layout::Parts {
-                prologue, parts, ..
-            } => {
-                self.translate_kernels(kernels, prologue.clone());
-                let pointer = self.builder.func.dfg.value_type(self.arena);
-                let body = self.part_function.expect("a split body has its function");
-                let function = self.builder.ins().func_addr(pointer, body);
-                let parts = self.builder.ins().iconst(types::I64, *parts as i64);
-                let call = self
-                    .builder
-                    .ins()
-                    .call(self.runtime.parts, &[function, self.arena, steps, parts]);
-                let status = self.builder.inst_results(call)[0];
-                self.branch_on_status(status);
+        for segment in &layout.0 {
+            match segment {
+                Segment::Kernels(range) => self.translate_kernels(kernels, range.clone()),
+                Segment::Loop { first, second } => {
+                    self.translate_loop(kernels, first.clone(), second.clone(), steps)
+                }
+                Segment::Parts { parts, .. } => {
+                    let pointer = self.builder.func.dfg.value_type(self.arena);
+                    let body = self.part_function.expect("a split body has its function");
+                    let function = self.builder.ins().func_addr(pointer, body);
+                    let parts = self.builder.ins().iconst(types::I64, *parts as i64);
+                    let call = self
+                        .builder
+                        .ins()
+                        .call(self.runtime.parts, &[function, self.arena, steps, parts]);
+                    let status = self.builder.inst_results(call)[0];
+                    self.branch_on_status(status);
+                }
+                Segment::Guard(buffers) => self.translate_guard(buffers),
             }
         }
         self.finish();
+    }
+
+    /// Fails with [`DIVERGED`] unless each scalar is finite: x − x is 0 for finite x and NaN
+    /// for ±∞ and NaN.
+    fn translate_guard(&mut self, buffers: &[BufferId]) {
+        for &b in buffers {
+            let at = self.plan.buffers[b].offset as i64;
+            let at = self.builder.ins().iconst(types::I64, at);
+            let address = {
+                let bytes = self.builder.ins().ishl_imm_u(at, 2);
+                self.builder.ins().iadd(self.arena, bytes)
+            };
+            let x = self.builder.ins().load(types::F32, flags(), address, 0);
+            let zero = self.builder.ins().fsub(x, x);
+            let broken = self.builder.ins().fcmp(FloatCC::Unordered, zero, zero);
+            let next = self.builder.create_block();
+            let code = self.builder.ins().iconst(types::I32, DIVERGED as i64);
+            self.builder
+                .ins()
+                .brif(broken, self.fail, &[code.into()], next, &[]);
+            self.builder.switch_to_block(next);
+        }
     }
 
     /// The body of a split loop's own function: the whole loop, on the part `part`.
@@ -403,10 +444,16 @@ impl FunctionTranslator<'_> {
     }
 
     fn translate_nest(&mut self, kernel: &Kernel) {
-        if let Some(nest) = Nest::of(self.plan, kernel) {
+        if let Some(mut nest) = Nest::of(self.plan, kernel) {
+            nest.check = self.check_of(self.kernel);
             let rows = self.rows(&nest);
             self.translate_level(&nest, 0, &rows, None);
         }
+    }
+
+    /// The arena position of kernel `k`'s finiteness flag, if it has one.
+    fn check_of(&self, k: usize) -> Option<usize> {
+        self.checks.get(&k).map(|&b| self.plan.buffers[b].offset)
     }
 
     /// The element positions of every slot at index 0 (in a split body, in the part's view
@@ -438,6 +485,7 @@ impl FunctionTranslator<'_> {
     pub fn translate_piece(&mut self, kernel: &Kernel, pieces: usize, (lo, hi): (Value, Value)) {
         let mut nest = Nest::of(self.plan, kernel).expect("shared kernels are loop nests");
         nest.split(pieces).expect("shared kernels split");
+        nest.check = self.check_of(self.kernel);
         let rows = self.rows(&nest);
         self.translate_level(&nest, 0, &rows, Some((lo, hi)));
         self.finish();
@@ -573,9 +621,26 @@ impl FunctionTranslator<'_> {
             let v = math::float(&mut self.builder, Lanes::VECTOR, identity);
             self.builder.def_var(vector_acc, v);
         }
+        // A checked map sums x − x over what it writes: 0 when every x is finite, else NaN.
+        let checks = nest.check.map(|_| {
+            let s = self.builder.declare_var(types::F32);
+            let v = self.builder.declare_var(types::F32X4);
+            let zero = math::float(&mut self.builder, Lanes::SCALAR, 0.0);
+            self.builder.def_var(s, zero);
+            let zero = math::float(&mut self.builder, Lanes::VECTOR, 0.0);
+            self.builder.def_var(v, zero);
+            (s, v)
+        });
         let main = if simd { n / 4 * 4 } else { 0 };
         let step = |this: &mut Self, i: Value, lanes: Lanes, acc: Variable| {
             let value = this.evaluate(nest, rows, &invariant, i, lanes);
+            if let Some((s, v)) = checks {
+                let var = if lanes.width > 1 { v } else { s };
+                let zero = this.builder.ins().fsub(value, value);
+                let sum = this.builder.use_var(var);
+                let sum = this.builder.ins().fadd(sum, zero);
+                this.builder.def_var(var, sum);
+            }
             if accumulate {
                 let prev = this.builder.use_var(acc);
                 let next = this.combine(op, lanes, prev, value);
@@ -601,6 +666,26 @@ impl FunctionTranslator<'_> {
             self.counted_loop(main, n, 1, &mut |this, i| {
                 step(this, i, Lanes::SCALAR, scalar_acc)
             });
+        }
+        if let (Some((s, v)), Some(flag)) = (checks, nest.check) {
+            let mut total = self.builder.use_var(s);
+            let lanes = self.builder.use_var(v);
+            for lane in 0..4u8 {
+                let x = self.builder.ins().extractlane(lanes, lane);
+                total = self.builder.ins().fadd(total, x);
+            }
+            // Only a NaN is stored, so that parts of one kernel on several threads agree.
+            let broken = self.builder.ins().fcmp(FloatCC::Unordered, total, total);
+            let raise = self.builder.create_block();
+            let done = self.builder.create_block();
+            self.builder.ins().brif(broken, raise, &[], done, &[]);
+            self.builder.switch_to_block(raise);
+            let at = self.builder.ins().iconst(types::I64, flag as i64);
+            let bytes = self.builder.ins().ishl_imm_u(at, 2);
+            let address = self.builder.ins().iadd(self.arena, bytes);
+            self.builder.ins().store(flags(), total, address, 0);
+            self.builder.ins().jump(done, &[]);
+            self.builder.switch_to_block(done);
         }
         if accumulate {
             let mut total = self.builder.use_var(scalar_acc);

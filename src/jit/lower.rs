@@ -408,6 +408,9 @@ pub struct Lowered {
     pub part_kernels: std::ops::Range<usize>,
     /// New buffers are the parts' private temporaries (set while lowering the parts' body).
     pub private: bool,
+    /// Map kernels that also check what they write: kernel → a scalar flag buffer that the
+    /// kernel sets to NaN when a value it writes is not finite (and leaves alone otherwise).
+    pub checks: HashMap<usize, BufferId>,
 }
 
 impl Lowered {

@@ -16,23 +16,27 @@
 //! (`interp::eval_outputs`, `interp::run_loop`) and are tested against it.
 
 mod codegen;
+mod looped;
 mod lower;
 mod math;
 mod plan;
 mod runtime;
+mod step;
 mod team;
 
+pub use looped::JitLoop;
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
+pub use step::{JitStep, Stage};
 
 use crate::interp::{Bindings, EvalError, Tensor};
-use crate::ir::{verify, LeafKind, LoopProgram, Program, Shape, ValueId, VerifyError};
-use codegen::{FunctionTranslator, Layout, RuntimeRefs};
+use crate::ir::{verify, LeafKind, Program, Shape, VerifyError};
+use codegen::{FunctionTranslator, Layout, RuntimeRefs, Segment};
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use lower::{BufferId, Kernel, Lowered};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 /// How to compile.
@@ -68,6 +72,8 @@ pub enum JitError {
     Codegen(String),
     /// With bounds checks on, kernel `kernel` tried to access memory outside its buffer.
     OutOfBounds { kernel: usize },
+    /// A compiled step's guard found a value that is not finite; nothing after it ran.
+    Diverged,
 }
 
 impl fmt::Display for JitError {
@@ -80,6 +86,7 @@ impl fmt::Display for JitError {
             JitError::OutOfBounds { kernel } => {
                 write!(f, "kernel {kernel} accessed memory outside its buffer")
             }
+            JitError::Diverged => f.write_str("a value of the step is not finite"),
         }
     }
 }
@@ -288,6 +295,7 @@ impl Function {
         let fma = has_fma(module.isa());
         let common = Common {
             plan,
+            checks: &lowered.checks,
             descriptors,
             bounds_checks: options.bounds_checks,
             fma,
@@ -320,23 +328,21 @@ impl Function {
         }
 
         // A split loop body: `fn(arena, steps, part) -> status`, the whole loop on one part.
-        let part_function = match layout {
-            Layout::Parts { first, second, .. } => {
+        let mut part_function = None;
+        for segment in &layout.0 {
+            if let Segment::Parts { first, second, .. } = segment {
                 let kernels = &lowered.kernels;
                 let ranges = (first.clone(), second.clone());
-                Some(common.function(
+                part_function = Some(common.function(
                     module,
                     &imports,
                     "pcg_part",
                     2,
                     &mut clif,
-                    |t, params, _| {
-                        t.translate_part(kernels, ranges, params[1], params[2]);
-                    },
-                )?)
+                    |t, params, _| t.translate_part(kernels, ranges, params[1], params[2]),
+                )?);
             }
-            _ => None,
-        };
+        }
 
         // fn(arena, steps) -> status
         let mut entry_clif = String::new();
@@ -378,6 +384,7 @@ impl Function {
         let status = unsafe { (self.entry)(self.arena.as_mut_ptr(), steps as i64) };
         match status {
             0 => Ok(()),
+            codegen::DIVERGED => Err(JitError::Diverged),
             k => Err(JitError::OutOfBounds {
                 kernel: k as usize - 1,
             }),
@@ -388,6 +395,7 @@ impl Function {
 /// What every function of one compiled program shares.
 struct Common<'a> {
     plan: &'a BufferPlan,
+    checks: &'a HashMap<usize, BufferId>,
     descriptors: &'a [Option<Descriptor>],
     bounds_checks: bool,
     fma: bool,
@@ -481,6 +489,7 @@ impl<'a> Common<'a> {
             shared: HashMap::new(),
             part: None,
             part_function: None,
+            checks: self.checks,
         };
         (translator, params)
     }
@@ -581,7 +590,8 @@ impl JitProgram {
                 buffer,
             ));
         }
-        let function = Function::compile(&lowered, &Layout::Straight, options)?;
+        let layout = Layout::straight(lowered.kernels.len());
+        let function = Function::compile(&lowered, &layout, options)?;
         Ok(JitProgram {
             function,
             leaves,
@@ -605,274 +615,6 @@ impl JitProgram {
             .iter()
             .map(|(name, shape, buffer)| (name.clone(), self.function.tensor(*buffer, shape)))
             .collect())
-    }
-
-    /// The Cranelift IR of the compiled function, before optimisation.
-    pub fn clif(&self) -> &str {
-        &self.function.clif
-    }
-
-    pub fn plan(&self) -> &BufferPlan {
-        &self.function.plan
-    }
-}
-
-/// A loop body split into one part per thread (see `opt::split`), where it splits and the
-/// work every part would repeat is small: at most a tenth of the body's.
-fn split_body(body: &Program, threads: usize) -> Option<crate::opt::split::Split> {
-    let split = crate::opt::split::split_rows(body, threads, |leaf| {
-        leaf.op != crate::ir::Op::Leaf(LeafKind::Param)
-    })?;
-    (split.repeated_flops * 10 <= crate::ir::flops(body)).then_some(split)
-}
-
-/// Where a named state entry of a loop lives.
-#[derive(Clone, Copy, Debug)]
-enum StateHome {
-    /// Written by the prologue or the body but not both read and written by the body.
-    Single(BufferId),
-    /// Carried: the body reads it and writes it. Even steps leave it in `even`, odd steps in
-    /// `odd`; the two copies of the body alternate between them.
-    Carried { even: BufferId, odd: BufferId },
-}
-
-/// One named state entry of a compiled loop.
-#[derive(Clone, Debug)]
-struct StateEntry {
-    name: String,
-    shape: Shape,
-    home: StateHome,
-    prologue_writes: bool,
-    body_writes: bool,
-}
-
-/// One compiled [`LoopProgram`]: the prologue and the whole loop in one native function.
-pub struct JitLoop {
-    function: Function,
-    leaves: Vec<LeafSlot>,
-    /// Carried state the prologue does not set: initialised from the leaves of the same name.
-    initial: Vec<LeafSlot>,
-    /// The final state, in the order the programs name it.
-    state: Vec<StateEntry>,
-}
-
-impl JitLoop {
-    pub fn compile(program: &LoopProgram, options: &JitOptions) -> Result<JitLoop, JitError> {
-        verify_program(&program.prologue)?;
-        verify_program(&program.body)?;
-        let prologue = &program.prologue;
-        let body = &program.body;
-        let mut lowered = Lowered {
-            conv_ways: options.threads,
-            ..Lowered::default()
-        };
-        let split = split_body(body, options.threads);
-
-        // State entries, by name, in the order run_loop reports them.
-        let body_reads: BTreeSet<&str> = lower::needed_leaves(body)
-            .into_iter()
-            .filter_map(|(id, _)| body.node(id).name.as_deref())
-            .collect();
-        let body_writes: BTreeSet<&str> = body.outputs.iter().map(|o| o.name.as_str()).collect();
-        let mut homes: HashMap<String, StateHome> = HashMap::new();
-        let mut state = Vec::new();
-        let mut shapes: Vec<(&str, Shape)> = Vec::new();
-        for o in &prologue.outputs {
-            shapes.push((&o.name, prologue.shape(o.value).clone()));
-        }
-        for o in &body.outputs {
-            shapes.push((&o.name, body.shape(o.value).clone()));
-        }
-        for (name, shape) in shapes {
-            if homes.contains_key(name) {
-                continue;
-            }
-            let len = shape.numel();
-            let home = if body_reads.contains(name) && body_writes.contains(name) {
-                StateHome::Carried {
-                    even: lowered.buffer(format!("state {name}"), len, true),
-                    odd: lowered.buffer(format!("state {name} (odd steps)"), len, true),
-                }
-            } else {
-                StateHome::Single(lowered.buffer(format!("state {name}"), len, true))
-            };
-            homes.insert(name.to_string(), home);
-            state.push(StateEntry {
-                name: name.to_string(),
-                shape,
-                home,
-                prologue_writes: prologue.output(name).is_some(),
-                body_writes: body_writes.contains(name),
-            });
-        }
-
-        // Leaves by name, shared by the prologue and the body.
-        let mut leaves: Vec<LeafSlot> = Vec::new();
-        let mut leaf_buffer = |lowered: &mut Lowered, p: &Program, id: ValueId, kind| {
-            let node = p.node(id);
-            let name = node.name.clone().unwrap_or_default();
-            if let Some(slot) = leaves.iter().find(|s| s.name == name) {
-                return slot.buffer;
-            }
-            let buffer = lowered.buffer(format!("leaf {name}"), node.shape.numel(), true);
-            leaves.push(LeafSlot {
-                name,
-                kind,
-                shape: node.shape.clone(),
-                buffer,
-            });
-            buffer
-        };
-        let mut prologue_leaves = HashMap::new();
-        for (id, kind) in lower::needed_leaves(prologue) {
-            prologue_leaves.insert(id, leaf_buffer(&mut lowered, prologue, id, kind));
-        }
-        let written_by_prologue: BTreeSet<&str> =
-            prologue.outputs.iter().map(|o| o.name.as_str()).collect();
-        let mut initial = Vec::new();
-        // The body's leaves for the even copy (reading `even`) and the odd copy.
-        let mut body_leaves = [HashMap::new(), HashMap::new()];
-        for (id, kind) in lower::needed_leaves(body) {
-            let node = body.node(id);
-            let name = node.name.as_deref().unwrap_or("");
-            match homes.get(name) {
-                Some(&StateHome::Carried { even, odd }) => {
-                    body_leaves[0].insert(id, even);
-                    body_leaves[1].insert(id, odd);
-                    if !written_by_prologue.contains(name) {
-                        initial.push(LeafSlot {
-                            name: name.to_string(),
-                            kind,
-                            shape: node.shape.clone(),
-                            buffer: even,
-                        });
-                    }
-                }
-                // Read but not written by the body: set once by the prologue.
-                Some(&StateHome::Single(b)) => {
-                    body_leaves[0].insert(id, b);
-                    body_leaves[1].insert(id, b);
-                }
-                _ => {
-                    let b = leaf_buffer(&mut lowered, body, id, kind);
-                    body_leaves[0].insert(id, b);
-                    body_leaves[1].insert(id, b);
-                }
-            }
-        }
-
-        // A split body reads and writes the per-sample state, data and results in blocks.
-        if let Some(split) = &split {
-            let restricted = lower::needed_leaves(body)
-                .into_iter()
-                .filter(|&(id, _)| split.restricted(id))
-                .filter_map(|(id, _)| body.node(id).name.clone());
-            let written = body.outputs.iter().map(|o| o.name.clone());
-            for name in restricted.chain(written) {
-                let buffers = match homes.get(&name) {
-                    Some(StateHome::Single(b)) => vec![*b],
-                    Some(StateHome::Carried { even, odd }) => vec![*even, *odd],
-                    None => leaves
-                        .iter()
-                        .filter(|l| l.name == name)
-                        .map(|l| l.buffer)
-                        .collect(),
-                };
-                for b in buffers {
-                    lowered.buffers[b].share = lower::Share::Blocks;
-                }
-            }
-        }
-
-        let target = |name: &str, odd: bool| match homes[name] {
-            StateHome::Single(b) => b,
-            StateHome::Carried { even, odd: o } => {
-                if odd {
-                    o
-                } else {
-                    even
-                }
-            }
-        };
-        let prologue_targets: Vec<Option<BufferId>> = prologue
-            .outputs
-            .iter()
-            .map(|o| Some(target(&o.name, false)))
-            .collect();
-        lowered.lower(prologue, &prologue_leaves, &prologue_targets);
-        let prologue_end = lowered.kernels.len();
-        // The first copy runs on even step counts: reads `even`, writes `odd`. A split body
-        // is lowered on one block, with one thread and temporaries of its own per part.
-        let part_body = split.as_ref().map(|s| &s.program);
-        if let Some(split) = &split {
-            lowered.parts = split.parts;
-            lowered.private = true;
-            lowered.conv_ways = 1;
-        }
-        let mut ends = [prologue_end; 2];
-        for (copy, reads) in body_leaves.iter().enumerate() {
-            let targets: Vec<Option<BufferId>> = body
-                .outputs
-                .iter()
-                .map(|o| Some(target(&o.name, copy == 0)))
-                .collect();
-            lowered.lower(part_body.unwrap_or(body), reads, &targets);
-            ends[copy] = lowered.kernels.len();
-        }
-        lowered.private = false;
-        let (prologue, first, second) = (0..prologue_end, prologue_end..ends[0], ends[0]..ends[1]);
-        let layout = match &split {
-            Some(split) => {
-                lowered.part_kernels = prologue_end..ends[1];
-                Layout::Parts {
-                    prologue,
-                    first,
-                    second,
-                    parts: split.parts,
-                }
-            }
-            None => Layout::Loop {
-                prologue,
-                first,
-                second,
-            },
-        };
-        let function = Function::compile(&lowered, &layout, options)?;
-        Ok(JitLoop {
-            function,
-            leaves,
-            initial,
-            state,
-        })
-    }
-
-    /// Runs the prologue and `steps` body steps: the same contract as `interp::run_loop::<f32>`
-    /// without the observer. Returns the final state.
-    pub fn run(&mut self, leaves: &Bindings<f32>, steps: usize) -> Result<Bindings<f32>, JitError> {
-        bind_leaves(&mut self.function, &self.leaves, &[leaves])?;
-        bind_leaves(&mut self.function, &self.initial, &[leaves])?;
-        self.function.call(steps)?;
-        let mut out = Bindings::new();
-        for entry in &self.state {
-            let buffer = match entry.home {
-                StateHome::Single(b) => b,
-                StateHome::Carried { even, odd } => {
-                    if steps % 2 == 1 {
-                        odd
-                    } else {
-                        even
-                    }
-                }
-            };
-            if entry.prologue_writes || (entry.body_writes && steps > 0) {
-                let value = self.function.tensor(buffer, &entry.shape);
-                out.insert(entry.name.clone(), value);
-            } else if let Some(v) = leaves.get(&entry.name) {
-                // run_loop reports a body output that no step has written from the leaves.
-                out.insert(entry.name.clone(), v.clone());
-            }
-        }
-        Ok(out)
     }
 
     /// The Cranelift IR of the compiled function, before optimisation.
@@ -921,7 +663,8 @@ mod tests {
                 bounds_checks: true,
                 threads,
             };
-            let e = Function::compile(&lowered, &Layout::Straight, &options);
+            let layout = Layout::straight(lowered.kernels.len());
+            let e = Function::compile(&lowered, &layout, &options);
             assert!(matches!(
                 e,
                 Err(JitError::Plan(PlanError::OutOfBuffer { .. }))
@@ -929,7 +672,7 @@ mod tests {
             let mut plan = BufferPlan::new(&lowered);
             plan.arena_len += 16;
             let mut function =
-                Function::build(&lowered, &Layout::Straight, &options, plan).expect("compiles");
+                Function::build(&lowered, &layout, &options, plan).expect("compiles");
             assert!(
                 matches!(function.call(0), Err(JitError::OutOfBounds { kernel: 0 })),
                 "{len} elements on {threads} thread(s)"

@@ -1,12 +1,16 @@
 //! Engines: what one training step computes, behind one interface, for each backend. An engine
 //! owns the compiled programs of a model — backprop's gradient program, or predictive coding's
-//! relaxation and learning programs — and the evaluation program, and turns a batch and the
-//! parameters into a loss and a gradient.
+//! relaxation and learning programs — and the evaluation program. It turns a batch and the
+//! parameters into a loss and a gradient (`gradients`, for `pcg grad` and checks), and, for
+//! training, holds the parameters and the optimiser between steps and takes whole steps
+//! (`start`, `train_step`, `trained`): the compiled backend runs a step — gradient and update —
+//! as one native function over parameters that stay in its memory.
 
+use super::optim::{self, Optimizer};
 use crate::autodiff;
 use crate::interp::{self, Bindings, EvalError};
-use crate::ir::{LeafKind, Program};
-use crate::jit::{JitError, JitLoop, JitOptions, JitProgram};
+use crate::ir::{LeafKind, Program, Shape};
+use crate::jit::{JitError, JitLoop, JitOptions, JitProgram, JitStep, Stage};
 use crate::npz::Arrays;
 use crate::pc::{self, PcPrograms};
 use crate::sema::{InferenceConfig, Method};
@@ -60,12 +64,29 @@ impl From<EvalError> for EngineError {
     }
 }
 
+/// What one training step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// The loss at the feedforward pass.
+    pub loss: f64,
+    /// The relaxation's final energy (predictive coding only).
+    pub energy: Option<f64>,
+}
+
 /// One training step's computation for one backend.
 pub trait Engine {
     /// The backend's name, as `--backend` spells it.
     fn backend(&self) -> &'static str;
     /// Loss and gradients on one batch (inputs and targets by name).
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError>;
+    /// Starts training from `params` with `optimizer` (and its state).
+    fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError>;
+    /// One training step on a batch: the gradient and the optimiser's update. A step whose
+    /// gradient is not finite leaves the parameters as they were and says where it diverged;
+    /// one whose update is not finite names the parameter.
+    fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError>;
+    /// The parameters and the optimiser as training has left them.
+    fn trained(&mut self) -> (Arrays, Optimizer);
     /// Loss and, where the model has one prediction shaped like its target, the prediction.
     fn evaluate(
         &mut self,
@@ -196,17 +217,63 @@ fn check_loss(loss: f64) -> Result<(), EngineError> {
 /// The reference backend: the interpreter.
 pub struct InterpEngine {
     programs: Programs,
+    training: Option<(Arrays, Optimizer)>,
 }
 
 impl InterpEngine {
     pub fn new(programs: Programs) -> Self {
-        InterpEngine { programs }
+        InterpEngine {
+            programs,
+            training: None,
+        }
     }
+}
+
+/// The first parameter that is not finite everywhere, as a divergence.
+fn non_finite_param<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), EngineError> {
+    match names.next() {
+        Some(name) => Err(EngineError::Diverged {
+            what: format!("parameter `{name}` after the update"),
+            relaxation_step: None,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An engine's training state before `start`.
+fn not_started() -> EngineError {
+    EngineError::Eval("training has not been started".into())
 }
 
 impl Engine for InterpEngine {
     fn backend(&self) -> &'static str {
         "interp"
+    }
+
+    fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError> {
+        self.training = Some((params, optimizer));
+        Ok(())
+    }
+
+    fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+        let (params, _) = self.training.as_ref().ok_or_else(not_started)?;
+        let step = self.gradients(&params.clone(), batch)?;
+        let (params, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
+        optimizer.step(params, &step.grads);
+        non_finite_param(
+            params
+                .iter()
+                .filter(|(_, p)| !all_finite(p))
+                .map(|(name, _)| name.as_str()),
+        )?;
+        Ok(StepReport {
+            loss: step.loss,
+            energy: step.energy,
+        })
+    }
+
+    fn trained(&mut self) -> (Arrays, Optimizer) {
+        self.training.clone().expect("training was started")
     }
 
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
@@ -360,15 +427,24 @@ pub fn compiled_relaxation(pc: &PcPrograms) -> crate::ir::LoopProgram {
 /// interpreter to name the node and the relaxation step where it went wrong.
 pub struct JitEngine {
     programs: Programs,
+    options: JitOptions,
+    /// The programs of `gradients`, compiled at its first call.
+    separate: Option<Separate>,
+    /// The training step and the optimiser, from `start` on.
+    training: Option<(JitStep, Optimizer)>,
+    eval: JitProgram,
+}
+
+/// The gradient programs compiled one by one, for `gradients`.
+struct Separate {
     grad: Option<JitProgram>,
     relax: Option<JitLoop>,
     fused: Option<JitProgram>,
     learn: Option<JitProgram>,
-    eval: JitProgram,
 }
 
-impl JitEngine {
-    pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
+impl Separate {
+    fn compile(programs: &Programs, options: &JitOptions) -> Result<Self, JitError> {
         let compile = |p: &Program| JitProgram::compile(p, options);
         let grad = programs.grad.as_ref().map(compile).transpose()?;
         let fused = programs.fused.as_ref().map(compile).transpose()?;
@@ -380,15 +456,72 @@ impl JitEngine {
             ),
             None => (None, None),
         };
-        let eval = compile(&programs.eval)?;
-        Ok(JitEngine {
-            programs,
+        Ok(Separate {
             grad,
             relax,
             fused,
             learn,
+        })
+    }
+}
+
+impl JitEngine {
+    pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
+        let eval = JitProgram::compile(&programs.eval, options)?;
+        Ok(JitEngine {
+            programs,
+            options: options.clone(),
+            separate: None,
+            training: None,
             eval,
         })
+    }
+
+    /// The training step as one function: the gradient, a guard on the loss (and energy),
+    /// and `optimizer`'s update, with the parameters and the optimiser's moments resident.
+    pub fn compile_step(&self, optimizer: &Optimizer) -> Result<JitStep, JitError> {
+        let programs = &self.programs;
+        let gradient_named = |p: &Program, prefix: &str| {
+            let mut p = p.clone();
+            for o in &mut p.outputs {
+                if let Some(name) = o.name.strip_prefix(prefix) {
+                    o.name = optim::gradient_state(name);
+                }
+            }
+            p
+        };
+        let (gradient, relax, ascent) = match (&programs.grad, &programs.fused, &programs.pc) {
+            (Some(grad), _, _) => (gradient_named(grad, "grad."), None, false),
+            (_, Some(fused), _) => (gradient_named(fused, "update."), None, true),
+            (_, _, Some(pc)) => (
+                gradient_named(&pc.learn, "update."),
+                Some(compiled_relaxation(pc)),
+                true,
+            ),
+            _ => return Err(JitError::Codegen("no programs".into())),
+        };
+        let params: Vec<(String, Shape)> = gradient
+            .outputs
+            .iter()
+            .filter_map(|o| {
+                let name = o.name.strip_prefix("gradient.")?;
+                Some((name.to_string(), gradient.shape(o.value).clone()))
+            })
+            .collect();
+        let update = optim::update_program(optimizer.config(), optimizer.clip(), &params, ascent);
+        let mut guard = vec!["loss".to_string()];
+        if programs.pc.is_some() {
+            guard.push("energy".to_string());
+        }
+        let mut stages = Vec::new();
+        if let Some(relax) = &relax {
+            stages.push(Stage::Loop(relax));
+        }
+        stages.push(Stage::Run(&gradient));
+        stages.push(Stage::Guard(guard));
+        stages.push(Stage::Run(&update));
+        let resident = optimizer.initial_moments(&params).into_keys().collect();
+        JitStep::compile(&stages, &resident, programs.steps, &self.options)
     }
 }
 
@@ -403,8 +536,66 @@ impl Engine for JitEngine {
         "jit"
     }
 
+    fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError> {
+        let mut step = self.compile_step(&optimizer)?;
+        let mut resident = params;
+        let shapes: Vec<(String, Shape)> = resident
+            .iter()
+            .map(|(k, v)| (k.clone(), Shape::new(v.shape())))
+            .collect();
+        let moments = if optimizer.moments().is_empty() {
+            optimizer.initial_moments(&shapes)
+        } else {
+            optimizer.moments().clone()
+        };
+        resident.extend(moments);
+        step.load(&resident)?;
+        self.training = Some((step, optimizer));
+        Ok(())
+    }
+
+    fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+        let (step, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
+        let mut inputs = batch.clone();
+        inputs.extend(optimizer.corrections());
+        match step.run(&inputs) {
+            Ok(()) => {}
+            Err(JitError::Diverged) => {
+                // Nothing was updated: replay the step on the interpreter to say where.
+                let params: Arrays = step
+                    .resident()
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with(optim::STATE_PREFIX))
+                    .collect();
+                return Err(diverged(&self.programs, &params, batch));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        optimizer.count_step();
+        non_finite_param(step.non_finite().into_iter())?;
+        let loss = step.scalar("loss").unwrap_or(f64::NAN);
+        let energy = step.scalar("energy");
+        Ok(StepReport { loss, energy })
+    }
+
+    fn trained(&mut self) -> (Arrays, Optimizer) {
+        let (step, optimizer) = self.training.as_mut().expect("training was started");
+        let (moments, params): (Arrays, Arrays) = step
+            .resident()
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(optim::STATE_PREFIX));
+        optimizer.set_moments(moments);
+        (params, optimizer.clone())
+    }
+
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
-        if let Some(grad) = &mut self.grad {
+        if self.separate.is_none() {
+            self.separate = Some(Separate::compile(&self.programs, &self.options)?);
+        }
+        let Some(separate) = &mut self.separate else {
+            return Err(EngineError::Eval("no programs".into()));
+        };
+        if let Some(grad) = &mut separate.grad {
             let out = grad.run_layered(&[batch, params])?;
             let loss = scalar(&out, "loss");
             let grads: Arrays = out
@@ -420,7 +611,7 @@ impl Engine for JitEngine {
                 grads,
             });
         }
-        if let Some(fused) = &mut self.fused {
+        if let Some(fused) = &mut separate.fused {
             let out = fused.run_layered(&[batch, params])?;
             let loss = scalar(&out, "loss");
             if check_loss(loss).is_err() || out.get("energy").is_some_and(|e| !all_finite(e)) {
@@ -428,11 +619,11 @@ impl Engine for JitEngine {
             }
             return learned(loss, out);
         }
-        let state = match &mut self.relax {
+        let state = match &mut separate.relax {
             Some(relax) => relax.run(&merged(params, batch), self.programs.steps)?,
             None => return Err(EngineError::Eval("no programs".into())),
         };
-        let Some(learn) = &mut self.learn else {
+        let Some(learn) = &mut separate.learn else {
             return Err(EngineError::Eval("no programs".into()));
         };
         let loss = scalar(&state, "loss");

@@ -1,131 +1,271 @@
 //! Optimisers: SGD with momentum and weight decay, and Adam; optional clipping of each
 //! parameter's gradient to a maximum L2 norm. Both methods feed them a gradient: backprop's
 //! ∂L/∂θ, or predictive coding's negated weight update −Δθ.
+//!
+//! The update is an IR program ([`update_program`]), so that one description of the math
+//! serves both backends: the interpreter runs it after each step's gradients, and the JIT
+//! compiles it into the training step itself, where parameters and optimiser state stay in
+//! the compiled function's memory between steps. Per parameter p with gradient g:
+//!
+//! ```text
+//! s = min(1, c / ‖g‖)            (clipping to norm c; 1 without it)
+//! SGD:      p ← p − lr (s g + wd p)                        (no momentum: no state)
+//!           v ← μ v + (s g + wd p);  p ← p − lr v          (momentum μ)
+//! Adam:     m ← β1 m + (1 − β1) s g;  v ← β2 v + (1 − β2) (s g)²
+//!           p ← p − lr ((m / c1) / (√(v / c2) + ε) + wd p)  (decoupled weight decay)
+//! ```
+//!
+//! with Adam's bias corrections c1 = 1 − β1^t, c2 = 1 − β2^t at step t given as scalar inputs.
 
+use crate::interp;
+use crate::ir::{BinaryOp, LeafKind, Program, Shape, UnaryOp, ValueId};
 use crate::npz::Arrays;
 use crate::sema::OptimizerConfig;
-use ndarray::{ArrayD, Zip};
+use ndarray::ArrayD;
 use std::collections::BTreeMap;
 
-/// An optimiser with its state (momentum buffers, Adam moments and step count).
+/// The prefix of optimiser state arrays in checkpoints (and of the update program's state).
+pub const STATE_PREFIX: &str = "optimizer.";
+
+/// The update program's state leaf holding a parameter's gradient.
+pub fn gradient_state(param: &str) -> String {
+    format!("gradient.{param}")
+}
+
+/// The state entry of a parameter's first moment (SGD: velocity) or second moment (Adam).
+fn moment(which: &str, param: &str) -> String {
+    format!("{STATE_PREFIX}{which}.{param}")
+}
+
+/// The scalar inputs carrying Adam's bias corrections 1 − β1^t and 1 − β2^t.
+pub const CORRECTIONS: [&str; 2] = ["optimizer.correction1", "optimizer.correction2"];
+
+/// One optimiser step over the parameters `params` (name and shape), as an IR program.
+/// With `ascent`, the `gradient.p` leaves hold an ascent direction (predictive coding's
+/// weight update Δθ) and the gradient is its negation.
+///
+/// Leaves: each parameter p (`Param`), its gradient `gradient.p` and its moments
+/// `optimizer.first.p`, `optimizer.second.p` (`State`, where the optimiser keeps them), and
+/// for Adam the corrections [`CORRECTIONS`] (`Input`, scalars). Outputs, in an order in which
+/// each may overwrite its own leaf: the new parameter under the parameter's own name and the
+/// new moments, each after every output that reads the old value it replaces.
+pub fn update_program(
+    config: &OptimizerConfig,
+    clip: Option<f64>,
+    params: &[(String, Shape)],
+    ascent: bool,
+) -> Program {
+    let mut p = Program::new("update");
+    let corrections = match config {
+        OptimizerConfig::Adam { .. } => {
+            Some(CORRECTIONS.map(|name| p.leaf(LeafKind::Input, name, Shape::scalar())))
+        }
+        OptimizerConfig::Sgd { .. } => None,
+    };
+    for (name, shape) in params {
+        let param = p.leaf(LeafKind::Param, name.clone(), shape.clone());
+        let mut grad = p.leaf(LeafKind::State, gradient_state(name), shape.clone());
+        if ascent {
+            grad = p.unary(UnaryOp::Neg, grad);
+        }
+        let g = match clip {
+            Some(c) => clipped(&mut p, grad, c),
+            None => grad,
+        };
+        match *config {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => {
+                let decayed = p.scale(param, weight_decay);
+                let drive = p.add_values(g, decayed);
+                let mut velocity = None;
+                let step = if momentum == 0.0 {
+                    drive
+                } else {
+                    let v = p.leaf(LeafKind::State, moment("first", name), shape.clone());
+                    let kept = p.scale(v, momentum);
+                    let v = p.add_values(kept, drive);
+                    velocity = Some(v);
+                    v
+                };
+                let delta = p.scale(step, lr);
+                let new = p.sub(param, delta);
+                // Without weight decay the velocity does not read the parameter, so the
+                // parameter may be overwritten first; with it, the velocity must come first.
+                if weight_decay != 0.0 {
+                    if let Some(v) = velocity {
+                        p.set_output(moment("first", name), v);
+                    }
+                }
+                p.set_output(name.clone(), new);
+                if let (Some(v), 0.0) = (velocity, weight_decay) {
+                    p.set_output(moment("first", name), v);
+                }
+            }
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                let [c1, c2] = corrections.expect("Adam has corrections");
+                let m = p.leaf(LeafKind::State, moment("first", name), shape.clone());
+                let v = p.leaf(LeafKind::State, moment("second", name), shape.clone());
+                let m_kept = p.scale(m, beta1);
+                let m_new_part = p.scale(g, 1.0 - beta1);
+                let m = p.add_values(m_kept, m_new_part);
+                let v_kept = p.scale(v, beta2);
+                let g2 = p.mul(g, g);
+                let v_new_part = p.scale(g2, 1.0 - beta2);
+                let v = p.add_values(v_kept, v_new_part);
+                p.set_output(moment("first", name), m);
+                p.set_output(moment("second", name), v);
+                let c1 = p.broadcast(c1, shape.clone());
+                let c2 = p.broadcast(c2, shape.clone());
+                let m_hat = p.binary(BinaryOp::Div, m, c1);
+                let v_hat = p.binary(BinaryOp::Div, v, c2);
+                let root = p.unary(UnaryOp::Sqrt, v_hat);
+                let eps = p.constant(eps, shape.clone());
+                let denominator = p.add_values(root, eps);
+                let update = p.binary(BinaryOp::Div, m_hat, denominator);
+                let decayed = p.scale(param, weight_decay);
+                let step = p.add_values(update, decayed);
+                let delta = p.scale(step, lr);
+                let new = p.sub(param, delta);
+                p.set_output(name.clone(), new);
+            }
+        }
+    }
+    crate::opt::simplify(&mut p);
+    p
+}
+
+/// `g · min(1, c / ‖g‖)`: the gradient clipped to L2 norm `c`.
+fn clipped(p: &mut Program, g: ValueId, c: f64) -> ValueId {
+    let shape = p.shape(g).clone();
+    let squares = p.mul(g, g);
+    let axes = (0..shape.rank()).collect();
+    let total = p.reduce_sum(squares, axes);
+    let norm = p.unary(UnaryOp::Sqrt, total);
+    let limit = p.constant(c, Shape::scalar());
+    let over = p.binary(BinaryOp::Greater, norm, limit);
+    let shrink = p.binary(BinaryOp::Div, limit, norm);
+    let one = p.constant(1.0, Shape::scalar());
+    let scale = p.build(crate::ir::Op::Where, &[over, shrink, one], None);
+    let scale = p.broadcast(scale, shape);
+    p.mul(g, scale)
+}
+
+/// An optimiser with its state (momentum buffers, Adam moments and step count), stepping the
+/// parameters with [`update_program`] on the interpreter.
 #[derive(Clone, Debug)]
 pub struct Optimizer {
     config: OptimizerConfig,
     clip: Option<f64>,
-    /// SGD: velocity; Adam: first moment.
-    first: BTreeMap<String, ArrayD<f32>>,
-    /// Adam: second moment.
-    second: BTreeMap<String, ArrayD<f32>>,
+    /// The moments, by their state names (`optimizer.first.<p>`, ...).
+    moments: BTreeMap<String, ArrayD<f32>>,
     steps: u64,
+    /// The update program, built for the parameters of the first step.
+    program: Option<Program>,
 }
-
-/// The prefix of optimiser state arrays in checkpoints.
-pub const STATE_PREFIX: &str = "optimizer.";
 
 impl Optimizer {
     pub fn new(config: OptimizerConfig, clip: Option<f64>) -> Self {
         Optimizer {
             config,
             clip,
-            first: BTreeMap::new(),
-            second: BTreeMap::new(),
+            moments: BTreeMap::new(),
             steps: 0,
+            program: None,
         }
     }
 
-    /// Applies one update to every parameter that has a gradient.
-    pub fn step(&mut self, params: &mut Arrays, grads: &Arrays) {
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    pub fn clip(&self) -> Option<f64> {
+        self.clip
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The values of Adam's corrections [`CORRECTIONS`] at the next step (none for SGD).
+    pub fn corrections(&self) -> Vec<(String, ArrayD<f32>)> {
+        let OptimizerConfig::Adam { beta1, beta2, .. } = self.config else {
+            return Vec::new();
+        };
+        let t = (self.steps + 1) as i32;
+        [(CORRECTIONS[0], beta1), (CORRECTIONS[1], beta2)]
+            .into_iter()
+            .map(|(name, beta)| {
+                let c = 1.0 - (beta as f32).powi(t);
+                (name.to_string(), ndarray::arr0(c).into_dyn())
+            })
+            .collect()
+    }
+
+    /// The moments the parameters start with: zeros for each state entry the update program
+    /// reads.
+    pub fn initial_moments(&self, params: &[(String, Shape)]) -> Arrays {
+        let program = update_program(&self.config, self.clip, params, false);
+        program
+            .leaves(LeafKind::State)
+            .into_iter()
+            .filter(|(_, name)| name.starts_with(STATE_PREFIX))
+            .map(|(id, name)| {
+                let dims = program.shape(id).dims().to_vec();
+                (name.to_string(), ArrayD::zeros(dims))
+            })
+            .collect()
+    }
+
+    /// Counts one step taken elsewhere (by a compiled step that keeps the moments itself).
+    pub fn count_step(&mut self) {
         self.steps += 1;
+    }
+
+    /// Applies one update to every parameter.
+    pub fn step(&mut self, params: &mut Arrays, grads: &Arrays) {
+        let shapes: Vec<(String, Shape)> = grads
+            .iter()
+            .filter(|(name, _)| params.contains_key(*name))
+            .map(|(name, g)| (name.clone(), Shape::new(g.shape())))
+            .collect();
+        if self.moments.is_empty() {
+            self.moments = self.initial_moments(&shapes);
+        }
+        if self.program.is_none() {
+            self.program = Some(update_program(&self.config, self.clip, &shapes, false));
+        }
+        let mut leaves: interp::Bindings<f32> = params.clone();
+        leaves.extend(self.moments.iter().map(|(k, v)| (k.clone(), v.clone())));
         for (name, g) in grads {
-            let Some(p) = params.get_mut(name) else {
-                continue;
-            };
-            let scale = match self.clip {
-                Some(c) => {
-                    let norm = g
-                        .iter()
-                        .map(|&x| f64::from(x) * f64::from(x))
-                        .sum::<f64>()
-                        .sqrt();
-                    if norm > c {
-                        (c / norm) as f32
-                    } else {
-                        1.0
-                    }
-                }
-                None => 1.0,
-            };
-            match self.config {
-                OptimizerConfig::Sgd {
-                    lr,
-                    momentum,
-                    weight_decay,
-                } => {
-                    let (lr, mu, wd) = (lr as f32, momentum as f32, weight_decay as f32);
-                    if mu == 0.0 {
-                        // p <- p - lr (g + wd p): no velocity to keep.
-                        Zip::from(&mut *p)
-                            .and(g)
-                            .for_each(|p, &g| *p -= lr * (scale * g + wd * *p));
-                        continue;
-                    }
-                    let v = self
-                        .first
-                        .entry(name.clone())
-                        .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-                    // v <- mu v + (g + wd p);  p <- p - lr v
-                    Zip::from(&mut *p).and(&mut *v).and(g).for_each(|p, v, &g| {
-                        *v = mu * *v + (scale * g + wd * *p);
-                        *p -= lr * *v;
-                    });
-                }
-                OptimizerConfig::Adam {
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                } => {
-                    let t = self.steps as i32;
-                    let (b1, b2) = (beta1 as f32, beta2 as f32);
-                    let correction1 = 1.0 - b1.powi(t);
-                    let correction2 = 1.0 - b2.powi(t);
-                    let (lr, eps, wd) = (lr as f32, eps as f32, weight_decay as f32);
-                    let m = self
-                        .first
-                        .entry(name.clone())
-                        .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-                    let v = self
-                        .second
-                        .entry(name.clone())
-                        .or_insert_with(|| ArrayD::zeros(g.raw_dim()));
-                    // m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
-                    // p <- p - lr (m / c1) / (sqrt(v / c2) + eps)   (decoupled weight decay)
-                    Zip::from(&mut *p)
-                        .and(&mut *m)
-                        .and(&mut *v)
-                        .and(g)
-                        .for_each(|p, m, v, &g| {
-                            let g = scale * g;
-                            *m = b1 * *m + (1.0 - b1) * g;
-                            *v = b2 * *v + (1.0 - b2) * g * g;
-                            let update = (*m / correction1) / ((*v / correction2).sqrt() + eps);
-                            *p -= lr * (update + wd * *p);
-                        });
-                }
+            leaves.insert(gradient_state(name), g.clone());
+        }
+        leaves.extend(self.corrections());
+        let program = self.program.as_ref().expect("built above");
+        let out =
+            interp::eval_outputs(program, &leaves).expect("the update program fits its parameters");
+        self.steps += 1;
+        for (name, value) in out {
+            if name.starts_with(STATE_PREFIX) {
+                self.moments.insert(name, value);
+            } else {
+                params.insert(name, value);
             }
         }
     }
 
     /// The optimiser's state as named arrays, for checkpoints.
     pub fn state(&self) -> Arrays {
-        let mut out = Arrays::new();
-        for (name, a) in &self.first {
-            out.insert(format!("{STATE_PREFIX}first.{name}"), a.clone());
-        }
-        for (name, a) in &self.second {
-            out.insert(format!("{STATE_PREFIX}second.{name}"), a.clone());
-        }
+        let mut out: Arrays = self.moments.clone();
         // Stored as two exact f32 halves so large step counts survive the round trip.
         let (hi, lo) = ((self.steps >> 24) as f32, (self.steps & 0xff_ffff) as f32);
         out.insert(
@@ -135,15 +275,24 @@ impl Optimizer {
         out
     }
 
+    /// The moments alone, by state name.
+    pub fn moments(&self) -> &BTreeMap<String, ArrayD<f32>> {
+        &self.moments
+    }
+
+    /// Replaces the moments (after a compiled step kept them).
+    pub fn set_moments(&mut self, moments: Arrays) {
+        self.moments = moments;
+    }
+
     /// Restores the state written by `state`.
     pub fn restore(&mut self, arrays: &Arrays) {
-        self.first.clear();
-        self.second.clear();
+        self.moments.clear();
         for (key, a) in arrays {
-            if let Some(name) = key.strip_prefix(&format!("{STATE_PREFIX}first.")) {
-                self.first.insert(name.to_string(), a.clone());
-            } else if let Some(name) = key.strip_prefix(&format!("{STATE_PREFIX}second.")) {
-                self.second.insert(name.to_string(), a.clone());
+            let is_moment = key.starts_with(&format!("{STATE_PREFIX}first."))
+                || key.starts_with(&format!("{STATE_PREFIX}second."));
+            if is_moment {
+                self.moments.insert(key.clone(), a.clone());
             }
         }
         if let Some(s) = arrays.get(&format!("{STATE_PREFIX}steps")) {

@@ -280,7 +280,7 @@ pub fn train(
     dataset: &Dataset,
     settings: &Settings,
     mut params: Arrays,
-    mut optimizer: Optimizer,
+    optimizer: Optimizer,
     start: usize,
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, TrainError> {
@@ -297,6 +297,14 @@ pub fn train(
     }
     let began = Instant::now();
     let mut history = Vec::new();
+    engine
+        .start(params.clone(), optimizer)
+        .map_err(|error| TrainError::Step {
+            epoch: start + 1,
+            batch: 0,
+            error,
+            hint: settings.hint.clone(),
+        })?;
     for epoch in start..settings.epochs {
         let t0 = Instant::now();
         let order = data::epoch_order(dataset.train.len(), settings.seed, epoch);
@@ -315,17 +323,7 @@ pub fn train(
                 error,
                 hint: settings.hint.clone(),
             };
-            let step = engine.gradients(&params, &leaves).map_err(fail)?;
-            optimizer.step(&mut params, &step.grads);
-            if let Some((name, _)) = params
-                .iter()
-                .find(|(_, p)| p.iter().any(|x| !x.is_finite()))
-            {
-                return Err(fail(EngineError::Diverged {
-                    what: format!("parameter `{name}` after the update"),
-                    relaxation_step: None,
-                }));
-            }
+            let step = engine.train_step(&leaves).map_err(fail)?;
             loss_sum += step.loss;
             if let Some(e) = step.energy {
                 energy_sum += e;
@@ -339,6 +337,8 @@ pub fn train(
                 energy: step.energy,
             });
         }
+        let (trained, optimizer) = engine.trained();
+        params = trained;
         let (test_loss, test_acc) = evaluate(
             engine,
             forward,

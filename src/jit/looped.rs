@@ -1,0 +1,295 @@
+//! Loops: a [`LoopProgram`] lowered into one function — the prologue once, then the body
+//! `steps` times, split into one part per thread where its samples are independent.
+//!
+//! [`lower_loop`] appends a loop's kernels to a function under construction; the leaves its
+//! programs read are found by the caller (a [`JitLoop`] binds them at every run, a compiled
+//! training step keeps some resident). Carried state — read and written by the body — has two
+//! buffers, even steps writing one and odd steps the other, so no step copies state.
+
+use super::codegen::Segment;
+use super::lower::{self, BufferId, Lowered, Share};
+use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
+use crate::interp::Bindings;
+use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
+use crate::opt::split::{split_rows, Split};
+use std::collections::{BTreeSet, HashMap};
+
+/// A loop body split into one part per thread (see `opt::split`), where it splits and the
+/// work every part would repeat is small: at most a tenth of the body's.
+fn split_body(body: &Program, threads: usize) -> Option<Split> {
+    let split = split_rows(body, threads, |leaf| {
+        leaf.op != crate::ir::Op::Leaf(LeafKind::Param)
+    })?;
+    (split.repeated_flops * 10 <= crate::ir::flops(body)).then_some(split)
+}
+
+/// Where a named state entry of a loop lives.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum StateHome {
+    /// Written by the prologue or the body but not both read and written by the body.
+    Single(BufferId),
+    /// Carried: the body reads it and writes it. Even steps leave it in `even`, odd steps in
+    /// `odd`; the two copies of the body alternate between them.
+    Carried { even: BufferId, odd: BufferId },
+}
+
+impl StateHome {
+    /// The buffer holding the entry after `steps` steps.
+    pub fn after(self, steps: usize) -> BufferId {
+        match self {
+            StateHome::Single(b) => b,
+            StateHome::Carried { even, odd } => {
+                if steps % 2 == 1 {
+                    odd
+                } else {
+                    even
+                }
+            }
+        }
+    }
+}
+
+/// One named state entry of a compiled loop.
+#[derive(Clone, Debug)]
+pub(super) struct StateEntry {
+    pub name: String,
+    pub shape: Shape,
+    pub home: StateHome,
+    pub prologue_writes: bool,
+    pub body_writes: bool,
+}
+
+/// A loop's kernels, appended to a function under construction.
+pub(super) struct LoweredLoop {
+    /// The prologue's kernels, then the loop.
+    pub segments: Vec<Segment>,
+    /// Every state entry, in the order the programs name it.
+    pub state: Vec<StateEntry>,
+    /// Carried state the prologue does not set: initialised from the leaves of the same name.
+    pub initial: Vec<LeafSlot>,
+}
+
+/// Appends `program`'s prologue and body (twice: even and odd steps) to `lowered`; `leaf`
+/// gives the buffer of each leaf the programs read that is not loop state.
+pub(super) fn lower_loop(
+    lowered: &mut Lowered,
+    program: &LoopProgram,
+    options: &JitOptions,
+    leaf: &mut dyn FnMut(&mut Lowered, &Program, ValueId, LeafKind) -> BufferId,
+) -> Result<LoweredLoop, JitError> {
+    verify_program(&program.prologue)?;
+    verify_program(&program.body)?;
+    let prologue = &program.prologue;
+    let body = &program.body;
+    let split = split_body(body, options.threads);
+
+    // State entries, by name, in the order run_loop reports them.
+    let body_reads: BTreeSet<&str> = lower::needed_leaves(body)
+        .into_iter()
+        .filter_map(|(id, _)| body.node(id).name.as_deref())
+        .collect();
+    let body_writes: BTreeSet<&str> = body.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut homes: HashMap<String, StateHome> = HashMap::new();
+    let mut state = Vec::new();
+    let mut shapes: Vec<(&str, Shape)> = Vec::new();
+    for o in &prologue.outputs {
+        shapes.push((&o.name, prologue.shape(o.value).clone()));
+    }
+    for o in &body.outputs {
+        shapes.push((&o.name, body.shape(o.value).clone()));
+    }
+    for (name, shape) in shapes {
+        if homes.contains_key(name) {
+            continue;
+        }
+        let len = shape.numel();
+        let home = if body_reads.contains(name) && body_writes.contains(name) {
+            StateHome::Carried {
+                even: lowered.buffer(format!("state {name}"), len, true),
+                odd: lowered.buffer(format!("state {name} (odd steps)"), len, true),
+            }
+        } else {
+            StateHome::Single(lowered.buffer(format!("state {name}"), len, true))
+        };
+        homes.insert(name.to_string(), home);
+        state.push(StateEntry {
+            name: name.to_string(),
+            shape,
+            home,
+            prologue_writes: prologue.output(name).is_some(),
+            body_writes: body_writes.contains(name),
+        });
+    }
+
+    let mut prologue_leaves = HashMap::new();
+    for (id, kind) in lower::needed_leaves(prologue) {
+        prologue_leaves.insert(id, leaf(lowered, prologue, id, kind));
+    }
+    let written_by_prologue: BTreeSet<&str> =
+        prologue.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut initial = Vec::new();
+    // The body's leaves for the even copy (reading `even`) and the odd copy.
+    let mut body_leaves = [HashMap::new(), HashMap::new()];
+    for (id, kind) in lower::needed_leaves(body) {
+        let node = body.node(id);
+        let name = node.name.as_deref().unwrap_or("");
+        let (even, odd) = match homes.get(name) {
+            Some(&StateHome::Carried { even, odd }) => {
+                if !written_by_prologue.contains(name) {
+                    initial.push(LeafSlot {
+                        name: name.to_string(),
+                        kind,
+                        shape: node.shape.clone(),
+                        buffer: even,
+                    });
+                }
+                (even, odd)
+            }
+            // Read but not written by the body: set once by the prologue.
+            Some(&StateHome::Single(b)) => (b, b),
+            None => {
+                let b = leaf(lowered, body, id, kind);
+                (b, b)
+            }
+        };
+        body_leaves[0].insert(id, even);
+        body_leaves[1].insert(id, odd);
+    }
+
+    // A split body reads and writes the per-sample state, data and results in blocks.
+    if let Some(split) = &split {
+        for (id, _) in lower::needed_leaves(body) {
+            if split.restricted(id) {
+                for reads in &body_leaves {
+                    lowered.buffers[reads[&id]].share = Share::Blocks;
+                }
+            }
+        }
+        for o in &body.outputs {
+            for odd in [false, true] {
+                let b = homes[&o.name].after(usize::from(odd));
+                lowered.buffers[b].share = Share::Blocks;
+            }
+        }
+    }
+
+    let prologue_targets: Vec<Option<BufferId>> = prologue
+        .outputs
+        .iter()
+        .map(|o| Some(homes[&o.name].after(0)))
+        .collect();
+    let start = lowered.kernels.len();
+    lowered.lower(prologue, &prologue_leaves, &prologue_targets);
+    let prologue_end = lowered.kernels.len();
+    // The first copy runs on even step counts: reads `even`, writes `odd`. A split body is
+    // lowered on one block, with one thread and temporaries of its own per part.
+    let part_body = split.as_ref().map(|s| &s.program);
+    let conv_ways = lowered.conv_ways;
+    if let Some(split) = &split {
+        lowered.parts = split.parts;
+        lowered.private = true;
+        lowered.conv_ways = 1;
+    }
+    let mut ends = [prologue_end; 2];
+    for (copy, reads) in body_leaves.iter().enumerate() {
+        let targets: Vec<Option<BufferId>> = body
+            .outputs
+            .iter()
+            .map(|o| Some(homes[&o.name].after(1 - copy)))
+            .collect();
+        lowered.lower(part_body.unwrap_or(body), reads, &targets);
+        ends[copy] = lowered.kernels.len();
+    }
+    lowered.private = false;
+    lowered.conv_ways = conv_ways;
+    let (first, second) = (prologue_end..ends[0], ends[0]..ends[1]);
+    let looped = match &split {
+        Some(split) => {
+            lowered.part_kernels = prologue_end..ends[1];
+            Segment::Parts {
+                first,
+                second,
+                parts: split.parts,
+            }
+        }
+        None => Segment::Loop { first, second },
+    };
+    Ok(LoweredLoop {
+        segments: vec![Segment::Kernels(start..prologue_end), looped],
+        state,
+        initial,
+    })
+}
+
+/// One compiled [`LoopProgram`]: the prologue and the whole loop in one native function.
+pub struct JitLoop {
+    function: Function,
+    leaves: Vec<LeafSlot>,
+    /// Carried state the prologue does not set: initialised from the leaves of the same name.
+    initial: Vec<LeafSlot>,
+    /// The final state, in the order the programs name it.
+    state: Vec<StateEntry>,
+}
+
+impl JitLoop {
+    pub fn compile(program: &LoopProgram, options: &JitOptions) -> Result<JitLoop, JitError> {
+        let mut lowered = Lowered {
+            conv_ways: options.threads,
+            ..Lowered::default()
+        };
+        // Leaves by name, shared by the prologue and the body.
+        let mut leaves: Vec<LeafSlot> = Vec::new();
+        let mut leaf_buffer = |lowered: &mut Lowered, p: &Program, id: ValueId, kind| {
+            let node = p.node(id);
+            let name = node.name.clone().unwrap_or_default();
+            if let Some(slot) = leaves.iter().find(|s| s.name == name) {
+                return slot.buffer;
+            }
+            let buffer = lowered.buffer(format!("leaf {name}"), node.shape.numel(), true);
+            leaves.push(LeafSlot {
+                name,
+                kind,
+                shape: node.shape.clone(),
+                buffer,
+            });
+            buffer
+        };
+        let looped = lower_loop(&mut lowered, program, options, &mut leaf_buffer)?;
+        let layout = super::codegen::Layout(looped.segments);
+        let function = Function::compile(&lowered, &layout, options)?;
+        Ok(JitLoop {
+            function,
+            leaves,
+            initial: looped.initial,
+            state: looped.state,
+        })
+    }
+
+    /// Runs the prologue and `steps` body steps: the same contract as `interp::run_loop::<f32>`
+    /// without the observer. Returns the final state.
+    pub fn run(&mut self, leaves: &Bindings<f32>, steps: usize) -> Result<Bindings<f32>, JitError> {
+        bind_leaves(&mut self.function, &self.leaves, &[leaves])?;
+        bind_leaves(&mut self.function, &self.initial, &[leaves])?;
+        self.function.call(steps)?;
+        let mut out = Bindings::new();
+        for entry in &self.state {
+            if entry.prologue_writes || (entry.body_writes && steps > 0) {
+                let value = self.function.tensor(entry.home.after(steps), &entry.shape);
+                out.insert(entry.name.clone(), value);
+            } else if let Some(v) = leaves.get(&entry.name) {
+                // run_loop reports a body output that no step has written from the leaves.
+                out.insert(entry.name.clone(), v.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The Cranelift IR of the compiled function, before optimisation.
+    pub fn clif(&self) -> &str {
+        &self.function.clif
+    }
+
+    pub fn plan(&self) -> &super::BufferPlan {
+        &self.function.plan
+    }
+}

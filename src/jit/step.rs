@@ -1,0 +1,323 @@
+//! A whole training step as one native function: the gradient (backprop's program, the
+//! closed-form PC step, or the relaxation loop and the learning program), a check that the
+//! loss and energy are finite, and the optimiser's update — with the parameters and the
+//! optimiser's state *resident*: they stay in the function's arena between steps and are
+//! updated there, in place. A step copies in only the batch and reads out only scalars.
+//!
+//! The function is built from [`Stage`]s, lowered one after another into one kernel list.
+//! A stage's `State` leaves read, by name, what an earlier stage produced (the final state of
+//! a loop, the gradients of the learning program); resident leaves are the parameters and
+//! the names the caller marks resident; everything else is an input bound at every run.
+//! An output named like a resident leaf is that leaf's new value. It is written in place when
+//! that is safe — the one kernel computing it reads the old value only at the element it
+//! writes, and no later kernel reads the old value — and otherwise computed aside and copied
+//! over at the end of its stage. The kernel that writes a parameter's new value also raises
+//! a flag when one of them is not finite, at the cost of one subtraction per element.
+
+use super::codegen::{Layout, Segment};
+use super::looped::lower_loop;
+use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place};
+use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
+use crate::interp::{Bindings, Tensor};
+use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
+use std::collections::{BTreeSet, HashMap};
+
+/// One part of a compiled step, in the order they run.
+pub enum Stage<'a> {
+    /// A straight-line program.
+    Run(&'a Program),
+    /// A loop program, run for the step's number of steps; later stages read its final state.
+    Loop(&'a LoopProgram),
+    /// Ends the step with [`JitError::Diverged`] — before anything later has run — unless
+    /// these scalars, produced by earlier stages, are all finite.
+    Guard(Vec<String>),
+}
+
+/// Finds the buffer of every leaf the stages read.
+struct Leaves<'a> {
+    resident_names: &'a BTreeSet<String>,
+    /// What earlier stages produced, by name.
+    produced: HashMap<String, (Shape, BufferId)>,
+    resident: Vec<LeafSlot>,
+    inputs: Vec<LeafSlot>,
+}
+
+impl Leaves<'_> {
+    fn is_resident(&self, name: &str, kind: LeafKind) -> bool {
+        kind == LeafKind::Param || self.resident_names.contains(name)
+    }
+
+    fn slot(
+        lowered: &mut Lowered,
+        slots: &mut Vec<LeafSlot>,
+        name: &str,
+        kind: LeafKind,
+        shape: &Shape,
+    ) -> BufferId {
+        if let Some(slot) = slots.iter().find(|s| s.name == name) {
+            return slot.buffer;
+        }
+        let buffer = lowered.buffer(format!("leaf {name}"), shape.numel(), true);
+        slots.push(LeafSlot {
+            name: name.to_string(),
+            kind,
+            shape: shape.clone(),
+            buffer,
+        });
+        buffer
+    }
+
+    fn buffer(
+        &mut self,
+        lowered: &mut Lowered,
+        p: &Program,
+        id: ValueId,
+        kind: LeafKind,
+    ) -> BufferId {
+        let node = p.node(id);
+        let name = node.name.as_deref().unwrap_or("");
+        if kind == LeafKind::State {
+            if let Some((_, b)) = self.produced.get(name) {
+                return *b;
+            }
+        }
+        if self.is_resident(name, kind) {
+            Self::slot(lowered, &mut self.resident, name, kind, &node.shape)
+        } else {
+            Self::slot(lowered, &mut self.inputs, name, kind, &node.shape)
+        }
+    }
+}
+
+/// One compiled training step.
+pub struct JitStep {
+    function: Function,
+    /// Bound at every run: the batch and per-step scalars.
+    inputs: Vec<LeafSlot>,
+    /// Kept between runs: the parameters and the optimiser's state.
+    resident: Vec<LeafSlot>,
+    /// Every value a stage produced, by name (loss, energy, ...).
+    values: HashMap<String, (Shape, BufferId)>,
+    /// For each parameter, the flag its update raises (NaN) when a new value is not finite.
+    flags: Vec<(String, BufferId)>,
+    steps: usize,
+}
+
+impl JitStep {
+    /// Compiles `stages` into one function; loops run `steps` steps. Parameters and the leaves
+    /// named in `resident` are resident.
+    pub fn compile(
+        stages: &[Stage],
+        resident: &BTreeSet<String>,
+        steps: usize,
+        options: &JitOptions,
+    ) -> Result<JitStep, JitError> {
+        let mut lowered = Lowered {
+            conv_ways: options.threads,
+            ..Lowered::default()
+        };
+        let mut leaves = Leaves {
+            resident_names: resident,
+            produced: HashMap::new(),
+            resident: Vec::new(),
+            inputs: Vec::new(),
+        };
+        let mut segments = Vec::new();
+        let mut flags = Vec::new();
+        for stage in stages {
+            match stage {
+                Stage::Run(program) => {
+                    verify_program(program)?;
+                    let start = lowered.kernels.len();
+                    let mut reads = HashMap::new();
+                    for (id, kind) in lower::needed_leaves(program) {
+                        reads.insert(id, leaves.buffer(&mut lowered, program, id, kind));
+                    }
+                    // Resident outputs are computed aside first; `commit` then moves them home.
+                    let targets: Vec<Option<BufferId>> = program
+                        .outputs
+                        .iter()
+                        .map(|o| {
+                            let len = program.shape(o.value).numel();
+                            let pinned = !resident.contains(&o.name) && !is_param(program, &o.name);
+                            Some(lowered.buffer(format!("value {}", o.name), len, pinned))
+                        })
+                        .collect();
+                    let buffers = lowered.lower(program, &reads, &targets);
+                    for (o, buffer) in program.outputs.iter().zip(buffers) {
+                        let shape = program.shape(o.value).clone();
+                        let kind = if is_param(program, &o.name) {
+                            LeafKind::Param
+                        } else {
+                            LeafKind::State
+                        };
+                        if leaves.is_resident(&o.name, kind) {
+                            let home = Leaves::slot(
+                                &mut lowered,
+                                &mut leaves.resident,
+                                &o.name,
+                                kind,
+                                &shape,
+                            );
+                            let writer = commit(&mut lowered, start, buffer, home, &shape);
+                            if kind == LeafKind::Param {
+                                let flag = lowered.buffer(format!("finite {}", o.name), 1, true);
+                                lowered.checks.insert(writer, flag);
+                                flags.push((o.name.clone(), flag));
+                            }
+                        } else {
+                            leaves.produced.insert(o.name.clone(), (shape, buffer));
+                        }
+                    }
+                    segments.push(Segment::Kernels(start..lowered.kernels.len()));
+                }
+                Stage::Loop(program) => {
+                    let looped =
+                        lower_loop(&mut lowered, program, options, &mut |l, p, id, kind| {
+                            leaves.buffer(l, p, id, kind)
+                        })?;
+                    segments.extend(looped.segments);
+                    leaves.inputs.extend(looped.initial);
+                    for entry in looped.state {
+                        let home = entry.home.after(steps);
+                        leaves.produced.insert(entry.name, (entry.shape, home));
+                    }
+                }
+                Stage::Guard(names) => {
+                    let buffers = names
+                        .iter()
+                        .filter_map(|n| leaves.produced.get(n).map(|(_, b)| *b))
+                        .collect();
+                    segments.push(Segment::Guard(buffers));
+                }
+            }
+        }
+        let function = Function::compile(&lowered, &Layout(segments), options)?;
+        Ok(JitStep {
+            function,
+            inputs: leaves.inputs,
+            resident: leaves.resident,
+            values: leaves.produced,
+            flags,
+            steps,
+        })
+    }
+
+    /// Sets every resident array (parameters, optimiser state) from `arrays`.
+    pub fn load(&mut self, arrays: &Bindings<f32>) -> Result<(), JitError> {
+        bind_leaves(&mut self.function, &self.resident, &[arrays])
+    }
+
+    /// The resident arrays as they are now.
+    pub fn resident(&self) -> Bindings<f32> {
+        self.resident
+            .iter()
+            .map(|s| (s.name.clone(), self.function.tensor(s.buffer, &s.shape)))
+            .collect()
+    }
+
+    /// One step on `inputs` (the batch and per-step scalars). A failed guard is
+    /// [`JitError::Diverged`], with the resident arrays as they were before the step.
+    pub fn run(&mut self, inputs: &Bindings<f32>) -> Result<(), JitError> {
+        bind_leaves(&mut self.function, &self.inputs, &[inputs])?;
+        for &(_, flag) in &self.flags {
+            self.function.slice_mut(flag)[0] = 0.0;
+        }
+        self.function.call(self.steps)
+    }
+
+    /// A scalar the last run produced (summed, if not a scalar), by name.
+    pub fn scalar(&self, name: &str) -> Option<f64> {
+        self.value(name)
+            .map(|t| t.iter().map(|&x| f64::from(x)).sum())
+    }
+
+    /// A value the last run produced, by name.
+    pub fn value(&self, name: &str) -> Option<Tensor<f32>> {
+        let (shape, buffer) = self.values.get(name)?;
+        Some(self.function.tensor(*buffer, shape))
+    }
+
+    /// The parameters whose new value (after the last run) is not finite everywhere.
+    pub fn non_finite(&self) -> Vec<&str> {
+        self.flags
+            .iter()
+            .filter(|(_, flag)| {
+                self.function.arena[self.function.plan.buffers[*flag].offset].is_nan()
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// The Cranelift IR of the compiled function, before optimisation.
+    pub fn clif(&self) -> &str {
+        &self.function.clif
+    }
+
+    pub fn plan(&self) -> &super::BufferPlan {
+        &self.function.plan
+    }
+}
+
+/// Whether `program` has a parameter of this name.
+fn is_param(program: &Program, name: &str) -> bool {
+    program.leaf_named(LeafKind::Param, name).is_some()
+}
+
+/// Moves the value a stage computed into `aside` (its kernels from `start` on) to its
+/// resident `home`: by retargeting the one kernel that writes it, where that is safe, else
+/// by a copy at the end of the stage. Returns the kernel that now writes `home`.
+fn commit(
+    lowered: &mut Lowered,
+    start: usize,
+    aside: BufferId,
+    home: BufferId,
+    shape: &Shape,
+) -> usize {
+    let end = lowered.kernels.len();
+    let dims = shape.dims().to_vec();
+    let whole = Affine::contiguous(&dims);
+    let mut writers = Vec::new();
+    for k in start..end {
+        lowered.kernels[k].for_each_access(|b, _, written| {
+            if written && b == aside {
+                writers.push(k);
+            }
+        });
+    }
+    writers.dedup();
+    if let [w] = writers[..] {
+        let reads_after = |buffer: BufferId| {
+            (w + 1..end).any(|k| {
+                let mut reads = false;
+                lowered.kernels[k]
+                    .for_each_access(|b, _, written| reads |= !written && b == buffer);
+                reads
+            })
+        };
+        if let Kernel::Map { dims: d, out, expr } = &lowered.kernels[w] {
+            // The writer reads the old value only where it writes the new one.
+            let mut elementwise = true;
+            expr.for_each_load(&mut |b, map| elementwise &= b != home || *map == out.map);
+            let full = *d == dims && out.map == whole;
+            if elementwise && full && !reads_after(home) && !reads_after(aside) {
+                if let Kernel::Map { out, .. } = &mut lowered.kernels[w] {
+                    out.buffer = home;
+                }
+                return w;
+            }
+        }
+    }
+    lowered.kernels.push(Kernel::Map {
+        dims: dims.clone(),
+        out: Place {
+            buffer: home,
+            map: whole.clone(),
+        },
+        expr: Expr::Load {
+            buffer: aside,
+            map: whole,
+        },
+    });
+    lowered.kernels.len() - 1
+}
