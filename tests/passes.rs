@@ -2,7 +2,8 @@
 //! (`# pass: NAME`), gives the program(s) before it, then, after a `# expect` line, the text
 //! the pass must produce. The harness reads the first part with the IR reader, runs the pass,
 //! verifies the result and compares its printout with the second part. A loop pass reads two
-//! programs, the prologue then the body. `UPDATE_PASSES=1 cargo test --test passes` rewrites
+//! programs, the prologue then the body (and a third, the program after the loop, for
+//! `hoist_epilogue`). `UPDATE_PASSES=1 cargo test --test passes` rewrites
 //! the expected parts from what the passes now produce (review the diff).
 
 use pcg::ir::{from_text, to_text, verify, LoopProgram, Program};
@@ -45,6 +46,18 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
             };
             pcg::opt::hoist_invariants(&mut looped);
             vec![looped.prologue, looped.body]
+        }
+        "hoist_epilogue" => {
+            let mut epilogue = inputs.pop().expect("an epilogue");
+            let body = inputs.pop().expect("a body");
+            let prologue = inputs.pop().expect("a prologue");
+            let mut looped = LoopProgram {
+                prologue,
+                body,
+                steps: 1,
+            };
+            pcg::opt::hoist::hoist_epilogue(&mut looped, &mut epilogue);
+            vec![looped.prologue, looped.body, epilogue]
         }
         single => inputs
             .into_iter()

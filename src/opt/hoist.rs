@@ -18,7 +18,41 @@ use std::collections::{BTreeSet, HashMap};
 /// then never recomputed inside the loop.
 pub fn hoist_invariants(lp: &mut LoopProgram) {
     let carried = lp.carried();
-    let body = &lp.body;
+    let written = lp.body.outputs.iter().map(|o| o.name.clone()).collect();
+    if let Some(body) = hoist_from(&mut lp.prologue, &lp.body, &carried, &written, "hoisted") {
+        lp.body = body;
+    }
+}
+
+/// Shares with the loop's prologue what a program run after the loop (the learning program,
+/// reading the final state) computes again: every node that does not depend on state the body
+/// writes is the prologue's, and the program reads it as state (`hoisted.after.<id>`). In
+/// strict mode, say, the learning program's prediction of the first layer from the clamped
+/// input is then not a second product.
+pub fn hoist_epilogue(lp: &mut LoopProgram, epilogue: &mut Program) {
+    let written = lp.body.outputs.iter().map(|o| o.name.clone()).collect();
+    if let Some(after) = hoist_from(
+        &mut lp.prologue,
+        epilogue,
+        &written,
+        &written,
+        "hoisted.after",
+    ) {
+        *epilogue = after;
+    }
+}
+
+/// `body` with every node that does not depend on the state named in `carried` taken from
+/// `prologue` (added to it where it is not there yet) through state named `prefix.<id>`, or
+/// through an existing state entry holding the value that the loop does not overwrite
+/// (`written`); `None` when nothing moves.
+fn hoist_from(
+    prologue: &mut Program,
+    body: &Program,
+    carried: &BTreeSet<String>,
+    written: &BTreeSet<String>,
+    prefix: &str,
+) -> Option<Program> {
     let mut variant = vec![false; body.nodes.len()];
     for id in body.ids() {
         let node = body.node(id);
@@ -34,27 +68,34 @@ pub fn hoist_invariants(lp: &mut LoopProgram) {
         let node = body.node(id);
         if variant[id.index()] {
             for &a in &node.args {
-                if !variant[a.index()] && is_computed(body.node(a)) {
+                if !variant[a.index()] && is_computed(body, a) {
                     crossing.insert(a);
                 }
             }
         }
     }
     for o in &body.outputs {
-        if !variant[o.value.index()] && is_computed(body.node(o.value)) {
+        if !variant[o.value.index()] && is_computed(body, o.value) {
             crossing.insert(o.value);
         }
     }
     if crossing.is_empty() {
-        return;
+        return None;
     }
     // Replay the invariant part into the prologue, reading its state from the prologue's
     // own outputs.
-    let prologue_out: HashMap<String, ValueId> = lp
-        .prologue
+    let prologue_out: HashMap<String, ValueId> = prologue
         .outputs
         .iter()
         .map(|o| (o.name.clone(), o.value))
+        .collect();
+    // The prologue's nodes by what they compute, so that a replayed node already there is
+    // the same node (and an existing state entry holds it).
+    let key = |n: &Node| (n.op.to_string(), n.args.clone(), n.shape.clone());
+    let mut existing: HashMap<(String, Vec<ValueId>, crate::ir::Shape), ValueId> = prologue
+        .ids()
+        .filter(|&id| is_computed(prologue, id))
+        .map(|id| (key(prologue.node(id)), id))
         .collect();
     let mut into_prologue: HashMap<ValueId, ValueId> = HashMap::new();
     for id in body.ids() {
@@ -72,9 +113,9 @@ pub fn hoist_invariants(lp: &mut LoopProgram) {
             }
             Op::Leaf(kind) => {
                 let name = node.name.clone().unwrap_or_default();
-                match lp.prologue.leaf_named(*kind, &name) {
+                match prologue.leaf_named(*kind, &name) {
                     Some(v) => v,
-                    None => lp.prologue.leaf(*kind, name, node.shape.clone()),
+                    None => prologue.leaf(*kind, name, node.shape.clone()),
                 }
             }
             _ => {
@@ -84,10 +125,18 @@ pub fn hoist_invariants(lp: &mut LoopProgram) {
                     .map(|a| into_prologue.get(a).copied())
                     .collect();
                 let Some(args) = args else { continue };
-                lp.prologue.push(Node {
+                let copy = Node {
                     args,
                     ..node.clone()
-                })
+                };
+                match existing.get(&key(&copy)) {
+                    Some(&same) => same,
+                    None => {
+                        let id = prologue.push(copy);
+                        existing.insert(key(prologue.node(id)), id);
+                        id
+                    }
+                }
             }
         };
         into_prologue.insert(id, new);
@@ -100,11 +149,15 @@ pub fn hoist_invariants(lp: &mut LoopProgram) {
         if crossing.contains(&id) {
             if let Some(&p) = into_prologue.get(&id) {
                 // Reuse an existing state entry holding the same value.
-                let name = match lp.prologue.outputs.iter().find(|o| o.value == p) {
+                let kept = prologue
+                    .outputs
+                    .iter()
+                    .find(|o| o.value == p && !written.contains(&o.name));
+                let name = match kept {
                     Some(o) => o.name.clone(),
                     None => {
-                        let name = format!("hoisted.{}", id.0);
-                        lp.prologue.set_output(name.clone(), p);
+                        let name = format!("{prefix}.{}", id.0);
+                        prologue.set_output(name.clone(), p);
                         name
                     }
                 };
@@ -123,7 +176,7 @@ pub fn hoist_invariants(lp: &mut LoopProgram) {
                 continue;
             }
         }
-        if !variant[id.index()] && is_computed(node) && !crossing.contains(&id) {
+        if !variant[id.index()] && is_computed(body, id) && !crossing.contains(&id) {
             continue;
         }
         let args = node.args.iter().map(|a| body_map[a]).collect();
@@ -143,12 +196,20 @@ pub fn hoist_invariants(lp: &mut LoopProgram) {
             value: body_map[&o.value],
         })
         .collect();
-    super::simplify(&mut lp.prologue);
+    super::simplify(prologue);
     super::simplify(&mut new_body);
-    lp.body = new_body;
+    Some(new_body)
 }
 
-/// Whether a node does work worth hoisting (leaves and constants stay where they are used).
-fn is_computed(node: &Node) -> bool {
-    !matches!(node.op, Op::Leaf(_) | Op::Const(_) | Op::Iota { .. })
+/// Whether a node does work worth hoisting: leaves, constants and views of leaves (a
+/// transposed or sliced weight, read in place) stay where they are used.
+fn is_computed(program: &Program, id: ValueId) -> bool {
+    let node = program.node(id);
+    match node.op {
+        Op::Leaf(_) | Op::Const(_) | Op::Iota { .. } => false,
+        Op::Transpose(_) | Op::Broadcast | Op::Reshape | Op::Slice { .. } => {
+            is_computed(program, node.args[0])
+        }
+        _ => true,
+    }
 }

@@ -493,11 +493,13 @@ impl JitEngine {
         let (gradient, relax, ascent) = match (&programs.grad, &programs.fused, &programs.pc) {
             (Some(grad), _, _) => (gradient_named(grad, "grad."), None, false),
             (_, Some(fused), _) => (gradient_named(fused, "update."), None, true),
-            (_, _, Some(pc)) => (
-                gradient_named(&pc.learn, "update."),
-                Some(compiled_relaxation(pc)),
-                true,
-            ),
+            (_, _, Some(pc)) => {
+                // What the learning program would compute again is the loop prologue's.
+                let mut relax = compiled_relaxation(pc);
+                let mut learn = gradient_named(&pc.learn, "update.");
+                crate::opt::hoist::hoist_epilogue(&mut relax, &mut learn);
+                (learn, Some(relax), true)
+            }
             _ => return Err(JitError::Codegen("no programs".into())),
         };
         let params: Vec<(String, Shape)> = gradient
