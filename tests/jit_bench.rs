@@ -47,8 +47,8 @@ fn pc_training_step_mlp_fmnist() {
     });
     for threads in [1, 2] {
         let jit_options = JitOptions {
-            bounds_checks: false,
             threads,
+            ..JitOptions::default()
         };
         let compile = Instant::now();
         let mut relax = JitLoop::compile(&programs.relax, &jit_options).expect("compiles");

@@ -105,6 +105,10 @@ pub enum Command {
         /// Timed training steps (after warm-up).
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// JIT: after the timed steps, run as many again timing every kernel, and list those
+        /// that take the most time.
+        #[arg(long)]
+        profile: bool,
         #[command(flatten)]
         relax: RelaxFlags,
         #[command(flatten)]
@@ -226,10 +230,16 @@ impl BackendFlags {
 
     /// The JIT's options.
     pub fn jit_options(&self) -> JitOptions {
+        self.jit_options_profiled(false)
+    }
+
+    /// The JIT's options, timing every kernel when `profile` is set.
+    pub fn jit_options_profiled(&self, profile: bool) -> JitOptions {
         let default = JitOptions::default();
         JitOptions {
             bounds_checks: self.bounds_checks,
             threads: self.threads.map_or(default.threads, |n| n.get()),
+            profile,
         }
     }
 
@@ -456,6 +466,7 @@ pub fn run(cli: Cli) -> ExitCode {
             backend,
             inference_steps,
             iters,
+            profile,
             relax,
             compile,
         } => {
@@ -463,7 +474,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 steps: inference_steps.or(relax.steps),
                 ..relax
             };
-            training::bench(&file, method, &backend, iters, &relax, &compile.options())
+            let run = training::BenchRun { iters, profile };
+            training::bench(&file, method, &backend, run, &relax, &compile.options())
         }
         Command::Gradcheck {
             file,

@@ -10,7 +10,7 @@ use crate::npz;
 use crate::sema::{
     CompileOptions, Compiled, InferenceConfig, Method, OptimizerConfig, TrainConfig,
 };
-use crate::train::engine::{eval_program, InterpEngine, Programs};
+use crate::train::engine::{eval_program, Engine, InterpEngine, Programs};
 use crate::train::init;
 use crate::train::optim::Optimizer;
 use crate::train::run::{self, Event, Settings};
@@ -436,11 +436,19 @@ pub(super) fn plot(runs: &[String], title: &str, out: &Path) -> CmdResult {
     }
 }
 
+/// How `pcg bench` times a step.
+pub(super) struct BenchRun {
+    /// Timed steps after the warm-up.
+    pub iters: usize,
+    /// Then as many steps again with every kernel timed.
+    pub profile: bool,
+}
+
 pub(super) fn bench(
     file: &Path,
     method: Option<MethodArg>,
     backend: &BackendFlags,
-    iters: usize,
+    BenchRun { iters, profile }: BenchRun,
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> CmdResult {
@@ -453,9 +461,9 @@ pub(super) fn bench(
     let forward = &compiled.forward;
     let base = compiled.train.clone();
     let steps = programs.steps;
-    // The work the compiled step does: with the relaxation in closed form, that is the fused
-    // program's, not T simulated steps'.
-    let flops = match (&programs.grad, &programs.fused, &programs.pc) {
+    // The work the step does: the compiled step counts its own kernels; for the interpreter,
+    // the programs' (with the relaxation in closed form, the fused program's).
+    let program_flops = match (&programs.grad, &programs.fused, &programs.pc) {
         (Some(g), _, _) | (_, Some(g), _) => crate::ir::flops(g),
         (_, _, Some(pc)) => {
             crate::ir::flops(&pc.relax.prologue)
@@ -464,6 +472,7 @@ pub(super) fn bench(
         }
         _ => 0,
     };
+    let training_programs = profile.then(|| programs.clone());
     let mut engine = backend.engine(programs).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let params = init::init_params(forward, seed);
@@ -471,28 +480,28 @@ pub(super) fn bench(
     // Plain SGD at the file's learning rate: the update the peer benchmarks make too, so the
     // timed work is the same.
     let lr = base.as_ref().map_or(0.01, |t| learning_rate(&t.optimizer));
-    let optimizer = Optimizer::new(
-        OptimizerConfig::Sgd {
-            lr,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-        None,
-    );
+    let optimizer = optimizer_of(lr);
     engine
         .start(params, optimizer)
         .map_err(|e| fail(e.to_string()))?;
     let warmup = 3.min(iters.max(1));
     let mut times = Vec::with_capacity(iters);
+    let mut in_products = std::time::Duration::ZERO;
     for i in 0..warmup + iters {
+        crate::jit::time_products(i >= warmup);
         let t0 = std::time::Instant::now();
         if let Err(e) = engine.train_step(&batch) {
+            crate::jit::time_products(false);
             return Err(fail(e.to_string()));
         }
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
+        in_products += crate::jit::take_product_time();
     }
+    crate::jit::time_products(false);
+    let cost = engine.step_cost();
+    let flops = cost.map_or(program_flops, |c| c.flops);
     times.sort_by(f64::total_cmp);
     let (min, median) = (
         times.first().copied().unwrap_or(f64::NAN),
@@ -507,11 +516,98 @@ pub(super) fn bench(
         flops as f64 / 1e9,
         flops as f64 / 1e6 / median
     ));
+    if let Some(cost) = cost {
+        let total: f64 = times.iter().sum();
+        emit(&format!(
+            "streams {:.1} MB per step; products: {:.0}% of the FLOPs, {:.0}% of the time\n",
+            cost.bytes as f64 / 1e6,
+            100.0 * cost.product_flops as f64 / cost.flops.max(1) as f64,
+            100.0 * in_products.as_secs_f64() * 1e3 / total.max(1e-9),
+        ));
+    }
+    if let Some(programs) = training_programs {
+        let params = init::init_params(forward, seed);
+        profile_kernels(backend, programs, params, optimizer_of(lr), &batch, iters)?;
+    }
     emit(&format!(
         "bench model={} method={method_name} backend={} batch={b} inference_steps={} ms_per_step={median:.4}\n",
         compiled.model_name,
         backend.name(),
         if method == Method::Pc { steps } else { 0 }
     ));
+    Ok(())
+}
+
+/// Plain SGD at `lr`: the update the peer benchmarks make too, so the timed work is the same.
+fn optimizer_of(lr: f64) -> Optimizer {
+    Optimizer::new(
+        OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+        None,
+    )
+}
+
+/// `pcg bench --profile`: `iters` steps with every kernel timed on the calling thread (which
+/// runs the first part of a split loop), and the kernels that took the most time.
+fn profile_kernels(
+    backend: &BackendFlags,
+    programs: Programs,
+    params: npz::Arrays,
+    optimizer: Optimizer,
+    batch: &npz::Arrays,
+    iters: usize,
+) -> CmdResult {
+    let mut engine =
+        crate::train::engine::JitEngine::new(programs, &backend.jit_options_profiled(true))
+            .map_err(fail)?;
+    engine
+        .start(params, optimizer)
+        .map_err(|e| fail(e.to_string()))?;
+    engine.train_step(batch).map_err(|e| fail(e.to_string()))?;
+    crate::jit::take_kernel_times();
+    for _ in 0..iters.max(1) {
+        engine.train_step(batch).map_err(|e| fail(e.to_string()))?;
+    }
+    let times = crate::jit::take_kernel_times();
+    let kernels = engine.kernels();
+    let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]));
+    emit(&format!(
+        "profile: {} kernels, {:.3} ms per step in kernels on the calling thread; the most expensive:\n",
+        kernels.len(),
+        total * 1e3 / iters.max(1) as f64
+    ));
+    let mut by_kind: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for (info, t) in kernels.iter().zip(&times) {
+        let kind = info.what.split(' ').next().unwrap_or("");
+        let entry = by_kind.entry(kind).or_default();
+        entry.0 += t.as_secs_f64();
+        entry.1 += 1;
+    }
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(kind, (t, n))| format!("{kind} {:.0}% ({n} kernels)", 100.0 * t / total.max(1e-12)))
+        .collect();
+    emit(&format!("  by kind: {}\n", kinds.join(", ")));
+    for &k in order.iter().take(15) {
+        let Some(info) = kernels.get(k) else { continue };
+        let t = times[k].as_secs_f64();
+        // The calling thread runs one part of a split loop's kernels.
+        let runs = (info.runs / info.parts) as f64 * iters.max(1) as f64;
+        let rate = |x: u64| x as f64 * runs / t.max(1e-12) / 1e9;
+        emit(&format!(
+            "  {:5.1}%  {:8.3} ms  {:>5} runs  {:6.1} GFLOP/s  {:6.1} GB/s  #{k} {}\n",
+            100.0 * t / total.max(1e-12),
+            t * 1e3 / iters.max(1) as f64,
+            info.runs / info.parts,
+            rate(info.cost.flops),
+            rate(info.cost.bytes),
+            info.what
+        ));
+    }
     Ok(())
 }

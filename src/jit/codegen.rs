@@ -39,6 +39,8 @@ pub struct RuntimeRefs {
     pub parallel: FuncRef,
     /// `parts(body, arena, steps, parts) -> status`: runs a split loop body's parts.
     pub parts: FuncRef,
+    /// `tick(kernel)`: starts timing a kernel (-1: stops), when profiling.
+    pub tick: FuncRef,
 }
 
 /// One piece of a function's control flow over its kernels.
@@ -75,6 +77,31 @@ impl Layout {
     pub fn straight(kernels: usize) -> Layout {
         Layout(vec![Segment::Kernels(0..kernels)])
     }
+
+    /// How many times each kernel runs in a run of `steps` loop steps (all parts together).
+    pub fn runs(&self, kernels: usize, steps: usize) -> Vec<usize> {
+        let mut runs = vec![0; kernels];
+        let mut add = |range: &Range<usize>, n: usize| range.clone().for_each(|k| runs[k] += n);
+        for segment in &self.0 {
+            match segment {
+                Segment::Kernels(range) => add(range, 1),
+                Segment::Loop { first, second } => {
+                    add(first, steps.div_ceil(2));
+                    add(second, steps / 2);
+                }
+                Segment::Parts {
+                    first,
+                    second,
+                    parts,
+                } => {
+                    add(first, parts * steps.div_ceil(2));
+                    add(second, parts * (steps / 2));
+                }
+                Segment::Guard(_) => {}
+            }
+        }
+        runs
+    }
 }
 
 /// The status of a function stopped by a [`Segment::Guard`].
@@ -102,6 +129,8 @@ pub struct FunctionTranslator<'a> {
     pub shared: HashMap<usize, (FuncRef, usize, usize)>,
     /// Map kernels that flag values they write that are not finite: kernel → flag buffer.
     pub checks: &'a HashMap<usize, BufferId>,
+    /// Call `tick` before every kernel (profiling).
+    pub profile: bool,
     /// In a split body's function: the part it runs (its third parameter). Buffers are then
     /// addressed at `offset + part · part_stride`.
     pub part: Option<Value>,
@@ -300,6 +329,7 @@ impl FunctionTranslator<'_> {
                     self.translate_loop(kernels, first.clone(), second.clone(), steps)
                 }
                 Segment::Parts { parts, .. } => {
+                    self.tick(-1);
                     let pointer = self.builder.func.dfg.value_type(self.arena);
                     let body = self.part_function.expect("a split body has its function");
                     let function = self.builder.ins().func_addr(pointer, body);
@@ -385,6 +415,7 @@ impl FunctionTranslator<'_> {
 
     /// Returns 0 at the end of the body; the failure block returns its status.
     fn finish(&mut self) {
+        self.tick(-1);
         let ok = self.builder.ins().iconst(types::I32, 0);
         self.builder.ins().return_(&[ok]);
         self.builder.switch_to_block(self.fail);
@@ -393,9 +424,18 @@ impl FunctionTranslator<'_> {
         self.builder.seal_all_blocks();
     }
 
+    /// When profiling, tells the runtime that kernel `k` starts (-1: that timing stops).
+    fn tick(&mut self, k: i64) {
+        if self.profile {
+            let k = self.builder.ins().iconst(types::I64, k);
+            self.builder.ins().call(self.runtime.tick, &[k]);
+        }
+    }
+
     fn translate_kernels(&mut self, kernels: &[Kernel], range: Range<usize>) {
         for k in range {
             self.kernel = k;
+            self.tick(k as i64);
             if let Some(&(piece, extent, pieces)) = self.shared.get(&k) {
                 self.translate_shared(piece, extent, pieces);
                 continue;

@@ -322,7 +322,88 @@ pub enum Kernel {
     Conv(ConvKernel),
 }
 
+/// What one run of a kernel costs: floating-point operations and bytes moved to and from
+/// its buffers (each buffer's touched elements once: what a kernel streams when its working
+/// set does not fit in cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub flops: u64,
+    pub bytes: u64,
+    /// Whether the kernel is a matrix product or a convolution.
+    pub product: bool,
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, other: Cost) {
+        self.flops += other.flops;
+        self.bytes += other.bytes;
+    }
+}
+
 impl Kernel {
+    /// One run's cost.
+    pub fn cost(&self) -> Cost {
+        let mut touched: HashMap<BufferId, usize> = HashMap::new();
+        self.for_each_access(|b, extent, _| {
+            let e = touched.entry(b).or_default();
+            *e = (*e).max(extent);
+        });
+        let bytes = touched.values().map(|&e| 4 * e as u64).sum();
+        let (flops, product) = match self {
+            Kernel::Map { dims, expr, .. } => (dims.iter().product::<usize>() * expr.ops(), false),
+            Kernel::Reduce { dims, expr, .. } => {
+                (dims.iter().product::<usize>() * (expr.ops() + 1), false)
+            }
+            Kernel::MatMul(mm) => (2 * mm.batch * mm.m * mm.n * mm.k, true),
+            Kernel::Conv(conv) => {
+                let s = conv.shape;
+                (2 * s.n * s.o * s.oh * s.ow * s.c * s.kh * s.kw, true)
+            }
+        };
+        Cost {
+            flops: flops as u64,
+            bytes,
+            product,
+        }
+    }
+
+    /// The kernel in words: what it writes, its shape, and its work.
+    pub fn describe(&self, buffers: &[BufferSpec]) -> String {
+        let label = |b: BufferId| buffers[b].label.as_str();
+        match self {
+            Kernel::Map { dims, out, expr } => format!(
+                "map {dims:?} -> {} ({} ops per element)",
+                label(out.buffer),
+                expr.ops()
+            ),
+            Kernel::Reduce { op, dims, out, .. } => {
+                format!("reduce_{op:?} {dims:?} -> {}", label(out.buffer)).to_lowercase()
+            }
+            Kernel::MatMul(mm) => format!(
+                "matmul {}x[{}, {}]x[{}, {}] -> {}",
+                mm.batch,
+                mm.m,
+                mm.k,
+                mm.k,
+                mm.n,
+                label(mm.c)
+            ),
+            Kernel::Conv(conv) => format!(
+                "conv {:?} {}x{}x{}x{} with {}x{}x{}x{} -> {}",
+                conv.kind,
+                conv.shape.n,
+                conv.shape.c,
+                conv.shape.h,
+                conv.shape.w,
+                conv.shape.o,
+                conv.shape.c,
+                conv.shape.kh,
+                conv.shape.kw,
+                label(conv.out)
+            ),
+        }
+    }
+
     /// Calls `visit(buffer, extent, written)` for each buffer access: `extent` is one past the
     /// largest element position touched.
     pub fn for_each_access(&self, mut visit: impl FnMut(BufferId, usize, bool)) {
@@ -657,6 +738,11 @@ impl<'a> Lowering<'a> {
                 }
                 contiguous_load(buffer, &dims)
             }
+            Op::Reduce(op, axes) if small_window(&self.dims(args[0]), axes) => {
+                // A few elements per result (a pooling window): one expression combining them,
+                // with no inner loop and no buffer of its own.
+                unrolled_reduce(*op, &self.value(args[0]), &self.dims(args[0]), axes)
+            }
             Op::Reduce(op, axes) => {
                 let from = self.dims(args[0]);
                 let expr = self.value(args[0]);
@@ -804,6 +890,52 @@ impl<'a> Lowering<'a> {
             cols: strides[r - 1],
         }
     }
+}
+
+/// Reductions over at most this many elements per result are unrolled into one expression.
+const UNROLLED_WINDOW: usize = 8;
+
+/// Whether a reduction of `axes` of `from` combines few enough elements to be unrolled.
+fn small_window(from: &[usize], axes: &[usize]) -> bool {
+    let window: usize = axes.iter().map(|&a| from[a]).product();
+    (2..=UNROLLED_WINDOW).contains(&window)
+}
+
+/// `op` over the reduced axes of `value` (an expression over `from`) as one expression over
+/// the kept axes: the value at every position of the window, combined in row-major order —
+/// the order the reduction loop would take.
+fn unrolled_reduce(op: ReduceOp, value: &Expr, from: &[usize], axes: &[usize]) -> Expr {
+    let window: Vec<usize> = axes.iter().map(|&a| from[a]).collect();
+    let count: usize = window.iter().product();
+    let combine = match op {
+        ReduceOp::Sum => BinaryOp::Add,
+        ReduceOp::Max => BinaryOp::Max,
+    };
+    let mut terms = (0..count).map(|mut flat| {
+        // The window position of term `flat`, last axis fastest.
+        let mut at = vec![0; window.len()];
+        for k in (0..window.len()).rev() {
+            at[k] = flat % window[k];
+            flat /= window[k];
+        }
+        value
+            .remap(&|map| {
+                let mut offset = map.offset;
+                for (&axis, &i) in axes.iter().zip(&at) {
+                    offset += i * map.strides[axis];
+                }
+                let strides = (0..from.len())
+                    .filter(|a| !axes.contains(a))
+                    .map(|a| map.strides[a])
+                    .collect();
+                Some(Affine { offset, strides })
+            })
+            .expect("fixing an index keeps a map affine")
+    });
+    let first = terms.next().expect("a window has elements");
+    terms.fold(first, |acc, term| {
+        Expr::Binary(combine, Box::new(acc), Box::new(term))
+    })
 }
 
 fn contiguous_load(buffer: BufferId, dims: &[usize]) -> Expr {

@@ -26,7 +26,8 @@ mod team;
 
 pub use looped::JitLoop;
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
-pub use step::{JitStep, Stage};
+pub use runtime::{take_kernel_times, take_product_time, time_products};
+pub use step::{Cost, JitStep, KernelInfo, Stage, StepCost};
 
 use crate::interp::{Bindings, EvalError, Tensor};
 use crate::ir::{verify, LeafKind, Program, Shape, VerifyError};
@@ -48,6 +49,9 @@ pub struct JitOptions {
     pub bounds_checks: bool,
     /// Threads the matrix products may use (large products only).
     pub threads: usize,
+    /// Time every kernel (on each thread that runs it; see [`take_kernel_times`]). A tuning
+    /// aid: a call into the runtime before every kernel.
+    pub profile: bool,
 }
 
 impl Default for JitOptions {
@@ -55,6 +59,7 @@ impl Default for JitOptions {
         JitOptions {
             bounds_checks: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            profile: false,
         }
     }
 }
@@ -213,7 +218,8 @@ impl Function {
         let mut builder =
             JITBuilder::with_flags(&[("opt_level", "speed")], default_libcall_names())
                 .map_err(|e| codegen(&e))?;
-        let symbols: [(&str, *const u8); 8] = [
+        let symbols: [(&str, *const u8); 9] = [
+            ("pcg_tick", runtime::tick as *const u8),
             ("pcg_parallel", runtime::parallel as *const u8),
             ("pcg_parts", runtime::parts as *const u8),
             ("pcg_matmul", runtime::matmul as *const u8),
@@ -277,6 +283,8 @@ impl Function {
         parallel_sig.params.push(AbiParam::new(types::I64));
         parallel_sig.params.push(AbiParam::new(types::I64));
         parallel_sig.returns.push(AbiParam::new(types::I32));
+        let mut tick_sig = module.make_signature();
+        tick_sig.params.push(AbiParam::new(types::I64));
         let mut import = |name: &str, sig| {
             module
                 .declare_function(name, Linkage::Import, sig)
@@ -291,11 +299,13 @@ impl Function {
             import("pcg_powf", &binary_sig)?,
             import("pcg_parallel", &parallel_sig)?,
             import("pcg_parts", &parallel_sig)?,
+            import("pcg_tick", &tick_sig)?,
         ];
         let fma = has_fma(module.isa());
         let common = Common {
             plan,
             checks: &lowered.checks,
+            profile: options.profile,
             descriptors,
             bounds_checks: options.bounds_checks,
             fma,
@@ -396,6 +406,7 @@ impl Function {
 struct Common<'a> {
     plan: &'a BufferPlan,
     checks: &'a HashMap<usize, BufferId>,
+    profile: bool,
     descriptors: &'a [Option<Descriptor>],
     bounds_checks: bool,
     fma: bool,
@@ -480,6 +491,7 @@ impl<'a> Common<'a> {
                 powf: refs[5],
                 parallel: refs[6],
                 parts: refs[7],
+                tick: refs[8],
             },
             descriptors: self.descriptors,
             bounds_checks: self.bounds_checks,
@@ -490,6 +502,7 @@ impl<'a> Common<'a> {
             part: None,
             part_function: None,
             checks: self.checks,
+            profile: self.profile,
         };
         (translator, params)
     }
@@ -662,6 +675,7 @@ mod tests {
             let options = JitOptions {
                 bounds_checks: true,
                 threads,
+                profile: false,
             };
             let layout = Layout::straight(lowered.kernels.len());
             let e = Function::compile(&lowered, &layout, &options);

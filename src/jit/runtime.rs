@@ -23,6 +23,69 @@ const PIECE_ALIGN: usize = 16;
 /// Status returned when a checked kernel would leave its arena.
 pub const OUT_OF_ARENA: i32 = 1;
 
+/// Whether matrix products and convolutions time themselves (see [`time_products`]).
+static TIMING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    /// Time this thread has spent in matrix products and convolutions while timing was on.
+    static PRODUCT_TIME: std::cell::Cell<std::time::Duration> =
+        const { std::cell::Cell::new(std::time::Duration::ZERO) };
+}
+
+/// Turns the timing of matrix products and convolutions on or off (for all threads).
+pub fn time_products(on: bool) {
+    TIMING.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The time the calling thread has spent in products since the last call, while timing was
+/// on (a call on a thread that runs a step measures the products that step waited for).
+pub fn take_product_time() -> std::time::Duration {
+    PRODUCT_TIME.with(|t| t.replace(std::time::Duration::ZERO))
+}
+
+/// Profiling on one thread: the kernel being timed and since when, and every kernel's total
+/// time so far.
+type KernelTimes = (
+    Option<(usize, std::time::Instant)>,
+    Vec<std::time::Duration>,
+);
+
+thread_local! {
+    static KERNEL_TIMES: std::cell::RefCell<KernelTimes> =
+        const { std::cell::RefCell::new((None, Vec::new())) };
+}
+
+/// Profiling: kernel `kernel` starts on this thread (a negative one: the last one ended).
+pub extern "C" fn tick(kernel: i64) {
+    let now = std::time::Instant::now();
+    KERNEL_TIMES.with(|t| {
+        let (running, times) = &mut *t.borrow_mut();
+        if let Some((k, since)) = running.take() {
+            if times.len() <= k {
+                times.resize(k + 1, std::time::Duration::ZERO);
+            }
+            times[k] += now - since;
+        }
+        *running = usize::try_from(kernel).ok().map(|k| (k, now));
+    });
+}
+
+/// Each kernel's time on the calling thread since the last call, by kernel index (profiling).
+pub fn take_kernel_times() -> Vec<std::time::Duration> {
+    KERNEL_TIMES.with(|t| std::mem::take(&mut t.borrow_mut().1))
+}
+
+/// Runs `f`, adding its duration to the calling thread's product time when timing is on.
+fn timed<T>(f: impl FnOnce() -> T) -> T {
+    if !TIMING.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
+    let start = std::time::Instant::now();
+    let result = f();
+    PRODUCT_TIME.with(|t| t.set(t.get() + start.elapsed()));
+    result
+}
+
 /// A raw pointer that may cross to a helper thread: each piece of a shared product writes
 /// rows or columns of the result no other piece touches.
 #[derive(Clone, Copy)]
@@ -178,7 +241,14 @@ impl MatMulDesc {
 /// # Safety
 /// `desc` must point to a valid descriptor whose offsets lie inside the arena.
 pub unsafe extern "C" fn matmul(desc: *const MatMulDesc, arena: *mut f32) -> i32 {
-    let d = &*desc;
+    timed(|| matmul_untimed(&*desc, arena))
+}
+
+/// [`matmul`] without the timing.
+///
+/// # Safety
+/// As for [`matmul`].
+unsafe fn matmul_untimed(d: &MatMulDesc, arena: *mut f32) -> i32 {
     if d.batch * d.m * d.n == 0 {
         return 0;
     }
@@ -247,7 +317,14 @@ impl ConvDesc {
 /// # Safety
 /// `desc` must point to a valid descriptor whose offsets lie inside the arena.
 pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
-    let d = &*desc;
+    timed(|| conv_untimed(&*desc, arena))
+}
+
+/// [`conv`] without the timing.
+///
+/// # Safety
+/// As for [`conv`].
+unsafe fn conv_untimed(d: &ConvDesc, arena: *mut f32) -> i32 {
     if d.checked_len > 0 && d.extents().iter().any(|&e| e > d.checked_len) {
         return OUT_OF_ARENA;
     }

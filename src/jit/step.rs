@@ -16,6 +16,7 @@
 
 use super::codegen::{Layout, Segment};
 use super::looped::lower_loop;
+pub use super::lower::Cost;
 use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place};
 use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
 use crate::interp::{Bindings, Tensor};
@@ -101,6 +102,31 @@ pub struct JitStep {
     /// For each parameter, the flag its update raises (NaN) when a new value is not finite.
     flags: Vec<(String, BufferId)>,
     steps: usize,
+    cost: StepCost,
+    kernels: Vec<KernelInfo>,
+}
+
+/// One kernel of a compiled step, for profiles.
+#[derive(Clone, Debug)]
+pub struct KernelInfo {
+    /// What it computes, in words.
+    pub what: String,
+    pub cost: Cost,
+    /// How many times a step runs it (all parts together).
+    pub runs: usize,
+    /// The parts it runs in (1: not in a split loop): each runs `runs / parts` of it.
+    pub parts: usize,
+}
+
+/// What one run of a compiled step does, counted from its kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepCost {
+    /// Floating-point operations, and those of matrix products and convolutions.
+    pub flops: u64,
+    pub product_flops: u64,
+    /// Bytes the kernels read and write, each kernel's buffers counted once per run of it:
+    /// the memory a step streams when its working set does not stay in cache.
+    pub bytes: u64,
 }
 
 impl JitStep {
@@ -192,7 +218,37 @@ impl JitStep {
                 }
             }
         }
-        let function = Function::compile(&lowered, &Layout(segments), options)?;
+        let layout = Layout(segments);
+        let mut cost = StepCost::default();
+        let mut kernels = Vec::new();
+        for (kernel, runs) in lowered
+            .kernels
+            .iter()
+            .zip(layout.runs(lowered.kernels.len(), steps))
+        {
+            let k = kernels.len();
+            kernels.push(KernelInfo {
+                what: kernel.describe(&lowered.buffers),
+                cost: kernel.cost(),
+                runs,
+                parts: if lowered.in_parts(k) {
+                    lowered.parts
+                } else {
+                    1
+                },
+            });
+            let Cost {
+                flops,
+                bytes,
+                product,
+            } = kernel.cost();
+            cost.flops += flops * runs as u64;
+            cost.bytes += bytes * runs as u64;
+            if product {
+                cost.product_flops += flops * runs as u64;
+            }
+        }
+        let function = Function::compile(&lowered, &layout, options)?;
         Ok(JitStep {
             function,
             inputs: leaves.inputs,
@@ -200,6 +256,8 @@ impl JitStep {
             values: leaves.produced,
             flags,
             steps,
+            cost,
+            kernels,
         })
     }
 
@@ -247,6 +305,17 @@ impl JitStep {
             })
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+
+    /// What one run does.
+    pub fn cost(&self) -> StepCost {
+        self.cost
+    }
+
+    /// The kernels, by index (the index [`take_kernel_times`](super::take_kernel_times)
+    /// reports their times under).
+    pub fn kernels(&self) -> &[KernelInfo] {
+        &self.kernels
     }
 
     /// The Cranelift IR of the compiled function, before optimisation.

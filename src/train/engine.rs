@@ -87,6 +87,10 @@ pub trait Engine {
     fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError>;
     /// The parameters and the optimiser as training has left them.
     fn trained(&mut self) -> (Arrays, Optimizer);
+    /// What one training step does, where the backend counts it (after `start`).
+    fn step_cost(&self) -> Option<crate::jit::StepCost> {
+        None
+    }
     /// Loss and, where the model has one prediction shaped like its target, the prediction.
     fn evaluate(
         &mut self,
@@ -477,6 +481,13 @@ impl JitEngine {
         })
     }
 
+    /// The kernels of the training step (after `start`), by index.
+    pub fn kernels(&self) -> Vec<crate::jit::KernelInfo> {
+        self.training
+            .as_ref()
+            .map_or(Vec::new(), |(step, _)| step.kernels().to_vec())
+    }
+
     /// The training step as one function: the gradient, a guard on the loss (and energy),
     /// and `optimizer`'s update, with the parameters and the optimiser's moments resident.
     pub fn compile_step(&self, optimizer: &Optimizer) -> Result<JitStep, JitError> {
@@ -578,6 +589,10 @@ impl Engine for JitEngine {
         let loss = step.scalar("loss").unwrap_or(f64::NAN);
         let energy = step.scalar("energy");
         Ok(StepReport { loss, energy })
+    }
+
+    fn step_cost(&self) -> Option<crate::jit::StepCost> {
+        self.training.as_ref().map(|(step, _)| step.cost())
     }
 
     fn trained(&mut self) -> (Arrays, Optimizer) {
