@@ -190,6 +190,7 @@ pub(super) fn lower_loop(
         lowered.private = true;
         lowered.conv_ways = 1;
     }
+    let lowered_body = part_body.unwrap_or(body);
     let mut ends = [prologue_end; 2];
     for (copy, reads) in body_leaves.iter().enumerate() {
         let targets: Vec<Option<BufferId>> = body
@@ -197,12 +198,25 @@ pub(super) fn lower_loop(
             .iter()
             .map(|o| Some(homes[&o.name].after(1 - copy)))
             .collect();
-        lowered.lower(part_body.unwrap_or(body), reads, &targets);
+        lowered.lower(lowered_body, reads, &targets);
         ends[copy] = lowered.kernels.len();
+        if copy == 0 && update_in_place(lowered, prologue_end..ends[0], lowered_body, &mut homes) {
+            for entry in &mut state {
+                entry.home = homes[&entry.name];
+            }
+            ends[1] = ends[0];
+            break;
+        }
     }
     lowered.private = false;
     lowered.conv_ways = conv_ways;
-    let (first, second) = (prologue_end..ends[0], ends[0]..ends[1]);
+    let first = prologue_end..ends[0];
+    // A body that updates its state in place is the same for even and odd steps.
+    let second = if ends[1] == ends[0] {
+        first.clone()
+    } else {
+        ends[0]..ends[1]
+    };
     let looped = match &split {
         Some(split) => {
             lowered.part_kernels = prologue_end..ends[1];
@@ -219,6 +233,41 @@ pub(super) fn lower_loop(
         state,
         initial,
     })
+}
+
+/// Makes the body's first copy (`kernels`), which reads the carried state from the `even`
+/// buffers and writes it to the `odd` ones, update every entry in place in `even` instead,
+/// where that changes no result: every entry's one writer reads its old value only at the
+/// element it writes, and nothing after it reads the old value. Fixed-mode relaxation, whose
+/// updates read only a node's own error and its children's, written in topological order,
+/// is such a body. Returns whether it did (for every entry, or else for none); the `odd`
+/// buffers are then unused.
+fn update_in_place(
+    lowered: &mut Lowered,
+    kernels: std::ops::Range<usize>,
+    body: &Program,
+    homes: &mut HashMap<String, StateHome>,
+) -> bool {
+    let mut writers = Vec::new();
+    for o in &body.outputs {
+        let Some(&StateHome::Carried { even, odd }) = homes.get(&o.name) else {
+            return false;
+        };
+        let dims = body.shape(o.value).dims();
+        match lower::in_place_writer(&lowered.kernels, kernels.clone(), odd, even, dims) {
+            Some(w) => writers.push((o.name.clone(), w, even, odd)),
+            None => return false,
+        }
+    }
+    for (name, w, even, odd) in writers {
+        if let lower::Kernel::Map { out, .. } = &mut lowered.kernels[w] {
+            out.buffer = even;
+        }
+        lowered.buffers[odd].len = 0;
+        lowered.buffers[odd].pinned = false;
+        homes.insert(name, StateHome::Single(even));
+    }
+    true
 }
 
 /// One compiled [`LoopProgram`]: the prologue and the whole loop in one native function.

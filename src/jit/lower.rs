@@ -892,6 +892,36 @@ impl<'a> Lowering<'a> {
     }
 }
 
+/// The kernel of `kernels[range]` that writes `aside` (a value of shape `dims`) if it could
+/// write `home` instead — in place of the old value there — without changing any result: the
+/// one kernel writing `aside`, a map over the whole of it that reads `home` only at the
+/// element it writes, with no kernel after it (in the range) reading `home` or `aside`.
+pub fn in_place_writer(
+    kernels: &[Kernel],
+    range: std::ops::Range<usize>,
+    aside: BufferId,
+    home: BufferId,
+    dims: &[usize],
+) -> Option<usize> {
+    let touches = |k: usize, buffer: BufferId, write: bool| {
+        let mut found = false;
+        kernels[k].for_each_access(|b, _, written| found |= b == buffer && written == write);
+        found
+    };
+    let writers: Vec<usize> = range.clone().filter(|&k| touches(k, aside, true)).collect();
+    let &[w] = writers.as_slice() else {
+        return None;
+    };
+    let Kernel::Map { dims: d, out, expr } = &kernels[w] else {
+        return None;
+    };
+    let mut elementwise = true;
+    expr.for_each_load(&mut |b, map| elementwise &= b != home || *map == out.map);
+    let full = d.as_slice() == dims && out.map == Affine::contiguous(dims);
+    let read_later = (w + 1..range.end).any(|k| touches(k, home, false) || touches(k, aside, false));
+    (elementwise && full && !read_later).then_some(w)
+}
+
 /// Reductions over at most this many elements per result are unrolled into one expression.
 const UNROLLED_WINDOW: usize = 8;
 

@@ -346,36 +346,11 @@ fn commit(
     let end = lowered.kernels.len();
     let dims = shape.dims().to_vec();
     let whole = Affine::contiguous(&dims);
-    let mut writers = Vec::new();
-    for k in start..end {
-        lowered.kernels[k].for_each_access(|b, _, written| {
-            if written && b == aside {
-                writers.push(k);
-            }
-        });
-    }
-    writers.dedup();
-    if let [w] = writers[..] {
-        let reads_after = |buffer: BufferId| {
-            (w + 1..end).any(|k| {
-                let mut reads = false;
-                lowered.kernels[k]
-                    .for_each_access(|b, _, written| reads |= !written && b == buffer);
-                reads
-            })
-        };
-        if let Kernel::Map { dims: d, out, expr } = &lowered.kernels[w] {
-            // The writer reads the old value only where it writes the new one.
-            let mut elementwise = true;
-            expr.for_each_load(&mut |b, map| elementwise &= b != home || *map == out.map);
-            let full = *d == dims && out.map == whole;
-            if elementwise && full && !reads_after(home) && !reads_after(aside) {
-                if let Kernel::Map { out, .. } = &mut lowered.kernels[w] {
-                    out.buffer = home;
-                }
-                return w;
-            }
+    if let Some(w) = lower::in_place_writer(&lowered.kernels, start..end, aside, home, &dims) {
+        if let Kernel::Map { out, .. } = &mut lowered.kernels[w] {
+            out.buffer = home;
         }
+        return w;
     }
     lowered.kernels.push(Kernel::Map {
         dims: dims.clone(),
