@@ -66,6 +66,8 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                     "cse" => pcg::opt::cse(&mut p),
                     "concat" => pcg::opt::concat::join_padded_sums(&mut p),
                     "dead_parts" => pcg::opt::dead_parts::narrow_products(&mut p),
+                    "batching" => pcg::opt::batching::batch_products(&mut p),
+                    "distribute" => pcg::opt::concat::distribute(&mut p),
                     "simplify" => pcg::opt::simplify(&mut p),
                     other => panic!("unknown pass `{other}`"),
                 }

@@ -396,6 +396,53 @@ impl Program {
             .collect()
     }
 
+    /// Puts the nodes back in an order where every node follows its operands, after a pass
+    /// has made nodes read ones appended after them: each node as early as its operands
+    /// allow, otherwise in the order it had.
+    pub fn sort_topologically(&mut self) {
+        let n = self.nodes.len();
+        let mut order = Vec::with_capacity(n);
+        let mut placed = vec![false; n];
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        for root in 0..n {
+            if placed[root] {
+                continue;
+            }
+            stack.push((root, 0));
+            while let Some((id, next)) = stack.pop() {
+                let args = &self.nodes[id].args;
+                if let Some(a) = args[next..].iter().position(|a| !placed[a.index()]) {
+                    stack.push((id, next + a + 1));
+                    stack.push((args[next + a].index(), 0));
+                } else if !placed[id] {
+                    placed[id] = true;
+                    order.push(id);
+                }
+            }
+        }
+        let mut renumber = vec![ValueId(0); n];
+        for (new, &old) in order.iter().enumerate() {
+            renumber[old] = ValueId(new as u32);
+        }
+        let mut nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.nodes = order
+            .iter()
+            .map(|&old| {
+                let mut node = nodes[old].take().expect("each node once");
+                for a in &mut node.args {
+                    *a = renumber[a.index()];
+                }
+                node
+            })
+            .collect();
+        for o in &mut self.outputs {
+            o.value = renumber[o.value.index()];
+        }
+    }
+
     /// Sets the source name of a node (used for PC node granularity and for printing).
     pub fn set_name(&mut self, id: ValueId, name: impl Into<String>) {
         self.nodes[id.index()].name = Some(name.into());

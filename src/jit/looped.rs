@@ -254,14 +254,16 @@ fn update_in_place(
             return false;
         };
         let dims = body.shape(o.value).dims();
-        match lower::in_place_writer(&lowered.kernels, kernels.clone(), odd, even, dims) {
-            Some(w) => writers.push((o.name.clone(), w, even, odd)),
+        match lower::in_place_writers(&lowered.kernels, kernels.clone(), odd, even, dims) {
+            Some(ws) => writers.push((o.name.clone(), ws, even, odd)),
             None => return false,
         }
     }
-    for (name, w, even, odd) in writers {
-        if let lower::Kernel::Map { out, .. } = &mut lowered.kernels[w] {
-            out.buffer = even;
+    for (name, ws, even, odd) in writers {
+        for w in ws {
+            if let lower::Kernel::Map { out, .. } = &mut lowered.kernels[w] {
+                out.buffer = even;
+            }
         }
         lowered.buffers[odd].len = 0;
         lowered.buffers[odd].pinned = false;

@@ -343,10 +343,16 @@ impl std::ops::AddAssign for Cost {
 impl Kernel {
     /// One run's cost.
     pub fn cost(&self) -> Cost {
+        // Elements each buffer has touched: at most the accesses' extent, and at most the
+        // elements the kernel visits (a part of a buffer is not the whole of it).
+        let visited = match self {
+            Kernel::Map { dims, .. } | Kernel::Reduce { dims, .. } => dims.iter().product(),
+            Kernel::MatMul(_) | Kernel::Conv(_) => usize::MAX,
+        };
         let mut touched: HashMap<BufferId, usize> = HashMap::new();
         self.for_each_access(|b, extent, _| {
             let e = touched.entry(b).or_default();
-            *e = (*e).max(extent);
+            *e = (*e).max(extent.min(visited));
         });
         let bytes = touched.values().map(|&e| 4 * e as u64).sum();
         let (flops, product) = match self {
@@ -892,34 +898,79 @@ impl<'a> Lowering<'a> {
     }
 }
 
-/// The kernel of `kernels[range]` that writes `aside` (a value of shape `dims`) if it could
-/// write `home` instead — in place of the old value there — without changing any result: the
-/// one kernel writing `aside`, a map over the whole of it that reads `home` only at the
-/// element it writes, with no kernel after it (in the range) reading `home` or `aside`.
-pub fn in_place_writer(
+/// The kernels of `kernels[range]` that write `aside` (a value of shape `dims`) if they could
+/// write `home` instead — in place of the old value there — without changing any result:
+/// maps, each reading `home` only at the elements it writes, writing parts of `aside` that
+/// cannot meet and together make all of it (a concat's parts, or one map over the whole),
+/// with no other kernel after the first of them reading `home`, nor any reading `aside`.
+pub fn in_place_writers(
     kernels: &[Kernel],
     range: std::ops::Range<usize>,
     aside: BufferId,
     home: BufferId,
     dims: &[usize],
-) -> Option<usize> {
+) -> Option<Vec<usize>> {
     let touches = |k: usize, buffer: BufferId, write: bool| {
         let mut found = false;
         kernels[k].for_each_access(|b, _, written| found |= b == buffer && written == write);
         found
     };
     let writers: Vec<usize> = range.clone().filter(|&k| touches(k, aside, true)).collect();
-    let &[w] = writers.as_slice() else {
-        return None;
+    let first = *writers.first()?;
+    let mut places = Vec::new();
+    let mut elements = 0;
+    for &w in &writers {
+        let Kernel::Map { dims: d, out, expr } = &kernels[w] else {
+            return None;
+        };
+        let mut elementwise = true;
+        expr.for_each_load(&mut |b, map| elementwise &= b != home || *map == out.map);
+        if !elementwise {
+            return None;
+        }
+        places.push((&out.map, d));
+        elements += d.iter().product::<usize>();
+    }
+    let apart = places.iter().enumerate().all(|(i, (a, d))| {
+        places[i + 1..]
+            .iter()
+            .all(|(b, e)| d == e && disjoint(a, b, d))
+    });
+    let whole = match places.as_slice() {
+        [(map, d)] => d.as_slice() == dims && **map == Affine::contiguous(dims),
+        _ => elements == dims.iter().product::<usize>(),
     };
-    let Kernel::Map { dims: d, out, expr } = &kernels[w] else {
-        return None;
-    };
-    let mut elementwise = true;
-    expr.for_each_load(&mut |b, map| elementwise &= b != home || *map == out.map);
-    let full = d.as_slice() == dims && out.map == Affine::contiguous(dims);
-    let read_later = (w + 1..range.end).any(|k| touches(k, home, false) || touches(k, aside, false));
-    (elementwise && full && !read_later).then_some(w)
+    let read_later = (first..range.end)
+        .any(|k| (!writers.contains(&k) && touches(k, home, false)) || touches(k, aside, false));
+    (apart && whole && !read_later).then_some(writers)
+}
+
+/// Whether two places with the maps `a` and `b` over `dims` can never be the same element:
+/// the same strides, nested (each axis's elements fit between two steps of the next outer
+/// one), and offsets apart along one axis by at least its extent without carrying into the
+/// next (the columns of a buffer written in parts).
+fn disjoint(a: &Affine, b: &Affine, dims: &[usize]) -> bool {
+    if a.strides != b.strides {
+        return false;
+    }
+    let d = a.offset.abs_diff(b.offset);
+    let mut axes: Vec<(usize, usize)> = dims
+        .iter()
+        .zip(&a.strides)
+        .filter(|&(&n, &s)| n > 1 && s > 0)
+        .map(|(&n, &s)| (s, n))
+        .collect();
+    axes.sort_unstable_by(|x, y| y.cmp(x));
+    let nested = axes.windows(2).all(|w| w[1].0 * w[1].1 <= w[0].0);
+    nested
+        && axes.iter().enumerate().any(|(k, &(s, n))| {
+            let room = if k == 0 {
+                usize::MAX
+            } else {
+                axes[k - 1].0 / s
+            };
+            d.is_multiple_of(s) && d / s >= n && d / s + n <= room
+        })
 }
 
 /// Reductions over at most this many elements per result are unrolled into one expression.
@@ -1022,6 +1073,27 @@ mod tests {
         // Splitting one axis of a transposed view stays affine.
         let r = m.reshape(&[3, 2], &[3, 2, 1]).expect("unit axis");
         assert_eq!(r.strides[..2], [1, 3]);
+    }
+
+    #[test]
+    fn column_parts_of_one_buffer_are_apart() {
+        // [32, 64] parts of a [32, 256] buffer: rows 256 apart, parts 64 apart.
+        let part = |offset| Affine {
+            offset,
+            strides: vec![256, 1],
+        };
+        assert!(disjoint(&part(0), &part(64), &[32, 64]));
+        assert!(disjoint(&part(192), &part(64), &[32, 64]));
+        assert!(!disjoint(&part(0), &part(32), &[32, 64]));
+        // Rows apart along the outer axis: apart only where the extents do not meet.
+        assert!(disjoint(&part(0), &part(32 * 256), &[32, 64]));
+        assert!(!disjoint(&part(0), &part(31 * 256), &[32, 64]));
+        // Different strides are never known to be apart.
+        let other = Affine {
+            offset: 4096,
+            strides: vec![64, 1],
+        };
+        assert!(!disjoint(&part(0), &other, &[32, 64]));
     }
 
     #[test]

@@ -346,11 +346,14 @@ fn commit(
     let end = lowered.kernels.len();
     let dims = shape.dims().to_vec();
     let whole = Affine::contiguous(&dims);
-    if let Some(w) = lower::in_place_writer(&lowered.kernels, start..end, aside, home, &dims) {
-        if let Kernel::Map { out, .. } = &mut lowered.kernels[w] {
-            out.buffer = home;
+    if let Some(writers) = lower::in_place_writers(&lowered.kernels, start..end, aside, home, &dims)
+    {
+        if let [w] = writers[..] {
+            if let Kernel::Map { out, .. } = &mut lowered.kernels[w] {
+                out.buffer = home;
+            }
+            return w;
         }
-        return w;
     }
     lowered.kernels.push(Kernel::Map {
         dims: dims.clone(),

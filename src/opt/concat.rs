@@ -1,11 +1,19 @@
-//! The pad/concat fold: sums of pads over adjacent parts of one axis become one concat.
+//! Concats: sums of pads over adjacent parts of one axis become one concat, and elementwise
+//! ops on a concat become the concat of the ops on its parts.
 //!
-//! `pad(a) + pad(b)` along one axis, where `b`'s part starts where `a`'s ends, is one pad of
-//! `concat(a, b)`; chains of such sums — the gradient of a tensor sliced into parts, as an
-//! LSTM's gates are — become one concat: no zeros written, no sums taken. Exact: adding a zero
-//! leaves every element as it was (the sign of a zero aside).
+//! [`join_padded_sums`]: `pad(a) + pad(b)` along one axis, where `b`'s part starts where
+//! `a`'s ends, is one pad of `concat(a, b)`; chains of such sums — the gradient of a tensor
+//! sliced into parts, as an LSTM's gates are — become one concat: no zeros written, no sums
+//! taken. Exact: adding a zero leaves every element as it was (the sign of a zero aside).
+//!
+//! [`distribute`]: `f(concat(a, b), x) = concat(f(a, x[..a]), f(b, x[a..]))` for an
+//! elementwise f, the other operands sliced to each part. A concat read by one elementwise op
+//! no longer has to be written to memory for it: pushed on through the ops that follow, the
+//! parts are computed straight into the place of the final result (an LSTM's gate errors into
+//! the update of the pre-activation's error). Exact: every element is computed by the same
+//! ops from the same operands.
 
-use crate::ir::{BinaryOp, Node, Op, Program, Shape, ValueId};
+use crate::ir::{BinaryOp, Node, Op, OpKind, Program, Region, Shape, ValueId};
 
 /// Joins every such sum in `program`, in one forward pass.
 pub fn join_padded_sums(program: &mut Program) {
@@ -81,4 +89,98 @@ pub fn join_padded_sums(program: &mut Program) {
     for o in &mut program.outputs {
         o.value = map[o.value.index()];
     }
+}
+
+/// Pushes every elementwise op on a concat that only it reads into the concat's parts.
+pub fn distribute(program: &mut Program) {
+    let users = program.users();
+    let old = std::mem::take(&mut program.nodes);
+    let mut map: Vec<ValueId> = Vec::with_capacity(old.len());
+    // For each new node, the number of users of the old node it stands for.
+    let mut uses: Vec<usize> = Vec::new();
+    for (i, mut node) in old.into_iter().enumerate() {
+        for a in &mut node.args {
+            *a = map[a.index()];
+        }
+        let elementwise = matches!(
+            node.op.kind(),
+            OpKind::Unary | OpKind::Binary | OpKind::Ternary
+        );
+        let concat = node.args.iter().find_map(|&a| match program.node(a).op {
+            Op::Concat { axis } if elementwise && uses[a.index()] == 1 => Some((a, axis)),
+            _ => None,
+        });
+        let Some((joined, axis)) = concat else {
+            let id = program.push(node);
+            uses.resize(id.index() + 1, 0);
+            uses[id.index()] = users[i].len();
+            map.push(id);
+            continue;
+        };
+        let parts = program.node(joined).args.clone();
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(parts.len());
+        for &part in &parts {
+            let part_shape = program.shape(part).clone();
+            let end = start + part_shape.dims()[axis];
+            let args: Vec<ValueId> = node
+                .args
+                .iter()
+                .map(|&a| {
+                    if a == joined {
+                        part
+                    } else {
+                        slice_of(program, a, axis, start, end)
+                    }
+                })
+                .collect();
+            pieces.push(program.push(Node {
+                op: node.op.clone(),
+                args,
+                shape: part_shape,
+                name: None,
+                region: node.region,
+            }));
+            start = end;
+        }
+        let id = program.push(Node {
+            op: Op::Concat { axis },
+            args: pieces,
+            ..node
+        });
+        uses.resize(program.nodes.len(), 0);
+        uses[id.index()] = users[i].len();
+        map.push(id);
+    }
+    for o in &mut program.outputs {
+        o.value = map[o.value.index()];
+    }
+}
+
+/// Elements `start..end` of `value` along `axis`: a constant of that shape, or a slice.
+fn slice_of(
+    program: &mut Program,
+    value: ValueId,
+    axis: usize,
+    start: usize,
+    end: usize,
+) -> ValueId {
+    let mut dims = program.shape(value).dims().to_vec();
+    dims[axis] = end - start;
+    let op = match program.node(value).op {
+        Op::Const(c) => Op::Const(c),
+        _ => Op::Slice { axis, start, end },
+    };
+    let args = if matches!(op, Op::Const(_)) {
+        vec![]
+    } else {
+        vec![value]
+    };
+    program.push(Node {
+        op,
+        args,
+        shape: Shape::new(dims),
+        name: None,
+        region: Region::Model,
+    })
 }

@@ -5,16 +5,21 @@
 //! The passes, in the order they run:
 //!
 //! 1. [`concat`] — sums of pads over adjacent parts of an axis become one concat (gradients of
-//!    tensors sliced into parts).
+//!    tensors sliced into parts), and elementwise ops on a concat the concat of the ops on its
+//!    parts (the concat is then never written for them).
 //! 2. [`dead_parts`] — a product only partly used is computed only for the parts used (the
 //!    message to the clamped input's half of `concat(x, h) @ w`).
 //! 3. [`cse`] — common subexpressions shared, identities folded, dead nodes pruned.
 //!
 //! [`simplify`] runs these on every derived program (gradient, learning, closed-form step).
+//! [`batching`] — independent products with one right operand become one product over their
+//! stacked left operands — runs on a relaxation loop's body once its invariants are hoisted
+//! (the weight a body's products share is then one state leaf).
 //! A relaxation loop is then [`hoist`]ed: everything that does not depend on carried state moves
 //! to the prologue, which is simplified again. Last, the backend asks [`split`] whether the loop
 //! body can run as independent blocks of samples on several cores.
 
+pub mod batching;
 pub mod concat;
 pub mod cse;
 pub mod dead_parts;
@@ -30,6 +35,7 @@ use crate::ir::Program;
 /// then CSE.
 pub fn simplify(program: &mut Program) {
     concat::join_padded_sums(program);
+    concat::distribute(program);
     dead_parts::narrow_products(program);
     cse::cse(program);
 }

@@ -336,6 +336,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     };
     crate::opt::simplify(&mut relax.body);
     crate::opt::hoist_invariants(&mut relax);
+    crate::opt::batching::batch_products(&mut relax.body);
 
     // Learning: the same product with respect to the parameters and inputs.
     let mut learn = Program::new(format!("{}.learn", forward.name));
