@@ -209,3 +209,125 @@ fn a_split_relaxation_step_computes_its_block() {
     }
     assert_eq!(split, 12);
 }
+
+/// A random program in the shape the passes meet: an unrolled recurrence through one weight
+/// (`concat(x_t, h) @ w`, its slices), independent messages through the same weight and its
+/// transpose (as in a synchronous relaxation step), parts of products used, and elementwise
+/// ops on concats.
+fn random_unrolled(seed: u64) -> Program {
+    use pcg::ir::{BinaryOp, LeafKind, Op, Shape, UnaryOp};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (rows, k, steps) = (4, 8, rng.random_range(4..8));
+    let mut p = Program::new("random");
+    let w = p.leaf(LeafKind::Param, "w", Shape::new(vec![2 * k, 2 * k]));
+    let wt = p.transpose(w, vec![1, 0]);
+    let mut h = p.leaf(LeafKind::State, "h", Shape::new(vec![rows, k]));
+    let mut results = Vec::new();
+    for t in 0..steps {
+        let x = p.leaf(LeafKind::Input, format!("x{t}"), Shape::new(vec![rows, k]));
+        let e = p.leaf(
+            LeafKind::State,
+            format!("e{t}"),
+            Shape::new(vec![rows, 2 * k]),
+        );
+        // The recurrence: only h's half of the message to concat(x, h) is read.
+        let joined = p.build(Op::Concat { axis: 1 }, &[x, h], None);
+        let z = p.build(Op::MatMul, &[joined, w], None);
+        let gate = p.build(
+            Op::Slice {
+                axis: 1,
+                start: 0,
+                end: k,
+            },
+            &[z],
+            None,
+        );
+        h = p.unary(UnaryOp::Tanh, gate);
+        // A message through the transposed weight, independent of the other steps'.
+        let message = p.build(Op::MatMul, &[e, wt], None);
+        let start = rng.random_range(0..k);
+        let part = p.build(
+            Op::Slice {
+                axis: 1,
+                start,
+                end: start + k,
+            },
+            &[message],
+            None,
+        );
+        // Elementwise ops on a concat, and a second product of the state through w.
+        let both = p.build(Op::Concat { axis: 1 }, &[part, h], None);
+        let scaled = p.scale(both, 0.5);
+        let update = match rng.random_range(0..3) {
+            0 => p.add_values(e, scaled),
+            1 => p.binary(BinaryOp::Max, scaled, e),
+            _ => p.sub(e, scaled),
+        };
+        let again = p.build(Op::MatMul, &[e, w], None);
+        results.push(p.mul(update, again));
+    }
+    for (t, r) in results.into_iter().enumerate() {
+        p.set_output(format!("e{t}"), r);
+    }
+    p.set_output("h", h);
+    p
+}
+
+/// The passes on random unrolled programs leave every output as it was (the interpreter in
+/// f64), and the compiled program agrees with the interpreter on the rewritten one.
+#[test]
+fn passes_keep_random_unrolled_programs_exact() {
+    use pcg::interp::{self, Bindings};
+    use pcg::ir::LeafKind;
+    use rand::{Rng, SeedableRng};
+    for seed in 0..24 {
+        let original = random_unrolled(seed);
+        verify(&original).expect("valid");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1000 + seed);
+        let mut leaves: Bindings<f64> = Bindings::new();
+        for kind in [LeafKind::Param, LeafKind::State, LeafKind::Input] {
+            for (id, name) in original.leaves(kind) {
+                let dims = original.shape(id).dims().to_vec();
+                let values = ndarray::ArrayD::from_shape_fn(dims, |_| rng.random_range(-1.0..1.0));
+                leaves.insert(name.to_string(), values);
+            }
+        }
+        let reference = interp::eval_outputs(&original, &leaves).expect("runs");
+        let mut optimised = original.clone();
+        pcg::opt::simplify(&mut optimised);
+        pcg::opt::batching::batch_products(&mut optimised);
+        pcg::opt::simplify(&mut optimised);
+        verify(&optimised).expect("valid after the passes");
+        let products = |p: &Program| {
+            p.nodes
+                .iter()
+                .filter(|n| n.op == pcg::ir::Op::MatMul)
+                .count()
+        };
+        assert!(
+            products(&optimised) < products(&original),
+            "seed {seed}: nothing batched"
+        );
+        let out = interp::eval_outputs(&optimised, &leaves).expect("runs");
+        for (name, value) in &reference {
+            let diff = (value - &out[name]).mapv(f64::abs).sum();
+            assert!(diff < 1e-9, "seed {seed}: {name} differs by {diff}");
+        }
+        let f32_leaves: Bindings<f32> = leaves
+            .iter()
+            .map(|(k, v)| (k.clone(), v.mapv(|x| x as f32)))
+            .collect();
+        let mut jit =
+            pcg::jit::JitProgram::compile(&optimised, &Default::default()).expect("compiles");
+        let compiled = jit.run(&f32_leaves).expect("runs");
+        for (name, value) in &reference {
+            let diff = (value.mapv(|x| x as f32) - &compiled[name]).mapv(f32::abs);
+            let worst = diff.iter().fold(0.0f32, |m, &d| m.max(d));
+            assert!(
+                worst < 1e-4,
+                "seed {seed}: compiled {name} differs by {worst}"
+            );
+        }
+    }
+}

@@ -15,6 +15,10 @@
 //! [`batching`] — independent products with one right operand become one product over their
 //! stacked left operands — runs on a relaxation loop's body once its invariants are hoisted
 //! (the weight a body's products share is then one state leaf).
+//! [`relaxation`] — a fixed- or exact-mode relaxation's final state by one reverse sweep or in
+//! closed form instead of the simulated loop — replaces the loop where it applies (its
+//! `evaluation` says which is chosen and why).
+//!
 //! A relaxation loop is then [`hoist`]ed: everything that does not depend on carried state moves
 //! to the prologue, which is simplified again. Last, the backend asks [`split`] whether the loop
 //! body can run as independent blocks of samples on several cores.
@@ -24,6 +28,7 @@ pub mod concat;
 pub mod cse;
 pub mod dead_parts;
 pub mod hoist;
+pub mod relaxation;
 pub mod split;
 
 pub use cse::cse;

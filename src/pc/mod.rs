@@ -38,10 +38,9 @@
 //!
 //! The energy F = ½ Σ_i π_i ‖ε_i‖² (outputs included) is an output of every step.
 
-mod closed;
 mod dot;
 
-pub use closed::{coefficients, evaluation, fuse_step, solve, Evaluation};
+pub use crate::opt::relaxation::{coefficients, evaluation, fuse_step, solve, Evaluation};
 pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};
@@ -376,7 +375,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     })
 }
 
-fn relaxed(graph: &PcGraph) -> impl Iterator<Item = &PcNode> {
+pub(crate) fn relaxed(graph: &PcGraph) -> impl Iterator<Item = &PcNode> {
     graph
         .nodes
         .iter()
@@ -481,7 +480,7 @@ fn errors(
 /// Copies the forward program into `program`: leaves become leaves of the same kind and name,
 /// and every user of a node in `cut` reads the given value instead. Returns, for each forward
 /// node, the node computing it (for cut nodes: their prediction from the cut inputs).
-fn replay(
+pub(crate) fn replay(
     forward: &Program,
     program: &mut Program,
     cut: &HashMap<ValueId, ValueId>,

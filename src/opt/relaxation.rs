@@ -28,9 +28,9 @@
 //!   scalar expansion, and graphs at least T deep with η < 1): the loop, step by step.
 //!
 //! Each gives the simulated loop's result up to rounding (tested).
-use super::{error_state, feedforward_state, relaxed, replay, PcError, PcGraph, Role};
 use crate::autodiff;
 use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
+use crate::pc::{error_state, feedforward_state, relaxed, replay, PcError, PcGraph, Role};
 use crate::sema::Mode;
 use std::collections::HashMap;
 
