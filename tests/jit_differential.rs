@@ -19,6 +19,7 @@ fn checked() -> JitOptions {
     JitOptions {
         bounds_checks: true,
         threads: 2,
+        auto_threads: false,
         profile: false,
     }
 }

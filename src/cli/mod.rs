@@ -239,6 +239,7 @@ impl BackendFlags {
         JitOptions {
             bounds_checks: self.bounds_checks,
             threads: self.threads.map_or(default.threads, |n| n.get()),
+            auto_threads: self.threads.is_none(),
             profile,
         }
     }

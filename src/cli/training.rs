@@ -463,15 +463,7 @@ pub(super) fn bench(
     let steps = programs.steps;
     // The work the step does: the compiled step counts its own kernels; for the interpreter,
     // the programs' (with the relaxation in closed form, the fused program's).
-    let program_flops = match (&programs.grad, &programs.fused, &programs.pc) {
-        (Some(g), _, _) | (_, Some(g), _) => crate::ir::flops(g),
-        (_, _, Some(pc)) => {
-            crate::ir::flops(&pc.relax.prologue)
-                + steps as u64 * crate::ir::flops(&pc.relax.body)
-                + crate::ir::flops(&pc.learn)
-        }
-        _ => 0,
-    };
+    let program_flops = programs.step_flops();
     let training_programs = profile.then(|| programs.clone());
     let mut engine = backend.engine(programs).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);

@@ -49,6 +49,8 @@ pub struct JitOptions {
     pub bounds_checks: bool,
     /// Threads the matrix products may use (large products only).
     pub threads: usize,
+    /// `threads` is the default, not asked for: a caller may use fewer where that is faster.
+    pub auto_threads: bool,
     /// Time every kernel (on each thread that runs it; see [`take_kernel_times`]). A tuning
     /// aid: a call into the runtime before every kernel.
     pub profile: bool,
@@ -59,6 +61,7 @@ impl Default for JitOptions {
         JitOptions {
             bounds_checks: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            auto_threads: true,
             profile: false,
         }
     }
@@ -675,7 +678,7 @@ mod tests {
             let options = JitOptions {
                 bounds_checks: true,
                 threads,
-                profile: false,
+                ..JitOptions::default()
             };
             let layout = Layout::straight(lowered.kernels.len());
             let e = Function::compile(&lowered, &layout, &options);

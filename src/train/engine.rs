@@ -156,6 +156,19 @@ impl Programs {
 }
 
 impl Programs {
+    /// The floating-point operations of one training step, as the programs count them.
+    pub fn step_flops(&self) -> u64 {
+        match (&self.grad, &self.fused, &self.pc) {
+            (Some(g), _, _) | (_, Some(g), _) => crate::ir::flops(g),
+            (_, _, Some(pc)) => {
+                crate::ir::flops(&pc.relax.prologue)
+                    + self.steps as u64 * crate::ir::flops(&pc.relax.body)
+                    + crate::ir::flops(&pc.learn)
+            }
+            _ => 0,
+        }
+    }
+
     /// The same programs without the closed form: every relaxation step is run.
     pub fn simulated(mut self) -> Self {
         self.fused = None;
@@ -439,6 +452,10 @@ pub struct JitEngine {
     eval: JitProgram,
 }
 
+/// Training steps with fewer floating-point operations than this run on one thread unless
+/// the threads were asked for.
+pub const SMALL_STEP_FLOPS: u64 = 30_000_000;
+
 /// The gradient programs compiled one by one, for `gradients`.
 struct Separate {
     grad: Option<JitProgram>,
@@ -471,10 +488,16 @@ impl Separate {
 
 impl JitEngine {
     pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
-        let eval = JitProgram::compile(&programs.eval, options)?;
+        let mut options = options.clone();
+        // A small step loses more to handing work between cores than it gains (measured by
+        // scripts/threads.sh: the RNN's and the batch-of-one MLP's steps are faster alone).
+        if options.auto_threads && programs.step_flops() < SMALL_STEP_FLOPS {
+            options.threads = 1;
+        }
+        let eval = JitProgram::compile(&programs.eval, &options)?;
         Ok(JitEngine {
             programs,
-            options: options.clone(),
+            options,
             separate: None,
             training: None,
             eval,
