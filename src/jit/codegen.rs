@@ -21,7 +21,7 @@ use super::plan::BufferPlan;
 use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, Block, ConstantData, FuncRef, InstBuilder, MemFlagsData, Value,
+    types, Block, ConstantData, Endianness, FuncRef, InstBuilder, MemFlagsData, Value,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::collections::HashMap;
@@ -145,6 +145,9 @@ struct Slot {
     /// Element position at index 0: arena offset for buffers, the index value's offset else.
     base: usize,
     strides: Vec<usize>,
+    /// Along the innermost axis, each element is read twice: index i is at `(i / 2) ·
+    /// stride` (a value broadcast over the 2 × 2 windows of a pooling, read at pixel level).
+    pairs: bool,
 }
 
 /// An expression node over slots, in evaluation order.
@@ -180,6 +183,7 @@ impl Nest {
             buffer: Some(out.0),
             base: plan.buffers[out.0].offset + out.1.offset,
             strides: out.1.strides.clone(),
+            pairs: false,
         });
         nest
     }
@@ -192,6 +196,7 @@ impl Nest {
                     buffer: Some(*buffer),
                     base: plan.buffers[*buffer].offset + map.offset,
                     strides: map.strides.clone(),
+                    pairs: false,
                 });
                 Node::Load(self.slots.len() - 1)
             }
@@ -200,6 +205,7 @@ impl Nest {
                     buffer: None,
                     base: map.offset,
                     strides: map.strides.clone(),
+                    pairs: false,
                 });
                 Node::Index(self.slots.len() - 1)
             }
@@ -266,7 +272,8 @@ impl Nest {
             self.dims = vec![pieces, row];
             for slot in &mut self.slots {
                 let s = slot.strides[0];
-                slot.strides = vec![s * row, s];
+                let outer = if slot.pairs { s * row / 2 } else { s * row };
+                slot.strides = vec![outer, s];
             }
         }
         (self.slots[0].strides[0] != 0).then_some(self.dims[0])
@@ -301,6 +308,47 @@ impl Nest {
             self.dims.push(1);
             for slot in &mut self.slots {
                 slot.strides.push(0);
+            }
+        }
+        self.merge_pairs();
+    }
+
+    /// An innermost axis of 2 that some slots do not move along (a pooling window's column):
+    /// merged with the axis outside it, those slots reading each element twice, so that the
+    /// innermost loop is long enough for SIMD. Outputs and index values must walk evenly.
+    fn merge_pairs(&mut self) {
+        let r = self.dims.len();
+        if r < 2 || self.dims[r - 1] != 2 {
+            return;
+        }
+        // Slot 0 is the output.
+        let outputs = 1;
+        let kinds: Option<Vec<bool>> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (outer, inner) = (s.strides[r - 2], s.strides[r - 1]);
+                if outer == 2 * inner {
+                    Some(false)
+                } else if inner == 0 && i >= outputs && s.buffer.is_some() {
+                    Some(true)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let Some(kinds) = kinds else {
+            return;
+        };
+        self.dims[r - 2] *= 2;
+        self.dims.pop();
+        for (slot, pairs) in self.slots.iter_mut().zip(kinds) {
+            let inner = slot.strides.pop().expect("an inner stride");
+            if pairs {
+                slot.pairs = true;
+            } else {
+                *slot.strides.last_mut().expect("an outer stride") = inner;
             }
         }
     }
@@ -620,6 +668,45 @@ impl FunctionTranslator<'_> {
         self.builder.switch_to_block(exit);
     }
 
+    /// The innermost loop's load of `slot` at index `i`: four lanes or one. Reads every
+    /// other element with two loads and a shuffle — elements p..p+4 and p+3..p+7, so that
+    /// nothing past the last element wanted (p+6) is touched — and pairs as two scalars
+    /// spread over the lanes [a, a, b, b].
+    fn inner_load(&mut self, slot: &Slot, row: Value, i: Value, level: usize, lanes: Lanes) -> Value {
+        let stride = slot.strides[level];
+        if slot.pairs {
+            let half = self.builder.ins().ushr_imm_u(i, 1);
+            let at = self.advance(row, half, stride);
+            let first = self.load(slot, at, Lanes::SCALAR);
+            if lanes.width == 1 {
+                return first;
+            }
+            let next = self.builder.ins().iadd_imm_s(at, stride as i64);
+            let second = self.load(slot, next, Lanes::SCALAR);
+            let v = self.builder.ins().splat(lanes.float, first);
+            let v = self.builder.ins().insertlane(v, second, 2);
+            return self.builder.ins().insertlane(v, second, 3);
+        }
+        let at = self.advance(row, i, stride);
+        if stride != 2 || lanes.width == 1 {
+            return self.load(slot, at, lanes);
+        }
+        let next = self.builder.ins().iadd_imm_s(at, 3);
+        let low = self.load(slot, at, lanes);
+        let high = self.load(slot, next, lanes);
+        let little = MemFlagsData::new().with_endianness(Endianness::Little);
+        let low = self.builder.ins().bitcast(types::I8X16, little, low);
+        let high = self.builder.ins().bitcast(types::I8X16, little, high);
+        // Bytes of lanes 0 and 2 of `low` (p, p+2), then of lanes 1 and 3 of `high` (p+4, p+6).
+        let mask: Vec<u8> = [0u8, 8, 20, 28]
+            .iter()
+            .flat_map(|&start| start..start + 4)
+            .collect();
+        let mask = self.builder.func.dfg.immediates.push(ConstantData::from(mask));
+        let even = self.builder.ins().shuffle(low, high, mask);
+        self.builder.ins().bitcast(lanes.float, little, even)
+    }
+
     /// `row + i·stride`.
     fn advance(&mut self, row: Value, i: Value, stride: usize) -> Value {
         match stride {
@@ -637,9 +724,16 @@ impl FunctionTranslator<'_> {
         let level = nest.dims.len() - 1;
         let n = nest.dims[level] as i64;
         let accumulate = nest.reduce.is_some() && nest.slots[0].strides[level] == 0;
+        // Four lanes where every output moves by one element, or stays for a reduction, and
+        // every load moves by one, stays, reads every other element, or reads pairs.
+        let outputs = 1;
         let simd = n >= 4
             && nest.slots.iter().enumerate().all(|(i, s)| {
-                s.buffer.is_none() || s.strides[level] <= 1 || (i == 0 && accumulate)
+                let stride = s.strides[level];
+                s.buffer.is_none()
+                    || stride <= 1
+                    || (i == 0 && accumulate)
+                    || (i >= outputs && (s.pairs || stride == 2))
             });
         // Loads that do not move along the inner axis are read once.
         let mut invariant: Vec<Option<Value>> = vec![None; nest.slots.len()];
@@ -765,10 +859,7 @@ impl FunctionTranslator<'_> {
                 Node::Load(s) => match invariant[s] {
                     Some(x) if lanes.width > 1 => self.builder.ins().splat(lanes.float, x),
                     Some(x) => x,
-                    None => {
-                        let at = self.advance(rows[s], i, nest.slots[s].strides[level]);
-                        self.load(&nest.slots[s], at, lanes)
-                    }
+                    None => self.inner_load(&nest.slots[s], rows[s], i, level, lanes),
                 },
                 Node::Index(s) => {
                     let stride = nest.slots[s].strides[level];
