@@ -474,7 +474,10 @@ fn im2col(s: &ConvGeometry, input: &[f32], columns: &mut [f32]) {
     for_each_run(s, |entry, pixel, len| {
         let out = &mut columns[entry..entry + len];
         if s.stride == 1 {
-            out.copy_from_slice(&input[pixel..pixel + len]);
+            // Runs are a few elements long (an output row): a loop, not a call to memcpy.
+            for (o, &x) in out.iter_mut().zip(&input[pixel..pixel + len]) {
+                *o = x;
+            }
         } else {
             let read = input[pixel..].iter().step_by(s.stride);
             out.iter_mut().zip(read).for_each(|(o, &x)| *o = x);
@@ -487,8 +490,14 @@ fn col2im(s: &ConvGeometry, columns: &[f32], input: &mut [f32]) {
     input.fill(0.0);
     for_each_run(s, |entry, pixel, len| {
         let from = &columns[entry..entry + len];
-        let to = input[pixel..].iter_mut().step_by(s.stride);
-        to.zip(from).for_each(|(x, &c)| *x += c);
+        if s.stride == 1 {
+            for (x, &c) in input[pixel..pixel + len].iter_mut().zip(from) {
+                *x += c;
+            }
+        } else {
+            let to = input[pixel..].iter_mut().step_by(s.stride);
+            to.zip(from).for_each(|(x, &c)| *x += c);
+        }
     });
 }
 
