@@ -672,7 +672,14 @@ impl FunctionTranslator<'_> {
     /// other element with two loads and a shuffle — elements p..p+4 and p+3..p+7, so that
     /// nothing past the last element wanted (p+6) is touched — and pairs as two scalars
     /// spread over the lanes [a, a, b, b].
-    fn inner_load(&mut self, slot: &Slot, row: Value, i: Value, level: usize, lanes: Lanes) -> Value {
+    fn inner_load(
+        &mut self,
+        slot: &Slot,
+        row: Value,
+        i: Value,
+        level: usize,
+        lanes: Lanes,
+    ) -> Value {
         let stride = slot.strides[level];
         if slot.pairs {
             let half = self.builder.ins().ushr_imm_u(i, 1);
@@ -702,7 +709,12 @@ impl FunctionTranslator<'_> {
             .iter()
             .flat_map(|&start| start..start + 4)
             .collect();
-        let mask = self.builder.func.dfg.immediates.push(ConstantData::from(mask));
+        let mask = self
+            .builder
+            .func
+            .dfg
+            .immediates
+            .push(ConstantData::from(mask));
         let even = self.builder.ins().shuffle(low, high, mask);
         self.builder.ins().bitcast(lanes.float, little, even)
     }
