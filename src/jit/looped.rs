@@ -1,5 +1,6 @@
 //! Loops: a [`LoopProgram`] lowered into one function — the prologue once, then the body
-//! `steps` times, split into one part per thread where its samples are independent.
+//! `steps` times, split into parts where its samples are independent: one part per thread, or
+//! more where a part's block of them would not stay in cache.
 //!
 //! [`lower_loop`] appends a loop's kernels to a function under construction; the leaves its
 //! programs read are found by the caller (a [`JitLoop`] binds them at every run, a compiled
@@ -14,13 +15,49 @@ use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
 use crate::opt::split::{split_rows, Split};
 use std::collections::{BTreeSet, HashMap};
 
-/// A loop body split into one part per thread (see `opt::split`), where it splits and the
-/// work every part would repeat is small: at most a tenth of the body's.
+/// Bytes of per-sample values (a part's block of them) above which a loop body is split into
+/// more parts than threads: about a last-level cache. Each part runs every step on its block,
+/// so a block that stays in cache across the steps is read from memory once.
+const PART_BLOCK_BYTES: usize = 32 << 20;
+
+/// The fewest rows of a part once the body is split into more parts than threads: products on
+/// fewer rows lose more to their packing than the cache gains.
+const MIN_PART_ROWS: usize = 16;
+
+/// A loop body split into parts (see `opt::split`), where it splits and the work every part
+/// would repeat is small: at most a tenth of the body's. One part per thread, or a multiple of
+/// that where a part's block of the per-sample values would not fit in cache.
 fn split_body(body: &Program, threads: usize) -> Option<Split> {
-    let split = split_rows(body, threads, |leaf| {
-        leaf.op != crate::ir::Op::Leaf(LeafKind::Param)
-    })?;
-    (split.repeated_flops * 10 <= crate::ir::flops(body)).then_some(split)
+    let split = |parts: usize| {
+        let split = split_rows(body, parts, |leaf| {
+            leaf.op != crate::ir::Op::Leaf(LeafKind::Param)
+        })?;
+        (split.repeated_flops * 10 <= crate::ir::flops(body)).then_some(split)
+    };
+    let mut chosen = split(threads)?;
+    loop {
+        let (block_bytes, rows) = block_size(&chosen);
+        if block_bytes <= PART_BLOCK_BYTES || rows < 2 * MIN_PART_ROWS {
+            return Some(chosen);
+        }
+        match split(chosen.parts * 2) {
+            Some(finer) => chosen = finer,
+            None => return Some(chosen),
+        }
+    }
+}
+
+/// The bytes of one part's block of the per-sample values, and the fewest rows of a block.
+fn block_size(split: &Split) -> (usize, usize) {
+    let mut bytes = 0;
+    let mut rows = usize::MAX;
+    for (node, axis) in split.program.nodes.iter().zip(&split.axes) {
+        if let Some(a) = *axis {
+            bytes += node.shape.numel() * std::mem::size_of::<f32>();
+            rows = rows.min(node.shape.dims()[a]);
+        }
+    }
+    (bytes, rows)
 }
 
 /// Where a named state entry of a loop lives.
