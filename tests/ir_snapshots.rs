@@ -100,3 +100,34 @@ fn dim_overrides_a_const() {
     assert_eq!(input_shape(&[]), [2, 50, 73]);
     assert_eq!(input_shape(&[("T", 10), ("V", 42)]), [2, 10, 42]);
 }
+
+/// `pcg ir --stage pc` takes the relaxation flags of `run`: the header names the mode, steps and
+/// rate asked for and the evaluation that mode gets.
+#[test]
+fn pcg_ir_takes_the_relaxation_flags() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let header = |flags: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
+            .current_dir(root)
+            .args(["ir", "examples/mlp_digits.pcg", "--stage", "pc"])
+            .args(flags)
+            .output()
+            .expect("pcg runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().take(2).collect::<Vec<_>>().join("\n")
+    };
+    let strict = header(&["--mode", "strict", "--steps", "7", "--rate", "0.25"]);
+    assert!(
+        strict.contains("mode strict, 7 steps of rate 0.25"),
+        "{strict}"
+    );
+    assert!(strict.contains("simulated step by step"), "{strict}");
+    let exact = header(&["--mode", "exact"]);
+    assert!(exact.contains("mode exact"), "{exact}");
+    assert!(exact.contains("one reverse sweep"), "{exact}");
+}

@@ -45,6 +45,9 @@ pub enum Command {
         /// Text or Graphviz DOT.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// The relaxation whose programs `--stage pc|plan|clif` print (default: the file's).
+        #[command(flatten)]
+        relax: RelaxFlags,
         #[command(flatten)]
         compile: CompileFlags,
     },
@@ -422,8 +425,9 @@ pub fn run(cli: Cli) -> ExitCode {
             file,
             stage,
             format,
+            relax,
             compile,
-        } => ir_dump(&file, stage, format, &compile.options()),
+        } => ir_dump(&file, stage, format, &relax, &compile.options()),
         Command::Grad {
             file,
             method,
@@ -530,7 +534,13 @@ pub(crate) fn compile_or_report(
     })
 }
 
-fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) -> CmdResult {
+fn ir_dump(
+    file: &Path,
+    stage: Stage,
+    format: Format,
+    relax: &RelaxFlags,
+    options: &CompileOptions,
+) -> CmdResult {
     if stage == Stage::Ast {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
@@ -554,17 +564,13 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
     let compiled = compile_or_report(file, options)?;
     let forward = &compiled.forward;
     if matches!(stage, Stage::Plan | Stage::Clif) {
-        return jit_dump(&compiled, stage);
+        return jit_dump(&compiled, stage, relax);
     }
     let programs: Vec<Program> = match stage {
         Stage::Ast | Stage::Ir | Stage::Plan | Stage::Clif => vec![forward.clone()],
         Stage::Grad => vec![crate::train::engine::gradient(forward).map_err(fail)?],
         Stage::Pc => {
-            let inference = compiled
-                .train
-                .as_ref()
-                .map(|t| t.inference.clone())
-                .unwrap_or_default();
+            let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
             match pc::transform(forward, &inference) {
                 Ok(p) if format == Format::Dot => {
                     emit(&pc::to_dot(forward, &p.graph));
@@ -598,12 +604,12 @@ fn ir_dump(file: &Path, stage: Stage, format: Format, options: &CompileOptions) 
 /// The JIT's view of the training step as `pcg run` compiles it: one function holding the
 /// gradient (backprop's program, the closed-form PC step, or the relaxation loop and the
 /// learning program) and the update of the file's optimiser, over resident parameters.
-fn jit_dump(compiled: &Compiled, stage: Stage) -> CmdResult {
+fn jit_dump(compiled: &Compiled, stage: Stage, relax: &RelaxFlags) -> CmdResult {
     use crate::train::engine::JitEngine;
     use crate::train::optim::Optimizer;
     let train = compiled.train.as_ref();
     let method = train.map_or(Method::Pc, |t| t.method);
-    let inference = train.map(|t| t.inference.clone()).unwrap_or_default();
+    let inference = relax.apply(train.map(|t| &t.inference));
     let programs = Programs::build(&compiled.forward, method, &inference, None).map_err(fail)?;
     let config = train.map_or(
         crate::sema::OptimizerConfig::Sgd {
