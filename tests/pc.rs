@@ -301,6 +301,7 @@ fn closed_form_relaxation_equals_simulation() {
                 &programs.graph,
                 programs.mode,
                 programs.rate,
+                programs.momentum,
                 steps,
             )
             .expect("solves") else {

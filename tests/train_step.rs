@@ -99,15 +99,18 @@ fn compiled_steps_train_as_the_interpreter_does() {
         "examples/rnn_digits.pcg",
         "examples/shared_branches.pcg",
     ];
+    // (method, mode, steps, state momentum)
     let methods = [
-        (Method::Bp, Mode::Fixed, 0),
-        (Method::Pc, Mode::Fixed, 4),
-        (Method::Pc, Mode::Exact, 0),
-        (Method::Pc, Mode::Strict, 3),
+        (Method::Bp, Mode::Fixed, 0, 0.0),
+        (Method::Pc, Mode::Fixed, 4, 0.0),
+        (Method::Pc, Mode::Exact, 0, 0.0),
+        (Method::Pc, Mode::Strict, 3, 0.0),
+        (Method::Pc, Mode::Fixed, 4, 0.7),
+        (Method::Pc, Mode::Strict, 3, 0.7),
     ];
     for path in examples {
         let forward = compile(path).forward;
-        for &(method, mode, steps) in &methods {
+        for &(method, mode, steps, momentum) in &methods {
             // The CNN's first layer gets an update that, relaxed in strict mode in f32, is
             // mostly rounding: two correct implementations differ in it.
             if path.contains("cnn") && mode == Mode::Strict {
@@ -117,11 +120,14 @@ fn compiled_steps_train_as_the_interpreter_does() {
                 mode,
                 steps: steps.max(1),
                 rate: 0.2,
+                momentum,
                 ..Default::default()
             };
             let programs = Programs::build(&forward, method, &inference, None).expect("programs");
             for (config, clip) in optimizers() {
-                let what = format!("{path} {method:?} {mode:?} {config:?} clip {clip:?}");
+                let what = format!(
+                    "{path} {method:?} {mode:?} momentum {momentum} {config:?} clip {clip:?}"
+                );
                 let optimizer = Optimizer::new(config, clip);
                 let mut jit =
                     JitEngine::new(programs.clone(), &Default::default()).expect("compiles");

@@ -285,6 +285,9 @@ pub struct RelaxFlags {
     /// Relaxation step size η.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Heavy-ball momentum of the value units' updates, 0 <= m < 1.
+    #[arg(long)]
+    pub momentum: Option<f64>,
 }
 
 impl RelaxFlags {
@@ -299,6 +302,9 @@ impl RelaxFlags {
         }
         if let Some(r) = self.rate {
             cfg.rate = r;
+        }
+        if let Some(m) = self.momentum {
+            cfg.momentum = m;
         }
         cfg
     }

@@ -25,7 +25,8 @@
 //! - **closed form** — D − 1 message products u_k = M u_{k−1} and the weighted sum above; pays
 //!   when D < T, and its program grows with D.
 //! - **simulated** — everything else (strict mode, a per-node precision, which breaks the
-//!   scalar expansion, and graphs at least T deep with η < 1): the loop, step by step.
+//!   scalar expansion, momentum, which makes the recurrence second order, and graphs at
+//!   least T deep with η < 1): the loop, step by step.
 //!
 //! Each gives the simulated loop's result up to rounding (tested).
 use crate::autodiff;
@@ -90,9 +91,15 @@ impl Evaluation {
 }
 
 /// The cheapest evaluation of a relaxation that gives the simulated loop's final state.
-pub fn evaluation(graph: &PcGraph, mode: Mode, rate: f64, steps: usize) -> Evaluation {
+pub fn evaluation(
+    graph: &PcGraph,
+    mode: Mode,
+    rate: f64,
+    momentum: f64,
+    steps: usize,
+) -> Evaluation {
     let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
-    if mode == Mode::Strict || !unit_precision {
+    if mode == Mode::Strict || !unit_precision || momentum != 0.0 {
         Evaluation::Simulated
     } else if rate == 1.0 && steps >= graph.depth {
         Evaluation::Sweep
@@ -110,9 +117,10 @@ pub fn solve(
     graph: &PcGraph,
     mode: Mode,
     rate: f64,
+    momentum: f64,
     steps: usize,
 ) -> Result<Option<Program>, PcError> {
-    match evaluation(graph, mode, rate, steps) {
+    match evaluation(graph, mode, rate, momentum, steps) {
         Evaluation::Simulated => Ok(None),
         Evaluation::Sweep => sweep(forward, graph).map(Some),
         Evaluation::ClosedForm => closed_form(forward, graph, rate, steps).map(Some),

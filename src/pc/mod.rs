@@ -27,6 +27,10 @@
 //!   under which a step reads no frozen value but the Jacobian factors,
 //!   e_i ← e_i + η (−π_i e_i + Σ_j (∂μ_j/∂v_i)ᵀ π_j e_j − ∂L/∂v_i).
 //! - `strict`: the cut graph is evaluated at the current values every step.
+//! - `momentum = m` (fixed and strict): heavy-ball momentum on the same update, with a
+//!   velocity u_i per relaxed node (state `u.<label>`, starting at 0): u_i ← m u_i + d_i,
+//!   then v_i ← v_i + η u_i (or e_i ← e_i + η u_i), where d_i is the bracket above — SGD with
+//!   momentum on the energy, as PCX relaxes its states. m = 0 is the plain update.
 //! - `exact`: `fixed` with η = 1 and (by default) as many steps as the graph is deep; after
 //!   k steps the errors of nodes k hops from the loss are exact, so after `depth` steps every
 //!   error equals backprop's gradient — one reverse-topological sweep, one level per step.
@@ -92,12 +96,16 @@ pub struct PcPrograms {
     pub learn: Program,
     pub mode: Mode,
     pub rate: f64,
+    /// Heavy-ball momentum of the value units' updates (0: none).
+    pub momentum: f64,
 }
 
 #[derive(Debug)]
 pub enum PcError {
     /// The model's loss was not found (the forward program has no `loss` output).
     NoLoss,
+    /// The inference settings do not make sense together.
+    Settings(String),
     /// Differentiating a node's prediction failed.
     Autodiff(AutodiffError),
 }
@@ -106,6 +114,7 @@ impl std::fmt::Display for PcError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PcError::NoLoss => f.write_str("the forward program has no `loss` output"),
+            PcError::Settings(why) => f.write_str(why),
             PcError::Autodiff(e) => write!(f, "{e}"),
         }
     }
@@ -138,6 +147,11 @@ pub fn carried_state(mode: Mode, label: &str) -> String {
     } else {
         error_state(label)
     }
+}
+
+/// The name of the state entry holding a node's velocity (the relaxation with momentum).
+pub fn velocity_state(label: &str) -> String {
+    format!("u.{label}")
 }
 
 /// The name of the state entry holding a node's feedforward value.
@@ -285,6 +299,18 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         Mode::Exact => (Mode::Exact, 1.0),
         m => (m, config.rate),
     };
+    let momentum = config.momentum;
+    if !(0.0..1.0).contains(&momentum) {
+        return Err(PcError::Settings(format!(
+            "momentum {momentum} is outside 0 <= m < 1"
+        )));
+    }
+    if momentum > 0.0 && mode == Mode::Exact {
+        return Err(PcError::Settings(
+            "momentum has no meaning in exact mode (its steps are the reverse sweep); use fixed or strict"
+                .to_string(),
+        ));
+    }
     let steps = default_steps(&graph, config);
 
     // Prologue: the feedforward pass; every relaxed node starts at its prediction.
@@ -298,6 +324,10 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
             let zero = prologue.constant_like(0.0, ff);
             prologue.set_output(error_state(&pc.label), zero);
             prologue.set_output(feedforward_state(&pc.label), ff);
+        }
+        if momentum > 0.0 {
+            let zero = prologue.constant_like(0.0, ff);
+            prologue.set_output(velocity_state(&pc.label), zero);
         }
     }
     prologue.set_output("loss", ff[loss.index()]);
@@ -316,6 +346,13 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         let mut drive = body.sub(messages[k], weighted);
         if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
             drive = body.add_values(drive, from_loss);
+        }
+        // With momentum: u ← m u + drive, then the unit moves by η u.
+        if momentum > 0.0 {
+            let velocity = body.leaf(LeafKind::State, velocity_state(&pc.label), pc.shape.clone());
+            let kept = body.scale(velocity, momentum);
+            drive = body.add_values(kept, drive);
+            body.set_output(velocity_state(&pc.label), drive);
         }
         let step = body.scale(drive, rate);
         let next = body.add_values(unit, step);
@@ -372,6 +409,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         learn,
         mode,
         rate,
+        momentum,
     })
 }
 
@@ -544,7 +582,7 @@ pub fn describe(programs: &PcPrograms) -> String {
     let g = &programs.graph;
     let relaxed_count = relaxed(g).count();
     let mut out = format!(
-        "// predictive coding: {} nodes ({} relaxed, {} outputs), depth {}, mode {}, {} steps of rate {}\n",
+        "// predictive coding: {} nodes ({} relaxed, {} outputs), depth {}, mode {}, {} steps of rate {}{}\n",
         g.nodes.len(),
         relaxed_count,
         g.nodes.len() - relaxed_count,
@@ -552,8 +590,19 @@ pub fn describe(programs: &PcPrograms) -> String {
         programs.mode.name(),
         programs.relax.steps,
         crate::ir::fmt_f64(programs.rate),
+        if programs.momentum > 0.0 {
+            format!(", momentum {}", crate::ir::fmt_f64(programs.momentum))
+        } else {
+            String::new()
+        },
     );
-    let chosen = evaluation(g, programs.mode, programs.rate, programs.relax.steps);
+    let chosen = evaluation(
+        g,
+        programs.mode,
+        programs.rate,
+        programs.momentum,
+        programs.relax.steps,
+    );
     out.push_str(&format!(
         "// final state: {}\n",
         chosen.describe(g, programs.relax.steps)

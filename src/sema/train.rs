@@ -60,6 +60,8 @@ pub struct InferenceConfig {
     /// Precision (inverse variance) per named node; 1 where not given.
     pub precision: BTreeMap<String, f64>,
     pub nodes: NodeGranularity,
+    /// Heavy-ball momentum m of the value units' updates (0: plain steps).
+    pub momentum: f64,
 }
 
 impl Default for InferenceConfig {
@@ -70,6 +72,7 @@ impl Default for InferenceConfig {
             rate: 0.1,
             precision: BTreeMap::new(),
             nodes: NodeGranularity::Named,
+            momentum: 0.0,
         }
     }
 }
@@ -115,7 +118,7 @@ const KEYS: &[&str] = &[
     "seed",
     "clip",
 ];
-const INFERENCE_KEYS: &[&str] = &["mode", "steps", "rate", "precision", "nodes"];
+const INFERENCE_KEYS: &[&str] = &["mode", "steps", "rate", "precision", "nodes", "momentum"];
 
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
 pub fn check(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> Option<TrainConfig> {
@@ -314,6 +317,21 @@ fn positive(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
                 e.span,
                 "expected a positive number",
                 "e.g. `0.1`",
+            ));
+            None
+        }
+    }
+}
+
+/// A number in [0, 1): a momentum.
+fn fraction(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
+    match number(e) {
+        Some(x) if (0.0..1.0).contains(&x) => Some(x),
+        _ => {
+            diagnostics.push(bad_value(
+                e.span,
+                "expected a number from 0 up to (not including) 1",
+                "e.g. `momentum = 0.9`",
             ));
             None
         }
@@ -572,6 +590,11 @@ fn inference(
             "rate" => {
                 if let Some(v) = expr(item, diagnostics).and_then(|e| positive(e, diagnostics)) {
                     cfg.rate = v;
+                }
+            }
+            "momentum" => {
+                if let Some(v) = expr(item, diagnostics).and_then(|e| fraction(e, diagnostics)) {
+                    cfg.momentum = v;
                 }
             }
             "nodes" => {

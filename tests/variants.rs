@@ -1,0 +1,147 @@
+//! Predictive-coding variants against independent references: the relaxation's update
+//! written out by hand in ndarray for a one-hidden-layer perceptron, compared with what the
+//! compiler makes of `examples/mlp_digits.pcg`.
+
+use ndarray::{Array1, Array2, Axis};
+use pcg::interp::{self, Bindings};
+use pcg::sema::{self, CompileOptions, InferenceConfig, Mode};
+use pcg::train::{batch, init};
+use std::path::Path;
+
+const BATCH: usize = 5;
+
+fn forward() -> pcg::ir::Program {
+    let options = CompileOptions {
+        batch: Some(BATCH),
+        ..Default::default()
+    };
+    let (_, compiled) = sema::compile_file(Path::new("examples/mlp_digits.pcg"), &options);
+    compiled.expect("example compiles").forward
+}
+
+/// Seeded parameters and batch, in f64.
+fn leaves(forward: &pcg::ir::Program) -> Bindings<f64> {
+    let mut arrays = init::init_params(forward, 3);
+    arrays.extend(batch::random_batch(forward, 3));
+    arrays
+        .into_iter()
+        .map(|(k, v)| (k, v.mapv(f64::from)))
+        .collect()
+}
+
+fn matrix(b: &Bindings<f64>, name: &str) -> Array2<f64> {
+    b[name].clone().into_dimensionality().expect("a matrix")
+}
+
+fn vector(b: &Bindings<f64>, name: &str) -> Array1<f64> {
+    b[name].clone().into_dimensionality().expect("a vector")
+}
+
+/// The weight updates (ascent direction) of `h = tanh(x w1 + b1)`, `out = h w2 + b2`,
+/// `loss = ½ Σ (out − y)² / N` after `steps` relaxation steps of size `rate` with heavy-ball
+/// momentum `momentum` on the hidden value unit: u ← m u + d, v ← v + η u, where
+/// d = −(v − μ_h) + ε_out w2ᵀ and ε_out = (y − out(v)) / N (strict: `out` at the current v;
+/// fixed: at the feedforward value).
+fn reference(
+    b: &Bindings<f64>,
+    mode: Mode,
+    steps: usize,
+    rate: f64,
+    momentum: f64,
+) -> Bindings<f64> {
+    let (x, y) = (matrix(b, "x"), matrix(b, "y"));
+    let (w1, b1, w2, b2) = (
+        matrix(b, "w1"),
+        vector(b, "b1"),
+        matrix(b, "w2"),
+        vector(b, "b2"),
+    );
+    let n = x.nrows() as f64;
+    let mu_h = (x.dot(&w1) + &b1).mapv(f64::tanh);
+    let out_error = |v: &Array2<f64>| (&y - &(v.dot(&w2) + &b2)) / n;
+    let frozen = out_error(&mu_h);
+    let mut v = mu_h.clone();
+    let mut u = Array2::<f64>::zeros(v.raw_dim());
+    for _ in 0..steps {
+        let e_out = if mode == Mode::Strict {
+            out_error(&v)
+        } else {
+            frozen.clone()
+        };
+        let drive = -(&v - &mu_h) + e_out.dot(&w2.t());
+        u = &u * momentum + drive;
+        v = &v + &(&u * rate);
+    }
+    let e_h = &v - &mu_h;
+    let (e_out, h_at) = if mode == Mode::Strict {
+        (out_error(&v), v.clone())
+    } else {
+        (frozen, mu_h.clone())
+    };
+    let local = &e_h * &mu_h.mapv(|t| 1.0 - t * t);
+    let mut updates = Bindings::new();
+    updates.insert("update.w1".into(), x.t().dot(&local).into_dyn());
+    updates.insert("update.b1".into(), local.sum_axis(Axis(0)).into_dyn());
+    updates.insert("update.w2".into(), h_at.t().dot(&e_out).into_dyn());
+    updates.insert("update.b2".into(), e_out.sum_axis(Axis(0)).into_dyn());
+    updates
+}
+
+/// The compiler's updates: the relaxation loop and the learning program on the interpreter.
+fn compiled(b: &Bindings<f64>, config: &InferenceConfig) -> Bindings<f64> {
+    let programs = pcg::pc::transform(&forward(), config).expect("transforms");
+    let state = interp::run_loop(&programs.relax, b, config.steps, |_, _| true).expect("runs");
+    let mut env = b.clone();
+    env.extend(state);
+    interp::eval_outputs(&programs.learn, &env).expect("learns")
+}
+
+fn assert_matches(what: &str, got: &Bindings<f64>, want: &Bindings<f64>) {
+    for (name, reference) in want {
+        let value = &got[name];
+        let diff = (value - reference).mapv(|x| x * x).sum().sqrt();
+        let norm = reference.mapv(|x| x * x).sum().sqrt().max(1e-30);
+        assert!(
+            diff / norm < 1e-10,
+            "{what}: {name} differs by {:e}",
+            diff / norm
+        );
+    }
+}
+
+#[test]
+fn state_momentum_matches_the_heavy_ball_update() {
+    let forward = forward();
+    let b = leaves(&forward);
+    for mode in [Mode::Strict, Mode::Fixed] {
+        for momentum in [0.0, 0.5, 0.9] {
+            let config = InferenceConfig {
+                mode,
+                steps: 12,
+                rate: 0.2,
+                momentum,
+                ..Default::default()
+            };
+            let want = reference(&b, mode, 12, 0.2, momentum);
+            let got = compiled(&b, &config);
+            assert_matches(&format!("{mode:?} momentum {momentum}"), &got, &want);
+        }
+    }
+    // Momentum changes the trajectory: after a few steps the updates differ.
+    let few = |m: f64| reference(&b, Mode::Strict, 3, 0.2, m)["update.w1"].clone();
+    assert!((few(0.9) - few(0.0)).mapv(f64::abs).sum() > 1e-6);
+}
+
+#[test]
+fn momentum_is_refused_where_it_has_no_meaning() {
+    let forward = forward();
+    for (mode, momentum) in [(Mode::Exact, 0.5), (Mode::Strict, 1.0), (Mode::Fixed, -0.1)] {
+        let config = InferenceConfig {
+            mode,
+            momentum,
+            ..Default::default()
+        };
+        let err = pcg::pc::transform(&forward, &config).expect_err("refused");
+        assert!(err.to_string().contains("momentum"), "{err}");
+    }
+}
