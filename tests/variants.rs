@@ -4,7 +4,7 @@
 
 use ndarray::{Array1, Array2, Axis};
 use pcg::interp::{self, Bindings};
-use pcg::sema::{self, CompileOptions, InferenceConfig, Mode};
+use pcg::sema::{self, CompileOptions, InferenceConfig, Mode, Target};
 use pcg::train::{batch, init};
 use std::path::Path;
 
@@ -42,12 +42,15 @@ fn vector(b: &Bindings<f64>, name: &str) -> Array1<f64> {
 /// momentum `momentum` on the hidden value unit: u ← m u + d, v ← v + η u, where
 /// d = −(v − μ_h) + ε_out w2ᵀ and ε_out = (y − out(v)) / N (strict: `out` at the current v;
 /// fixed: at the feedforward value).
+///
+/// `beta` nudges: the loss term is scaled by β (ε_out ← β ε_out) and the updates divided by β.
 fn reference(
     b: &Bindings<f64>,
     mode: Mode,
     steps: usize,
     rate: f64,
     momentum: f64,
+    beta: f64,
 ) -> Bindings<f64> {
     let (x, y) = (matrix(b, "x"), matrix(b, "y"));
     let (w1, b1, w2, b2) = (
@@ -58,7 +61,7 @@ fn reference(
     );
     let n = x.nrows() as f64;
     let mu_h = (x.dot(&w1) + &b1).mapv(f64::tanh);
-    let out_error = |v: &Array2<f64>| (&y - &(v.dot(&w2) + &b2)) / n;
+    let out_error = |v: &Array2<f64>| (&y - &(v.dot(&w2) + &b2)) * (beta / n);
     let frozen = out_error(&mu_h);
     let mut v = mu_h.clone();
     let mut u = Array2::<f64>::zeros(v.raw_dim());
@@ -84,6 +87,7 @@ fn reference(
     updates.insert("update.b1".into(), local.sum_axis(Axis(0)).into_dyn());
     updates.insert("update.w2".into(), h_at.t().dot(&e_out).into_dyn());
     updates.insert("update.b2".into(), e_out.sum_axis(Axis(0)).into_dyn());
+    updates.values_mut().for_each(|u| *u /= beta);
     updates
 }
 
@@ -122,13 +126,13 @@ fn state_momentum_matches_the_heavy_ball_update() {
                 momentum,
                 ..Default::default()
             };
-            let want = reference(&b, mode, 12, 0.2, momentum);
+            let want = reference(&b, mode, 12, 0.2, momentum, 1.0);
             let got = compiled(&b, &config);
             assert_matches(&format!("{mode:?} momentum {momentum}"), &got, &want);
         }
     }
     // Momentum changes the trajectory: after a few steps the updates differ.
-    let few = |m: f64| reference(&b, Mode::Strict, 3, 0.2, m)["update.w1"].clone();
+    let few = |m: f64| reference(&b, Mode::Strict, 3, 0.2, m, 1.0)["update.w1"].clone();
     assert!((few(0.9) - few(0.0)).mapv(f64::abs).sum() > 1e-6);
 }
 
@@ -144,4 +148,72 @@ fn momentum_is_refused_where_it_has_no_meaning() {
         let err = pcg::pc::transform(&forward, &config).expect_err("refused");
         assert!(err.to_string().contains("momentum"), "{err}");
     }
+}
+
+#[test]
+fn nudged_targets_match_the_scaled_update() {
+    let forward = forward();
+    let b = leaves(&forward);
+    for mode in [Mode::Strict, Mode::Fixed] {
+        for beta in [0.3, -0.05] {
+            let config = InferenceConfig {
+                mode,
+                steps: 12,
+                rate: 0.2,
+                momentum: 0.5,
+                target: Target::Nudge(beta),
+                ..Default::default()
+            };
+            let want = reference(&b, mode, 12, 0.2, 0.5, beta);
+            let got = compiled(&b, &config);
+            assert_matches(&format!("{mode:?} nudge {beta}"), &got, &want);
+        }
+    }
+}
+
+/// The relative distance of the nudged update at equilibrium from backprop's −∂L/∂θ.
+fn distance_from_backprop(forward: &pcg::ir::Program, b: &Bindings<f64>, beta: f64) -> f64 {
+    let kinds = [pcg::ir::LeafKind::Param];
+    let grad = pcg::autodiff::gradient_program(forward, &kinds).expect("differentiable");
+    let grads = interp::eval_outputs(&grad, b).expect("runs");
+    let config = InferenceConfig {
+        mode: Mode::Strict,
+        steps: 400,
+        rate: 0.3,
+        target: Target::Nudge(beta),
+        ..Default::default()
+    };
+    let updates = compiled(b, &config);
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (name, g) in &grads {
+        let Some(param) = name.strip_prefix("grad.") else {
+            continue; // the loss
+        };
+        let u = &updates[&format!("update.{param}")];
+        diff += (u + g).mapv(|x| x * x).sum();
+        norm += g.mapv(|x| x * x).sum();
+    }
+    (diff / norm).sqrt()
+}
+
+/// Strict mode at equilibrium: as β → 0 the nudged update tends to backprop's gradient, and
+/// its error is O(β) — halving β halves it.
+#[test]
+fn nudged_strict_updates_tend_to_backprop_linearly() {
+    let forward = forward();
+    let b = leaves(&forward);
+    let errors: Vec<f64> = [0.4, 0.2, 0.1, 0.05]
+        .iter()
+        .map(|&beta| distance_from_backprop(&forward, &b, beta))
+        .collect();
+    assert!(errors[0] > 1e-4, "no O(β) error to measure: {errors:?}");
+    for pair in errors.windows(2) {
+        let ratio = pair[1] / pair[0];
+        assert!(
+            (0.4..0.6).contains(&ratio),
+            "halving β scaled the error by {ratio}, not about 1/2: {errors:?}"
+        );
+    }
+    // Clamping (β = 1) is further from backprop than any of them.
+    assert!(distance_from_backprop(&forward, &b, 1.0) > errors[0]);
 }

@@ -31,7 +31,9 @@
 //! Each gives the simulated loop's result up to rounding (tested).
 use crate::autodiff;
 use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
-use crate::pc::{error_state, feedforward_state, relaxed, replay, PcError, PcGraph, Role};
+use crate::pc::{
+    error_state, feedforward_state, relaxed, replay, PcError, PcGraph, PcPrograms, Role,
+};
 use crate::sema::Mode;
 use std::collections::HashMap;
 
@@ -91,15 +93,10 @@ impl Evaluation {
 }
 
 /// The cheapest evaluation of a relaxation that gives the simulated loop's final state.
-pub fn evaluation(
-    graph: &PcGraph,
-    mode: Mode,
-    rate: f64,
-    momentum: f64,
-    steps: usize,
-) -> Evaluation {
+pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
+    let (graph, mode, rate) = (&programs.graph, programs.mode, programs.rate);
     let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
-    if mode == Mode::Strict || !unit_precision || momentum != 0.0 {
+    if mode == Mode::Strict || !unit_precision || programs.momentum != 0.0 {
         Evaluation::Simulated
     } else if rate == 1.0 && steps >= graph.depth {
         Evaluation::Sweep
@@ -114,27 +111,25 @@ pub fn evaluation(
 /// final state (`e.*`, `ff.*`, `loss`); `None` where only the simulated loop applies.
 pub fn solve(
     forward: &Program,
-    graph: &PcGraph,
-    mode: Mode,
-    rate: f64,
-    momentum: f64,
+    programs: &PcPrograms,
     steps: usize,
 ) -> Result<Option<Program>, PcError> {
-    match evaluation(graph, mode, rate, momentum, steps) {
+    let (graph, beta) = (&programs.graph, programs.target.beta());
+    match evaluation(programs, steps) {
         Evaluation::Simulated => Ok(None),
-        Evaluation::Sweep => sweep(forward, graph).map(Some),
-        Evaluation::ClosedForm => closed_form(forward, graph, rate, steps).map(Some),
+        Evaluation::Sweep => sweep(forward, graph, beta).map(Some),
+        Evaluation::ClosedForm => closed_form(forward, graph, programs.rate, beta, steps).map(Some),
     }
 }
 
 /// The converged errors by one reverse sweep: e_i = −∂L/∂v_i at the feedforward values.
-fn sweep(forward: &Program, graph: &PcGraph) -> Result<Program, PcError> {
+fn sweep(forward: &Program, graph: &PcGraph, beta: f64) -> Result<Program, PcError> {
     let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
     let mut p = Program::new(format!("{}.relax.swept", forward.name));
     let ff = replay(forward, &mut p, &HashMap::new());
     let values: Vec<ValueId> = relaxed(graph).map(|pc| ff[pc.value.index()]).collect();
-    let minus_one = p.constant(-1.0, Shape::scalar());
-    let errors = autodiff::vjp(&mut p, &[(ff[loss.index()], minus_one)], &values)?;
+    let seed = p.constant(-beta, Shape::scalar());
+    let errors = autodiff::vjp(&mut p, &[(ff[loss.index()], seed)], &values)?;
     for (pc, e) in relaxed(graph).zip(errors) {
         p.set_output(error_state(&pc.label), e);
         p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
@@ -149,6 +144,7 @@ fn closed_form(
     forward: &Program,
     graph: &PcGraph,
     rate: f64,
+    beta: f64,
     steps: usize,
 ) -> Result<Program, PcError> {
     let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
@@ -180,11 +176,11 @@ fn closed_form(
             Role::Relaxed { loss_reads: false } => {}
         }
     }
-    let minus_one = p.constant(-1.0, Shape::scalar());
+    let seed = p.constant(-beta, Shape::scalar());
     let loss_grads = if loss_wrt.is_empty() {
         Vec::new()
     } else {
-        autodiff::vjp(&mut p, &[(predicted[loss.index()], minus_one)], &loss_wrt)?
+        autodiff::vjp(&mut p, &[(predicted[loss.index()], seed)], &loss_wrt)?
     };
     let mut loss_grads = loss_grads.into_iter();
     let mut output_seeds = Vec::new();

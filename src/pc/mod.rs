@@ -49,7 +49,7 @@ pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};
 use crate::ir::{BinaryOp, LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
-use crate::sema::{InferenceConfig, Mode, NodeGranularity};
+use crate::sema::{InferenceConfig, Mode, NodeGranularity, Target};
 use std::collections::HashMap;
 
 /// The role of a PC node.
@@ -98,6 +98,8 @@ pub struct PcPrograms {
     pub rate: f64,
     /// Heavy-ball momentum of the value units' updates (0: none).
     pub momentum: f64,
+    /// How the loss drives the network.
+    pub target: Target,
 }
 
 #[derive(Debug)]
@@ -300,6 +302,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         m => (m, config.rate),
     };
     let momentum = config.momentum;
+    let target = config.target;
     if !(0.0..1.0).contains(&momentum) {
         return Err(PcError::Settings(format!(
             "momentum {momentum} is outside 0 <= m < 1"
@@ -334,7 +337,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
 
     // Body: one synchronous step.
     let mut body = Program::new(format!("{}.relax.step", forward.name));
-    let units = errors(forward, &graph, &mut body, mode, loss)?;
+    let units = errors(forward, &graph, &mut body, mode, target, loss)?;
     let wrt: Vec<ValueId> = relaxed(&graph).map(|pc| units.cut[&pc.value]).collect();
     let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
     let mut energy_terms = Vec::new();
@@ -376,7 +379,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
 
     // Learning: the same product with respect to the parameters and inputs.
     let mut learn = Program::new(format!("{}.learn", forward.name));
-    let units = errors(forward, &graph, &mut learn, mode, loss)?;
+    let units = errors(forward, &graph, &mut learn, mode, target, loss)?;
     let params: Vec<(ValueId, String)> = learn
         .leaves(LeafKind::Param)
         .into_iter()
@@ -388,7 +391,13 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         .map(|(id, n)| (id, n.to_string()))
         .collect();
     let wrt: Vec<ValueId> = params.iter().chain(&inputs).map(|(id, _)| *id).collect();
-    let grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
+    let mut grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
+    // A nudged loss term scaled the errors by β: the update is divided by it.
+    if target.beta() != 1.0 {
+        for g in &mut grads {
+            *g = learn.scale(*g, 1.0 / target.beta());
+        }
+    }
     for ((_, name), g) in params.iter().zip(&grads) {
         learn.set_output(format!("update.{name}"), *g);
     }
@@ -410,7 +419,23 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         mode,
         rate,
         momentum,
+        target,
     })
+}
+
+/// The header's note of the variants' settings that differ from the plain relaxation.
+fn settings(programs: &PcPrograms) -> String {
+    let mut out = String::new();
+    if programs.momentum > 0.0 {
+        out.push_str(&format!(
+            ", momentum {}",
+            crate::ir::fmt_f64(programs.momentum)
+        ));
+    }
+    if programs.target != Target::Clamp {
+        out.push_str(&format!(", target {}", programs.target.describe()));
+    }
+    out
 }
 
 pub(crate) fn relaxed(graph: &PcGraph) -> impl Iterator<Item = &PcNode> {
@@ -443,6 +468,7 @@ fn errors(
     graph: &PcGraph,
     program: &mut Program,
     mode: Mode,
+    target: Target,
     loss: ValueId,
 ) -> Result<Units, PcError> {
     let mut cut = HashMap::new();
@@ -475,11 +501,11 @@ fn errors(
             Role::Relaxed { loss_reads: false } => {}
         }
     }
-    let minus_one = program.constant(-1.0, Shape::scalar());
+    let seed = program.constant(-target.beta(), Shape::scalar());
     let loss_grads = if loss_wrt.is_empty() {
         Vec::new()
     } else {
-        autodiff::vjp(program, &[(computed[loss.index()], minus_one)], &loss_wrt)?
+        autodiff::vjp(program, &[(computed[loss.index()], seed)], &loss_wrt)?
     };
     let mut loss_grads = loss_grads.into_iter();
     let mut errors = HashMap::new();
@@ -590,19 +616,9 @@ pub fn describe(programs: &PcPrograms) -> String {
         programs.mode.name(),
         programs.relax.steps,
         crate::ir::fmt_f64(programs.rate),
-        if programs.momentum > 0.0 {
-            format!(", momentum {}", crate::ir::fmt_f64(programs.momentum))
-        } else {
-            String::new()
-        },
+        settings(programs),
     );
-    let chosen = evaluation(
-        g,
-        programs.mode,
-        programs.rate,
-        programs.momentum,
-        programs.relax.steps,
-    );
+    let chosen = evaluation(programs, programs.relax.steps);
     out.push_str(&format!(
         "// final state: {}\n",
         chosen.describe(g, programs.relax.steps)

@@ -13,7 +13,7 @@ pub mod train;
 mod value;
 
 pub use train::{
-    DataSpec, InferenceConfig, Method, Mode, NodeGranularity, OptimizerConfig, TrainConfig,
+    DataSpec, InferenceConfig, Method, Mode, NodeGranularity, OptimizerConfig, Target, TrainConfig,
 };
 
 use crate::diag::{Diagnostic, ErrorKind};

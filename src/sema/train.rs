@@ -19,6 +19,34 @@ pub enum Method {
     Bp,
 }
 
+/// How the loss drives a predictive-coding network (see `docs/language.md`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// The outputs' errors are clamped to −∂L/∂μ.
+    Clamp,
+    /// The loss term scaled by β (β ≠ 0; β < 0 nudges away from the target) and the update
+    /// divided by β.
+    Nudge(f64),
+}
+
+impl Target {
+    /// The scale of the loss term in the energy: β, 1 for `clamp`.
+    pub fn beta(self) -> f64 {
+        match self {
+            Target::Clamp => 1.0,
+            Target::Nudge(beta) => beta,
+        }
+    }
+
+    /// The target as the `.pcg` file writes it.
+    pub fn describe(self) -> String {
+        match self {
+            Target::Clamp => "clamp".to_string(),
+            Target::Nudge(beta) => format!("nudge(beta = {})", crate::ir::fmt_f64(beta)),
+        }
+    }
+}
+
 /// The relaxation schedule of predictive coding (see `docs/language.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -62,6 +90,7 @@ pub struct InferenceConfig {
     pub nodes: NodeGranularity,
     /// Heavy-ball momentum m of the value units' updates (0: plain steps).
     pub momentum: f64,
+    pub target: Target,
 }
 
 impl Default for InferenceConfig {
@@ -73,6 +102,7 @@ impl Default for InferenceConfig {
             precision: BTreeMap::new(),
             nodes: NodeGranularity::Named,
             momentum: 0.0,
+            target: Target::Clamp,
         }
     }
 }
@@ -118,7 +148,15 @@ const KEYS: &[&str] = &[
     "seed",
     "clip",
 ];
-const INFERENCE_KEYS: &[&str] = &["mode", "steps", "rate", "precision", "nodes", "momentum"];
+const INFERENCE_KEYS: &[&str] = &[
+    "mode",
+    "steps",
+    "rate",
+    "precision",
+    "nodes",
+    "momentum",
+    "target",
+];
 
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
 pub fn check(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) -> Option<TrainConfig> {
@@ -460,6 +498,40 @@ fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSpec> {
     }
 }
 
+/// `clamp` or `nudge(beta = β)`, β a non-zero number (negative: nudging away).
+fn target(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Target> {
+    let hint = "write `target = clamp` or `target = nudge(beta = 0.1)`";
+    match &e.kind {
+        ExprKind::Name(id) if id.name == "clamp" => Some(Target::Clamp),
+        ExprKind::Call { callee, .. } if callee.name == "nudge" => {
+            let args = call_args(e, &["beta"], 1, diagnostics)?;
+            let Some(v) = args.get("beta") else {
+                diagnostics.push(bad_value(e.span, "`nudge` needs its `beta`", hint));
+                return None;
+            };
+            match number(v) {
+                Some(beta) if beta != 0.0 && beta.is_finite() => Some(Target::Nudge(beta)),
+                _ => {
+                    diagnostics.push(bad_value(
+                        v.span,
+                        "`beta` must be a non-zero number",
+                        "e.g. `nudge(beta = 0.1)`, or `nudge(beta = -0.1)` to nudge away",
+                    ));
+                    None
+                }
+            }
+        }
+        _ => {
+            diagnostics.push(bad_value(
+                e.span,
+                format!("`{}` is not a valid target", describe(e)),
+                hint,
+            ));
+            None
+        }
+    }
+}
+
 fn optimizer(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<OptimizerConfig> {
     let name = match &e.kind {
         ExprKind::Name(id) => id.name.as_str(),
@@ -595,6 +667,11 @@ fn inference(
             "momentum" => {
                 if let Some(v) = expr(item, diagnostics).and_then(|e| fraction(e, diagnostics)) {
                     cfg.momentum = v;
+                }
+            }
+            "target" => {
+                if let Some(t) = expr(item, diagnostics).and_then(|e| target(e, diagnostics)) {
+                    cfg.target = t;
                 }
             }
             "nodes" => {

@@ -139,7 +139,7 @@ impl Programs {
             p.learn.prune();
         }
         let fused = match &pc {
-            Some(p) => pc::solve(forward, &p.graph, p.mode, p.rate, p.momentum, steps)
+            Some(p) => pc::solve(forward, p, steps)
                 .map_err(|e| e.to_string())?
                 .map(|solved| pc::fuse_step(&solved, &p.learn)),
             None => None,
