@@ -4,7 +4,7 @@
 
 use pcg::ir::Program;
 use pcg::npz::Arrays;
-use pcg::sema::{self, CompileOptions, InferenceConfig, Method, Mode, OptimizerConfig};
+use pcg::sema::{self, CompileOptions, InferenceConfig, Method, Mode, OptimizerConfig, Target};
 use pcg::train::engine::{Engine, EngineError, InterpEngine, JitEngine, Programs};
 use pcg::train::optim::Optimizer;
 use pcg::train::{batch, init};
@@ -99,18 +99,18 @@ fn compiled_steps_train_as_the_interpreter_does() {
         "examples/rnn_digits.pcg",
         "examples/shared_branches.pcg",
     ];
-    // (method, mode, steps, state momentum)
+    // (method, mode, steps, state momentum, target)
     let methods = [
-        (Method::Bp, Mode::Fixed, 0, 0.0),
-        (Method::Pc, Mode::Fixed, 4, 0.0),
-        (Method::Pc, Mode::Exact, 0, 0.0),
-        (Method::Pc, Mode::Strict, 3, 0.0),
-        (Method::Pc, Mode::Fixed, 4, 0.7),
-        (Method::Pc, Mode::Strict, 3, 0.7),
+        (Method::Bp, Mode::Fixed, 0, 0.0, Target::Clamp),
+        (Method::Pc, Mode::Fixed, 4, 0.0, Target::Clamp),
+        (Method::Pc, Mode::Exact, 0, 0.0, Target::Clamp),
+        (Method::Pc, Mode::Strict, 3, 0.0, Target::Clamp),
+        (Method::Pc, Mode::Fixed, 4, 0.7, Target::Nudge(0.5)),
+        (Method::Pc, Mode::Strict, 3, 0.7, Target::Centered(0.5)),
     ];
     for path in examples {
         let forward = compile(path).forward;
-        for &(method, mode, steps, momentum) in &methods {
+        for &(method, mode, steps, momentum, target) in &methods {
             // The CNN's first layer gets an update that, relaxed in strict mode in f32, is
             // mostly rounding: two correct implementations differ in it.
             if path.contains("cnn") && mode == Mode::Strict {
@@ -121,12 +121,13 @@ fn compiled_steps_train_as_the_interpreter_does() {
                 steps: steps.max(1),
                 rate: 0.2,
                 momentum,
+                target,
                 ..Default::default()
             };
             let programs = Programs::build(&forward, method, &inference, None).expect("programs");
             for (config, clip) in optimizers() {
                 let what = format!(
-                    "{path} {method:?} {mode:?} momentum {momentum} {config:?} clip {clip:?}"
+                    "{path} {method:?} {mode:?} momentum {momentum} {target:?} {config:?} clip {clip:?}"
                 );
                 let optimizer = Optimizer::new(config, clip);
                 let mut jit =

@@ -167,12 +167,26 @@ fn nudged_targets_match_the_scaled_update() {
             let want = reference(&b, mode, 12, 0.2, 0.5, beta);
             let got = compiled(&b, &config);
             assert_matches(&format!("{mode:?} nudge {beta}"), &got, &want);
+            // Centered: the mean of the updates nudged by +β and by −β.
+            let centered = compiled(
+                &b,
+                &InferenceConfig {
+                    target: Target::Centered(beta),
+                    ..config.clone()
+                },
+            );
+            let mut want = reference(&b, mode, 12, 0.2, 0.5, beta);
+            let minus = reference(&b, mode, 12, 0.2, 0.5, -beta);
+            for (name, u) in &mut want {
+                *u = (&*u + &minus[name]) / 2.0;
+            }
+            assert_matches(&format!("{mode:?} centered {beta}"), &centered, &want);
         }
     }
 }
 
 /// The relative distance of the nudged update at equilibrium from backprop's −∂L/∂θ.
-fn distance_from_backprop(forward: &pcg::ir::Program, b: &Bindings<f64>, beta: f64) -> f64 {
+fn distance_from_backprop(forward: &pcg::ir::Program, b: &Bindings<f64>, target: Target) -> f64 {
     let kinds = [pcg::ir::LeafKind::Param];
     let grad = pcg::autodiff::gradient_program(forward, &kinds).expect("differentiable");
     let grads = interp::eval_outputs(&grad, b).expect("runs");
@@ -180,7 +194,7 @@ fn distance_from_backprop(forward: &pcg::ir::Program, b: &Bindings<f64>, beta: f
         mode: Mode::Strict,
         steps: 400,
         rate: 0.3,
-        target: Target::Nudge(beta),
+        target,
         ..Default::default()
     };
     let updates = compiled(b, &config);
@@ -196,24 +210,40 @@ fn distance_from_backprop(forward: &pcg::ir::Program, b: &Bindings<f64>, beta: f
     (diff / norm).sqrt()
 }
 
-/// Strict mode at equilibrium: as β → 0 the nudged update tends to backprop's gradient, and
-/// its error is O(β) — halving β halves it.
-#[test]
-fn nudged_strict_updates_tend_to_backprop_linearly() {
-    let forward = forward();
-    let b = leaves(&forward);
+/// The distances from backprop at β = 0.4, 0.2, 0.1, 0.05; each halving of β must scale the
+/// distance by about `expected`.
+fn assert_order(
+    forward: &pcg::ir::Program,
+    b: &Bindings<f64>,
+    target: fn(f64) -> Target,
+    expected: f64,
+) {
     let errors: Vec<f64> = [0.4, 0.2, 0.1, 0.05]
         .iter()
-        .map(|&beta| distance_from_backprop(&forward, &b, beta))
+        .map(|&beta| distance_from_backprop(forward, b, target(beta)))
         .collect();
-    assert!(errors[0] > 1e-4, "no O(β) error to measure: {errors:?}");
+    assert!(errors[3] > 1e-9, "no error left to measure: {errors:?}");
     for pair in errors.windows(2) {
         let ratio = pair[1] / pair[0];
         assert!(
-            (0.4..0.6).contains(&ratio),
-            "halving β scaled the error by {ratio}, not about 1/2: {errors:?}"
+            (0.8 * expected..1.2 * expected).contains(&ratio),
+            "halving β scaled the error by {ratio}, not about {expected}: {errors:?}"
         );
     }
-    // Clamping (β = 1) is further from backprop than any of them.
-    assert!(distance_from_backprop(&forward, &b, 1.0) > errors[0]);
+}
+
+/// Strict mode at equilibrium: as β → 0 the nudged update tends to backprop's gradient with
+/// an O(β) error (halving β halves it) and the centered one with an O(β²) error (halving β
+/// quarters it).
+#[test]
+fn nudged_strict_updates_tend_to_backprop_at_their_order() {
+    let forward = forward();
+    let b = leaves(&forward);
+    assert_order(&forward, &b, Target::Nudge, 0.5);
+    assert_order(&forward, &b, Target::Centered, 0.25);
+    // Clamping (β = 1) is further from backprop than nudging by β = 0.4.
+    assert!(
+        distance_from_backprop(&forward, &b, Target::Clamp)
+            > distance_from_backprop(&forward, &b, Target::Nudge(0.4))
+    );
 }

@@ -288,26 +288,33 @@ pub struct RelaxFlags {
     /// Heavy-ball momentum of the value units' updates, 0 <= m < 1.
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// How the loss drives the network: `clamp` or `nudge(BETA)` (also `nudge(beta=BETA)`).
+    /// How the loss drives the network: `clamp`, `nudge(BETA)` or `centered(BETA)` (also
+    /// `nudge(beta=BETA)`).
     #[arg(long, value_parser = parse_target, allow_hyphen_values = true)]
     pub target: Option<crate::sema::Target>,
 }
 
-/// `clamp`, `nudge(0.1)` or `nudge(beta = 0.1)`, as the inference block's `target`.
+/// `clamp`, `nudge(0.1)`, `centered(0.1)` or with `beta = 0.1`, as the inference block's
+/// `target`.
 fn parse_target(text: &str) -> Result<crate::sema::Target, String> {
     use crate::sema::Target;
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     if compact == "clamp" {
         return Ok(Target::Clamp);
     }
-    let usage = || format!("`{text}` is not a target: write `clamp` or `nudge(0.1)`");
-    let inner = compact
-        .strip_prefix("nudge(")
-        .and_then(|rest| rest.strip_suffix(')'))
-        .ok_or_else(usage)?;
+    let usage =
+        || format!("`{text}` is not a target: write `clamp`, `nudge(0.1)` or `centered(0.1)`");
+    let (make, rest): (fn(f64) -> Target, &str) = if let Some(r) = compact.strip_prefix("nudge(") {
+        (Target::Nudge, r)
+    } else if let Some(r) = compact.strip_prefix("centered(") {
+        (Target::Centered, r)
+    } else {
+        return Err(usage());
+    };
+    let inner = rest.strip_suffix(')').ok_or_else(usage)?;
     let number = inner.strip_prefix("beta=").unwrap_or(inner);
     match number.parse::<f64>() {
-        Ok(beta) if beta != 0.0 && beta.is_finite() => Ok(Target::Nudge(beta)),
+        Ok(beta) if beta != 0.0 && beta.is_finite() => Ok(make(beta)),
         Ok(_) => Err("`beta` must be a non-zero number".to_string()),
         Err(_) => Err(usage()),
     }

@@ -25,8 +25,9 @@
 //! - **closed form** — D − 1 message products u_k = M u_{k−1} and the weighted sum above; pays
 //!   when D < T, and its program grows with D.
 //! - **simulated** — everything else (strict mode, a per-node precision, which breaks the
-//!   scalar expansion, momentum, which makes the recurrence second order, and graphs at
-//!   least T deep with η < 1): the loop, step by step.
+//!   scalar expansion, momentum, which makes the recurrence second order, a centered target,
+//!   which relaxes two copies of the units, and graphs at least T deep with η < 1): the
+//!   loop, step by step.
 //!
 //! Each gives the simulated loop's result up to rounding (tested).
 use crate::autodiff;
@@ -96,7 +97,8 @@ impl Evaluation {
 pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
     let (graph, mode, rate) = (&programs.graph, programs.mode, programs.rate);
     let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
-    if mode == Mode::Strict || !unit_precision || programs.momentum != 0.0 {
+    let one_phase = programs.target.phases().len() == 1;
+    if mode == Mode::Strict || !unit_precision || programs.momentum != 0.0 || !one_phase {
         Evaluation::Simulated
     } else if rate == 1.0 && steps >= graph.depth {
         Evaluation::Sweep
@@ -114,7 +116,9 @@ pub fn solve(
     programs: &PcPrograms,
     steps: usize,
 ) -> Result<Option<Program>, PcError> {
-    let (graph, beta) = (&programs.graph, programs.target.beta());
+    let graph = &programs.graph;
+    // Simulated unless there is one phase (see `evaluation`).
+    let beta = programs.target.phases()[0].1;
     match evaluation(programs, steps) {
         Evaluation::Simulated => Ok(None),
         Evaluation::Sweep => sweep(forward, graph, beta).map(Some),

@@ -316,54 +316,85 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     }
     let steps = default_steps(&graph, config);
 
+    // Each phase relaxes its own copy of the units (state names with the phase's suffix) with
+    // the loss term scaled by its β: one phase, or two (+β and −β) for a centered target.
+    let phases: Vec<(Vec<PcNode>, f64)> = target
+        .phases()
+        .into_iter()
+        .map(|(suffix, beta)| {
+            let mut nodes = graph.nodes.clone();
+            for pc in &mut nodes {
+                pc.label.push_str(suffix);
+            }
+            (nodes, beta)
+        })
+        .collect();
+    let phase_graphs: Vec<(PcGraph, f64)> = phases
+        .into_iter()
+        .map(|(nodes, beta)| {
+            (
+                PcGraph {
+                    nodes,
+                    depth: graph.depth,
+                },
+                beta,
+            )
+        })
+        .collect();
+
     // Prologue: the feedforward pass; every relaxed node starts at its prediction.
     let mut prologue = Program::new(format!("{}.relax.prologue", forward.name));
     let ff = replay(forward, &mut prologue, &HashMap::new());
-    for pc in relaxed(&graph) {
-        let ff = ff[pc.value.index()];
-        if mode == Mode::Strict {
-            prologue.set_output(value_state(&pc.label), ff);
-        } else {
-            let zero = prologue.constant_like(0.0, ff);
-            prologue.set_output(error_state(&pc.label), zero);
-            prologue.set_output(feedforward_state(&pc.label), ff);
-        }
-        if momentum > 0.0 {
-            let zero = prologue.constant_like(0.0, ff);
-            prologue.set_output(velocity_state(&pc.label), zero);
+    for (phase, _) in &phase_graphs {
+        for pc in relaxed(phase) {
+            let ff = ff[pc.value.index()];
+            if mode == Mode::Strict {
+                prologue.set_output(value_state(&pc.label), ff);
+            } else {
+                let zero = prologue.constant_like(0.0, ff);
+                prologue.set_output(error_state(&pc.label), zero);
+                prologue.set_output(feedforward_state(&pc.label), ff);
+            }
+            if momentum > 0.0 {
+                let zero = prologue.constant_like(0.0, ff);
+                prologue.set_output(velocity_state(&pc.label), zero);
+            }
         }
     }
     prologue.set_output("loss", ff[loss.index()]);
 
-    // Body: one synchronous step.
+    // Body: one synchronous step of every phase.
     let mut body = Program::new(format!("{}.relax.step", forward.name));
-    let units = errors(forward, &graph, &mut body, mode, target, loss)?;
-    let wrt: Vec<ValueId> = relaxed(&graph).map(|pc| units.cut[&pc.value]).collect();
-    let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
     let mut energy_terms = Vec::new();
-    for (k, pc) in relaxed(&graph).enumerate() {
-        let unit = units.carried[&pc.value];
-        let eps = units.errors[&pc.value];
-        // v + η (−π ε + Σ children's messages − ∂L/∂v), or the same step of e
-        let weighted = scaled(&mut body, eps, pc.precision);
-        let mut drive = body.sub(messages[k], weighted);
-        if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
-            drive = body.add_values(drive, from_loss);
+    for (phase, beta) in &phase_graphs {
+        let units = errors(forward, phase, &mut body, mode, *beta, loss)?;
+        let wrt: Vec<ValueId> = relaxed(phase).map(|pc| units.cut[&pc.value]).collect();
+        let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
+        for (k, pc) in relaxed(phase).enumerate() {
+            let unit = units.carried[&pc.value];
+            let eps = units.errors[&pc.value];
+            // v + η (−π ε + Σ children's messages − ∂L/∂v), or the same step of e
+            let weighted = scaled(&mut body, eps, pc.precision);
+            let mut drive = body.sub(messages[k], weighted);
+            if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
+                drive = body.add_values(drive, from_loss);
+            }
+            // With momentum: u ← m u + drive, then the unit moves by η u.
+            if momentum > 0.0 {
+                let velocity =
+                    body.leaf(LeafKind::State, velocity_state(&pc.label), pc.shape.clone());
+                let kept = body.scale(velocity, momentum);
+                drive = body.add_values(kept, drive);
+                body.set_output(velocity_state(&pc.label), drive);
+            }
+            let step = body.scale(drive, rate);
+            let next = body.add_values(unit, step);
+            body.set_output(carried_state(mode, &pc.label), next);
         }
-        // With momentum: u ← m u + drive, then the unit moves by η u.
-        if momentum > 0.0 {
-            let velocity = body.leaf(LeafKind::State, velocity_state(&pc.label), pc.shape.clone());
-            let kept = body.scale(velocity, momentum);
-            drive = body.add_values(kept, drive);
-            body.set_output(velocity_state(&pc.label), drive);
+        for pc in &phase.nodes {
+            let eps = units.errors[&pc.value];
+            energy_terms.push(half_weighted_norm(&mut body, eps, pc.precision));
         }
-        let step = body.scale(drive, rate);
-        let next = body.add_values(unit, step);
-        body.set_output(carried_state(mode, &pc.label), next);
-    }
-    for pc in &graph.nodes {
-        let eps = units.errors[&pc.value];
-        energy_terms.push(half_weighted_norm(&mut body, eps, pc.precision));
     }
     let energy = sum_all(&mut body, &energy_terms);
     body.set_output("energy", energy);
@@ -377,38 +408,54 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     crate::opt::hoist_invariants(&mut relax);
     crate::opt::batching::batch_products(&mut relax.body);
 
-    // Learning: the same product with respect to the parameters and inputs.
+    // Learning: the same product with respect to the parameters and inputs, divided by each
+    // phase's β and averaged over the phases.
     let mut learn = Program::new(format!("{}.learn", forward.name));
-    let units = errors(forward, &graph, &mut learn, mode, target, loss)?;
-    let params: Vec<(ValueId, String)> = learn
-        .leaves(LeafKind::Param)
-        .into_iter()
-        .map(|(id, n)| (id, n.to_string()))
-        .collect();
-    let inputs: Vec<(ValueId, String)> = learn
-        .leaves(LeafKind::Input)
-        .into_iter()
-        .map(|(id, n)| (id, n.to_string()))
-        .collect();
-    let wrt: Vec<ValueId> = params.iter().chain(&inputs).map(|(id, _)| *id).collect();
-    let mut grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
-    // A nudged loss term scaled the errors by β: the update is divided by it.
-    if target.beta() != 1.0 {
-        for g in &mut grads {
-            *g = learn.scale(*g, 1.0 / target.beta());
+    let mut updates: Vec<ValueId> = Vec::new();
+    let mut energy_terms = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (phase, beta) in &phase_graphs {
+        let units = errors(forward, phase, &mut learn, mode, *beta, loss)?;
+        let params: Vec<(ValueId, String)> = learn
+            .leaves(LeafKind::Param)
+            .into_iter()
+            .map(|(id, n)| (id, format!("update.{n}")))
+            .collect();
+        let inputs: Vec<(ValueId, String)> = learn
+            .leaves(LeafKind::Input)
+            .into_iter()
+            .map(|(id, n)| (id, format!("message.{n}")))
+            .collect();
+        let wrt: Vec<ValueId> = params.iter().chain(&inputs).map(|(id, _)| *id).collect();
+        let grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
+        let weight = 1.0 / (beta * phase_graphs.len() as f64);
+        let grads: Vec<ValueId> = grads
+            .into_iter()
+            .map(|g| scaled(&mut learn, g, weight))
+            .collect();
+        if updates.is_empty() {
+            names = params
+                .iter()
+                .chain(&inputs)
+                .map(|(_, n)| n.clone())
+                .collect();
+            updates = grads;
+        } else {
+            for (u, g) in updates.iter_mut().zip(grads) {
+                *u = learn.add_values(*u, g);
+            }
+        }
+        for pc in &phase.nodes {
+            energy_terms.push(half_weighted_norm(
+                &mut learn,
+                units.errors[&pc.value],
+                pc.precision,
+            ));
         }
     }
-    for ((_, name), g) in params.iter().zip(&grads) {
-        learn.set_output(format!("update.{name}"), *g);
+    for (name, u) in names.iter().zip(&updates) {
+        learn.set_output(name.clone(), *u);
     }
-    for ((_, name), g) in inputs.iter().zip(&grads[params.len()..]) {
-        learn.set_output(format!("message.{name}"), *g);
-    }
-    let energy_terms: Vec<ValueId> = graph
-        .nodes
-        .iter()
-        .map(|pc| half_weighted_norm(&mut learn, units.errors[&pc.value], pc.precision))
-        .collect();
     let energy = sum_all(&mut learn, &energy_terms);
     learn.set_output("energy", energy);
     crate::opt::simplify(&mut learn);
@@ -468,7 +515,7 @@ fn errors(
     graph: &PcGraph,
     program: &mut Program,
     mode: Mode,
-    target: Target,
+    beta: f64,
     loss: ValueId,
 ) -> Result<Units, PcError> {
     let mut cut = HashMap::new();
@@ -501,7 +548,7 @@ fn errors(
             Role::Relaxed { loss_reads: false } => {}
         }
     }
-    let seed = program.constant(-target.beta(), Shape::scalar());
+    let seed = program.constant(-beta, Shape::scalar());
     let loss_grads = if loss_wrt.is_empty() {
         Vec::new()
     } else {

@@ -27,14 +27,19 @@ pub enum Target {
     /// The loss term scaled by β (β ≠ 0; β < 0 nudges away from the target) and the update
     /// divided by β.
     Nudge(f64),
+    /// Two relaxations, with the loss term scaled by +β and by −β; the update is their
+    /// difference over 2β (the mean of the two nudged updates).
+    Centered(f64),
 }
 
 impl Target {
-    /// The scale of the loss term in the energy: β, 1 for `clamp`.
-    pub fn beta(self) -> f64 {
+    /// The relaxations a step runs: the suffix of each one's state names and the scale of its
+    /// loss term.
+    pub fn phases(self) -> Vec<(&'static str, f64)> {
         match self {
-            Target::Clamp => 1.0,
-            Target::Nudge(beta) => beta,
+            Target::Clamp => vec![("", 1.0)],
+            Target::Nudge(beta) => vec![("", beta)],
+            Target::Centered(beta) => vec![(".plus", beta), (".minus", -beta)],
         }
     }
 
@@ -43,6 +48,9 @@ impl Target {
         match self {
             Target::Clamp => "clamp".to_string(),
             Target::Nudge(beta) => format!("nudge(beta = {})", crate::ir::fmt_f64(beta)),
+            Target::Centered(beta) => {
+                format!("centered(beta = {})", crate::ir::fmt_f64(beta))
+            }
         }
     }
 }
@@ -498,19 +506,29 @@ fn data(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<DataSpec> {
     }
 }
 
-/// `clamp` or `nudge(beta = β)`, β a non-zero number (negative: nudging away).
+/// `clamp`, `nudge(beta = β)` or `centered(beta = β)`, β a non-zero number (negative:
+/// nudging away).
 fn target(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Target> {
-    let hint = "write `target = clamp` or `target = nudge(beta = 0.1)`";
+    let hint =
+        "write `target = clamp`, `target = nudge(beta = 0.1)` or `target = centered(beta = 0.1)`";
     match &e.kind {
         ExprKind::Name(id) if id.name == "clamp" => Some(Target::Clamp),
-        ExprKind::Call { callee, .. } if callee.name == "nudge" => {
+        ExprKind::Call { callee, .. } if callee.name == "nudge" || callee.name == "centered" => {
             let args = call_args(e, &["beta"], 1, diagnostics)?;
             let Some(v) = args.get("beta") else {
-                diagnostics.push(bad_value(e.span, "`nudge` needs its `beta`", hint));
+                diagnostics.push(bad_value(
+                    e.span,
+                    format!("`{}` needs its `beta`", callee.name),
+                    hint,
+                ));
                 return None;
             };
             match number(v) {
-                Some(beta) if beta != 0.0 && beta.is_finite() => Some(Target::Nudge(beta)),
+                Some(beta) if beta != 0.0 && beta.is_finite() => Some(if callee.name == "nudge" {
+                    Target::Nudge(beta)
+                } else {
+                    Target::Centered(beta)
+                }),
                 _ => {
                     diagnostics.push(bad_value(
                         v.span,

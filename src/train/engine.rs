@@ -409,10 +409,13 @@ pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
     } else {
         "error"
     };
-    let values = pc.graph.nodes.iter().filter_map(|n| {
-        state
-            .get(&pc::carried_state(pc.mode, &n.label))
-            .map(|v| (n, v))
+    // Each phase of the target relaxes its own units (state names with the phase's suffix).
+    let phases = pc.target.phases();
+    let values = pc.graph.nodes.iter().flat_map(|n| {
+        phases.iter().filter_map(move |(suffix, _)| {
+            let name = pc::carried_state(pc.mode, &format!("{}{suffix}", n.label));
+            state.get(&name).map(|v| (n, v))
+        })
     });
     let mut largest: Option<(&str, f32)> = None;
     for (node, v) in values {
