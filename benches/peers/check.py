@@ -30,6 +30,8 @@ CASES = {
     "mlp_b1 bp": ("benches/mlp_b1.pcg", "mlp", [64, 256, 256, 10], 1, "bp", None, 100, 0.1, [], ["pytorch", "jax"], 1.0),
     "mlp_fmnist pc strict T=5": ("examples/mlp_fmnist.pcg", "mlp_strict", [784, 256, 256, 10], 4, "pc", "strict", 5, 0.1, [], ["pytorch", "jax"], 1.0),
     "mlp_fmnist pc strict T=20": ("examples/mlp_fmnist.pcg", "mlp_strict", [784, 256, 256, 10], 4, "pc", "strict", 20, 0.1, [], ["pytorch", "jax"], 1.0),
+    # The PCX variants: state momentum 0.9 and a target nudged by beta = 0.5 (FLAGS below).
+    "mlp_fmnist pc strict T=20 momentum 0.9 nudge 0.5": ("examples/mlp_fmnist.pcg", "mlp_strict_pcx", [784, 256, 256, 10], 4, "pc", "strict", 20, 0.1, [], ["jax"], 1.0),
     # Inputs and biases scaled by 1e-4. At scale 1, after 10 steps at eta = 0.1 the error of the
     # first node (conv output y0, 6 hops from the output) is 3e-7 of its value (a1: 4e-6, y1:
     # 3e-5), so eps = v - mu is a few float32 ulps: pcg's own k1 update is then 8e-2 away from
@@ -44,7 +46,11 @@ CASES = {
 }
 
 
-def pcg_update(pcg, file, method, mode, steps, rate, batch, dims, params, x, y, tmp):
+# pcg flags of the peers models that are a variant of another.
+FLAGS = {"mlp_strict_pcx": ["--momentum", "0.9", "--target", "nudge(0.5)"]}
+
+
+def pcg_update(pcg, file, method, mode, steps, rate, batch, dims, params, x, y, tmp, flags=()):
     np.savez(os.path.join(tmp, "params.npz"), **params)
     np.savez(os.path.join(tmp, "inputs.npz"), x=x, y=y)
     out = os.path.join(tmp, "g.npz")
@@ -54,6 +60,7 @@ def pcg_update(pcg, file, method, mode, steps, rate, batch, dims, params, x, y, 
         cmd += ["--mode", mode, "--steps", str(steps), "--rate", str(rate)]
     for d in dims:
         cmd += ["--dim", d]
+    cmd += list(flags)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     g = np.load(out)
     return {k: -g[k].astype(np.float64) for k in g.files}  # pcg writes -D theta
@@ -95,7 +102,8 @@ def main():
                     if v.ndim == 1:
                         params[k] = (v * scale).astype(np.float32)
             try:
-                ref = pcg_update(args.pcg, file, method, mode, steps, rate, batch, dims, params, x, y, tmp)
+                ref = pcg_update(args.pcg, file, method, mode, steps, rate, batch, dims, params, x, y, tmp,
+                                 FLAGS.get(model, ()))
             except (OSError, subprocess.CalledProcessError) as e:
                 for lib in libs:
                     print(f"FAIL {name} {lib}: pcg grad failed ({e})")

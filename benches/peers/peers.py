@@ -199,7 +199,7 @@ def jax_mlp_bp():
     return update
 
 
-def jax_mlp_strict(steps, rate, unroll=None):
+def jax_mlp_strict(steps, rate, unroll=None, momentum=0.0, beta=1.0):
     import jax
     import jax.numpy as jnp
 
@@ -209,32 +209,40 @@ def jax_mlp_strict(steps, rate, unroll=None):
         mu1 = jnp.tanh(x @ p["w1"] + p["b1"])
         mu2 = jnp.tanh(v["h1"] @ p["w2"] + p["b2"])
         out = v["h2"] @ p["w3"] + p["b3"]
+        # beta scales the loss term (a nudged target); 1 clamps.
         return (0.5 * jnp.sum((v["h1"] - mu1) ** 2) + 0.5 * jnp.sum((v["h2"] - mu2) ** 2)
-                + 0.5 * jnp.sum((out - y) ** 2) / x.shape[0])
+                + beta * 0.5 * jnp.sum((out - y) ** 2) / x.shape[0])
 
     def feedforward(p, x):
         h1 = jnp.tanh(x @ p["w1"] + p["b1"])
         return {"h1": h1, "h2": jnp.tanh(h1 @ p["w2"] + p["b2"])}
 
-    return _jax_strict_update(energy, feedforward, steps, rate, unroll)
+    return _jax_strict_update(energy, feedforward, steps, rate, unroll, momentum, beta)
 
 
-def _jax_strict_update(energy, feedforward, steps, rate, unroll):
+def _jax_strict_update(energy, feedforward, steps, rate, unroll, momentum=0.0, beta=1.0):
     """Standard PC as PCX users write it: gradient descent on the energy with respect to the
-    values inside fori_loop, then the weight update -dE/dtheta at the final values."""
+    values inside fori_loop, then the weight update -dE/dtheta at the final values. With
+    momentum, the values move as optax.sgd(rate, momentum) moves parameters (a trace
+    t <- g + m t, then v <- v - rate t), PCX's default state optimiser; the update of a
+    nudged energy (loss term times beta) is divided by beta."""
     import jax
+    import jax.numpy as jnp
 
     @jax.jit
     def update(p, x, y):
         v0 = feedforward(p, x)
+        t0 = jax.tree_util.tree_map(jnp.zeros_like, v0)
 
-        def relax(_, v):
+        def relax(_, state):
+            v, t = state
             g = jax.grad(energy)(v, p, x, y)
-            return jax.tree_util.tree_map(lambda a, b: a - rate * b, v, g)
+            t = jax.tree_util.tree_map(lambda a, b: b + momentum * a, t, g)
+            return jax.tree_util.tree_map(lambda a, b: a - rate * b, v, t), t
 
-        v = jax.lax.fori_loop(0, steps, relax, v0, unroll=_unroll(unroll, steps))
+        v, _ = jax.lax.fori_loop(0, steps, relax, (v0, t0), unroll=_unroll(unroll, steps))
         g = jax.grad(energy, argnums=1)(v, p, x, y)
-        return jax.tree_util.tree_map(lambda a: -a, g)
+        return jax.tree_util.tree_map(lambda a: -a / beta, g)
 
     return update
 
@@ -374,6 +382,8 @@ PEERS = {
     ("mlp", "jax"): {"pc": jax_mlp_fixed, "bp": lambda steps, rate: jax_mlp_bp()},
     ("mlp_strict", "pytorch"): {"pc": torch_mlp_strict},
     ("mlp_strict", "jax"): {"pc": jax_mlp_strict},
+    # PCX's relaxation: SGD with momentum 0.9 on the states, and a nudged target (beta = 0.5).
+    ("mlp_strict_pcx", "jax"): {"pc": lambda steps, rate: jax_mlp_strict(steps, rate, momentum=0.9, beta=0.5)},
     ("cnn_strict", "jax"): {"pc": jax_cnn_strict},
     ("lstm_fixed", "jax"): {"pc": jax_lstm_fixed},
 }
@@ -385,7 +395,7 @@ def random_problem(model, sizes, batch, seed=0):
 
     rng = np.random.default_rng(seed)
     f32 = np.float32
-    if model in ("mlp", "mlp_strict"):
+    if model in ("mlp", "mlp_strict", "mlp_strict_pcx"):
         n = sizes
         p = {}
         for l in range(3):
