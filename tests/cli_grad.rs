@@ -263,3 +263,41 @@ fn jit_threads_and_bounds_checks_leave_the_gradients_as_they_were() {
         }
     }
 }
+
+/// An input batch holding a NaN is refused before anything runs, naming the array and the
+/// example; `--allow-nonfinite` lets it through (and the step then reports the loss).
+#[test]
+fn a_nan_in_the_inputs_names_the_array_and_example() {
+    let inputs = scratch("nan_inputs.npz");
+    let compiled =
+        pcg::sema::compile_file(Path::new("examples/mlp_digits.pcg"), &Default::default())
+            .1
+            .expect("compiles");
+    let mut batch = pcg::train::batch::random_batch(&compiled.forward, 3);
+    batch.get_mut("x").expect("an input x")[[3, 5]] = f32::NAN;
+    npz::write(&inputs, &batch).unwrap();
+    let out = scratch("nan_g.npz");
+    let args = [
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = pcg(&args);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`x`") && err.contains("example 3") && err.contains("NaN"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let allowed: Vec<&str> = args.iter().copied().chain(["--allow-nonfinite"]).collect();
+    let o = pcg(&allowed);
+    assert!(
+        text(&o.stderr).contains("not finite"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -3,9 +3,14 @@
 use ndarray::{arr1, arr2, Array2, ArrayD, Axis};
 use ndarray_npy::NpzWriter;
 use pcg::data::idx::{parse_idx, write_idx};
-use pcg::data::{epoch_order, load, DataError, DataSpec, SpecArg, SpecValue};
+use pcg::data::{epoch_order, DataError, DataSpec, SpecArg, SpecValue};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Loads a data set as the training commands do, rejecting non-finite numbers.
+fn load(spec: &DataSpec) -> Result<pcg::data::Dataset, DataError> {
+    pcg::data::load(spec, false)
+}
 
 /// A fresh, empty directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
@@ -671,4 +676,62 @@ fn specs_parse_from_text_and_calls() {
     assert_eq!(call.expect("call"), DataSpec::Shakespeare { seq: 20 });
     let relative = DataSpec::Npz("mine.npz".into()).relative_to(Path::new("/models"));
     assert_eq!(relative, DataSpec::Npz("/models/mine.npz".into()));
+}
+
+#[test]
+fn non_finite_numbers_are_rejected_naming_the_array_and_example() {
+    let dir = scratch("non-finite");
+    let path = dir.join("nan.npz");
+    let mut x_train = Array2::<f64>::zeros((6, 4));
+    x_train[[3, 2]] = f64::NAN;
+    write_npz(
+        &path,
+        &[
+            ("x_train", x_train.into_dyn()),
+            ("x_test", Array2::<f64>::zeros((2, 4)).into_dyn()),
+        ],
+        &[
+            ("y_train", arr1(&[0i64, 1, 0, 1, 0, 1]).into_dyn()),
+            ("y_test", arr1(&[0i64, 1]).into_dyn()),
+        ],
+    );
+    let text = message(load(&DataSpec::Npz(path.clone())));
+    assert!(
+        text.contains("`x_train`") && text.contains("example 3") && text.contains("NaN"),
+        "{text}"
+    );
+    assert!(text.contains("--allow-nonfinite"), "{text}");
+    let data = pcg::data::load(&DataSpec::Npz(path), true).expect("allowed");
+    assert_eq!(data.train.len(), 6);
+
+    // Float targets are checked too; CSV rows with a non-finite number are errors of their line.
+    let values = dir.join("values.npz");
+    let mut y_test = Array2::<f64>::zeros((2, 2));
+    y_test[[1, 0]] = f64::INFINITY;
+    write_npz(
+        &values,
+        &[
+            ("x_train", Array2::<f64>::zeros((3, 4)).into_dyn()),
+            ("x_test", Array2::<f64>::zeros((2, 4)).into_dyn()),
+            ("y_train", Array2::<f64>::zeros((3, 2)).into_dyn()),
+            ("y_test", y_test.into_dyn()),
+        ],
+        &[],
+    );
+    let text = message(load(&DataSpec::Npz(values)));
+    assert!(
+        text.contains("`y_test`") && text.contains("example 1") && text.contains("inf"),
+        "{text}"
+    );
+    let csv = dir.join("t.csv");
+    std::fs::write(&csv, "1,2,0\n3,4,1\n5,nan,0\n7,8,1\n").expect("write");
+    let text = message(load(&csv_spec(csv.clone())));
+    assert!(text.contains("t.csv:3") && text.contains("`nan`"), "{text}");
+    // A number too large for f32 would read as infinity.
+    std::fs::write(&csv, "1,2,0\n3,4,1\n5,1e999,0\n7,8,1\n").expect("write");
+    let text = message(load(&csv_spec(csv)));
+    assert!(
+        text.contains("t.csv:3") && text.contains("`1e999`"),
+        "{text}"
+    );
 }

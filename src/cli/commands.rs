@@ -37,6 +37,9 @@ pub(super) fn problem(
             let arrays = npz::read(path).map_err(fail)?;
             batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path)
                 .map_err(fail)?;
+            if !flags.allow_nonfinite {
+                batch::check_finite(&arrays, path).map_err(fail)?;
+            }
             arrays
         }
         None => {
@@ -44,7 +47,7 @@ pub(super) fn problem(
             match spec {
                 Some(spec) => {
                     let spec = spec.relative_to(file.parent().unwrap_or(Path::new(".")));
-                    match batch::first_batch(forward, &spec) {
+                    match batch::first_batch(forward, &spec, flags.allow_nonfinite) {
                         Ok(b) => b,
                         Err(e) => {
                             eprintln!("warning: using seeded random data: {e}");

@@ -172,6 +172,9 @@ pub struct RunFlags {
     /// Where the Fashion-MNIST IDX files are (instead of the Debian package's directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Train on data holding NaNs or infinities instead of rejecting it.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
     /// Append one JSON line of metrics per epoch to this file.
     #[arg(long)]
     pub metrics: Option<PathBuf>,
@@ -271,6 +274,9 @@ pub struct ProblemFlags {
     /// Seed for initialisation and random data (default: the train block's).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Use inputs holding NaNs or infinities instead of rejecting them.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 /// Overrides of the train block's inference settings.

@@ -25,6 +25,7 @@ fn dataset(
     flag: Option<&str>,
     dir: Option<&Path>,
     train: Option<&TrainConfig>,
+    allow_nonfinite: bool,
 ) -> Result<Dataset, String> {
     // A path in the flag is relative to the working directory, one in the train block to the
     // model file's directory.
@@ -40,7 +41,7 @@ fn dataset(
             dir: Some(d.to_path_buf()),
         };
     }
-    data::load(&spec).map_err(|e| e.to_string())
+    data::load(&spec, allow_nonfinite).map_err(|e| e.to_string())
 }
 
 /// A model compiled for a training command, with the method and inference settings its
@@ -148,6 +149,7 @@ pub(super) fn run(
         flags.data.as_deref(),
         flags.data_dir.as_deref(),
         base.as_ref(),
+        flags.allow_nonfinite,
     ) {
         Ok(d) => d,
         Err(e) => return Err(fail(e)),
@@ -355,7 +357,7 @@ pub(super) fn eval(
     {
         return Err(fail(e));
     }
-    let data = dataset(file, data_flag, data_dir, compiled.train.as_ref()).map_err(fail)?;
+    let data = dataset(file, data_flag, data_dir, compiled.train.as_ref(), false).map_err(fail)?;
     let inference = compiled
         .train
         .as_ref()

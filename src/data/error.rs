@@ -95,6 +95,15 @@ pub enum DataError {
         declared: Vec<usize>,
         examples: usize,
     },
+    /// A NaN or an infinity in a data set's numbers (`example` counts from 0 along the first
+    /// axis; `element` is the position within that example).
+    NonFinite {
+        file: String,
+        array: String,
+        example: usize,
+        element: usize,
+        value: f32,
+    },
     /// An example index past the end of a split.
     IndexOutOfRange {
         dataset: String,
@@ -127,6 +136,18 @@ impl fmt::Display for DataError {
                 problem,
             } => write!(f, "{file}:{line}: {problem}"),
             DataError::CsvEmpty { file } => write!(f, "{file}: no data rows"),
+            DataError::NonFinite {
+                file,
+                array,
+                example,
+                element,
+                value,
+            } => write!(
+                f,
+                "{file}: `{array}` holds {value} at example {example} (element {element} of it); \
+                 data must be finite numbers — fix the file, or pass --allow-nonfinite to use it \
+                 anyway"
+            ),
             DataError::IdxMagic { file, magic } => {
                 let hex: Vec<String> = magic.iter().map(|b| format!("{b:02x}")).collect();
                 write!(

@@ -78,8 +78,36 @@ pub struct Dataset {
     pub example_shape: Vec<usize>,
 }
 
-/// Loads the data set a spec names.
-pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
+/// The first NaN or infinity in `values`, examples of `width` numbers each: (example, element
+/// within it, value).
+pub fn first_non_finite(values: &[f32], width: usize) -> Option<(usize, usize, f32)> {
+    let at = values.iter().position(|v| !v.is_finite())?;
+    let width = width.max(1);
+    Some((at / width, at % width, values[at]))
+}
+
+/// An error for the first NaN or infinity in `values` (examples of `width` numbers), if any.
+pub fn check_finite(
+    file: &str,
+    array: &str,
+    values: &[f32],
+    width: usize,
+) -> Result<(), DataError> {
+    match first_non_finite(values, width) {
+        None => Ok(()),
+        Some((example, element, value)) => Err(DataError::NonFinite {
+            file: file.to_string(),
+            array: array.to_string(),
+            example,
+            element,
+            value,
+        }),
+    }
+}
+
+/// Loads the data set a spec names, rejecting NaNs and infinities in its numbers unless
+/// `allow_nonfinite`.
+pub fn load(spec: &DataSpec, allow_nonfinite: bool) -> Result<Dataset, DataError> {
     match spec {
         DataSpec::Digits => builtin_images("digits", "digits.csv.gz", DIGITS_CSV, [8, 8], 16),
         DataSpec::Mnist5k => {
@@ -99,7 +127,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
             })?;
             text_windows(spec, *seq, &text)
         }
-        DataSpec::Npz(path) => npz::load(path),
+        DataSpec::Npz(path) => npz::load(path, allow_nonfinite),
         DataSpec::Csv {
             path,
             test_fraction,
@@ -107,6 +135,7 @@ pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
         } => {
             let file = path.display().to_string();
             let bytes = gunzip_if_gzipped(read_file(path)?, &file)?;
+            // The CSV reader rejects non-finite numbers itself, naming their line.
             let table = csv::parse(&bytes, &file)?;
             let classes = class_count(&table.labels);
             let features = Features::Floats(table.features);

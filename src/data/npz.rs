@@ -113,7 +113,7 @@ impl Archive<'_> {
 }
 
 /// Loads `x_train`, `y_train`, `x_test` and `y_test` from an `.npz` file.
-pub(crate) fn load(path: &Path) -> Result<Dataset, DataError> {
+pub(crate) fn load(path: &Path, allow_nonfinite: bool) -> Result<Dataset, DataError> {
     let file = File::open(path).map_err(|error| super::open_error(path, error))?;
     let npz_error = |e: ReadNpzError| DataError::Npz {
         path: path.to_path_buf(),
@@ -156,6 +156,21 @@ pub(crate) fn load(path: &Path) -> Result<Dataset, DataError> {
         return Err(archive.shape_error("y_test", expected, y_test.shape()));
     }
 
+    if !allow_nonfinite {
+        let file = path.display().to_string();
+        let mut arrays = vec![(&x_train, "x_train"), (&x_test, "x_test")];
+        if classes.is_none() {
+            arrays.extend([(&y_train, "y_train"), (&y_test, "y_test")]);
+        }
+        for (array, array_name) in arrays {
+            if let Array::Floats(a) = array {
+                let width = a.shape()[1..].iter().product();
+                let values = a.as_standard_layout();
+                let values = values.as_slice().expect("standard layout");
+                super::check_finite(&file, array_name, values, width)?;
+            }
+        }
+    }
     let name: Arc<str> = Arc::from(path.display().to_string());
     let split = |x: &Array, y: &Array| {
         let features = match x {

@@ -9,6 +9,19 @@ use ndarray::ArrayD;
 use rand_distr::{Distribution, StandardNormal};
 use std::path::Path;
 
+/// An error naming the first array (by name) holding a NaN or an infinity, and the example
+/// (index along its first axis) where it is.
+pub fn check_finite(arrays: &Arrays, source: &Path) -> Result<(), String> {
+    for (name, a) in arrays {
+        let width = a.shape().iter().skip(1).product();
+        let values = a.as_standard_layout();
+        let values = values.as_slice().expect("standard layout");
+        let file = source.display().to_string();
+        data::check_finite(&file, name, values, width).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Checks that `arrays` holds every leaf of the given kinds with its declared shape. The error
 /// names the array and both shapes.
 pub fn check_arrays(
@@ -66,9 +79,13 @@ pub fn io_shapes(forward: &Program) -> Result<(LeafShape, LeafShape), String> {
 }
 
 /// The first training batch of a data set, shaped for the model (one input and one target).
-pub fn first_batch(program: &Program, spec: &DataSpec) -> Result<Arrays, String> {
+pub fn first_batch(
+    program: &Program,
+    spec: &DataSpec,
+    allow_nonfinite: bool,
+) -> Result<Arrays, String> {
     let ((xn, xs), (yn, ys)) = io_shapes(program)?;
-    let set = data::load(spec).map_err(|e| e.to_string())?;
+    let set = data::load(spec, allow_nonfinite).map_err(|e| e.to_string())?;
     let b = xs.first().copied().unwrap_or(1);
     if set.train.len() < b {
         return Err(format!(
