@@ -301,3 +301,35 @@ fn a_nan_in_the_inputs_names_the_array_and_example() {
         text(&o.stderr)
     );
 }
+
+/// A model far too large for memory is refused before anything is allocated: exit 1, naming
+/// the parameter and the bytes needed, never an allocation abort.
+#[test]
+fn a_model_too_large_for_memory_is_refused() {
+    let file = scratch("huge.pcg");
+    std::fs::write(
+        &file,
+        "model m {\n    input x: [4, 1000000]\n    param w: [1000000, 1000000]\n    loss sum(x @ w)\n}\n",
+    )
+    .unwrap();
+    let out = scratch("huge_g.npz");
+    for command in ["grad", "gradcheck"] {
+        let mut args = vec![command, file.to_str().unwrap()];
+        if command == "grad" {
+            args.extend(["--out", out.to_str().unwrap()]);
+        }
+        let o = pcg(&args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains("`w`") && err.contains("8000016000000 bytes"),
+            "{command}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{err}"
+        );
+    }
+    // `pcg check` allocates nothing and accepts the model.
+    assert!(pcg(&["check", file.to_str().unwrap()]).status.success());
+}

@@ -1,7 +1,7 @@
 //! The subcommands that compute: `grad` and `gradcheck`.
 
 use super::{
-    compile_or_report, emit, fail, BackendFlags, CmdResult, MethodArg, ProblemFlags, RelaxFlags,
+    compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, ProblemFlags, RelaxFlags,
     Reported,
 };
 use crate::gradcheck::{self, Report};
@@ -79,7 +79,7 @@ pub(super) fn grad(
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> CmdResult {
-    let compiled = compile_or_report(file, options)?;
+    let compiled = compile_to_run(file, options)?;
     let leaves = problem(file, &compiled, flags)?;
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
     let programs =
@@ -101,7 +101,7 @@ pub(super) fn gradcheck(
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> CmdResult {
-    let compiled = compile_or_report(file, options)?;
+    let compiled = compile_to_run(file, options)?;
     let leaves = problem(file, &compiled, flags)?;
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
     let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves))

@@ -579,6 +579,14 @@ pub(crate) fn compile_or_report(
     })
 }
 
+/// Compiles a model that a command is about to run: also refuses, with a diagnostic, one that
+/// cannot fit in the memory available (see `train::memory`).
+pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Compiled, Reported> {
+    let compiled = compile_or_report(file, options)?;
+    crate::train::memory::ensure_fits(&compiled.forward, None).map_err(fail)?;
+    Ok(compiled)
+}
+
 fn ir_dump(
     file: &Path,
     stage: Stage,
@@ -606,7 +614,11 @@ fn ir_dump(
         emit(&(format!("{module:#?}") + "\n"));
         return Ok(());
     }
-    let compiled = compile_or_report(file, options)?;
+    let compiled = if matches!(stage, Stage::Plan | Stage::Clif) {
+        compile_to_run(file, options)?
+    } else {
+        compile_or_report(file, options)?
+    };
     let forward = &compiled.forward;
     if matches!(stage, Stage::Plan | Stage::Clif) {
         return jit_dump(&compiled, stage, relax);

@@ -1,8 +1,7 @@
 //! `pcg run` and `pcg eval`: training on real data and evaluating checkpoints.
 
 use super::{
-    compile_or_report, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported,
-    RunFlags,
+    compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported, RunFlags,
 };
 use crate::data::{self, DataSpec, Dataset};
 use crate::ir::{LeafKind, Program};
@@ -59,7 +58,7 @@ fn training(
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> Result<Training, Reported> {
-    let compiled = compile_or_report(file, options)?;
+    let compiled = compile_to_run(file, options)?;
     let train = compiled.train.as_ref();
     let method = chosen_method(method, train);
     let inference = relax.apply(train.map(|t| &t.inference));
@@ -340,7 +339,7 @@ pub(super) fn eval(
     data_dir: Option<&Path>,
     options: &CompileOptions,
 ) -> CmdResult {
-    let compiled = compile_or_report(file, options)?;
+    let compiled = compile_to_run(file, options)?;
     let forward = &compiled.forward;
     let arrays = npz::read(params).map_err(fail)?;
     let names: Vec<String> = forward
