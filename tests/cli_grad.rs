@@ -333,3 +333,42 @@ fn a_model_too_large_for_memory_is_refused() {
     // `pcg check` allocates nothing and accepts the model.
     assert!(pcg(&["check", file.to_str().unwrap()]).status.success());
 }
+
+/// `--memory-limit` (before or after the command) caps what a run may count on.
+#[test]
+fn a_memory_limit_refuses_a_model_over_it() {
+    let out = scratch("limit_g.npz");
+    let o = pcg(&[
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--memory-limit",
+        "10K",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("46672 bytes") && err.contains("--memory-limit") && err.contains("`w1`"),
+        "{err}"
+    );
+    let o = pcg(&[
+        "--memory-limit",
+        "1G",
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = pcg(&[
+        "grad",
+        "examples/mlp_digits.pcg",
+        "--memory-limit",
+        "8X",
+        "--out",
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("K, M, G or T"));
+}

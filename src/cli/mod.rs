@@ -24,6 +24,40 @@ use std::process::ExitCode;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The most memory a command that runs a model may count on, e.g. `8G`, `512M` or a
+    /// number of bytes (default: what the system has available); a model that needs more is
+    /// refused before anything is allocated.
+    #[arg(long, global = true, value_parser = parse_bytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// `--memory-limit` as given (set once, before the command runs).
+static MEMORY_LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// A byte count with an optional binary suffix: `8G`, `512M`, `64K`, `1T`, or plain bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, scale) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{text}`: the suffix must be K, M, G or T")),
+            };
+            (&t[..i], 1u64 << shift)
+        }
+        _ => (t, 1),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: write e.g. `8G`, `512M` or `1000000`"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("`{text}`: the limit must be positive"));
+    }
+    Ok((value * scale as f64) as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -464,6 +498,7 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> Reported {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    let _ = MEMORY_LIMIT.set(cli.memory_limit);
     let result = match cli.command {
         Command::Check { files, compile } => check(&files, &compile.options()),
         Command::Ir {
@@ -583,7 +618,8 @@ pub(crate) fn compile_or_report(
 /// cannot fit in the memory available (see `train::memory`).
 pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Compiled, Reported> {
     let compiled = compile_or_report(file, options)?;
-    crate::train::memory::ensure_fits(&compiled.forward, None).map_err(fail)?;
+    let limit = MEMORY_LIMIT.get().copied().flatten();
+    crate::train::memory::ensure_fits(&compiled.forward, limit).map_err(fail)?;
     Ok(compiled)
 }
 

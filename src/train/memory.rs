@@ -109,7 +109,7 @@ pub fn ensure_fits(forward: &Program, limit: Option<u64>) -> Result<(), String> 
     let footprint = footprint(forward);
     let (room, source) = match (limit, available()) {
         (Some(l), Some(a)) if a < l => (a, "available"),
-        (Some(l), _) => (l, "allowed"),
+        (Some(l), _) => (l, "allowed by --memory-limit"),
         (None, Some(a)) => (a, "available"),
         (None, None) => return Ok(()),
     };
