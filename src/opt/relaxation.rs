@@ -33,7 +33,8 @@
 use crate::autodiff;
 use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
 use crate::pc::{
-    error_state, feedforward_state, relaxed, replay, PcError, PcGraph, PcPrograms, Role,
+    error_state, feedforward_state, loss_gradients, relaxed, replay, PcError, PcGraph, PcPrograms,
+    Role,
 };
 use crate::sema::Mode;
 use std::collections::HashMap;
@@ -134,13 +135,25 @@ fn sweep(forward: &Program, graph: &PcGraph, beta: f64) -> Result<Program, PcErr
     let values: Vec<ValueId> = relaxed(graph).map(|pc| ff[pc.value.index()]).collect();
     let seed = p.constant(-beta, Shape::scalar());
     let errors = autodiff::vjp(&mut p, &[(ff[loss.index()], seed)], &values)?;
+    Ok(solved(p, graph, &ff, errors, loss))
+}
+
+/// Finishes a solved relaxation: the relaxed nodes' errors and feedforward values and the loss
+/// as outputs, named as the simulated loop's final state.
+fn solved(
+    mut p: Program,
+    graph: &PcGraph,
+    ff: &[ValueId],
+    errors: Vec<ValueId>,
+    loss: ValueId,
+) -> Program {
     for (pc, e) in relaxed(graph).zip(errors) {
         p.set_output(error_state(&pc.label), e);
         p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
     }
     p.set_output("loss", ff[loss.index()]);
     crate::opt::simplify(&mut p);
-    Ok(p)
+    p
 }
 
 /// The errors after `steps` steps as Σ_k γ_k M^k (η c).
@@ -172,21 +185,7 @@ fn closed_form(
     let cuts: Vec<ValueId> = relaxed(graph).map(|pc| cut[&pc.value]).collect();
 
     // The clamped errors of the outputs and the loss's messages to relaxed nodes it reads.
-    let mut loss_wrt = Vec::new();
-    for pc in &graph.nodes {
-        match pc.role {
-            Role::Output => loss_wrt.push(predicted[pc.value.index()]),
-            Role::Relaxed { loss_reads: true } => loss_wrt.push(cut[&pc.value]),
-            Role::Relaxed { loss_reads: false } => {}
-        }
-    }
-    let seed = p.constant(-beta, Shape::scalar());
-    let loss_grads = if loss_wrt.is_empty() {
-        Vec::new()
-    } else {
-        autodiff::vjp(&mut p, &[(predicted[loss.index()], seed)], &loss_wrt)?
-    };
-    let mut loss_grads = loss_grads.into_iter();
+    let mut loss_grads = loss_gradients(&mut p, graph, &predicted, &cut, loss, beta)?.into_iter();
     let mut output_seeds = Vec::new();
     let mut loss_messages = HashMap::new();
     for pc in &graph.nodes {
@@ -234,13 +233,7 @@ fn closed_form(
             *e = p.add_values(*e, term);
         }
     }
-    for (pc, e) in relaxed(graph).zip(errors) {
-        p.set_output(error_state(&pc.label), e);
-        p.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
-    }
-    p.set_output("loss", ff[loss.index()]);
-    crate::opt::simplify(&mut p);
-    Ok(p)
+    Ok(solved(p, graph, &ff, errors, loss))
 }
 
 /// One program for a whole predictive-coding training step: the closed-form relaxation

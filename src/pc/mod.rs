@@ -318,27 +318,15 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
 
     // Each phase relaxes its own copy of the units (state names with the phase's suffix) with
     // the loss term scaled by its β: one phase, or two (+β and −β) for a centered target.
-    let phases: Vec<(Vec<PcNode>, f64)> = target
+    let phase_graphs: Vec<(PcGraph, f64)> = target
         .phases()
         .into_iter()
         .map(|(suffix, beta)| {
-            let mut nodes = graph.nodes.clone();
-            for pc in &mut nodes {
+            let mut phase = graph.clone();
+            for pc in &mut phase.nodes {
                 pc.label.push_str(suffix);
             }
-            (nodes, beta)
-        })
-        .collect();
-    let phase_graphs: Vec<(PcGraph, f64)> = phases
-        .into_iter()
-        .map(|(nodes, beta)| {
-            (
-                PcGraph {
-                    nodes,
-                    depth: graph.depth,
-                },
-                beta,
-            )
+            (phase, beta)
         })
         .collect();
 
@@ -539,22 +527,7 @@ fn errors(
         cut.insert(pc.value, at);
     }
     let computed = replay(forward, program, &cut);
-    // −∂L/∂ for outputs (at their predictions) and for relaxed nodes the loss reads.
-    let mut loss_wrt = Vec::new();
-    for pc in &graph.nodes {
-        match pc.role {
-            Role::Output => loss_wrt.push(computed[pc.value.index()]),
-            Role::Relaxed { loss_reads: true } => loss_wrt.push(cut[&pc.value]),
-            Role::Relaxed { loss_reads: false } => {}
-        }
-    }
-    let seed = program.constant(-beta, Shape::scalar());
-    let loss_grads = if loss_wrt.is_empty() {
-        Vec::new()
-    } else {
-        autodiff::vjp(program, &[(computed[loss.index()], seed)], &loss_wrt)?
-    };
-    let mut loss_grads = loss_grads.into_iter();
+    let mut loss_grads = loss_gradients(program, graph, &computed, &cut, loss, beta)?.into_iter();
     let mut errors = HashMap::new();
     let mut loss_messages = HashMap::new();
     let mut seeds = Vec::new();
@@ -586,6 +559,36 @@ fn errors(
         loss_messages,
         seeds,
     })
+}
+
+/// −β ∂L/∂ for every output (at its prediction, `computed`) and for every relaxed node the loss
+/// reads (at its cut value), in the order of `graph.nodes`: the clamped output errors and the
+/// loss's messages, with the loss term scaled by β.
+pub(crate) fn loss_gradients(
+    program: &mut Program,
+    graph: &PcGraph,
+    computed: &[ValueId],
+    cut: &HashMap<ValueId, ValueId>,
+    loss: ValueId,
+    beta: f64,
+) -> Result<Vec<ValueId>, PcError> {
+    let mut wrt = Vec::new();
+    for pc in &graph.nodes {
+        match pc.role {
+            Role::Output => wrt.push(computed[pc.value.index()]),
+            Role::Relaxed { loss_reads: true } => wrt.push(cut[&pc.value]),
+            Role::Relaxed { loss_reads: false } => {}
+        }
+    }
+    if wrt.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seed = program.constant(-beta, Shape::scalar());
+    Ok(autodiff::vjp(
+        program,
+        &[(computed[loss.index()], seed)],
+        &wrt,
+    )?)
 }
 
 /// Copies the forward program into `program`: leaves become leaves of the same kind and name,
