@@ -130,6 +130,11 @@ pub fn run<F: Real>(
     leaves: &Bindings<F>,
 ) -> Result<Report, CheckError> {
     let programs = pc::transform(forward, inference).map_err(CheckError::Transform)?;
+    if programs.schedule == crate::sema::Schedule::Incremental {
+        return Err(CheckError::Transform(PcError::Settings(
+            crate::train::schedule::NO_GRADIENT.to_string(),
+        )));
+    }
     let steps = steps.unwrap_or(programs.relax.steps);
     let grad = autodiff::gradient_program(forward, &[LeafKind::Param, LeafKind::Input])
         .map_err(CheckError::Autodiff)?;

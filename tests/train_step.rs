@@ -4,7 +4,9 @@
 
 use pcg::ir::Program;
 use pcg::npz::Arrays;
-use pcg::sema::{self, CompileOptions, InferenceConfig, Method, Mode, OptimizerConfig, Target};
+use pcg::sema::{
+    self, CompileOptions, InferenceConfig, Method, Mode, OptimizerConfig, Schedule, Target,
+};
 use pcg::train::engine::{Engine, EngineError, InterpEngine, JitEngine, Programs};
 use pcg::train::optim::Optimizer;
 use pcg::train::{batch, init};
@@ -99,18 +101,42 @@ fn compiled_steps_train_as_the_interpreter_does() {
         "examples/rnn_digits.pcg",
         "examples/shared_branches.pcg",
     ];
-    // (method, mode, steps, state momentum, target)
+    // (method, mode, steps, state momentum, target, schedule)
+    let (standard, incremental) = (Schedule::Standard, Schedule::Incremental);
     let methods = [
-        (Method::Bp, Mode::Fixed, 0, 0.0, Target::Clamp),
-        (Method::Pc, Mode::Fixed, 4, 0.0, Target::Clamp),
-        (Method::Pc, Mode::Exact, 0, 0.0, Target::Clamp),
-        (Method::Pc, Mode::Strict, 3, 0.0, Target::Clamp),
-        (Method::Pc, Mode::Fixed, 4, 0.7, Target::Nudge(0.5)),
-        (Method::Pc, Mode::Strict, 3, 0.7, Target::Centered(0.5)),
+        (Method::Bp, Mode::Fixed, 0, 0.0, Target::Clamp, standard),
+        (Method::Pc, Mode::Fixed, 4, 0.0, Target::Clamp, standard),
+        (Method::Pc, Mode::Exact, 0, 0.0, Target::Clamp, standard),
+        (Method::Pc, Mode::Strict, 3, 0.0, Target::Clamp, standard),
+        (
+            Method::Pc,
+            Mode::Fixed,
+            4,
+            0.7,
+            Target::Nudge(0.5),
+            standard,
+        ),
+        (
+            Method::Pc,
+            Mode::Strict,
+            3,
+            0.7,
+            Target::Centered(0.5),
+            standard,
+        ),
+        (Method::Pc, Mode::Strict, 3, 0.0, Target::Clamp, incremental),
+        (
+            Method::Pc,
+            Mode::Fixed,
+            4,
+            0.7,
+            Target::Nudge(0.5),
+            incremental,
+        ),
     ];
     for path in examples {
         let forward = compile(path).forward;
-        for &(method, mode, steps, momentum, target) in &methods {
+        for &(method, mode, steps, momentum, target, schedule) in &methods {
             // The CNN's first layer gets an update that, relaxed in strict mode in f32, is
             // mostly rounding: two correct implementations differ in it.
             if path.contains("cnn") && mode == Mode::Strict {
@@ -122,12 +148,22 @@ fn compiled_steps_train_as_the_interpreter_does() {
                 rate: 0.2,
                 momentum,
                 target,
+                schedule,
                 ..Default::default()
             };
             let programs = Programs::build(&forward, method, &inference, None).expect("programs");
             for (config, clip) in optimizers() {
+                // Strict and incremental, a layer two or more hops from the loss learns from
+                // errors that are still zero in the step's first steps: its gradients there
+                // are rounding noise, different in two correct implementations, which Adam
+                // scales up to full-size steps. The one-hidden-layer model has none.
+                let adam = matches!(config, OptimizerConfig::Adam { .. });
+                if adam && schedule == incremental && mode == Mode::Strict && !path.contains("mlp")
+                {
+                    continue;
+                }
                 let what = format!(
-                    "{path} {method:?} {mode:?} momentum {momentum} {target:?} {config:?} clip {clip:?}"
+                    "{path} {method:?} {mode:?} momentum {momentum} {target:?} {schedule:?} {config:?} clip {clip:?}"
                 );
                 let optimizer = Optimizer::new(config, clip);
                 let mut jit =

@@ -13,6 +13,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("assign_unbound", "E0101"),
     ("bad_argument", "E0209"),
     ("bad_inference_momentum", "E0402"),
+    ("bad_inference_schedule", "E0402"),
     ("bad_inference_target", "E0402"),
     ("bad_initialiser", "E0301"),
     ("bad_train_value", "E0402"),

@@ -332,6 +332,10 @@ pub struct RelaxFlags {
     /// `nudge(beta=BETA)`).
     #[arg(long, value_parser = parse_target, allow_hyphen_values = true)]
     pub target: Option<crate::sema::Target>,
+    /// When the parameters learn: once per batch (`standard`) or after every relaxation
+    /// step (`incremental`).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
 }
 
 /// `clamp`, `nudge(0.1)`, `centered(0.1)` or with `beta = 0.1`, as the inference block's
@@ -379,6 +383,9 @@ impl RelaxFlags {
         if let Some(t) = self.target {
             cfg.target = t;
         }
+        if let Some(s) = self.schedule {
+            cfg.schedule = s.into();
+        }
         cfg
     }
 }
@@ -411,6 +418,21 @@ impl From<ModeArg> for Mode {
             ModeArg::Fixed => Mode::Fixed,
             ModeArg::Strict => Mode::Strict,
             ModeArg::Exact => Mode::Exact,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleArg {
+    Standard,
+    Incremental,
+}
+
+impl From<ScheduleArg> for crate::sema::Schedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Standard => crate::sema::Schedule::Standard,
+            ScheduleArg::Incremental => crate::sema::Schedule::Incremental,
         }
     }
 }

@@ -17,13 +17,15 @@ pub struct LoopProgram {
 }
 
 impl LoopProgram {
-    /// The state names the body overwrites every step.
+    /// The state names the body reads and overwrites every step: `State` leaves, and in a
+    /// loop that also learns (the incremental schedule) the parameters.
     pub fn carried(&self) -> BTreeSet<String> {
         let states: BTreeSet<&str> = self
             .body
-            .leaves(LeafKind::State)
-            .into_iter()
-            .map(|(_, n)| n)
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, super::Op::Leaf(_)))
+            .filter_map(|n| n.name.as_deref())
             .collect();
         self.body
             .outputs

@@ -28,6 +28,15 @@ const MIN_PART_ROWS: usize = 16;
 /// would repeat is small: at most a tenth of the body's. One part per thread, or a multiple of
 /// that where a part's block of the per-sample values would not fit in cache.
 fn split_body(body: &Program, threads: usize) -> Option<Split> {
+    // A body that updates the parameters (the incremental schedule) reads their new values
+    // in every sample's next step: its parts would have to meet at every step.
+    if body
+        .outputs
+        .iter()
+        .any(|o| body.leaf_named(LeafKind::Param, &o.name).is_some())
+    {
+        return None;
+    }
     let split = |parts: usize| {
         let split = split_rows(body, parts, |leaf| {
             leaf.op != crate::ir::Op::Leaf(LeafKind::Param)

@@ -32,6 +32,10 @@ pub enum Stage<'a> {
     /// Ends the step with [`JitError::Diverged`] — before anything later has run — unless
     /// these scalars, produced by earlier stages, are all finite.
     Guard(Vec<String>),
+    /// Copies these values, produced by earlier stages (a loop that also learns leaves the
+    /// new parameters and moments in its final state), over the resident arrays of the same
+    /// names. A parameter's copy raises its flag when a new value is not finite.
+    Store(Vec<String>),
 }
 
 /// Finds the buffer of every leaf the stages read.
@@ -208,6 +212,29 @@ impl JitStep {
                         let home = entry.home.after(steps);
                         leaves.produced.insert(entry.name, (entry.shape, home));
                     }
+                }
+                Stage::Store(names) => {
+                    let start = lowered.kernels.len();
+                    for name in names {
+                        let Some((shape, value)) = leaves.produced.get(name).cloned() else {
+                            return Err(JitError::Codegen(format!(
+                                "nothing earlier produces `{name}` to store"
+                            )));
+                        };
+                        let kind = match leaves.resident.iter().find(|s| s.name == *name) {
+                            Some(slot) => slot.kind,
+                            None => LeafKind::State,
+                        };
+                        let home =
+                            Leaves::slot(&mut lowered, &mut leaves.resident, name, kind, &shape);
+                        let writer = commit(&mut lowered, start, value, home, &shape);
+                        if kind == LeafKind::Param {
+                            let flag = lowered.buffer(format!("finite {name}"), 1, true);
+                            lowered.checks.insert(writer, flag);
+                            flags.push((name.clone(), flag));
+                        }
+                    }
+                    segments.push(Segment::Kernels(start..lowered.kernels.len()));
                 }
                 Stage::Guard(names) => {
                     let buffers = names

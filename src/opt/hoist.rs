@@ -57,8 +57,9 @@ fn hoist_from(
     for id in body.ids() {
         let node = body.node(id);
         variant[id.index()] = match node.op {
-            Op::Leaf(LeafKind::State) => carried.contains(node.name.as_deref().unwrap_or("")),
-            Op::Leaf(_) | Op::Const(_) | Op::Iota { .. } => false,
+            // State, or the parameters of a loop that also learns.
+            Op::Leaf(_) => carried.contains(node.name.as_deref().unwrap_or("")),
+            Op::Const(_) | Op::Iota { .. } => false,
             _ => node.args.iter().any(|a| variant[a.index()]),
         };
     }

@@ -26,7 +26,8 @@
 //!   when D < T, and its program grows with D.
 //! - **simulated** — everything else (strict mode, a per-node precision, which breaks the
 //!   scalar expansion, momentum, which makes the recurrence second order, a centered target,
-//!   which relaxes two copies of the units, and graphs at least T deep with η < 1): the
+//!   which relaxes two copies of the units, the incremental schedule, whose parameters change
+//!   at every step, and graphs at least T deep with η < 1): the
 //!   loop, step by step.
 //!
 //! Each gives the simulated loop's result up to rounding (tested).
@@ -99,7 +100,13 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
     let (graph, mode, rate) = (&programs.graph, programs.mode, programs.rate);
     let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
     let one_phase = programs.target.phases().len() == 1;
-    if mode == Mode::Strict || !unit_precision || programs.momentum != 0.0 || !one_phase {
+    let standard = programs.schedule == crate::sema::Schedule::Standard;
+    if mode == Mode::Strict
+        || !unit_precision
+        || programs.momentum != 0.0
+        || !one_phase
+        || !standard
+    {
         Evaluation::Simulated
     } else if rate == 1.0 && steps >= graph.depth {
         Evaluation::Sweep

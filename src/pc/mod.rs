@@ -31,6 +31,8 @@
 //!   velocity u_i per relaxed node (state `u.<label>`, starting at 0): u_i ← m u_i + d_i,
 //!   then v_i ← v_i + η u_i (or e_i ← e_i + η u_i), where d_i is the bracket above — SGD with
 //!   momentum on the energy, as PCX relaxes its states. m = 0 is the plain update.
+//! - `schedule = incremental` (fixed and strict): the parameters also learn at every step,
+//!   from the same state as the step's value update (see `train::schedule`).
 //! - `exact`: `fixed` with η = 1 and (by default) as many steps as the graph is deep; after
 //!   k steps the errors of nodes k hops from the loss are exact, so after `depth` steps every
 //!   error equals backprop's gradient — one reverse-topological sweep, one level per step.
@@ -49,7 +51,7 @@ pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};
 use crate::ir::{BinaryOp, LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
-use crate::sema::{InferenceConfig, Mode, NodeGranularity, Target};
+use crate::sema::{InferenceConfig, Mode, NodeGranularity, Schedule, Target};
 use std::collections::HashMap;
 
 /// The role of a PC node.
@@ -100,6 +102,10 @@ pub struct PcPrograms {
     pub momentum: f64,
     /// How the loss drives the network.
     pub target: Target,
+    /// When the parameters learn. With `Incremental` the relaxation body here is left as the
+    /// transform built it (not hoisted): the training step's loop, which also updates the
+    /// parameters, is made from it and the learning program (`train::schedule`).
+    pub schedule: Schedule,
 }
 
 #[derive(Debug)]
@@ -314,6 +320,13 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
                 .to_string(),
         ));
     }
+    let schedule = config.schedule;
+    if schedule == Schedule::Incremental && mode == Mode::Exact {
+        return Err(PcError::Settings(
+            "the incremental schedule has no meaning in exact mode (its steps are the reverse sweep, with the parameters fixed); use fixed or strict"
+                .to_string(),
+        ));
+    }
     let steps = default_steps(&graph, config);
 
     // Each phase relaxes its own copy of the units (state names with the phase's suffix) with
@@ -393,8 +406,9 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         steps,
     };
     crate::opt::simplify(&mut relax.body);
-    crate::opt::hoist_invariants(&mut relax);
-    crate::opt::batching::batch_products(&mut relax.body);
+    if schedule == Schedule::Standard {
+        optimise_loop(&mut relax);
+    }
 
     // Learning: the same product with respect to the parameters and inputs, divided by each
     // phase's β and averaged over the phases.
@@ -455,7 +469,16 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         rate,
         momentum,
         target,
+        schedule,
     })
+}
+
+/// The passes every relaxation loop gets once its body is complete: invariant hoisting (in
+/// fixed mode, the frozen predictions and Jacobians leave the loop) and the batching of
+/// products that share a weight.
+pub fn optimise_loop(relax: &mut LoopProgram) {
+    crate::opt::hoist_invariants(relax);
+    crate::opt::batching::batch_products(&mut relax.body);
 }
 
 /// The header's note of the variants' settings that differ from the plain relaxation.
@@ -469,6 +492,9 @@ fn settings(programs: &PcPrograms) -> String {
     }
     if programs.target != Target::Clamp {
         out.push_str(&format!(", target {}", programs.target.describe()));
+    }
+    if programs.schedule != Schedule::Standard {
+        out.push_str(&format!(", schedule {}", programs.schedule.name()));
     }
     out
 }

@@ -13,7 +13,8 @@ pub mod train;
 mod value;
 
 pub use train::{
-    DataSpec, InferenceConfig, Method, Mode, NodeGranularity, OptimizerConfig, Target, TrainConfig,
+    DataSpec, InferenceConfig, Method, Mode, NodeGranularity, OptimizerConfig, Schedule, Target,
+    TrainConfig,
 };
 
 use crate::diag::{Diagnostic, ErrorKind};

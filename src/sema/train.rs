@@ -79,6 +79,26 @@ impl Mode {
     }
 }
 
+/// When a predictive-coding step updates the parameters (see `docs/language.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Once, from the relaxed state, after the last relaxation step.
+    Standard,
+    /// After every relaxation step, from the local errors of that step (incremental PC): an
+    /// optimiser step per relaxation step.
+    Incremental,
+}
+
+impl Schedule {
+    /// The schedule's keyword in `.pcg` files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Standard => "standard",
+            Schedule::Incremental => "incremental",
+        }
+    }
+}
+
 /// Which IR values become predictive-coding nodes with value and error units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeGranularity {
@@ -99,6 +119,7 @@ pub struct InferenceConfig {
     /// Heavy-ball momentum m of the value units' updates (0: plain steps).
     pub momentum: f64,
     pub target: Target,
+    pub schedule: Schedule,
 }
 
 impl Default for InferenceConfig {
@@ -111,6 +132,7 @@ impl Default for InferenceConfig {
             nodes: NodeGranularity::Named,
             momentum: 0.0,
             target: Target::Clamp,
+            schedule: Schedule::Standard,
         }
     }
 }
@@ -164,6 +186,7 @@ const INFERENCE_KEYS: &[&str] = &[
     "nodes",
     "momentum",
     "target",
+    "schedule",
 ];
 
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
@@ -651,6 +674,7 @@ fn inference(
         return;
     };
     let mut seen = BTreeMap::new();
+    let mut incremental_at = None;
     for item in entries {
         if !note_key(&mut seen, item, diagnostics) {
             continue;
@@ -692,6 +716,18 @@ fn inference(
                     cfg.target = t;
                 }
             }
+            "schedule" => {
+                if let Some(w) = expr(item, diagnostics)
+                    .and_then(|e| word(e, &["standard", "incremental"], "schedule", diagnostics))
+                {
+                    cfg.schedule = if w == "incremental" {
+                        incremental_at = Some(item.span);
+                        Schedule::Incremental
+                    } else {
+                        Schedule::Standard
+                    };
+                }
+            }
             "nodes" => {
                 if let Some(w) = expr(item, diagnostics)
                     .and_then(|e| word(e, &["named", "all"], "node granularity", diagnostics))
@@ -727,5 +763,12 @@ fn inference(
                 "inference",
             )),
         }
+    }
+    if let (Some(span), Mode::Exact) = (incremental_at, cfg.mode) {
+        diagnostics.push(bad_value(
+            span,
+            "the incremental schedule has no meaning in exact mode: its steps are the reverse sweep, with the parameters fixed",
+            "use `mode = fixed` or `mode = strict` with `schedule = incremental`",
+        ));
     }
 }

@@ -7,13 +7,14 @@
 //! as one native function over parameters that stay in its memory.
 
 use super::optim::{self, Optimizer};
+use super::schedule;
 use crate::autodiff;
 use crate::interp::{self, Bindings, EvalError};
-use crate::ir::{LeafKind, Program, Shape};
+use crate::ir::{LeafKind, LoopProgram, Program, Shape};
 use crate::jit::{JitError, JitLoop, JitOptions, JitProgram, JitStep, Stage};
 use crate::npz::Arrays;
 use crate::pc::{self, PcPrograms};
-use crate::sema::{InferenceConfig, Method};
+use crate::sema::{InferenceConfig, Method, Schedule};
 use ndarray::ArrayD;
 use std::fmt;
 
@@ -161,12 +162,36 @@ impl Programs {
         match (&self.grad, &self.fused, &self.pc) {
             (Some(g), _, _) | (_, Some(g), _) => crate::ir::flops(g),
             (_, _, Some(pc)) => {
+                // The incremental schedule learns at every step.
+                let learning = match pc.schedule {
+                    Schedule::Standard => 1,
+                    Schedule::Incremental => self.steps as u64,
+                };
                 crate::ir::flops(&pc.relax.prologue)
                     + self.steps as u64 * crate::ir::flops(&pc.relax.body)
-                    + crate::ir::flops(&pc.learn)
+                    + learning * crate::ir::flops(&pc.learn)
             }
             _ => 0,
         }
+    }
+
+    /// The predictive-coding programs when they learn at every relaxation step.
+    pub fn incremental(&self) -> Option<&PcPrograms> {
+        self.pc
+            .as_ref()
+            .filter(|pc| pc.schedule == Schedule::Incremental)
+    }
+
+    /// The training step's loop under the incremental schedule (see `train::schedule`), for
+    /// `optimizer`, and the names of the parameters and moments it leaves.
+    pub fn incremental_loop(&self, optimizer: &Optimizer) -> Option<(LoopProgram, Vec<String>)> {
+        let pc = self.incremental()?;
+        Some(schedule::incremental_loop(
+            pc,
+            optimizer.config(),
+            optimizer.clip(),
+            self.steps,
+        ))
     }
 
     /// The same programs without the closed form: every relaxation step is run.
@@ -235,6 +260,8 @@ fn check_loss(loss: f64) -> Result<(), EngineError> {
 pub struct InterpEngine {
     programs: Programs,
     training: Option<(Arrays, Optimizer)>,
+    /// The incremental schedule's loop and the names it stores, from `start` on.
+    incremental: Option<(LoopProgram, Vec<String>)>,
 }
 
 impl InterpEngine {
@@ -242,8 +269,74 @@ impl InterpEngine {
         InterpEngine {
             programs,
             training: None,
+            incremental: None,
         }
     }
+}
+
+/// Runs a relaxation loop on the interpreter, stopping at the first step whose energy is not
+/// finite and naming the node to blame.
+fn relax_watched(
+    pc: &PcPrograms,
+    looped: &LoopProgram,
+    leaves: &Bindings<f32>,
+    steps: usize,
+) -> Result<Bindings<f32>, EngineError> {
+    let mut diverged = None;
+    let state = interp::run_loop(looped, leaves, steps, |step, env| {
+        let finite = env
+            .get("energy")
+            .is_none_or(|e| e.iter().all(|x| x.is_finite()));
+        if !finite {
+            diverged = Some((step, first_non_finite_node(pc, env)));
+        }
+        finite
+    })?;
+    match diverged {
+        Some((step, node)) => Err(EngineError::Diverged {
+            what: node,
+            relaxation_step: Some(step),
+        }),
+        None => Ok(state),
+    }
+}
+
+/// An incremental schedule's step refused where a gradient is asked for.
+fn no_gradient(programs: &Programs) -> Result<(), EngineError> {
+    match programs.incremental() {
+        Some(_) => Err(EngineError::Eval(schedule::NO_GRADIENT.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// One training step of the incremental schedule on the interpreter: `looped` (from
+/// [`Programs::incremental_loop`]) over the parameters, the optimiser's moments and the
+/// batch. Returns the new parameters and moments (the `stored` names), or the node and the
+/// relaxation step where it diverged.
+fn incremental_step(
+    pc: &PcPrograms,
+    (looped, stored): (&LoopProgram, &[String]),
+    params: &Arrays,
+    optimizer: &Optimizer,
+    batch: &Arrays,
+) -> Result<(Arrays, Arrays, StepReport), EngineError> {
+    let mut leaves = merged(params, batch);
+    if optimizer.moments().is_empty() {
+        let shapes = schedule::learned_params(pc);
+        leaves.extend(optimizer.initial_moments(&shapes));
+    } else {
+        leaves.extend(optimizer.moments().clone());
+    }
+    leaves.extend(optimizer.powers());
+    let mut state = relax_watched(pc, looped, &leaves, looped.steps)?;
+    let loss = scalar(&state, "loss");
+    check_loss(loss)?;
+    let (moments, new_params): (Arrays, Arrays) = stored
+        .iter()
+        .filter_map(|name| state.remove(name).map(|v| (name.clone(), v)))
+        .partition(|(name, _)| name.starts_with(optim::STATE_PREFIX));
+    let energy = Some(scalar(&state, "energy"));
+    Ok((new_params, moments, StepReport { loss, energy }))
 }
 
 /// The first parameter that is not finite everywhere, as a divergence.
@@ -268,11 +361,30 @@ impl Engine for InterpEngine {
     }
 
     fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError> {
+        self.incremental = self.programs.incremental_loop(&optimizer);
         self.training = Some((params, optimizer));
         Ok(())
     }
 
     fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+        if let (Some(pc), Some((looped, stored))) = (self.programs.incremental(), &self.incremental)
+        {
+            let (params, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
+            let (new_params, moments, report) =
+                incremental_step(pc, (looped, stored), params, optimizer, batch)?;
+            params.extend(new_params);
+            if !moments.is_empty() {
+                optimizer.set_moments(moments);
+            }
+            optimizer.count_steps(looped.steps);
+            non_finite_param(
+                params
+                    .iter()
+                    .filter(|(_, p)| !all_finite(p))
+                    .map(|(name, _)| name.as_str()),
+            )?;
+            return Ok(report);
+        }
         let (params, _) = self.training.as_ref().ok_or_else(not_started)?;
         let step = self.gradients(&params.clone(), batch)?;
         let (params, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
@@ -294,6 +406,7 @@ impl Engine for InterpEngine {
     }
 
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
+        no_gradient(&self.programs)?;
         let leaves = &merged(params, batch);
         if let Some(grad) = &self.programs.grad {
             let out = interp::eval_outputs(grad, leaves)?;
@@ -329,22 +442,7 @@ impl Engine for InterpEngine {
             }
             return learned(loss, out);
         }
-        let mut diverged = None;
-        let state = interp::run_loop(&pc.relax, leaves, self.programs.steps, |step, env| {
-            let finite = env
-                .get("energy")
-                .is_none_or(|e| e.iter().all(|x| x.is_finite()));
-            if !finite {
-                diverged = Some((step, first_non_finite_node(pc, env)));
-            }
-            finite
-        })?;
-        if let Some((step, node)) = diverged {
-            return Err(EngineError::Diverged {
-                what: node,
-                relaxation_step: Some(step),
-            });
-        }
+        let state = relax_watched(pc, &pc.relax, leaves, self.programs.steps)?;
         let loss = scalar(&state, "loss");
         let mut env = leaves.clone();
         env.extend(state);
@@ -518,6 +616,20 @@ impl JitEngine {
     /// and `optimizer`'s update, with the parameters and the optimiser's moments resident.
     pub fn compile_step(&self, optimizer: &Optimizer) -> Result<JitStep, JitError> {
         let programs = &self.programs;
+        if let Some((looped, stored)) = programs.incremental_loop(optimizer) {
+            // The loop learns as it relaxes; its final parameters and moments go home once
+            // the loss and the energy are known to be finite.
+            let stages = [
+                Stage::Loop(&looped),
+                Stage::Guard(vec!["loss".to_string(), "energy".to_string()]),
+                Stage::Store(stored.clone()),
+            ];
+            let resident = stored
+                .into_iter()
+                .filter(|n| n.starts_with(optim::STATE_PREFIX))
+                .collect();
+            return JitStep::compile(&stages, &resident, programs.steps, &self.options);
+        }
         let gradient_named = |p: &Program, prefix: &str| {
             let mut p = p.clone();
             for o in &mut p.outputs {
@@ -596,21 +708,45 @@ impl Engine for JitEngine {
     fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
         let (step, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
         let mut inputs = batch.clone();
-        inputs.extend(optimizer.corrections());
+        let incremental = self.programs.incremental().is_some();
+        if incremental {
+            inputs.extend(optimizer.powers());
+        } else {
+            inputs.extend(optimizer.corrections());
+        }
         match step.run(&inputs) {
             Ok(()) => {}
             Err(JitError::Diverged) => {
                 // Nothing was updated: replay the step on the interpreter to say where.
-                let params: Arrays = step
+                let (moments, params): (Arrays, Arrays) = step
                     .resident()
                     .into_iter()
-                    .filter(|(k, _)| !k.starts_with(optim::STATE_PREFIX))
-                    .collect();
+                    .partition(|(k, _)| k.starts_with(optim::STATE_PREFIX));
+                if let (Some(pc), Some((looped, stored))) = (
+                    self.programs.incremental(),
+                    self.programs.incremental_loop(optimizer),
+                ) {
+                    let mut optimizer = optimizer.clone();
+                    optimizer.set_moments(moments);
+                    let replayed =
+                        incremental_step(pc, (&looped, &stored), &params, &optimizer, batch);
+                    return Err(match replayed {
+                        Err(e @ EngineError::Diverged { .. }) => e,
+                        _ => EngineError::Diverged {
+                            what: "the relaxed state".into(),
+                            relaxation_step: None,
+                        },
+                    });
+                }
                 return Err(diverged(&self.programs, &params, batch));
             }
             Err(e) => return Err(e.into()),
         }
-        optimizer.count_step();
+        if incremental {
+            optimizer.count_steps(self.programs.steps);
+        } else {
+            optimizer.count_step();
+        }
         non_finite_param(step.non_finite().into_iter())?;
         let loss = step.scalar("loss").unwrap_or(f64::NAN);
         let energy = step.scalar("energy");
@@ -632,6 +768,7 @@ impl Engine for JitEngine {
     }
 
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
+        no_gradient(&self.programs)?;
         if self.separate.is_none() {
             self.separate = Some(Separate::compile(&self.programs, &self.options)?);
         }

@@ -7,3 +7,4 @@ pub mod init;
 pub mod memory;
 pub mod optim;
 pub mod run;
+pub mod schedule;

@@ -40,6 +40,10 @@ fn moment(which: &str, param: &str) -> String {
 /// The scalar inputs carrying Adam's bias corrections 1 − β1^t and 1 − β2^t.
 pub const CORRECTIONS: [&str; 2] = ["optimizer.correction1", "optimizer.correction2"];
 
+/// The loop state carrying Adam's β1^t and β2^t under the incremental schedule, whose
+/// optimiser steps run inside the relaxation loop (`train::schedule`).
+pub const POWERS: [&str; 2] = ["optimizer.power1", "optimizer.power2"];
+
 /// One optimiser step over the parameters `params` (name and shape), as an IR program.
 /// With `ascent`, the `gradient.p` leaves hold an ascent direction (predictive coding's
 /// weight update Δθ) and the gradient is its negation.
@@ -211,6 +215,22 @@ impl Optimizer {
             .collect()
     }
 
+    /// β1^t and β2^t after the steps taken so far, as [`POWERS`] (none for SGD): where a loop
+    /// of optimiser steps starts its bias corrections.
+    pub fn powers(&self) -> Vec<(String, ArrayD<f32>)> {
+        let OptimizerConfig::Adam { beta1, beta2, .. } = self.config else {
+            return Vec::new();
+        };
+        let t = self.steps as i32;
+        [(POWERS[0], beta1), (POWERS[1], beta2)]
+            .into_iter()
+            .map(|(name, beta)| {
+                let power = (beta as f32).powi(t);
+                (name.to_string(), ndarray::arr0(power).into_dyn())
+            })
+            .collect()
+    }
+
     /// The moments the parameters start with: zeros for each state entry the update program
     /// reads.
     pub fn initial_moments(&self, params: &[(String, Shape)]) -> Arrays {
@@ -229,6 +249,11 @@ impl Optimizer {
     /// Counts one step taken elsewhere (by a compiled step that keeps the moments itself).
     pub fn count_step(&mut self) {
         self.steps += 1;
+    }
+
+    /// Counts `n` steps taken elsewhere (a loop of them: the incremental schedule).
+    pub fn count_steps(&mut self, n: usize) {
+        self.steps += n as u64;
     }
 
     /// Applies one update to every parameter.
