@@ -35,6 +35,8 @@ pub struct Report {
     /// The messages PC sends to each input (Σ over its children), compared with backprop's
     /// −∂L/∂x as the parameters are.
     pub inputs: Vec<ParamTrace>,
+    /// The step at which a stopping tolerance (`tol`) ended the relaxation, if it did.
+    pub stopped_at: Option<usize>,
 }
 
 impl Report {
@@ -158,11 +160,21 @@ pub fn run<F: Real>(
     let mut inputs = names(LeafKind::Input);
     let mut energy = Vec::with_capacity(steps + 1);
     let mut failure = None;
+    let mut stopped_at = None;
     interp::run_loop(&programs.relax, leaves, steps, |step, env| {
         if let Some(e) = env.get("energy").filter(|_| step > 0) {
             energy.push(e.iter().map(|&x| Real::to_f64(x)).sum());
         }
-        if !marks.contains(&step) {
+        // The step at which the loop's stopping test ends it is the last one compared.
+        let stops = step > 0
+            && step < steps
+            && (programs.relax.until.as_ref())
+                .and_then(|test| env.get(test))
+                .is_some_and(|t| t.iter().all(|&x| Real::to_f64(x) == 0.0));
+        if stops {
+            stopped_at = Some(step);
+        }
+        if !marks.contains(&step) && !stops {
             return true;
         }
         let learned = match interp::eval_outputs(&programs.learn, env) {
@@ -206,5 +218,6 @@ pub fn run<F: Real>(
         params,
         energy,
         inputs,
+        stopped_at,
     })
 }

@@ -509,8 +509,9 @@ impl ConvGeometry {
 
 /// Runs a loop program: the prologue once, then the body `steps` times. `observe` sees the
 /// bindings (the given leaves plus the state) after the prologue (step 0) and after each body
-/// run (steps 1..=steps); returning `false` stops the loop early. Returns the final state:
-/// every prologue and body output.
+/// run (steps 1..=steps); returning `false` stops the loop early, as does the loop's own
+/// stopping test (`until`) reading 0. Returns the final state: every prologue and body
+/// output, and with a stopping test the steps run ([`STEPS_RUN`](crate::ir::STEPS_RUN)).
 pub fn run_loop<F: Real>(
     program: &crate::ir::LoopProgram,
     leaves: &Bindings<F>,
@@ -523,17 +524,32 @@ pub fn run_loop<F: Real>(
     // One map holds the leaves and the state, so the body's bindings are never rebuilt.
     let mut env = leaves.clone();
     env.extend(state);
+    let mut run = 0;
     if observe(0, &env) {
         for step in 1..=steps {
             let next = eval_outputs(&program.body, &env)?;
             env.extend(next);
-            if !observe(step, &env) {
+            run = step;
+            let stopped = program
+                .until
+                .as_ref()
+                .and_then(|name| env.get(name))
+                .is_some_and(|test| test.iter().all(|&x| Real::to_f64(x) == 0.0));
+            if !observe(step, &env) || stopped {
                 break;
             }
         }
     }
-    Ok(names
+    let mut out: Bindings<F> = names
         .into_iter()
         .filter_map(|n| env.remove(&n).map(|v| (n, v)))
-        .collect())
+        .collect();
+    if program.until.is_some() {
+        let steps_run = F::from_f64(run as f64);
+        out.insert(
+            crate::ir::STEPS_RUN.to_string(),
+            ndarray::arr0(steps_run).into_dyn(),
+        );
+    }
+    Ok(out)
 }

@@ -718,6 +718,7 @@ fn loop_state_from_prologue_and_leaves() {
         prologue,
         body,
         steps: 5,
+        until: None,
     };
     let mut leaves = Bindings::new();
     let mut rng = ChaCha8Rng::seed_from_u64(3);

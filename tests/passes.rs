@@ -43,6 +43,7 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                 prologue,
                 body,
                 steps: 1,
+                until: None,
             };
             pcg::opt::hoist_invariants(&mut looped);
             vec![looped.prologue, looped.body]
@@ -55,6 +56,7 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                 prologue,
                 body,
                 steps: 1,
+                until: None,
             };
             pcg::opt::hoist::hoist_epilogue(&mut looped, &mut epilogue);
             vec![looped.prologue, looped.body, epilogue]

@@ -15,6 +15,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("bad_inference_momentum", "E0402"),
     ("bad_inference_schedule", "E0402"),
     ("bad_inference_target", "E0402"),
+    ("bad_inference_tol", "E0402"),
     ("bad_initialiser", "E0301"),
     ("bad_train_value", "E0402"),
     ("broadcast_mismatch", "E0202"),

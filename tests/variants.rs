@@ -380,3 +380,69 @@ fn incremental_schedule_matches_the_hand_reference_step_by_step() {
         .expect_err("refused");
     assert!(err.to_string().contains("incremental"), "{err}");
 }
+
+/// `tol = ε`: the relaxation stops by itself, on both backends at the same step, and its
+/// result is that of a run with `steps` set to the steps it reports. Several tolerances make
+/// the loop stop after odd and even step counts (the compiled loop keeps the state of the
+/// two parities in different buffers).
+#[test]
+fn tol_stops_where_a_run_of_that_many_steps_ends() {
+    use pcg::sema::Method;
+    use pcg::train::engine::{Engine, InterpEngine, JitEngine, Programs};
+    let forward = forward();
+    let b = leaves(&forward);
+    let arrays = |names: &[&str]| -> pcg::npz::Arrays {
+        names
+            .iter()
+            .map(|&n| (n.to_string(), b[n].mapv(|x| x as f32)))
+            .collect()
+    };
+    let (params, batch) = (arrays(&["w1", "b1", "w2", "b2"]), arrays(&["x", "y"]));
+    let mut parities = std::collections::BTreeSet::new();
+    for mode in [Mode::Strict, Mode::Fixed] {
+        for tol in [1e-2, 3e-3, 1e-3, 3e-4, 1e-4] {
+            let config = InferenceConfig {
+                mode,
+                steps: 300,
+                rate: 0.1,
+                tol: Some(tol),
+                ..Default::default()
+            };
+            let programs = Programs::build(&forward, Method::Pc, &config, None).expect("programs");
+            let mut jit = JitEngine::new(programs.clone(), &Default::default()).expect("jit");
+            let mut interp = InterpEngine::new(programs);
+            let stopped = jit.gradients(&params, &batch).expect("jit");
+            let reference = interp.gradients(&params, &batch).expect("interp");
+            let steps = stopped.relaxation_steps.expect("steps reported");
+            assert_eq!(
+                Some(steps),
+                reference.relaxation_steps,
+                "{mode:?} tol {tol}"
+            );
+            assert!((2.0..300.0).contains(&steps), "{mode:?} tol {tol}: {steps}");
+            parities.insert(steps as usize % 2);
+            // The same number of steps without the tolerance.
+            let fixed_steps = InferenceConfig {
+                steps: steps as usize,
+                tol: None,
+                ..config
+            };
+            let programs =
+                Programs::build(&forward, Method::Pc, &fixed_steps, None).expect("programs");
+            let mut plain = JitEngine::new(programs, &Default::default()).expect("jit");
+            let want = plain.gradients(&params, &batch).expect("plain");
+            for (name, g) in &want.grads {
+                for (engine, got) in [("jit", &stopped), ("interp", &reference)] {
+                    let diff = (&got.grads[name] - g).mapv(|x| x * x).sum().sqrt();
+                    let norm = g.mapv(|x| x * x).sum().sqrt().max(1e-12);
+                    assert!(
+                        diff / norm < 1e-5,
+                        "{engine} {mode:?} tol {tol}: {name} differs from {steps} plain steps by {:e}",
+                        diff / norm
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(parities.len(), 2, "stopped after odd and even step counts");
+}

@@ -161,6 +161,7 @@ fn report_json(model: &str, r: &Report) -> String {
         "params": params,
         "inputs": inputs,
         "energy": r.energy,
+        "stopped_at": r.stopped_at,
     })
     .to_string()
 }
@@ -212,6 +213,9 @@ fn report_table(model: &str, r: &Report) -> String {
         ));
     }
     out.push('\n');
+    if let Some(step) = r.stopped_at {
+        out.push_str(&format!("stopped_at={step}\n"));
+    }
     out.push_str(&format!("max_rel_err={:.3e}\n", r.max_rel_err()));
     out
 }

@@ -336,6 +336,10 @@ pub struct RelaxFlags {
     /// step (`incremental`).
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleArg>,
+    /// Stop the relaxation once the energy changes by at most this fraction in one step
+    /// (the inference block's `tol`; `steps` stays the cap).
+    #[arg(long, value_name = "EPS")]
+    pub relax_tol: Option<f64>,
 }
 
 /// `clamp`, `nudge(0.1)`, `centered(0.1)` or with `beta = 0.1`, as the inference block's
@@ -385,6 +389,9 @@ impl RelaxFlags {
         }
         if let Some(s) = self.schedule {
             cfg.schedule = s.into();
+        }
+        if let Some(t) = self.relax_tol {
+            cfg.tol = Some(t);
         }
         cfg
     }

@@ -14,7 +14,14 @@ pub struct LoopProgram {
     pub prologue: Program,
     pub body: Program,
     pub steps: usize,
+    /// A scalar body output that ends the loop after the first step at which it is 0 (a
+    /// convergence test); `None`: the loop runs all its steps. A loop with one also reports
+    /// the steps it ran, as the state entry [`STEPS_RUN`].
+    pub until: Option<String>,
 }
+
+/// The state entry in which a loop with a stopping test reports the steps it ran (a scalar).
+pub const STEPS_RUN: &str = "steps.run";
 
 impl LoopProgram {
     /// The state names the body reads and overwrites every step: `State` leaves, and in a

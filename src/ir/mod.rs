@@ -15,7 +15,7 @@ pub mod shape;
 mod verify;
 
 pub use dot::to_dot;
-pub use looped::LoopProgram;
+pub use looped::{LoopProgram, STEPS_RUN};
 pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, UnaryOp};
 pub use parse::{from_text, ParseError};
 pub use print::to_text;

@@ -54,6 +54,7 @@ pub enum Segment {
     Loop {
         first: Range<usize>,
         second: Range<usize>,
+        until: Option<Until>,
     },
     /// The same loop split into `parts` (see `opt::split`): a function of its own,
     /// `fn(arena, steps, part) -> status`, runs the whole loop on one block of samples, and
@@ -66,6 +67,19 @@ pub enum Segment {
     /// Ends the function with status [`DIVERGED`] unless every one of these scalar buffers
     /// holds a finite number.
     Guard(Vec<BufferId>),
+}
+
+/// A loop's stopping test: after each step, a `flag` of 0 ends the loop. The steps run are
+/// written to `steps_run` (a float); a loop that stops after a number of steps of the other
+/// parity than the function's `steps` then copies its carried state over to where `steps`
+/// steps would have left it (`to_even`: odd buffers to even ones; `to_odd`: the reverse), so
+/// that callers find the final state in one place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Until {
+    pub flag: BufferId,
+    pub steps_run: BufferId,
+    pub to_even: Range<usize>,
+    pub to_odd: Range<usize>,
 }
 
 /// How the kernels form the function: its segments, in order.
@@ -85,7 +99,7 @@ impl Layout {
         for segment in &self.0 {
             match segment {
                 Segment::Kernels(range) => add(range, 1),
-                Segment::Loop { first, second } => {
+                Segment::Loop { first, second, .. } => {
                     add(first, steps.div_ceil(2));
                     add(second, steps / 2);
                 }
@@ -373,9 +387,16 @@ impl FunctionTranslator<'_> {
         for segment in &layout.0 {
             match segment {
                 Segment::Kernels(range) => self.translate_kernels(kernels, range.clone()),
-                Segment::Loop { first, second } => {
-                    self.translate_loop(kernels, first.clone(), second.clone(), steps)
-                }
+                Segment::Loop {
+                    first,
+                    second,
+                    until,
+                } => self.translate_loop(
+                    kernels,
+                    (first.clone(), second.clone()),
+                    until.as_ref(),
+                    steps,
+                ),
                 Segment::Parts { parts, .. } => {
                     self.tick(-1);
                     let pointer = self.builder.func.dfg.value_type(self.arena);
@@ -426,7 +447,7 @@ impl FunctionTranslator<'_> {
         part: Value,
     ) {
         self.part = Some(part);
-        self.translate_loop(kernels, first, second, steps);
+        self.translate_loop(kernels, (first, second), None, steps);
         self.finish();
     }
 
@@ -434,14 +455,20 @@ impl FunctionTranslator<'_> {
     fn translate_loop(
         &mut self,
         kernels: &[Kernel],
-        first: Range<usize>,
-        second: Range<usize>,
+        (first, second): (Range<usize>, Range<usize>),
+        until: Option<&Until>,
         steps: Value,
     ) {
         let header = self.builder.create_block();
         let first_block = self.builder.create_block();
         let second_block = self.builder.create_block();
         let exit = self.builder.create_block();
+        // Where a stopping test ends the loop, with the steps run.
+        let stopped = until.map(|until| {
+            let block = self.builder.create_block();
+            self.builder.append_block_param(block, types::I64);
+            (until, block)
+        });
         self.builder.append_block_param(header, types::I64);
         let zero = self.builder.ins().iconst(types::I64, 0);
         self.builder.ins().jump(header, &[zero.into()]);
@@ -452,13 +479,74 @@ impl FunctionTranslator<'_> {
         self.builder.switch_to_block(first_block);
         self.translate_kernels(kernels, first);
         let next = self.builder.ins().iadd_imm_s(step, 1);
+        if let Some((until, block)) = stopped {
+            self.stop_if_done(until, next, block);
+        }
         let more = self.builder.ins().icmp(IntCC::SignedLessThan, next, steps);
         self.builder.ins().brif(more, second_block, &[], exit, &[]);
         self.builder.switch_to_block(second_block);
         self.translate_kernels(kernels, second);
         let next = self.builder.ins().iadd_imm_s(step, 2);
+        if let Some((until, block)) = stopped {
+            self.stop_if_done(until, next, block);
+        }
         self.builder.ins().jump(header, &[next.into()]);
         self.builder.switch_to_block(exit);
+        let Some((until, stopped)) = stopped else {
+            return;
+        };
+        // All steps run.
+        let done = self.builder.create_block();
+        self.store_count(until.steps_run, steps);
+        self.builder.ins().jump(done, &[]);
+        // Stopped after `run` steps: the state is where `run` steps leave it; move it to where
+        // `steps` steps would have if the parities differ.
+        self.builder.switch_to_block(stopped);
+        let run = self.builder.block_params(stopped)[0];
+        self.store_count(until.steps_run, run);
+        let parities = self.builder.ins().bxor(run, steps);
+        let differ = self.builder.ins().band_imm_u(parities, 1);
+        let odd_run = self.builder.ins().band_imm_u(run, 1);
+        let (to_even, to_odd) = (self.builder.create_block(), self.builder.create_block());
+        let check = self.builder.create_block();
+        self.builder.ins().brif(differ, check, &[], done, &[]);
+        self.builder.switch_to_block(check);
+        self.builder.ins().brif(odd_run, to_even, &[], to_odd, &[]);
+        self.builder.switch_to_block(to_even);
+        self.translate_kernels(kernels, until.to_even.clone());
+        self.builder.ins().jump(done, &[]);
+        self.builder.switch_to_block(to_odd);
+        self.translate_kernels(kernels, until.to_odd.clone());
+        self.builder.ins().jump(done, &[]);
+        self.builder.switch_to_block(done);
+    }
+
+    /// Jumps to `stopped` with `run` when the stopping test's flag reads 0.
+    fn stop_if_done(&mut self, until: &Until, run: Value, stopped: Block) {
+        let address = self.scalar_address(until.flag);
+        let flag = self.builder.ins().load(types::F32, flags(), address, 0);
+        let zero = self.builder.ins().f32const(0.0);
+        let done = self.builder.ins().fcmp(FloatCC::Equal, flag, zero);
+        let go_on = self.builder.create_block();
+        self.builder
+            .ins()
+            .brif(done, stopped, &[run.into()], go_on, &[]);
+        self.builder.switch_to_block(go_on);
+    }
+
+    /// Writes an integer count into a scalar buffer, as a float.
+    fn store_count(&mut self, buffer: BufferId, count: Value) {
+        let address = self.scalar_address(buffer);
+        let value = self.builder.ins().fcvt_from_sint(types::F32, count);
+        self.builder.ins().store(flags(), value, address, 0);
+    }
+
+    /// The address of a buffer's first element.
+    fn scalar_address(&mut self, buffer: BufferId) -> Value {
+        let at = self.plan.buffers[buffer].offset as i64;
+        let at = self.builder.ins().iconst(types::I64, at);
+        let bytes = self.builder.ins().ishl_imm_u(at, 2);
+        self.builder.ins().iadd(self.arena, bytes)
     }
 
     /// Returns 0 at the end of the body; the failure block returns its status.

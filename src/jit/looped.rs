@@ -7,11 +7,11 @@
 //! training step keeps some resident). Carried state — read and written by the body — has two
 //! buffers, even steps writing one and odd steps the other, so no step copies state.
 
-use super::codegen::Segment;
-use super::lower::{self, BufferId, Lowered, Share};
+use super::codegen::{Segment, Until};
+use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place, Share};
 use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
 use crate::interp::Bindings;
-use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
+use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId, STEPS_RUN};
 use crate::opt::split::{split_rows, Split};
 use std::collections::{BTreeSet, HashMap};
 
@@ -127,7 +127,11 @@ pub(super) fn lower_loop(
     verify_program(&program.body)?;
     let prologue = &program.prologue;
     let body = &program.body;
-    let split = split_body(body, options.threads);
+    // A loop with a stopping test runs whole: the test reads the whole batch's energy.
+    let split = match program.until {
+        Some(_) => None,
+        None => split_body(body, options.threads),
+    };
 
     // State entries, by name, in the order run_loop reports them.
     let body_reads: BTreeSet<&str> = lower::needed_leaves(body)
@@ -263,6 +267,10 @@ pub(super) fn lower_loop(
     } else {
         ends[0]..ends[1]
     };
+    let until = match &program.until {
+        Some(test) => Some(stopping_test(lowered, test, &homes, &mut state)?),
+        None => None,
+    };
     let looped = match &split {
         Some(split) => {
             lowered.part_kernels = prologue_end..ends[1];
@@ -272,12 +280,70 @@ pub(super) fn lower_loop(
                 parts: split.parts,
             }
         }
-        None => Segment::Loop { first, second },
+        None => Segment::Loop {
+            first,
+            second,
+            until,
+        },
     };
     Ok(LoweredLoop {
         segments: vec![Segment::Kernels(start..prologue_end), looped],
         state,
         initial,
+    })
+}
+
+/// The buffers and kernels of a loop's stopping test (the body output `test`): its flag, the
+/// steps-run entry (added to `state`), and the copies that move the carried state between the
+/// even and odd buffers.
+fn stopping_test(
+    lowered: &mut Lowered,
+    test: &str,
+    homes: &HashMap<String, StateHome>,
+    state: &mut Vec<StateEntry>,
+) -> Result<Until, JitError> {
+    let Some(&StateHome::Single(flag)) = homes.get(test) else {
+        return Err(JitError::Codegen(format!(
+            "the stopping test `{test}` is not a scalar the body writes"
+        )));
+    };
+    let steps_run = lowered.buffer(format!("state {STEPS_RUN}"), 1, true);
+    state.push(StateEntry {
+        name: STEPS_RUN.to_string(),
+        shape: Shape::scalar(),
+        home: StateHome::Single(steps_run),
+        prologue_writes: false,
+        body_writes: true,
+    });
+    let mut copies = |from_odd: bool| {
+        let start = lowered.kernels.len();
+        for entry in state.iter() {
+            if let StateHome::Carried { even, odd } = entry.home {
+                let (from, to) = if from_odd { (odd, even) } else { (even, odd) };
+                let dims = entry.shape.dims().to_vec();
+                let whole = Affine::contiguous(&dims);
+                lowered.kernels.push(Kernel::Map {
+                    dims,
+                    out: Place {
+                        buffer: to,
+                        map: whole.clone(),
+                    },
+                    expr: Expr::Load {
+                        buffer: from,
+                        map: whole,
+                    },
+                });
+            }
+        }
+        start..lowered.kernels.len()
+    };
+    let to_even = copies(true);
+    let to_odd = copies(false);
+    Ok(Until {
+        flag,
+        steps_run,
+        to_even,
+        to_odd,
     })
 }
 

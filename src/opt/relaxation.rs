@@ -106,6 +106,7 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
         || programs.momentum != 0.0
         || !one_phase
         || !standard
+        || programs.tol.is_some()
     {
         Evaluation::Simulated
     } else if rate == 1.0 && steps >= graph.depth {

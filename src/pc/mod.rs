@@ -33,6 +33,8 @@
 //!   momentum on the energy, as PCX relaxes its states. m = 0 is the plain update.
 //! - `schedule = incremental` (fixed and strict): the parameters also learn at every step,
 //!   from the same state as the step's value update (see `train::schedule`).
+//! - `tol = ε` (fixed and strict): the loop stops after the first step at which the energy
+//!   changed by at most ε relative to the previous step's ([`stopping_test`]).
 //! - `exact`: `fixed` with η = 1 and (by default) as many steps as the graph is deep; after
 //!   k steps the errors of nodes k hops from the loss are exact, so after `depth` steps every
 //!   error equals backprop's gradient — one reverse-topological sweep, one level per step.
@@ -102,6 +104,8 @@ pub struct PcPrograms {
     pub momentum: f64,
     /// How the loss drives the network.
     pub target: Target,
+    /// The relaxation's stopping tolerance (`relax.until` is then its test).
+    pub tol: Option<f64>,
     /// When the parameters learn. With `Incremental` the relaxation body here is left as the
     /// transform built it (not hoisted): the training step's loop, which also updates the
     /// parameters, is made from it and the learning program (`train::schedule`).
@@ -327,6 +331,19 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
                 .to_string(),
         ));
     }
+    if let Some(tol) = config.tol {
+        if !(tol > 0.0 && tol < 1.0) {
+            return Err(PcError::Settings(format!(
+                "tol {tol} is outside 0 < tol < 1 (a relative change of the energy)"
+            )));
+        }
+        if mode == Mode::Exact {
+            return Err(PcError::Settings(
+                "tol has no meaning in exact mode (its relaxation is exact after as many steps as the graph is deep); use fixed or strict"
+                    .to_string(),
+            ));
+        }
+    }
     let steps = default_steps(&graph, config);
 
     // Each phase relaxes its own copy of the units (state names with the phase's suffix) with
@@ -399,11 +416,15 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     }
     let energy = sum_all(&mut body, &energy_terms);
     body.set_output("energy", energy);
+    let until = config
+        .tol
+        .map(|tol| stopping_test(&mut prologue, &mut body, energy, tol));
 
     let mut relax = LoopProgram {
         prologue,
         body,
         steps,
+        until,
     };
     crate::opt::simplify(&mut relax.body);
     if schedule == Schedule::Standard {
@@ -470,7 +491,33 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         momentum,
         target,
         schedule,
+        tol: config.tol,
     })
+}
+
+/// The state entry holding the energy the previous step started from (`tol`).
+pub const ENERGY_BEFORE: &str = "energy.previous";
+
+/// The body output that is 1 while the energy still changes by more than `tol` and 0 once it
+/// does not: the relaxation's stopping test.
+pub const CHANGING: &str = "energy.changing";
+
+/// The stopping test of `tol = ε`: with F_t the energy of the state step t starts from,
+/// `changing` = |F_t − F_{t−1}| > ε F_{t−1} (energies are never negative). The prologue sets
+/// F_0's predecessor to −1, which no energy is within ε of, so the first step never stops.
+/// A non-finite energy compares false and stops the loop too, where the step's guard sees it.
+/// Returns the name of the test's output.
+fn stopping_test(prologue: &mut Program, body: &mut Program, energy: ValueId, tol: f64) -> String {
+    let none = prologue.constant(-1.0, Shape::scalar());
+    prologue.set_output(ENERGY_BEFORE, none);
+    let before = body.leaf(LeafKind::State, ENERGY_BEFORE, Shape::scalar());
+    let difference = body.sub(energy, before);
+    let change = body.unary(crate::ir::UnaryOp::Abs, difference);
+    let bound = body.scale(before, tol);
+    let changing = body.binary(BinaryOp::Greater, change, bound);
+    body.set_output(ENERGY_BEFORE, energy);
+    body.set_output(CHANGING, changing);
+    CHANGING.to_string()
 }
 
 /// The passes every relaxation loop gets once its body is complete: invariant hoisting (in
@@ -495,6 +542,12 @@ fn settings(programs: &PcPrograms) -> String {
     }
     if programs.schedule != Schedule::Standard {
         out.push_str(&format!(", schedule {}", programs.schedule.name()));
+    }
+    if let Some(tol) = programs.tol {
+        out.push_str(&format!(
+            ", stopping once the energy changes by at most {} in a step",
+            crate::ir::fmt_f64(tol)
+        ));
     }
     out
 }

@@ -120,6 +120,9 @@ pub struct InferenceConfig {
     pub momentum: f64,
     pub target: Target,
     pub schedule: Schedule,
+    /// Stop the relaxation once the energy's relative change over one step is at most this
+    /// (0 < ε < 1), with `steps` as the cap; `None`: always run `steps`.
+    pub tol: Option<f64>,
 }
 
 impl Default for InferenceConfig {
@@ -133,6 +136,7 @@ impl Default for InferenceConfig {
             momentum: 0.0,
             target: Target::Clamp,
             schedule: Schedule::Standard,
+            tol: None,
         }
     }
 }
@@ -187,6 +191,7 @@ const INFERENCE_KEYS: &[&str] = &[
     "momentum",
     "target",
     "schedule",
+    "tol",
 ];
 
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
@@ -386,6 +391,21 @@ fn positive(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
                 e.span,
                 "expected a positive number",
                 "e.g. `0.1`",
+            ));
+            None
+        }
+    }
+}
+
+/// A number in (0, 1): a relative tolerance.
+fn tolerance(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
+    match number(e) {
+        Some(x) if x > 0.0 && x < 1.0 => Some(x),
+        _ => {
+            diagnostics.push(bad_value(
+                e.span,
+                "expected a relative change between 0 and 1 (not including either)",
+                "e.g. `tol = 1e-6`",
             ));
             None
         }
@@ -675,6 +695,7 @@ fn inference(
     };
     let mut seen = BTreeMap::new();
     let mut incremental_at = None;
+    let mut tol_at = None;
     for item in entries {
         if !note_key(&mut seen, item, diagnostics) {
             continue;
@@ -728,6 +749,12 @@ fn inference(
                     };
                 }
             }
+            "tol" => {
+                if let Some(v) = expr(item, diagnostics).and_then(|e| tolerance(e, diagnostics)) {
+                    cfg.tol = Some(v);
+                    tol_at = Some(item.span);
+                }
+            }
             "nodes" => {
                 if let Some(w) = expr(item, diagnostics)
                     .and_then(|e| word(e, &["named", "all"], "node granularity", diagnostics))
@@ -763,6 +790,13 @@ fn inference(
                 "inference",
             )),
         }
+    }
+    if let (Some(span), Mode::Exact) = (tol_at, cfg.mode) {
+        diagnostics.push(bad_value(
+            span,
+            "`tol` has no meaning in exact mode: its relaxation is exact after as many steps as the graph is deep",
+            "use `mode = fixed` or `mode = strict` with `tol`",
+        ));
     }
     if let (Some(span), Mode::Exact) = (incremental_at, cfg.mode) {
         diagnostics.push(bad_value(

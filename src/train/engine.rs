@@ -27,6 +27,8 @@ pub struct StepResult {
     pub energy: Option<f64>,
     /// ∂L/∂θ (backprop) or −Δθ (predictive coding), by parameter.
     pub grads: Arrays,
+    /// The relaxation steps run, where a stopping tolerance may end it early.
+    pub relaxation_steps: Option<f64>,
 }
 
 /// Why a step failed.
@@ -72,6 +74,15 @@ pub struct StepReport {
     pub loss: f64,
     /// The relaxation's final energy (predictive coding only).
     pub energy: Option<f64>,
+    /// The relaxation steps run, where a stopping tolerance may end it early.
+    pub relaxation_steps: Option<f64>,
+}
+
+/// The steps a relaxation with a stopping test ran, from its final state.
+fn steps_run(state: &Bindings<f32>) -> Option<f64> {
+    state
+        .get(crate::ir::STEPS_RUN)
+        .map(|t| t.iter().map(|&x| f64::from(x)).sum::<f64>())
 }
 
 /// One training step's computation for one backend.
@@ -336,7 +347,12 @@ fn incremental_step(
         .filter_map(|name| state.remove(name).map(|v| (name.clone(), v)))
         .partition(|(name, _)| name.starts_with(optim::STATE_PREFIX));
     let energy = Some(scalar(&state, "energy"));
-    Ok((new_params, moments, StepReport { loss, energy }))
+    let report = StepReport {
+        loss,
+        energy,
+        relaxation_steps: steps_run(&state),
+    };
+    Ok((new_params, moments, report))
 }
 
 /// The first parameter that is not finite everywhere, as a divergence.
@@ -398,6 +414,7 @@ impl Engine for InterpEngine {
         Ok(StepReport {
             loss: step.loss,
             energy: step.energy,
+            relaxation_steps: step.relaxation_steps,
         })
     }
 
@@ -426,6 +443,7 @@ impl Engine for InterpEngine {
                 loss,
                 energy: None,
                 grads,
+                relaxation_steps: None,
             });
         }
         let pc = self
@@ -444,9 +462,14 @@ impl Engine for InterpEngine {
         }
         let state = relax_watched(pc, &pc.relax, leaves, self.programs.steps)?;
         let loss = scalar(&state, "loss");
+        let relaxation_steps = steps_run(&state);
         let mut env = leaves.clone();
         env.extend(state);
-        learned(loss, interp::eval_outputs(&pc.learn, &env)?)
+        let result = learned(loss, interp::eval_outputs(&pc.learn, &env)?)?;
+        Ok(StepResult {
+            relaxation_steps,
+            ..result
+        })
     }
 
     fn evaluate(
@@ -483,6 +506,7 @@ fn learned(loss: f64, mut out: Bindings<f32>) -> Result<StepResult, EngineError>
         loss,
         energy,
         grads,
+        relaxation_steps: None,
     })
 }
 
@@ -750,7 +774,12 @@ impl Engine for JitEngine {
         non_finite_param(step.non_finite().into_iter())?;
         let loss = step.scalar("loss").unwrap_or(f64::NAN);
         let energy = step.scalar("energy");
-        Ok(StepReport { loss, energy })
+        let relaxation_steps = step.scalar(crate::ir::STEPS_RUN);
+        Ok(StepReport {
+            loss,
+            energy,
+            relaxation_steps,
+        })
     }
 
     fn step_cost(&self) -> Option<crate::jit::StepCost> {
@@ -789,6 +818,7 @@ impl Engine for JitEngine {
                 loss,
                 energy: None,
                 grads,
+                relaxation_steps: None,
             });
         }
         if let Some(fused) = &mut separate.fused {
@@ -810,8 +840,12 @@ impl Engine for JitEngine {
         if check_loss(loss).is_err() {
             return Err(diverged(&self.programs, params, batch));
         }
-        learned(loss, learn.run_layered(&[&state, batch, params])?)
-            .map_err(|_| diverged(&self.programs, params, batch))
+        let result = learned(loss, learn.run_layered(&[&state, batch, params])?)
+            .map_err(|_| diverged(&self.programs, params, batch))?;
+        Ok(StepResult {
+            relaxation_steps: steps_run(&state),
+            ..result
+        })
     }
 
     fn evaluate(

@@ -47,6 +47,8 @@ pub struct EpochMetrics {
     pub test_acc: Option<f64>,
     /// Mean final relaxation energy over the epoch's batches (predictive coding).
     pub energy: Option<f64>,
+    /// Mean relaxation steps run per batch, where a stopping tolerance may end them early.
+    pub relaxation_steps: Option<f64>,
     pub seconds: f64,
     pub examples_per_second: f64,
 }
@@ -59,6 +61,7 @@ impl EpochMetrics {
             "test_loss": self.test_loss,
             "test_acc": self.test_acc,
             "energy": self.energy,
+            "relaxation_steps": self.relaxation_steps,
             "seconds": self.seconds,
             "examples_per_second": self.examples_per_second,
         })
@@ -309,6 +312,7 @@ pub fn train(
         let t0 = Instant::now();
         let order = data::epoch_order(dataset.train.len(), settings.seed, epoch);
         let (mut loss_sum, mut energy_sum, mut energies) = (0.0, 0.0, 0usize);
+        let (mut steps_sum, mut stopped) = (0.0, 0usize);
         let mut leaves = Arrays::new();
         for k in 0..batches {
             let (x, y) = dataset
@@ -328,6 +332,10 @@ pub fn train(
             if let Some(e) = step.energy {
                 energy_sum += e;
                 energies += 1;
+            }
+            if let Some(t) = step.relaxation_steps {
+                steps_sum += t;
+                stopped += 1;
             }
             on(Event::Batch {
                 epoch: epoch + 1,
@@ -353,6 +361,7 @@ pub fn train(
             test_loss,
             test_acc,
             energy: (energies > 0).then(|| energy_sum / energies as f64),
+            relaxation_steps: (stopped > 0).then(|| steps_sum / stopped as f64),
             seconds,
             examples_per_second: (batches * b) as f64 / seconds.max(1e-9),
         };

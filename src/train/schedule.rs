@@ -115,6 +115,7 @@ pub fn incremental_loop(
         prologue,
         body,
         steps,
+        until: pc.relax.until.clone(),
     };
     optimise_loop(&mut looped);
     (looped, stored)
