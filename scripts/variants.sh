@@ -4,6 +4,7 @@
 # in strict mode at T = STEPS (default 20) and eta = RATE (default 0.1) with each variant's
 # setting; test accuracy and wall time of the whole run. Writes docs/variants.md and copies it
 # into README.md. Fashion-MNIST comes from `apt-get install dataset-fashion-mnist`.
+# In a variant's flags, `steps=N` replaces T and `lr*=F` scales the file's learning rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pcg=${PCG:-target/release/pcg}
@@ -20,6 +21,8 @@ variants=(
   "PC strict, momentum 0.5:--method pc --mode strict --momentum 0.5"
   "PC strict, nudge(0.1):--method pc --mode strict --target nudge(0.1)"
   "PC strict, centered(0.1):--method pc --mode strict --target centered(0.1)"
+  "PC strict, incremental (lr ÷ 10):--method pc --mode strict --schedule incremental lr*=0.1"
+  "PC strict, tol 1e-6 (at most 500 steps):--method pc --mode strict --relax-tol 1e-6 steps=500"
   "PC fixed (converges to BP):--method pc --mode fixed"
 )
 {
@@ -29,15 +32,31 @@ variants=(
   echo "|---|---|---|---|---|"
   for spec in "${variants[@]}"; do
     label=${spec%%:*}
-    read -r -a flags <<<"${spec#*:}"
+    read -r -a words <<<"${spec#*:}"
+    flags=() t=$steps scale=
+    for w in "${words[@]}"; do
+      case $w in
+        steps=*) t=${w#steps=} ;;
+        lr\*=*) scale=${w#lr\*=} ;;
+        *) flags+=("$w") ;;
+      esac
+    done
     cells=()
     for model in mlp_digits mlp_fmnist; do
       extra=()
       [ "$model" = mlp_fmnist ] && extra=(--epochs "$epochs")
-      line=$("$pcg" run "examples/$model.pcg" "${flags[@]}" --steps "$steps" --rate "$rate" \
-        "${extra[@]}" --quiet | tail -n 1)
+      if [ -n "$scale" ]; then
+        lr=$(sed -n 's/.*optimizer *= *[a-z]*(lr *= *\([0-9.e-]*\).*/\1/p' "examples/$model.pcg")
+        extra+=(--lr "$(python3 -c "print($lr * $scale)")")
+      fi
+      out=$("$pcg" run "examples/$model.pcg" "${flags[@]}" --steps "$t" --rate "$rate" \
+        "${extra[@]}")
+      line=$(tail -n 1 <<<"$out")
       echo "$label $model: $line" >&2
-      cells+=("$(field test_acc "$line")" "$(field seconds "$line") s")
+      # The mean steps run, where a tolerance stops the relaxation (the last epoch's).
+      ran=$(field relaxation_steps "$(tail -n 2 <<<"$out" | head -n 1)")
+      time="$(field seconds "$line") s${ran:+ ($ran steps)}"
+      cells+=("$(field test_acc "$line")" "$time")
     done
     echo "| $label | ${cells[0]} | ${cells[1]} | ${cells[2]} | ${cells[3]} |"
   done

@@ -514,7 +514,7 @@ fn examples_predictive_coding() {
         }
         // The loop as training compiles it, without the per-step energy: its body runs as one
         // part per thread, each on its own block of samples (checked accesses, two threads).
-        let lean = pcg::train::engine::compiled_relaxation(&programs);
+        let lean = pcg::train::engine::compiled_relaxation(&programs.relax);
         let options = JitOptions {
             threads: 2,
             ..checked()

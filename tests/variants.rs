@@ -409,11 +409,18 @@ fn tol_stops_where_a_run_of_that_many_steps_ends() {
                 ..Default::default()
             };
             let programs = Programs::build(&forward, Method::Pc, &config, None).expect("programs");
+            // Fixed mode runs the closed form's loop over coefficients; the simulated loop
+            // must stop at the same step.
+            assert_eq!(programs.solved_relax.is_some(), mode == Mode::Fixed);
+            let mut simulated =
+                JitEngine::new(programs.clone().simulated(), &Default::default()).expect("jit");
             let mut jit = JitEngine::new(programs.clone(), &Default::default()).expect("jit");
             let mut interp = InterpEngine::new(programs);
             let stopped = jit.gradients(&params, &batch).expect("jit");
             let reference = interp.gradients(&params, &batch).expect("interp");
+            let stepped = simulated.gradients(&params, &batch).expect("simulated");
             let steps = stopped.relaxation_steps.expect("steps reported");
+            assert_eq!(Some(steps), stepped.relaxation_steps, "{mode:?} tol {tol}");
             assert_eq!(
                 Some(steps),
                 reference.relaxation_steps,
@@ -432,7 +439,11 @@ fn tol_stops_where_a_run_of_that_many_steps_ends() {
             let mut plain = JitEngine::new(programs, &Default::default()).expect("jit");
             let want = plain.gradients(&params, &batch).expect("plain");
             for (name, g) in &want.grads {
-                for (engine, got) in [("jit", &stopped), ("interp", &reference)] {
+                for (engine, got) in [
+                    ("jit", &stopped),
+                    ("interp", &reference),
+                    ("simulated", &stepped),
+                ] {
                     let diff = (&got.grads[name] - g).mapv(|x| x * x).sum().sqrt();
                     let norm = g.mapv(|x| x * x).sum().sqrt().max(1e-12);
                     assert!(
@@ -445,4 +456,53 @@ fn tol_stops_where_a_run_of_that_many_steps_ends() {
         }
     }
     assert_eq!(parities.len(), 2, "stopped after odd and even step counts");
+}
+
+/// On deeper graphs (several relaxed levels, a recurrent state the loss reads at every step),
+/// the closed form's loop with a stopping tolerance stops where the simulated loop does, with
+/// its result.
+#[test]
+fn tol_in_closed_form_stops_with_the_simulated_loop() {
+    use pcg::sema::Method;
+    use pcg::train::engine::{Engine, JitEngine, Programs};
+    for path in ["examples/rnn_digits.pcg", "examples/shared_branches.pcg"] {
+        let options = CompileOptions {
+            batch: Some(4),
+            ..Default::default()
+        };
+        let (_, compiled) = sema::compile_file(Path::new(path), &options);
+        let forward = compiled.expect("compiles").forward;
+        let params = init::init_params(&forward, 1);
+        let batch = batch::random_batch(&forward, 1);
+        for tol in [1e-2, 1e-3, 1e-4] {
+            let config = InferenceConfig {
+                mode: Mode::Fixed,
+                steps: 400,
+                rate: 0.2,
+                tol: Some(tol),
+                ..Default::default()
+            };
+            let programs = Programs::build(&forward, Method::Pc, &config, None).expect("programs");
+            assert!(programs.solved_relax.is_some(), "{path}: closed form");
+            let depth = programs.pc.as_ref().expect("pc").graph.depth;
+            assert!(depth > 1, "{path}: depth {depth}");
+            let mut solved = JitEngine::new(programs.clone(), &Default::default()).expect("jit");
+            let mut simulated =
+                JitEngine::new(programs.simulated(), &Default::default()).expect("jit");
+            let a = solved.gradients(&params, &batch).expect("solved");
+            let b = simulated.gradients(&params, &batch).expect("simulated");
+            assert_eq!(a.relaxation_steps, b.relaxation_steps, "{path} tol {tol}");
+            let steps = a.relaxation_steps.expect("reported");
+            assert!(steps < 400.0, "{path} tol {tol}: ran all {steps} steps");
+            for (name, g) in &b.grads {
+                let diff = (&a.grads[name] - g).mapv(|x| x * x).sum().sqrt();
+                let norm = g.mapv(|x| x * x).sum().sqrt().max(1e-12);
+                assert!(
+                    diff / norm < 1e-4,
+                    "{path} tol {tol}: {name} off by {:e}",
+                    diff / norm
+                );
+            }
+        }
+    }
 }

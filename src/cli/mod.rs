@@ -702,10 +702,14 @@ fn ir_dump(
                     emit(&(pc::describe(&p) + "\n"));
                     // After the simulated programs, the one-program step that training runs
                     // when the relaxation has a closed form (fixed and exact modes).
+                    // Or, with a stopping tolerance, the closed form's loop over coefficients.
                     let trained = Programs::build(forward, Method::Pc, &inference, None);
-                    let step = trained.map_err(fail)?.fused;
+                    let trained = trained.map_err(fail)?;
                     let mut programs = vec![p.relax.prologue, p.relax.body, p.learn];
-                    programs.extend(step);
+                    programs.extend(trained.fused);
+                    if let Some(solved) = trained.solved_relax {
+                        programs.extend([solved.prologue, solved.body]);
+                    }
                     programs
                 }
                 Err(e) => {

@@ -32,7 +32,7 @@
 //!
 //! Each gives the simulated loop's result up to rounding (tested).
 use crate::autodiff;
-use crate::ir::{Node, Op, Program, Region, Shape, ValueId};
+use crate::ir::{LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
 use crate::pc::{
     error_state, feedforward_state, loss_gradients, relaxed, replay, PcError, PcGraph, PcPrograms,
     Role,
@@ -106,9 +106,15 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
         || programs.momentum != 0.0
         || !one_phase
         || !standard
-        || programs.tol.is_some()
     {
         Evaluation::Simulated
+    } else if programs.tol.is_some() {
+        // The stopping test needs each step's energy: the sweep has none.
+        if graph.depth < steps.max(1) {
+            Evaluation::ClosedForm
+        } else {
+            Evaluation::Simulated
+        }
     } else if rate == 1.0 && steps >= graph.depth {
         Evaluation::Sweep
     } else if graph.depth < steps.max(1) {
@@ -119,13 +125,17 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
 }
 
 /// The final relaxation state without the loop, with the same outputs as the simulated loop's
-/// final state (`e.*`, `ff.*`, `loss`); `None` where only the simulated loop applies.
+/// final state (`e.*`, `ff.*`, `loss`); `None` where only the simulated loop applies, or where
+/// a stopping tolerance makes the solution a loop ([`solve_until`]).
 pub fn solve(
     forward: &Program,
     programs: &PcPrograms,
     steps: usize,
 ) -> Result<Option<Program>, PcError> {
     let graph = &programs.graph;
+    if programs.tol.is_some() {
+        return Ok(None);
+    }
     // Simulated unless there is one phase (see `evaluation`).
     let beta = programs.target.phases()[0].1;
     match evaluation(programs, steps) {
@@ -164,16 +174,27 @@ fn solved(
     p
 }
 
-/// The errors after `steps` steps as Σ_k γ_k M^k (η c).
-fn closed_form(
+/// The feedforward pass and the relaxation's powers u_k = M^k (η c), k < depth, built into
+/// one program: what the closed form weighs.
+struct Powers {
+    p: Program,
+    ff: Vec<ValueId>,
+    /// `u[k][i]`: u_k at the i-th relaxed node.
+    u: Vec<Vec<ValueId>>,
+    /// The outputs' clamped errors.
+    output_errors: Vec<ValueId>,
+    loss: ValueId,
+}
+
+fn powers(
     forward: &Program,
     graph: &PcGraph,
     rate: f64,
     beta: f64,
-    steps: usize,
-) -> Result<Program, PcError> {
+    name: &str,
+) -> Result<Powers, PcError> {
     let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
-    let mut p = Program::new(format!("{}.relax.solved", forward.name));
+    let mut p = Program::new(format!("{}.{name}", forward.name));
     let ff = replay(forward, &mut p, &HashMap::new());
     // The cut: an identity copy of each relaxed node's feedforward value. The predictions read
     // the copies, so a vector-Jacobian product with respect to them stops there: one
@@ -215,7 +236,7 @@ fn closed_form(
     } else {
         autodiff::vjp(&mut p, &output_seeds, &cuts)?
     };
-    let mut u: Vec<ValueId> = relaxed(graph)
+    let first: Vec<ValueId> = relaxed(graph)
         .zip(from_outputs)
         .map(|(pc, m)| {
             let drive = match loss_messages.get(&pc.value) {
@@ -226,22 +247,224 @@ fn closed_form(
         })
         .collect();
     // A graph of depth 0 has no relaxed nodes, so no errors to solve for.
-    let gamma = coefficients(rate, steps, graph.depth);
-    let first = gamma.first().copied().unwrap_or(0.0);
-    let mut errors: Vec<ValueId> = u.iter().map(|&x| p.scale(x, first)).collect();
-    for &g in gamma.iter().skip(1) {
+    let mut u = vec![first];
+    for _ in 1..graph.depth {
         // u_k = M u_{k−1}: the relaxed nodes' messages to their parents.
         let seeds: Vec<(ValueId, ValueId)> = relaxed(graph)
-            .zip(&u)
+            .zip(&u[u.len() - 1])
             .map(|(pc, &x)| (predicted[pc.value.index()], x))
             .collect();
-        u = autodiff::vjp(&mut p, &seeds, &cuts)?;
-        for (e, &x) in errors.iter_mut().zip(&u) {
-            let term = p.scale(x, g);
-            *e = p.add_values(*e, term);
+        u.push(autodiff::vjp(&mut p, &seeds, &cuts)?);
+    }
+    let output_errors = output_seeds.into_iter().map(|(_, e)| e).collect();
+    Ok(Powers {
+        p,
+        ff,
+        u,
+        output_errors,
+        loss,
+    })
+}
+
+/// Σ_k γ_k u_k at every relaxed node, the γ_k being values of `p` (scalars) or constants.
+fn weighted(p: &mut Program, u: &[Vec<ValueId>], gamma: &[Weight]) -> Vec<ValueId> {
+    let nodes = u.first().map_or(0, Vec::len);
+    (0..nodes)
+        .map(|i| {
+            let mut terms = u.iter().zip(gamma).map(|(u_k, g)| (u_k[i], g));
+            let (x, g) = terms.next().expect("at least one power");
+            let mut sum = g.times(p, x);
+            for (x, g) in terms {
+                let term = g.times(p, x);
+                sum = p.add_values(sum, term);
+            }
+            sum
+        })
+        .collect()
+}
+
+/// A coefficient of the closed form: a constant, or a scalar computed by the program.
+#[derive(Clone, Copy)]
+enum Weight {
+    Constant(f64),
+    Value(ValueId),
+}
+
+impl Weight {
+    fn times(self, p: &mut Program, x: ValueId) -> ValueId {
+        match self {
+            Weight::Constant(c) => p.scale(x, c),
+            Weight::Value(g) => {
+                let shape = p.shape(x).clone();
+                let g = p.broadcast(g, shape);
+                p.mul(g, x)
+            }
         }
     }
+}
+
+/// The errors after `steps` steps as Σ_k γ_k M^k (η c).
+fn closed_form(
+    forward: &Program,
+    graph: &PcGraph,
+    rate: f64,
+    beta: f64,
+    steps: usize,
+) -> Result<Program, PcError> {
+    let Powers {
+        mut p, ff, u, loss, ..
+    } = powers(forward, graph, rate, beta, "relax.solved")?;
+    let gamma: Vec<Weight> = coefficients(rate, steps, graph.depth)
+        .into_iter()
+        .map(Weight::Constant)
+        .collect();
+    let errors = if u[0].is_empty() {
+        Vec::new()
+    } else {
+        weighted(&mut p, &u, &gamma)
+    };
     Ok(solved(p, graph, &ff, errors, loss))
+}
+
+/// The state names of the closed form's loop under a stopping tolerance.
+fn power_state(k: usize, label: &str) -> String {
+    format!("power.{k}.{label}")
+}
+fn gamma_state(k: usize) -> String {
+    format!("gamma.{k}")
+}
+
+/// The relaxation with a stopping tolerance in closed form (fixed mode, where [`evaluation`]
+/// picks the closed form): a loop over D scalars instead of the errors. The prologue computes
+/// the powers u_k = M^k (η c), their Gram matrix G_kl = Σ_i ⟨u_k,i, u_l,i⟩ and the outputs'
+/// energy F_o; step t advances the coefficients by the recurrence of e(t+1) = (1 − η) e(t) +
+/// η (M e(t) + c),
+///
+/// ```text
+/// γ_0 ← (1 − η) γ_0 + 1,   γ_k ← (1 − η) γ_k + η γ_{k−1},   γ(0) = 0,
+/// ```
+///
+/// takes the energy of the state it starts from as F_o + ½ Σ_kl γ_k γ_l G_kl, applies the
+/// same stopping test as the simulated loop, and writes the errors e = Σ_k γ_k u_k. It stops
+/// after the same steps as the simulated loop (up to rounding in the energies) with its
+/// state, at the cost of D − 1 message products and D axpys per step.
+pub fn solve_until(
+    forward: &Program,
+    programs: &PcPrograms,
+    steps: usize,
+) -> Result<Option<LoopProgram>, PcError> {
+    let Some(tol) = programs.tol else {
+        return Ok(None);
+    };
+    if evaluation(programs, steps) != Evaluation::ClosedForm {
+        return Ok(None);
+    }
+    let graph = &programs.graph;
+    let (rate, beta) = (programs.rate, programs.target.phases()[0].1);
+    let Powers {
+        p: mut prologue,
+        ff,
+        u,
+        output_errors,
+        loss,
+    } = powers(forward, graph, rate, beta, "relax.powers")?;
+    let labels: Vec<&str> = relaxed(graph).map(|pc| pc.label.as_str()).collect();
+    let depth = u.len();
+    for (k, u_k) in u.iter().enumerate() {
+        for (&x, label) in u_k.iter().zip(&labels) {
+            prologue.set_output(power_state(k, label), x);
+        }
+        let zero = prologue.constant(0.0, Shape::scalar());
+        prologue.set_output(gamma_state(k), zero);
+    }
+    let dot = |p: &mut Program, a: ValueId, b: ValueId| {
+        let product = p.mul(a, b);
+        let rank = p.shape(product).rank();
+        p.reduce_sum(product, (0..rank).collect())
+    };
+    for k in 0..depth {
+        for l in k..depth {
+            let terms: Vec<ValueId> = (0..labels.len())
+                .map(|i| dot(&mut prologue, u[k][i], u[l][i]))
+                .collect();
+            let gram = sum_scalars(&mut prologue, &terms);
+            prologue.set_output(format!("gram.{k}.{l}"), gram);
+        }
+    }
+    let squares: Vec<ValueId> = output_errors
+        .iter()
+        .map(|&e| dot(&mut prologue, e, e))
+        .collect();
+    let outputs = sum_scalars(&mut prologue, &squares);
+    let outputs = prologue.scale(outputs, 0.5);
+    prologue.set_output("energy.outputs", outputs);
+    for pc in relaxed(graph) {
+        prologue.set_output(feedforward_state(&pc.label), ff[pc.value.index()]);
+    }
+    prologue.set_output("loss", ff[loss.index()]);
+
+    let mut body = Program::new(format!("{}.relax.solved.step", forward.name));
+    let scalar =
+        |body: &mut Program, name: String| body.leaf(LeafKind::State, name, Shape::scalar());
+    let gamma: Vec<ValueId> = (0..depth)
+        .map(|k| scalar(&mut body, gamma_state(k)))
+        .collect();
+    // The energy of the state the step starts from.
+    let mut terms = vec![scalar(&mut body, "energy.outputs".to_string())];
+    for k in 0..depth {
+        for l in k..depth {
+            let gram = scalar(&mut body, format!("gram.{k}.{l}"));
+            let pair = body.mul(gamma[k], gamma[l]);
+            let term = body.mul(pair, gram);
+            terms.push(body.scale(term, if k == l { 0.5 } else { 1.0 }));
+        }
+    }
+    let energy = sum_scalars(&mut body, &terms);
+    body.set_output("energy", energy);
+    let test = crate::pc::stopping_test(&mut prologue, &mut body, energy, tol);
+    let next: Vec<ValueId> = (0..depth)
+        .map(|k| {
+            let kept = body.scale(gamma[k], 1.0 - rate);
+            let fed = if k == 0 {
+                body.constant(1.0, Shape::scalar())
+            } else {
+                body.scale(gamma[k - 1], rate)
+            };
+            body.add_values(kept, fed)
+        })
+        .collect();
+    for (k, &g) in next.iter().enumerate() {
+        body.set_output(gamma_state(k), g);
+    }
+    let powers: Vec<Vec<ValueId>> = (0..depth)
+        .map(|k| {
+            relaxed(graph)
+                .map(|pc| body.leaf(LeafKind::State, power_state(k, &pc.label), pc.shape.clone()))
+                .collect()
+        })
+        .collect();
+    let weights: Vec<Weight> = next.into_iter().map(Weight::Value).collect();
+    if depth > 0 {
+        let errors = weighted(&mut body, &powers, &weights);
+        for (pc, e) in relaxed(graph).zip(errors) {
+            body.set_output(error_state(&pc.label), e);
+        }
+    }
+    crate::opt::simplify(&mut prologue);
+    crate::opt::simplify(&mut body);
+    Ok(Some(LoopProgram {
+        prologue,
+        body,
+        steps,
+        until: Some(test),
+    }))
+}
+
+fn sum_scalars(p: &mut Program, terms: &[ValueId]) -> ValueId {
+    match terms.split_first() {
+        None => p.constant(0.0, Shape::scalar()),
+        Some((&first, rest)) => rest.iter().fold(first, |acc, &t| p.add_values(acc, t)),
+    }
 }
 
 /// One program for a whole predictive-coding training step: the closed-form relaxation

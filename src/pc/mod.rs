@@ -48,7 +48,9 @@
 
 mod dot;
 
-pub use crate::opt::relaxation::{coefficients, evaluation, fuse_step, solve, Evaluation};
+pub use crate::opt::relaxation::{
+    coefficients, evaluation, fuse_step, solve, solve_until, Evaluation,
+};
 pub use dot::to_dot;
 
 use crate::autodiff::{self, AutodiffError};
@@ -507,7 +509,12 @@ pub const CHANGING: &str = "energy.changing";
 /// F_0's predecessor to −1, which no energy is within ε of, so the first step never stops.
 /// A non-finite energy compares false and stops the loop too, where the step's guard sees it.
 /// Returns the name of the test's output.
-fn stopping_test(prologue: &mut Program, body: &mut Program, energy: ValueId, tol: f64) -> String {
+pub(crate) fn stopping_test(
+    prologue: &mut Program,
+    body: &mut Program,
+    energy: ValueId,
+    tol: f64,
+) -> String {
     let none = prologue.constant(-1.0, Shape::scalar());
     prologue.set_output(ENERGY_BEFORE, none);
     let before = body.leaf(LeafKind::State, ENERGY_BEFORE, Shape::scalar());
@@ -748,10 +755,17 @@ pub fn describe(programs: &PcPrograms) -> String {
         settings(programs),
     );
     let chosen = evaluation(programs, programs.relax.steps);
-    out.push_str(&format!(
-        "// final state: {}\n",
-        chosen.describe(g, programs.relax.steps)
-    ));
+    let how = match (chosen, programs.tol) {
+        (Evaluation::ClosedForm, Some(_)) => format!(
+            "closed form with the stopping test (depth {} < {} steps: {} message products, then a loop over {} coefficients)",
+            g.depth,
+            programs.relax.steps,
+            g.depth.saturating_sub(1),
+            g.depth
+        ),
+        _ => chosen.describe(g, programs.relax.steps),
+    };
+    out.push_str(&format!("// final state: {how}\n"));
     for pc in &g.nodes {
         let role = match pc.role {
             Role::Relaxed { loss_reads: false } => "relaxed",

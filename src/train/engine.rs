@@ -125,6 +125,10 @@ pub struct Programs {
     /// learning — in fixed and exact modes where that saves work; `None` runs the relaxation
     /// step by step.
     pub fused: Option<Program>,
+    /// The relaxation training runs instead of `pc.relax` where it is cheaper and gives the
+    /// same final state: in fixed mode with a stopping tolerance, the closed form's loop over
+    /// coefficients (`pc::solve_until`).
+    pub solved_relax: Option<LoopProgram>,
     /// The forward program with an extra output `prediction` when there is one.
     pub eval: Program,
 }
@@ -156,8 +160,13 @@ impl Programs {
                 .map(|solved| pc::fuse_step(&solved, &p.learn)),
             None => None,
         };
+        let solved_relax = match &pc {
+            Some(p) => pc::solve_until(forward, p, steps).map_err(|e| e.to_string())?,
+            None => None,
+        };
         Ok(Programs {
             fused,
+            solved_relax,
             method,
             grad,
             pc,
@@ -208,7 +217,15 @@ impl Programs {
     /// The same programs without the closed form: every relaxation step is run.
     pub fn simulated(mut self) -> Self {
         self.fused = None;
+        self.solved_relax = None;
         self
+    }
+
+    /// The relaxation loop a training step runs (when it runs one).
+    pub fn relaxation(&self) -> Option<&LoopProgram> {
+        self.solved_relax
+            .as_ref()
+            .or(self.pc.as_ref().map(|pc| &pc.relax))
     }
 }
 
@@ -460,7 +477,8 @@ impl Engine for InterpEngine {
             }
             return learned(loss, out);
         }
-        let state = relax_watched(pc, &pc.relax, leaves, self.programs.steps)?;
+        let relax = self.programs.relaxation().unwrap_or(&pc.relax);
+        let state = relax_watched(pc, relax, leaves, self.programs.steps)?;
         let loss = scalar(&state, "loss");
         let relaxation_steps = steps_run(&state);
         let mut env = leaves.clone();
@@ -558,8 +576,8 @@ pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
 /// The relaxation loop as the compiled backend runs it: without the per-step energy, which is
 /// for the interpreter's replay of a diverged step (a healthy step needs only the final
 /// state's, which the learning program reports).
-pub fn compiled_relaxation(pc: &PcPrograms) -> crate::ir::LoopProgram {
-    let mut relax = pc.relax.clone();
+pub fn compiled_relaxation(relax: &LoopProgram) -> LoopProgram {
+    let mut relax = relax.clone();
     relax.retain_outputs(|name| name != "energy");
     relax
 }
@@ -597,7 +615,10 @@ impl Separate {
         let (relax, learn) = match &programs.pc {
             Some(_) if fused.is_some() => (None, None),
             Some(pc) => (
-                Some(JitLoop::compile(&compiled_relaxation(pc), options)?),
+                Some(JitLoop::compile(
+                    &compiled_relaxation(programs.relaxation().unwrap_or(&pc.relax)),
+                    options,
+                )?),
                 Some(compile(&pc.learn)?),
             ),
             None => (None, None),
@@ -668,7 +689,7 @@ impl JitEngine {
             (_, Some(fused), _) => (gradient_named(fused, "update."), None, true),
             (_, _, Some(pc)) => {
                 // What the learning program would compute again is the loop prologue's.
-                let mut relax = compiled_relaxation(pc);
+                let mut relax = compiled_relaxation(programs.relaxation().unwrap_or(&pc.relax));
                 let mut learn = gradient_named(&pc.learn, "update.");
                 crate::opt::hoist::hoist_epilogue(&mut relax, &mut learn);
                 (learn, Some(relax), true)
