@@ -4,7 +4,8 @@
 # in strict mode at T = STEPS (default 20) and eta = RATE (default 0.1) with each variant's
 # setting; test accuracy and wall time of the whole run. Writes docs/variants.md and copies it
 # into README.md. Fashion-MNIST comes from `apt-get install dataset-fashion-mnist`.
-# In a variant's flags, `steps=N` replaces T and `lr*=F` scales the file's learning rate.
+# In a variant's flags, `steps=N` replaces T and `lr*=F` scales the file's learning rate (the
+# incremental schedule takes T optimiser steps per batch: its rate is divided by T = 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pcg=${PCG:-target/release/pcg}
@@ -21,7 +22,7 @@ variants=(
   "PC strict, momentum 0.5:--method pc --mode strict --momentum 0.5"
   "PC strict, nudge(0.1):--method pc --mode strict --target nudge(0.1)"
   "PC strict, centered(0.1):--method pc --mode strict --target centered(0.1)"
-  "PC strict, incremental (lr ÷ 10):--method pc --mode strict --schedule incremental lr*=0.1"
+  "PC strict, incremental (lr ÷ T):--method pc --mode strict --schedule incremental lr*=0.05"
   "PC strict, tol 1e-6 (at most 500 steps):--method pc --mode strict --relax-tol 1e-6 steps=500"
   "PC fixed (converges to BP):--method pc --mode fixed"
 )

@@ -419,3 +419,79 @@ fn a_text_file_trains_a_model_with_nothing_to_relax() {
         "learned something"
     );
 }
+
+/// SIGINT during a run: the step under way finishes, a checkpoint of the position inside the
+/// epoch is written, the run says where it stopped and exits 130; resuming from it ends with
+/// the parameters and optimiser state of an uninterrupted run. The same for SIGTERM.
+#[test]
+fn an_interrupted_run_checkpoints_mid_epoch_and_resumes_to_the_same_result() {
+    let file = "examples/mlp_digits.pcg";
+    // Strict mode with many relaxation steps: long enough batches to land a signal among.
+    let args = |epochs: &str| -> Vec<String> {
+        [
+            "run", file, "--mode", "strict", "--steps", "100", "--rate", "0.1", "--epochs", epochs,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let epochs = "12";
+    let full = scratch("signal-full.npz");
+    let mut uninterrupted = args(epochs);
+    uninterrupted.extend([
+        "--save".into(),
+        full.to_str().unwrap().into(),
+        "--quiet".into(),
+    ]);
+    let o = pcg(&uninterrupted.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for signal in ["-INT", "-TERM"] {
+        let ck = scratch(&format!("signal{signal}.npz"));
+        let _ = std::fs::remove_file(&ck);
+        let mut interrupted = args(epochs);
+        interrupted.extend(["--save".into(), ck.to_str().unwrap().into()]);
+        let child = Command::new(env!("CARGO_BIN_EXE_pcg"))
+            .args(&interrupted)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts");
+        // Signal once the first epoch is done (its checkpoint is on disk), a little into the
+        // second.
+        let started = Instant::now();
+        while !ck.exists() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let o = child.wait_with_output().expect("ends");
+        let stderr = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(
+            stderr.contains("interrupted after batch") && stderr.contains("--resume"),
+            "{signal}: {stderr}"
+        );
+        let arrays = pcg::npz::read(&ck).expect("a whole checkpoint");
+        let done = arrays["meta.epochs_done"].iter().next().copied().unwrap();
+        assert!(done < 12.0, "{signal}: the run ended before the signal");
+        let mut resumed = args(epochs);
+        resumed.extend([
+            "--resume".into(),
+            ck.to_str().unwrap().into(),
+            "--save".into(),
+            ck.to_str().unwrap().into(),
+            "--quiet".into(),
+        ]);
+        let o = pcg(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{signal}: {}", text(&o.stderr));
+        assert_eq!(
+            pcg::npz::read(&full).unwrap(),
+            pcg::npz::read(&ck).unwrap(),
+            "{signal}: same parameters and optimiser state as the uninterrupted run"
+        );
+    }
+}

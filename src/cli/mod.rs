@@ -14,6 +14,7 @@ use crate::train::engine::{Engine, InterpEngine, JitEngine, Programs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -611,8 +612,31 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Stopped by SIGINT or SIGTERM, as a shell reports a command that the signal ended.
+        Err(Reported) if STOP.load(Ordering::SeqCst) => ExitCode::from(130),
         Err(Reported) => ExitCode::FAILURE,
     }
+}
+
+/// Raised by the first SIGINT or SIGTERM during `pcg run`: training stops after the step under
+/// way (and checkpoints, with `--save`).
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handler that raises [`STOP`] on SIGINT or SIGTERM and ends the process at
+/// once on a second one (a checkpoint being written is replaced atomically, so the previous
+/// one stays intact). Returns the flag for the training loop.
+pub(crate) fn stop_on_signal() -> &'static AtomicBool {
+    let installed = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (again to stop at once)");
+    });
+    if let Err(e) = installed {
+        eprintln!("note: cannot catch interrupts ({e}); Ctrl-C ends the run at once");
+    }
+    &STOP
 }
 
 fn check(files: &[PathBuf], options: &CompileOptions) -> CmdResult {

@@ -158,7 +158,7 @@ pub(super) fn run(
         Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
     let (params, start) = match &flags.resume {
         Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
-        None => (init::init_params(forward, seed), 0),
+        None => (init::init_params(forward, seed), run::Position::default()),
     };
     let hint = match method {
         Method::Pc => format!(
@@ -177,6 +177,7 @@ pub(super) fn run(
         hint,
         max_batches: flags.max_batches,
         test_remainder: test_remainder(file, options, forward, &inference, data.test.len()),
+        stop: Some(super::stop_on_signal()),
     };
     let mut metrics = match &flags.metrics {
         Some(path) => {
@@ -203,7 +204,8 @@ pub(super) fn run(
     let bar = if flags.quiet {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::new((epochs.saturating_sub(start) * batches_per_epoch) as u64);
+        let left = epochs.saturating_sub(start.epochs) * batches_per_epoch;
+        let bar = ProgressBar::new(left.saturating_sub(start.batches) as u64);
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})",
@@ -273,7 +275,14 @@ pub(super) fn run(
         )
     };
     bar.finish_and_clear();
-    let outcome = outcome.map_err(fail)?;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e @ run::TrainError::Interrupted { .. }) => {
+            eprintln!("{e}");
+            return Err(Reported);
+        }
+        Err(e) => return Err(fail(e)),
+    };
     let (train_loss, test_loss, test_acc) = match outcome.history.last() {
         Some(m) => (m.train_loss, m.test_loss, m.test_acc),
         None => match run::evaluate(

@@ -5,6 +5,12 @@
 //! each step is a pure function of the parameters and the batch, so the same seed gives the
 //! same result, and a run resumed from the checkpoint of epoch k ends exactly where an
 //! uninterrupted run does.
+//!
+//! Interrupts: when `Settings::stop` is raised (by a signal handler), the loop finishes the
+//! step under way, writes a checkpoint of the position inside the epoch (batches done, and the
+//! epoch's sums so far) when `save` is set, and ends with [`TrainError::Interrupted`]. Resuming
+//! from it continues with the epoch's next batch: the same batches, in the same order, through
+//! the same steps, so the run ends where an uninterrupted one does.
 
 use super::batch::io_shapes;
 use super::engine::{Engine, EngineError};
@@ -16,10 +22,74 @@ use crate::sema::OptimizerConfig;
 use ndarray::{ArrayD, Axis};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// The checkpoint entry holding how many epochs are done.
 pub const EPOCHS_DONE: &str = "meta.epochs_done";
+
+/// The checkpoint entry holding how many batches of the next epoch are done (an interrupted
+/// epoch), and the one holding that epoch's sums so far ([`EpochSums`]).
+pub const BATCHES_DONE: &str = "meta.batches_done";
+pub const EPOCH_SUMS: &str = "meta.epoch_sums";
+
+/// Where training stands: epochs done, and batches done of the next (interrupted) epoch with
+/// its sums so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Position {
+    pub epochs: usize,
+    pub batches: usize,
+    pub sums: EpochSums,
+}
+
+/// The running sums of an epoch's per-batch reports, for its metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EpochSums {
+    pub loss: f64,
+    pub energy: f64,
+    pub energies: usize,
+    pub steps: f64,
+    pub stopped: usize,
+}
+
+impl EpochSums {
+    fn add(&mut self, step: &super::engine::StepReport) {
+        self.loss += step.loss;
+        if let Some(e) = step.energy {
+            self.energy += e;
+            self.energies += 1;
+        }
+        if let Some(t) = step.relaxation_steps {
+            self.steps += t;
+            self.stopped += 1;
+        }
+    }
+
+    fn to_array(self) -> ArrayD<f32> {
+        let values = [
+            self.loss,
+            self.energy,
+            self.energies as f64,
+            self.steps,
+            self.stopped as f64,
+        ];
+        ndarray::arr1(&values.map(|v| v as f32)).into_dyn()
+    }
+
+    fn from_array(a: &ArrayD<f32>) -> Option<Self> {
+        let v: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+        let [loss, energy, energies, steps, stopped] = v.as_slice() else {
+            return None;
+        };
+        Some(EpochSums {
+            loss: *loss,
+            energy: *energy,
+            energies: *energies as usize,
+            steps: *steps,
+            stopped: *stopped as usize,
+        })
+    }
+}
 
 /// What the loop needs besides the engine and the data.
 #[derive(Clone, Debug)]
@@ -36,6 +106,8 @@ pub struct Settings {
     pub max_batches: Option<usize>,
     /// The test examples that do not fill a batch, evaluated after the full batches.
     pub test_remainder: Option<Remainder>,
+    /// Raised from outside (a signal handler) to stop after the step under way.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// Metrics of one epoch.
@@ -101,6 +173,14 @@ pub enum TrainError {
     },
     /// A checkpoint could not be read or written.
     Checkpoint(String),
+    /// `Settings::stop` was raised: training stopped after batch `batch` of epoch `epoch`
+    /// (1-based), with a checkpoint of that position in `saved` when one was asked for.
+    Interrupted {
+        epoch: usize,
+        batch: usize,
+        batches: usize,
+        saved: Option<PathBuf>,
+    },
 }
 
 impl fmt::Display for TrainError {
@@ -117,6 +197,17 @@ impl fmt::Display for TrainError {
                 "training diverged in epoch {epoch}, batch {batch}: {error}\n  help: try a smaller step size ({hint}); the last checkpoint, if any, is intact"
             ),
             TrainError::Step { epoch, batch, error, .. } => write!(f, "epoch {epoch}, batch {batch}: {error}"),
+            TrainError::Interrupted { epoch, batch, batches, saved } => {
+                write!(f, "interrupted after batch {batch} of {batches} in epoch {epoch}")?;
+                match saved {
+                    Some(path) => write!(
+                        f,
+                        "; checkpoint written to {0}: continue with `--resume {0}`",
+                        path.display()
+                    ),
+                    None => f.write_str("; nothing saved (no `--save`)"),
+                }
+            }
         }
     }
 }
@@ -232,13 +323,13 @@ fn agreements(prediction: &ArrayD<f32>, target: &ArrayD<f32>) -> usize {
         .count()
 }
 
-/// Loads a checkpoint: parameters (checked against the model), optimiser state and the number
-/// of epochs done.
+/// Loads a checkpoint: parameters (checked against the model), optimiser state and the
+/// position training had reached.
 pub fn load_checkpoint(
     path: &std::path::Path,
     forward: &Program,
     optimizer: &mut Optimizer,
-) -> Result<(Arrays, usize), TrainError> {
+) -> Result<(Arrays, Position), TrainError> {
     let arrays = npz::read(path).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let params: Arrays = arrays
         .iter()
@@ -257,21 +348,46 @@ pub fn load_checkpoint(
                 path.display()
             ))
         })?;
-    Ok((params, done as usize))
+    let batches = arrays
+        .get(BATCHES_DONE)
+        .and_then(|a| a.iter().next().copied())
+        .unwrap_or(0.0) as usize;
+    let sums = match arrays.get(EPOCH_SUMS) {
+        Some(a) => EpochSums::from_array(a).ok_or_else(|| {
+            TrainError::Checkpoint(format!(
+                "{}: `{EPOCH_SUMS}` is not the five sums of an epoch",
+                path.display()
+            ))
+        })?,
+        None => EpochSums::default(),
+    };
+    let position = Position {
+        epochs: done as usize,
+        batches,
+        sums,
+    };
+    Ok((params, position))
 }
 
 fn save_checkpoint(
     path: &std::path::Path,
     params: &Arrays,
     optimizer: &Optimizer,
-    epochs_done: usize,
+    position: Position,
 ) -> Result<(), TrainError> {
     let mut arrays = params.clone();
     arrays.extend(optimizer.state());
     arrays.insert(
         EPOCHS_DONE.into(),
-        ndarray::arr0(epochs_done as f32).into_dyn(),
+        ndarray::arr0(position.epochs as f32).into_dyn(),
     );
+    if position.batches > 0 {
+        arrays.insert(
+            BATCHES_DONE.into(),
+            ndarray::arr0(position.batches as f32).into_dyn(),
+        );
+        arrays.insert(EPOCH_SUMS.into(), position.sums.to_array());
+    }
     npz::write(path, &arrays).map_err(|e| TrainError::Checkpoint(e.to_string()))
 }
 
@@ -284,7 +400,7 @@ pub fn train(
     settings: &Settings,
     mut params: Arrays,
     optimizer: Optimizer,
-    start: usize,
+    start: Position,
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, TrainError> {
     let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
@@ -303,18 +419,22 @@ pub fn train(
     engine
         .start(params.clone(), optimizer)
         .map_err(|error| TrainError::Step {
-            epoch: start + 1,
+            epoch: start.epochs + 1,
             batch: 0,
             error,
             hint: settings.hint.clone(),
         })?;
-    for epoch in start..settings.epochs {
+    for epoch in start.epochs..settings.epochs {
         let t0 = Instant::now();
         let order = data::epoch_order(dataset.train.len(), settings.seed, epoch);
-        let (mut loss_sum, mut energy_sum, mut energies) = (0.0, 0.0, 0usize);
-        let (mut steps_sum, mut stopped) = (0.0, 0usize);
+        // An interrupted epoch goes on from its next batch.
+        let (first, mut sums) = if epoch == start.epochs {
+            (start.batches.min(batches), start.sums)
+        } else {
+            (0, EpochSums::default())
+        };
         let mut leaves = Arrays::new();
-        for k in 0..batches {
+        for k in first..batches {
             let (x, y) = dataset
                 .train
                 .batch(&order[k * b..(k + 1) * b], &xs, &ys)
@@ -328,15 +448,7 @@ pub fn train(
                 hint: settings.hint.clone(),
             };
             let step = engine.train_step(&leaves).map_err(fail)?;
-            loss_sum += step.loss;
-            if let Some(e) = step.energy {
-                energy_sum += e;
-                energies += 1;
-            }
-            if let Some(t) = step.relaxation_steps {
-                steps_sum += t;
-                stopped += 1;
-            }
+            sums.add(&step);
             on(Event::Batch {
                 epoch: epoch + 1,
                 index: k + 1,
@@ -344,6 +456,23 @@ pub fn train(
                 loss: step.loss,
                 energy: step.energy,
             });
+            if settings.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                let position = Position {
+                    epochs: epoch,
+                    batches: k + 1,
+                    sums,
+                };
+                if let Some(path) = &settings.save {
+                    let (params, optimizer) = engine.trained();
+                    save_checkpoint(path, &params, &optimizer, position)?;
+                }
+                return Err(TrainError::Interrupted {
+                    epoch: epoch + 1,
+                    batch: k + 1,
+                    batches,
+                    saved: settings.save.clone(),
+                });
+            }
         }
         let (trained, optimizer) = engine.trained();
         params = trained;
@@ -357,16 +486,20 @@ pub fn train(
         let seconds = t0.elapsed().as_secs_f64();
         let metrics = EpochMetrics {
             epoch: epoch + 1,
-            train_loss: loss_sum / batches as f64,
+            train_loss: sums.loss / batches as f64,
             test_loss,
             test_acc,
-            energy: (energies > 0).then(|| energy_sum / energies as f64),
-            relaxation_steps: (stopped > 0).then(|| steps_sum / stopped as f64),
+            energy: (sums.energies > 0).then(|| sums.energy / sums.energies as f64),
+            relaxation_steps: (sums.stopped > 0).then(|| sums.steps / sums.stopped as f64),
             seconds,
-            examples_per_second: (batches * b) as f64 / seconds.max(1e-9),
+            examples_per_second: ((batches - first) * b) as f64 / seconds.max(1e-9),
         };
         if let Some(path) = &settings.save {
-            save_checkpoint(path, &params, &optimizer, epoch + 1)?;
+            let done = Position {
+                epochs: epoch + 1,
+                ..Position::default()
+            };
+            save_checkpoint(path, &params, &optimizer, done)?;
         }
         on(Event::Epoch(&metrics));
         history.push(metrics);
