@@ -4,7 +4,7 @@
 //! The pipeline, one module per stage: `syntax` (text to AST), `sema` (AST to the forward IR
 //! program), `ir` (the program representation shared by every later stage), `autodiff` (the
 //! gradient program), `pc` (the relaxation and learning programs), `opt` (the IR-to-IR
-//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops); `data` and `npz` handle files.
+//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops); `data` and `npz` handle files, `memory` what a model needs and the machine has.
 
 pub mod autodiff;
 pub mod cli;
@@ -14,6 +14,7 @@ pub mod gradcheck;
 pub mod interp;
 pub mod ir;
 pub mod jit;
+pub mod memory;
 pub mod npz;
 pub mod opt;
 pub mod pc;

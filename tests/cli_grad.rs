@@ -330,8 +330,38 @@ fn a_model_too_large_for_memory_is_refused() {
             "{err}"
         );
     }
-    // `pcg check` allocates nothing and accepts the model.
+    // `pcg check` allocates nothing and accepts the model; `--report` refuses it as `run` would.
     assert!(pcg(&["check", file.to_str().unwrap()]).status.success());
+    let o = pcg(&["check", "--report", file.to_str().unwrap()]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("`w`") && !err.contains("memory allocation"),
+        "{err}"
+    );
+}
+
+/// `pcg check --report`: what training holds, from the parameters' count up, for a model that
+/// fits.
+#[test]
+fn check_reports_the_memory_of_a_model_that_fits() {
+    let o = pcg(&["check", "--report", "examples/mlp_digits.pcg"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let line = out.lines().next().unwrap_or_default();
+    // 64·64 + 64 + 64·10 + 10 parameters of 4 bytes: 18.8 KiB; SGD with momentum keeps as much.
+    assert!(
+        line.starts_with("memory model=mlp params=18.8 KiB (4 tensors) optimizer=18.8 KiB"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" step_arena=") && line.contains(" available="),
+        "{line}"
+    );
+    assert!(
+        out.contains("largest tensors: param `w1`: [64, 64], 16.0 KiB"),
+        "{out}"
+    );
 }
 
 /// `--memory-limit` (before or after the command) caps what a run may count on.

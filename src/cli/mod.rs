@@ -68,6 +68,11 @@ pub enum Command {
         /// The `.pcg` files to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also print what training each model holds in memory (parameters, their updates,
+        /// the optimiser's state, the compiled training step's arena) against what is
+        /// available.
+        #[arg(long)]
+        report: bool,
         #[command(flatten)]
         compile: CompileFlags,
     },
@@ -530,7 +535,11 @@ pub(crate) fn fail(message: impl std::fmt::Display) -> Reported {
 pub fn run(cli: Cli) -> ExitCode {
     let _ = MEMORY_LIMIT.set(cli.memory_limit);
     let result = match cli.command {
-        Command::Check { files, compile } => check(&files, &compile.options()),
+        Command::Check {
+            files,
+            report,
+            compile,
+        } => check(&files, report, &compile.options()),
         Command::Ir {
             file,
             stage,
@@ -639,13 +648,25 @@ pub(crate) fn stop_on_signal() -> &'static AtomicBool {
     &STOP
 }
 
-fn check(files: &[PathBuf], options: &CompileOptions) -> CmdResult {
+fn check(files: &[PathBuf], report: bool, options: &CompileOptions) -> CmdResult {
     let mut failed = false;
     for file in files {
         let (sources, result) = sema::check_file(file, options);
         if let Err(diagnostics) = result {
             diag::emit_to_stderr(&sources, &diagnostics);
             failed = true;
+            continue;
+        }
+        if report {
+            // A model that cannot fit is reported as `run` would refuse it.
+            let compiled = compile_to_run(file, options)?;
+            match memory_report(&compiled) {
+                Ok(text) => emit(&text),
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    failed = true;
+                }
+            }
         }
     }
     if failed {
@@ -668,11 +689,11 @@ pub(crate) fn compile_or_report(
 }
 
 /// Compiles a model that a command is about to run: also refuses, with a diagnostic, one that
-/// cannot fit in the memory available (see `train::memory`).
+/// cannot fit in the memory available (see `memory`).
 pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Compiled, Reported> {
     let compiled = compile_or_report(file, options)?;
     let limit = MEMORY_LIMIT.get().copied().flatten();
-    crate::train::memory::ensure_fits(&compiled.forward, limit).map_err(fail)?;
+    crate::memory::ensure_fits(&compiled.forward, limit).map_err(fail)?;
     Ok(compiled)
 }
 
@@ -751,16 +772,64 @@ fn ir_dump(
     Ok(())
 }
 
-/// The JIT's view of the training step as `pcg run` compiles it: one function holding the
-/// gradient (backprop's program, the closed-form PC step, or the relaxation loop and the
-/// learning program) and the update of the file's optimiser, over resident parameters.
-fn jit_dump(compiled: &Compiled, stage: Stage, relax: &RelaxFlags) -> CmdResult {
+/// What training `compiled`'s model holds in memory, with the train block's settings: the
+/// parameters, one update of each, the optimiser's moments and the compiled training step's
+/// arena (every buffer of the step: the batch, the relaxation's state, temporaries), against
+/// what this process may allocate. The data set is not counted.
+fn memory_report(compiled: &Compiled) -> Result<String, String> {
+    use crate::memory::{self, bytes_text};
+    let (step, optimizer, _) = training_step(compiled, &RelaxFlags::default())?;
+    let footprint = memory::footprint(&compiled.forward);
+    let shapes: Vec<(String, crate::ir::Shape)> = compiled
+        .forward
+        .leaves(crate::ir::LeafKind::Param)
+        .into_iter()
+        .map(|(id, name)| (name.to_string(), compiled.forward.shape(id).clone()))
+        .collect();
+    let moments: u64 = optimizer
+        .initial_moments(&shapes)
+        .values()
+        .map(|m| 4 * m.len() as u64)
+        .sum();
+    let arena = 4 * step.plan().arena_len as u64;
+    // The step's arena holds the resident parameters and moments; the updates are its own.
+    let total = footprint.params + moments + arena;
+    let available = match memory::available() {
+        Some(a) => bytes_text(a),
+        None => "unknown".to_string(),
+    };
+    let largest: Vec<String> = footprint
+        .largest
+        .iter()
+        .map(|(what, name, shape, bytes)| {
+            format!("{what} `{name}`: {shape}, {}", bytes_text(*bytes))
+        })
+        .collect();
+    Ok(format!(
+        "memory model={} params={} ({} tensors) optimizer={} largest_value={} step_arena={} total={} available={available}\n  largest tensors: {}\n",
+        compiled.model_name,
+        bytes_text(footprint.params),
+        shapes.len(),
+        bytes_text(moments),
+        bytes_text(footprint.largest_value),
+        bytes_text(arena),
+        bytes_text(total),
+        largest.join("; ")
+    ))
+}
+
+/// The training step as `pcg run` compiles it from the file's train block (with `relax`'s
+/// overrides), its optimiser, and a description of what it runs.
+fn training_step(
+    compiled: &Compiled,
+    relax: &RelaxFlags,
+) -> Result<(crate::jit::JitStep, crate::train::optim::Optimizer, String), String> {
     use crate::train::engine::JitEngine;
     use crate::train::optim::Optimizer;
     let train = compiled.train.as_ref();
     let method = train.map_or(Method::Pc, |t| t.method);
     let inference = relax.apply(train.map(|t| &t.inference));
-    let programs = Programs::build(&compiled.forward, method, &inference, None).map_err(fail)?;
+    let programs = Programs::build(&compiled.forward, method, &inference, None)?;
     let config = train.map_or(
         crate::sema::OptimizerConfig::Sgd {
             lr: 0.01,
@@ -779,14 +848,24 @@ fn jit_dump(compiled: &Compiled, stage: Stage, relax: &RelaxFlags) -> CmdResult 
         ),
         _ => String::new(),
     };
+    let engine = JitEngine::new(programs, &JitOptions::default()).map_err(|e| e.to_string())?;
+    let step = engine.compile_step(&optimizer).map_err(|e| e.to_string())?;
+    Ok((step, optimizer, what))
+}
+
+/// The JIT's view of the training step as `pcg run` compiles it: one function holding the
+/// gradient (backprop's program, the closed-form PC step, or the relaxation loop and the
+/// learning program) and the update of the file's optimiser, over resident parameters.
+fn jit_dump(compiled: &Compiled, stage: Stage, relax: &RelaxFlags) -> CmdResult {
+    let (step, _, what) = training_step(compiled, relax).map_err(fail)?;
     let name = format!("training step: {what}, then the optimiser's update");
-    let engine = JitEngine::new(programs, &JitOptions::default()).map_err(fail)?;
-    let step = engine.compile_step(&optimizer).map_err(fail)?;
-    let sections = vec![(name, step.plan().to_string(), step.clif().to_string())];
-    for (name, plan, clif) in sections {
-        emit(&format!("// {name}\n"));
-        emit(if stage == Stage::Plan { &plan } else { &clif });
-        emit("\n");
-    }
+    emit(&format!("// {name}\n"));
+    let text = if stage == Stage::Plan {
+        step.plan().to_string()
+    } else {
+        step.clif().to_string()
+    };
+    emit(&text);
+    emit("\n");
     Ok(())
 }

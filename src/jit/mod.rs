@@ -82,6 +82,8 @@ pub enum JitError {
     OutOfBounds { kernel: usize },
     /// A compiled step's guard found a value that is not finite; nothing after it ran.
     Diverged,
+    /// The function's arena (every buffer it holds) could not be allocated.
+    OutOfMemory { bytes: usize },
 }
 
 impl fmt::Display for JitError {
@@ -95,11 +97,35 @@ impl fmt::Display for JitError {
                 write!(f, "kernel {kernel} accessed memory outside its buffer")
             }
             JitError::Diverged => f.write_str("a value of the step is not finite"),
+            JitError::OutOfMemory { bytes } => write!(
+                f,
+                "the compiled function's buffers need {} ({bytes} bytes), more than can be allocated",
+                crate::memory::bytes_text(*bytes as u64)
+            ),
         }
     }
 }
 
 impl std::error::Error for JitError {}
+
+/// `len` zeros, allocated zeroed (pages the system gives lazily) and fallibly: `None` when the
+/// allocation fails.
+fn zeroed_arena(len: usize) -> Option<Vec<f32>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size. A non-null result is an allocation of `len` f32s
+    // from the global allocator with exactly this layout, zeroed (all-zero bits are 0.0), so
+    // a Vec of length and capacity `len` may own it.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(ptr, len, len))
+    }
+}
 
 /// Where a runtime call finds its descriptor: part p's is `address + p · stride` bytes.
 #[derive(Clone, Copy, Debug)]
@@ -246,6 +272,13 @@ impl Function {
             }
         };
         module.finalize_definitions().map_err(|e| codegen(&e))?;
+        // A model too large ends in a diagnostic, not an abort or the OOM killer: the arena
+        // must fit in what the system has available, and is allocated fallibly.
+        let bytes = plan.arena_len * std::mem::size_of::<f32>();
+        let fits = crate::memory::available().is_none_or(|room| bytes as u64 <= room);
+        let arena = zeroed_arena(plan.arena_len)
+            .filter(|_| fits)
+            .ok_or(JitError::OutOfMemory { bytes })?;
         let code = module.get_finalized_function(id);
         // SAFETY: the function was defined with exactly this signature.
         let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
@@ -253,7 +286,7 @@ impl Function {
             module: Some(module),
             entry,
             clif,
-            arena: vec![0.0; plan.arena_len],
+            arena,
             plan,
             _matmuls: matmuls,
             _convs: convs,

@@ -4,7 +4,6 @@
 pub mod batch;
 pub mod engine;
 pub mod init;
-pub mod memory;
 pub mod optim;
 pub mod run;
 pub mod schedule;
