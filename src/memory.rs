@@ -19,6 +19,18 @@ pub struct Footprint {
 }
 
 impl Footprint {
+    /// The largest tensors, as a diagnostic lists them.
+    pub fn largest_text(&self) -> String {
+        let largest: Vec<String> = self
+            .largest
+            .iter()
+            .map(|(what, name, shape, bytes)| {
+                format!("{what} `{name}`: {shape}, {}", bytes_text(*bytes))
+            })
+            .collect();
+        largest.join("; ")
+    }
+
     /// The parameters, their updates and the largest value.
     pub fn at_least(&self) -> u64 {
         2 * self.params + self.largest_value
@@ -117,13 +129,6 @@ pub fn ensure_fits(forward: &Program, limit: Option<u64>) -> Result<(), String> 
     if need <= room {
         return Ok(());
     }
-    let largest: Vec<String> = footprint
-        .largest
-        .iter()
-        .map(|(what, name, shape, bytes)| {
-            format!("{what} `{name}`: {shape}, {}", bytes_text(*bytes))
-        })
-        .collect();
     Err(format!(
         "model `{}` needs at least {} ({need} bytes) of memory — parameters {}, their updates as \
          much again, its largest value {} — but {} are {source}\n  largest tensors: {}",
@@ -132,7 +137,7 @@ pub fn ensure_fits(forward: &Program, limit: Option<u64>) -> Result<(), String> 
         bytes_text(footprint.params),
         bytes_text(footprint.largest_value),
         bytes_text(room),
-        largest.join("; ")
+        footprint.largest_text()
     ))
 }
 

@@ -798,13 +798,6 @@ fn memory_report(compiled: &Compiled) -> Result<String, String> {
         Some(a) => bytes_text(a),
         None => "unknown".to_string(),
     };
-    let largest: Vec<String> = footprint
-        .largest
-        .iter()
-        .map(|(what, name, shape, bytes)| {
-            format!("{what} `{name}`: {shape}, {}", bytes_text(*bytes))
-        })
-        .collect();
     Ok(format!(
         "memory model={} params={} ({} tensors) optimizer={} largest_value={} step_arena={} total={} available={available}\n  largest tensors: {}\n",
         compiled.model_name,
@@ -814,7 +807,7 @@ fn memory_report(compiled: &Compiled) -> Result<String, String> {
         bytes_text(footprint.largest_value),
         bytes_text(arena),
         bytes_text(total),
-        largest.join("; ")
+        footprint.largest_text()
     ))
 }
 
