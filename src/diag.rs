@@ -67,6 +67,8 @@ pub enum ErrorKind {
     NestingTooDeep,
     /// An argument outside what an operation accepts (a negative axis, a zero stride).
     BadArgument,
+    /// A model that cannot fit in the memory available to a command that runs it.
+    TooLargeForMemory,
 }
 
 impl ErrorKind {
@@ -100,6 +102,7 @@ impl ErrorKind {
             UnknownModel => "E0303",
             UnknownTrainKey => "E0401",
             BadTrainValue => "E0402",
+            TooLargeForMemory => "E0501",
         }
     }
 }

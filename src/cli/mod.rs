@@ -691,10 +691,68 @@ pub(crate) fn compile_or_report(
 /// Compiles a model that a command is about to run: also refuses, with a diagnostic, one that
 /// cannot fit in the memory available (see `memory`).
 pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Compiled, Reported> {
-    let compiled = compile_or_report(file, options)?;
+    let (sources, result) = sema::compile_file(file, options);
+    let compiled = result.map_err(|diagnostics| {
+        diag::emit_to_stderr(&sources, &diagnostics);
+        Reported
+    })?;
     let limit = MEMORY_LIMIT.get().copied().flatten();
-    crate::memory::ensure_fits(&compiled.forward, limit).map_err(fail)?;
+    if let Err(message) = crate::memory::ensure_fits(&compiled.forward, limit) {
+        match too_large(&sources, &compiled, &message) {
+            Some(diagnostic) => diag::emit_to_stderr(&sources, &[diagnostic]),
+            None => eprintln!("error: {message}"),
+        }
+        return Err(Reported);
+    }
     Ok(compiled)
+}
+
+/// The refusal of a model too large for memory as a diagnostic labelling the declarations of
+/// its largest parameters, inputs and targets in the source (`None` when none is found).
+fn too_large(sources: &Sources, compiled: &Compiled, message: &str) -> Option<diag::Diagnostic> {
+    use crate::syntax::ast::{Item, Stmt};
+    let footprint = crate::memory::footprint(&compiled.forward);
+    let mut labels = Vec::new();
+    let files = (0..).take_while(|&id| sources.files.get(id).is_ok());
+    for file in files {
+        let (module, _) = crate::syntax::parse(file, sources.text(file));
+        for item in &module.items {
+            let Item::Model(model) = item else { continue };
+            if model.name.name != compiled.model_name {
+                continue;
+            }
+            for stmt in &model.body {
+                let Stmt::Decl { name, span, .. } = stmt else {
+                    continue;
+                };
+                if let Some((_, _, shape, bytes)) =
+                    footprint.largest.iter().find(|t| t.1 == name.name)
+                {
+                    let size = crate::memory::bytes_text(*bytes);
+                    labels.push((*bytes, *span, format!("{shape}: {size}")));
+                }
+            }
+        }
+    }
+    // The largest gets the primary label.
+    labels.sort_by_key(|l| std::cmp::Reverse(l.0));
+    let (first, rest) = labels.split_first()?;
+    let (headline, details) = message.split_once('\n').unwrap_or((message, ""));
+    let mut d = diag::Diagnostic::new(
+        diag::ErrorKind::TooLargeForMemory,
+        headline,
+        first.1,
+        first.2.clone(),
+    );
+    for (_, span, text) in rest {
+        d = d.with_label(*span, text.clone());
+    }
+    if !details.trim().is_empty() {
+        d = d.with_note(details.trim().to_string());
+    }
+    Some(d.with_note(
+        "`pcg check --report` prints what a model holds; `--memory-limit` sets the budget",
+    ))
 }
 
 fn ir_dump(
