@@ -214,7 +214,8 @@ fn powers(
     let cuts: Vec<ValueId> = relaxed(graph).map(|pc| cut[&pc.value]).collect();
 
     // The clamped errors of the outputs and the loss's messages to relaxed nodes it reads.
-    let mut loss_grads = loss_gradients(&mut p, graph, &predicted, &cut, loss, beta)?.into_iter();
+    let mut loss_grads =
+        loss_gradients(forward, &mut p, graph, &predicted, &cut, beta)?.into_iter();
     let mut output_seeds = Vec::new();
     let mut loss_messages = HashMap::new();
     for pc in &graph.nodes {

@@ -387,7 +387,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     let mut body = Program::new(format!("{}.relax.step", forward.name));
     let mut energy_terms = Vec::new();
     for (phase, beta) in &phase_graphs {
-        let units = errors(forward, phase, &mut body, mode, *beta, loss)?;
+        let units = errors(forward, phase, &mut body, mode, *beta)?;
         let wrt: Vec<ValueId> = relaxed(phase).map(|pc| units.cut[&pc.value]).collect();
         let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
         for (k, pc) in relaxed(phase).enumerate() {
@@ -440,7 +440,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     let mut energy_terms = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (phase, beta) in &phase_graphs {
-        let units = errors(forward, phase, &mut learn, mode, *beta, loss)?;
+        let units = errors(forward, phase, &mut learn, mode, *beta)?;
         let params: Vec<(ValueId, String)> = learn
             .leaves(LeafKind::Param)
             .into_iter()
@@ -590,7 +590,6 @@ fn errors(
     program: &mut Program,
     mode: Mode,
     beta: f64,
-    loss: ValueId,
 ) -> Result<Units, PcError> {
     let mut cut = HashMap::new();
     let mut carried = HashMap::new();
@@ -613,7 +612,8 @@ fn errors(
         cut.insert(pc.value, at);
     }
     let computed = replay(forward, program, &cut);
-    let mut loss_grads = loss_gradients(program, graph, &computed, &cut, loss, beta)?.into_iter();
+    let mut loss_grads =
+        loss_gradients(forward, program, graph, &computed, &cut, beta)?.into_iter();
     let mut errors = HashMap::new();
     let mut loss_messages = HashMap::new();
     let mut seeds = Vec::new();
@@ -650,18 +650,34 @@ fn errors(
 /// −β ∂L/∂ for every output (at its prediction, `computed`) and for every relaxed node the loss
 /// reads (at its cut value), in the order of `graph.nodes`: the clamped output errors and the
 /// loss's messages, with the loss term scaled by β.
+///
+/// These are partial derivatives of the loss as a function of the PC nodes it reads: the loss
+/// is replayed reading a copy of each output's prediction, so that the message to a relaxed
+/// node the loss reads does not also carry what reaches it through an output computed from it
+/// (that part arrives as the output's error times its Jacobian, like every child's).
 pub(crate) fn loss_gradients(
+    forward: &Program,
     program: &mut Program,
     graph: &PcGraph,
     computed: &[ValueId],
     cut: &HashMap<ValueId, ValueId>,
-    loss: ValueId,
     beta: f64,
 ) -> Result<Vec<ValueId>, PcError> {
+    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
+    let mut reads = cut.clone();
     let mut wrt = Vec::new();
+    // Each output's prediction stands in the replayed loss as a leaf of its own, so that the
+    // product stops there; once it is built, the leaf becomes a copy of the prediction.
+    let mut stand_ins = Vec::new();
     for pc in &graph.nodes {
         match pc.role {
-            Role::Output => wrt.push(computed[pc.value.index()]),
+            Role::Output => {
+                let name = format!("prediction.{}", pc.label);
+                let leaf = program.leaf(LeafKind::State, name, pc.shape.clone());
+                reads.insert(pc.value, leaf);
+                wrt.push(leaf);
+                stand_ins.push((leaf, computed[pc.value.index()]));
+            }
             Role::Relaxed { loss_reads: true } => wrt.push(cut[&pc.value]),
             Role::Relaxed { loss_reads: false } => {}
         }
@@ -669,12 +685,21 @@ pub(crate) fn loss_gradients(
     if wrt.is_empty() {
         return Ok(Vec::new());
     }
+    let replayed = replay(forward, program, &reads);
     let seed = program.constant(-beta, Shape::scalar());
-    Ok(autodiff::vjp(
-        program,
-        &[(computed[loss.index()], seed)],
-        &wrt,
-    )?)
+    let grads = autodiff::vjp(program, &[(replayed[loss.index()], seed)], &wrt)?;
+    for (leaf, prediction) in stand_ins {
+        // The prediction comes before the leaf, so the program stays in topological order.
+        let node = &mut program.nodes[leaf.index()];
+        *node = Node {
+            op: Op::Reshape,
+            args: vec![prediction],
+            shape: node.shape.clone(),
+            name: None,
+            region: Region::Model,
+        };
+    }
+    Ok(grads)
 }
 
 /// Copies the forward program into `program`: leaves become leaves of the same kind and name,
