@@ -4,7 +4,8 @@
 //! The generator writes models from a seed: dense layers with several activations,
 //! shape-annotated functions, `for` loops that rebind a state, tuples, slicing, concat,
 //! broadcasting, reductions with `keepdims`, transposes, smooth unary builtins, parameters used
-//! several times, and several loss terms (every intermediate value is read by the model or by
+//! several times, `where`, `max` reductions, mean squared error or cross-entropy heads, and
+//! several loss terms (every intermediate value is read by the model or by
 //! a loss term). For each program:
 //!
 //! - it compiles (`check` passes);
@@ -86,7 +87,7 @@ impl Gen {
         let (v, d) = self.pick();
         let m = self.rng.random_range(2..6);
         let h = self.fresh("h");
-        match self.rng.random_range(0..11) {
+        match self.rng.random_range(0..12) {
             0 | 1 => {
                 let (w, b) = (self.param(&[d, m]), self.param(&[m]));
                 let z = self.act(&format!("{v} @ {w} + {b}"));
@@ -138,7 +139,7 @@ impl Gen {
             }
             6 => {
                 let (u, _) = self.pick();
-                let reduce = ["sum", "mean"][self.rng.random_range(0..2)];
+                let reduce = ["sum", "mean", "max"][self.rng.random_range(0..3)];
                 let text =
                     format!("    let {h} = {v} * {reduce}(tanh({u}), axis = 1, keepdims = true)");
                 self.define(h.clone(), d, text);
@@ -180,8 +181,12 @@ impl Gen {
                 let text = unary[self.rng.random_range(0..unary.len())].clone();
                 self.define(h.clone(), d, format!("    let {h} = {text}"));
             }
-            _ => {
+            10 => {
                 let text = format!("    let {h} = reshape({v}, [{B}, -1]) * 0.9");
+                self.define(h.clone(), d, text);
+            }
+            _ => {
+                let text = format!("    let {h} = where(relu({v}), {v}, 0.5 * tanh({v}))");
                 self.define(h.clone(), d, text);
             }
         }
@@ -207,7 +212,8 @@ fn program(seed: u64, size: usize) -> String {
     }
     let (last, d) = g.pick();
     let (w, b) = (g.param(&[d, classes]), g.param(&[classes]));
-    let mut losses = vec![format!("    loss mse(dense({last}, {w}, {b}), y)")];
+    let head = ["mse", "cross_entropy"][g.rng.random_range(0..2)];
+    let mut losses = vec![format!("    loss {head}(dense({last}, {w}, {b}), y)")];
     // Every value nothing reads gets a loss term of its own.
     for (name, _, read) in &g.values {
         if !read && name != "x" {
