@@ -166,11 +166,7 @@ pub fn run<F: Real>(
             energy.push(e.iter().map(|&x| Real::to_f64(x)).sum());
         }
         // The step at which the loop's stopping test ends it is the last one compared.
-        let stops = step > 0
-            && step < steps
-            && (programs.relax.until.as_ref())
-                .and_then(|test| env.get(test))
-                .is_some_and(|t| t.iter().all(|&x| Real::to_f64(x) == 0.0));
+        let stops = step > 0 && step < steps && interp::stops(&programs.relax, env);
         if stops {
             stopped_at = Some(step);
         }

@@ -507,6 +507,15 @@ impl ConvGeometry {
     }
 }
 
+/// Whether a loop's stopping test (`until`) reads 0 in `env`, the state after a step.
+pub fn stops<F: Real>(program: &crate::ir::LoopProgram, env: &Bindings<F>) -> bool {
+    program
+        .until
+        .as_ref()
+        .and_then(|name| env.get(name))
+        .is_some_and(|test| test.iter().all(|&x| Real::to_f64(x) == 0.0))
+}
+
 /// Runs a loop program: the prologue once, then the body `steps` times. `observe` sees the
 /// bindings (the given leaves plus the state) after the prologue (step 0) and after each body
 /// run (steps 1..=steps); returning `false` stops the loop early, as does the loop's own
@@ -530,11 +539,7 @@ pub fn run_loop<F: Real>(
             let next = eval_outputs(&program.body, &env)?;
             env.extend(next);
             run = step;
-            let stopped = program
-                .until
-                .as_ref()
-                .and_then(|name| env.get(name))
-                .is_some_and(|test| test.iter().all(|&x| Real::to_f64(x) == 0.0));
+            let stopped = stops(program, &env);
             if !observe(step, &env) || stopped {
                 break;
             }

@@ -383,6 +383,16 @@ fn non_finite_param<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), 
     }
 }
 
+/// The first of `params` that is not finite everywhere, as a divergence.
+fn check_params(params: &Arrays) -> Result<(), EngineError> {
+    non_finite_param(
+        params
+            .iter()
+            .filter(|(_, p)| !all_finite(p))
+            .map(|(name, _)| name.as_str()),
+    )
+}
+
 /// An engine's training state before `start`.
 fn not_started() -> EngineError {
     EngineError::Eval("training has not been started".into())
@@ -410,24 +420,14 @@ impl Engine for InterpEngine {
                 optimizer.set_moments(moments);
             }
             optimizer.count_steps(looped.steps);
-            non_finite_param(
-                params
-                    .iter()
-                    .filter(|(_, p)| !all_finite(p))
-                    .map(|(name, _)| name.as_str()),
-            )?;
+            check_params(params)?;
             return Ok(report);
         }
         let (params, _) = self.training.as_ref().ok_or_else(not_started)?;
         let step = self.gradients(&params.clone(), batch)?;
         let (params, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
         optimizer.step(params, &step.grads);
-        non_finite_param(
-            params
-                .iter()
-                .filter(|(_, p)| !all_finite(p))
-                .map(|(name, _)| name.as_str()),
-        )?;
+        check_params(params)?;
         Ok(StepReport {
             loss: step.loss,
             energy: step.energy,
