@@ -43,20 +43,12 @@ pub(super) fn problem(
             arrays
         }
         None => {
-            let spec = compiled.train.as_ref().and_then(|t| t.data.clone());
-            match spec {
-                Some(spec) => {
-                    let spec = spec.relative_to(file.parent().unwrap_or(Path::new(".")));
-                    match batch::first_batch(forward, &spec, flags.allow_nonfinite) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            eprintln!("warning: using seeded random data: {e}");
-                            batch::random_batch(forward, seed)
-                        }
-                    }
-                }
-                None => batch::random_batch(forward, seed),
+            let (batch, warning) =
+                crate::model::default_batch(file, compiled, seed, flags.allow_nonfinite);
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
             }
+            batch
         }
     };
     leaves.extend(data);
@@ -81,7 +73,7 @@ pub(super) fn grad(
 ) -> CmdResult {
     let compiled = compile_to_run(file, options)?;
     let leaves = problem(file, &compiled, flags)?;
-    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
+    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference))?;
     let programs =
         Programs::build(&compiled.forward, method.into(), &inference, relax.steps).map_err(fail)?;
     let mut engine = backend.engine(programs).map_err(fail)?;
@@ -103,7 +95,7 @@ pub(super) fn gradcheck(
 ) -> CmdResult {
     let compiled = compile_to_run(file, options)?;
     let leaves = problem(file, &compiled, flags)?;
-    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
+    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference))?;
     let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves))
     {
         Ok(r) => r,

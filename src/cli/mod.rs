@@ -5,12 +5,14 @@ mod commands;
 mod training;
 
 use crate::diag;
-use crate::ir::{self, Program};
+use crate::dump;
+pub use crate::dump::{Format, Stage};
+
 use crate::jit::JitOptions;
-use crate::pc;
+
 use crate::sema::{self, CompileOptions, Compiled, InferenceConfig, Method, Mode};
 use crate::source::Sources;
-use crate::train::engine::{Engine, InterpEngine, JitEngine, Programs};
+use crate::train::engine::{Backend, Engine, Programs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -246,9 +248,14 @@ pub enum BackendArg {
 
 impl BackendArg {
     pub fn name(self) -> &'static str {
+        self.into_backend().name()
+    }
+
+    /// The backend the flag names.
+    pub fn into_backend(self) -> Backend {
         match self {
-            BackendArg::Jit => "jit",
-            BackendArg::Interp => "interp",
+            BackendArg::Jit => Backend::Jit,
+            BackendArg::Interp => Backend::Interp,
         }
     }
 }
@@ -291,13 +298,10 @@ impl BackendFlags {
     }
 
     /// The engine that runs a model's programs on this backend.
-    pub fn engine(&self, programs: Programs) -> Result<Box<dyn Engine>, String> {
-        Ok(match self.backend {
-            BackendArg::Jit => {
-                Box::new(JitEngine::new(programs, &self.jit_options()).map_err(|e| e.to_string())?)
-            }
-            BackendArg::Interp => Box::new(InterpEngine::new(programs)),
-        })
+    pub fn engine(&self, programs: Programs) -> Result<Box<dyn Engine + Send>, String> {
+        self.backend
+            .into_backend()
+            .engine(programs, &self.jit_options())
     }
 }
 
@@ -375,31 +379,25 @@ fn parse_target(text: &str) -> Result<crate::sema::Target, String> {
 }
 
 impl RelaxFlags {
+    /// The flags as overrides of a train block's inference settings.
+    pub fn overrides(&self) -> crate::sema::InferenceOverrides {
+        crate::sema::InferenceOverrides {
+            mode: self.mode.map(Mode::from),
+            steps: self.steps,
+            rate: self.rate,
+            momentum: self.momentum,
+            target: self.target,
+            schedule: self.schedule.map(crate::sema::Schedule::from),
+            tol: self.relax_tol,
+        }
+    }
+
     /// The inference configuration: the train block's, with these flags applied.
-    pub fn apply(&self, base: Option<&InferenceConfig>) -> InferenceConfig {
-        let mut cfg = base.cloned().unwrap_or_default();
-        if let Some(m) = self.mode {
-            cfg.mode = m.into();
-        }
-        if let Some(t) = self.steps {
-            cfg.steps = t;
-        }
-        if let Some(r) = self.rate {
-            cfg.rate = r;
-        }
-        if let Some(m) = self.momentum {
-            cfg.momentum = m;
-        }
-        if let Some(t) = self.target {
-            cfg.target = t;
-        }
-        if let Some(s) = self.schedule {
-            cfg.schedule = s.into();
-        }
-        if let Some(t) = self.relax_tol {
-            cfg.tol = Some(t);
-        }
-        cfg
+    pub(crate) fn apply(
+        &self,
+        base: Option<&InferenceConfig>,
+    ) -> Result<InferenceConfig, Reported> {
+        self.overrides().apply(base).map_err(fail)
     }
 }
 
@@ -489,29 +487,6 @@ fn parse_dim(s: &str) -> Result<(String, usize), String> {
     Ok((name.trim().to_string(), value))
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// The parsed syntax tree.
-    Ast,
-    /// The forward IR program.
-    Ir,
-    /// The backprop gradient program.
-    Grad,
-    /// The predictive-coding programs: relaxation prologue and step, and learning.
-    Pc,
-    /// The JIT's buffer plan of each compiled training function: buffers, sizes, peak bytes.
-    Plan,
-    /// The Cranelift IR of each compiled training function.
-    Clif,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Dot,
-}
-
-/// Writes to stdout; a closed pipe (`pcg ir ... | head`) ends the output quietly instead of
 /// panicking.
 pub(crate) fn emit(text: &str) {
     use std::io::Write;
@@ -660,7 +635,7 @@ fn check(files: &[PathBuf], report: bool, options: &CompileOptions) -> CmdResult
         if report {
             // A model that cannot fit is reported as `run` would refuse it.
             let compiled = compile_to_run(file, options)?;
-            match memory_report(&compiled) {
+            match dump::memory_report(&compiled) {
                 Ok(text) => emit(&text),
                 Err(e) => {
                     eprintln!("error: {}: {e}", file.display());
@@ -779,7 +754,7 @@ fn ir_dump(
         if format == Format::Dot {
             return Err(fail("the AST has no DOT form; use --format text"));
         }
-        emit(&(format!("{module:#?}") + "\n"));
+        emit(&dump::ast_text(&module));
         return Ok(());
     }
     let compiled = if matches!(stage, Stage::Plan | Stage::Clif) {
@@ -787,136 +762,8 @@ fn ir_dump(
     } else {
         compile_or_report(file, options)?
     };
-    let forward = &compiled.forward;
-    if matches!(stage, Stage::Plan | Stage::Clif) {
-        return jit_dump(&compiled, stage, relax);
-    }
-    let programs: Vec<Program> = match stage {
-        Stage::Ast | Stage::Ir | Stage::Plan | Stage::Clif => vec![forward.clone()],
-        Stage::Grad => vec![crate::train::engine::gradient(forward).map_err(fail)?],
-        Stage::Pc => {
-            let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference));
-            match pc::transform(forward, &inference) {
-                Ok(p) if format == Format::Dot => {
-                    emit(&pc::to_dot(forward, &p.graph));
-                    return Ok(());
-                }
-                Ok(p) => {
-                    emit(&(pc::describe(&p) + "\n"));
-                    // After the simulated programs, the one-program step that training runs
-                    // when the relaxation has a closed form (fixed and exact modes).
-                    // Or, with a stopping tolerance, the closed form's loop over coefficients.
-                    let trained = Programs::build(forward, Method::Pc, &inference, None);
-                    let trained = trained.map_err(fail)?;
-                    let mut programs = vec![p.relax.prologue, p.relax.body, p.learn];
-                    programs.extend(trained.fused);
-                    if let Some(solved) = trained.solved_relax {
-                        programs.extend([solved.prologue, solved.body]);
-                    }
-                    programs
-                }
-                Err(e) => {
-                    return Err(fail(e));
-                }
-            }
-        }
-    };
-    for program in &programs {
-        match format {
-            Format::Text => emit(&ir::to_text(program)),
-            Format::Dot => emit(&ir::to_dot(program)),
-        }
-    }
-    Ok(())
-}
-
-/// What training `compiled`'s model holds in memory, with the train block's settings: the
-/// parameters, one update of each, the optimiser's moments and the compiled training step's
-/// arena (every buffer of the step: the batch, the relaxation's state, temporaries), against
-/// what this process may allocate. The data set is not counted.
-fn memory_report(compiled: &Compiled) -> Result<String, String> {
-    use crate::memory::{self, bytes_text};
-    let (step, optimizer, _) = training_step(compiled, &RelaxFlags::default())?;
-    let footprint = memory::footprint(&compiled.forward);
-    let shapes: Vec<(String, crate::ir::Shape)> = compiled
-        .forward
-        .leaves(crate::ir::LeafKind::Param)
-        .into_iter()
-        .map(|(id, name)| (name.to_string(), compiled.forward.shape(id).clone()))
-        .collect();
-    let moments: u64 = optimizer
-        .initial_moments(&shapes)
-        .values()
-        .map(|m| 4 * m.len() as u64)
-        .sum();
-    let arena = 4 * step.plan().arena_len as u64;
-    // The step's arena holds the resident parameters and moments; the updates are its own.
-    let total = footprint.params + moments + arena;
-    let available = match memory::available() {
-        Some(a) => bytes_text(a),
-        None => "unknown".to_string(),
-    };
-    Ok(format!(
-        "memory model={} params={} ({} tensors) optimizer={} largest_value={} step_arena={} total={} available={available}\n  largest tensors: {}\n",
-        compiled.model_name,
-        bytes_text(footprint.params),
-        shapes.len(),
-        bytes_text(moments),
-        bytes_text(footprint.largest_value),
-        bytes_text(arena),
-        bytes_text(total),
-        footprint.largest_text()
-    ))
-}
-
-/// The training step as `pcg run` compiles it from the file's train block (with `relax`'s
-/// overrides), its optimiser, and a description of what it runs.
-fn training_step(
-    compiled: &Compiled,
-    relax: &RelaxFlags,
-) -> Result<(crate::jit::JitStep, crate::train::optim::Optimizer, String), String> {
-    use crate::train::engine::JitEngine;
-    use crate::train::optim::Optimizer;
-    let train = compiled.train.as_ref();
-    let method = train.map_or(Method::Pc, |t| t.method);
-    let inference = relax.apply(train.map(|t| &t.inference));
-    let programs = Programs::build(&compiled.forward, method, &inference, None)?;
-    let config = train.map_or(
-        crate::sema::OptimizerConfig::Sgd {
-            lr: 0.01,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-        |t| t.optimizer.clone(),
-    );
-    let optimizer = Optimizer::new(config, train.and_then(|t| t.clip));
-    let what = match (&programs.grad, &programs.fused, &programs.pc) {
-        (Some(grad), _, _) => grad.name.clone(),
-        (_, Some(step), _) => format!("{} (relaxation solved in closed form)", step.name),
-        (_, _, Some(pc)) => format!(
-            "{} ({} steps) and {}",
-            pc.relax.body.name, programs.steps, pc.learn.name
-        ),
-        _ => String::new(),
-    };
-    let engine = JitEngine::new(programs, &JitOptions::default()).map_err(|e| e.to_string())?;
-    let step = engine.compile_step(&optimizer).map_err(|e| e.to_string())?;
-    Ok((step, optimizer, what))
-}
-
-/// The JIT's view of the training step as `pcg run` compiles it: one function holding the
-/// gradient (backprop's program, the closed-form PC step, or the relaxation loop and the
-/// learning program) and the update of the file's optimiser, over resident parameters.
-fn jit_dump(compiled: &Compiled, stage: Stage, relax: &RelaxFlags) -> CmdResult {
-    let (step, _, what) = training_step(compiled, relax).map_err(fail)?;
-    let name = format!("training step: {what}, then the optimiser's update");
-    emit(&format!("// {name}\n"));
-    let text = if stage == Stage::Plan {
-        step.plan().to_string()
-    } else {
-        step.clif().to_string()
-    };
+    let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference))?;
+    let text = dump::stage_text(&compiled, stage, format, &inference).map_err(fail)?;
     emit(&text);
-    emit("\n");
     Ok(())
 }

@@ -3,45 +3,19 @@
 use super::{
     compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported, RunFlags,
 };
-use crate::data::{self, DataSpec, Dataset};
 use crate::ir::{LeafKind, Program};
+use crate::model::{dataset, ModelSource};
 use crate::npz;
 use crate::sema::{
     CompileOptions, Compiled, InferenceConfig, Method, OptimizerConfig, TrainConfig,
 };
-use crate::train::engine::{eval_program, Engine, InterpEngine, Programs};
+use crate::train::engine::{Engine, InterpEngine, Programs};
 use crate::train::init;
-use crate::train::optim::Optimizer;
+use crate::train::optim::{learning_rate, Optimizer};
 use crate::train::run::{self, Event, Settings};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
-
-/// The data set named by a flag (relative to the working directory) or by the train block
-/// (relative to the model file).
-fn dataset(
-    file: &Path,
-    flag: Option<&str>,
-    dir: Option<&Path>,
-    train: Option<&TrainConfig>,
-    allow_nonfinite: bool,
-) -> Result<Dataset, String> {
-    // A path in the flag is relative to the working directory, one in the train block to the
-    // model file's directory.
-    let mut spec = match flag {
-        Some(text) => text.parse::<DataSpec>().map_err(|e| e.to_string())?,
-        None => train
-            .and_then(|t| t.data.clone())
-            .ok_or("the model has no data: add `data = digits` (or another data set) to its train block, or pass --data")?
-            .relative_to(file.parent().unwrap_or(Path::new("."))),
-    };
-    if let (DataSpec::Fmnist { dir: None }, Some(d)) = (&spec, dir) {
-        spec = DataSpec::Fmnist {
-            dir: Some(d.to_path_buf()),
-        };
-    }
-    data::load(&spec, allow_nonfinite).map_err(|e| e.to_string())
-}
 
 /// A model compiled for a training command, with the method and inference settings its
 /// flags and train block give, and the programs of one training step.
@@ -61,7 +35,7 @@ fn training(
     let compiled = compile_to_run(file, options)?;
     let train = compiled.train.as_ref();
     let method = chosen_method(method, train);
-    let inference = relax.apply(train.map(|t| &t.inference));
+    let inference = relax.apply(train.map(|t| &t.inference))?;
     let programs =
         Programs::build(&compiled.forward, method, &inference, relax.steps).map_err(fail)?;
     Ok(Training {
@@ -75,42 +49,6 @@ fn training(
 /// The method a flag asks for, else the train block's, else predictive coding.
 fn chosen_method(flag: Option<MethodArg>, train: Option<&TrainConfig>) -> Method {
     flag.map_or_else(|| train.map_or(Method::Pc, |t| t.method), Method::from)
-}
-
-fn with_lr(optimizer: &OptimizerConfig, lr: Option<f64>) -> OptimizerConfig {
-    let Some(new) = lr else {
-        return optimizer.clone();
-    };
-    match optimizer.clone() {
-        OptimizerConfig::Sgd {
-            momentum,
-            weight_decay,
-            ..
-        } => OptimizerConfig::Sgd {
-            lr: new,
-            momentum,
-            weight_decay,
-        },
-        OptimizerConfig::Adam {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            ..
-        } => OptimizerConfig::Adam {
-            lr: new,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        },
-    }
-}
-
-fn learning_rate(optimizer: &OptimizerConfig) -> f64 {
-    match optimizer {
-        OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
-    }
 }
 
 pub(super) fn run(
@@ -127,17 +65,8 @@ pub(super) fn run(
     } = training(file, flags.method, relax, options)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let optimizer_config = with_lr(
-        &base.as_ref().map_or(
-            OptimizerConfig::Sgd {
-                lr: 0.01,
-                momentum: 0.0,
-                weight_decay: 0.0,
-            },
-            |t| t.optimizer.clone(),
-        ),
-        flags.lr,
-    );
+    let mut optimizer = Optimizer::of_train_block(base.as_ref(), flags.lr);
+    let optimizer_config = optimizer.config().clone();
     let seed = flags.seed.or(base.as_ref().map(|t| t.seed)).unwrap_or(0);
     let epochs = flags
         .epochs
@@ -154,8 +83,6 @@ pub(super) fn run(
         Err(e) => return Err(fail(e)),
     };
     let mut engine = flags.backend.engine(programs).map_err(fail)?;
-    let mut optimizer =
-        Optimizer::new(optimizer_config.clone(), base.as_ref().and_then(|t| t.clip));
     let (params, start) = match &flags.resume {
         Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
         None => (init::init_params(forward, seed), run::Position::default()),
@@ -312,9 +239,8 @@ pub(super) fn run(
     Ok(())
 }
 
-/// The model compiled for the test examples that do not fill a batch, so that evaluation
-/// covers the whole split: `None` when the batches divide it, or (with a note) when the model
-/// does not compile at that batch size.
+/// The model of `file` compiled for the test examples that do not fill a batch (see
+/// `model::test_remainder`).
 fn test_remainder(
     file: &Path,
     options: &CompileOptions,
@@ -322,26 +248,8 @@ fn test_remainder(
     inference: &InferenceConfig,
     examples: usize,
 ) -> Option<run::Remainder> {
-    let b = crate::train::batch::io_shapes(forward).ok()?.0 .1[0];
-    let rest = examples % b;
-    if rest == 0 {
-        return None;
-    }
-    let options = CompileOptions {
-        batch: Some(rest),
-        ..options.clone()
-    };
-    match crate::sema::compile_file(file, &options).1 {
-        Ok(compiled) => Some(run::Remainder {
-            eval: eval_program(&compiled.forward, inference),
-        }),
-        Err(_) => {
-            eprintln!(
-                "note: the last {rest} test examples are not evaluated: the model does not compile for a batch of {rest}"
-            );
-            None
-        }
-    }
+    let source = ModelSource::File(file.to_path_buf());
+    crate::model::test_remainder(&source, options, forward, inference, examples)
 }
 
 pub(super) fn eval(

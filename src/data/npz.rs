@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// An array of the element types a data set can use.
-enum Array {
+pub enum Array {
     Bytes(ArrayD<u8>),
     Integers(ArrayD<i64>),
     Floats(ArrayD<f32>),
@@ -49,6 +49,29 @@ struct Archive<'p> {
     path: &'p Path,
     reader: NpzReader<File>,
     names: Vec<String>,
+}
+
+/// Where a data set's arrays come from (a file, or the caller's arrays), for messages.
+struct Origin<'p> {
+    path: &'p Path,
+}
+
+impl Origin<'_> {
+    fn error(&self, problem: String) -> DataError {
+        DataError::Npz {
+            path: self.path.to_path_buf(),
+            problem,
+        }
+    }
+
+    fn shape_error(&self, array: &str, expected: String, found: &[usize]) -> DataError {
+        DataError::NpzShape {
+            path: self.path.to_path_buf(),
+            array: array.to_string(),
+            expected,
+            found: found.to_vec(),
+        }
+    }
 }
 
 impl Archive<'_> {
@@ -101,15 +124,6 @@ impl Archive<'_> {
             "array `{name}` has an element type other than integers or floats"
         )))
     }
-
-    fn shape_error(&self, array: &str, expected: String, found: &[usize]) -> DataError {
-        DataError::NpzShape {
-            path: self.path.to_path_buf(),
-            array: array.to_string(),
-            expected,
-            found: found.to_vec(),
-        }
-    }
 }
 
 /// Loads `x_train`, `y_train`, `x_test` and `y_test` from an `.npz` file.
@@ -130,18 +144,38 @@ pub(crate) fn load(path: &Path, allow_nonfinite: bool) -> Result<Dataset, DataEr
     let y_train = archive.read("y_train")?;
     let x_test = archive.read("x_test")?;
     let y_test = archive.read("y_test")?;
+    let names = ["x_train", "y_train", "x_test", "y_test"];
+    from_arrays(
+        path,
+        names,
+        [x_train, y_train, x_test, y_test],
+        allow_nonfinite,
+    )
+}
 
+/// A data set of four arrays — train inputs and targets, test inputs and targets, named by
+/// `names` in messages — with the rules of the module's header; `origin` names where they come
+/// from (a file, or the caller).
+pub fn from_arrays(
+    origin: &Path,
+    names: [&str; 4],
+    [x_train, y_train, x_test, y_test]: [Array; 4],
+    allow_nonfinite: bool,
+) -> Result<Dataset, DataError> {
+    let path = origin;
+    let archive = Origin { path };
+    let [x_train_name, y_train_name, x_test_name, y_test_name] = names;
     let Some((_, example_shape)) = x_train.shape().split_first() else {
-        return Err(archive.shape_error("x_train", "[n, ...]".into(), x_train.shape()));
+        return Err(archive.shape_error(x_train_name, "[n, ...]".into(), x_train.shape()));
     };
     let example_shape = example_shape.to_vec();
     if x_test.shape().get(1..) != Some(&example_shape[..]) {
-        let expected = format!("{} (as x_train)", any_count(&example_shape));
-        return Err(archive.shape_error("x_test", expected, x_test.shape()));
+        let expected = format!("{} (as {x_train_name})", any_count(&example_shape));
+        return Err(archive.shape_error(x_test_name, expected, x_test.shape()));
     }
     for (x, x_name, y, y_name) in [
-        (&x_train, "x_train", &y_train, "y_train"),
-        (&x_test, "x_test", &y_test, "y_test"),
+        (&x_train, x_train_name, &y_train, y_train_name),
+        (&x_test, x_test_name, &y_test, y_test_name),
     ] {
         let n = x.shape()[0];
         if y.shape().first() != Some(&n) {
@@ -149,18 +183,21 @@ pub(crate) fn load(path: &Path, allow_nonfinite: bool) -> Result<Dataset, DataEr
             return Err(archive.shape_error(y_name, expected, y.shape()));
         }
     }
-    let classes = class_count(&archive, &[(&y_train, "y_train"), (&y_test, "y_test")])?;
+    let classes = class_count(
+        &archive,
+        &[(&y_train, y_train_name), (&y_test, y_test_name)],
+    )?;
     let target_shape = y_train.shape()[1..].to_vec();
     if classes.is_none() && y_test.shape()[1..] != target_shape[..] {
-        let expected = format!("{} (as y_train)", any_count(&target_shape));
-        return Err(archive.shape_error("y_test", expected, y_test.shape()));
+        let expected = format!("{} (as {y_train_name})", any_count(&target_shape));
+        return Err(archive.shape_error(y_test_name, expected, y_test.shape()));
     }
 
     if !allow_nonfinite {
         let file = path.display().to_string();
-        let mut arrays = vec![(&x_train, "x_train"), (&x_test, "x_test")];
+        let mut arrays = vec![(&x_train, x_train_name), (&x_test, x_test_name)];
         if classes.is_none() {
-            arrays.extend([(&y_train, "y_train"), (&y_test, "y_test")]);
+            arrays.extend([(&y_train, y_train_name), (&y_test, y_test_name)]);
         }
         for (array, array_name) in arrays {
             if let Array::Floats(a) = array {
@@ -217,7 +254,7 @@ fn any_count(example_shape: &[usize]) -> String {
 
 /// The number of classes when every target array holds one-dimensional integer labels, or
 /// `None` when they hold target values. Mixed kinds, and negative labels, are errors.
-fn class_count(archive: &Archive, ys: &[(&Array, &str)]) -> Result<Option<usize>, DataError> {
+fn class_count(archive: &Origin, ys: &[(&Array, &str)]) -> Result<Option<usize>, DataError> {
     let is_labels =
         |y: &Array| y.shape().len() == 1 && matches!(y, Array::Bytes(_) | Array::Integers(_));
     let labelled = ys.iter().filter(|(y, _)| is_labels(y)).count();

@@ -13,8 +13,8 @@ pub mod train;
 mod value;
 
 pub use train::{
-    DataSpec, InferenceConfig, Method, Mode, NodeGranularity, OptimizerConfig, Schedule, Target,
-    TrainConfig,
+    DataSpec, InferenceConfig, InferenceOverrides, Method, Mode, NodeGranularity, OptimizerConfig,
+    Schedule, Target, TrainConfig,
 };
 
 use crate::diag::{Diagnostic, ErrorKind};

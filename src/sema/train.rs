@@ -141,6 +141,57 @@ impl Default for InferenceConfig {
     }
 }
 
+/// Changes to a train block's inference settings made outside the file (the command line's
+/// `--mode`, `--steps`, ... and the Python module's keyword arguments): each one given
+/// replaces the file's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InferenceOverrides {
+    pub mode: Option<Mode>,
+    pub steps: Option<usize>,
+    pub rate: Option<f64>,
+    pub momentum: Option<f64>,
+    pub target: Option<Target>,
+    pub schedule: Option<Schedule>,
+    pub tol: Option<f64>,
+}
+
+impl InferenceOverrides {
+    /// The inference configuration: `base` (the train block's, or the defaults) with these
+    /// overrides applied. A step count of zero or a step size that is not a positive number is
+    /// an error (the other settings are checked by the PC transform).
+    pub fn apply(&self, base: Option<&InferenceConfig>) -> Result<InferenceConfig, String> {
+        let mut cfg = base.cloned().unwrap_or_default();
+        if let Some(m) = self.mode {
+            cfg.mode = m;
+        }
+        if let Some(t) = self.steps {
+            if t == 0 {
+                return Err("the relaxation needs at least one step (steps >= 1)".to_string());
+            }
+            cfg.steps = t;
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(format!("the relaxation rate {r} is not a positive number"));
+            }
+            cfg.rate = r;
+        }
+        if let Some(m) = self.momentum {
+            cfg.momentum = m;
+        }
+        if let Some(t) = self.target {
+            cfg.target = t;
+        }
+        if let Some(s) = self.schedule {
+            cfg.schedule = s;
+        }
+        if let Some(t) = self.tol {
+            cfg.tol = Some(t);
+        }
+        Ok(cfg)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum OptimizerConfig {
     Sgd {

@@ -111,6 +111,38 @@ pub trait Engine {
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError>;
 }
 
+/// The backends that run a model's programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Native code compiled with Cranelift.
+    #[default]
+    Jit,
+    /// The reference interpreter.
+    Interp,
+}
+
+impl Backend {
+    /// The backend's name, as `--backend` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+        }
+    }
+
+    /// The engine that runs `programs` on this backend (`options`: how the JIT compiles).
+    pub fn engine(
+        self,
+        programs: Programs,
+        options: &JitOptions,
+    ) -> Result<Box<dyn Engine + Send>, String> {
+        Ok(match self {
+            Backend::Jit => Box::new(JitEngine::new(programs, options).map_err(|e| e.to_string())?),
+            Backend::Interp => Box::new(InterpEngine::new(programs)),
+        })
+    }
+}
+
 /// The programs a model trains with, independent of the backend that runs them.
 #[derive(Clone, Debug)]
 pub struct Programs {

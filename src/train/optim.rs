@@ -176,6 +176,44 @@ pub struct Optimizer {
     program: Option<Program>,
 }
 
+/// `config` with its learning rate replaced by `lr` when given.
+pub fn with_lr(config: OptimizerConfig, lr: Option<f64>) -> OptimizerConfig {
+    let Some(new) = lr else {
+        return config;
+    };
+    match config {
+        OptimizerConfig::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => OptimizerConfig::Sgd {
+            lr: new,
+            momentum,
+            weight_decay,
+        },
+        OptimizerConfig::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => OptimizerConfig::Adam {
+            lr: new,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        },
+    }
+}
+
+/// The learning rate of an optimiser's settings.
+pub fn learning_rate(config: &OptimizerConfig) -> f64 {
+    match config {
+        OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
+    }
+}
+
 impl Optimizer {
     pub fn new(config: OptimizerConfig, clip: Option<f64>) -> Self {
         Optimizer {
@@ -185,6 +223,29 @@ impl Optimizer {
             steps: 0,
             program: None,
         }
+    }
+
+    /// The optimiser of a train block (plain SGD at 0.01 without one), with its learning
+    /// rate replaced by `lr` when given.
+    pub fn of_train_block(train: Option<&crate::sema::TrainConfig>, lr: Option<f64>) -> Self {
+        let config = train.map_or(
+            OptimizerConfig::Sgd {
+                lr: 0.01,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
+            |t| t.optimizer.clone(),
+        );
+        Optimizer::new(with_lr(config, lr), train.and_then(|t| t.clip))
+    }
+
+    /// The same state (moments, steps) with other settings, e.g. another learning rate.
+    pub fn with_config(mut self, config: OptimizerConfig) -> Self {
+        if config != self.config {
+            self.config = config;
+            self.program = None;
+        }
+        self
     }
 
     pub fn config(&self) -> &OptimizerConfig {

@@ -93,7 +93,7 @@ impl EpochSums {
 
 /// What the loop needs besides the engine and the data.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct Settings<'a> {
     pub epochs: usize,
     pub seed: u64,
     pub optimizer: OptimizerConfig,
@@ -107,7 +107,7 @@ pub struct Settings {
     /// The test examples that do not fill a batch, evaluated after the full batches.
     pub test_remainder: Option<Remainder>,
     /// Raised from outside (a signal handler) to stop after the step under way.
-    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// Metrics of one epoch.
@@ -180,6 +180,8 @@ pub enum TrainError {
         batch: usize,
         batches: usize,
         saved: Option<PathBuf>,
+        /// Where training stopped, to go on from.
+        position: Position,
     },
 }
 
@@ -197,7 +199,7 @@ impl fmt::Display for TrainError {
                 "training diverged in epoch {epoch}, batch {batch}: {error}\n  help: try a smaller step size ({hint}); the last checkpoint, if any, is intact"
             ),
             TrainError::Step { epoch, batch, error, .. } => write!(f, "epoch {epoch}, batch {batch}: {error}"),
-            TrainError::Interrupted { epoch, batch, batches, saved } => {
+            TrainError::Interrupted { epoch, batch, batches, saved, .. } => {
                 write!(f, "interrupted after batch {batch} of {batches} in epoch {epoch}")?;
                 match saved {
                     Some(path) => write!(
@@ -369,7 +371,9 @@ pub fn load_checkpoint(
     Ok((params, position))
 }
 
-fn save_checkpoint(
+/// Writes a checkpoint: the parameters, the optimiser's state and the position training has
+/// reached (replacing any file at `path` atomically).
+pub fn save_checkpoint(
     path: &std::path::Path,
     params: &Arrays,
     optimizer: &Optimizer,
@@ -471,6 +475,7 @@ pub fn train(
                     batch: k + 1,
                     batches,
                     saved: settings.save.clone(),
+                    position,
                 });
             }
         }
