@@ -27,13 +27,12 @@ pub enum Stage {
     Clif,
 }
 
+/// How `pcg ir` writes a program: text, or Graphviz DOT.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
     Dot,
 }
-
-/// Writes to stdout; a closed pipe (`pcg ir ... | head`) ends the output quietly instead of
 
 impl Stage {
     /// The stage as `--stage` spells it.

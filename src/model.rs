@@ -182,7 +182,7 @@ pub enum Data<'a> {
         dir: Option<&'a Path>,
     },
     /// The caller's arrays.
-    Loaded(Dataset),
+    Loaded(Box<Dataset>),
 }
 
 /// What `fit` does besides training.
@@ -468,13 +468,15 @@ impl Model {
     }
 
     /// Trains for `fit.epochs` more epochs on a data set, as `pcg run` does (the same
-    /// shuffling, metrics and checks); `on_epoch` sees each epoch's metrics as it ends. The
-    /// parameters and the optimiser keep what training learnt, also when it stops early.
+    /// shuffling, metrics and checks); `on_batch` is called after every step (it may raise
+    /// `fit.stop`), `on_epoch` with each epoch's metrics as it ends. The parameters and the
+    /// optimiser keep what training learnt, also when it stops early.
     pub fn fit(
         &mut self,
         data: Data,
         run: &Run,
         fit: &Fit,
+        on_batch: &mut dyn FnMut(),
         on_epoch: &mut dyn FnMut(&EpochMetrics),
     ) -> Result<Vec<EpochMetrics>, ModelError> {
         let dataset = self.dataset(data, false)?;
@@ -514,10 +516,9 @@ impl Model {
             test_remainder,
             stop: fit.stop,
         };
-        let mut on = |event: Event| {
-            if let Event::Epoch(m) = event {
-                on_epoch(m);
-            }
+        let mut on = |event: Event| match event {
+            Event::Batch { .. } => on_batch(),
+            Event::Epoch(m) => on_epoch(m),
         };
         let outcome = run::train(
             engine.as_mut(),
@@ -670,7 +671,7 @@ impl Model {
 
     fn dataset(&self, data: Data, allow_nonfinite: bool) -> Result<Dataset, ModelError> {
         match data {
-            Data::Loaded(d) => Ok(d),
+            Data::Loaded(d) => Ok(*d),
             Data::File => dataset(
                 self.source.path(),
                 None,

@@ -340,7 +340,7 @@ pub struct RelaxFlags {
     pub momentum: Option<f64>,
     /// How the loss drives the network: `clamp`, `nudge(BETA)` or `centered(BETA)` (also
     /// `nudge(beta=BETA)`).
-    #[arg(long, value_parser = parse_target, allow_hyphen_values = true)]
+    #[arg(long, value_parser = <crate::sema::Target as std::str::FromStr>::from_str, allow_hyphen_values = true)]
     pub target: Option<crate::sema::Target>,
     /// When the parameters learn: once per batch (`standard`) or after every relaxation
     /// step (`incremental`).
@@ -350,32 +350,6 @@ pub struct RelaxFlags {
     /// (the inference block's `tol`; `steps` stays the cap).
     #[arg(long, value_name = "EPS")]
     pub relax_tol: Option<f64>,
-}
-
-/// `clamp`, `nudge(0.1)`, `centered(0.1)` or with `beta = 0.1`, as the inference block's
-/// `target`.
-fn parse_target(text: &str) -> Result<crate::sema::Target, String> {
-    use crate::sema::Target;
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact == "clamp" {
-        return Ok(Target::Clamp);
-    }
-    let usage =
-        || format!("`{text}` is not a target: write `clamp`, `nudge(0.1)` or `centered(0.1)`");
-    let (make, rest): (fn(f64) -> Target, &str) = if let Some(r) = compact.strip_prefix("nudge(") {
-        (Target::Nudge, r)
-    } else if let Some(r) = compact.strip_prefix("centered(") {
-        (Target::Centered, r)
-    } else {
-        return Err(usage());
-    };
-    let inner = rest.strip_suffix(')').ok_or_else(usage)?;
-    let number = inner.strip_prefix("beta=").unwrap_or(inner);
-    match number.parse::<f64>() {
-        Ok(beta) if beta != 0.0 && beta.is_finite() => Ok(make(beta)),
-        Ok(_) => Err("`beta` must be a non-zero number".to_string()),
-        Err(_) => Err(usage()),
-    }
 }
 
 impl RelaxFlags {
@@ -487,6 +461,7 @@ fn parse_dim(s: &str) -> Result<(String, usize), String> {
     Ok((name.trim().to_string(), value))
 }
 
+/// Writes to stdout; a closed pipe (`pcg ir ... | head`) ends the output quietly instead of
 /// panicking.
 pub(crate) fn emit(text: &str) {
     use std::io::Write;

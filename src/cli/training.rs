@@ -172,21 +172,7 @@ pub(super) fn run(
                     let _ = writeln!(f, "{}", m.to_json());
                 }
                 if !flags.quiet {
-                    let acc = m
-                        .test_acc
-                        .map_or(String::new(), |a| format!(" test_acc={a:.4}"));
-                    let energy = m
-                        .energy
-                        .map_or(String::new(), |e| format!(" energy={e:.6}"));
-                    let steps = m
-                        .relaxation_steps
-                        .map_or(String::new(), |t| format!(" relaxation_steps={t:.1}"));
-                    bar.suspend(|| {
-                        emit(&format!(
-                            "epoch {}/{} train_loss={:.6} test_loss={:.6}{acc}{energy}{steps} seconds={:.2} examples_per_second={:.0}\n",
-                            m.epoch, epochs, m.train_loss, m.test_loss, m.seconds, m.examples_per_second
-                        ))
-                    });
+                    bar.suspend(|| emit(&(m.line(epochs) + "\n")));
                 }
             }
         };

@@ -55,6 +55,36 @@ impl Target {
     }
 }
 
+/// `clamp`, `nudge(0.1)`, `centered(0.1)` or with `beta = 0.1`, as the inference block's
+/// `target`.
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Target, String> {
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if compact == "clamp" {
+            return Ok(Target::Clamp);
+        }
+        let usage =
+            || format!("`{text}` is not a target: write `clamp`, `nudge(0.1)` or `centered(0.1)`");
+        let (make, rest): (fn(f64) -> Target, &str) =
+            if let Some(r) = compact.strip_prefix("nudge(") {
+                (Target::Nudge, r)
+            } else if let Some(r) = compact.strip_prefix("centered(") {
+                (Target::Centered, r)
+            } else {
+                return Err(usage());
+            };
+        let inner = rest.strip_suffix(')').ok_or_else(usage)?;
+        let number = inner.strip_prefix("beta=").unwrap_or(inner);
+        match number.parse::<f64>() {
+            Ok(beta) if beta != 0.0 && beta.is_finite() => Ok(make(beta)),
+            Ok(_) => Err("`beta` must be a non-zero number".to_string()),
+            Err(_) => Err(usage()),
+        }
+    }
+}
+
 /// The relaxation schedule of predictive coding (see `docs/language.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

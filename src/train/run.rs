@@ -126,6 +126,23 @@ pub struct EpochMetrics {
 }
 
 impl EpochMetrics {
+    /// The line `pcg run` prints at the end of the epoch, of `epochs` in all.
+    pub fn line(&self, epochs: usize) -> String {
+        let acc = self
+            .test_acc
+            .map_or(String::new(), |a| format!(" test_acc={a:.4}"));
+        let energy = self
+            .energy
+            .map_or(String::new(), |e| format!(" energy={e:.6}"));
+        let steps = self
+            .relaxation_steps
+            .map_or(String::new(), |t| format!(" relaxation_steps={t:.1}"));
+        format!(
+            "epoch {}/{} train_loss={:.6} test_loss={:.6}{acc}{energy}{steps} seconds={:.2} examples_per_second={:.0}",
+            self.epoch, epochs, self.train_loss, self.test_loss, self.seconds, self.examples_per_second
+        )
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "epoch": self.epoch,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: the Rust tests, then the Python module built into a fresh virtual
+# environment (target/py-venv) and its pytest suite, which compares it with the CLI.
+# Needs a Rust toolchain and python3 (>= 3.9) with venv and pip; PyPI packages are installed
+# into the virtual environment: maturin, numpy, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --release
+cargo build --release --bin pcg
+venv=target/py-venv
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet maturin numpy pytest
+# `pip install .` as a user would; --no-build-isolation reuses the maturin just installed.
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pip install --quiet --no-build-isolation .
+# From outside the source tree, so that the installed module is the one imported.
+root=$PWD
+(cd target && PCG="$root/target/release/pcg" "$root/$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/python/tests")
