@@ -205,6 +205,8 @@ struct EngineKey {
     method: Method,
     backend: Backend,
     inference: InferenceConfig,
+    /// Relaxation steps given by the caller (in exact mode they replace the graph's depth).
+    steps: Option<usize>,
 }
 
 /// The engine that takes training steps, with the parameters and the optimiser resident.
@@ -351,8 +353,23 @@ impl Model {
         self.trainer = None;
     }
 
-    /// The inference settings of `run`.
+    /// The inference settings of `run`. A precision must name a named value of the model.
     fn inference(&self, run: &Run) -> Result<InferenceConfig, ModelError> {
+        let forward = &self.compiled.forward;
+        let names: Vec<&str> = forward
+            .nodes
+            .iter()
+            .filter_map(|n| n.name.as_deref())
+            .collect();
+        for node in run.relax.precision.keys() {
+            if !names.contains(&node.as_str()) {
+                let hint = diag::closest(node, names.iter().copied())
+                    .map_or(String::new(), |s| format!(" (did you mean `{s}`?)"));
+                return Err(ModelError::Invalid(format!(
+                    "precision for `{node}`, which is not a named value of the model{hint}"
+                )));
+            }
+        }
         run.relax
             .apply(self.train().map(|t| &t.inference))
             .map_err(ModelError::Invalid)
@@ -365,8 +382,13 @@ impl Model {
 
     /// The programs of `key`.
     fn programs(&self, key: &EngineKey) -> Result<Programs, ModelError> {
-        Programs::build(&self.compiled.forward, key.method, &key.inference, None)
-            .map_err(ModelError::Invalid)
+        Programs::build(
+            &self.compiled.forward,
+            key.method,
+            &key.inference,
+            key.steps,
+        )
+        .map_err(ModelError::Invalid)
     }
 
     fn key(&self, run: &Run) -> Result<EngineKey, ModelError> {
@@ -374,6 +396,7 @@ impl Model {
             method: self.method(run),
             backend: run.backend,
             inference: self.inference(run)?,
+            steps: run.relax.steps,
         })
     }
 
@@ -575,6 +598,7 @@ impl Model {
             method: Method::Bp,
             backend,
             inference,
+            steps: None,
         };
         let engine = self.engine(key)?;
         let (loss, acc) =

@@ -54,6 +54,8 @@ class Model:
         target: Optional[str] = None,
         schedule: Optional[str] = None,
         tol: Optional[float] = None,
+        precision: Optional[Mapping[str, float]] = None,
+        nodes: Optional[str] = None,
     ) -> Tuple[float, Dict[str, np.ndarray]]:
         """Loss and gradients on one batch (dL/dθ by backprop, −Δθ by predictive coding)."""
     def step(
@@ -69,6 +71,8 @@ class Model:
         target: Optional[str] = None,
         schedule: Optional[str] = None,
         tol: Optional[float] = None,
+        precision: Optional[Mapping[str, float]] = None,
+        nodes: Optional[str] = None,
         lr: Optional[float] = None,
     ) -> Dict[str, Optional[float]]:
         """One training step with the file's optimiser; returns loss, energy, relaxation_steps."""
@@ -95,6 +99,8 @@ class Model:
         target: Optional[str] = None,
         schedule: Optional[str] = None,
         tol: Optional[float] = None,
+        precision: Optional[Mapping[str, float]] = None,
+        nodes: Optional[str] = None,
         lr: Optional[float] = None,
     ) -> List[Dict[str, Any]]:
         """Trains as `pcg run` does; returns each epoch's metrics."""
@@ -119,6 +125,8 @@ class Model:
         target: Optional[str] = None,
         schedule: Optional[str] = None,
         tol: Optional[float] = None,
+        precision: Optional[Mapping[str, float]] = None,
+        nodes: Optional[str] = None,
     ) -> Dict[str, Any]:
         """PC's updates against backprop's gradients, step by step (`pcg gradcheck`)."""
     def ir(
@@ -133,6 +141,8 @@ class Model:
         target: Optional[str] = None,
         schedule: Optional[str] = None,
         tol: Optional[float] = None,
+        precision: Optional[Mapping[str, float]] = None,
+        nodes: Optional[str] = None,
         method: Optional[str] = None,
     ) -> str:
         """A stage of the compiler as `pcg ir` prints it."""

@@ -12,7 +12,7 @@ use pcg::dump::{Format, Stage};
 use pcg::ir::LeafKind;
 use pcg::model::{self, Data, Fit, Model, ModelError, ModelSource, Run};
 use pcg::npz::Arrays;
-use pcg::sema::{CompileOptions, InferenceOverrides, Target};
+use pcg::sema::{CompileOptions, InferenceOverrides, NodeGranularity, Target};
 use pcg::train::engine::{Backend, StepReport, StepResult};
 use pcg::train::run::EpochMetrics;
 use pyo3::create_exception;
@@ -125,12 +125,25 @@ struct RunArgs {
     target: Option<String>,
     schedule: Option<String>,
     tol: Option<f64>,
+    precision: Option<BTreeMap<String, f64>>,
+    nodes: Option<String>,
     lr: Option<f64>,
 }
 
 /// The keyword arguments `RunArgs` holds.
-const RUN_KEYWORDS: [&str; 10] = [
-    "method", "backend", "mode", "steps", "rate", "momentum", "target", "schedule", "tol", "lr",
+const RUN_KEYWORDS: [&str; 12] = [
+    "method",
+    "backend",
+    "mode",
+    "steps",
+    "rate",
+    "momentum",
+    "target",
+    "schedule",
+    "tol",
+    "precision",
+    "nodes",
+    "lr",
 ];
 
 /// Keyword `key` of `kwargs` as `T` (`None` when absent or None), or a `TypeError` naming it.
@@ -171,6 +184,8 @@ impl RunArgs {
             target: keyword(k, "target")?,
             schedule: keyword(k, "schedule")?,
             tol: keyword(k, "tol")?,
+            precision: keyword(k, "precision")?,
+            nodes: keyword(k, "nodes")?,
             lr: keyword(k, "lr")?,
         })
     }
@@ -197,6 +212,16 @@ impl RunArgs {
             Some(t) => Some(t.parse::<Target>().map_err(PyValueError::new_err)?),
             None => None,
         };
+        let nodes = match self.nodes.as_deref() {
+            Some("named") => Some(NodeGranularity::Named),
+            Some("all") => Some(NodeGranularity::All),
+            Some(other) => {
+                return Err(PyValueError::new_err(format!(
+                    "nodes must be one of \"named\", \"all\" (got \"{other}\")"
+                )))
+            }
+            None => None,
+        };
         Ok(Run {
             method,
             backend,
@@ -208,6 +233,8 @@ impl RunArgs {
                 target,
                 schedule,
                 tol: self.tol,
+                precision: self.precision.clone().unwrap_or_default(),
+                nodes,
             },
             lr: self.lr,
         })

@@ -134,11 +134,18 @@ def test_grad_equals_pcg_grad_on_the_same_arrays(tmp_path):
     batch = {"x": rng.random((32, 64), dtype=np.float32), "y": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]}
     np.savez(tmp_path / "params.npz", **params)
     np.savez(tmp_path / "inputs.npz", **batch)
-    for method, extra in [("bp", []), ("pc", ["--mode", "strict", "--steps", "7", "--rate", "0.2"])]:
-        out = tmp_path / f"{method}.npz"
+    cases = [
+        ("bp", {}),
+        ("pc", {"mode": "strict", "steps": 7, "rate": 0.2}),
+        ("pc", {"mode": "fixed", "steps": 5, "rate": 0.3, "momentum": 0.5}),
+        # Exact mode with fewer steps than the graph is deep: the CLI's --steps replaces the depth.
+        ("pc", {"mode": "exact", "steps": 1}),
+    ]
+    for i, (method, kwargs) in enumerate(cases):
+        out = tmp_path / f"{i}.npz"
+        flags = [f"--{k}={v}" for k, v in kwargs.items()]
         printed = cli("grad", MLP, "--method", method, "--params", tmp_path / "params.npz",
-                      "--inputs", tmp_path / "inputs.npz", "--out", out, *extra)
-        kwargs = {"mode": "strict", "steps": 7, "rate": 0.2} if method == "pc" else {}
+                      "--inputs", tmp_path / "inputs.npz", "--out", out, *flags)
         loss, grads = m.grad(batch, method=method, **kwargs)
         assert abs(loss - float(printed.split("=")[1])) <= 1e-6 * abs(loss)
         with np.load(out) as expected:
@@ -193,6 +200,20 @@ def test_missing_input_and_bad_dtypes_are_refused():
         m.grad({"x": np.zeros((4, 3), np.complex64), "y": np.zeros((4, 2))})
     with pytest.raises(ValueError, match="not finite|NaN|nan"):
         m.grad({"x": np.full((4, 3), np.nan), "y": np.zeros((4, 2))})
+
+
+def test_precision_and_nodes_are_settings_too():
+    m = pcg.compile(MLP)
+    _, plain = m.grad(method="pc", mode="strict", steps=10, rate=0.1)
+    _, weighted = m.grad(method="pc", mode="strict", steps=10, rate=0.1, precision={"h": 4.0})
+    assert rel(weighted["w1"], plain["w1"]) > 1e-3
+    assert m.ir("pc", nodes="all") != m.ir("pc")
+    with pytest.raises(ValueError, match="did you mean `h`"):
+        m.grad(method="pc", precision={"hh": 2.0})
+    with pytest.raises(ValueError, match="precision"):
+        m.grad(method="pc", precision={"h": -1.0})
+    with pytest.raises(ValueError, match="nodes must be one of"):
+        m.grad(method="pc", nodes="some")
 
 
 def test_bad_settings_are_value_errors():

@@ -363,6 +363,7 @@ impl RelaxFlags {
             target: self.target,
             schedule: self.schedule.map(crate::sema::Schedule::from),
             tol: self.relax_tol,
+            ..Default::default()
         }
     }
 

@@ -183,6 +183,9 @@ pub struct InferenceOverrides {
     pub target: Option<Target>,
     pub schedule: Option<Schedule>,
     pub tol: Option<f64>,
+    /// Precisions by named node, replacing the file's for the nodes named.
+    pub precision: BTreeMap<String, f64>,
+    pub nodes: Option<NodeGranularity>,
 }
 
 impl InferenceOverrides {
@@ -217,6 +220,17 @@ impl InferenceOverrides {
         }
         if let Some(t) = self.tol {
             cfg.tol = Some(t);
+        }
+        for (node, &p) in &self.precision {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(format!(
+                    "the precision of `{node}`, {p}, is not a positive number"
+                ));
+            }
+            cfg.precision.insert(node.clone(), p);
+        }
+        if let Some(n) = self.nodes {
+            cfg.nodes = n;
         }
         Ok(cfg)
     }
