@@ -727,9 +727,20 @@ fn compile_error(sources: &Sources, diagnostics: &[Diagnostic]) -> ModelError {
 }
 
 /// Checks that a batch holds every input and target of the model with its declared shape,
-/// and only finite numbers.
+/// nothing else, and only finite numbers.
 fn check_batch(forward: &Program, arrays: &Arrays) -> Result<(), ModelError> {
     let origin = Path::new("the batch");
+    let leaves: Vec<&str> = [LeafKind::Input, LeafKind::Target]
+        .iter()
+        .flat_map(|&k| forward.leaves(k))
+        .map(|(_, name)| name)
+        .collect();
+    if let Some(extra) = arrays.keys().find(|k| !leaves.contains(&k.as_str())) {
+        return Err(ModelError::Invalid(format!(
+            "the batch has an array `{extra}`, which is not an input or a target of the model (those are: {})",
+            leaves.join(", ")
+        )));
+    }
     batch::check_arrays(
         forward,
         &[LeafKind::Input, LeafKind::Target],

@@ -540,7 +540,7 @@ impl PyModel {
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let run = kwargs_run(kwargs)?;
-        let loaded = arrays_dataset(py, data.as_deref(), [x, y, x_test, y_test])?;
+        let loaded = arrays_dataset(py, "fit(x, y)", data.as_deref(), [x, y, x_test, y_test])?;
         let mut busy = self.busy()?;
         let epochs = epochs.unwrap_or_else(|| busy.0.train().map_or(1, |t| t.epochs));
         let total = busy.0.epochs_done() + epochs;
@@ -627,7 +627,8 @@ impl PyModel {
             Some(b) => choice::<pcg::cli::BackendArg>("backend", &b)?.into_backend(),
             None => Backend::Jit,
         };
-        let loaded = arrays_dataset(py, data.as_deref(), [x_test, y_test, x_test, y_test])?;
+        let arrays = [x_test, y_test, x_test, y_test];
+        let loaded = arrays_dataset(py, "evaluate(x_test, y_test)", data.as_deref(), arrays)?;
         let mut busy = self.busy()?;
         let (loss, acc, examples) = busy.compute(py, move |m| {
             let data = match loaded {
@@ -745,10 +746,11 @@ impl PyModel {
 }
 
 /// A data set of the caller's arrays (`[x, y, x_test, y_test]`, the test pair defaulting to
-/// the training pair), or `None` when none is given. Arrays and a `data` spec together are
-/// refused.
+/// the training pair), or `None` when none is given; `origin` names them in messages. Arrays
+/// and a `data` spec together are refused.
 fn arrays_dataset(
     py: Python<'_>,
+    origin: &str,
     spec: Option<&str>,
     [x, y, x_test, y_test]: [Option<&Bound<'_, PyAny>>; 4],
 ) -> PyResult<Option<pcg::data::Dataset>> {
@@ -781,7 +783,7 @@ fn arrays_dataset(
         data_array(py, "x_test", x_test)?,
         data_array(py, "y_test", y_test)?,
     ];
-    pcg::data::npz::from_arrays(std::path::Path::new("the arrays"), names, arrays, false)
+    pcg::data::npz::from_arrays(std::path::Path::new(origin), names, arrays, false)
         .map(Some)
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }

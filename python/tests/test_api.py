@@ -194,6 +194,8 @@ def test_missing_input_and_bad_dtypes_are_refused():
     m = pcg.compile_source(TINY)
     with pytest.raises(ValueError, match="`y`"):
         m.grad({"x": np.zeros((4, 3), np.float32)})
+    with pytest.raises(ValueError, match="`w`, which is not an input or a target"):
+        m.grad({**tiny_batch(), "w": np.zeros((3, 2))})
     with pytest.raises(TypeError, match="dtype"):
         m.grad({"x": np.array([["a", "b", "c"]] * 4), "y": np.zeros((4, 2))})
     with pytest.raises(TypeError, match="dtype"):
@@ -314,6 +316,8 @@ def test_fit_on_arrays_and_evaluate():
     assert abs(scores["test_loss"] - history[-1]["test_loss"]) < 1e-5
     with pytest.raises(ValueError, match="y"):
         m.fit(x=x, y=labels[:10], epochs=1)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        m.fit(x=x[:10], y=labels[:10], epochs=1)
     with pytest.raises(ValueError, match="not both"):
         m.fit(data="digits", x=x, y=labels)
 
