@@ -389,3 +389,28 @@ def test_repr_and_version():
     m = pcg.compile(MLP)
     assert repr(m).startswith("<pcg.Model mlp")
     assert re.fullmatch(r"\d+\.\d+\.\d+", pcg.__version__)
+
+
+def test_compute_releases_the_interpreters_lock():
+    import threading
+    import time
+
+    m = pcg.compile(MLP)
+    inside = {}
+
+    def work():
+        inside["start"] = time.perf_counter()
+        m.grad(method="pc", mode="strict", steps=3000, rate=0.05, backend="interp")
+        inside["end"] = time.perf_counter()
+
+    ticks = []
+    worker = threading.Thread(target=work)
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    worker.join()
+    during = [t for t in ticks if inside["start"] < t < inside["end"]]
+    # With the lock held for the whole call, this thread could not have run in between.
+    assert inside["end"] - inside["start"] > 0.05
+    assert len(during) >= 10, (len(during), inside["end"] - inside["start"])
