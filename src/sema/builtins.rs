@@ -40,6 +40,7 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("concat", &["*xs", "axis?"]),
     ("slice", &["x", "axis", "start", "end"]),
     ("one_hot", &["labels", "n"]),
+    ("causal_mask", &["n"]),
     ("conv2d", &["x", "w", "stride?", "padding?"]),
     ("max_pool2d", &["x", "size", "stride?"]),
     ("avg_pool2d", &["x", "size", "stride?"]),
@@ -76,6 +77,7 @@ pub const NAMES: &[&str] = &[
     "concat",
     "slice",
     "one_hot",
+    "causal_mask",
     "conv2d",
     "max_pool2d",
     "avg_pool2d",
@@ -643,6 +645,30 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let spread = l.broadcast_to(column, &Shape(out.clone()), span)?;
             let iota = l.push_node(Op::Iota { axis: rank - 1 }, vec![], Some(Shape(out)), span)?;
             Some(l.node(Op::Binary(BinaryOp::Equal), vec![spread, iota], None, span))
+        }
+        // causal_mask(n)[i, j] = 1 - (j > i): 1 on and below the diagonal, where position i may
+        // attend to position j.
+        "causal_mask" => {
+            let a = b.get(0)?;
+            let n = int(l, a)?;
+            if n < 1 {
+                bad_arg(
+                    l,
+                    a.span,
+                    format!("the mask's size must be at least 1, got {n}"),
+                );
+                return None;
+            }
+            let shape = Shape(vec![n as usize, n as usize]);
+            if !l.check_size(shape.dims(), a.span) {
+                return None;
+            }
+            let row = l.push_node(Op::Iota { axis: 0 }, vec![], Some(shape.clone()), span)?;
+            let column = l.push_node(Op::Iota { axis: 1 }, vec![], Some(shape.clone()), span)?;
+            let above =
+                l.push_node(Op::Binary(BinaryOp::Greater), vec![column, row], None, span)?;
+            let one = l.constant(1.0, shape);
+            Some(l.node(Op::Binary(BinaryOp::Sub), vec![one, above], None, span))
         }
         "conv2d" => {
             let x = tensor(l, b.get(0)?)?;

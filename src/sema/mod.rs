@@ -30,6 +30,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("conv", include_str!("../../stdlib/conv.pcg")),
     ("rnn", include_str!("../../stdlib/rnn.pcg")),
     ("lstm", include_str!("../../stdlib/lstm.pcg")),
+    ("transformer", include_str!("../../stdlib/transformer.pcg")),
 ];
 
 /// Choices that come from the command line rather than the file.

@@ -269,7 +269,9 @@ pub fn evaluate(
         if let Some(p) = prediction {
             has_prediction = true;
             correct += agreements(&p, y);
-            counted += n;
+            // One decision per lane of the last axis: per example for a classifier, per
+            // position for a sequence model.
+            counted += p.len() / p.shape().last().copied().unwrap_or(1).max(1);
         }
     };
     for k in 0..batches {
