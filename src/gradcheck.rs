@@ -46,7 +46,14 @@ impl Report {
             .iter()
             .filter_map(|p| p.trace.last())
             .map(|t| t.rel_err)
-            .fold(0.0, f64::max)
+            // A NaN (a relaxation that diverged) is the worst error, not one to skip.
+            .fold(0.0, |worst, e| {
+                if e.is_nan() || worst.is_nan() {
+                    f64::NAN
+                } else {
+                    worst.max(e)
+                }
+            })
     }
 }
 

@@ -402,3 +402,22 @@ fn a_memory_limit_refuses_a_model_over_it() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("K, M, G or T"));
 }
+
+#[test]
+fn gradcheck_of_a_diverging_relaxation_fails_with_the_step() {
+    // Strict mode is only reported, but a relaxation that stops being finite is an error.
+    let o = pcg(&[
+        "gradcheck",
+        "examples/mlp_digits.pcg",
+        "--mode",
+        "strict",
+        "--steps",
+        "60",
+        "--rate",
+        "40",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(err.contains("not finite from relaxation step"), "{err}");
+    assert!(err.contains("--rate 40"), "{err}");
+}

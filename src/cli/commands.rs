@@ -112,6 +112,26 @@ pub(super) fn gradcheck(
         }
     }
     let max = report.max_rel_err();
+    if !max.is_finite() {
+        // The first step at which the energy or a parameter's error stopped being finite.
+        let energy = report.energy.iter().position(|e| !e.is_finite());
+        let errors = report.params.iter().filter_map(|p| {
+            p.trace
+                .iter()
+                .find(|t| !t.rel_err.is_finite())
+                .map(|t| t.step)
+        });
+        let at = energy
+            .into_iter()
+            .chain(errors)
+            .min()
+            .map_or(String::new(), |k| format!(" from relaxation step {k}"));
+        eprintln!(
+            "gradcheck failed: the relaxation is not finite{at}; try a smaller step size (--rate {} now)",
+            report.programs.rate
+        );
+        return Err(Reported);
+    }
     let checked = report.programs.mode != Mode::Strict;
     if checked && (max > tol || max.is_nan()) {
         eprintln!("gradcheck failed: max_rel_err {max:.3e} > tol {tol:.1e}");
