@@ -372,6 +372,8 @@ pub(super) fn bench(
     // the programs' (with the relaxation in closed form, the fused program's).
     let program_flops = programs.step_flops();
     let training_programs = profile.then(|| programs.clone());
+    // Compilation: the programs to native code, and the training step (at `start`).
+    let compiling = std::time::Instant::now();
     let mut engine = backend.engine(programs).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let params = init::init_params(forward, seed);
@@ -383,6 +385,7 @@ pub(super) fn bench(
     engine
         .start(params, optimizer)
         .map_err(|e| fail(e.to_string()))?;
+    let compile_seconds = compiling.elapsed().as_secs_f64();
     let warmup = 3.min(iters.max(1));
     let mut times = Vec::with_capacity(iters);
     let mut in_products = std::time::Duration::ZERO;
@@ -409,6 +412,10 @@ pub(super) fn bench(
     let method_name = if method == Method::Pc { "pc" } else { "bp" };
     let b = crate::train::batch::io_shapes(forward)
         .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    emit(&format!(
+        "compiled in {compile_seconds:.2} s ({} backend: the programs and the training step)\n",
+        backend.name()
+    ));
     emit(&format!(
         "min {min:.3} ms, median {median:.3} ms over {} steps; {:.3} GFLOP per step, {:.1} GFLOP/s at the median\n",
         times.len(),
