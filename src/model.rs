@@ -400,16 +400,19 @@ impl Model {
         })
     }
 
+    /// A new engine running the programs of `key`.
+    fn new_engine(&self, key: &EngineKey) -> Result<Box<dyn Engine + Send>, ModelError> {
+        key.backend
+            .engine(self.programs(key)?, &JitOptions::default())
+            .map_err(ModelError::Failed)
+    }
+
     /// The cached engine for `key`, built at its first use.
     fn engine(&mut self, key: EngineKey) -> Result<&mut (dyn Engine + Send), ModelError> {
         let at = match self.engines.iter().position(|(k, _)| *k == key) {
             Some(at) => at,
             None => {
-                let programs = self.programs(&key)?;
-                let engine = key
-                    .backend
-                    .engine(programs, &JitOptions::default())
-                    .map_err(ModelError::Failed)?;
+                let engine = self.new_engine(&key)?;
                 if self.engines.len() >= CACHED_ENGINES {
                     self.engines.remove(0);
                 }
@@ -470,11 +473,7 @@ impl Model {
             .is_some_and(|t| t.key == key && t.optimizer == optimizer);
         if !current {
             self.end_training();
-            let programs = self.programs(&key)?;
-            let mut engine = key
-                .backend
-                .engine(programs, &JitOptions::default())
-                .map_err(ModelError::Failed)?;
+            let mut engine = self.new_engine(&key)?;
             let state = self.optimizer.clone().with_config(optimizer.clone());
             engine.start(self.params.clone(), state)?;
             self.trainer = Some(Trainer {
@@ -505,11 +504,7 @@ impl Model {
         let dataset = self.dataset(data, false)?;
         let key = self.key(run)?;
         self.end_training();
-        let programs = self.programs(&key)?;
-        let mut engine = key
-            .backend
-            .engine(programs, &JitOptions::default())
-            .map_err(ModelError::Failed)?;
+        let mut engine = self.new_engine(&key)?;
         let optimizer = self.optimizer.clone();
         let config = crate::train::optim::with_lr(optimizer.config().clone(), run.lr);
         let optimizer = optimizer.with_config(config.clone());

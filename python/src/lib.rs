@@ -550,16 +550,7 @@ impl PyModel {
         let history = {
             let (stop, interrupt, printed) = (&stop, &interrupt, &printed);
             busy.compute(py, move |m| {
-                let data = match loaded {
-                    Some(d) => Data::Loaded(Box::new(d)),
-                    None => match data.as_deref() {
-                        Some(spec) => Data::Spec {
-                            spec,
-                            dir: data_dir.as_deref(),
-                        },
-                        None => Data::File,
-                    },
-                };
+                let data = data_choice(loaded, data.as_deref(), data_dir.as_deref());
                 let fit = Fit {
                     epochs,
                     seed,
@@ -631,16 +622,7 @@ impl PyModel {
         let loaded = arrays_dataset(py, "evaluate(x_test, y_test)", data.as_deref(), arrays)?;
         let mut busy = self.busy()?;
         let (loss, acc, examples) = busy.compute(py, move |m| {
-            let data = match loaded {
-                Some(d) => Data::Loaded(Box::new(d)),
-                None => match data.as_deref() {
-                    Some(spec) => Data::Spec {
-                        spec,
-                        dir: data_dir.as_deref(),
-                    },
-                    None => Data::File,
-                },
-            };
+            let data = data_choice(loaded, data.as_deref(), data_dir.as_deref());
             m.evaluate(data, backend)
         })?;
         let dict = PyDict::new(py);
@@ -786,6 +768,19 @@ fn arrays_dataset(
     pcg::data::npz::from_arrays(std::path::Path::new(origin), names, arrays, false)
         .map(Some)
         .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// The data a call uses: the caller's arrays, a `--data` spec, or the train block's.
+fn data_choice<'a>(
+    loaded: Option<pcg::data::Dataset>,
+    spec: Option<&'a str>,
+    dir: Option<&'a std::path::Path>,
+) -> Data<'a> {
+    match (loaded, spec) {
+        (Some(d), _) => Data::Loaded(Box::new(d)),
+        (None, Some(spec)) => Data::Spec { spec, dir },
+        (None, None) => Data::File,
+    }
 }
 
 fn options(
