@@ -2,11 +2,17 @@
 # The whole test suite: the Rust tests, then the Python module built into a fresh virtual
 # environment (target/py-venv) and its pytest suite, which compares it with the CLI.
 # Needs a Rust toolchain and python3 (>= 3.9) with venv and pip; PyPI packages are installed
-# into the virtual environment: maturin, numpy, pytest.
+# into the virtual environment: maturin, numpy, pytest. Where Open MPI's `mpirun` is installed
+# (with libopenmpi-dev and libclang-dev), pcg is built and tested with `--features mpi` too
+# (tests/mpi.rs); PCG_NO_MPI=1 skips that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release
-cargo build --release --bin pcg
+features=()
+if command -v mpirun >/dev/null && [ "${PCG_NO_MPI:-0}" != 1 ]; then
+    features=(--features mpi)
+fi
+cargo test --release "${features[@]}"
+cargo build --release --bin pcg "${features[@]}"
 venv=target/py-venv
 rm -rf "$venv"
 python3 -m venv "$venv"

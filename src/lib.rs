@@ -4,12 +4,13 @@
 //! The pipeline, one module per stage: `syntax` (text to AST), `sema` (AST to the forward IR
 //! program), `ir` (the program representation shared by every later stage), `autodiff` (the
 //! gradient program), `pc` (the relaxation and learning programs), `opt` (the IR-to-IR
-//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops); `data` and `npz` handle files, `memory` what a model needs and the machine has.
+//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops), `distributed` (training over several processes); `data` and `npz` handle files, `memory` what a model needs and the machine has.
 
 pub mod autodiff;
 pub mod cli;
 pub mod data;
 pub mod diag;
+pub mod distributed;
 pub mod dump;
 pub mod gradcheck;
 pub mod interp;

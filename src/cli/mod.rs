@@ -267,7 +267,8 @@ pub struct BackendFlags {
     #[arg(long, value_enum, default_value_t = BackendArg::Jit)]
     pub backend: BackendArg,
     /// JIT: threads that large matrix products and convolutions are shared between
-    /// (default: one per core).
+    /// (default: one per core; per process under `mpirun`, the machine's cores shared
+    /// between its processes).
     #[arg(long)]
     pub threads: Option<std::num::NonZeroUsize>,
     /// JIT: check every memory access of the compiled code against its buffer and stop with a
@@ -289,9 +290,11 @@ impl BackendFlags {
     /// The JIT's options, timing every kernel when `profile` is set.
     pub fn jit_options_profiled(&self, profile: bool) -> JitOptions {
         let default = JitOptions::default();
+        // The processes of a job on one machine share its cores.
+        let cores = default.threads / crate::distributed::local_ranks().unwrap_or(1).max(1);
         JitOptions {
             bounds_checks: self.bounds_checks,
-            threads: self.threads.map_or(default.threads, |n| n.get()),
+            threads: self.threads.map_or(cores.max(1), |n| n.get()),
             auto_threads: self.threads.is_none(),
             profile,
         }
@@ -463,10 +466,88 @@ fn parse_dim(s: &str) -> Result<(String, usize), String> {
 }
 
 /// Writes to stdout; a closed pipe (`pcg ir ... | head`) ends the output quietly instead of
-/// panicking.
+/// panicking. In a job of several processes only rank 0 prints.
 pub(crate) fn emit(text: &str) {
     use std::io::Write;
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Set on the processes of a job other than rank 0: they print nothing on stdout.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// In a job of several processes, what this process would have written on stderr, held back
+/// until the processes agree which of them reports (see [`report_job`]).
+static HELD: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
+/// Writes an error's text on stderr, or holds it back in a job of several processes.
+pub(crate) fn error_text(text: String) {
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    match held.as_mut() {
+        Some(held) => held.push(text),
+        None => eprint!("{text}"),
+    }
+}
+
+/// Writes diagnostics on stderr (or holds them back, as [`error_text`]).
+pub(crate) fn report_diagnostics(sources: &Sources, diagnostics: &[diag::Diagnostic]) {
+    let holding = HELD.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    if holding {
+        error_text(diag::render(sources, diagnostics));
+    } else {
+        diag::emit_to_stderr(sources, diagnostics);
+    }
+}
+
+/// The job a training command runs in: MPI's world when started by `mpirun` (with the `mpi`
+/// feature), else this process alone. A pcg built without the feature refuses to run as one
+/// of several processes rather than have each train the whole model on its own.
+fn join_job() -> Result<crate::distributed::World, Reported> {
+    #[cfg(feature = "mpi")]
+    let world = crate::distributed::mpi::init().map_err(fail)?;
+    #[cfg(not(feature = "mpi"))]
+    let world = match crate::distributed::launched_size() {
+        Some(n) if n > 1 => {
+            return Err(fail(format!(
+                "started as one of {n} processes, but this pcg was built without MPI: build it with `cargo build --release --features mpi`"
+            )))
+        }
+        _ => crate::distributed::World::single(),
+    };
+    if world.is_distributed() {
+        QUIET.store(!world.is_root(), Ordering::Relaxed);
+        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+    Ok(world)
+}
+
+/// Ends a command that ran in a job of several processes (every process calls it): one
+/// process reports the job's failure — the one whose shard diverged, else the lowest that
+/// failed — and the others stay silent, so that an error common to all is printed once.
+fn report_job(world: &crate::distributed::World, result: &CmdResult) {
+    if !world.is_distributed() {
+        return;
+    }
+    let diverged = world.diverged_ranks();
+    let reporter = match diverged.first() {
+        Some(&rank) => Some(rank),
+        None => world.first(result.is_err()),
+    };
+    let held = HELD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default();
+    if reporter == Some(world.rank()) {
+        for (k, text) in held.iter().enumerate() {
+            if k == 0 && !world.is_root() {
+                eprint!("rank {} of {}: ", world.rank(), world.size());
+            }
+            eprint!("{text}");
+        }
+    }
 }
 
 /// An error that has already been reported on stderr.
@@ -478,7 +559,7 @@ pub(crate) type CmdResult = Result<(), Reported>;
 
 /// Reports an error on stderr.
 pub(crate) fn fail(message: impl std::fmt::Display) -> Reported {
-    eprintln!("error: {message}");
+    error_text(format!("error: {message}\n"));
     Reported
 }
 
@@ -520,20 +601,17 @@ pub fn run(cli: Cli) -> ExitCode {
             run,
             relax,
             compile,
-        } => training::run(&file, &run, &relax, &compile.options()),
+        } => in_job(|world| training::run(&file, &run, &relax, &compile.options(), world)),
         Command::Eval {
             file,
             params,
             data,
             data_dir,
             compile,
-        } => training::eval(
-            &file,
-            &params,
-            data.as_deref(),
-            data_dir.as_deref(),
-            &compile.options(),
-        ),
+        } => in_job(|world| {
+            let data = (data.as_deref(), data_dir.as_deref());
+            training::eval(&file, &params, data, &compile.options(), world)
+        }),
         Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
         Command::Bench {
             file,
@@ -550,7 +628,17 @@ pub fn run(cli: Cli) -> ExitCode {
                 ..relax
             };
             let run = training::BenchRun { iters, profile };
-            training::bench(&file, method, &backend, run, &relax, &compile.options())
+            in_job(|world| {
+                training::bench(
+                    &file,
+                    method,
+                    &backend,
+                    run,
+                    &relax,
+                    &compile.options(),
+                    world,
+                )
+            })
         }
         Command::Gradcheck {
             file,
@@ -576,6 +664,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(Reported) if STOP.load(Ordering::SeqCst) => ExitCode::from(130),
         Err(Reported) => ExitCode::FAILURE,
     }
+}
+
+/// Runs a training command in its job (see [`join_job`], [`report_job`]).
+fn in_job(command: impl FnOnce(&crate::distributed::World) -> CmdResult) -> CmdResult {
+    let world = join_job()?;
+    let result = command(&world);
+    report_job(&world, &result);
+    result
 }
 
 /// Raised by the first SIGINT or SIGTERM during `pcg run`: training stops after the step under
@@ -644,14 +740,14 @@ pub(crate) fn compile_or_report(
 pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Compiled, Reported> {
     let (sources, result) = sema::compile_file(file, options);
     let compiled = result.map_err(|diagnostics| {
-        diag::emit_to_stderr(&sources, &diagnostics);
+        report_diagnostics(&sources, &diagnostics);
         Reported
     })?;
     let limit = MEMORY_LIMIT.get().copied().flatten();
     if let Err(message) = crate::memory::ensure_fits(&compiled.forward, limit) {
         match too_large(&sources, &compiled, &message) {
-            Some(diagnostic) => diag::emit_to_stderr(&sources, &[diagnostic]),
-            None => eprintln!("error: {message}"),
+            Some(diagnostic) => report_diagnostics(&sources, &[diagnostic]),
+            None => error_text(format!("error: {message}\n")),
         }
         return Err(Reported);
     }

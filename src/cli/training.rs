@@ -3,6 +3,7 @@
 use super::{
     compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported, RunFlags,
 };
+use crate::distributed::{self, World};
 use crate::ir::{LeafKind, Program};
 use crate::model::{dataset, ModelSource};
 use crate::npz;
@@ -21,6 +22,8 @@ use std::path::Path;
 /// flags and train block give, and the programs of one training step.
 struct Training {
     compiled: Compiled,
+    /// The forward program at the global batch (unscaled; `compiled`'s, for one process).
+    global: Program,
     method: Method,
     inference: InferenceConfig,
     programs: Programs,
@@ -31,8 +34,9 @@ fn training(
     method: Option<MethodArg>,
     relax: &RelaxFlags,
     options: &CompileOptions,
+    world: &World,
 ) -> Result<Training, Reported> {
-    let compiled = compile_to_run(file, options)?;
+    let (compiled, global) = compile_shard(file, options, world)?;
     let train = compiled.train.as_ref();
     let method = chosen_method(method, train);
     let inference = relax.apply(train.map(|t| &t.inference))?;
@@ -40,10 +44,88 @@ fn training(
         Programs::build(&compiled.forward, method, &inference, relax.steps).map_err(fail)?;
     Ok(Training {
         compiled,
+        global,
         method,
         inference,
         programs,
     })
+}
+
+/// The batch size of a forward program (its first input's rows).
+fn batch_of(forward: &Program) -> Result<usize, Reported> {
+    crate::train::batch::io_shapes(forward)
+        .map(|((_, xs), _)| xs[0])
+        .map_err(fail)
+}
+
+/// The model of `file` compiled for this process's shard of every global batch: at the
+/// shard's batch size, with its loss scaled so that the processes' losses sum to the global
+/// batch's (see `distributed`). Returns it with the forward program at the global batch (the
+/// model itself, for one process).
+fn compile_shard(
+    file: &Path,
+    options: &CompileOptions,
+    world: &World,
+) -> Result<(Compiled, Program), Reported> {
+    let global = compile_to_run(file, options)?;
+    if !world.is_distributed() {
+        let forward = global.forward.clone();
+        return Ok((global, forward));
+    }
+    let batch = batch_of(&global.forward)?;
+    let shard = distributed::shard_size(batch, world.size()).map_err(fail)?;
+    let mut shard_options = options.clone();
+    shard_options.batch = Some(shard);
+    if let Some(b) = shard_options.dims.get_mut("B") {
+        *b = shard;
+    }
+    let mut compiled = compile_to_run(file, &shard_options)?;
+    let rows = batch_of(&compiled.forward)?;
+    if rows != shard {
+        return Err(fail(format!(
+            "the model's inputs have {rows} rows at a batch of {shard}: sharing a batch between processes needs its batch axis to be `B`"
+        )));
+    }
+    let params = init::init_params(&compiled.forward, 0);
+    let scale =
+        distributed::loss_scale(&compiled.forward, &global.forward, &params, world.size(), 0)
+            .map_err(fail)?;
+    distributed::scale_loss(&mut compiled.forward, scale);
+    Ok((compiled, global.forward))
+}
+
+/// The processes of a job agree that every one is ready to train before any starts: one that
+/// fails while preparing says so on its way out (this dropped unfinished), and
+/// [`finish`](Ready::finish) tells the others. One process agrees with itself.
+struct Ready<'a> {
+    world: &'a World,
+    finished: bool,
+}
+
+impl<'a> Ready<'a> {
+    fn new(world: &'a World) -> Self {
+        Ready {
+            world,
+            finished: false,
+        }
+    }
+
+    /// Ready here; fails (silently: the process that failed reports) if another is not.
+    fn finish(mut self) -> CmdResult {
+        self.finished = true;
+        if self.world.is_distributed() && self.world.any(false) {
+            return Err(Reported);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ready<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.world.is_distributed() {
+            self.world.any(true);
+        }
+    }
 }
 
 /// The method a flag asks for, else the train block's, else predictive coding.
@@ -56,13 +138,16 @@ pub(super) fn run(
     flags: &RunFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
+    world: &World,
 ) -> CmdResult {
+    let ready = Ready::new(world);
     let Training {
         compiled,
+        global,
         method,
         inference,
         programs,
-    } = training(file, flags.method, relax, options)?;
+    } = training(file, flags.method, relax, options, world)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
     let mut optimizer = Optimizer::of_train_block(base.as_ref(), flags.lr);
@@ -83,6 +168,7 @@ pub(super) fn run(
         Err(e) => return Err(fail(e)),
     };
     let mut engine = flags.backend.engine(programs).map_err(fail)?;
+    engine.distribute(world.clone()).map_err(fail)?;
     let (params, start) = match &flags.resume {
         Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
         None => (init::init_params(forward, seed), run::Position::default()),
@@ -103,11 +189,15 @@ pub(super) fn run(
         save: flags.save.clone(),
         hint,
         max_batches: flags.max_batches,
-        test_remainder: test_remainder(file, options, forward, &inference, data.test.len()),
+        // Rank 0 evaluates the test examples that do not fill a global batch.
+        test_remainder: world
+            .is_root()
+            .then(|| test_remainder(file, options, &global, &inference, data.test.len()))
+            .flatten(),
         stop: Some(super::stop_on_signal()),
     };
     let mut metrics = match &flags.metrics {
-        Some(path) => {
+        Some(path) if world.is_root() => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .write(true)
@@ -119,16 +209,14 @@ pub(super) fn run(
                 Err(e) => return Err(fail(format!("cannot write {}: {e}", path.display()))),
             }
         }
-        None => None,
+        _ => None,
     };
-    let batches_per_epoch = match crate::train::batch::io_shapes(forward) {
-        Ok(((_, xs), _)) => {
-            let all = data.train.len() / xs[0].max(1);
-            flags.max_batches.map_or(all, |m| m.min(all))
-        }
-        Err(e) => return Err(fail(e)),
+    let batches_per_epoch = {
+        let all = data.train.len() / batch_of(&global)?.max(1);
+        flags.max_batches.map_or(all, |m| m.min(all))
     };
-    let bar = if flags.quiet {
+    ready.finish()?;
+    let bar = if flags.quiet || !world.is_root() {
         ProgressBar::hidden()
     } else {
         let left = epochs.saturating_sub(start.epochs) * batches_per_epoch;
@@ -191,7 +279,7 @@ pub(super) fn run(
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ run::TrainError::Interrupted { .. }) => {
-            eprintln!("{e}");
+            super::error_text(format!("{e}\n"));
             return Err(Reported);
         }
         Err(e) => return Err(fail(e)),
@@ -209,7 +297,7 @@ pub(super) fn run(
             Err(e) => return Err(fail(e)),
         },
     };
-    if let Some(path) = &flags.plot {
+    if let (Some(path), true) = (&flags.plot, world.is_root()) {
         if let Err(e) =
             crate::plot::training_svg(path, &compiled.model_name, method_name, &outcome.history)
         {
@@ -241,11 +329,12 @@ fn test_remainder(
 pub(super) fn eval(
     file: &Path,
     params: &Path,
-    data_flag: Option<&str>,
-    data_dir: Option<&Path>,
+    (data_flag, data_dir): (Option<&str>, Option<&Path>),
     options: &CompileOptions,
+    world: &World,
 ) -> CmdResult {
-    let compiled = compile_to_run(file, options)?;
+    let ready = Ready::new(world);
+    let (compiled, global) = compile_shard(file, options, world)?;
     let forward = &compiled.forward;
     let arrays = npz::read(params).map_err(fail)?;
     let names: Vec<String> = forward
@@ -270,7 +359,12 @@ pub(super) fn eval(
         .unwrap_or_default();
     let programs = Programs::build(forward, Method::Bp, &inference, None).map_err(fail)?;
     let mut engine = InterpEngine::new(programs);
-    let remainder = test_remainder(file, options, forward, &inference, data.test.len());
+    engine.distribute(world.clone()).map_err(fail)?;
+    let remainder = world
+        .is_root()
+        .then(|| test_remainder(file, options, &global, &inference, data.test.len()))
+        .flatten();
+    ready.finish()?;
     match run::evaluate(
         &mut engine,
         forward,
@@ -358,13 +452,15 @@ pub(super) fn bench(
     BenchRun { iters, profile }: BenchRun,
     relax: &RelaxFlags,
     options: &CompileOptions,
+    world: &World,
 ) -> CmdResult {
+    let ready = Ready::new(world);
     let Training {
         compiled,
         method,
         programs,
         ..
-    } = training(file, method, relax, options)?;
+    } = training(file, method, relax, options, world)?;
     let forward = &compiled.forward;
     let base = compiled.train.clone();
     let steps = programs.steps;
@@ -375,6 +471,7 @@ pub(super) fn bench(
     // Compilation: the programs to native code, and the training step (at `start`).
     let compiling = std::time::Instant::now();
     let mut engine = backend.engine(programs).map_err(fail)?;
+    engine.distribute(world.clone()).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let params = init::init_params(forward, seed);
     let batch = crate::train::batch::random_batch(forward, seed);
@@ -386,6 +483,7 @@ pub(super) fn bench(
         .start(params, optimizer)
         .map_err(|e| fail(e.to_string()))?;
     let compile_seconds = compiling.elapsed().as_secs_f64();
+    ready.finish()?;
     let warmup = 3.min(iters.max(1));
     let mut times = Vec::with_capacity(iters);
     let mut in_products = std::time::Duration::ZERO;

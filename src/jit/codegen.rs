@@ -41,6 +41,8 @@ pub struct RuntimeRefs {
     pub parts: FuncRef,
     /// `tick(kernel)`: starts timing a kernel (-1: stops), when profiling.
     pub tick: FuncRef,
+    /// `exchange(descriptor, arena) -> status`: runs a [`Segment::Exchange`].
+    pub exchange: FuncRef,
 }
 
 /// One piece of a function's control flow over its kernels.
@@ -67,6 +69,9 @@ pub enum Segment {
     /// Ends the function with status [`DIVERGED`] unless every one of these scalar buffers
     /// holds a finite number.
     Guard(Vec<BufferId>),
+    /// Hands the buffers of `Lowered::exchanges[k]` to that exchange (a data-parallel job's
+    /// sum over its processes) and goes on with what it wrote back.
+    Exchange(usize),
 }
 
 /// A loop's stopping test: after each step, a `flag` of 0 ends the loop. The steps run are
@@ -111,7 +116,7 @@ impl Layout {
                     add(first, parts * steps.div_ceil(2));
                     add(second, parts * (steps / 2));
                 }
-                Segment::Guard(_) => {}
+                Segment::Guard(_) | Segment::Exchange(_) => {}
             }
         }
         runs
@@ -131,6 +136,8 @@ pub struct FunctionTranslator<'a> {
     pub runtime: RuntimeRefs,
     /// For each kernel, where its runtime descriptor is (calls only).
     pub descriptors: &'a [Option<super::Descriptor>],
+    /// Where each [`Segment::Exchange`]'s descriptor is.
+    pub exchanges: &'a [i64],
     /// Emit a range check before every load and store.
     pub bounds_checks: bool,
     /// The target has fused multiply-add instructions.
@@ -411,6 +418,16 @@ impl FunctionTranslator<'_> {
                     self.branch_on_status(status);
                 }
                 Segment::Guard(buffers) => self.translate_guard(buffers),
+                Segment::Exchange(k) => {
+                    let at = self.exchanges[*k];
+                    let descriptor = self.builder.ins().iconst(types::I64, at);
+                    let call = self
+                        .builder
+                        .ins()
+                        .call(self.runtime.exchange, &[descriptor, self.arena]);
+                    let status = self.builder.inst_results(call)[0];
+                    self.branch_on_status(status);
+                }
             }
         }
         self.finish();

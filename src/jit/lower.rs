@@ -498,6 +498,9 @@ pub struct Lowered {
     /// Map kernels that also check what they write: kernel → a scalar flag buffer that the
     /// kernel sets to NaN when a value it writes is not finite (and leaves alone otherwise).
     pub checks: HashMap<usize, BufferId>,
+    /// The buffers each [`Segment::Exchange`](super::codegen::Segment::Exchange) hands to its
+    /// exchange, by the segment's index.
+    pub exchanges: Vec<(Vec<BufferId>, super::runtime::Exchange)>,
 }
 
 impl Lowered {

@@ -26,7 +26,7 @@ mod team;
 
 pub use looped::JitLoop;
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
-pub use runtime::{take_kernel_times, take_product_time, time_products};
+pub use runtime::{take_kernel_times, take_product_time, time_products, Exchange};
 pub use step::{Cost, JitStep, KernelInfo, Stage, StepCost};
 
 use crate::interp::{Bindings, EvalError, Tensor};
@@ -157,6 +157,7 @@ struct Function {
     /// Runtime-kernel descriptors, at fixed addresses the code embeds.
     _matmuls: Vec<runtime::MatMulDesc>,
     _convs: Vec<runtime::ConvDesc>,
+    _exchanges: Vec<runtime::ExchangeDesc>,
 }
 
 impl Drop for Function {
@@ -247,7 +248,22 @@ impl Function {
         let mut builder =
             JITBuilder::with_flags(&[("opt_level", "speed")], default_libcall_names())
                 .map_err(|e| codegen(&e))?;
-        let symbols: [(&str, *const u8); 9] = [
+        let exchanges: Vec<runtime::ExchangeDesc> = lowered
+            .exchanges
+            .iter()
+            .map(|(buffers, exchange)| runtime::ExchangeDesc {
+                spans: buffers
+                    .iter()
+                    .map(|&b| (plan.buffers[b].offset, plan.buffers[b].len))
+                    .collect(),
+                exchange: exchange.clone(),
+            })
+            .collect();
+        let exchange_addresses: Vec<i64> = exchanges
+            .iter()
+            .map(|d| d as *const runtime::ExchangeDesc as i64)
+            .collect();
+        let symbols: [(&str, *const u8); 10] = [
             ("pcg_tick", runtime::tick as *const u8),
             ("pcg_parallel", runtime::parallel as *const u8),
             ("pcg_parts", runtime::parts as *const u8),
@@ -257,12 +273,20 @@ impl Function {
             ("pcg_cosf", runtime::cos as *const u8),
             ("pcg_tanf", runtime::tan as *const u8),
             ("pcg_powf", runtime::powf as *const u8),
+            ("pcg_exchange", runtime::exchange as *const u8),
         ];
         for (name, address) in symbols {
             builder.symbol(name, address);
         }
         let mut module = JITModule::new(builder);
-        let result = Self::define(&mut module, lowered, layout, &plan, &descriptors, options);
+        let result = Self::define(
+            &mut module,
+            lowered,
+            layout,
+            &plan,
+            (&descriptors, &exchange_addresses),
+            options,
+        );
         let (id, clif) = match result {
             Ok(x) => x,
             Err(e) => {
@@ -290,6 +314,7 @@ impl Function {
             plan,
             _matmuls: matmuls,
             _convs: convs,
+            _exchanges: exchanges,
         })
     }
 
@@ -299,7 +324,7 @@ impl Function {
         lowered: &Lowered,
         layout: &Layout,
         plan: &BufferPlan,
-        descriptors: &[Option<Descriptor>],
+        (descriptors, exchanges): (&[Option<Descriptor>], &[i64]),
         options: &JitOptions,
     ) -> Result<(FuncId, String), JitError> {
         let codegen = |e: &dyn fmt::Display| JitError::Codegen(e.to_string());
@@ -336,6 +361,7 @@ impl Function {
             import("pcg_parallel", &parallel_sig)?,
             import("pcg_parts", &parallel_sig)?,
             import("pcg_tick", &tick_sig)?,
+            import("pcg_exchange", &call_sig)?,
         ];
         let fma = has_fma(module.isa());
         let common = Common {
@@ -343,6 +369,7 @@ impl Function {
             checks: &lowered.checks,
             profile: options.profile,
             descriptors,
+            exchanges,
             bounds_checks: options.bounds_checks,
             fma,
         };
@@ -444,6 +471,7 @@ struct Common<'a> {
     checks: &'a HashMap<usize, BufferId>,
     profile: bool,
     descriptors: &'a [Option<Descriptor>],
+    exchanges: &'a [i64],
     bounds_checks: bool,
     fma: bool,
 }
@@ -528,8 +556,10 @@ impl<'a> Common<'a> {
                 parallel: refs[6],
                 parts: refs[7],
                 tick: refs[8],
+                exchange: refs[9],
             },
             descriptors: self.descriptors,
+            exchanges: self.exchanges,
             bounds_checks: self.bounds_checks,
             fma: self.fma,
             fail,

@@ -609,3 +609,45 @@ mod tests {
         }
     }
 }
+
+/// Sums a step's exchanged values over the processes of a data-parallel job, in place (see
+/// [`Stage::Exchange`](super::Stage::Exchange)). The JIT knows nothing of how: the caller
+/// hands in the reduction.
+#[derive(Clone)]
+pub struct Exchange(pub std::sync::Arc<Sum>);
+
+/// A sum over processes, in place.
+pub type Sum = dyn Fn(&mut [f32]) + Send + Sync;
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exchange")
+    }
+}
+
+/// A [`Segment::Exchange`](super::codegen::Segment::Exchange): arena spans (offset, length)
+/// gathered into one buffer, handed to the exchange in one call, and scattered back.
+pub struct ExchangeDesc {
+    pub spans: Vec<(usize, usize)>,
+    pub exchange: Exchange,
+}
+
+/// Runs an [`ExchangeDesc`] on the arena at `arena`.
+///
+/// # Safety
+/// `desc` must point to a valid descriptor whose spans lie inside the arena.
+pub unsafe extern "C" fn exchange(desc: *const ExchangeDesc, arena: *mut f32) -> i32 {
+    let d = &*desc;
+    let total = d.spans.iter().map(|&(_, len)| len).sum();
+    let mut fused = Vec::with_capacity(total);
+    for &(at, len) in &d.spans {
+        fused.extend_from_slice(std::slice::from_raw_parts(arena.add(at), len));
+    }
+    (d.exchange.0)(&mut fused);
+    let mut from = 0;
+    for &(at, len) in &d.spans {
+        std::ptr::copy_nonoverlapping(fused.as_ptr().add(from), arena.add(at), len);
+        from += len;
+    }
+    0
+}

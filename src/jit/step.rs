@@ -36,6 +36,9 @@ pub enum Stage<'a> {
     /// new parameters and moments in its final state), over the resident arrays of the same
     /// names. A parameter's copy raises its flag when a new value is not finite.
     Store(Vec<String>),
+    /// Hands these values, produced by earlier stages, to `Exchange` in one buffer (a
+    /// data-parallel job sums them over its processes) before later stages read them.
+    Exchange(Vec<String>, super::Exchange),
 }
 
 /// Finds the buffer of every leaf the stages read.
@@ -235,6 +238,16 @@ impl JitStep {
                         }
                     }
                     segments.push(Segment::Kernels(start..lowered.kernels.len()));
+                }
+                Stage::Exchange(names, exchange) => {
+                    // As for a guard, a name no stage produces (the steps run, where no
+                    // stopping test counts them) is not exchanged.
+                    let buffers = names
+                        .iter()
+                        .filter_map(|n| leaves.produced.get(n).map(|(_, b)| *b))
+                        .collect();
+                    segments.push(Segment::Exchange(lowered.exchanges.len()));
+                    lowered.exchanges.push((buffers, exchange.clone()));
                 }
                 Stage::Guard(names) => {
                     let buffers = names

@@ -9,6 +9,7 @@
 use super::optim::{self, Optimizer};
 use super::schedule;
 use crate::autodiff;
+use crate::distributed::World;
 use crate::interp::{self, Bindings, EvalError};
 use crate::ir::{LeafKind, LoopProgram, Program, Shape};
 use crate::jit::{JitError, JitLoop, JitOptions, JitProgram, JitStep, Stage};
@@ -99,6 +100,13 @@ pub trait Engine {
     fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError>;
     /// The parameters and the optimiser as training has left them.
     fn trained(&mut self) -> (Arrays, Optimizer);
+    /// Shares every training step from `start` on with the other processes of `world`: each
+    /// step's parameter updates, loss and energy are summed over them (one exchange per step)
+    /// before the same optimiser step is taken on every one. Refused for a schedule that
+    /// learns during the relaxation.
+    fn distribute(&mut self, world: World) -> Result<(), String>;
+    /// The processes training is shared between ([`World::single`] unless distributed).
+    fn world(&self) -> &World;
     /// What one training step does, where the backend counts it (after `start`).
     fn step_cost(&self) -> Option<crate::jit::StepCost> {
         None
@@ -322,6 +330,7 @@ pub struct InterpEngine {
     training: Option<(Arrays, Optimizer)>,
     /// The incremental schedule's loop and the names it stores, from `start` on.
     incremental: Option<(LoopProgram, Vec<String>)>,
+    world: World,
 }
 
 impl InterpEngine {
@@ -330,8 +339,86 @@ impl InterpEngine {
             programs,
             training: None,
             incremental: None,
+            world: World::single(),
         }
     }
+}
+
+/// Refuses to share a schedule that learns during the relaxation between processes.
+fn distributable(programs: &Programs, world: &World) -> Result<(), String> {
+    if world.is_distributed() && programs.incremental().is_some() {
+        return Err(
+            "the incremental schedule learns at every relaxation step; training it over several processes is not supported (use the standard schedule)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The divergence a process reports whose own shard was healthy when another's was not.
+fn diverged_elsewhere(world: &World) -> EngineError {
+    let ranks: Vec<String> = world
+        .diverged_ranks()
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    EngineError::Diverged {
+        what: format!("the step on rank {}", ranks.join(", ")),
+        relaxation_step: None,
+    }
+}
+
+/// One step's gradient summed over the processes of `world`: the parameters' updates, the
+/// loss, the energy and the relaxation steps in one exchange. A step that failed on this
+/// process takes part with values that are not finite, so that every process fails it.
+fn exchanged(
+    world: &World,
+    params: &Arrays,
+    step: Result<StepResult, EngineError>,
+) -> Result<StepResult, EngineError> {
+    let mut payload = Vec::new();
+    let ok = step.as_ref().ok();
+    for (name, p) in params {
+        match ok.and_then(|s| s.grads.get(name)) {
+            Some(g) => payload.extend(g.iter().copied()),
+            None if ok.is_some() => payload.extend(std::iter::repeat_n(0.0, p.len())),
+            None => payload.extend(std::iter::repeat_n(f32::NAN, p.len())),
+        }
+    }
+    let scalars = ok.map_or([f64::NAN; 3], |s| {
+        [
+            s.loss,
+            s.energy.unwrap_or(0.0),
+            s.relaxation_steps.unwrap_or(0.0),
+        ]
+    });
+    payload.extend(scalars.map(|x| x as f32));
+    world.exchange(&mut payload);
+    let step = step?;
+    let n = payload.len();
+    let (loss, energy, steps) = (payload[n - 3], payload[n - 2], payload[n - 1]);
+    if !loss.is_finite() || !energy.is_finite() {
+        return Err(diverged_elsewhere(world));
+    }
+    let mut grads = Arrays::new();
+    let mut at = 0;
+    for (name, p) in params {
+        let values = payload[at..at + p.len()].to_vec();
+        at += p.len();
+        if step.grads.contains_key(name) {
+            let g = ArrayD::from_shape_vec(p.shape(), values)
+                .map_err(|e| EngineError::Eval(e.to_string()))?;
+            grads.insert(name.clone(), g);
+        }
+    }
+    Ok(StepResult {
+        loss: f64::from(loss),
+        energy: step.energy.map(|_| f64::from(energy)),
+        grads,
+        relaxation_steps: step
+            .relaxation_steps
+            .map(|_| f64::from(steps) / world.size() as f64),
+    })
 }
 
 /// Runs a relaxation loop on the interpreter, stopping at the first step whose energy is not
@@ -456,7 +543,12 @@ impl Engine for InterpEngine {
             return Ok(report);
         }
         let (params, _) = self.training.as_ref().ok_or_else(not_started)?;
-        let step = self.gradients(&params.clone(), batch)?;
+        let params_before = params.clone();
+        let mut step = self.gradients(&params_before, batch);
+        if self.world.is_distributed() {
+            step = exchanged(&self.world, &params_before, step);
+        }
+        let step = step?;
         let (params, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
         optimizer.step(params, &step.grads);
         check_params(params)?;
@@ -465,6 +557,16 @@ impl Engine for InterpEngine {
             energy: step.energy,
             relaxation_steps: step.relaxation_steps,
         })
+    }
+
+    fn distribute(&mut self, world: World) -> Result<(), String> {
+        distributable(&self.programs, &world)?;
+        self.world = world;
+        Ok(())
+    }
+
+    fn world(&self) -> &World {
+        &self.world
     }
 
     fn trained(&mut self) -> (Arrays, Optimizer) {
@@ -625,6 +727,7 @@ pub struct JitEngine {
     /// The training step and the optimiser, from `start` on.
     training: Option<(JitStep, Optimizer)>,
     eval: JitProgram,
+    world: World,
 }
 
 /// Training steps with fewer floating-point operations than this run on one thread unless
@@ -679,6 +782,7 @@ impl JitEngine {
             separate: None,
             training: None,
             eval,
+            world: World::single(),
         })
     }
 
@@ -746,6 +850,17 @@ impl JitEngine {
             stages.push(Stage::Loop(relax));
         }
         stages.push(Stage::Run(&gradient));
+        if self.world.is_distributed() {
+            // Every process's updates, loss and energy summed, before any of them is guarded
+            // or applied: a shard that diverged makes every process's step fail.
+            let mut exchanged: Vec<String> = params
+                .iter()
+                .map(|(name, _)| optim::gradient_state(name))
+                .collect();
+            exchanged.extend(guard.iter().cloned());
+            exchanged.push(crate::ir::STEPS_RUN.to_string());
+            stages.push(Stage::Exchange(exchanged, self.world.exchange_fn()));
+        }
         stages.push(Stage::Guard(guard));
         stages.push(Stage::Run(&update));
         let resident = optimizer.initial_moments(&params).into_keys().collect();
@@ -793,6 +908,12 @@ impl Engine for JitEngine {
         }
         match step.run(&inputs) {
             Ok(()) => {}
+            Err(JitError::Diverged)
+                if self.world.is_distributed()
+                    && !self.world.diverged_ranks().contains(&self.world.rank()) =>
+            {
+                return Err(diverged_elsewhere(&self.world));
+            }
             Err(JitError::Diverged) => {
                 // Nothing was updated: replay the step on the interpreter to say where.
                 let (moments, params): (Arrays, Arrays) = step
@@ -827,7 +948,9 @@ impl Engine for JitEngine {
         non_finite_param(step.non_finite().into_iter())?;
         let loss = step.scalar("loss").unwrap_or(f64::NAN);
         let energy = step.scalar("energy");
-        let relaxation_steps = step.scalar(crate::ir::STEPS_RUN);
+        let relaxation_steps = step
+            .scalar(crate::ir::STEPS_RUN)
+            .map(|t| t / self.world.size() as f64);
         Ok(StepReport {
             loss,
             energy,
@@ -837,6 +960,16 @@ impl Engine for JitEngine {
 
     fn step_cost(&self) -> Option<crate::jit::StepCost> {
         self.training.as_ref().map(|(step, _)| step.cost())
+    }
+
+    fn distribute(&mut self, world: World) -> Result<(), String> {
+        distributable(&self.programs, &world)?;
+        self.world = world;
+        Ok(())
+    }
+
+    fn world(&self) -> &World {
+        &self.world
     }
 
     fn trained(&mut self) -> (Arrays, Optimizer) {

@@ -16,6 +16,7 @@ use super::batch::io_shapes;
 use super::engine::{Engine, EngineError};
 use super::optim::{Optimizer, STATE_PREFIX};
 use crate::data::{self, Dataset, Split};
+use crate::distributed::World;
 use crate::ir::{LeafKind, Program};
 use crate::npz::{self, Arrays};
 use crate::sema::OptimizerConfig;
@@ -252,7 +253,10 @@ pub fn evaluate(
     remainder: Option<&Remainder>,
 ) -> Result<(f64, Option<f64>), TrainError> {
     let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
-    let b = xs[0];
+    // Shared between processes, each global batch is split into one shard per process.
+    let world = engine.world().clone();
+    let shard = xs[0];
+    let b = shard * world.size();
     let batches = split.len() / b;
     if batches == 0 && remainder.is_none() {
         return Err(TrainError::Data(format!(
@@ -274,38 +278,79 @@ pub fn evaluate(
             counted += p.len() / p.shape().last().copied().unwrap_or(1).max(1);
         }
     };
+    // A shard's loss is scaled so that the processes' losses sum to the global batch's
+    // (`distributed::loss_scale`): each counts its loss for the whole batch, its examples
+    // for its shard.
+    let mut failure = None;
     for k in 0..batches {
-        let indices: Vec<usize> = (k * b..(k + 1) * b).collect();
-        let (x, y) = split
+        let indices: Vec<usize> = world.shard(k * b, b).collect();
+        let evaluated = split
             .batch(&indices, &xs, &ys)
-            .map_err(|e| TrainError::Data(e.to_string()))?;
-        leaves.insert(xn.clone(), x);
-        leaves.insert(yn.clone(), y);
-        let (l, prediction) = engine
-            .evaluate(params, &leaves)
-            .map_err(|error| evaluation_failed(k, error))?;
-        tally(l, b, prediction, &leaves[&yn]);
+            .map_err(|e| TrainError::Data(e.to_string()))
+            .and_then(|(x, y)| {
+                leaves.insert(xn.clone(), x);
+                leaves.insert(yn.clone(), y);
+                engine
+                    .evaluate(params, &leaves)
+                    .map_err(|error| evaluation_failed(k, error))
+            });
+        match evaluated {
+            Ok((l, prediction)) => {
+                tally(l * world.size() as f64, shard, prediction, &leaves[&yn]);
+            }
+            Err(e) => {
+                // Every process still takes part in the sums below, so that none waits.
+                failure = Some(e);
+                break;
+            }
+        }
     }
     let rest = split.len() - batches * b;
-    if let (Some(remainder), true) = (remainder, rest > 0) {
+    if let (Some(remainder), true, None) = (remainder, rest > 0 && world.is_root(), &failure) {
         let indices: Vec<usize> = (batches * b..split.len()).collect();
         let with_rows = |dims: &[usize]| [&[rest], &dims[1..]].concat();
-        let (x, y) = split
+        let evaluated = split
             .batch(&indices, &with_rows(&xs), &with_rows(&ys))
-            .map_err(|e| TrainError::Data(e.to_string()))?;
-        let mut env: crate::interp::Bindings<f32> = params.clone();
-        env.insert(xn.clone(), x);
-        env.insert(yn.clone(), y.clone());
-        let mut out = crate::interp::eval_outputs(&remainder.eval, &env)
-            .map_err(|e| evaluation_failed(batches, e.into()))?;
-        let l = out
-            .get("loss")
-            .and_then(|l| l.iter().next().copied())
-            .map_or(f64::NAN, f64::from);
-        tally(l, rest, out.remove("prediction"), &y);
+            .map_err(|e| TrainError::Data(e.to_string()))
+            .and_then(|(x, y)| {
+                let mut env: crate::interp::Bindings<f32> = params.clone();
+                env.insert(xn.clone(), x);
+                env.insert(yn.clone(), y.clone());
+                let out = crate::interp::eval_outputs(&remainder.eval, &env)
+                    .map_err(|e| evaluation_failed(batches, e.into()))?;
+                Ok((out, y))
+            });
+        match evaluated {
+            Ok((mut out, y)) => {
+                let l = out
+                    .get("loss")
+                    .and_then(|l| l.iter().next().copied())
+                    .map_or(f64::NAN, f64::from);
+                tally(l, rest, out.remove("prediction"), &y);
+            }
+            Err(e) => failure = Some(e),
+        }
     }
-    let acc = (has_prediction && counted > 0).then(|| correct as f64 / counted as f64);
-    Ok((loss / examples as f64, acc))
+    let mut sums = [
+        loss,
+        examples as f64,
+        correct as f64,
+        counted as f64,
+        f64::from(u8::from(has_prediction)),
+        f64::from(u8::from(failure.is_some())),
+    ];
+    world.sum(&mut sums);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if sums[5] > 0.0 {
+        return Err(TrainError::Data(
+            "the evaluation failed on another process".into(),
+        ));
+    }
+    let [loss, examples, correct, counted, has_prediction, _] = sums;
+    let acc = (has_prediction > 0.0 && counted > 0.0).then(|| correct / counted);
+    Ok((loss / examples, acc))
 }
 
 fn evaluation_failed(batch: usize, error: EngineError) -> TrainError {
@@ -414,7 +459,31 @@ pub fn save_checkpoint(
     npz::write(path, &arrays).map_err(|e| TrainError::Checkpoint(e.to_string()))
 }
 
-/// Trains from `params` (epoch `start` onwards) for the settings' epochs.
+/// [`save_checkpoint`] by rank 0 of `world` alone; every process learns whether it worked.
+fn save_on_root(
+    world: &World,
+    path: &std::path::Path,
+    params: &Arrays,
+    optimizer: &Optimizer,
+    position: Position,
+) -> Result<(), TrainError> {
+    let saved = if world.is_root() {
+        save_checkpoint(path, params, optimizer, position)
+    } else {
+        Ok(())
+    };
+    if world.is_distributed() && world.any(saved.is_err()) && saved.is_ok() {
+        return Err(TrainError::Checkpoint(format!(
+            "rank 0 could not write the checkpoint {}",
+            path.display()
+        )));
+    }
+    saved
+}
+
+/// Trains from `params` (epoch `start` onwards) for the settings' epochs. Shared between
+/// processes (the engine's [`World`]), every global batch is split into one shard per
+/// process, and rank 0 alone writes checkpoints.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     engine: &mut dyn Engine,
@@ -427,7 +496,9 @@ pub fn train(
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, TrainError> {
     let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
-    let b = xs[0];
+    // Shared between processes, each takes its shard of every global batch of `b` examples.
+    let world = engine.world().clone();
+    let b = xs[0] * world.size();
     let all = dataset.train.len() / b;
     let batches = settings.max_batches.map_or(all, |m| m.min(all));
     if batches == 0 {
@@ -460,7 +531,7 @@ pub fn train(
         for k in first..batches {
             let (x, y) = dataset
                 .train
-                .batch(&order[k * b..(k + 1) * b], &xs, &ys)
+                .batch(&order[world.shard(k * b, b)], &xs, &ys)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             leaves.insert(xn.clone(), x);
             leaves.insert(yn.clone(), y);
@@ -479,7 +550,9 @@ pub fn train(
                 loss: step.loss,
                 energy: step.energy,
             });
-            if settings.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            // Every process stops after the same step: when any of them was asked to.
+            let asked = settings.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            if (world.is_distributed() && world.any(asked)) || asked {
                 let position = Position {
                     epochs: epoch,
                     batches: k + 1,
@@ -487,7 +560,7 @@ pub fn train(
                 };
                 if let Some(path) = &settings.save {
                     let (params, optimizer) = engine.trained();
-                    save_checkpoint(path, &params, &optimizer, position)?;
+                    save_on_root(&world, path, &params, &optimizer, position)?;
                 }
                 return Err(TrainError::Interrupted {
                     epoch: epoch + 1,
@@ -523,7 +596,7 @@ pub fn train(
                 epochs: epoch + 1,
                 ..Position::default()
             };
-            save_checkpoint(path, &params, &optimizer, done)?;
+            save_on_root(&world, path, &params, &optimizer, done)?;
         }
         on(Event::Epoch(&metrics));
         history.push(metrics);
