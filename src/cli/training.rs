@@ -508,8 +508,15 @@ pub(super) fn bench(
         times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
     );
     let method_name = if method == Method::Pc { "pc" } else { "bp" };
-    let b = crate::train::batch::io_shapes(forward)
-        .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    // The global batch: each of the job's processes steps on its shard of it.
+    let b = world.size()
+        * crate::train::batch::io_shapes(forward)
+            .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    let ranks = if world.is_distributed() {
+        format!(" ranks={}", world.size())
+    } else {
+        String::new()
+    };
     emit(&format!(
         "compiled in {compile_seconds:.2} s ({} backend: the programs and the training step)\n",
         backend.name()
@@ -534,7 +541,7 @@ pub(super) fn bench(
         profile_kernels(backend, programs, params, optimizer_of(lr), &batch, iters)?;
     }
     emit(&format!(
-        "bench model={} method={method_name} backend={} batch={b} inference_steps={} ms_per_step={median:.4}\n",
+        "bench model={} method={method_name} backend={} batch={b} inference_steps={} ms_per_step={median:.4}{ranks}\n",
         compiled.model_name,
         backend.name(),
         if method == Method::Pc { steps } else { 0 }

@@ -33,9 +33,10 @@ pub trait Collective: Send + Sync {
     fn rank(&self) -> usize;
     /// The number of processes.
     fn size(&self) -> usize;
-    /// Sums `data` elementwise over the processes, in place, on every process. Every process
-    /// calls it, with data of the same length.
-    fn sum_f32(&self, data: &mut [f32]);
+    /// Sums `data` elementwise over the processes, on every process. Every process calls it,
+    /// with data of the same length. The sum may come back in another vector of the same
+    /// length (swapped in, so that the reduction needs no copy of its own).
+    fn sum_f32(&self, data: &mut Vec<f32>);
     /// As [`sum_f32`](Self::sum_f32), in double precision (metrics and counts).
     fn sum_f64(&self, data: &mut [f64]);
 }
@@ -103,30 +104,29 @@ impl World {
     }
 
     /// A step's exchange: sums `payload` over the ranks, in place, and records which ranks'
-    /// own payload was not finite (see [`diverged_ranks`](Self::diverged_ranks)).
-    pub fn exchange(&self, payload: &mut [f32]) {
+    /// own payload was not finite (see [`diverged_ranks`](Self::diverged_ranks)). The
+    /// vector's spare capacity carries one flag per rank.
+    pub fn exchange(&self, payload: &mut Vec<f32>) {
         let Some(c) = self.comm.as_ref().filter(|c| c.size() > 1) else {
             return;
         };
-        let (n, me) = (c.size(), c.rank());
-        let mut fused = Vec::with_capacity(payload.len() + n);
-        fused.extend_from_slice(payload);
-        fused.resize(payload.len() + n, 0.0);
-        if payload.iter().any(|x| !x.is_finite()) {
-            fused[payload.len() + me] = 1.0;
+        let (n, me, len) = (c.size(), c.rank(), payload.len());
+        // Without an early exit, so that the test vectorises.
+        let finite = !payload.iter().fold(false, |bad, x| bad | !x.is_finite());
+        payload.resize(len + n, 0.0);
+        if !finite {
+            payload[len + me] = 1.0;
         }
-        c.sum_f32(&mut fused);
-        payload.copy_from_slice(&fused[..payload.len()]);
-        let bad = (0..n)
-            .filter(|&r| fused[payload.len() + r] != 0.0)
-            .collect();
+        c.sum_f32(payload);
+        let bad = (0..n).filter(|&r| payload[len + r] != 0.0).collect();
+        payload.truncate(len);
         *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = bad;
     }
 
     /// The exchange as the compiled step calls it.
     pub fn exchange_fn(&self) -> crate::jit::Exchange {
         let world = self.clone();
-        crate::jit::Exchange(Arc::new(move |data: &mut [f32]| world.exchange(data)))
+        crate::jit::Exchange(Arc::new(move |data: &mut Vec<f32>| world.exchange(data)))
     }
 
     /// The ranks whose own part of the last exchange was not finite: where a step that
@@ -191,9 +191,10 @@ pub fn shard_size(global: usize, ranks: usize) -> Result<usize, String> {
 /// The factor a shard's loss is multiplied by so that the ranks' sum is the global batch's
 /// loss: 1/N for a loss that averages over the batch's examples, 1 for one that sums them.
 /// Measured on the model: `global` is its forward program at the global batch, `shard` at the
-/// shard's, and the loss of N copies of one shard's (random) examples is compared with the
-/// shard's own. Anything else — a loss with a term that does not depend on the examples, or
-/// one that is not additive over them — is refused with the reason.
+/// shard's; a random global batch is split into N shards, and the global loss is compared
+/// with the mean and with the sum of the shards' losses. A mean may carry a term of its own
+/// (a weight penalty: the mean of the shards' losses counts it once); a loss that is neither —
+/// a sum with a term of its own, or one that couples the examples — is refused, with why.
 pub fn loss_scale(
     shard: &Program,
     global: &Program,
@@ -201,7 +202,7 @@ pub fn loss_scale(
     ranks: usize,
     seed: u64,
 ) -> Result<f64, String> {
-    let batch = crate::train::batch::random_batch(shard, seed);
+    let batch = crate::train::batch::random_batch(global, seed);
     let loss = |p: &Program, b: &Bindings<f32>| -> Result<f64, String> {
         let mut env = params.clone();
         env.extend(b.clone());
@@ -211,25 +212,26 @@ pub fn loss_scale(
             .map(f64::from)
             .ok_or_else(|| "the model has no loss".to_string())
     };
-    let copies: Bindings<f32> = batch
-        .iter()
-        .map(|(name, x)| {
-            let views: Vec<_> = (0..ranks).map(|_| x.view()).collect();
-            let stacked = ndarray::concatenate(ndarray::Axis(0), &views)
-                .map_err(|e| format!("cannot repeat the batch of `{name}`: {e}"))?;
-            Ok((name.clone(), stacked))
-        })
-        .collect::<Result<_, String>>()?;
-    let (one, all) = (loss(shard, &batch)?, loss(global, &copies)?);
+    let all = loss(global, &batch)?;
+    let mut parts = 0.0;
+    for r in 0..ranks {
+        let rows = |x: &ndarray::ArrayD<f32>| {
+            let per = x.shape()[0] / ranks;
+            x.slice_axis(ndarray::Axis(0), (r * per..(r + 1) * per).into())
+                .to_owned()
+        };
+        let part: Bindings<f32> = batch.iter().map(|(k, x)| (k.clone(), rows(x))).collect();
+        parts += loss(shard, &part)?;
+    }
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1e-30);
     let n = ranks as f64;
-    if close(all, one) {
+    if close(all, parts / n) {
         Ok(1.0 / n)
-    } else if close(all, n * one) {
+    } else if close(all, parts) {
         Ok(1.0)
     } else {
         Err(format!(
-            "the loss is neither a mean nor a sum over the batch's examples ({ranks} copies of a batch give {all:.6e}, one gives {one:.6e}), so it cannot be shared between processes; a term that does not depend on the examples (a weight penalty) belongs in the optimiser's `weight_decay`"
+            "the loss is neither a mean nor a sum over the batch's examples (a batch's loss is {all:.6e}, the sum of its {ranks} shards' {parts:.6e}), so it cannot be shared between processes: a loss that sums over the examples cannot carry a term of its own (a weight penalty belongs in the optimiser's `weight_decay`), and no term may couple the examples"
         ))
     }
 }
@@ -252,7 +254,7 @@ mod tests {
     #[test]
     fn a_single_world_is_the_identity() {
         let w = World::single();
-        let mut x = [1.0f32, f32::NAN];
+        let mut x = vec![1.0f32, f32::NAN];
         w.exchange(&mut x);
         assert_eq!(x[0], 1.0);
         assert!(w.diverged_ranks().is_empty());

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 
 /// MPI's world communicator; MPI is finalised when the last [`World`] holding it is dropped.
 struct Mpi {
-    /// Calls are made one at a time (MPI was initialised for calls from one thread).
-    world: Mutex<SimpleCommunicator>,
+    /// Calls are made one at a time (MPI was initialised for calls from one thread), each
+    /// receiving into the buffer the last one sent from (kept, so that a step allocates
+    /// nothing).
+    world: Mutex<(SimpleCommunicator, Vec<f32>)>,
     rank: usize,
     size: usize,
     _universe: Universe,
@@ -31,16 +33,20 @@ impl Collective for Mpi {
         self.size
     }
 
-    fn sum_f32(&self, data: &mut [f32]) {
-        let send = data.to_vec();
-        let world = self.world.lock().unwrap_or_else(|e| e.into_inner());
-        world.all_reduce_into(&send[..], data, SystemOperation::sum());
+    fn sum_f32(&self, data: &mut Vec<f32>) {
+        let mut guard = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        let (world, receive) = &mut *guard;
+        receive.resize(data.len(), 0.0);
+        world.all_reduce_into(&data[..], &mut receive[..], SystemOperation::sum());
+        std::mem::swap(data, receive);
     }
 
     fn sum_f64(&self, data: &mut [f64]) {
         let send = data.to_vec();
-        let world = self.world.lock().unwrap_or_else(|e| e.into_inner());
-        world.all_reduce_into(&send[..], data, SystemOperation::sum());
+        let guard = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .0
+            .all_reduce_into(&send[..], data, SystemOperation::sum());
     }
 }
 
@@ -56,7 +62,7 @@ pub fn init() -> Result<World, String> {
     let world = universe.world();
     let (rank, size) = (world.rank() as usize, world.size() as usize);
     Ok(World::over(Arc::new(Mpi {
-        world: Mutex::new(world),
+        world: Mutex::new((world, Vec::new())),
         rank,
         size,
         _universe: universe,

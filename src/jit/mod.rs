@@ -257,6 +257,7 @@ impl Function {
                     .map(|&b| (plan.buffers[b].offset, plan.buffers[b].len))
                     .collect(),
                 exchange: exchange.clone(),
+                fused: Default::default(),
             })
             .collect();
         let exchange_addresses: Vec<i64> = exchanges

@@ -612,12 +612,13 @@ mod tests {
 
 /// Sums a step's exchanged values over the processes of a data-parallel job, in place (see
 /// [`Stage::Exchange`](super::Stage::Exchange)). The JIT knows nothing of how: the caller
-/// hands in the reduction.
+/// hands in the reduction. It may append to the buffer (and must leave the values it was
+/// given, summed, in front).
 #[derive(Clone)]
 pub struct Exchange(pub std::sync::Arc<Sum>);
 
 /// A sum over processes, in place.
-pub type Sum = dyn Fn(&mut [f32]) + Send + Sync;
+pub type Sum = dyn Fn(&mut Vec<f32>) + Send + Sync;
 
 impl std::fmt::Debug for Exchange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -626,10 +627,12 @@ impl std::fmt::Debug for Exchange {
 }
 
 /// A [`Segment::Exchange`](super::codegen::Segment::Exchange): arena spans (offset, length)
-/// gathered into one buffer, handed to the exchange in one call, and scattered back.
+/// gathered into one buffer, handed to the exchange in one call, and scattered back. The
+/// buffer is kept between runs, so that a step allocates nothing.
 pub struct ExchangeDesc {
     pub spans: Vec<(usize, usize)>,
     pub exchange: Exchange,
+    pub fused: std::sync::Mutex<Vec<f32>>,
 }
 
 /// Runs an [`ExchangeDesc`] on the arena at `arena`.
@@ -638,8 +641,8 @@ pub struct ExchangeDesc {
 /// `desc` must point to a valid descriptor whose spans lie inside the arena.
 pub unsafe extern "C" fn exchange(desc: *const ExchangeDesc, arena: *mut f32) -> i32 {
     let d = &*desc;
-    let total = d.spans.iter().map(|&(_, len)| len).sum();
-    let mut fused = Vec::with_capacity(total);
+    let mut fused = d.fused.lock().unwrap_or_else(|e| e.into_inner());
+    fused.clear();
     for &(at, len) in &d.spans {
         fused.extend_from_slice(std::slice::from_raw_parts(arena.add(at), len));
     }
