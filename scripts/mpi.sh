@@ -14,7 +14,9 @@ repeat=${REPEAT:-3}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ms() { sed -n 's/.*ms_per_step=\([0-9.]*\).*/\1/p'; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-printf '%-12s %-26s %10s %10s %8s %14s\n' model method "1 process" "2 ranks" speed-up range
+# Markdown rows, as README.md and docs/distributed.md show them.
+echo "| model | method | 1 process, ms | 2 ranks, ms | speed-up | range |"
+echo "| --- | --- | --- | --- | --- | --- |"
 run() {
   local file=$1 label=$2 iters=$3; shift 3
   local one=() two=() ratios=()
@@ -30,8 +32,8 @@ run() {
   b=$(printf '%s\n' "${two[@]}" | median)
   lo=$(printf '%s\n' "${ratios[@]}" | sort -g | head -n 1)
   hi=$(printf '%s\n' "${ratios[@]}" | sort -g | tail -n 1)
-  printf '%-12s %-26s %10s %10s %8s %14s\n' "$(basename "$file" .pcg)" "$label" "$a" "$b" \
-    "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')" "$lo-$hi"
+  printf '| %s | %s | %s | %s | %s× | %s–%s |\n' "$(basename "$file" .pcg)" "$label" "$a" "$b" \
+    "$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')" "$lo" "$hi"
 }
 run examples/mlp_fmnist.pcg "pc (file: fixed)" 50
 run examples/mlp_fmnist.pcg "pc strict T=20 rate 0.1" 50 --mode strict --steps 20 --rate 0.1
