@@ -25,6 +25,7 @@ use crate::ir::Program;
 use crate::npz::Arrays;
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The collectives of a job of several processes.
@@ -47,6 +48,9 @@ pub struct World {
     comm: Option<Arc<dyn Collective>>,
     /// The ranks whose own part of the last exchange was not finite.
     diverged: Arc<Mutex<Vec<usize>>>,
+    /// Whether this process asks to stop at the next exchange, and whether any process
+    /// asked at the last one.
+    stop: Arc<[AtomicBool; 2]>,
 }
 
 impl fmt::Debug for World {
@@ -67,6 +71,7 @@ impl World {
         World {
             comm: None,
             diverged: Arc::default(),
+            stop: Arc::default(),
         }
     }
 
@@ -75,6 +80,7 @@ impl World {
         World {
             comm: Some(comm),
             diverged: Arc::default(),
+            stop: Arc::default(),
         }
     }
 
@@ -104,8 +110,9 @@ impl World {
     }
 
     /// A step's exchange: sums `payload` over the ranks, in place, and records which ranks'
-    /// own payload was not finite (see [`diverged_ranks`](Self::diverged_ranks)). The
-    /// vector's spare capacity carries one flag per rank.
+    /// own payload was not finite (see [`diverged_ranks`](Self::diverged_ranks)) and whether
+    /// any asked to stop (see [`ask_to_stop`](Self::ask_to_stop)). The vector's spare
+    /// capacity carries one flag per rank and the requests to stop.
     pub fn exchange(&self, payload: &mut Vec<f32>) {
         let Some(c) = self.comm.as_ref().filter(|c| c.size() > 1) else {
             return;
@@ -113,14 +120,28 @@ impl World {
         let (n, me, len) = (c.size(), c.rank(), payload.len());
         // Without an early exit, so that the test vectorises.
         let finite = !payload.iter().fold(false, |bad, x| bad | !x.is_finite());
-        payload.resize(len + n, 0.0);
+        payload.resize(len + n + 1, 0.0);
         if !finite {
             payload[len + me] = 1.0;
         }
+        if self.stop[0].load(Ordering::SeqCst) {
+            payload[len + n] = 1.0;
+        }
         c.sum_f32(payload);
         let bad = (0..n).filter(|&r| payload[len + r] != 0.0).collect();
+        self.stop[1].store(payload[len + n] != 0.0, Ordering::SeqCst);
         payload.truncate(len);
         *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = bad;
+    }
+
+    /// Whether this process asks, at the next exchange, that every process stop after it.
+    pub fn ask_to_stop(&self, asked: bool) {
+        self.stop[0].store(asked, Ordering::SeqCst);
+    }
+
+    /// Whether any process asked to stop at the last exchange.
+    pub fn stop_agreed(&self) -> bool {
+        self.stop[1].load(Ordering::SeqCst)
     }
 
     /// The exchange as the compiled step calls it.

@@ -541,6 +541,12 @@ pub fn train(
                 error,
                 hint: settings.hint.clone(),
             };
+            let asked = || settings.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+            // Shared between processes, the step's exchange carries each one's request to
+            // stop, so that every process stops after the same step.
+            if world.is_distributed() {
+                world.ask_to_stop(asked());
+            }
             let step = engine.train_step(&leaves).map_err(fail)?;
             sums.add(&step);
             on(Event::Batch {
@@ -550,9 +556,12 @@ pub fn train(
                 loss: step.loss,
                 energy: step.energy,
             });
-            // Every process stops after the same step: when any of them was asked to.
-            let asked = settings.stop.is_some_and(|s| s.load(Ordering::SeqCst));
-            if (world.is_distributed() && world.any(asked)) || asked {
+            let stop = if world.is_distributed() {
+                world.stop_agreed()
+            } else {
+                asked()
+            };
+            if stop {
                 let position = Position {
                     epochs: epoch,
                     batches: k + 1,
