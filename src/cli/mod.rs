@@ -2,6 +2,7 @@
 //! the library's stages; what it prints is part of the public interface.
 
 mod commands;
+mod job;
 mod training;
 
 use crate::diag;
@@ -466,88 +467,13 @@ fn parse_dim(s: &str) -> Result<(String, usize), String> {
 }
 
 /// Writes to stdout; a closed pipe (`pcg ir ... | head`) ends the output quietly instead of
-/// panicking. In a job of several processes only rank 0 prints.
+/// panicking. In a job of several processes only rank 0 prints (see `job`).
 pub(crate) fn emit(text: &str) {
     use std::io::Write;
-    if QUIET.load(Ordering::Relaxed) {
+    if job::QUIET.load(Ordering::Relaxed) {
         return;
     }
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
-/// Set on the processes of a job other than rank 0: they print nothing on stdout.
-static QUIET: AtomicBool = AtomicBool::new(false);
-
-/// In a job of several processes, what this process would have written on stderr, held back
-/// until the processes agree which of them reports (see [`report_job`]).
-static HELD: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
-
-/// Writes an error's text on stderr, or holds it back in a job of several processes.
-pub(crate) fn error_text(text: String) {
-    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-    match held.as_mut() {
-        Some(held) => held.push(text),
-        None => eprint!("{text}"),
-    }
-}
-
-/// Writes diagnostics on stderr (or holds them back, as [`error_text`]).
-pub(crate) fn report_diagnostics(sources: &Sources, diagnostics: &[diag::Diagnostic]) {
-    let holding = HELD.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-    if holding {
-        error_text(diag::render(sources, diagnostics));
-    } else {
-        diag::emit_to_stderr(sources, diagnostics);
-    }
-}
-
-/// The job a training command runs in: MPI's world when started by `mpirun` (with the `mpi`
-/// feature), else this process alone. A pcg built without the feature refuses to run as one
-/// of several processes rather than have each train the whole model on its own.
-fn join_job() -> Result<crate::distributed::World, Reported> {
-    #[cfg(feature = "mpi")]
-    let world = crate::distributed::mpi::init().map_err(fail)?;
-    #[cfg(not(feature = "mpi"))]
-    let world = match crate::distributed::launched_size() {
-        Some(n) if n > 1 => {
-            return Err(fail(format!(
-                "started as one of {n} processes, but this pcg was built without MPI: build it with `cargo build --release --features mpi`"
-            )))
-        }
-        _ => crate::distributed::World::single(),
-    };
-    if world.is_distributed() {
-        QUIET.store(!world.is_root(), Ordering::Relaxed);
-        *HELD.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
-    }
-    Ok(world)
-}
-
-/// Ends a command that ran in a job of several processes (every process calls it): one
-/// process reports the job's failure — the one whose shard diverged, else the lowest that
-/// failed — and the others stay silent, so that an error common to all is printed once.
-fn report_job(world: &crate::distributed::World, result: &CmdResult) {
-    if !world.is_distributed() {
-        return;
-    }
-    let diverged = world.diverged_ranks();
-    let reporter = match diverged.first() {
-        Some(&rank) => Some(rank),
-        None => world.first(result.is_err()),
-    };
-    let held = HELD
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-        .unwrap_or_default();
-    if reporter == Some(world.rank()) {
-        for (k, text) in held.iter().enumerate() {
-            if k == 0 && !world.is_root() {
-                eprint!("rank {} of {}: ", world.rank(), world.size());
-            }
-            eprint!("{text}");
-        }
-    }
 }
 
 /// An error that has already been reported on stderr.
@@ -559,7 +485,7 @@ pub(crate) type CmdResult = Result<(), Reported>;
 
 /// Reports an error on stderr.
 pub(crate) fn fail(message: impl std::fmt::Display) -> Reported {
-    error_text(format!("error: {message}\n"));
+    job::error_text(format!("error: {message}\n"));
     Reported
 }
 
@@ -601,14 +527,14 @@ pub fn run(cli: Cli) -> ExitCode {
             run,
             relax,
             compile,
-        } => in_job(|world| training::run(&file, &run, &relax, &compile.options(), world)),
+        } => job::in_job(|world| training::run(&file, &run, &relax, &compile.options(), world)),
         Command::Eval {
             file,
             params,
             data,
             data_dir,
             compile,
-        } => in_job(|world| {
+        } => job::in_job(|world| {
             let data = (data.as_deref(), data_dir.as_deref());
             training::eval(&file, &params, data, &compile.options(), world)
         }),
@@ -628,7 +554,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ..relax
             };
             let run = training::BenchRun { iters, profile };
-            in_job(|world| {
+            job::in_job(|world| {
                 training::bench(
                     &file,
                     method,
@@ -664,14 +590,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(Reported) if STOP.load(Ordering::SeqCst) => ExitCode::from(130),
         Err(Reported) => ExitCode::FAILURE,
     }
-}
-
-/// Runs a training command in its job (see [`join_job`], [`report_job`]).
-fn in_job(command: impl FnOnce(&crate::distributed::World) -> CmdResult) -> CmdResult {
-    let world = join_job()?;
-    let result = command(&world);
-    report_job(&world, &result);
-    result
 }
 
 /// Raised by the first SIGINT or SIGTERM during `pcg run`: training stops after the step under
@@ -740,14 +658,14 @@ pub(crate) fn compile_or_report(
 pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Compiled, Reported> {
     let (sources, result) = sema::compile_file(file, options);
     let compiled = result.map_err(|diagnostics| {
-        report_diagnostics(&sources, &diagnostics);
+        job::report_diagnostics(&sources, &diagnostics);
         Reported
     })?;
     let limit = MEMORY_LIMIT.get().copied().flatten();
     if let Err(message) = crate::memory::ensure_fits(&compiled.forward, limit) {
         match too_large(&sources, &compiled, &message) {
-            Some(diagnostic) => report_diagnostics(&sources, &[diagnostic]),
-            None => error_text(format!("error: {message}\n")),
+            Some(diagnostic) => job::report_diagnostics(&sources, &[diagnostic]),
+            None => job::error_text(format!("error: {message}\n")),
         }
         return Err(Reported);
     }

@@ -1,5 +1,6 @@
 //! `pcg run` and `pcg eval`: training on real data and evaluating checkpoints.
 
+use super::job::Ready;
 use super::{
     compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported, RunFlags,
 };
@@ -92,40 +93,6 @@ fn compile_shard(
             .map_err(fail)?;
     distributed::scale_loss(&mut compiled.forward, scale);
     Ok((compiled, global.forward))
-}
-
-/// The processes of a job agree that every one is ready to train before any starts: one that
-/// fails while preparing says so on its way out (this dropped unfinished), and
-/// [`finish`](Ready::finish) tells the others. One process agrees with itself.
-struct Ready<'a> {
-    world: &'a World,
-    finished: bool,
-}
-
-impl<'a> Ready<'a> {
-    fn new(world: &'a World) -> Self {
-        Ready {
-            world,
-            finished: false,
-        }
-    }
-
-    /// Ready here; fails (silently: the process that failed reports) if another is not.
-    fn finish(mut self) -> CmdResult {
-        self.finished = true;
-        if self.world.is_distributed() && self.world.any(false) {
-            return Err(Reported);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Ready<'_> {
-    fn drop(&mut self) {
-        if !self.finished && self.world.is_distributed() {
-            self.world.any(true);
-        }
-    }
 }
 
 /// The method a flag asks for, else the train block's, else predictive coding.
@@ -279,7 +246,7 @@ pub(super) fn run(
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ run::TrainError::Interrupted { .. }) => {
-            super::error_text(format!("{e}\n"));
+            super::job::error_text(format!("{e}\n"));
             return Err(Reported);
         }
         Err(e) => return Err(fail(e)),

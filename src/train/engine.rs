@@ -344,15 +344,16 @@ impl InterpEngine {
     }
 }
 
-/// Refuses to share a schedule that learns during the relaxation between processes.
-fn distributable(programs: &Programs, world: &World) -> Result<(), String> {
+/// `world`, unless `programs` learn during the relaxation, which is not shared between
+/// processes.
+fn distributable(programs: &Programs, world: World) -> Result<World, String> {
     if world.is_distributed() && programs.incremental().is_some() {
         return Err(
             "the incremental schedule learns at every relaxation step; training it over several processes is not supported (use the standard schedule)"
                 .into(),
         );
     }
-    Ok(())
+    Ok(world)
 }
 
 /// The divergence a process reports whose own shard was healthy when another's was not.
@@ -560,8 +561,7 @@ impl Engine for InterpEngine {
     }
 
     fn distribute(&mut self, world: World) -> Result<(), String> {
-        distributable(&self.programs, &world)?;
-        self.world = world;
+        self.world = distributable(&self.programs, world)?;
         Ok(())
     }
 
@@ -963,8 +963,7 @@ impl Engine for JitEngine {
     }
 
     fn distribute(&mut self, world: World) -> Result<(), String> {
-        distributable(&self.programs, &world)?;
-        self.world = world;
+        self.world = distributable(&self.programs, world)?;
         Ok(())
     }
 
