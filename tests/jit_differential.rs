@@ -770,6 +770,39 @@ fn buffer_plans_stay_close_to_the_live_peak() {
     }
 }
 
+/// The training step `pcg run` compiles for every example (at its file's batch, with its
+/// file's relaxation and in strict mode, whose loop body is split into parts) keeps its arena
+/// within 1.5× of the most memory its buffers need at once, as `pcg ir --stage plan` says.
+#[test]
+fn training_steps_stay_close_to_the_live_peak() {
+    use pcg::dump::{stage_text, Format, Stage};
+    for path in examples() {
+        let (_, compiled) = sema::compile_file(&path, &CompileOptions::default());
+        let compiled = compiled.unwrap_or_else(|_| panic!("{} compiles", path.display()));
+        let strict = sema::InferenceConfig {
+            mode: sema::Mode::Strict,
+            steps: 5,
+            rate: 0.01,
+            ..file_inference(&compiled)
+        };
+        for (what, inference) in [("file", file_inference(&compiled)), ("strict", strict)] {
+            let plan = stage_text(&compiled, Stage::Plan, Format::Text, &inference)
+                .expect("the step compiles");
+            let ratio: f64 = plan
+                .split("arena / live = ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .and_then(|r| r.parse().ok())
+                .expect("the plan says its arena / live ratio");
+            assert!(
+                ratio <= 1.5,
+                "{} ({what}): arena / live = {ratio}",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Loop nests large enough to be shared between threads (flat, broadcast, reduced along the
 /// inner axis, with an odd outer extent, and one reduced along the outer axis, which stays on
 /// one thread) give the interpreter's results, every access checked.

@@ -8,8 +8,10 @@
 //!
 //! A split loop body (`opt::split`) runs as `parts` copies side by side, each at its own pace,
 //! so its buffers follow two more rules: the parts' private temporaries are planned as one
-//! window of their own, repeated once per part after everything else (a part's copy of a
-//! buffer is at `offset + p · part_stride`), and every other buffer the parts touch is kept
+//! window of their own, repeated once per part (a part's copy of a buffer is at
+//! `offset + p · part_stride`) — the windows placed together like one buffer live wherever a
+//! temporary is, so that memory used only outside the split region can share their place —
+//! and every other buffer the parts touch is kept
 //! live across the whole split region, so that no part can overwrite memory another still
 //! reads. Part p reads and writes block p of a `Blocks` buffer (`part_stride` = a block).
 
@@ -144,15 +146,36 @@ impl BufferPlan {
             .collect();
         let (private, shared): (Vec<usize>, Vec<usize>) =
             (0..planned.len()).partition(|&i| planned[i].share == Share::Private);
-        let mut arena_len = place(&mut planned, shared, 0);
-        if !private.is_empty() {
-            let base = align(arena_len, ALIGN);
-            let window = align(place(&mut planned, private.clone(), base) - base, ALIGN);
+        let arena_len = if private.is_empty() {
+            place(&mut planned, shared, 0)
+        } else {
+            // The parts' windows are planned first, then placed among the other buffers as
+            // one stand-in buffer live wherever a private temporary is: memory that only
+            // lives before or after the split region may share their place.
+            let window = align(place(&mut planned, private.clone(), 0), ALIGN);
+            let live = private.iter().fold(
+                (split.start, split.end.saturating_sub(1)),
+                |(lo, hi), &i| (lo.min(planned[i].live.0), hi.max(planned[i].live.1)),
+            );
+            planned.push(PlannedBuffer {
+                label: "the parts' windows".to_string(),
+                offset: 0,
+                len: parts * window,
+                live,
+                share: Share::Whole,
+                part_stride: 0,
+            });
+            let stand_in = planned.len() - 1;
+            let mut order = shared;
+            order.push(stand_in);
+            let arena_len = place(&mut planned, order, 0);
+            let base = planned.pop().map_or(0, |b| b.offset);
             for &i in &private {
+                planned[i].offset += base;
                 planned[i].part_stride = window;
             }
-            arena_len = base + parts * window;
-        }
+            arena_len
+        };
         BufferPlan {
             buffers: planned,
             arena_len,
@@ -167,13 +190,18 @@ impl BufferPlan {
     }
 
     /// The most memory live at once: the largest total size of the buffers live during one
-    /// kernel. No placement can make the arena smaller than this.
+    /// kernel, a split body's private temporaries once per part (each part holds its own
+    /// copy). No placement can make the arena smaller than this.
     pub fn live_bytes(&self) -> usize {
         let end = self.buffers.iter().map(|b| b.live.1 + 1).max().unwrap_or(0);
         let mut change = vec![0isize; end + 1];
         for b in &self.buffers {
-            change[b.live.0] += b.len as isize;
-            change[b.live.1 + 1] -= b.len as isize;
+            let copies = match b.share {
+                Share::Private => self.parts.max(1),
+                Share::Whole | Share::Blocks => 1,
+            };
+            change[b.live.0] += (copies * b.len) as isize;
+            change[b.live.1 + 1] -= (copies * b.len) as isize;
         }
         let mut live = 0isize;
         let mut peak = 0isize;
