@@ -100,10 +100,15 @@ pub fn stage_text(
 }
 
 /// What training `compiled`'s model holds in memory, with the train block's settings: the
-/// parameters, one update of each, the optimiser's moments and the compiled training step's
-/// arena (every buffer of the step: the batch, the relaxation's state, temporaries), against
-/// what this process may allocate. The data set is not counted.
-pub fn memory_report(compiled: &Compiled) -> Result<String, String> {
+/// parameters, one update of each, the optimiser's moments, the compiled training step's
+/// arena (every buffer of the step: the batch, the relaxation's state, temporaries) and the
+/// data set as loaded, against what this process may allocate. `data` is `None` for a model
+/// without one, an error when it cannot be loaded (it is then not counted, and the report
+/// says why).
+pub fn memory_report(
+    compiled: &Compiled,
+    data: Option<Result<crate::memory::DataBytes, String>>,
+) -> Result<String, String> {
     use crate::memory::{self, bytes_text};
     let inference = compiled
         .train
@@ -124,14 +129,27 @@ pub fn memory_report(compiled: &Compiled) -> Result<String, String> {
         .map(|m| 4 * m.len() as u64)
         .sum();
     let arena = 4 * step.plan().arena_len as u64;
+    let (data_bytes, data_text, not_counted) = match &data {
+        None => (0, "none".to_string(), String::new()),
+        Some(Ok(d)) => (
+            d.bytes,
+            format!("{} ({})", bytes_text(d.bytes), d.name),
+            String::new(),
+        ),
+        Some(Err(why)) => (
+            0,
+            "unknown".to_string(),
+            format!("  data set not counted: {why}\n"),
+        ),
+    };
     // The step's arena holds the resident parameters and moments; the updates are its own.
-    let total = footprint.params + moments + arena;
+    let total = footprint.params + moments + arena + data_bytes;
     let available = match memory::available() {
         Some(a) => bytes_text(a),
         None => "unknown".to_string(),
     };
     Ok(format!(
-        "memory model={} params={} ({} tensors) optimizer={} largest_value={} step_arena={} total={} available={available}\n  largest tensors: {}\n",
+        "memory model={} params={} ({} tensors) optimizer={} largest_value={} step_arena={} data={data_text} total={} available={available}\n  largest tensors: {}\n{not_counted}",
         compiled.model_name,
         bytes_text(footprint.params),
         shapes.len(),

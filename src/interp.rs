@@ -500,10 +500,13 @@ impl ConvGeometry {
     }
 
     fn weight_grad<F: Real>(&self, input: &Tensor<F>, cotangent: &Tensor<F>) -> Tensor<F> {
+        // ndarray makes the product column-major when G is (a 1x1 output, whose G keeps the
+        // permuted axes' strides), so the result is copied out in row-major order.
         let grad = self.output_matrix(cotangent).dot(&self.im2col(input).t());
-        grad.to_shape(IxDyn(&[self.o, self.c, self.kh, self.kw]))
-            .expect("weight shape")
-            .into_owned()
+        let grad = grad
+            .to_shape(IxDyn(&[self.o, self.c, self.kh, self.kw]))
+            .expect("weight shape");
+        standard(grad.view())
     }
 }
 

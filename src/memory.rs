@@ -1,11 +1,17 @@
 //! Whether a model fits in memory, checked before anything is allocated.
 //!
 //! Running a model holds at least its parameters, one update (gradient) of each, and its
-//! largest single value. That lower bound is compared with the memory this process may use —
-//! the smallest of `MemAvailable` (`/proc/meminfo`), the cgroup's `memory.max` less its
-//! `memory.current`, and a limit the user gives — so a model that cannot fit ends with a
-//! diagnostic naming its largest tensors instead of an allocation failure. Being a lower
-//! bound, it never refuses a model that would have fitted.
+//! largest single value; training and evaluating also hold the data set, as loaded. That
+//! lower bound is compared with the memory this process may use — the smallest of
+//! `MemAvailable` (`/proc/meminfo`), the cgroup's `memory.max` less its `memory.current`, and
+//! a limit the user gives — so a model that cannot fit ends with a diagnostic naming its
+//! largest tensors (and the data set) instead of an allocation failure. Being a lower bound,
+//! it never refuses a model that would have fitted.
+//!
+//! The model alone is checked as soon as it is compiled; the model with its data set once the
+//! data set is loaded (its size is known only then) and before the parameters and the
+//! training step's buffers are allocated. The data set is then already held, so what the
+//! system reports available is counted on top of it.
 
 use crate::ir::{LeafKind, Op, Program};
 
@@ -115,24 +121,55 @@ pub fn bytes_text(bytes: u64) -> String {
     }
 }
 
+/// A loaded data set, as the memory bound counts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataBytes {
+    /// The data set's name (`digits`) or file.
+    pub name: String,
+    /// What its train and test splits hold (`data::Dataset::bytes`).
+    pub bytes: u64,
+}
+
+impl From<&crate::data::Dataset> for DataBytes {
+    fn from(data: &crate::data::Dataset) -> Self {
+        DataBytes {
+            name: data.name.clone(),
+            bytes: data.bytes(),
+        }
+    }
+}
+
 /// An error when the model cannot fit in `limit` bytes (or in what the system has available
-/// when there is no limit).
-pub fn ensure_fits(forward: &Program, limit: Option<u64>) -> Result<(), String> {
+/// when there is no limit), with `data`, a data set already loaded, if any.
+pub fn ensure_fits(
+    forward: &Program,
+    data: Option<&DataBytes>,
+    limit: Option<u64>,
+) -> Result<(), String> {
     let footprint = footprint(forward);
-    let (room, source) = match (limit, available()) {
+    let held = data.map_or(0, |d| d.bytes);
+    // The data set is allocated already: the memory available now comes on top of it.
+    let available = available().map(|a| a.saturating_add(held));
+    let (room, source) = match (limit, available) {
         (Some(l), Some(a)) if a < l => (a, "available"),
         (Some(l), _) => (l, "allowed by --memory-limit"),
         (None, Some(a)) => (a, "available"),
         (None, None) => return Ok(()),
     };
-    let need = footprint.at_least();
+    let need = footprint.at_least() + held;
     if need <= room {
         return Ok(());
     }
+    let (what, data_part) = match data {
+        Some(d) => (
+            format!("model `{}` with the data set `{}`", forward.name, d.name),
+            format!(", the data set {}", bytes_text(d.bytes)),
+        ),
+        None => (format!("model `{}`", forward.name), String::new()),
+    };
     Err(format!(
-        "model `{}` needs at least {} ({need} bytes) of memory — parameters {}, their updates as \
-         much again, its largest value {} — but {} are {source}\n  largest tensors: {}",
-        forward.name,
+        "{what} needs at least {} ({need} bytes) of memory — parameters {}, their updates as \
+         much again, its largest value {}{data_part} — but {} are {source}\n  largest tensors: {}",
         bytes_text(need),
         bytes_text(footprint.params),
         bytes_text(footprint.largest_value),
@@ -166,10 +203,27 @@ mod tests {
 
     #[test]
     fn a_model_over_the_limit_names_its_largest_parameter() {
-        let err = ensure_fits(&model(100), Some(50_000)).expect_err("over the limit");
+        let err = ensure_fits(&model(100), None, Some(50_000)).expect_err("over the limit");
         assert!(err.contains("`w`") && err.contains("81600 bytes"), "{err}");
         assert!(
-            ensure_fits(&model(100), Some(81_600)).is_ok()
+            ensure_fits(&model(100), None, Some(81_600)).is_ok()
+                || available().is_some_and(|a| a < 81_600)
+        );
+    }
+
+    #[test]
+    fn the_data_set_counts_towards_the_bound() {
+        let data = DataBytes {
+            name: "digits".to_string(),
+            bytes: 10_000,
+        };
+        let err = ensure_fits(&model(100), Some(&data), Some(90_000)).expect_err("over");
+        assert!(
+            err.contains("data set `digits`") && err.contains("91600 bytes"),
+            "{err}"
+        );
+        assert!(
+            ensure_fits(&model(100), None, Some(90_000)).is_ok()
                 || available().is_some_and(|a| a < 81_600)
         );
     }

@@ -246,7 +246,7 @@ impl Model {
     ) -> Result<Model, ModelError> {
         let (sources, result) = source.compile(&options);
         let compiled = result.map_err(|diagnostics| compile_error(&sources, &diagnostics))?;
-        crate::memory::ensure_fits(&compiled.forward, None).map_err(ModelError::TooLarge)?;
+        crate::memory::ensure_fits(&compiled.forward, None, None).map_err(ModelError::TooLarge)?;
         let seed = seed
             .or(compiled.train.as_ref().map(|t| t.seed))
             .unwrap_or(0);
@@ -688,8 +688,10 @@ impl Model {
         Ok(())
     }
 
+    /// The data set to train or evaluate on; refused, as a model too large is, when the model
+    /// and the data set together cannot fit in memory.
     fn dataset(&self, data: Data, allow_nonfinite: bool) -> Result<Dataset, ModelError> {
-        match data {
+        let dataset = match data {
             Data::Loaded(d) => Ok(*d),
             Data::File => dataset(
                 self.source.path(),
@@ -706,7 +708,11 @@ impl Model {
                 allow_nonfinite,
             ),
         }
-        .map_err(ModelError::Invalid)
+        .map_err(ModelError::Invalid)?;
+        let bytes = crate::memory::DataBytes::from(&dataset);
+        crate::memory::ensure_fits(&self.compiled.forward, Some(&bytes), None)
+            .map_err(ModelError::TooLarge)?;
+        Ok(dataset)
     }
 }
 

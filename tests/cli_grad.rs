@@ -362,6 +362,8 @@ fn check_reports_the_memory_of_a_model_that_fits() {
         out.contains("largest tensors: param `w1`: [64, 64], 16.0 KiB"),
         "{out}"
     );
+    // The digits as loaded: 1797 examples of 64 pixel bytes and a u32 label, 122196 bytes.
+    assert!(line.contains(" data=119.3 KiB (digits) total="), "{line}");
 }
 
 /// `--memory-limit` (before or after the command) caps what a run may count on.
@@ -401,6 +403,37 @@ fn a_memory_limit_refuses_a_model_over_it() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("K, M, G or T"));
+}
+
+/// The data set counts too: under a limit the model fits in but not with its data set, `run`,
+/// `eval` and `check --report` refuse, naming the data set; above both, they run.
+#[test]
+fn a_memory_limit_counts_the_data_set() {
+    // The model needs 46672 bytes, with the digits (122196 bytes as loaded) 168868.
+    let file = "examples/mlp_digits.pcg";
+    let checkpoint = scratch("limit_data.npz");
+    let checkpoint = checkpoint.to_str().unwrap();
+    let run = ["run", file, "--epochs", "1", "--save", checkpoint];
+    let o = pcg(&[&run[..], &["--memory-limit", "1G"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let eval = ["eval", file, "--params", checkpoint];
+    let report = ["check", "--report", file];
+    for command in [&run[..], &eval, &report] {
+        let o = pcg(&[command, &["--memory-limit", "100K"]].concat());
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{command:?}: {err}");
+        assert!(
+            err.contains("with the data set `digits`")
+                && err.contains("168868 bytes")
+                && err.contains("the data set 119.3 KiB")
+                && err.contains("--memory-limit"),
+            "{command:?}: {err}"
+        );
+    }
+    for command in [&eval[..], &report] {
+        let o = pcg(&[command, &["--memory-limit", "170K"]].concat());
+        assert!(o.status.success(), "{command:?}: {}", text(&o.stderr));
+    }
 }
 
 #[test]

@@ -231,6 +231,16 @@ fn shakespeare_windows_predict_the_next_character() {
     assert!(text.contains("[1, 12, 73]"), "{text}");
 }
 
+/// What a loaded data set holds, as the memory bound counts it: pixels as bytes and labels as
+/// `u32` for the digits, every character as a `u16` token id for text.
+#[test]
+fn a_data_set_counts_the_bytes_it_holds() {
+    let digits = load(&DataSpec::Digits).expect("digits");
+    assert_eq!(digits.bytes(), 1797 * (64 + 4));
+    let shakespeare = load(&DataSpec::Shakespeare { seq: 50 }).expect("shakespeare");
+    assert_eq!(shakespeare.bytes(), 938_028 * 2);
+}
+
 #[test]
 fn a_window_longer_than_the_test_text_is_an_error() {
     let text = message(load(&DataSpec::Shakespeare { seq: 200_000 }));

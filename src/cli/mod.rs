@@ -623,9 +623,21 @@ fn check(files: &[PathBuf], report: bool, options: &CompileOptions) -> CmdResult
             continue;
         }
         if report {
-            // A model that cannot fit is reported as `run` would refuse it.
+            // A model that cannot fit, alone or with its data set, is reported as `run` would
+            // refuse it.
             let compiled = compile_to_run(file, options)?;
-            match dump::memory_report(&compiled) {
+            let train = compiled.train.as_ref();
+            let data = match train.and_then(|t| t.data.as_ref()) {
+                None => None,
+                Some(_) => match crate::model::dataset(file, None, None, train, false) {
+                    Ok(data) => {
+                        ensure_fits_with_data(&compiled.forward, &data)?;
+                        Some(Ok(crate::memory::DataBytes::from(&data)))
+                    }
+                    Err(e) => Some(Err(e)),
+                },
+            };
+            match dump::memory_report(&compiled, data) {
                 Ok(text) => emit(&text),
                 Err(e) => {
                     eprintln!("error: {}: {e}", file.display());
@@ -662,7 +674,7 @@ pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Co
         Reported
     })?;
     let limit = MEMORY_LIMIT.get().copied().flatten();
-    if let Err(message) = crate::memory::ensure_fits(&compiled.forward, limit) {
+    if let Err(message) = crate::memory::ensure_fits(&compiled.forward, None, limit) {
         match too_large(&sources, &compiled, &message) {
             Some(diagnostic) => job::report_diagnostics(&sources, &[diagnostic]),
             None => job::error_text(format!("error: {message}\n")),
@@ -670,6 +682,17 @@ pub(crate) fn compile_to_run(file: &Path, options: &CompileOptions) -> Result<Co
         return Err(Reported);
     }
     Ok(compiled)
+}
+
+/// Refuses, as `compile_to_run` refuses a model alone, a model that cannot fit in memory
+/// with the data set it has loaded to train or evaluate on.
+pub(crate) fn ensure_fits_with_data(
+    forward: &crate::ir::Program,
+    data: &crate::data::Dataset,
+) -> Result<(), Reported> {
+    let limit = MEMORY_LIMIT.get().copied().flatten();
+    let bytes = crate::memory::DataBytes::from(data);
+    crate::memory::ensure_fits(forward, Some(&bytes), limit).map_err(fail)
 }
 
 /// The refusal of a model too large for memory as a diagnostic labelling the declarations of

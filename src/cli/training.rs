@@ -2,7 +2,8 @@
 
 use super::job::Ready;
 use super::{
-    compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, RelaxFlags, Reported, RunFlags,
+    compile_to_run, emit, ensure_fits_with_data, fail, BackendFlags, CmdResult, MethodArg,
+    RelaxFlags, Reported, RunFlags,
 };
 use crate::distributed::{self, World};
 use crate::ir::{LeafKind, Program};
@@ -134,6 +135,7 @@ pub(super) fn run(
         Ok(d) => d,
         Err(e) => return Err(fail(e)),
     };
+    ensure_fits_with_data(forward, &data)?;
     let mut engine = flags.backend.engine(programs).map_err(fail)?;
     engine.distribute(world.clone()).map_err(fail)?;
     let (params, start) = match &flags.resume {
@@ -319,6 +321,7 @@ pub(super) fn eval(
         return Err(fail(e));
     }
     let data = dataset(file, data_flag, data_dir, compiled.train.as_ref(), false).map_err(fail)?;
+    ensure_fits_with_data(forward, &data)?;
     let inference = compiled
         .train
         .as_ref()

@@ -78,6 +78,13 @@ pub struct Dataset {
     pub example_shape: Vec<usize>,
 }
 
+impl Dataset {
+    /// The bytes its train and test splits hold in memory (see [`Split::bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.train.bytes() + self.test.bytes()
+    }
+}
+
 /// The first NaN or infinity in `values`, examples of `width` numbers each: (example, element
 /// within it, value).
 pub fn first_non_finite(values: &[f32], width: usize) -> Option<(usize, usize, f32)> {

@@ -160,6 +160,28 @@ impl Split {
         self.len() == 0
     }
 
+    /// The bytes its examples hold in memory: features as stored (bytes or `f32`), class labels
+    /// as `u32`, target values as `f32`, text as `u16` token ids.
+    pub fn bytes(&self) -> u64 {
+        let held = match &self.examples {
+            Examples::Table {
+                features, targets, ..
+            } => {
+                let features = match features {
+                    Features::Bytes { data, .. } => std::mem::size_of_val(data.as_slice()),
+                    Features::Floats(data) => std::mem::size_of_val(data.as_slice()),
+                };
+                let targets = match targets {
+                    Targets::Classes { labels, .. } => std::mem::size_of_val(labels.as_slice()),
+                    Targets::Values { data, .. } => std::mem::size_of_val(data.as_slice()),
+                };
+                features + targets
+            }
+            Examples::Text { tokens, .. } => std::mem::size_of_val(tokens.as_slice()),
+        };
+        held as u64
+    }
+
     /// The shape of one example's features, without the batch axis: `[8, 8]` for the digits,
     /// `[N]` (token ids) for text.
     pub fn example_shape(&self) -> Vec<usize> {
