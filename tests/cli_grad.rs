@@ -454,3 +454,28 @@ fn gradcheck_of_a_diverging_relaxation_fails_with_the_step() {
     assert!(err.contains("not finite from relaxation step"), "{err}");
     assert!(err.contains("--rate 40"), "{err}");
 }
+
+#[test]
+fn a_diverging_benchmark_says_how_large_the_step_grew_and_why() {
+    // One example per batch at a rate tuned for a mean over 64: the repeated step blows up
+    // in f32 while the interpreter's replay (f64 sums) stays finite.
+    let o = pcg(&[
+        "bench",
+        "examples/mlp_fmnist.pcg",
+        "--batch",
+        "1",
+        "--iters",
+        "30",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("the replay's loss is") && err.contains("largest gradient"),
+        "{err}"
+    );
+    assert!(
+        err.contains("benchmark step") && err.contains("--batch"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -454,6 +454,9 @@ pub(super) fn bench(
         .map_err(|e| fail(e.to_string()))?;
     let compile_seconds = compiling.elapsed().as_secs_f64();
     ready.finish()?;
+    // This process's batch (its shard of the global batch under MPI).
+    let shard = crate::train::batch::io_shapes(forward)
+        .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
     let warmup = 3.min(iters.max(1));
     let mut times = Vec::with_capacity(iters);
     let mut in_products = std::time::Duration::ZERO;
@@ -462,7 +465,12 @@ pub(super) fn bench(
         let t0 = std::time::Instant::now();
         if let Err(e) = engine.train_step(&batch) {
             crate::jit::time_products(false);
-            return Err(fail(e.to_string()));
+            return Err(fail(format!(
+                "{e} (benchmark step {})\n  help: the benchmark repeats one random batch of {shard} \
+                 with plain SGD at the file's learning rate ({lr}), which may diverge at a batch \
+                 size the rate was not tuned for: try fewer --iters or a larger --batch",
+                i + 1
+            )));
         }
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
@@ -479,9 +487,7 @@ pub(super) fn bench(
     );
     let method_name = if method == Method::Pc { "pc" } else { "bp" };
     // The global batch: each of the job's processes steps on its shard of it.
-    let b = world.size()
-        * crate::train::batch::io_shapes(forward)
-            .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    let b = world.size() * shard;
     let ranks = if world.is_distributed() {
         format!(" ranks={}", world.size())
     } else {

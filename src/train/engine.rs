@@ -667,11 +667,33 @@ fn learned(loss: f64, mut out: Bindings<f32>) -> Result<StepResult, EngineError>
 fn diverged(programs: &Programs, params: &Arrays, batch: &Arrays) -> EngineError {
     match InterpEngine::new(programs.clone().simulated()).gradients(params, batch) {
         Err(e @ EngineError::Diverged { .. }) => e,
-        _ => EngineError::Diverged {
+        // Finite on the interpreter (whose sums run in f64): say how large the step is.
+        Ok(replayed) => EngineError::Diverged {
+            what: format!("a value of the step ({})", magnitudes(&replayed)),
+            relaxation_step: None,
+        },
+        Err(_) => EngineError::Diverged {
             what: "the relaxed state".into(),
             relaxation_step: None,
         },
     }
+}
+
+/// The replayed step's loss, energy and largest gradient, in words.
+fn magnitudes(step: &StepResult) -> String {
+    let mut words = format!("the replay's loss is {:.3e}", step.loss);
+    if let Some(energy) = step.energy {
+        words.push_str(&format!(", its energy {energy:.3e}"));
+    }
+    let largest = step
+        .grads
+        .iter()
+        .map(|(name, g)| (name, g.iter().fold(0f32, |m, &x| m.max(x.abs()))))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((name, g)) = largest {
+        words.push_str(&format!(", its largest gradient {g:.3e} (of `{name}`)"));
+    }
+    words
 }
 
 /// The PC node to blame for a non-finite energy: the first whose carried unit (value, or
