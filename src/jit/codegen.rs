@@ -8,7 +8,8 @@
 //! A `Map` or `Reduce` kernel becomes a loop nest. Its axes are first simplified — unit axes
 //! dropped, neighbouring axes that every map walks evenly merged — so that most elementwise
 //! work is one flat loop. The innermost loop runs four lanes at a time (`f32x4`) when every
-//! buffer it reads is walked with stride 0 or 1, and finishes with a scalar tail; a reduction
+//! buffer it reads is walked with stride 0 or 1 — two vectors per trip where the expression is
+//! small, the loop's test at the bottom — and finishes with a scalar tail; a reduction
 //! over the innermost axis keeps its partial result in a register. Matrix products and
 //! convolutions are calls into `runtime`. A nest of at least [`SHARED_MIN_ELEMENTS`] whose
 //! outermost axis is not reduced gets a function of its own, `fn(arena, lo, hi) -> i32` over
@@ -375,6 +376,13 @@ impl Nest {
     }
 }
 
+/// Four-lane iterations of a map's innermost loop run per trip (see `translate_inner`).
+const UNROLL: i64 = 2;
+
+/// Expressions of more nodes than this are not unrolled: their code would grow more than the
+/// loop's own work shrinks.
+const UNROLL_MAX_NODES: usize = 16;
+
 /// Loop nests with fewer elements than this run on the calling thread alone: below it,
 /// handing half to a second core costs more than it saves.
 pub const SHARED_MIN_ELEMENTS: usize = 1 << 12;
@@ -699,7 +707,8 @@ impl FunctionTranslator<'_> {
         self.branch_on_status(status);
     }
 
-    /// A counted loop `for i in (start..end).step_by(step)` around `body`.
+    /// A counted loop `for i in (start..end).step_by(step)` around `body`, for bounds known
+    /// at compile time: rotated, the test at the bottom, so an iteration takes one branch.
     fn counted_loop(
         &mut self,
         start: i64,
@@ -707,24 +716,26 @@ impl FunctionTranslator<'_> {
         step: i64,
         body: &mut dyn FnMut(&mut Self, Value),
     ) {
-        let header = self.builder.create_block();
+        if start + step > end {
+            return;
+        }
         let inner = self.builder.create_block();
         let exit = self.builder.create_block();
-        self.builder.append_block_param(header, types::I64);
-        let start = self.builder.ins().iconst(types::I64, start);
-        self.builder.ins().jump(header, &[start.into()]);
-        self.builder.switch_to_block(header);
-        let i = self.builder.block_params(header)[0];
-        // i + step <= end
+        self.builder.append_block_param(inner, types::I64);
+        let first = self.builder.ins().iconst(types::I64, start);
+        self.builder.ins().jump(inner, &[first.into()]);
+        self.builder.switch_to_block(inner);
+        let i = self.builder.block_params(inner)[0];
+        body(self, i);
+        let next = self.builder.ins().iadd_imm_s(i, step);
+        // next + step <= end
         let more = self
             .builder
             .ins()
-            .icmp_imm_s(IntCC::SignedLessThanOrEqual, i, end - step);
-        self.builder.ins().brif(more, inner, &[], exit, &[]);
-        self.builder.switch_to_block(inner);
-        body(self, i);
-        let next = self.builder.ins().iadd_imm_s(i, step);
-        self.builder.ins().jump(header, &[next.into()]);
+            .icmp_imm_s(IntCC::SignedLessThanOrEqual, next, end - step);
+        self.builder
+            .ins()
+            .brif(more, inner, &[next.into()], exit, &[]);
         self.builder.switch_to_block(exit);
     }
 
@@ -883,6 +894,14 @@ impl FunctionTranslator<'_> {
             (s, v)
         });
         let main = if simd { n / 4 * 4 } else { 0 };
+        // The four-lane loop unrolled UNROLL times where the expression is small, so that
+        // the loop's own work is shared by several vectors.
+        let unroll = if nest.nodes.len() <= UNROLL_MAX_NODES {
+            UNROLL
+        } else {
+            1
+        };
+        let unrolled = main / (4 * unroll) * (4 * unroll);
         let step = |this: &mut Self, i: Value, lanes: Lanes, acc: Variable| {
             let value = this.evaluate(nest, rows, &invariant, i, lanes);
             if let Some((s, v)) = checks {
@@ -908,16 +927,21 @@ impl FunctionTranslator<'_> {
                 this.store(&nest.slots[0], out, value);
             }
         };
-        if main > 0 {
-            self.counted_loop(0, main, 4, &mut |this, i| {
-                step(this, i, Lanes::VECTOR, vector_acc)
+        if unroll > 1 {
+            self.counted_loop(0, unrolled, 4 * unroll, &mut |this, i| {
+                for u in 0..unroll {
+                    let at = this.builder.ins().iadd_imm_s(i, 4 * u);
+                    step(this, at, Lanes::VECTOR, vector_acc)
+                }
             });
         }
-        if main < n {
-            self.counted_loop(main, n, 1, &mut |this, i| {
-                step(this, i, Lanes::SCALAR, scalar_acc)
-            });
-        }
+        let vectors_from = if unroll > 1 { unrolled } else { 0 };
+        self.counted_loop(vectors_from, main, 4, &mut |this, i| {
+            step(this, i, Lanes::VECTOR, vector_acc)
+        });
+        self.counted_loop(main, n, 1, &mut |this, i| {
+            step(this, i, Lanes::SCALAR, scalar_acc)
+        });
         if let (Some((s, v)), Some(flag)) = (checks, nest.check) {
             let mut total = self.builder.use_var(s);
             let lanes = self.builder.use_var(v);

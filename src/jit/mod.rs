@@ -15,6 +15,7 @@
 //! relaxation never returns to Rust between steps. Both have the interpreter's contract
 //! (`interp::eval_outputs`, `interp::run_loop`) and are tested against it.
 
+mod arena;
 mod codegen;
 mod looped;
 mod lower;
@@ -31,6 +32,7 @@ pub use step::{Cost, JitStep, KernelInfo, Stage, StepCost};
 
 use crate::interp::{Bindings, EvalError, Tensor};
 use crate::ir::{verify, LeafKind, Program, Shape, VerifyError};
+use arena::Arena;
 use codegen::{FunctionTranslator, Layout, RuntimeRefs, Segment};
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -108,25 +110,6 @@ impl fmt::Display for JitError {
 
 impl std::error::Error for JitError {}
 
-/// `len` zeros, allocated zeroed (pages the system gives lazily) and fallibly: `None` when the
-/// allocation fails.
-fn zeroed_arena(len: usize) -> Option<Vec<f32>> {
-    if len == 0 {
-        return Some(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
-    // SAFETY: `layout` has a non-zero size. A non-null result is an allocation of `len` f32s
-    // from the global allocator with exactly this layout, zeroed (all-zero bits are 0.0), so
-    // a Vec of length and capacity `len` may own it.
-    unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout).cast::<f32>();
-        if ptr.is_null() {
-            return None;
-        }
-        Some(Vec::from_raw_parts(ptr, len, len))
-    }
-}
-
 /// Where a runtime call finds its descriptor: part p's is `address + p · stride` bytes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Descriptor {
@@ -153,7 +136,7 @@ struct Function {
     entry: Entry,
     clif: String,
     plan: BufferPlan,
-    arena: Vec<f32>,
+    arena: Arena,
     /// Runtime-kernel descriptors, at fixed addresses the code embeds.
     _matmuls: Vec<runtime::MatMulDesc>,
     _convs: Vec<runtime::ConvDesc>,
@@ -301,7 +284,7 @@ impl Function {
         // must fit in what the system has available, and is allocated fallibly.
         let bytes = plan.arena_len * std::mem::size_of::<f32>();
         let fits = crate::memory::available().is_none_or(|room| bytes as u64 <= room);
-        let arena = zeroed_arena(plan.arena_len)
+        let arena = Arena::zeroed(plan.arena_len)
             .filter(|_| fits)
             .ok_or(JitError::OutOfMemory { bytes })?;
         let code = module.get_finalized_function(id);

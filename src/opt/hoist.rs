@@ -9,7 +9,9 @@
 //! holding the same value). Sound because a node's value depends only on its operands, which
 //! for invariant nodes do not change between steps.
 
-use crate::ir::{LeafKind, LoopProgram, Node, Op, Output, Program, Region, ValueId};
+use crate::ir::{
+    BinaryOp, LeafKind, LoopProgram, Node, Op, Output, Program, Region, UnaryOp, ValueId,
+};
 use std::collections::{BTreeSet, HashMap};
 
 /// Moves every body node that does not depend on carried state into the prologue, where
@@ -63,23 +65,7 @@ fn hoist_from(
             _ => node.args.iter().any(|a| variant[a.index()]),
         };
     }
-    // Invariant computed nodes that a variant node or an output reads cross the boundary.
-    let mut crossing = BTreeSet::new();
-    for id in body.ids() {
-        let node = body.node(id);
-        if variant[id.index()] {
-            for &a in &node.args {
-                if !variant[a.index()] && is_computed(body, a) {
-                    crossing.insert(a);
-                }
-            }
-        }
-    }
-    for o in &body.outputs {
-        if !variant[o.value.index()] && is_computed(body, o.value) {
-            crossing.insert(o.value);
-        }
-    }
+    let crossing = crossing_nodes(body, &variant);
     if crossing.is_empty() {
         return None;
     }
@@ -142,6 +128,24 @@ fn hoist_from(
         };
         into_prologue.insert(id, new);
     }
+    // A value the prologue already hands the body as state (the frozen gate `sigmoid(z)` as
+    // `ff.i`, say) is read in the body as that state.
+    let read_states: BTreeSet<&str> = body
+        .ids()
+        .filter(|id| variant[id.index()])
+        .flat_map(|id| body.node(id).args.iter())
+        .filter(|a| matches!(body.node(**a).op, Op::Leaf(LeafKind::State)))
+        .filter_map(|a| body.node(*a).name.as_deref())
+        .collect();
+    let as_state = |id: ValueId| {
+        into_prologue.get(&id).is_some_and(|&p| {
+            prologue.outputs.iter().any(|o| {
+                o.value == p && read_states.contains(o.name.as_str()) && !written.contains(&o.name)
+            })
+        })
+    };
+    recompute_cheap_invariants(body, &mut variant, as_state);
+    let crossing = crossing_nodes(body, &variant);
     let mut body_map: HashMap<ValueId, ValueId> = HashMap::new();
     let mut new_body = Program::new(body.name.clone());
     new_body.inits = body.inits.clone();
@@ -200,6 +204,99 @@ fn hoist_from(
     super::simplify(prologue);
     super::simplify(&mut new_body);
     Some(new_body)
+}
+
+/// The invariant computed nodes that a variant node or an output reads: they cross the
+/// boundary.
+fn crossing_nodes(body: &Program, variant: &[bool]) -> BTreeSet<ValueId> {
+    let mut crossing = BTreeSet::new();
+    for id in body.ids() {
+        let node = body.node(id);
+        if variant[id.index()] {
+            for &a in &node.args {
+                if !variant[a.index()] && is_computed(body, a) {
+                    crossing.insert(a);
+                }
+            }
+        }
+    }
+    for o in &body.outputs {
+        if !variant[o.value.index()] && is_computed(body, o.value) {
+            crossing.insert(o.value);
+        }
+    }
+    crossing
+}
+
+/// Marks variant (kept in the body, computed at every step) the invariant nodes that are
+/// cheaper to recompute than to read: a few additions, subtractions, multiplications or
+/// negations of constants and of values the body reads anyway, used only by the body's variant
+/// work. A relaxation step over many small tensors is bound by the memory it streams, and a
+/// factor such as σ'(o) = o · (1 − o) of a frozen gate `o` the step already reads then costs
+/// two operations in registers instead of one more tensor read at every step. Exact: the same
+/// operations on the same values, only at another time.
+fn recompute_cheap_invariants(
+    body: &Program,
+    variant: &mut [bool],
+    as_state: impl Fn(ValueId) -> bool,
+) {
+    let n = body.nodes.len();
+    let mut read_by_variant = vec![false; n];
+    for id in body.ids().filter(|id| variant[id.index()]) {
+        for a in &body.node(id).args {
+            read_by_variant[a.index()] = true;
+        }
+    }
+    let cheap = |node: &Node| match node.op {
+        Op::Binary(op) => matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul),
+        Op::Unary(op) => op == UnaryOp::Neg,
+        _ => false,
+    };
+    // Candidates, in order: cheap, over constants, values the body reads anyway, and other
+    // candidates.
+    let mut keep = vec![false; n];
+    for id in body.ids() {
+        let node = body.node(id);
+        if variant[id.index()] || !cheap(node) {
+            continue;
+        }
+        keep[id.index()] = node.args.iter().all(|a| {
+            matches!(body.node(*a).op, Op::Const(_))
+                || read_by_variant[a.index()]
+                || keep[a.index()]
+                || as_state(*a)
+        });
+    }
+    // A candidate that invariant work left in the prologue (or an output) still needs is
+    // hoisted after all, and so are the candidates only it used.
+    let outputs: BTreeSet<ValueId> = body.outputs.iter().map(|o| o.value).collect();
+    for id in body.ids().rev() {
+        let i = id.index();
+        if keep[i] && outputs.contains(&id) {
+            keep[i] = false;
+        }
+    }
+    loop {
+        let mut changed = false;
+        for id in body.ids() {
+            let node = body.node(id);
+            if variant[id.index()] || keep[id.index()] {
+                continue;
+            }
+            for a in &node.args {
+                if keep[a.index()] {
+                    keep[a.index()] = false;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for (v, k) in variant.iter_mut().zip(keep) {
+        *v |= k;
+    }
 }
 
 /// Whether a node does work worth hoisting: leaves, constants and views of leaves (a
