@@ -12,6 +12,8 @@ mod lower;
 pub mod train;
 mod value;
 
+/// The names of every builtin function.
+pub use builtins::NAMES as BUILTINS;
 pub use train::{
     DataSpec, InferenceConfig, InferenceOverrides, Method, Mode, NodeGranularity, OptimizerConfig,
     Schedule, Target, TrainConfig,

@@ -669,29 +669,36 @@ fn diverged(programs: &Programs, params: &Arrays, batch: &Arrays) -> EngineError
         Err(e @ EngineError::Diverged { .. }) => e,
         // Finite on the interpreter (whose sums run in f64): say how large the step is.
         Ok(replayed) => EngineError::Diverged {
-            what: format!("a value of the step ({})", magnitudes(&replayed)),
+            what: format!(
+                "a value of the step ({})",
+                magnitudes(replayed.loss, replayed.energy, &replayed.grads, "gradient")
+            ),
             relaxation_step: None,
         },
-        Err(_) => EngineError::Diverged {
-            what: "the relaxed state".into(),
-            relaxation_step: None,
-        },
+        Err(e) => replay_failed(&e),
     }
 }
 
-/// The replayed step's loss, energy and largest gradient, in words.
-fn magnitudes(step: &StepResult) -> String {
-    let mut words = format!("the replay's loss is {:.3e}", step.loss);
-    if let Some(energy) = step.energy {
+/// A step whose replay failed for another reason than divergence.
+fn replay_failed(e: &EngineError) -> EngineError {
+    EngineError::Diverged {
+        what: format!("the relaxed state (the interpreter's replay of the step failed: {e})"),
+        relaxation_step: None,
+    }
+}
+
+/// A replayed step's loss, energy and largest `kind` (gradient, parameter) in words.
+fn magnitudes(loss: f64, energy: Option<f64>, arrays: &Arrays, kind: &str) -> String {
+    let mut words = format!("the replay's loss is {loss:.3e}");
+    if let Some(energy) = energy {
         words.push_str(&format!(", its energy {energy:.3e}"));
     }
-    let largest = step
-        .grads
+    let largest = arrays
         .iter()
         .map(|(name, g)| (name, g.iter().fold(0f32, |m, &x| m.max(x.abs()))))
         .max_by(|a, b| a.1.total_cmp(&b.1));
     if let Some((name, g)) = largest {
-        words.push_str(&format!(", its largest gradient {g:.3e} (of `{name}`)"));
+        words.push_str(&format!(", its largest {kind} {g:.3e} (of `{name}`)"));
     }
     words
 }
@@ -952,10 +959,15 @@ impl Engine for JitEngine {
                         incremental_step(pc, (&looped, &stored), &params, &optimizer, batch);
                     return Err(match replayed {
                         Err(e @ EngineError::Diverged { .. }) => e,
-                        _ => EngineError::Diverged {
-                            what: "the relaxed state".into(),
+                        // Finite on the interpreter (whose sums run in f64).
+                        Ok((params, _, report)) => EngineError::Diverged {
+                            what: format!(
+                                "a value of the step ({})",
+                                magnitudes(report.loss, report.energy, &params, "parameter")
+                            ),
                             relaxation_step: None,
                         },
+                        Err(e) => replay_failed(&e),
                     });
                 }
                 return Err(diverged(&self.programs, &params, batch));
