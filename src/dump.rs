@@ -61,9 +61,21 @@ pub fn stage_text(
     format: Format,
     inference: &InferenceConfig,
 ) -> Result<String, String> {
+    stage_text_of(compiled, stage, format, inference, None)
+}
+
+/// As [`stage_text`], with the training step of `method` (default: the train block's) for
+/// the `Plan` and `Clif` stages.
+pub fn stage_text_of(
+    compiled: &Compiled,
+    stage: Stage,
+    format: Format,
+    inference: &InferenceConfig,
+    method: Option<Method>,
+) -> Result<String, String> {
     let forward = &compiled.forward;
     if matches!(stage, Stage::Plan | Stage::Clif) {
-        return jit_text(compiled, stage, inference);
+        return jit_text(compiled, stage, inference, method);
     }
     let programs: Vec<Program> = match stage {
         Stage::Ast => return Err("the syntax tree is printed before compilation".to_string()),
@@ -115,7 +127,7 @@ pub fn memory_report(
         .as_ref()
         .map(|t| t.inference.clone())
         .unwrap_or_default();
-    let (step, optimizer, _) = training_step(compiled, &inference)?;
+    let (step, optimizer, _) = training_step(compiled, &inference, None)?;
     let footprint = memory::footprint(&compiled.forward);
     let shapes: Vec<(String, crate::ir::Shape)> = compiled
         .forward
@@ -162,13 +174,15 @@ pub fn memory_report(
 }
 
 /// The training step as `pcg run` compiles it from the file's train block (with the relaxation
-/// `inference`), its optimiser, and a description of what it runs.
+/// `inference`, and `method` in place of the block's where given), its optimiser, and a
+/// description of what it runs.
 fn training_step(
     compiled: &Compiled,
     inference: &InferenceConfig,
+    method: Option<Method>,
 ) -> Result<(JitStep, Optimizer, String), String> {
     let train = compiled.train.as_ref();
-    let method = train.map_or(Method::Pc, |t| t.method);
+    let method = method.unwrap_or(train.map_or(Method::Pc, |t| t.method));
     let programs = Programs::build(&compiled.forward, method, inference, None)?;
     let optimizer = Optimizer::of_train_block(train, None);
     let what = match (&programs.grad, &programs.fused, &programs.pc) {
@@ -192,8 +206,9 @@ fn jit_text(
     compiled: &Compiled,
     stage: Stage,
     inference: &InferenceConfig,
+    method: Option<Method>,
 ) -> Result<String, String> {
-    let (step, _, what) = training_step(compiled, inference)?;
+    let (step, _, what) = training_step(compiled, inference, method)?;
     let body = if stage == Stage::Plan {
         step.plan().to_string()
     } else {

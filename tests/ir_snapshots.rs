@@ -131,3 +131,30 @@ fn pcg_ir_takes_the_relaxation_flags() {
     assert!(exact.contains("mode exact"), "{exact}");
     assert!(exact.contains("one reverse sweep"), "{exact}");
 }
+
+/// `pcg ir --stage plan --method bp|pc` prints the plan of that method's training step, not
+/// only the train block's.
+#[test]
+fn pcg_ir_plan_takes_the_method() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let first_line = |flags: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
+            .current_dir(root)
+            .args(["ir", "examples/mlp_digits.pcg", "--stage", "plan"])
+            .args(flags)
+            .output()
+            .expect("pcg runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    let bp = first_line(&["--method", "bp"]);
+    assert!(bp.contains("mlp_grad"), "{bp}");
+    let pc = first_line(&["--method", "pc"]);
+    assert!(pc.contains("relaxation solved in closed form"), "{pc}");
+    assert_eq!(first_line(&[]), pc, "mlp_digits trains by PC");
+}

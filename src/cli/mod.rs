@@ -91,6 +91,10 @@ pub enum Command {
         /// The relaxation whose programs `--stage pc|plan|clif` print (default: the file's).
         #[command(flatten)]
         relax: RelaxFlags,
+        /// The training step `--stage plan|clif` prints: backprop's or predictive coding's
+        /// (default: the train block's).
+        #[arg(long, value_enum)]
+        method: Option<MethodArg>,
         #[command(flatten)]
         compile: CompileFlags,
     },
@@ -503,8 +507,15 @@ pub fn run(cli: Cli) -> ExitCode {
             stage,
             format,
             relax,
+            method,
             compile,
-        } => ir_dump(&file, stage, format, &relax, &compile.options()),
+        } => ir_dump(
+            &file,
+            (stage, format),
+            &relax,
+            method.map(Into::into),
+            &compile.options(),
+        ),
         Command::Grad {
             file,
             method,
@@ -745,9 +756,9 @@ fn too_large(sources: &Sources, compiled: &Compiled, message: &str) -> Option<di
 
 fn ir_dump(
     file: &Path,
-    stage: Stage,
-    format: Format,
+    (stage, format): (Stage, Format),
     relax: &RelaxFlags,
+    method: Option<Method>,
     options: &CompileOptions,
 ) -> CmdResult {
     if stage == Stage::Ast {
@@ -776,7 +787,7 @@ fn ir_dump(
         compile_or_report(file, options)?
     };
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference))?;
-    let text = dump::stage_text(&compiled, stage, format, &inference).map_err(fail)?;
+    let text = dump::stage_text_of(&compiled, stage, format, &inference, method).map_err(fail)?;
     emit(&text);
     Ok(())
 }
