@@ -64,20 +64,9 @@ fn dot_of_mlp_digits_and_toy_graph() {
 /// The binary prints exactly what the library's printer gives.
 #[test]
 fn pcg_ir_prints_the_snapshotted_text() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
-        .current_dir(root)
-        .args(["ir", "examples/toy_graph.pcg", "--stage", "ir"])
-        .output()
-        .expect("pcg runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let program = compile(Path::new("examples/toy_graph.pcg")).forward;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        pcg_ir("examples/toy_graph.pcg", "ir", &[]),
         pcg::ir::to_text(&program)
     );
 }
@@ -101,24 +90,28 @@ fn dim_overrides_a_const() {
     assert_eq!(input_shape(&[("T", 10), ("V", 42)]), [2, 10, 42]);
 }
 
+/// What `pcg ir FILE --stage STAGE FLAGS` prints, after checking it succeeded.
+fn pcg_ir(file: &str, stage: &str, flags: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["ir", file, "--stage", stage])
+        .args(flags)
+        .output()
+        .expect("pcg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `pcg ir --stage pc` takes the relaxation flags of `run`: the header names the mode, steps and
 /// rate asked for and the evaluation that mode gets.
 #[test]
 fn pcg_ir_takes_the_relaxation_flags() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let header = |flags: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
-            .current_dir(root)
-            .args(["ir", "examples/mlp_digits.pcg", "--stage", "pc"])
-            .args(flags)
-            .output()
-            .expect("pcg runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = pcg_ir("examples/mlp_digits.pcg", "pc", flags);
         text.lines().take(2).collect::<Vec<_>>().join("\n")
     };
     let strict = header(&["--mode", "strict", "--steps", "7", "--rate", "0.25"]);
@@ -136,20 +129,8 @@ fn pcg_ir_takes_the_relaxation_flags() {
 /// only the train block's.
 #[test]
 fn pcg_ir_plan_takes_the_method() {
-    let root = env!("CARGO_MANIFEST_DIR");
     let first_line = |flags: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcg"))
-            .current_dir(root)
-            .args(["ir", "examples/mlp_digits.pcg", "--stage", "plan"])
-            .args(flags)
-            .output()
-            .expect("pcg runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = pcg_ir("examples/mlp_digits.pcg", "plan", flags);
         text.lines().next().unwrap_or_default().to_string()
     };
     let bp = first_line(&["--method", "bp"]);

@@ -901,7 +901,11 @@ impl FunctionTranslator<'_> {
         } else {
             1
         };
-        let unrolled = main / (4 * unroll) * (4 * unroll);
+        let unrolled = if unroll > 1 {
+            main / (4 * unroll) * (4 * unroll)
+        } else {
+            0
+        };
         let step = |this: &mut Self, i: Value, lanes: Lanes, acc: Variable| {
             let value = this.evaluate(nest, rows, &invariant, i, lanes);
             if let Some((s, v)) = checks {
@@ -927,16 +931,13 @@ impl FunctionTranslator<'_> {
                 this.store(&nest.slots[0], out, value);
             }
         };
-        if unroll > 1 {
-            self.counted_loop(0, unrolled, 4 * unroll, &mut |this, i| {
-                for u in 0..unroll {
-                    let at = this.builder.ins().iadd_imm_s(i, 4 * u);
-                    step(this, at, Lanes::VECTOR, vector_acc)
-                }
-            });
-        }
-        let vectors_from = if unroll > 1 { unrolled } else { 0 };
-        self.counted_loop(vectors_from, main, 4, &mut |this, i| {
+        self.counted_loop(0, unrolled, 4 * unroll, &mut |this, i| {
+            for u in 0..unroll {
+                let at = this.builder.ins().iadd_imm_s(i, 4 * u);
+                step(this, at, Lanes::VECTOR, vector_acc)
+            }
+        });
+        self.counted_loop(unrolled, main, 4, &mut |this, i| {
             step(this, i, Lanes::VECTOR, vector_acc)
         });
         self.counted_loop(main, n, 1, &mut |this, i| {

@@ -128,14 +128,19 @@ fn hoist_from(
         };
         into_prologue.insert(id, new);
     }
-    // A value the prologue already hands the body as state (the frozen gate `sigmoid(z)` as
-    // `ff.i`, say) is read in the body as that state.
+    // What the body's variant work reads; a value the prologue already hands the body as
+    // state (the frozen gate `sigmoid(z)` as `ff.i`, say) is read in the body as that state.
+    let mut read_by_variant = vec![false; body.nodes.len()];
+    for id in body.ids().filter(|id| variant[id.index()]) {
+        for a in &body.node(id).args {
+            read_by_variant[a.index()] = true;
+        }
+    }
     let read_states: BTreeSet<&str> = body
         .ids()
-        .filter(|id| variant[id.index()])
-        .flat_map(|id| body.node(id).args.iter())
-        .filter(|a| matches!(body.node(**a).op, Op::Leaf(LeafKind::State)))
-        .filter_map(|a| body.node(*a).name.as_deref())
+        .filter(|a| read_by_variant[a.index()])
+        .filter(|a| matches!(body.node(*a).op, Op::Leaf(LeafKind::State)))
+        .filter_map(|a| body.node(a).name.as_deref())
         .collect();
     let as_state = |id: ValueId| {
         into_prologue.get(&id).is_some_and(|&p| {
@@ -144,7 +149,7 @@ fn hoist_from(
             })
         })
     };
-    recompute_cheap_invariants(body, &mut variant, as_state);
+    recompute_cheap_invariants(body, &mut variant, &read_by_variant, as_state);
     let crossing = crossing_nodes(body, &variant);
     let mut body_map: HashMap<ValueId, ValueId> = HashMap::new();
     let mut new_body = Program::new(body.name.clone());
@@ -238,15 +243,9 @@ fn crossing_nodes(body: &Program, variant: &[bool]) -> BTreeSet<ValueId> {
 fn recompute_cheap_invariants(
     body: &Program,
     variant: &mut [bool],
+    read_by_variant: &[bool],
     as_state: impl Fn(ValueId) -> bool,
 ) {
-    let n = body.nodes.len();
-    let mut read_by_variant = vec![false; n];
-    for id in body.ids().filter(|id| variant[id.index()]) {
-        for a in &body.node(id).args {
-            read_by_variant[a.index()] = true;
-        }
-    }
     let cheap = |node: &Node| match node.op {
         Op::Binary(op) => matches!(op, BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul),
         Op::Unary(op) => op == UnaryOp::Neg,
@@ -254,7 +253,7 @@ fn recompute_cheap_invariants(
     };
     // Candidates, in order: cheap, over constants, values the body reads anyway, and other
     // candidates.
-    let mut keep = vec![false; n];
+    let mut keep = vec![false; body.nodes.len()];
     for id in body.ids() {
         let node = body.node(id);
         if variant[id.index()] || !cheap(node) {
@@ -267,31 +266,17 @@ fn recompute_cheap_invariants(
                 || as_state(*a)
         });
     }
-    // A candidate that invariant work left in the prologue (or an output) still needs is
-    // hoisted after all, and so are the candidates only it used.
-    let outputs: BTreeSet<ValueId> = body.outputs.iter().map(|o| o.value).collect();
-    for id in body.ids().rev() {
-        let i = id.index();
-        if keep[i] && outputs.contains(&id) {
-            keep[i] = false;
-        }
+    // A candidate that an output or invariant work left in the prologue still needs is
+    // hoisted after all, and so are the candidates only it used: one pass from the last node,
+    // which settles every node before its operands.
+    for o in &body.outputs {
+        keep[o.value.index()] = false;
     }
-    loop {
-        let mut changed = false;
-        for id in body.ids() {
-            let node = body.node(id);
-            if variant[id.index()] || keep[id.index()] {
-                continue;
+    for id in body.ids().rev() {
+        if !variant[id.index()] && !keep[id.index()] {
+            for a in &body.node(id).args {
+                keep[a.index()] = false;
             }
-            for a in &node.args {
-                if keep[a.index()] {
-                    keep[a.index()] = false;
-                    changed = true;
-                }
-            }
-        }
-        if !changed {
-            break;
         }
     }
     for (v, k) in variant.iter_mut().zip(keep) {
