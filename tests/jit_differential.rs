@@ -811,33 +811,33 @@ fn kernels_shared_between_threads() {
     let cases: Vec<(&str, Program)> = vec![
         (
             "flat",
-            single(&[&[64, 130], &[64, 130]], |p, x| {
+            single(&[&[128, 130], &[128, 130]], |p, x| {
                 let m = p.mul(x[0], x[1]);
                 p.unary(UnaryOp::Tanh, m)
             }),
         ),
         (
             "broadcast row",
-            single(&[&[64, 130], &[130]], |p, x| {
-                let r = p.broadcast(x[1], Shape::new(vec![64, 130]));
+            single(&[&[128, 130], &[130]], |p, x| {
+                let r = p.broadcast(x[1], Shape::new(vec![128, 130]));
                 let s = p.add_values(x[0], r);
                 p.unary(UnaryOp::Sigmoid, s)
             }),
         ),
         (
             "inner reduction, odd rows",
-            single(&[&[67, 129]], |p, x| {
+            single(&[&[131, 129]], |p, x| {
                 let e = p.unary(UnaryOp::Exp, x[0]);
                 p.reduce_sum(e, vec![1])
             }),
         ),
         (
             "outer reduction",
-            single(&[&[67, 129]], |p, x| p.reduce_sum(x[0], vec![0])),
+            single(&[&[131, 129]], |p, x| p.reduce_sum(x[0], vec![0])),
         ),
         (
             "transposed read",
-            single(&[&[96, 80], &[80, 96]], |p, x| {
+            single(&[&[192, 100], &[100, 192]], |p, x| {
                 let t = p.transpose(x[1], vec![1, 0]);
                 p.mul(x[0], t)
             }),

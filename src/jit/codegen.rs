@@ -384,8 +384,9 @@ const UNROLL: i64 = 2;
 const UNROLL_MAX_NODES: usize = 16;
 
 /// Loop nests with fewer elements than this run on the calling thread alone: below it,
-/// handing half to a second core costs more than it saves.
-pub const SHARED_MIN_ELEMENTS: usize = 1 << 12;
+/// handing half to a second core costs more than it saves (measured with
+/// `runtime::SHARED_MIN_MACS`: a [64, 64] map takes about a microsecond).
+pub const SHARED_MIN_ELEMENTS: usize = 1 << 14;
 
 /// The outermost extent a kernel is shared along between `pieces` threads, if it is shared.
 pub fn shared_extent(plan: &BufferPlan, kernel: &Kernel, pieces: usize) -> Option<usize> {

@@ -12,9 +12,12 @@ use super::lower::{ConvGeometry, ConvKernel, ConvKind, MatOperand};
 use super::team;
 
 /// Products with fewer multiply-adds than this run on the calling thread alone: below it,
-/// sharing the product costs more than it saves (measured: 64×256 @ 256×10 is 1.6× faster on
-/// two cores, 1×256 @ 256×256 three times slower).
-const SHARED_MIN_MACS: usize = 1 << 17;
+/// sharing the product costs more than it saves. With AVX-512 kernels a 64×64 @ 64×64 product
+/// takes a few microseconds on one core, about what handing half of it over costs: the deep
+/// residual example's 64×64 products (and their 4096-element maps, see
+/// `codegen::SHARED_MIN_ELEMENTS`) kept on one thread took its BP step from 2.1 to 1.55 ms on
+/// a 2-vCPU Xeon, the other examples unchanged within noise.
+const SHARED_MIN_MACS: usize = 1 << 19;
 
 /// Rows or columns of a shared product's pieces come in multiples of this, the width of the
 /// GEMM micro-kernels, so that no piece has a ragged edge it need not have.
