@@ -291,7 +291,8 @@ fn recompute_cheap_invariants(
 }
 
 /// The invariant transposed views that a variant product reads as its right operand with its
-/// rows strided in memory (a message `e @ transpose(w)` back through a weight): worth copying
+/// rows strided in memory (a message `e @ transpose(w)` back through a weight, or through a
+/// slice of it): worth copying
 /// once, in the prologue, into the contiguous layout the product reads fastest. A GEMM packs
 /// a strided right operand into its panels at every call, and on a `[32, 256] × [256, 256]`
 /// product that packing halves its rate (measured with AVX-512 kernels: 78 against 140
@@ -305,15 +306,23 @@ fn strided_product_operands(body: &Program, variant: &[bool]) -> BTreeSet<ValueI
             continue;
         }
         let rhs = node.args[1];
-        let view = body.node(rhs);
-        if let Op::Transpose(perm) = &view.op {
-            let last = perm.len() - 1;
-            if !variant[rhs.index()] && perm[last] != last {
-                strided.insert(rhs);
-            }
+        if !variant[rhs.index()] && strided_view(body, rhs) {
+            strided.insert(rhs);
         }
     }
     strided
+}
+
+/// Whether a value is a view whose rows are strided in memory: a transpose that moves the
+/// last axis, or a slice of one (the message to `h` through `concat(x, h) @ w` reads rows of
+/// `transpose(w)`).
+fn strided_view(body: &Program, id: ValueId) -> bool {
+    let node = body.node(id);
+    match &node.op {
+        Op::Transpose(perm) => perm.last().is_some_and(|&l| l != perm.len() - 1),
+        Op::Slice { .. } => strided_view(body, node.args[0]),
+        _ => false,
+    }
 }
 
 /// Whether a node does work worth hoisting: leaves, constants and views of leaves (a
