@@ -479,3 +479,34 @@ fn a_diverging_benchmark_says_how_large_the_step_grew_and_why() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_profile_counts_the_runs_of_each_kernel() {
+    // On one thread a relaxation kernel runs once per relaxation step and a learning kernel
+    // once per training step: the profile's runs per step say so.
+    let o = pcg(&[
+        "bench",
+        "examples/mlp_digits.pcg",
+        "--method",
+        "pc",
+        "--mode",
+        "strict",
+        "--steps",
+        "7",
+        "--iters",
+        "3",
+        "--threads",
+        "1",
+        "--profile",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let runs: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(" runs "))
+        .filter_map(|l| l.split(" runs ").next()?.split_whitespace().last())
+        .collect();
+    assert!(runs.contains(&"7"), "{out}");
+    assert!(runs.contains(&"1"), "{out}");
+    assert!(runs.iter().all(|r| *r == "1" || *r == "7"), "{out}");
+}

@@ -560,9 +560,9 @@ fn profile_kernels(
     }
     let times = crate::jit::take_kernel_times();
     let kernels = engine.kernels();
-    let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
+    let total: f64 = times.iter().map(|t| t.time.as_secs_f64()).sum();
     let mut order: Vec<usize> = (0..times.len()).collect();
-    order.sort_by(|&a, &b| times[b].cmp(&times[a]));
+    order.sort_by(|&a, &b| times[b].time.cmp(&times[a].time));
     emit(&format!(
         "profile: {} kernels, {:.3} ms per step in kernels on the calling thread; the most expensive:\n",
         kernels.len(),
@@ -572,7 +572,7 @@ fn profile_kernels(
     for (info, t) in kernels.iter().zip(&times) {
         let kind = info.what.split(' ').next().unwrap_or("");
         let entry = by_kind.entry(kind).or_default();
-        entry.0 += t.as_secs_f64();
+        entry.0 += t.time.as_secs_f64();
         entry.1 += 1;
     }
     let kinds: Vec<String> = by_kind
@@ -582,15 +582,16 @@ fn profile_kernels(
     emit(&format!("  by kind: {}\n", kinds.join(", ")));
     for &k in order.iter().take(15) {
         let Some(info) = kernels.get(k) else { continue };
-        let t = times[k].as_secs_f64();
-        // The calling thread runs one part of a split loop's kernels.
-        let runs = (info.runs / info.parts) as f64 * iters.max(1) as f64;
-        let rate = |x: u64| x as f64 * runs / t.max(1e-12) / 1e9;
+        let t = times[k].time.as_secs_f64();
+        // Runs counted on the calling thread: of a split loop's kernels, the parts it took (one
+        // of two on two threads, two of four when a loop has four parts).
+        let runs = times[k].runs;
+        let rate = |x: u64| x as f64 * runs as f64 / t.max(1e-12) / 1e9;
         emit(&format!(
             "  {:5.1}%  {:8.3} ms  {:>5} runs  {:6.1} GFLOP/s  {:6.1} GB/s  #{k} {}\n",
             100.0 * t / total.max(1e-12),
             t * 1e3 / iters.max(1) as f64,
-            info.runs / info.parts,
+            runs / iters.max(1) as u64,
             rate(info.cost.flops),
             rate(info.cost.bytes),
             info.what

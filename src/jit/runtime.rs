@@ -47,11 +47,15 @@ pub fn take_product_time() -> std::time::Duration {
 }
 
 /// Profiling on one thread: the kernel being timed and since when, and every kernel's total
-/// time so far.
-type KernelTimes = (
-    Option<(usize, std::time::Instant)>,
-    Vec<std::time::Duration>,
-);
+/// time and number of runs so far.
+type KernelTimes = (Option<(usize, std::time::Instant)>, Vec<KernelTime>);
+
+/// One kernel's time on a thread while profiling, and how many times it ran there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelTime {
+    pub time: std::time::Duration,
+    pub runs: u64,
+}
 
 thread_local! {
     static KERNEL_TIMES: std::cell::RefCell<KernelTimes> =
@@ -65,16 +69,18 @@ pub extern "C" fn tick(kernel: i64) {
         let (running, times) = &mut *t.borrow_mut();
         if let Some((k, since)) = running.take() {
             if times.len() <= k {
-                times.resize(k + 1, std::time::Duration::ZERO);
+                times.resize(k + 1, KernelTime::default());
             }
-            times[k] += now - since;
+            times[k].time += now - since;
+            times[k].runs += 1;
         }
         *running = usize::try_from(kernel).ok().map(|k| (k, now));
     });
 }
 
-/// Each kernel's time on the calling thread since the last call, by kernel index (profiling).
-pub fn take_kernel_times() -> Vec<std::time::Duration> {
+/// Each kernel's time and runs on the calling thread since the last call, by kernel index
+/// (profiling).
+pub fn take_kernel_times() -> Vec<KernelTime> {
     KERNEL_TIMES.with(|t| std::mem::take(&mut t.borrow_mut().1))
 }
 
