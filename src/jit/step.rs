@@ -121,8 +121,6 @@ pub struct KernelInfo {
     pub cost: Cost,
     /// How many times a step runs it (all parts together).
     pub runs: usize,
-    /// The parts it runs in (1: not in a split loop): each runs `runs / parts` of it.
-    pub parts: usize,
 }
 
 /// What one run of a compiled step does, counted from its kernels.
@@ -266,16 +264,10 @@ impl JitStep {
             .iter()
             .zip(layout.runs(lowered.kernels.len(), steps))
         {
-            let k = kernels.len();
             kernels.push(KernelInfo {
                 what: kernel.describe(&lowered.buffers),
                 cost: kernel.cost(),
                 runs,
-                parts: if lowered.in_parts(k) {
-                    lowered.parts
-                } else {
-                    1
-                },
             });
             let Cost {
                 flops,
