@@ -292,8 +292,8 @@ fn recompute_cheap_invariants(
 
 /// The invariant transposed views that a variant product reads as its right operand with its
 /// rows strided in memory (a message `e @ transpose(w)` back through a weight, or through a
-/// slice of it): worth copying
-/// once, in the prologue, into the contiguous layout the product reads fastest. A GEMM packs
+/// slice of it): worth copying once, in the prologue, into the contiguous layout the product
+/// reads fastest. A GEMM packs
 /// a strided right operand into its panels at every call, and on a `[32, 256] × [256, 256]`
 /// product that packing halves its rate (measured with AVX-512 kernels: 78 against 140
 /// GFLOP/s); the copy costs one read of the weight per training step. Exact: the same values
