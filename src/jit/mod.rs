@@ -27,7 +27,7 @@ mod team;
 
 pub use looped::JitLoop;
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
-pub use runtime::{take_kernel_times, take_product_time, time_products, Exchange};
+pub use runtime::{take_kernel_times, take_product_time, time_products, Exchange, KernelTime};
 pub use step::{Cost, JitStep, KernelInfo, Stage, StepCost};
 
 use crate::interp::{Bindings, EvalError, Tensor};
