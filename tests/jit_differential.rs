@@ -853,3 +853,29 @@ fn kernels_shared_between_threads() {
         assert!(functions > 1, "{what}: {functions} function(s)");
     }
 }
+
+/// Compiled code flushes subnormal results to zero (a product of two small numbers that
+/// would be subnormal is 0), and the calling thread's floating-point mode is as it was
+/// afterwards.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn compiled_code_flushes_subnormals() {
+    let program = single(&[&[64], &[64]], |p, x| p.mul(x[0], x[1]));
+    let leaves: Bindings<f32> = [
+        (
+            "x0".to_string(),
+            Tensor::from_shape_vec(&[64][..], vec![1e-30; 64]).unwrap(),
+        ),
+        (
+            "x1".to_string(),
+            Tensor::from_shape_vec(&[64][..], vec![1e-10; 64]).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let mut jit = JitProgram::compile(&program, &checked()).expect("compiles");
+    let out = jit.run(&leaves).expect("runs");
+    assert!(out["out"].iter().all(|&v| v == 0.0), "{:?}", out["out"]);
+    let subnormal = std::hint::black_box(1e-30f32) * std::hint::black_box(1e-10f32);
+    assert!(subnormal > 0.0, "the caller's mode is left as it was");
+}

@@ -446,7 +446,10 @@ impl Function {
     fn call(&mut self, steps: usize) -> Result<(), JitError> {
         // SAFETY: the arena has the planned length, the plan was verified, and every kernel's
         // accesses were checked against it at compile time.
-        let status = unsafe { (self.entry)(self.arena.as_mut_ptr(), steps as i64) };
+        let status = {
+            let _flush = runtime::FlushSubnormals::new();
+            unsafe { (self.entry)(self.arena.as_mut_ptr(), steps as i64) }
+        };
         match status {
             0 => Ok(()),
             codegen::DIVERGED => Err(JitError::Diverged),

@@ -105,6 +105,7 @@ fn team() -> Option<&'static Team> {
 
 /// A helper's life: wait for a new job, take chunks of it, repeat.
 fn help(shared: &'static Shared) {
+    super::runtime::FlushSubnormals::forever();
     let mut seen = shared.generation.load(SeqCst);
     loop {
         let idle_since = Instant::now();
