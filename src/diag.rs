@@ -234,6 +234,17 @@ fn emit(sources: &Sources, diagnostics: &[Diagnostic], out: &mut dyn WriteColor)
     }
 }
 
+/// Drops the diagnostics after index `start` that repeat an earlier one after it: the same
+/// kind at the same place (a loop's body lowered once per iteration reports its error once).
+pub fn dedup_since(diagnostics: &mut Vec<Diagnostic>, start: usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut k = 0;
+    diagnostics.retain(|d| {
+        k += 1;
+        k <= start || seen.insert((d.kind, d.labels.first().map(|l| l.span)))
+    });
+}
+
 /// The candidate closest to `name` by edit distance, if it is close enough to be a likely
 /// typo (for "did you mean" hints).
 pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {

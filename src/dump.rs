@@ -84,7 +84,7 @@ pub fn stage_text_of(
         Stage::Pc => {
             let p = pc::transform(forward, inference).map_err(|e| e.to_string())?;
             if format == Format::Dot {
-                return Ok(pc::to_dot(forward, &p.graph));
+                return Ok(pc::to_dot(&p.forward.program, &p.graph));
             }
             let mut text = pc::describe(&p) + "\n";
             // After the simulated programs, the one-program step that training runs when the

@@ -110,7 +110,11 @@ impl std::error::Error for EvalError {
 /// Values of every node, in program order.
 pub fn eval<F: Real>(program: &Program, leaves: &Bindings<F>) -> Result<Vec<Tensor<F>>, EvalError> {
     verify(program).map_err(EvalError::Invalid)?;
-    let values = run(program, leaves, &Schedule::everything(program))?;
+    let values = run(
+        program,
+        LeafValues::Named(leaves),
+        &Schedule::everything(program),
+    )?;
     Ok(values.into_iter().flatten().collect())
 }
 
@@ -122,7 +126,11 @@ pub fn eval_outputs<F: Real>(
     leaves: &Bindings<F>,
 ) -> Result<Bindings<F>, EvalError> {
     verify(program).map_err(EvalError::Invalid)?;
-    let mut values = run(program, leaves, &Schedule::for_outputs(program))?;
+    let mut values = run(
+        program,
+        LeafValues::Named(leaves),
+        &Schedule::for_outputs(program),
+    )?;
     let mut named = Bindings::new();
     for (i, output) in program.outputs.iter().enumerate() {
         let slot = &mut values[output.value.index()];
@@ -190,27 +198,44 @@ impl Schedule {
     }
 }
 
+/// Where a program's leaves get their values: from bindings by name (a whole program), or by
+/// position (a scan's body, whose leaves are its first nodes).
+#[derive(Clone, Copy)]
+enum LeafValues<'a, F: Real> {
+    Named(&'a Bindings<F>),
+    Positional(&'a [Tensor<F>]),
+}
+
 /// Evaluates a verified program in program order, following the schedule.
 fn run<F: Real>(
     program: &Program,
-    leaves: &Bindings<F>,
+    leaves: LeafValues<'_, F>,
     schedule: &Schedule,
 ) -> Result<Vec<Option<Tensor<F>>>, EvalError> {
     let mut values: Vec<Option<Tensor<F>>> = vec![None; program.nodes.len()];
+    // Each scan's results, read by its `result` nodes.
+    let mut scans: BTreeMap<ValueId, Vec<Tensor<F>>> = BTreeMap::new();
     for id in program.ids() {
         if !schedule.compute[id.index()] {
             continue;
         }
         let node = program.node(id);
-        let value = match &node.op {
-            Op::Leaf(kind) => leaf_value(node, *kind, leaves)?,
-            op => {
+        let value = match (&node.op, leaves) {
+            (Op::Leaf(kind), LeafValues::Named(named)) => leaf_value(node, *kind, named)?,
+            (Op::Leaf(_), LeafValues::Positional(given)) => given[id.index()].clone(),
+            (Op::Result(i), _) => scans[&node.args[0]][*i].clone(),
+            (op, _) => {
                 let args: Vec<&Tensor<F>> = node
                     .args
                     .iter()
                     .map(|a| values[a.index()].as_ref().expect("operands are live"))
                     .collect();
-                apply(op, &args, &node.shape)
+                if let Op::Scan(scan) = op {
+                    scans.insert(id, run_scan(scan, &args)?);
+                    Tensor::zeros(IxDyn(&[]))
+                } else {
+                    apply(op, &args, &node.shape)
+                }
             }
         };
         values[id.index()] = Some(value);
@@ -219,6 +244,62 @@ fn run<F: Real>(
         }
     }
     Ok(values)
+}
+
+/// Runs a scan: its body once per iteration, in order (or in reverse), on the carried values,
+/// the iteration's slices of the stacked operands and the invariant ones. Returns the final
+/// carried values, then each per-iteration output stacked along a new first axis.
+fn run_scan<F: Real>(
+    scan: &crate::ir::Scan,
+    args: &[&Tensor<F>],
+) -> Result<Vec<Tensor<F>>, EvalError> {
+    let body = &scan.body;
+    let schedule = Schedule::for_outputs(body);
+    let (carries, stacked) = (scan.carries, scan.stacked);
+    let mut leaves: Vec<Tensor<F>> = args.iter().map(|a| (*a).clone()).collect();
+    let outputs = body.outputs.len() - carries;
+    let mut per_iteration: Vec<Vec<Option<Tensor<F>>>> = vec![vec![None; scan.trips]; outputs];
+    for k in 0..scan.trips {
+        let t = scan.iteration(k);
+        for s in carries..carries + stacked {
+            leaves[s] = standard(args[s].index_axis(Axis(0), t));
+        }
+        let mut values = run(body, LeafValues::Positional(&leaves), &schedule)?;
+        let mut take = |i: usize| {
+            let value = body.outputs[i].value;
+            let shared = body.outputs.iter().filter(|o| o.value == value).count() > 1;
+            let slot = &mut values[value.index()];
+            if shared {
+                slot.clone().expect("outputs are kept to the end")
+            } else {
+                slot.take().expect("outputs are kept to the end")
+            }
+        };
+        let next: Vec<Tensor<F>> = (0..carries).map(&mut take).collect();
+        for (o, ys) in per_iteration.iter_mut().enumerate() {
+            ys[t] = Some(take(carries + o));
+        }
+        for (c, value) in next.into_iter().enumerate() {
+            leaves[c] = value;
+        }
+    }
+    let mut results: Vec<Tensor<F>> = leaves.into_iter().take(carries).collect();
+    for (o, ys) in per_iteration.into_iter().enumerate() {
+        let shape = scan
+            .result_shape(carries + o)
+            .expect("one result per output");
+        let views: Vec<ArrayViewD<F>> = ys
+            .iter()
+            .map(|y| y.as_ref().expect("every iteration ran").view())
+            .collect();
+        let stacked = if views.is_empty() {
+            Tensor::zeros(IxDyn(shape.dims()))
+        } else {
+            ndarray::stack(Axis(0), &views).expect("per-iteration outputs share a shape")
+        };
+        results.push(stacked);
+    }
+    Ok(results)
 }
 
 fn leaf_value<F: Real>(
@@ -248,7 +329,9 @@ fn leaf_value<F: Real>(
 fn apply<F: Real>(op: &Op, args: &[&Tensor<F>], shape: &Shape) -> Tensor<F> {
     let dims = IxDyn(shape.dims());
     match op {
-        Op::Leaf(_) => unreachable!("leaves are read from the bindings"),
+        Op::Leaf(_) | Op::Scan(_) | Op::Result(_) => {
+            unreachable!("leaves and scans are evaluated by `run`")
+        }
         Op::Const(c) => Tensor::from_elem(dims, F::from_f64(*c)),
         Op::Iota { axis } => Tensor::from_shape_fn(dims, |index| F::from_f64(index[*axis] as f64)),
         Op::Unary(u) => {

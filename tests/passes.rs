@@ -126,7 +126,8 @@ fn passes_rewrite_as_expected() {
 }
 
 /// Every example's relaxation step, in fixed and strict mode, split into two blocks of
-/// samples: block p of the leaves gives block p of every output, to rounding.
+/// samples: block p of the leaves gives block p of every output, to rounding. A loop's
+/// stacked units (`[T, B, ...]`) are split along their samples' axis.
 #[test]
 fn a_split_relaxation_step_computes_its_block() {
     use pcg::interp::{self, Bindings};
@@ -169,9 +170,19 @@ fn a_split_relaxation_step_computes_its_block() {
             let state = interp::run_loop(&relax, &leaves, 1, |_, _| true).expect("runs");
             leaves.extend(state);
             let full = interp::eval_outputs(&relax.body, &leaves).expect("runs");
-            let Some(parts) =
-                pcg::opt::split::split_rows(&relax.body, 2, |n| n.op != Op::Leaf(LeafKind::Param))
-            else {
+            // Each output's samples: the first axis of the batch's size (4).
+            let axes: Vec<usize> = relax
+                .body
+                .outputs
+                .iter()
+                .map(|o| {
+                    let dims = relax.body.shape(o.value).dims();
+                    dims.iter().position(|&d| d == 4).unwrap_or(0)
+                })
+                .collect();
+            let Some(parts) = pcg::opt::split::split_along(&relax.body, 2, &axes, |n, a| {
+                n.op == Op::Leaf(LeafKind::State) || (a == 0 && n.op != Op::Leaf(LeafKind::Param))
+            }) else {
                 panic!("{name} {mode:?}: the relaxation step does not split");
             };
             split += 1;
@@ -183,11 +194,11 @@ fn a_split_relaxation_step_computes_its_block() {
                         .into_iter()
                         .flat_map(|k| parts.program.leaves(k)),
                 ) {
-                    if parts.restricted(id) {
+                    if let Some(axis) = parts.axes[id.index()] {
                         let whole = &leaves[leaf];
-                        let rows = whole.shape()[0] / 2;
+                        let rows = whole.shape()[axis] / 2;
                         let view = whole.slice_axis(
-                            ndarray::Axis(0),
+                            ndarray::Axis(axis),
                             ndarray::Slice::from(p * rows..(p + 1) * rows),
                         );
                         block.insert(leaf.to_string(), view.to_owned());
@@ -195,9 +206,11 @@ fn a_split_relaxation_step_computes_its_block() {
                 }
                 let out = interp::eval_outputs(&parts.program, &block).expect("block runs");
                 for (k, v) in &out {
-                    let rows = full[k].shape()[0] / 2;
+                    let at = relax.body.outputs.iter().position(|o| o.name == *k);
+                    let axis = at.map_or(0, |i| axes[i]);
+                    let rows = full[k].shape()[axis] / 2;
                     let want = full[k].slice_axis(
-                        ndarray::Axis(0),
+                        ndarray::Axis(axis),
                         ndarray::Slice::from(p * rows..(p + 1) * rows),
                     );
                     let diff = (v - &want).mapv(f64::abs).sum();

@@ -296,7 +296,7 @@ fn closed_form_relaxation_equals_simulation() {
         ] {
             let programs = pcg::pc::transform(forward, &cfg).expect("transforms");
             let steps = programs.relax.steps;
-            let Some(solved) = pcg::pc::solve(forward, &programs, steps).expect("solves") else {
+            let Some(solved) = pcg::pc::solve(&programs, steps).expect("solves") else {
                 assert!(
                     programs.graph.depth >= steps,
                     "{path}: no closed form though depth < steps"

@@ -569,14 +569,17 @@ fn close_f32(what: &str, got: &Bindings<f32>, want: &Bindings<f32>) -> Result<()
 /// The forward program with every relaxed node cut out of the graph: its users read the
 /// state `v.<label>` instead, and its prediction μ (computed from its parents' values) is the
 /// output `mu.<label>`. Built from the forward program alone, not by the PC transform.
-fn cut_graph(forward: &Program, relaxed: &[(ValueId, String)]) -> Program {
+fn cut_graph(stacked: &pcg::pc::Stacked, relaxed: &[(ValueId, String)]) -> Program {
+    let forward = &stacked.program;
     let mut cut = forward.clone();
+    let mut values = std::collections::HashMap::new();
     for (id, label) in relaxed {
         let value = cut.leaf(
             LeafKind::State,
             format!("v.{label}"),
             forward.shape(*id).clone(),
         );
+        values.insert(*id, value);
         for node in &mut cut.nodes {
             for a in &mut node.args {
                 if a == id {
@@ -585,6 +588,19 @@ fn cut_graph(forward: &Program, relaxed: &[(ValueId, String)]) -> Program {
             }
         }
         cut.set_output(format!("mu.{label}"), *id);
+    }
+    // A loop's carried value is read one iteration later: its feedback leaf is the value
+    // unit shifted along the loop's axis, the initial value first.
+    for f in &stacked.feedback {
+        let init = values.get(&f.init).copied().unwrap_or(f.init);
+        let shifted = f.shifted(&mut cut, values[&f.carried], init);
+        for node in &mut cut.nodes {
+            for a in &mut node.args {
+                if *a == f.leaf {
+                    *a = shifted;
+                }
+            }
+        }
     }
     cut.sort_topologically();
     cut
@@ -621,16 +637,19 @@ fn strict_step_descends_the_energy(
         nodes,
         ..Default::default()
     };
-    // One node with a precision other than 1, so the weighting is checked too.
-    let weighted = pcg::pc::analyse(forward, &config)
+    // One node with a precision other than 1, so the weighting is checked too. PC nodes are
+    // nodes of the program with its loops stacked.
+    let stacked = pcg::pc::stack::stack(forward);
+    let weighted = pcg::pc::analyse_stacked(&stacked, &config)
         .nodes
         .iter()
         .filter(|n| matches!(n.role, Role::Relaxed { .. }))
-        .find_map(|n| forward.node(n.value).name.clone());
+        .find_map(|n| stacked.program.node(n.value).name.clone());
     if let Some(name) = &weighted {
         config.precision.insert(name.clone(), 2.0);
     }
     let pc = pcg::pc::transform(forward, &config).map_err(|e| e.to_string())?;
+    let forward = &pc.forward.program;
     let relaxed: Vec<(ValueId, String, f64)> = pc
         .graph
         .nodes
@@ -643,7 +662,7 @@ fn strict_step_descends_the_energy(
         })
         .collect();
     let named: Vec<(ValueId, String)> = relaxed.iter().map(|(v, l, _)| (*v, l.clone())).collect();
-    let cut = cut_graph(forward, &named);
+    let cut = cut_graph(&pc.forward, &named);
     let energy = |state: &Bindings<f64>| -> Result<f64, String> {
         let mut env = leaves.clone();
         env.extend(state.iter().map(|(k, v)| (k.clone(), v.clone())));

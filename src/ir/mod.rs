@@ -13,10 +13,11 @@ mod parse;
 mod print;
 pub mod shape;
 mod verify;
+pub mod vmap;
 
 pub use dot::to_dot;
 pub use looped::{LoopProgram, STEPS_RUN};
-pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, UnaryOp};
+pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, Scan, ScanInput, UnaryOp};
 pub use parse::{from_text, ParseError};
 pub use print::to_text;
 pub use shape::{Shape, ShapeError};
@@ -319,8 +320,10 @@ impl Program {
     }
 
     /// Removes computed nodes that no output depends on and renumbers the rest (leaves are
-    /// kept: they are the program's interface even when unused).
+    /// kept: they are the program's interface even when unused). A scan loses the results
+    /// nothing reads and the operands its body no longer reads.
     pub fn prune(&mut self) {
+        self.trim_scans();
         let mut live = vec![false; self.nodes.len()];
         for o in &self.outputs {
             live[o.value.index()] = true;
@@ -348,6 +351,48 @@ impl Program {
         self.nodes = kept;
         for o in &mut self.outputs {
             o.value = renumber[o.value.index()];
+        }
+    }
+
+    /// Drops from every scan the per-iteration outputs no `result` node reads and the carried
+    /// values neither its body nor any reader needs, prunes its body, then drops the operands
+    /// its body no longer reads.
+    fn trim_scans(&mut self) {
+        if !self.nodes.iter().any(|n| matches!(n.op, Op::Scan(_))) {
+            return;
+        }
+        let users = self.users();
+        for (i, readers) in users.iter().enumerate() {
+            let Op::Scan(scan) = &self.nodes[i].op else {
+                continue;
+            };
+            let mut read = vec![false; scan.results()];
+            for &u in readers {
+                if let Op::Result(k) = self.nodes[u.index()].op {
+                    read[k] = true;
+                }
+            }
+            let Op::Scan(mut scan) = std::mem::replace(&mut self.nodes[i].op, Op::Const(0.0))
+            else {
+                unreachable!("matched above")
+            };
+            let new_index = scan.trim(&read);
+            for &u in readers {
+                if let Op::Result(k) = &mut self.nodes[u.index()].op {
+                    if let Some(n) = new_index[*k] {
+                        *k = n;
+                    }
+                }
+            }
+            let kept = scan.drop_unread_operands();
+            self.nodes[i].op = Op::Scan(scan);
+            let args = std::mem::take(&mut self.nodes[i].args);
+            self.nodes[i].args = args
+                .into_iter()
+                .zip(kept)
+                .filter(|(_, keep)| *keep)
+                .map(|(a, _)| a)
+                .collect();
         }
     }
 
@@ -386,14 +431,7 @@ impl Program {
                 .entry(name.clone())
                 .or_insert_with(|| init.clone());
         }
-        other
-            .outputs
-            .iter()
-            .map(|o| Output {
-                name: o.name.clone(),
-                value: map[o.value.index()],
-            })
-            .collect()
+        Program::outputs_mapped(other, &map)
     }
 
     /// Puts the nodes back in an order where every node follows its operands, after a pass
@@ -443,10 +481,35 @@ impl Program {
         }
     }
 
+    /// `source`'s outputs, each reading `map[its value]`: the outputs of a program copied
+    /// node by node.
+    pub fn outputs_mapped(source: &Program, map: &[ValueId]) -> Vec<Output> {
+        source
+            .outputs
+            .iter()
+            .map(|o| Output {
+                name: o.name.clone(),
+                value: map[o.value.index()],
+            })
+            .collect()
+    }
+
     /// Sets the source name of a node (used for PC node granularity and for printing).
     pub fn set_name(&mut self, id: ValueId, name: impl Into<String>) {
         self.nodes[id.index()].name = Some(name.into());
     }
+}
+
+/// `name`, or where `taken` says it is in use, the first of `name.1`, `name.2`, ... that is
+/// not.
+pub fn fresh_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(name) {
+        return name.to_string();
+    }
+    (1..)
+        .map(|k| format!("{name}.{k}"))
+        .find(|n| !taken(n))
+        .expect("some suffix is free")
 }
 
 /// Floating-point operations of one run of a program: 2mnk per matrix product, 2 per

@@ -130,6 +130,183 @@ pub enum Op {
         stride: usize,
         padding: usize,
     },
+    /// A structured loop: `trips` runs of a body program over carried state, per-iteration
+    /// slices of stacked inputs and invariant inputs (see [`Scan`]). Its results are read
+    /// through [`Op::Result`] nodes; the node's own shape is the scalar `[]`.
+    Scan(Box<Scan>),
+    /// Result `i` of the [`Op::Scan`] that is its one operand: a carried value's final value,
+    /// or a per-iteration output stacked along a new leading axis.
+    Result(usize),
+}
+
+/// A structured loop, as XLA's `scan`: a body program run `trips` times.
+///
+/// The body's first `args.len()` nodes are its `State` leaves, one per operand of the scan
+/// node, in operand order, and it has no other leaves:
+///
+/// - operands `0..carries` are the initial **carried** values; the body's first `carries`
+///   outputs are their values for the next iteration (same shapes);
+/// - the next `stacked` operands are **stacked** inputs `[trips, ...]`; the body's leaf is the
+///   iteration's slice `[...]`;
+/// - the remaining operands are **invariant**: the body reads them whole every iteration.
+///
+/// Body outputs after the carried ones are **per-iteration** outputs; the scan stacks them
+/// into `[trips, ...]`, the iteration's value at its index. Results `0..carries` of the scan
+/// are the final carried values, the rest the stacked outputs, in output order.
+/// A `reverse` scan runs its iterations from `trips − 1` down to 0 (a reverse sweep: the
+/// gradient of a scan is one), reading and writing index t at iteration t as the forward
+/// order does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scan {
+    pub trips: usize,
+    pub carries: usize,
+    pub stacked: usize,
+    pub reverse: bool,
+    pub body: super::Program,
+}
+
+impl Scan {
+    /// The number of operands the scan node takes: its body's leaves.
+    pub fn operands(&self) -> usize {
+        self.body
+            .nodes
+            .iter()
+            .take_while(|n| matches!(n.op, Op::Leaf(_)))
+            .count()
+    }
+
+    /// What operand `k` is to the body.
+    pub fn role(&self, k: usize) -> ScanInput {
+        if k < self.carries {
+            ScanInput::Carried
+        } else if k < self.carries + self.stacked {
+            ScanInput::Stacked
+        } else {
+            ScanInput::Invariant
+        }
+    }
+
+    /// The number of results: the carried values, then the per-iteration outputs.
+    pub fn results(&self) -> usize {
+        self.body.outputs.len()
+    }
+
+    /// The shape of result `i`, from the body's output shapes.
+    pub fn result_shape(&self, i: usize) -> Option<super::Shape> {
+        let output = self.body.outputs.get(i)?;
+        let dims = self.body.shape(output.value).dims();
+        Some(if i < self.carries {
+            super::Shape::new(dims)
+        } else {
+            let mut stacked = vec![self.trips];
+            stacked.extend_from_slice(dims);
+            super::Shape::new(stacked)
+        })
+    }
+
+    /// Keeps the per-iteration outputs `read` marks and the carried values that are read
+    /// (by `read`, or by the body through their leaves), then prunes the body. Returns each
+    /// old result's new index (`None`: dropped, so no `result` node may read it).
+    pub fn trim(&mut self, read: &[bool]) -> Vec<Option<usize>> {
+        let users = self.body.users();
+        let carried_needed: Vec<bool> = (0..self.carries)
+            .map(|k| read[k] || !users[k].is_empty())
+            .collect();
+        let mut keep: Vec<bool> = (0..self.body.outputs.len())
+            .map(|k| {
+                if k < self.carries {
+                    carried_needed[k]
+                } else {
+                    read[k]
+                }
+            })
+            .collect();
+        // A dropped carried value takes its leaf and operand along; its leaf has no users.
+        let dropped_carries: Vec<usize> = (0..self.carries).filter(|&k| !keep[k]).collect();
+        let mut index = Vec::with_capacity(keep.len());
+        let mut next = 0;
+        for &k in &keep {
+            index.push(k.then(|| {
+                next += 1;
+                next - 1
+            }));
+        }
+        let mut k = 0;
+        self.body.outputs.retain(|_| {
+            k += 1;
+            keep[k - 1]
+        });
+        keep.truncate(0);
+        if !dropped_carries.is_empty() {
+            self.remove_leaves(&dropped_carries);
+            self.carries -= dropped_carries.len();
+        }
+        self.body.prune();
+        index
+    }
+
+    /// Removes the operands (and body leaves) that are neither carried nor read by the body;
+    /// returns, for each old operand, whether it was kept.
+    pub fn drop_unread_operands(&mut self) -> Vec<bool> {
+        let operands = self.operands();
+        let users = self.body.users();
+        let unread: Vec<usize> = (self.carries..operands)
+            .filter(|&k| users[k].is_empty())
+            .collect();
+        let stacked_dropped = unread
+            .iter()
+            .filter(|&&k| k < self.carries + self.stacked)
+            .count();
+        let kept = (0..operands).map(|k| !unread.contains(&k)).collect();
+        self.remove_leaves(&unread);
+        self.stacked -= stacked_dropped;
+        kept
+    }
+
+    /// Removes body leaves (which nothing reads) and renumbers the body.
+    fn remove_leaves(&mut self, leaves: &[usize]) {
+        let old = std::mem::take(&mut self.body);
+        let mut renumber = vec![super::ValueId(0); old.nodes.len()];
+        let mut body = super::Program::new(old.name.clone());
+        body.inits = old.inits;
+        for (i, node) in old.nodes.into_iter().enumerate() {
+            if leaves.contains(&i) {
+                continue;
+            }
+            renumber[i] = super::ValueId(body.nodes.len() as u32);
+            let mut node = node;
+            for a in &mut node.args {
+                *a = renumber[a.index()];
+            }
+            body.nodes.push(node);
+        }
+        body.outputs = old
+            .outputs
+            .into_iter()
+            .map(|mut o| {
+                o.value = renumber[o.value.index()];
+                o
+            })
+            .collect();
+        self.body = body;
+    }
+
+    /// The iteration index at run `k` of the body (0-based).
+    pub fn iteration(&self, k: usize) -> usize {
+        if self.reverse {
+            self.trips - 1 - k
+        } else {
+            k
+        }
+    }
+}
+
+/// How a scan's body sees one of its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanInput {
+    Carried,
+    Stacked,
+    Invariant,
 }
 
 /// The broad kind of an op, for printing, DOT colouring and backend dispatch.
@@ -143,6 +320,8 @@ pub enum OpKind {
     Reduce,
     Movement,
     Contraction,
+    /// Structured control flow: a scan and the reads of its results.
+    Loop,
 }
 
 impl Op {
@@ -164,6 +343,7 @@ impl Op {
             | Op::Conv2d { .. }
             | Op::Conv2dInputGrad { .. }
             | Op::Conv2dWeightGrad { .. } => OpKind::Contraction,
+            Op::Scan(_) | Op::Result(_) => OpKind::Loop,
         }
     }
 
@@ -179,6 +359,10 @@ impl Op {
                 _ => Some(1),
             },
             OpKind::Contraction => Some(2),
+            OpKind::Loop => match self {
+                Op::Scan(scan) => Some(scan.operands()),
+                _ => Some(1),
+            },
         }
     }
 }
@@ -252,6 +436,17 @@ impl fmt::Display for Op {
             Op::Conv2dWeightGrad { stride, padding } => {
                 write!(f, "conv2d_weight_grad[stride={stride}, padding={padding}]")
             }
+            Op::Scan(scan) => {
+                write!(
+                    f,
+                    "scan[trips={}, carries={}, stacked={}{}]",
+                    scan.trips,
+                    scan.carries,
+                    scan.stacked,
+                    if scan.reverse { ", reverse" } else { "" }
+                )
+            }
+            Op::Result(i) => write!(f, "result[{i}]"),
         }
     }
 }

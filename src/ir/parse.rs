@@ -30,28 +30,49 @@ impl std::error::Error for ParseError {}
 
 /// Parses one program in the printer's format.
 pub fn from_text(text: &str) -> Result<Program, ParseError> {
-    let mut program: Option<Program> = None;
-    let mut closed = false;
-    for (k, raw) in text.lines().enumerate() {
-        let line = k + 1;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(k, raw)| (k + 1, raw.trim()))
+        .filter(|(_, t)| !t.is_empty() && !t.starts_with('#'))
+        .peekable();
+    let program = parse_program(&mut lines, text.lines().count())?;
+    if let Some((line, trimmed)) = lines.next() {
+        return Err(ParseError {
+            line,
+            message: format!("text after the program's end: `{trimmed}`"),
+        });
+    }
+    Ok(program)
+}
+
+/// The (line number, trimmed text) of each line that is not blank or a comment.
+type Lines<'a, I> = std::iter::Peekable<I>;
+
+/// `program NAME { ... }`, from its first line to its closing brace; a scan node's line is
+/// followed by its body, a program of its own.
+fn parse_program<'a, I: Iterator<Item = (usize, &'a str)>>(
+    lines: &mut Lines<'a, I>,
+    last_line: usize,
+) -> Result<Program, ParseError> {
+    let Some((line, trimmed)) = lines.next() else {
+        return Err(ParseError {
+            line: 1,
+            message: "no program".into(),
+        });
+    };
+    let name = trimmed
+        .strip_prefix("program ")
+        .and_then(|r| r.strip_suffix('{'))
+        .ok_or_else(|| ParseError {
+            line,
+            message: format!("expected `program NAME {{`, found `{trimmed}`"),
+        })?;
+    let mut p = Program::new(name.trim());
+    while let Some((line, trimmed)) = lines.next() {
         let fail = |message: String| ParseError { line, message };
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if closed {
-            return Err(fail(format!("text after the program's end: `{trimmed}`")));
-        }
-        let Some(p) = program.as_mut() else {
-            let name = trimmed
-                .strip_prefix("program ")
-                .and_then(|r| r.strip_suffix('{'))
-                .ok_or_else(|| fail(format!("expected `program NAME {{`, found `{trimmed}`")))?;
-            program = Some(Program::new(name.trim()));
-            continue;
-        };
         if trimmed == "}" {
-            closed = true;
+            return Ok(p);
         } else if let Some(rest) = trimmed.strip_prefix("init ") {
             let (name, init) = rest
                 .split_once(" = ")
@@ -68,23 +89,22 @@ pub fn from_text(text: &str) -> Result<Program, ParseError> {
                 value,
             });
         } else {
-            let node = parse_node(trimmed, p.nodes.len()).map_err(fail)?;
+            let mut node = parse_node(trimmed, p.nodes.len()).map_err(fail)?;
+            if let Op::Scan(scan) = &mut node.op {
+                if !lines.peek().is_some_and(|(_, t)| t.starts_with("program ")) {
+                    return Err(fail(
+                        "a scan is followed by its body, `program NAME {`".into(),
+                    ));
+                }
+                scan.body = parse_program(lines, last_line)?;
+            }
             p.nodes.push(node);
         }
     }
-    let Some(program) = program else {
-        return Err(ParseError {
-            line: 1,
-            message: "no program".into(),
-        });
-    };
-    if !closed {
-        return Err(ParseError {
-            line: text.lines().count(),
-            message: "the program is not closed with `}`".into(),
-        });
-    }
-    Ok(program)
+    Err(ParseError {
+        line: last_line,
+        message: format!("the program `{}` is not closed with `}}`", p.name),
+    })
 }
 
 /// `%N = OP ARGS : SHAPE [loss] // name`, the node numbered `index`.
@@ -309,6 +329,14 @@ fn parse_op(text: &str) -> Result<Op, String> {
         "conv2d" => conv(|stride, padding| Op::Conv2d { stride, padding }),
         "conv2d_input_grad" => conv(|stride, padding| Op::Conv2dInputGrad { stride, padding }),
         "conv2d_weight_grad" => conv(|stride, padding| Op::Conv2dWeightGrad { stride, padding }),
+        "scan" => Ok(Op::Scan(Box::new(super::Scan {
+            trips: parse_usize(get("trips")?)?,
+            carries: parse_usize(get("carries")?)?,
+            stacked: parse_usize(get("stacked")?)?,
+            reverse: attrs.iter().any(|&(k, v)| k.is_empty() && v == "reverse"),
+            body: Program::default(),
+        }))),
+        "result" => Ok(Op::Result(parse_usize(get("")?)?)),
         _ => Err(format!("unknown op `{name}`")),
     }
 }

@@ -1,6 +1,6 @@
 //! The deterministic text form of a program: one line per node, numbered in program order,
 //! with the result shape on every line, loss-region nodes tagged `[loss]` and the source
-//! name as a comment.
+//! name as a comment. A scan's body follows its line, indented, as a program of its own.
 
 use super::{fmt_f64, Op, Program, Region};
 use std::fmt::Write;
@@ -8,13 +8,18 @@ use std::fmt::Write;
 /// Renders a program as text.
 pub fn to_text(program: &Program) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "program {} {{", program.name);
+    write_program(&mut out, program, "");
+    out
+}
+
+fn write_program(out: &mut String, program: &Program, indent: &str) {
+    let _ = writeln!(out, "{indent}program {} {{", program.name);
     for (name, init) in &program.inits {
-        let _ = writeln!(out, "  init {name} = {init}");
+        let _ = writeln!(out, "{indent}  init {name} = {init}");
     }
     for id in program.ids() {
         let node = program.node(id);
-        let mut line = format!("  {id} = ");
+        let mut line = format!("{indent}  {id} = ");
         match &node.op {
             Op::Leaf(kind) => {
                 let _ = write!(
@@ -40,10 +45,12 @@ pub fn to_text(program: &Program) -> String {
             let _ = write!(line, "  // {name}");
         }
         let _ = writeln!(out, "{line}");
+        if let Op::Scan(scan) = &node.op {
+            write_program(out, &scan.body, &format!("{indent}    "));
+        }
     }
     for o in &program.outputs {
-        let _ = writeln!(out, "  return {} = {}", o.name, o.value);
+        let _ = writeln!(out, "{indent}  return {} = {}", o.name, o.value);
     }
-    out.push_str("}\n");
-    out
+    let _ = writeln!(out, "{indent}}}");
 }

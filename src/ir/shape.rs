@@ -353,6 +353,32 @@ pub fn infer(op: &Op, args: &[&Shape], target: Option<&Shape>) -> Result<Shape, 
             }
             t.clone()
         }
+        // The operands' shapes against the body's leaves are checked by the verifier, which
+        // sees the body; the scan node itself holds no value.
+        Op::Scan(scan) => {
+            for (k, arg) in args.iter().enumerate() {
+                let leaf = scan.body.nodes[k].shape.dims();
+                let expected = match scan.role(k) {
+                    super::ScanInput::Stacked => {
+                        let mut d = vec![scan.trips];
+                        d.extend_from_slice(leaf);
+                        d
+                    }
+                    _ => leaf.to_vec(),
+                };
+                if arg.dims() != expected.as_slice() {
+                    return err(format!(
+                        "scan operand {k} has shape {arg}, its body reads {}",
+                        Shape::new(expected)
+                    ));
+                }
+            }
+            Shape::scalar()
+        }
+        Op::Result(_) => match target {
+            Some(t) => t.clone(),
+            None => return err("result needs the shape of the scan's result"),
+        },
     };
     if let Some(t) = target {
         if *t != shape && !matches!(op.kind(), OpKind::Leaf | OpKind::Const) {

@@ -61,6 +61,44 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
             }
             Err(e) => return Err(fail(format!("{id} = {}: {e}", node.op))),
         }
+        match &node.op {
+            Op::Scan(scan) => verify_scan(scan, node.args.len())
+                .map_err(|e| fail(format!("{id} = {}: {e}", node.op)))?,
+            Op::Result(i) => {
+                let Op::Scan(scan) = &program.node(node.args[0]).op else {
+                    return Err(fail(format!(
+                        "{id} = result reads {}, not a scan",
+                        node.args[0]
+                    )));
+                };
+                match scan.result_shape(*i) {
+                    Some(s) if s == node.shape => {}
+                    Some(s) => {
+                        return Err(fail(format!(
+                            "{id} = result[{i}] is declared {} but the scan's result is {s}",
+                            node.shape
+                        )))
+                    }
+                    None => {
+                        return Err(fail(format!(
+                            "{id} = result[{i}]: the scan has {} results",
+                            scan.results()
+                        )))
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !matches!(node.op, Op::Scan(_)) {
+            for &a in &node.args {
+                if matches!(program.node(a).op, Op::Scan(_)) && !matches!(node.op, Op::Result(_)) {
+                    return Err(fail(format!(
+                        "{id} = {} reads the scan {a} itself; only `result` may",
+                        node.op
+                    )));
+                }
+            }
+        }
     }
     let mut names = HashSet::new();
     for o in &program.outputs {
@@ -84,6 +122,47 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
         .any(|&k| program.leaf_named(k, name).is_some());
         if !known {
             return Err(fail(format!("initialiser for unknown leaf `{name}`")));
+        }
+    }
+    Ok(())
+}
+
+/// A scan's body: valid itself, its leaves exactly its operands (state leaves, first, in
+/// order), its carried outputs shaped as the values they carry.
+fn verify_scan(scan: &super::Scan, operands: usize) -> Result<(), String> {
+    verify(&scan.body).map_err(|e| e.to_string())?;
+    if scan.carries + scan.stacked > operands {
+        return Err(format!(
+            "{} carried and {} stacked operands, but only {operands} operands",
+            scan.carries, scan.stacked
+        ));
+    }
+    for (k, node) in scan.body.nodes.iter().enumerate() {
+        let is_leaf = matches!(node.op, Op::Leaf(_));
+        if k < operands && node.op != Op::Leaf(super::LeafKind::State) {
+            return Err(format!(
+                "body node %{k} is not the state leaf of operand {k}"
+            ));
+        }
+        if k >= operands && is_leaf {
+            return Err(format!(
+                "body node %{k} is a leaf beyond the scan's operands"
+            ));
+        }
+    }
+    if scan.body.outputs.len() < scan.carries {
+        return Err(format!(
+            "the body has {} outputs for {} carried values",
+            scan.body.outputs.len(),
+            scan.carries
+        ));
+    }
+    for (k, output) in scan.body.outputs.iter().take(scan.carries).enumerate() {
+        let (leaf, next) = (&scan.body.nodes[k].shape, scan.body.shape(output.value));
+        if leaf != next {
+            return Err(format!(
+                "carried value {k} enters the body as {leaf} but leaves it as {next}"
+            ));
         }
     }
     Ok(())

@@ -122,6 +122,19 @@ impl Layout {
         }
         runs
     }
+
+    /// [`runs`](Self::runs), with the kernels of a scan's body counted once per iteration.
+    pub fn kernel_runs(&self, kernels: &[Kernel], steps: usize) -> Vec<usize> {
+        let mut runs = self.runs(kernels.len(), steps);
+        for (k, kernel) in kernels.iter().enumerate() {
+            if let Kernel::Scan(scan) = kernel {
+                for r in &mut runs[k + 1..=k + scan.body] {
+                    *r *= scan.trips;
+                }
+            }
+        }
+        runs
+    }
 }
 
 /// The status of a function stopped by a [`Segment::Guard`].
@@ -158,6 +171,9 @@ pub struct FunctionTranslator<'a> {
     pub part: Option<Value>,
     /// The split body's function, for the main function to hand to `runtime::parts`.
     pub part_function: Option<FuncRef>,
+    /// The iteration index of each scan whose loop is being emitted, by the scan's number: it
+    /// moves the scan's views.
+    pub iterations: HashMap<usize, Value>,
 }
 
 /// One operand position of a loop nest: where it reads (or writes) and how it walks.
@@ -263,7 +279,7 @@ impl Nest {
                 out,
                 expr,
             } => (dims, out, expr, Some(*op)),
-            Kernel::MatMul(_) | Kernel::Conv(_) => return None,
+            Kernel::MatMul(_) | Kernel::Conv(_) | Kernel::Scan(_) => return None,
         };
         if dims.contains(&0) {
             return None;
@@ -390,6 +406,13 @@ pub const SHARED_MIN_ELEMENTS: usize = 1 << 14;
 
 /// The outermost extent a kernel is shared along between `pieces` threads, if it is shared.
 pub fn shared_extent(plan: &BufferPlan, kernel: &Kernel, pieces: usize) -> Option<usize> {
+    // A kernel reading or writing a scan's view needs the loop's index, which a kernel's own
+    // function does not have.
+    let mut moved = false;
+    kernel.for_each_access(|b, _, _| moved |= !plan.buffers[b].shifts.is_empty());
+    if moved {
+        return None;
+    }
     Nest::of(plan, kernel)?.split(pieces)
 }
 
@@ -595,19 +618,59 @@ impl FunctionTranslator<'_> {
     }
 
     fn translate_kernels(&mut self, kernels: &[Kernel], range: Range<usize>) {
-        for k in range {
+        let mut k = range.start;
+        while k < range.end {
             self.kernel = k;
+            if let Kernel::Scan(scan) = &kernels[k] {
+                self.translate_scan(kernels, k, scan);
+                k += 1 + scan.body;
+                continue;
+            }
             self.tick(k as i64);
             if let Some(&(piece, extent, pieces)) = self.shared.get(&k) {
                 self.translate_shared(piece, extent, pieces);
+                k += 1;
                 continue;
             }
             match &kernels[k] {
                 Kernel::Map { .. } | Kernel::Reduce { .. } => self.translate_nest(&kernels[k]),
                 Kernel::MatMul(_) => self.translate_call(self.runtime.matmul),
                 Kernel::Conv(_) => self.translate_call(self.runtime.conv),
+                Kernel::Scan(_) => unreachable!("handled above"),
             }
+            k += 1;
         }
+    }
+
+    /// A scan's loop: its body kernels (those after `head`) once per iteration, with the
+    /// iteration index — counting down in a reverse scan — moving the scan's views.
+    fn translate_scan(&mut self, kernels: &[Kernel], head: usize, scan: &super::lower::ScanKernel) {
+        let header = self.builder.create_block();
+        let body = self.builder.create_block();
+        let exit = self.builder.create_block();
+        self.builder.append_block_param(header, types::I64);
+        let zero = self.builder.ins().iconst(types::I64, 0);
+        self.builder.ins().jump(header, &[zero.into()]);
+        self.builder.switch_to_block(header);
+        let run = self.builder.block_params(header)[0];
+        let more = self
+            .builder
+            .ins()
+            .icmp_imm_s(IntCC::SignedLessThan, run, scan.trips as i64);
+        self.builder.ins().brif(more, body, &[], exit, &[]);
+        self.builder.switch_to_block(body);
+        let t = if scan.reverse {
+            let last = self.builder.ins().iconst(types::I64, scan.trips as i64 - 1);
+            self.builder.ins().isub(last, run)
+        } else {
+            run
+        };
+        self.iterations.insert(scan.id, t);
+        self.translate_kernels(kernels, head + 1..head + 1 + scan.body);
+        self.iterations.remove(&scan.id);
+        let next = self.builder.ins().iadd_imm_s(run, 1);
+        self.builder.ins().jump(header, &[next.into()]);
+        self.builder.switch_to_block(exit);
     }
 
     /// A runtime call with the kernel's descriptor (its part's, in a split body); a non-zero
@@ -670,16 +733,28 @@ impl FunctionTranslator<'_> {
             .collect()
     }
 
-    /// `position + part · part_stride` of `buffer` in a split body, else `position`.
+    /// `position` in `buffer` as this run sees it: `+ part · part_stride` in a split body,
+    /// `+ t · stride` for each scan moving a view.
     fn in_part(&mut self, position: Value, buffer: Option<BufferId>) -> Value {
-        let stride = buffer.map_or(0, |b| self.plan.buffers[b].part_stride);
-        match self.part {
+        let Some(b) = buffer else {
+            return position;
+        };
+        let planned = &self.plan.buffers[b];
+        let stride = planned.part_stride;
+        let shifts = planned.shifts.clone();
+        let mut position = match self.part {
             Some(part) if stride > 0 => {
                 let offset = self.builder.ins().imul_imm_s(part, stride as i64);
                 self.builder.ins().iadd(position, offset)
             }
             _ => position,
+        };
+        for (scan, stride) in shifts {
+            let t = self.iterations[&scan];
+            let offset = self.builder.ins().imul_imm_s(t, stride as i64);
+            position = self.builder.ins().iadd(position, offset);
         }
+        position
     }
 
     /// The body of a kernel's own function: its nest, split for `pieces` threads, over the

@@ -12,7 +12,7 @@ use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place, Share};
 use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
 use crate::interp::Bindings;
 use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId, STEPS_RUN};
-use crate::opt::split::{split_rows, Split};
+use crate::opt::split::{sample_major, split_rows, Split};
 use std::collections::{BTreeSet, HashMap};
 
 /// Bytes of per-sample values (a part's block of them) above which a loop body is split into
@@ -113,6 +113,9 @@ pub(super) struct LoweredLoop {
     pub state: Vec<StateEntry>,
     /// Carried state the prologue does not set: initialised from the leaves of the same name.
     pub initial: Vec<LeafSlot>,
+    /// State entries stored with their samples first (see `opt::split::sample_major`), each
+    /// with its permutation: their `shape` is the stored one.
+    pub permuted: Vec<(String, Vec<usize>)>,
 }
 
 /// Appends `program`'s prologue and body (twice: even and odd steps) to `lowered`; `leaf`
@@ -125,13 +128,31 @@ pub(super) fn lower_loop(
 ) -> Result<LoweredLoop, JitError> {
     verify_program(&program.prologue)?;
     verify_program(&program.body)?;
+    // A loop with a stopping test runs whole: the test reads the whole batch's energy.
+    let mut split = match program.until {
+        Some(_) => None,
+        None => split_body(&program.body, options.threads),
+    };
+    // A body whose samples are not its state's first axis (a loop's stacked units) splits
+    // once its state is stored with the samples first.
+    let rewritten = match (&split, &program.until) {
+        (None, None) => sample_major(program, options.threads).and_then(|(p, permuted)| {
+            let split = split_body(&p.body, options.threads)?;
+            Some((p, permuted, split))
+        }),
+        _ => None,
+    };
+    let mut permuted = Vec::new();
+    let program = match rewritten {
+        Some((p, moved, s)) => {
+            split = Some(s);
+            permuted = moved;
+            std::borrow::Cow::Owned(p)
+        }
+        None => std::borrow::Cow::Borrowed(program),
+    };
     let prologue = &program.prologue;
     let body = &program.body;
-    // A loop with a stopping test runs whole: the test reads the whole batch's energy.
-    let split = match program.until {
-        Some(_) => None,
-        None => split_body(body, options.threads),
-    };
 
     // State entries, by name, in the order run_loop reports them.
     let body_reads: BTreeSet<&str> = lower::needed_leaves(body)
@@ -286,10 +307,19 @@ pub(super) fn lower_loop(
             until,
         },
     };
+    if initial
+        .iter()
+        .any(|i| permuted.iter().any(|(n, _)| *n == i.name))
+    {
+        return Err(JitError::Codegen(
+            "a loop's state set from outside is stored transposed".to_string(),
+        ));
+    }
     Ok(LoweredLoop {
         segments: vec![Segment::Kernels(start..prologue_end), looped],
         state,
         initial,
+        permuted,
     })
 }
 
@@ -392,6 +422,8 @@ pub struct JitLoop {
     initial: Vec<LeafSlot>,
     /// The final state, in the order the programs name it.
     state: Vec<StateEntry>,
+    /// State stored transposed, read back through the inverse.
+    permuted: Vec<(String, Vec<usize>)>,
 }
 
 impl JitLoop {
@@ -425,6 +457,7 @@ impl JitLoop {
             leaves,
             initial: looped.initial,
             state: looped.state,
+            permuted: looped.permuted,
         })
     }
 
@@ -437,7 +470,10 @@ impl JitLoop {
         let mut out = Bindings::new();
         for entry in &self.state {
             if entry.prologue_writes || (entry.body_writes && steps > 0) {
-                let value = self.function.tensor(entry.home.after(steps), &entry.shape);
+                let mut value = self.function.tensor(entry.home.after(steps), &entry.shape);
+                if let Some((_, perm)) = self.permuted.iter().find(|(n, _)| *n == entry.name) {
+                    value = restored(value, perm);
+                }
                 out.insert(entry.name.clone(), value);
             } else if let Some(v) = leaves.get(&entry.name) {
                 // run_loop reports a body output that no step has written from the leaves.
@@ -455,4 +491,31 @@ impl JitLoop {
     pub fn plan(&self) -> &super::BufferPlan {
         &self.function.plan
     }
+}
+
+/// A state entry stored transposed by `perm` (stored axis i = original axis `perm[i]`), in
+/// its original layout.
+fn restored(stored: crate::interp::Tensor<f32>, perm: &[usize]) -> crate::interp::Tensor<f32> {
+    let mut inverse = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    stored
+        .permuted_axes(inverse)
+        .as_standard_layout()
+        .into_owned()
+}
+
+/// A program reading a state entry stored transposed by `perm` and returning it in its
+/// original layout: what a later stage of a compiled step reads.
+pub(super) fn restoring(name: &str, stored: &Shape, perm: &[usize]) -> Program {
+    let mut p = Program::new(format!("restore {name}"));
+    let leaf = p.leaf(LeafKind::State, name, stored.clone());
+    let mut inverse = vec![0; perm.len()];
+    for (i, &q) in perm.iter().enumerate() {
+        inverse[q] = i;
+    }
+    let value = p.transpose(leaf, inverse);
+    p.set_output(name, value);
+    p
 }

@@ -320,6 +320,30 @@ pub enum Kernel {
     },
     MatMul(MatMulKernel),
     Conv(ConvKernel),
+    /// A loop: the `body` kernels that follow run `trips` times, with the iteration index of
+    /// scan `id` moving the views of that scan (see [`View`]).
+    Scan(ScanKernel),
+}
+
+/// The head of a scan's loop in the kernel list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanKernel {
+    /// The scan's number in its function: the views it moves name it.
+    pub id: usize,
+    pub trips: usize,
+    /// Iterations from `trips − 1` down to 0.
+    pub reverse: bool,
+    /// How many kernels after this one form the loop's body (nested loops included).
+    pub body: usize,
+}
+
+/// A buffer that is one iteration's slice of another: at iteration t of scan `scan` it is
+/// the `len` elements of `of` that start at `t · stride` (a stacked input's or output's row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub of: BufferId,
+    pub scan: usize,
+    pub stride: usize,
 }
 
 /// What one run of a kernel costs: floating-point operations and bytes moved to and from
@@ -348,6 +372,7 @@ impl Kernel {
         let visited = match self {
             Kernel::Map { dims, .. } | Kernel::Reduce { dims, .. } => dims.iter().product(),
             Kernel::MatMul(_) | Kernel::Conv(_) => usize::MAX,
+            Kernel::Scan(_) => return Cost::default(),
         };
         let mut touched: HashMap<BufferId, usize> = HashMap::new();
         self.for_each_access(|b, extent, _| {
@@ -365,6 +390,7 @@ impl Kernel {
                 let s = conv.shape;
                 (2 * s.n * s.o * s.oh * s.ow * s.c * s.kh * s.kw, true)
             }
+            Kernel::Scan(_) => (0, false),
         };
         Cost {
             flops: flops as u64,
@@ -406,6 +432,10 @@ impl Kernel {
                 conv.shape.kh,
                 conv.shape.kw,
                 label(conv.out)
+            ),
+            Kernel::Scan(scan) => format!(
+                "scan {} of {} iterations over the next {} kernels",
+                scan.id, scan.trips, scan.body
             ),
         }
     }
@@ -452,6 +482,7 @@ impl Kernel {
                 visit(conv.scratch, part * conv.ways, true);
                 visit(conv.out, out, true);
             }
+            Kernel::Scan(_) => {}
         }
     }
 }
@@ -480,6 +511,8 @@ pub struct BufferSpec {
     /// last use.
     pub pinned: bool,
     pub share: Share,
+    /// A view of another buffer moved by a scan's iterations, not memory of its own.
+    pub view: Option<View>,
 }
 
 /// The buffers and kernels of one compiled function, built by lowering one or more programs.
@@ -501,6 +534,8 @@ pub struct Lowered {
     /// The buffers each [`Segment::Exchange`](super::codegen::Segment::Exchange) hands to its
     /// exchange, by the segment's index.
     pub exchanges: Vec<(Vec<BufferId>, super::runtime::Exchange)>,
+    /// Scans lowered so far (their kernels' ids are 0..scans).
+    pub scans: usize,
 }
 
 impl Lowered {
@@ -515,8 +550,21 @@ impl Lowered {
             len,
             pinned,
             share,
+            view: None,
         });
         self.buffers.len() - 1
+    }
+
+    /// A view of `view.of`: `len` elements at `t · view.stride` in iteration t of the scan.
+    pub fn view(&mut self, label: impl Into<String>, len: usize, view: View) -> BufferId {
+        let id = self.buffer(label, len, false);
+        self.buffers[id].view = Some(view);
+        id
+    }
+
+    /// Whether buffer `b` is a view moved by a scan.
+    pub fn is_view(&self, b: BufferId) -> bool {
+        self.buffers[b].view.is_some()
     }
 
     /// Whether kernel `k` runs in the parts of a split loop body.
@@ -582,6 +630,8 @@ struct Lowering<'a> {
     values: Vec<Option<Expr>>,
     /// Buffers that given nodes must be materialised into (outputs with fixed homes).
     homes: HashMap<ValueId, BufferId>,
+    /// The buffers of each lowered scan's results, by the scan node.
+    scan_results: HashMap<ValueId, Vec<BufferId>>,
 }
 
 impl<'a> Lowering<'a> {
@@ -607,6 +657,7 @@ impl<'a> Lowering<'a> {
             users,
             values: vec![None; program.nodes.len()],
             homes,
+            scan_results: HashMap::new(),
         }
     }
 
@@ -680,6 +731,12 @@ impl<'a> Lowering<'a> {
         let dims = self.dims(id);
         let args = node.args.clone();
         let expr = match &node.op {
+            Op::Scan(scan) => {
+                self.lower_scan(id, scan, &args);
+                // A scan's results are read through `result` nodes; it has no value itself.
+                Expr::Const(0.0)
+            }
+            Op::Result(i) => contiguous_load(self.scan_results[&args[0]][*i], &dims),
             Op::Leaf(_) => contiguous_load(leaves[&id], &dims),
             Op::Const(c) => Expr::Const(*c as f32),
             Op::Iota { axis } => {
@@ -797,7 +854,7 @@ impl<'a> Lowering<'a> {
                 let batch = dims[..r - 2].iter().product();
                 let a = self.mat_operand(args[0]);
                 let b = self.mat_operand(args[1]);
-                let c = self.result_buffer(id);
+                let (c, home) = self.call_result(id);
                 self.out.kernels.push(Kernel::MatMul(MatMulKernel {
                     batch,
                     m,
@@ -807,7 +864,7 @@ impl<'a> Lowering<'a> {
                     b,
                     c,
                 }));
-                contiguous_load(c, &dims)
+                self.settle_call_result(c, home, &dims)
             }
             Op::Conv2d { stride, padding }
             | Op::Conv2dInputGrad { stride, padding }
@@ -822,9 +879,9 @@ impl<'a> Lowering<'a> {
                     _ => (ConvKind::WeightGrad, self.dims(args[0]), dims.clone()),
                 };
                 let shape = ConvGeometry::new(&input, &weight, *stride, *padding);
-                let a = self.buffer_of(args[0]);
-                let b = self.buffer_of(args[1]);
-                let out = self.result_buffer(id);
+                let a = self.call_operand(args[0]);
+                let b = self.call_operand(args[1]);
+                let (out, home) = self.call_result(id);
                 let ways = self.out.conv_ways.clamp(1, shape.n.max(1));
                 let part = ConvKernel::scratch_part(kind, &shape, ways);
                 let scratch = self.out.buffer(format!("{id} im2col"), part * ways, false);
@@ -836,7 +893,7 @@ impl<'a> Lowering<'a> {
                     ways,
                     scratch,
                 }));
-                contiguous_load(out, &dims)
+                self.settle_call_result(out, home, &dims)
             }
         };
         let computed = !matches!(node.op, Op::Leaf(_) | Op::Const(_) | Op::Iota { .. });
@@ -874,12 +931,16 @@ impl<'a> Lowering<'a> {
     }
 
     /// Node `id` (rank ≥ 2) as a strided batch of matrices, writing it to a buffer first when
-    /// its batch axes cannot be walked with one stride.
+    /// its batch axes cannot be walked with one stride (or it is a scan's view: runtime calls
+    /// see fixed places).
     fn mat_operand(&mut self, id: ValueId) -> MatOperand {
         let dims = self.dims(id);
         let r = dims.len();
         if let Expr::Load { buffer, map } = self.value(id) {
-            if let Some(batch) = batch_stride(&dims[..r - 2], &map.strides[..r - 2]) {
+            let fixed = !self.out.is_view(buffer);
+            if let (Some(batch), true) =
+                (batch_stride(&dims[..r - 2], &map.strides[..r - 2]), fixed)
+            {
                 return MatOperand {
                     buffer,
                     offset: map.offset,
@@ -889,7 +950,7 @@ impl<'a> Lowering<'a> {
                 };
             }
         }
-        let buffer = self.buffer_of(id);
+        let buffer = self.call_operand(id);
         let strides = contiguous_strides(&dims);
         MatOperand {
             buffer,
@@ -898,6 +959,137 @@ impl<'a> Lowering<'a> {
             rows: strides[r - 2],
             cols: strides[r - 1],
         }
+    }
+
+    /// The buffer holding node `id`'s value, contiguous and at a fixed place, for a runtime
+    /// call: a scan's view is copied out first.
+    fn call_operand(&mut self, id: ValueId) -> BufferId {
+        let buffer = self.buffer_of(id);
+        if !self.out.is_view(buffer) {
+            return buffer;
+        }
+        let dims = self.dims(id);
+        let fixed = self
+            .out
+            .buffer(format!("{id} fixed"), dims.iter().product(), false);
+        self.copy(buffer, fixed, &dims);
+        fixed
+    }
+
+    /// Where a runtime call writes node `id`'s result: its buffer, or, where that is a scan's
+    /// view (an iteration's row of a stacked output), a fixed buffer first (returned with the
+    /// view to copy it to).
+    fn call_result(&mut self, id: ValueId) -> (BufferId, Option<BufferId>) {
+        let buffer = self.result_buffer(id);
+        if !self.out.is_view(buffer) {
+            return (buffer, None);
+        }
+        let len = self.program.shape(id).numel();
+        (
+            self.out.buffer(format!("{id} fixed"), len, false),
+            Some(buffer),
+        )
+    }
+
+    /// The value of a runtime call's result written to `c`, copied to its view if it has one.
+    fn settle_call_result(&mut self, c: BufferId, home: Option<BufferId>, dims: &[usize]) -> Expr {
+        match home {
+            Some(view) => {
+                self.copy(c, view, dims);
+                contiguous_load(view, dims)
+            }
+            None => contiguous_load(c, dims),
+        }
+    }
+
+    /// A scan: its carried values start in its result buffers; each iteration, the body reads
+    /// them there, its stacked operands through views of their buffers, and writes the next
+    /// carried values aside (copied over at the end of the iteration, once nothing reads the
+    /// old ones) and its per-iteration outputs through views of their stacked results.
+    fn lower_scan(&mut self, id: ValueId, scan: &crate::ir::Scan, args: &[ValueId]) {
+        let body = &scan.body;
+        let number = self.out.scans;
+        self.out.scans += 1;
+        let carries = scan.carries;
+        let mut results = Vec::with_capacity(scan.results());
+        let mut leaves: HashMap<ValueId, BufferId> = HashMap::new();
+        for (k, &arg) in args.iter().enumerate() {
+            let leaf = ValueId(k as u32);
+            let len = body.shape(leaf).numel();
+            let name = body.node(leaf).name.clone().unwrap_or_default();
+            let buffer = match scan.role(k) {
+                crate::ir::ScanInput::Carried => {
+                    let carried = self.out.buffer(format!("{id} {name}"), len, false);
+                    let value = self.value(arg);
+                    let dims = self.dims(arg);
+                    self.out.kernels.push(Kernel::Map {
+                        dims: dims.clone(),
+                        out: Place {
+                            buffer: carried,
+                            map: Affine::contiguous(&dims),
+                        },
+                        expr: value,
+                    });
+                    results.push(carried);
+                    carried
+                }
+                crate::ir::ScanInput::Stacked => {
+                    let of = self.buffer_of(arg);
+                    let view = View {
+                        of,
+                        scan: number,
+                        stride: len,
+                    };
+                    self.out.view(format!("{id} {name}"), len, view)
+                }
+                crate::ir::ScanInput::Invariant => self.buffer_of(arg),
+            };
+            leaves.insert(leaf, buffer);
+        }
+        // The next carried values are written aside; per-iteration outputs into their stacked
+        // results, through views.
+        let mut targets: Vec<Option<BufferId>> = Vec::with_capacity(body.outputs.len());
+        for (i, output) in body.outputs.iter().enumerate() {
+            let len = body.shape(output.value).numel();
+            if i < carries {
+                let aside = self
+                    .out
+                    .buffer(format!("{id} next {}", output.name), len, false);
+                targets.push(Some(aside));
+            } else {
+                let whole =
+                    self.out
+                        .buffer(format!("{id} {}", output.name), len * scan.trips, false);
+                results.push(whole);
+                let view = View {
+                    of: whole,
+                    scan: number,
+                    stride: len,
+                };
+                targets.push(Some(self.out.view(
+                    format!("{id} {}[t]", output.name),
+                    len,
+                    view,
+                )));
+            }
+        }
+        let head = self.out.kernels.len();
+        self.out.kernels.push(Kernel::Scan(ScanKernel {
+            id: number,
+            trips: scan.trips,
+            reverse: scan.reverse,
+            body: 0,
+        }));
+        let written = self.out.lower(body, &leaves, &targets);
+        for k in 0..carries {
+            let dims = body.shape(body.outputs[k].value).dims().to_vec();
+            self.copy(written[k], results[k], &dims);
+        }
+        let length = self.out.kernels.len() - head - 1;
+        if let Kernel::Scan(kernel) = &mut self.out.kernels[head] {
+            kernel.body = length;
+        }
+        self.scan_results.insert(id, results);
     }
 }
 

@@ -204,7 +204,7 @@ impl Function {
                         ways: conv.ways,
                         checked_len,
                     }),
-                    Kernel::Map { .. } | Kernel::Reduce { .. } => {}
+                    Kernel::Map { .. } | Kernel::Reduce { .. } | Kernel::Scan(_) => {}
                 }
             }
             if matches!(kernel, Kernel::MatMul(_) | Kernel::Conv(_)) {
@@ -562,6 +562,7 @@ impl<'a> Common<'a> {
             shared: HashMap::new(),
             part: None,
             part_function: None,
+            iterations: HashMap::new(),
             checks: self.checks,
             profile: self.profile,
         };

@@ -35,6 +35,10 @@ pub struct PlannedBuffer {
     pub share: Share,
     /// How far part p's view of the buffer is from part 0's, times p (0: the same for all).
     pub part_stride: usize,
+    /// A scan's view: at run time it starts `Σ t_s · stride` elements after `offset`, t_s the
+    /// iteration of each scan s listed as (s, stride) — the scans of the views it is a view
+    /// of, outermost last.
+    pub shifts: Vec<(usize, usize)>,
 }
 
 impl PlannedBuffer {
@@ -113,10 +117,28 @@ impl BufferPlan {
             0..0
         };
         let last = kernels.len().saturating_sub(1);
+        // The memory a buffer stands for: itself, or the buffer its view is (transitively) of.
+        let root = |mut b: usize| {
+            while let Some(v) = buffers[b].view {
+                b = v.of;
+            }
+            b
+        };
+        // The outermost loop around each kernel, as the kernels it spans.
+        let mut around: Vec<Option<(usize, usize)>> = vec![None; kernels.len()];
+        for (k, kernel) in kernels.iter().enumerate() {
+            if let (Kernel::Scan(scan), None) = (kernel, around[k]) {
+                let span = (k, k + scan.body);
+                for slot in &mut around[k..=k + scan.body] {
+                    *slot = Some(span);
+                }
+            }
+        }
         let mut live: Vec<Option<(usize, usize)>> = vec![None; buffers.len()];
         for (k, kernel) in kernels.iter().enumerate() {
             kernel.for_each_access(|b, _, _| {
-                let mut span = (k, k);
+                let b = root(b);
+                let mut span = around[k].unwrap_or((k, k));
                 if split.contains(&k) && buffers[b].share != Share::Private {
                     span = (split.start, split.end - 1);
                 }
@@ -142,10 +164,15 @@ impl BufferPlan {
                     Share::Blocks => spec.len / parts,
                     Share::Whole | Share::Private => 0,
                 },
+                shifts: Vec::new(),
             })
             .collect();
-        let (private, shared): (Vec<usize>, Vec<usize>) =
-            (0..planned.len()).partition(|&i| planned[i].share == Share::Private);
+        let views: Vec<usize> = (0..planned.len())
+            .filter(|&i| buffers[i].view.is_some())
+            .collect();
+        let (private, shared): (Vec<usize>, Vec<usize>) = (0..planned.len())
+            .filter(|&i| buffers[i].view.is_none())
+            .partition(|&i| planned[i].share == Share::Private);
         let arena_len = if private.is_empty() {
             place(&mut planned, shared, 0)
         } else {
@@ -164,6 +191,7 @@ impl BufferPlan {
                 live,
                 share: Share::Whole,
                 part_stride: 0,
+                shifts: Vec::new(),
             });
             let stand_in = planned.len() - 1;
             let mut order = shared;
@@ -176,6 +204,15 @@ impl BufferPlan {
             }
             arena_len
         };
+        for &i in &views {
+            let mut b = i;
+            while let Some(v) = buffers[b].view {
+                planned[i].shifts.push((v.scan, v.stride));
+                b = v.of;
+            }
+            planned[i].offset = planned[b].offset;
+            planned[i].live = planned[b].live;
+        }
         BufferPlan {
             buffers: planned,
             arena_len,
@@ -195,7 +232,7 @@ impl BufferPlan {
     pub fn live_bytes(&self) -> usize {
         let end = self.buffers.iter().map(|b| b.live.1 + 1).max().unwrap_or(0);
         let mut change = vec![0isize; end + 1];
-        for b in &self.buffers {
+        for b in self.buffers.iter().filter(|b| b.shifts.is_empty()) {
             let copies = match b.share {
                 Share::Private => self.parts.max(1),
                 Share::Whole | Share::Blocks => 1,
@@ -214,7 +251,12 @@ impl BufferPlan {
 
     /// What the arena would need if no buffers shared memory.
     pub fn unshared_bytes(&self) -> usize {
-        self.buffers.iter().map(|b| b.len).sum::<usize>() * std::mem::size_of::<f32>()
+        self.buffers
+            .iter()
+            .filter(|b| b.shifts.is_empty())
+            .map(|b| b.len)
+            .sum::<usize>()
+            * std::mem::size_of::<f32>()
     }
 
     /// Checks that no two simultaneously live buffers overlap (a part's private copies
@@ -239,7 +281,10 @@ impl BufferPlan {
             }
         }
         for (i, a) in self.buffers.iter().enumerate() {
-            for b in &self.buffers[i + 1..] {
+            if !a.shifts.is_empty() {
+                continue;
+            }
+            for b in self.buffers[i + 1..].iter().filter(|b| b.shifts.is_empty()) {
                 let both_private = a.share == Share::Private && b.share == Share::Private;
                 let (a_end, b_end) = if both_private {
                     (a.offset + a.len, b.offset + b.len)
@@ -305,6 +350,23 @@ impl fmt::Display for BufferPlan {
             )?;
         }
         for b in &self.buffers {
+            if !b.shifts.is_empty() {
+                let moves: Vec<String> = b
+                    .shifts
+                    .iter()
+                    .map(|(scan, stride)| {
+                        format!("{} bytes per iteration of scan {scan}", stride * 4)
+                    })
+                    .collect();
+                writeln!(
+                    f,
+                    "  {:>22}  view, moved {}: {}",
+                    "",
+                    moves.join(", "),
+                    b.label
+                )?;
+                continue;
+            }
             let share = match b.share {
                 Share::Whole => String::new(),
                 Share::Blocks => format!("  (in {} blocks)", self.parts),
@@ -375,6 +437,7 @@ mod tests {
             len,
             pinned: false,
             share: Share::Whole,
+            view: None,
         }
     }
 

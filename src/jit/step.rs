@@ -209,10 +209,27 @@ impl JitStep {
                         })?;
                     segments.extend(looped.segments);
                     leaves.inputs.extend(looped.initial);
+                    let start = lowered.kernels.len();
                     for entry in looped.state {
                         let home = entry.home.after(steps);
-                        leaves.produced.insert(entry.name, (entry.shape, home));
+                        let Some((_, perm)) =
+                            looped.permuted.iter().find(|(n, _)| *n == entry.name)
+                        else {
+                            leaves.produced.insert(entry.name, (entry.shape, home));
+                            continue;
+                        };
+                        // Stored transposed: later stages read it in its own layout.
+                        let restore = super::looped::restoring(&entry.name, &entry.shape, perm);
+                        let leaf = restore.leaf_named(LeafKind::State, &entry.name);
+                        let reads: HashMap<ValueId, BufferId> =
+                            leaf.into_iter().map(|l| (l, home)).collect();
+                        let shape = restore.shape(restore.outputs[0].value).clone();
+                        let buffer =
+                            lowered.buffer(format!("value {}", entry.name), shape.numel(), false);
+                        lowered.lower(&restore, &reads, &[Some(buffer)]);
+                        leaves.produced.insert(entry.name, (shape, buffer));
                     }
+                    segments.push(Segment::Kernels(start..lowered.kernels.len()));
                 }
                 Stage::Store(names) => {
                     let start = lowered.kernels.len();
@@ -262,7 +279,7 @@ impl JitStep {
         for (kernel, runs) in lowered
             .kernels
             .iter()
-            .zip(layout.runs(lowered.kernels.len(), steps))
+            .zip(layout.kernel_runs(&lowered.kernels, steps))
         {
             kernels.push(KernelInfo {
                 what: kernel.describe(&lowered.buffers),

@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 /// Rewrites every partly used product of `program` (the dead full products are left for
 /// `cse`'s pruning).
 pub fn narrow_products(program: &mut Program) {
+    slices_before_reshapes(program);
     let users = program.users();
     // Product → the axis its slices cut, for products worth narrowing.
     let mut narrowed: HashMap<ValueId, usize> = HashMap::new();
@@ -80,19 +81,7 @@ pub fn narrow_products(program: &mut Program) {
         let rank = full.shape.rank();
         let (operand, which) = if axis == rank - 1 { (b, 1) } else { (a, 0) };
         let operand_axis = program.shape(operand).rank() - (rank - axis);
-        let mut dims = program.shape(operand).dims().to_vec();
-        dims[operand_axis] = end - start;
-        let part = program.push(Node {
-            op: Op::Slice {
-                axis: operand_axis,
-                start,
-                end,
-            },
-            args: vec![operand],
-            shape: Shape::new(dims),
-            name: None,
-            region: Region::Model,
-        });
+        let part = slice_of(program, operand, operand_axis, start..end, Region::Model);
         let args = if which == 1 {
             vec![a, part]
         } else {
@@ -107,4 +96,86 @@ pub fn narrow_products(program: &mut Program) {
     for o in &mut program.outputs {
         o.value = map[o.value.index()];
     }
+}
+
+/// Moves a slice of the last axis before a reshape or a transpose that keeps that axis last:
+/// `reshape(x)[.., j0..j1]` becomes `reshape(x[.., j0..j1])` where the reshape only merges or
+/// splits the axes before the last, and likewise for a transpose of the axes before it. A
+/// loop's stacked product is computed on its rows merged (`[B·T, k] · [k, n]`), reshaped and
+/// transposed back; its slices then reach the product itself.
+fn slices_before_reshapes(program: &mut Program) {
+    let movable = |program: &Program, node: &Node| -> bool {
+        let Op::Slice { axis, .. } = node.op else {
+            return false;
+        };
+        if axis + 1 != node.shape.rank() {
+            return false;
+        }
+        let inner = program.node(node.args[0]);
+        let from = program
+            .shape(inner.args.first().copied().unwrap_or(node.args[0]))
+            .dims();
+        match &inner.op {
+            Op::Reshape => !from.is_empty() && from.last() == inner.shape.dims().last(),
+            Op::Transpose(perm) => perm.last() == Some(&(perm.len() - 1)),
+            _ => false,
+        }
+    };
+    // Each pass moves a slice one op down; a chain of them takes as many passes.
+    while program.nodes.iter().any(|n| movable(program, n)) {
+        let old = std::mem::take(&mut program.nodes);
+        let mut map: Vec<ValueId> = Vec::with_capacity(old.len());
+        let before = Program {
+            nodes: old.clone(),
+            ..Program::default()
+        };
+        for node in old {
+            let mut moved = node.clone();
+            for a in &mut moved.args {
+                *a = map[a.index()];
+            }
+            if !movable(&before, &node) {
+                map.push(program.push(moved));
+                continue;
+            }
+            let Op::Slice { start, end, .. } = node.op else {
+                unreachable!("checked by `movable`")
+            };
+            let inner = program.node(moved.args[0]).clone();
+            let source = inner.args[0];
+            let last = program.shape(source).rank() - 1;
+            let part = slice_of(program, source, last, start..end, node.region);
+            map.push(program.push(Node {
+                op: inner.op,
+                args: vec![part],
+                ..node
+            }));
+        }
+        for o in &mut program.outputs {
+            o.value = map[o.value.index()];
+        }
+    }
+}
+
+/// Appends `x[.., range, ..]` (along `axis`) to `program`.
+fn slice_of(
+    program: &mut Program,
+    x: ValueId,
+    axis: usize,
+    range: std::ops::Range<usize>,
+    region: Region,
+) -> ValueId {
+    let mut dims = program.shape(x).dims().to_vec();
+    dims[axis] = range.len();
+    program.push(Node {
+        op: Op::Slice {
+            axis,
+            start: range.start,
+            end: range.end,
+        },
+        args: vec![x],
+        shape: Shape::new(dims),
+        name: None,
+        region,
+    })
 }

@@ -30,6 +30,7 @@ pub mod dead_parts;
 pub mod hoist;
 pub mod relaxation;
 pub mod split;
+pub mod unroll;
 
 pub use cse::cse;
 pub use hoist::hoist_invariants;

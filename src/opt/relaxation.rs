@@ -34,8 +34,8 @@
 use crate::autodiff;
 use crate::ir::{LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
 use crate::pc::{
-    error_state, feedforward_state, loss_gradients, relaxed, replay, PcError, PcGraph, PcPrograms,
-    Role,
+    error_state, feedback_sweep, feedforward, feedforward_state, loss_gradients, relaxed, replay,
+    PcError, PcGraph, PcPrograms, Role, Stacked,
 };
 use crate::sema::Mode;
 use std::collections::HashMap;
@@ -115,7 +115,7 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
         } else {
             Evaluation::Simulated
         }
-    } else if rate == 1.0 && steps >= graph.depth {
+    } else if rate == 1.0 && steps >= graph.depth && sweepable(&programs.forward) {
         Evaluation::Sweep
     } else if graph.depth < steps.max(1) {
         Evaluation::ClosedForm
@@ -124,14 +124,17 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
     }
 }
 
+/// Whether the sweep applies to a forward program: one without loops, or whose loops are not
+/// nested (their carried values' cotangents come from a reverse scan; see [`sweep`]).
+fn sweepable(forward: &Stacked) -> bool {
+    forward.feedback.iter().all(|f| f.path.len() == 1)
+}
+
 /// The final relaxation state without the loop, with the same outputs as the simulated loop's
 /// final state (`e.*`, `ff.*`, `loss`); `None` where only the simulated loop applies, or where
 /// a stopping tolerance makes the solution a loop ([`solve_until`]).
-pub fn solve(
-    forward: &Program,
-    programs: &PcPrograms,
-    steps: usize,
-) -> Result<Option<Program>, PcError> {
+pub fn solve(programs: &PcPrograms, steps: usize) -> Result<Option<Program>, PcError> {
+    let forward = &programs.forward;
     let graph = &programs.graph;
     if programs.tol.is_some() {
         return Ok(None);
@@ -146,13 +149,30 @@ pub fn solve(
 }
 
 /// The converged errors by one reverse sweep: e_i = −∂L/∂v_i at the feedforward values.
-fn sweep(forward: &Program, graph: &PcGraph, beta: f64) -> Result<Program, PcError> {
-    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
-    let mut p = Program::new(format!("{}.relax.swept", forward.name));
-    let ff = replay(forward, &mut p, &HashMap::new());
+///
+/// With loops, the sweep through the stacked program alone would miss what reaches a node
+/// through later iterations: each carried value's cotangent from the iterations after it
+/// comes from backpropagation through time on the sequential program ([`feedback_sweep`]) and
+/// seeds the carried node's stacked value besides the loss.
+fn sweep(forward: &Stacked, graph: &PcGraph, beta: f64) -> Result<Program, PcError> {
+    let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
+    let mut p = Program::new(format!("{}.relax.swept", forward.program.name));
+    let (ff, later) = if forward.feedback.is_empty() {
+        (replay(forward, &mut p, &HashMap::new()), Vec::new())
+    } else {
+        feedback_sweep(forward, &mut p, beta)?
+    };
     let values: Vec<ValueId> = relaxed(graph).map(|pc| ff[pc.value.index()]).collect();
     let seed = p.constant(-beta, Shape::scalar());
-    let errors = autodiff::vjp(&mut p, &[(ff[loss.index()], seed)], &values)?;
+    let mut seeds = vec![(ff[loss.index()], seed)];
+    seeds.extend(
+        forward
+            .feedback
+            .iter()
+            .zip(later)
+            .map(|(f, cotangent)| (ff[f.carried.index()], cotangent)),
+    );
+    let errors = autodiff::vjp(&mut p, &seeds, &values)?;
     Ok(solved(p, graph, &ff, errors, loss))
 }
 
@@ -187,15 +207,15 @@ struct Powers {
 }
 
 fn powers(
-    forward: &Program,
+    forward: &Stacked,
     graph: &PcGraph,
     rate: f64,
     beta: f64,
     name: &str,
 ) -> Result<Powers, PcError> {
-    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
-    let mut p = Program::new(format!("{}.{name}", forward.name));
-    let ff = replay(forward, &mut p, &HashMap::new());
+    let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
+    let mut p = Program::new(format!("{}.{name}", forward.program.name));
+    let ff = feedforward(forward, &mut p);
     // The cut: an identity copy of each relaxed node's feedforward value. The predictions read
     // the copies, so a vector-Jacobian product with respect to them stops there: one
     // application of M, not a backward pass through the whole graph.
@@ -306,7 +326,7 @@ impl Weight {
 
 /// The errors after `steps` steps as Σ_k γ_k M^k (η c).
 fn closed_form(
-    forward: &Program,
+    forward: &Stacked,
     graph: &PcGraph,
     rate: f64,
     beta: f64,
@@ -349,11 +369,8 @@ fn gamma_state(k: usize) -> String {
 /// same stopping test as the simulated loop, and writes the errors e = Σ_k γ_k u_k. It stops
 /// after the same steps as the simulated loop (up to rounding in the energies) with its
 /// state, at the cost of D − 1 message products and D axpys per step.
-pub fn solve_until(
-    forward: &Program,
-    programs: &PcPrograms,
-    steps: usize,
-) -> Result<Option<LoopProgram>, PcError> {
+pub fn solve_until(programs: &PcPrograms, steps: usize) -> Result<Option<LoopProgram>, PcError> {
+    let forward = &programs.forward;
     let Some(tol) = programs.tol else {
         return Ok(None);
     };
@@ -404,7 +421,7 @@ pub fn solve_until(
     }
     prologue.set_output("loss", ff[loss.index()]);
 
-    let mut body = Program::new(format!("{}.relax.solved.step", forward.name));
+    let mut body = Program::new(format!("{}.relax.solved.step", forward.program.name));
     let scalar =
         |body: &mut Program, name: String| body.leaf(LeafKind::State, name, Shape::scalar());
     let gamma: Vec<ValueId> = (0..depth)

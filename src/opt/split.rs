@@ -18,7 +18,7 @@
 //! slice, pad, concat        the same axis, unless it is the one sliced, padded or joined
 //! matmul [.., m, k][.., k, n]  batch axes of both; m of the left; n of the right
 //! convolution               samples (axis 0) of the input or cotangent
-//! reshape                   outermost non-unit axis to outermost non-unit axis
+//! reshape                   the axis that starts at the same element (merged or split)
 //! iota                      any axis but the one it counts along
 //! ```
 //!
@@ -116,15 +116,33 @@ fn operand_axes(
             }
             vec![Some(0), None]
         }
-        Op::Conv2dWeightGrad { .. } => return Err(()),
+        // A loop's iterations are sequential; its body is not split.
+        Op::Conv2dWeightGrad { .. } | Op::Scan(_) | Op::Result(_) => return Err(()),
         Op::Reshape => {
-            let outermost = |dims: &[usize]| dims.iter().position(|&d| d != 1);
+            // The axis of the operand that starts where the restricted axis does (the same
+            // number of elements before it), and that merges into it or splits into it.
+            let to = node.shape.dims();
             let from = arg_dims(0);
-            let (Some(out_axis), Some(in_axis)) = (outermost(node.shape.dims()), outermost(from))
-            else {
+            let before: usize = to[..axis].iter().product();
+            let mut prefix = 1;
+            let mut found = None;
+            for (j, &d) in from.iter().enumerate() {
+                if prefix == before && (d != 1 || to[axis] == 1) {
+                    found = Some(j);
+                    break;
+                }
+                prefix *= d;
+            }
+            let Some(in_axis) = found else {
                 return Err(());
             };
-            if out_axis != axis || !from[in_axis].is_multiple_of(parts) {
+            let (a, b) = (to[axis], from[in_axis]);
+            let fits = if a >= b {
+                a.is_multiple_of(b) && b.is_multiple_of(parts)
+            } else {
+                b.is_multiple_of(a)
+            };
+            if !fits {
                 return Err(());
             }
             vec![Some(in_axis)]
@@ -140,6 +158,20 @@ pub fn split_rows(
     program: &Program,
     parts: usize,
     may_restrict: impl Fn(&Node) -> bool,
+) -> Option<Split> {
+    let first = vec![0; program.outputs.len()];
+    split_along(program, parts, &first, |leaf, axis| {
+        axis == 0 && may_restrict(leaf)
+    })
+}
+
+/// [`split_rows`] with output i restricted along `axes[i]`, and leaf restrictions accepted
+/// where `may_restrict(leaf, axis)` says so.
+pub fn split_along(
+    program: &Program,
+    parts: usize,
+    axes: &[usize],
+    may_restrict: impl Fn(&Node, usize) -> bool,
 ) -> Option<Split> {
     if parts < 2 || program.outputs.is_empty() {
         return None;
@@ -157,8 +189,8 @@ pub fn split_rows(
             }
             Some(existing) => existing == axis,
         };
-    for o in &program.outputs {
-        if !require(&mut need, o.value, Some(0)) {
+    for (o, &axis) in program.outputs.iter().zip(axes) {
+        if !require(&mut need, o.value, Some(axis)) {
             return None;
         }
     }
@@ -186,7 +218,7 @@ pub fn split_rows(
                 if !node.shape.dims()[a].is_multiple_of(parts) {
                     return None;
                 }
-                if matches!(node.op, Op::Leaf(_)) && (a != 0 || !may_restrict(node)) {
+                if matches!(node.op, Op::Leaf(_)) && !may_restrict(node, a) {
                     return None;
                 }
             }
@@ -211,4 +243,123 @@ pub fn split_rows(
         axes,
         repeated_flops,
     })
+}
+
+/// State entries stored transposed, each with its permutation (stored axis i = original
+/// axis `perm[i]`).
+pub type Permuted = Vec<(String, Vec<usize>)>;
+
+/// A loop's state stored with its samples first, so that its body splits into blocks of
+/// samples.
+///
+/// A predictive-coding relaxation over a loop stacks every iteration's units, `[T, B, ...]`:
+/// the samples are not the first axis, and a block of them is not one block of memory. This
+/// rewrite stores each state entry the split must restrict along a later axis with that axis
+/// moved first (`[B, T, ...]`): the prologue writes it transposed, the body reads it through
+/// the inverse transpose (a view, no copy) and writes its next value transposed again. The
+/// loop computes the same values; its state entries listed (with their permutation, stored
+/// axis i = original axis `perm[i]`) are read back by applying the inverse. The samples are
+/// recognised as the first axis of the loop's inputs; `None` where the body has none, or
+/// does not split along them.
+pub fn sample_major(
+    program: &crate::ir::LoopProgram,
+    parts: usize,
+) -> Option<(crate::ir::LoopProgram, Permuted)> {
+    use crate::ir::LeafKind;
+    let (prologue, body) = (&program.prologue, &program.body);
+    let batch = [prologue, body]
+        .into_iter()
+        .flat_map(|p| {
+            p.leaves(LeafKind::Input)
+                .into_iter()
+                .filter_map(move |(id, _)| p.shape(id).dims().first().copied())
+        })
+        .next()?;
+    let axes: Vec<usize> = body
+        .outputs
+        .iter()
+        .map(|o| body.shape(o.value).dims().iter().position(|&d| d == batch))
+        .collect::<Option<_>>()?;
+    if axes.iter().all(|&a| a == 0) {
+        return None;
+    }
+    let split = split_along(body, parts, &axes, |leaf, axis| {
+        leaf.op == Op::Leaf(LeafKind::State) || (axis == 0 && leaf.op != Op::Leaf(LeafKind::Param))
+    })?;
+    // The state entries to store transposed: those the split restricts along a later axis.
+    let mut moved: std::collections::BTreeMap<String, usize> = Default::default();
+    for (o, &axis) in body.outputs.iter().zip(&axes) {
+        if axis > 0 {
+            moved.insert(o.name.clone(), axis);
+        }
+    }
+    for (id, name) in body.leaves(LeafKind::State) {
+        match (split.axes[id.index()], moved.get(name)) {
+            (Some(a), Some(&b)) if a != b => return None,
+            (Some(a), None) if a > 0 => {
+                if body.output(name).is_some() {
+                    return None;
+                }
+                moved.insert(name.to_string(), a);
+            }
+            _ => {}
+        }
+    }
+    let first = |axis: usize, rank: usize| -> Vec<usize> {
+        let mut perm: Vec<usize> = (0..rank).filter(|&k| k != axis).collect();
+        perm.insert(0, axis);
+        perm
+    };
+    let inverse = |perm: &[usize]| -> Vec<usize> {
+        let mut inv = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        inv
+    };
+    let mut looped = program.clone();
+    let mut permuted = Vec::new();
+    for (name, &axis) in &moved {
+        let rank = match (prologue.output(name), body.output(name)) {
+            (Some(v), _) => prologue.shape(v).rank(),
+            (None, Some(v)) => body.shape(v).rank(),
+            (None, None) => match body.leaf_named(LeafKind::State, name) {
+                Some(v) => body.shape(v).rank(),
+                None => continue,
+            },
+        };
+        let perm = first(axis, rank);
+        // Written transposed, by the prologue and the body.
+        for p in [&mut looped.prologue, &mut looped.body] {
+            if let Some(v) = p.output(name) {
+                let t = p.transpose(v, perm.clone());
+                p.set_output(name.clone(), t);
+            }
+        }
+        // Read through the inverse transpose.
+        let b = &mut looped.body;
+        if let Some(leaf) = b.leaf_named(LeafKind::State, name) {
+            let shape = b.shape(leaf).clone();
+            let stored = Shape::new(perm.iter().map(|&p| shape.dims()[p]).collect::<Vec<_>>());
+            b.nodes[leaf.index()].shape = stored;
+            let logical = b.transpose(leaf, inverse(&perm));
+            for (i, node) in b.nodes.iter_mut().enumerate() {
+                if i != logical.index() {
+                    for a in &mut node.args {
+                        if *a == leaf {
+                            *a = logical;
+                        }
+                    }
+                }
+            }
+            for o in &mut b.outputs {
+                if o.value == leaf {
+                    o.value = logical;
+                }
+            }
+        }
+        permuted.push((name.clone(), perm));
+    }
+    looped.body.sort_topologically();
+    Some((looped, permuted))
 }

@@ -47,11 +47,13 @@
 //! The energy F = ½ Σ_i π_i ‖ε_i‖² (outputs included) is an output of every step.
 
 mod dot;
+pub mod stack;
 
 pub use crate::opt::relaxation::{
     coefficients, evaluation, fuse_step, solve, solve_until, Evaluation,
 };
 pub use dot::to_dot;
+pub use stack::{Feedback, Stacked};
 
 use crate::autodiff::{self, AutodiffError};
 use crate::ir::{BinaryOp, LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
@@ -112,6 +114,9 @@ pub struct PcPrograms {
     /// transform built it (not hoisted): the training step's loop, which also updates the
     /// parameters, is made from it and the learning program (`train::schedule`).
     pub schedule: Schedule,
+    /// The forward program the programs were made from, and its loops stacked: the PC nodes
+    /// (`graph`) are nodes of `forward.program`.
+    pub forward: Stacked,
 }
 
 #[derive(Debug)]
@@ -181,8 +186,18 @@ pub fn default_steps(graph: &PcGraph, config: &InferenceConfig) -> usize {
     }
 }
 
-/// Finds the PC nodes of a forward program.
+/// Finds the PC nodes of a forward program (of its loops stacked: see [`stack`]).
 pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
+    analyse_stacked(&stack::stack(forward), config)
+}
+
+/// Finds the PC nodes of a stacked forward program. A carried value is always a relaxed node:
+/// its value unit is what the next iteration reads.
+pub fn analyse_stacked(stacked: &Stacked, config: &InferenceConfig) -> PcGraph {
+    let forward = &stacked.program;
+    let is_carried = |id: ValueId| stacked.feedback.iter().any(|f| f.carried == id);
+    // A loop's initial value is read by its first iteration, through the feedback leaf.
+    let is_initial = |id: ValueId| stacked.feedback.iter().any(|f| f.init == id);
     let n = forward.nodes.len();
     let users = forward.users();
     // Which nodes depend on a leaf (data or parameters); the rest are constants.
@@ -222,7 +237,7 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
         let node = forward.node(id);
         let chosen = match config.nodes {
             NodeGranularity::All => true,
-            NodeGranularity::Named => node.name.is_some() || loss_reads(id),
+            NodeGranularity::Named => node.name.is_some() || loss_reads(id) || is_carried(id),
         };
         if !chosen {
             continue;
@@ -236,7 +251,7 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
             }
             None => format!("n{}", id.0),
         };
-        let role = if model_reads(id) {
+        let role = if model_reads(id) || is_carried(id) || is_initial(id) {
             Role::Relaxed {
                 loss_reads: loss_reads(id),
             }
@@ -280,6 +295,11 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
             if node.op == Op::Leaf(LeafKind::Param) {
                 params.push(node.name.clone().unwrap_or_default());
             }
+            // A carried value read by the next iteration: its node is a parent.
+            if let Some(f) = stacked.feedback.iter().find(|f| f.leaf == a) {
+                stack.push(f.carried);
+                stack.push(f.init);
+            }
             stack.extend(node.args.iter().copied());
         }
         params.sort();
@@ -301,14 +321,23 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
             }
         };
     }
-    let depth = level.iter().copied().max().unwrap_or(0);
+    let mut depth = level.iter().copied().max().unwrap_or(0);
+    if !stacked.feedback.is_empty() {
+        // Messages cross iterations through the carried values: the depth is the unrolled
+        // graph's (a chain through every iteration).
+        let mut unrolled = stacked.sequential.clone();
+        crate::opt::unroll::unroll(&mut unrolled, &|_| true);
+        depth = analyse(&unrolled, config).depth;
+    }
     PcGraph { nodes, depth }
 }
 
 /// Builds the relaxation and learning programs of a forward program.
-pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcPrograms, PcError> {
-    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
-    let graph = analyse(forward, config);
+pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms, PcError> {
+    let stacked = stack::stack(model);
+    let forward = &stacked;
+    let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
+    let graph = analyse_stacked(forward, config);
     let (mode, rate) = match config.mode {
         Mode::Exact => (Mode::Exact, 1.0),
         m => (m, config.rate),
@@ -363,8 +392,8 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         .collect();
 
     // Prologue: the feedforward pass; every relaxed node starts at its prediction.
-    let mut prologue = Program::new(format!("{}.relax.prologue", forward.name));
-    let ff = replay(forward, &mut prologue, &HashMap::new());
+    let mut prologue = Program::new(format!("{}.relax.prologue", model.name));
+    let ff = feedforward(forward, &mut prologue);
     for (phase, _) in &phase_graphs {
         for pc in relaxed(phase) {
             let ff = ff[pc.value.index()];
@@ -384,7 +413,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
     prologue.set_output("loss", ff[loss.index()]);
 
     // Body: one synchronous step of every phase.
-    let mut body = Program::new(format!("{}.relax.step", forward.name));
+    let mut body = Program::new(format!("{}.relax.step", model.name));
     let mut energy_terms = Vec::new();
     for (phase, beta) in &phase_graphs {
         let units = errors(forward, phase, &mut body, mode, *beta)?;
@@ -435,7 +464,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
 
     // Learning: the same product with respect to the parameters and inputs, divided by each
     // phase's β and averaged over the phases.
-    let mut learn = Program::new(format!("{}.learn", forward.name));
+    let mut learn = Program::new(format!("{}.learn", model.name));
     let mut updates: Vec<ValueId> = Vec::new();
     let mut energy_terms = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -494,6 +523,7 @@ pub fn transform(forward: &Program, config: &InferenceConfig) -> Result<PcProgra
         target,
         schedule,
         tol: config.tol,
+        forward: stacked,
     })
 }
 
@@ -585,7 +615,7 @@ struct Units {
 /// fixed and exact modes (frozen predictions and Jacobians), whose errors are the `e.*`
 /// state, and `v.*` in strict mode, whose errors are v − μ.
 fn errors(
-    forward: &Program,
+    forward: &Stacked,
     graph: &PcGraph,
     program: &mut Program,
     mode: Mode,
@@ -656,14 +686,14 @@ fn errors(
 /// node the loss reads does not also carry what reaches it through an output computed from it
 /// (that part arrives as the output's error times its Jacobian, like every child's).
 pub(crate) fn loss_gradients(
-    forward: &Program,
+    forward: &Stacked,
     program: &mut Program,
     graph: &PcGraph,
     computed: &[ValueId],
     cut: &HashMap<ValueId, ValueId>,
     beta: f64,
 ) -> Result<Vec<ValueId>, PcError> {
-    let loss = forward.output("loss").ok_or(PcError::NoLoss)?;
+    let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
     let mut reads = cut.clone();
     let mut wrt = Vec::new();
     // Each output's prediction stands in the replayed loss as a leaf of its own, so that the
@@ -702,25 +732,53 @@ pub(crate) fn loss_gradients(
     Ok(grads)
 }
 
-/// Copies the forward program into `program`: leaves become leaves of the same kind and name,
-/// and every user of a node in `cut` reads the given value instead. Returns, for each forward
-/// node, the node computing it (for cut nodes: their prediction from the cut inputs).
+/// Copies the stacked forward program into `program`: leaves become leaves of the same kind
+/// and name, and every user of a node in `cut` reads the given value instead. A feedback leaf
+/// reads its carried node's cut value (a relaxed node's unit) shifted by one iteration.
+/// Returns, for each forward node, the node computing it (for cut nodes: their prediction
+/// from the cut inputs).
 pub(crate) fn replay(
-    forward: &Program,
+    forward: &Stacked,
     program: &mut Program,
     cut: &HashMap<ValueId, ValueId>,
 ) -> Vec<ValueId> {
-    let mut computed: Vec<ValueId> = Vec::with_capacity(forward.nodes.len());
+    replay_with(forward, program, cut, cut, &HashMap::new())
+}
+
+/// [`replay`], with the carried values feedback leaves read given apart from the cut:
+/// `carried` maps each carried node to the stacked value its feedback leaf shifts. Nodes in
+/// `known` are not computed: their values are given.
+fn replay_with(
+    forward: &Stacked,
+    program: &mut Program,
+    cut: &HashMap<ValueId, ValueId>,
+    carried: &HashMap<ValueId, ValueId>,
+    known: &HashMap<ValueId, ValueId>,
+) -> Vec<ValueId> {
+    let source = &forward.program;
+    let mut computed: Vec<ValueId> = Vec::with_capacity(source.nodes.len());
     let read =
         |computed: &Vec<ValueId>, a: ValueId| cut.get(&a).copied().unwrap_or(computed[a.index()]);
-    for id in forward.ids() {
-        let node = forward.node(id);
+    for id in source.ids() {
+        let node = source.node(id);
+        if let Some(&value) = known.get(&id) {
+            computed.push(value);
+            continue;
+        }
         let new = match node.op {
             Op::Leaf(kind) => {
-                let name = node.name.clone().unwrap_or_default();
-                match program.leaf_named(kind, &name) {
-                    Some(existing) => existing,
-                    None => program.leaf(kind, name, node.shape.clone()),
+                if let Some(f) = forward.feedback.iter().find(|f| f.leaf == id) {
+                    let value = *carried
+                        .get(&f.carried)
+                        .expect("a carried node is relaxed, or its value is given");
+                    let init = read(&computed, f.init);
+                    f.shifted(program, value, init)
+                } else {
+                    let name = node.name.clone().unwrap_or_default();
+                    match program.leaf_named(kind, &name) {
+                        Some(existing) => existing,
+                        None => program.leaf(kind, name, node.shape.clone()),
+                    }
                 }
             }
             _ => {
@@ -733,10 +791,132 @@ pub(crate) fn replay(
         };
         computed.push(new);
     }
-    for (name, init) in &forward.inits {
+    for (name, init) in &source.inits {
         program.inits.insert(name.clone(), init.clone());
     }
     computed
+}
+
+/// For a sweep over a forward program whose loops are not nested: the feedforward pass into
+/// `program` (as [`feedforward`]) and, for each feedback, −β times the cotangent its carried
+/// node's stacked value receives from the iterations after each one — by backpropagation
+/// through time on the sequential program, through a tap on each carried value
+/// ([`stack::tapped`]).
+pub fn feedback_sweep(
+    forward: &Stacked,
+    program: &mut Program,
+    beta: f64,
+) -> Result<(Vec<ValueId>, Vec<ValueId>), PcError> {
+    let (mut sequential, exposed, taps) = stack::tapped(forward);
+    let loss = sequential.output("loss").ok_or(PcError::NoLoss)?;
+    let mut outputs = vec![crate::ir::Output {
+        name: "loss".to_string(),
+        value: loss,
+    }];
+    for (k, (&e, &t)) in exposed.iter().zip(&taps).enumerate() {
+        outputs.push(crate::ir::Output {
+            name: format!("exposed.{k}"),
+            value: e,
+        });
+        outputs.push(crate::ir::Output {
+            name: format!("tap.{k}"),
+            value: t,
+        });
+    }
+    sequential.outputs = outputs;
+    let values = program.append(&sequential, &HashMap::new());
+    let at = |name: &str| {
+        values
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.value)
+            .expect("an output just named")
+    };
+    let seed = program.constant(-beta, Shape::scalar());
+    let tap_values: Vec<ValueId> = (0..taps.len()).map(|k| at(&format!("tap.{k}"))).collect();
+    let tapped = autodiff::vjp(program, &[(at("loss"), seed)], &tap_values)?;
+    // The stacked carried nodes hold the iterations `rows`. The last of them that runs is read
+    // by what follows the stack (the loop's final value, or the peeled last iteration), which
+    // the stacked program computes itself: its tap's cotangent is dropped.
+    let later = forward
+        .feedback
+        .iter()
+        .zip(tapped)
+        .map(|(f, cotangent)| {
+            let stacked = f.stacked_rows(program, cotangent);
+            let mut dims = program.shape(stacked).dims().to_vec();
+            let trips = dims[0];
+            if trips == 1 {
+                return program.constant(0.0, Shape::new(dims));
+            }
+            let kept = if f.reverse { 1..trips } else { 0..trips - 1 };
+            let kept = program.build(
+                Op::Slice {
+                    axis: 0,
+                    start: kept.start,
+                    end: kept.end,
+                },
+                &[stacked],
+                None,
+            );
+            dims[0] = 1;
+            let zero = program.constant(0.0, Shape::new(dims));
+            let parts = if f.reverse {
+                [zero, kept]
+            } else {
+                [kept, zero]
+            };
+            program.build(Op::Concat { axis: 0 }, &parts, None)
+        })
+        .collect();
+    let carried: HashMap<ValueId, ValueId> = forward
+        .feedback
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            (
+                f.carried,
+                f.stacked_rows(program, at(&format!("exposed.{k}"))),
+            )
+        })
+        .collect();
+    // The carried nodes are computed here (not taken from the scans), so that the cotangents
+    // seeded at them reach the nodes they are computed from.
+    let ff = replay_with(forward, program, &HashMap::new(), &carried, &HashMap::new());
+    Ok((ff, later))
+}
+
+/// The feedforward pass into `program`: each node of the stacked forward program's value.
+/// Its loops run as scans (they are sequential), made to output each carried value's every
+/// iteration; the rest is the stacked program, reading those.
+pub(crate) fn feedforward(forward: &Stacked, program: &mut Program) -> Vec<ValueId> {
+    if forward.feedback.is_empty() {
+        return replay(forward, program, &HashMap::new());
+    }
+    let mut sequential = forward.sequential.clone();
+    let exposed: Vec<ValueId> = forward
+        .feedback
+        .iter()
+        .map(|f| stack::expose(&mut sequential, &f.path, f.index))
+        .collect();
+    sequential.outputs = exposed
+        .iter()
+        .enumerate()
+        .map(|(k, &value)| crate::ir::Output {
+            name: format!("carried.{k}"),
+            value,
+        })
+        .collect();
+    sequential.prune();
+    let values = program.append(&sequential, &HashMap::new());
+    let carried: HashMap<ValueId, ValueId> = forward
+        .feedback
+        .iter()
+        .zip(values)
+        .map(|(f, o)| (f.carried, f.stacked_rows(program, o.value)))
+        .collect();
+    // The carried nodes' values are the scans' own: the stacked program computes the rest.
+    replay_with(forward, program, &HashMap::new(), &carried, &carried)
 }
 
 fn scaled(program: &mut Program, x: ValueId, c: f64) -> ValueId {

@@ -24,6 +24,10 @@ use std::collections::{BTreeMap, HashMap};
 /// the compiler.
 const MAX_UNROLLED_ITERATIONS: usize = 100_000;
 
+/// The most iterations one loop may have: a bound past any sequence a model could train on,
+/// which keeps a typo from making a program that runs for ever.
+const MAX_TRIPS: i64 = 10_000_000;
+
 /// How deeply expressions, loops and inlined calls may nest. Lowering recurses over the
 /// syntax tree; the bound keeps a pathological file from overflowing the stack, and no real
 /// model comes near it.
@@ -41,14 +45,17 @@ fn bounded_numel(dims: &[usize]) -> Option<usize> {
 }
 
 #[derive(Clone, Debug)]
-struct Binding {
-    val: Val,
-    span: Span,
+pub(super) struct Binding {
+    pub val: Val,
+    pub span: Span,
+    /// The loop nesting depth of the program the value's tensors belong to: 0 for the model's
+    /// program, k for the body of the k-th enclosing loop being lowered as a scan.
+    pub level: usize,
 }
 
 #[derive(Default)]
-struct Scope {
-    names: HashMap<String, Binding>,
+pub(super) struct Scope {
+    pub names: HashMap<String, Binding>,
 }
 
 /// An argument of a call, evaluated, with its span.
@@ -60,23 +67,27 @@ pub(super) struct ArgVal {
 }
 
 pub(super) struct Lowerer<'g, 'd> {
-    globals: &'g Globals,
+    pub(super) globals: &'g Globals,
+    /// The program being built: the model's, or the body of the innermost loop being lowered
+    /// as a scan (the enclosing programs wait in `loops`).
     pub program: Program,
-    diagnostics: &'d mut Vec<Diagnostic>,
+    pub(super) diagnostics: &'d mut Vec<Diagnostic>,
     /// scopes[0] holds the global constants; frames index into the rest.
-    scopes: Vec<Scope>,
+    pub(super) scopes: Vec<Scope>,
     /// Index in `scopes` where the current frame starts.
-    frame_base: usize,
+    pub(super) frame_base: usize,
     /// The functions being inlined, innermost last, with their call sites.
-    call_stack: Vec<(String, Span)>,
-    region: Region,
-    loss_terms: Vec<(ValueId, Span)>,
+    pub(super) call_stack: Vec<(String, Span)>,
+    pub(super) region: Region,
+    pub(super) loss_terms: Vec<(ValueId, Span)>,
     /// Whether a `loss` statement was lowered at all (its term may have been an error).
-    saw_loss: bool,
+    pub(super) saw_loss: bool,
     /// How many expressions and loop bodies enclose the one being lowered.
-    nesting: usize,
-    dims: BTreeMap<String, usize>,
-    unrolled: usize,
+    pub(super) nesting: usize,
+    pub(super) dims: BTreeMap<String, usize>,
+    pub(super) unrolled: usize,
+    /// The loops being lowered as scans, outermost first.
+    pub(super) loops: Vec<super::loops::LoopFrame>,
 }
 
 /// Lowers `model` to its forward program, or reports why it cannot.
@@ -99,6 +110,7 @@ pub(super) fn lower_model(
         nesting: 0,
         dims: dims.clone(),
         unrolled: 0,
+        loops: Vec::new(),
     };
     for c in &globals.consts {
         l.define_const(c, 0);
@@ -140,22 +152,20 @@ pub(super) fn lower_model(
     }
     l.program.set_output("loss", total);
     l.program.prune();
-    settle_regions(&mut l.program);
+    settle_regions(&mut l.program, |p, a| {
+        p.node(a).op == Op::Leaf(LeafKind::Param)
+    });
     Some(l.program)
 }
 
-/// Moves loss-region nodes that read a parameter, and their loss-region ancestors, to the
-/// model region.
-fn settle_regions(program: &mut Program) {
+/// Moves loss-region nodes that read a parameter (a value `is_param` accepts), and their
+/// loss-region ancestors, to the model region.
+pub(super) fn settle_regions(program: &mut Program, is_param: impl Fn(&Program, ValueId) -> bool) {
     let mut stack: Vec<ValueId> = program
         .ids()
         .filter(|&id| {
             let node = program.node(id);
-            node.region == Region::Loss
-                && node
-                    .args
-                    .iter()
-                    .any(|&a| program.node(a).op == Op::Leaf(LeafKind::Param))
+            node.region == Region::Loss && node.args.iter().any(|&a| is_param(program, a))
         })
         .collect();
     while let Some(id) = stack.pop() {
@@ -179,23 +189,29 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     // ---- scopes -------------------------------------------------------------------------
 
     fn lookup(&self, name: &str) -> Option<&Binding> {
-        self.scopes[self.frame_base..]
-            .iter()
-            .rev()
-            .chain(std::iter::once(&self.scopes[0]))
-            .find_map(|s| s.names.get(name))
+        self.lookup_scope(name).map(|s| &self.scopes[s].names[name])
     }
 
-    fn bind(&mut self, name: &ast::Ident, val: Val) {
+    /// The index in `scopes` of the binding `name` resolves to.
+    pub(super) fn lookup_scope(&self, name: &str) -> Option<usize> {
+        (self.frame_base..self.scopes.len())
+            .rev()
+            .chain(std::iter::once(0))
+            .find(|&s| self.scopes[s].names.contains_key(name))
+    }
+
+    pub(super) fn bind(&mut self, name: &ast::Ident, val: Val) {
         if let Val::Tensor(id) = val {
             self.name_node(id, &name.name);
         }
+        let level = self.loops.len();
         let scope = self.scopes.last_mut().expect("a scope is always open");
         scope.names.insert(
             name.name.clone(),
             Binding {
                 val,
                 span: name.span,
+                level,
             },
         );
     }
@@ -219,11 +235,19 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             self.name_node(id, &name.name);
         }
         let base = self.frame_base;
-        for scope in self.scopes[base..].iter_mut().rev() {
-            if let Some(b) = scope.names.get_mut(&name.name) {
-                b.val = val;
-                return;
-            }
+        if let Some(s) = (base..self.scopes.len())
+            .rev()
+            .find(|&s| self.scopes[s].names.contains_key(&name.name))
+        {
+            self.note_assignment(s, &name.name);
+            let level = self.loops.len();
+            let b = self.scopes[s]
+                .names
+                .get_mut(&name.name)
+                .expect("the binding was found");
+            b.val = val;
+            b.level = level;
+            return;
         }
         let d = Diagnostic::new(
             ErrorKind::UnknownName,
@@ -254,11 +278,13 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 Val::Poison
             }
         };
+        let level = self.loops.len();
         self.scopes[scope].names.insert(
             c.name.name.clone(),
             Binding {
                 val,
                 span: c.name.span,
+                level,
             },
         );
     }
@@ -267,7 +293,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     /// Lowers one statement. `in_model` is false inside function bodies, where declarations
     /// and `loss` are not allowed.
-    fn stmt(&mut self, stmt: &Stmt, in_model: bool) {
+    pub(super) fn stmt(&mut self, stmt: &Stmt, in_model: bool) {
         match stmt {
             Stmt::Decl {
                 kind,
@@ -286,6 +312,12 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                         )
                         .with_help("pass the tensor to the function as an argument instead"),
                     );
+                    return;
+                }
+                if let Some(frame) = self.loops.len().checked_sub(1) {
+                    // A declaration is made once: in a loop, it unrolls (and is reported as
+                    // declared twice).
+                    self.refuse(frame, "a declaration in the loop body");
                     return;
                 }
                 self.declare(*kind, name, ty, init.as_ref());
@@ -630,6 +662,40 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         let (Some(lo), Some(hi)) = (lo, hi) else {
             return;
         };
+        if hi.saturating_sub(lo) > MAX_TRIPS {
+            self.error(
+                Diagnostic::new(
+                    ErrorKind::NonConstantLoopBound,
+                    format!(
+                        "a loop of {} iterations is longer than the {MAX_TRIPS} allowed",
+                        hi.saturating_sub(lo)
+                    ),
+                    end.span,
+                    "this bound",
+                )
+                .with_help("use a smaller bound"),
+            );
+            return;
+        }
+        if self.lower_scan(var, (lo, hi), body, in_model) {
+            return;
+        }
+        self.unroll(var, (lo, hi), end.span, body, in_model);
+    }
+
+    /// Lowers a loop by unrolling it: its body once per iteration, with the loop variable a
+    /// compile-time integer. Used where the body cannot be one scan (the variable sizes a
+    /// shape, say). An error in the body is reported once, at the iteration that first
+    /// makes it.
+    fn unroll(
+        &mut self,
+        var: &ast::Ident,
+        (lo, hi): (i64, i64),
+        end_span: Span,
+        body: &[Stmt],
+        in_model: bool,
+    ) {
+        let reported = self.diagnostics.len();
         for t in lo..hi {
             self.unrolled += 1;
             if self.unrolled > MAX_UNROLLED_ITERATIONS {
@@ -637,10 +703,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     Diagnostic::new(
                         ErrorKind::NonConstantLoopBound,
                         format!("loops unroll to more than {MAX_UNROLLED_ITERATIONS} iterations"),
-                        end.span,
+                        end_span,
                         "this bound",
                     )
-                    .with_help("loops are unrolled at compile time; use a smaller bound"),
+                    .with_help("this loop's body cannot be one structured loop (its index sizes a shape or an integer), so it is unrolled; use a smaller bound"),
                 );
                 return;
             }
@@ -654,6 +720,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             }
             self.scopes.pop();
             self.nesting -= 1;
+            crate::diag::dedup_since(self.diagnostics, reported);
         }
     }
 
@@ -670,7 +737,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                         e.span,
                         "not known at compile time",
                     )
-                    .with_help("loops are unrolled at compile time: use an integer literal, a `const` or a dimension"),
+                    .with_help("loop bounds are fixed at compile time: use an integer literal, a `const` or a dimension"),
                 );
                 None
             }
@@ -689,7 +756,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     /// Steps one level deeper into the tree; false (with an error) past `MAX_NESTING`.
-    fn enter(&mut self, span: Span) -> bool {
+    pub(super) fn enter(&mut self, span: Span) -> bool {
         if self.nesting >= MAX_NESTING {
             self.error(
                 Diagnostic::new(
@@ -749,7 +816,13 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     fn name(&mut self, id: &ast::Ident) -> Val {
-        if let Some(b) = self.lookup(&id.name) {
+        if let Some(s) = self.lookup_scope(&id.name) {
+            let b = &self.scopes[s].names[&id.name];
+            if b.level < self.loops.len() {
+                // A value from outside the loops being lowered as scans: the body reads it
+                // through a leaf of its own.
+                return self.capture(s, &id.name);
+            }
             return b.val.clone();
         }
         if let Some(&d) = self.dims.get(&id.name) {
@@ -926,6 +999,27 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     fn binary(&mut self, op: BinOp, a: (Val, Span), b: (Val, Span), span: Span) -> Val {
         if matches!(a.0, Val::Poison) || matches!(b.0, Val::Poison) {
             return Val::Poison;
+        }
+        // A loop index plus or minus an integer is still one.
+        match (&a.0, &b.0, op) {
+            (Val::Iteration { level, offset }, Val::Int(k), BinOp::Add)
+            | (Val::Int(k), Val::Iteration { level, offset }, BinOp::Add) => {
+                if let Some(offset) = offset.checked_add(*k) {
+                    return Val::Iteration {
+                        level: *level,
+                        offset,
+                    };
+                }
+            }
+            (Val::Iteration { level, offset }, Val::Int(k), BinOp::Sub) => {
+                if let Some(offset) = offset.checked_sub(*k) {
+                    return Val::Iteration {
+                        level: *level,
+                        offset,
+                    };
+                }
+            }
+            _ => {}
         }
         // Compile-time arithmetic on numbers.
         if let (Some(x), Some(y)) = (a.0.as_number(), b.0.as_number()) {
@@ -1122,6 +1216,52 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     }
 
     fn index_tensor(&mut self, id: ValueId, base_span: Span, indices: &[ast::IndexItem]) -> Val {
+        // Single indices are evaluated first: one that is a loop's index makes the tensor a
+        // stacked input of that loop's scan, read one slice per iteration.
+        let mut at: Vec<Option<Val>> = indices
+            .iter()
+            .map(|item| match item {
+                ast::IndexItem::At(e) => Some(self.expr(e)),
+                ast::IndexItem::Range { .. } => None,
+            })
+            .collect();
+        let by_loop: Vec<usize> = (0..at.len())
+            .filter(|&k| matches!(at[k], Some(Val::Iteration { .. })))
+            .collect();
+        if let [axis] = by_loop[..] {
+            if axis < self.shape(id).rank() {
+                let Some(Val::Iteration { level, offset }) = at[axis] else {
+                    unreachable!("filtered above")
+                };
+                let Some(slice) = self.stacked_slice(id, axis, (level, offset)) else {
+                    return Val::Poison;
+                };
+                let mut rest = indices.to_vec();
+                rest.remove(axis);
+                at.remove(axis);
+                return self.index_evaluated(slice, base_span, &rest, at);
+            }
+        } else if by_loop.len() > 1 {
+            return self.type_error(
+                &Val::Iteration {
+                    level: 0,
+                    offset: 0,
+                },
+                "one loop index per indexing",
+                base_span,
+            );
+        }
+        self.index_evaluated(id, base_span, indices, at)
+    }
+
+    /// Indexes a tensor whose single indices are evaluated already (`at[k]` for item k).
+    fn index_evaluated(
+        &mut self,
+        id: ValueId,
+        base_span: Span,
+        indices: &[ast::IndexItem],
+        at: Vec<Option<Val>>,
+    ) -> Val {
         let shape = self.shape(id).clone();
         if indices.len() > shape.rank() {
             let span = index_span(indices).unwrap_or(base_span);
@@ -1142,11 +1282,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         }
         let mut cur = id;
         let mut removed = Vec::new();
-        for (axis, item) in indices.iter().enumerate() {
+        for ((axis, item), given) in indices.iter().enumerate().zip(at) {
             let size = shape.dims()[axis] as i64;
             let (start, end, span, drop) = match item {
                 ast::IndexItem::At(e) => {
-                    let v = self.expr(e);
+                    let v = given.unwrap_or(Val::Poison);
                     let Val::Int(i) = v else {
                         return self.type_error(&v, "an integer index", e.span);
                     };
@@ -1287,6 +1427,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 Binding {
                     val: arg.val,
                     span: param.name.span,
+                    level: self.loops.len(),
                 },
             );
         }

@@ -3,11 +3,12 @@
 //! This stage owns everything between the AST and the IR: loading `use`d modules (the
 //! embedded stdlib and the user's own files), collecting the global definitions of all loaded
 //! files, binding dimension variables (`B` from the train block's `batch` or a CLI flag),
-//! inlining functions, unrolling `for` loops, static shape checking and lowering to IR
+//! inlining functions, `for` loops as structured loops (or unrolled), static shape checking and lowering to IR
 //! (`lower`), and checking the `train` block (`train`). Errors are collected as diagnostics and
 //! analysis carries on past them where it can, so one run reports as much as possible.
 
 mod builtins;
+mod loops;
 mod lower;
 pub mod train;
 mod value;

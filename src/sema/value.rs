@@ -15,6 +15,13 @@ pub enum Val {
     Str(String),
     Tuple(Vec<Val>),
     List(Vec<Val>),
+    /// The index of a loop being lowered as a scan, plus a constant: `t`, `t + 1`. `level`
+    /// is the loop's nesting depth (1 for the outermost). Only indexing and adding or
+    /// subtracting integers accept it; anything else makes the loop unroll instead.
+    Iteration {
+        level: usize,
+        offset: i64,
+    },
     /// The value of an expression whose error has already been reported.
     Poison,
 }
@@ -37,6 +44,7 @@ impl Val {
             Val::Str(_) => "a string".to_string(),
             Val::Tuple(items) => format!("a tuple of {} values", items.len()),
             Val::List(items) => format!("a list of {} values", items.len()),
+            Val::Iteration { .. } => "a loop index".to_string(),
             Val::Poison => "an erroneous value".to_string(),
         }
     }

@@ -11,7 +11,7 @@ use super::schedule;
 use crate::autodiff;
 use crate::distributed::World;
 use crate::interp::{self, Bindings, EvalError};
-use crate::ir::{LeafKind, LoopProgram, Program, Shape};
+use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
 use crate::jit::{JitError, JitLoop, JitOptions, JitProgram, JitStep, Stage};
 use crate::npz::Arrays;
 use crate::pc::{self, PcPrograms};
@@ -195,13 +195,13 @@ impl Programs {
             p.learn.prune();
         }
         let fused = match &pc {
-            Some(p) => pc::solve(forward, p, steps)
+            Some(p) => pc::solve(p, steps)
                 .map_err(|e| e.to_string())?
                 .map(|solved| pc::fuse_step(&solved, &p.learn)),
             None => None,
         };
         let solved_relax = match &pc {
-            Some(p) => pc::solve_until(forward, p, steps).map_err(|e| e.to_string())?,
+            Some(p) => pc::solve_until(p, steps).map_err(|e| e.to_string())?,
             None => None,
         };
         Ok(Programs {
@@ -282,14 +282,20 @@ pub fn eval_program(forward: &Program, inference: &InferenceConfig) -> Program {
     let mut eval = forward.clone();
     let targets = forward.leaves(LeafKind::Target);
     if let [(target, _)] = targets.as_slice() {
-        let graph = pc::analyse(forward, inference);
+        // The outputs are found on the loops unrolled, and read where the forward program has
+        // them (outside any loop).
+        let mut flat = forward.clone();
+        let at = crate::opt::unroll::unroll_mapped(&mut flat, &|_| true);
+        let graph = pc::analyse(&flat, inference);
         let candidates: Vec<_> = graph
             .nodes
             .iter()
             .filter(|n| n.role == pc::Role::Output && n.shape == *forward.shape(*target))
             .collect();
         if let [one] = candidates.as_slice() {
-            eval.set_output("prediction", one.value);
+            if let Some(k) = at.iter().position(|&v| v == Some(one.value)) {
+                eval.set_output("prediction", ValueId(k as u32));
+            }
         }
     }
     eval

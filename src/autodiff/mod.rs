@@ -14,6 +14,12 @@
 //! Two users: `grad_program` makes the backprop reference (the gradient of a scalar loss with
 //! respect to every parameter), and the PC transform asks for the local products
 //! (∂μ_j/∂v_i)ᵀ ε_j of single nodes.
+//!
+//! A scan's rule is a reverse scan (backpropagation through time), built in [`scan`]: its
+//! results' cotangents are gathered from their `result` nodes, and the scan node itself, which
+//! precedes them all, turns them into its operands' cotangents.
+
+mod scan;
 
 use crate::ir::{
     verify, BinaryOp, LeafKind, Op, Output, Program, ReduceOp, Shape, UnaryOp, ValueId, VerifyError,
@@ -103,16 +109,43 @@ pub fn vjp(
     // Every user of a node follows it, so a reverse sweep sees a node's cotangent complete.
     // The sweep covers the nodes that were there before it; it only appends after them.
     let swept = program.nodes.len() as u32;
+    // The cotangents of each scan's results, by the scan's id.
+    let mut results: std::collections::HashMap<ValueId, Vec<Option<ValueId>>> = Default::default();
     for id in (0..swept).rev().map(ValueId) {
-        let Some(cotangent) = cotangents[id.index()] else {
-            continue;
-        };
         let args = program.node(id).args.clone();
         let wanted: Vec<bool> = args.iter().map(|a| on_path[a.index()]).collect();
-        if !wanted.contains(&true) {
-            continue;
-        }
-        let operand_cotangents = vjp_rule(program, id, cotangent, &wanted)?;
+        let operand_cotangents = match &program.node(id).op {
+            Op::Result(i) => {
+                if let Some(c) = cotangents[id.index()] {
+                    let Op::Scan(scan) = &program.node(args[0]).op else {
+                        unreachable!("the verifier checks that results read scans")
+                    };
+                    let slots = results
+                        .entry(args[0])
+                        .or_insert_with(|| vec![None; scan.results()]);
+                    accumulate(program, &mut slots[*i], c);
+                }
+                continue;
+            }
+            Op::Scan(_) => {
+                let Some(result_cotangents) = results.remove(&id) else {
+                    continue;
+                };
+                if !wanted.contains(&true) {
+                    continue;
+                }
+                scan::vjp_scan(program, id, &result_cotangents, &wanted)?
+            }
+            _ => {
+                let Some(cotangent) = cotangents[id.index()] else {
+                    continue;
+                };
+                if !wanted.contains(&true) {
+                    continue;
+                }
+                vjp_rule(program, id, cotangent, &wanted)?
+            }
+        };
         for ((arg, want), arg_cotangent) in args.iter().zip(wanted).zip(operand_cotangents) {
             if let (true, Some(c)) = (want, arg_cotangent) {
                 accumulate(program, &mut cotangents[arg.index()], c);
@@ -194,7 +227,7 @@ fn on_path(program: &Program, seeds: &[(ValueId, ValueId)], wrt: &[ValueId]) -> 
 }
 
 /// Adds a cotangent into a value's running sum.
-fn accumulate(program: &mut Program, sum: &mut Option<ValueId>, cotangent: ValueId) {
+pub(crate) fn accumulate(program: &mut Program, sum: &mut Option<ValueId>, cotangent: ValueId) {
     *sum = Some(match *sum {
         None => cotangent,
         Some(previous) => program.add_values(previous, cotangent),
@@ -218,6 +251,7 @@ fn vjp_rule(
     let cotangents = match &node.op {
         // Leaves and constants end the traversal.
         Op::Leaf(_) | Op::Const(_) | Op::Iota { .. } => vec![],
+        Op::Scan(_) | Op::Result(_) => unreachable!("scans have their own rule, in `scan`"),
 
         // d(-x)/dx = -1
         Op::Unary(UnaryOp::Neg) => vec![Some(p.unary(UnaryOp::Neg, ct))],
