@@ -3,6 +3,7 @@
 
 mod commands;
 mod job;
+mod tools;
 mod training;
 
 use crate::diag;
@@ -174,6 +175,17 @@ pub enum Command {
         title: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Format `.pcg` files in the one canonical layout, in place.
+    Fmt {
+        /// Files to format; a directory stands for every `.pcg` file under it, `-` for
+        /// standard input (written to standard output).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing: fail, naming each file and its first line that would change, if a
+        /// file is not formatted.
+        #[arg(long)]
+        check: bool,
     },
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
@@ -550,6 +562,7 @@ pub fn run(cli: Cli) -> ExitCode {
             training::eval(&file, &params, data, &compile.options(), world)
         }),
         Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
+        Command::Fmt { files, check } => tools::fmt(&files, check),
         Command::Bench {
             file,
             method,

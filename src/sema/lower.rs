@@ -12,6 +12,7 @@
 //! model: a parameter inside the loss would otherwise not be learned by predictive coding.
 
 use super::builtins;
+use super::symbols;
 use super::value::Val;
 use super::Globals;
 use crate::diag::{Diagnostic, ErrorKind};
@@ -190,6 +191,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         if let Val::Tensor(id) = val {
             self.name_node(id, &name.name);
         }
+        symbols::note_binding(name.span, &val, &self.program);
         let scope = self.scopes.last_mut().expect("a scope is always open");
         scope.names.insert(
             name.name.clone(),
@@ -221,6 +223,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         let base = self.frame_base;
         for scope in self.scopes[base..].iter_mut().rev() {
             if let Some(b) = scope.names.get_mut(&name.name) {
+                symbols::note_use(name.span, b.span);
+                symbols::note_binding(name.span, &val, &self.program);
                 b.val = val;
                 return;
             }
@@ -254,6 +258,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 Val::Poison
             }
         };
+        symbols::note_binding(c.name.span, &val, &self.program);
         self.scopes[scope].names.insert(
             c.name.name.clone(),
             Binding {
@@ -750,6 +755,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     fn name(&mut self, id: &ast::Ident) -> Val {
         if let Some(b) = self.lookup(&id.name) {
+            symbols::note_use(id.span, b.span);
             return b.val.clone();
         }
         if let Some(&d) = self.dims.get(&id.name) {
@@ -1219,6 +1225,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     fn call(&mut self, callee: &ast::Ident, args: Vec<ArgVal>, span: Span) -> Val {
         if let Some(def) = self.globals.fns.get(&callee.name) {
+            symbols::note_call(callee.span, def.name.span);
             return self.inline(def, callee, args, span);
         }
         if builtins::is_builtin(&callee.name) {
@@ -1282,6 +1289,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         self.scopes.push(Scope::default());
         self.call_stack.push((def.name.name.clone(), callee.span));
         for (param, arg) in def.params.iter().zip(bound) {
+            symbols::note_binding(param.name.span, &arg.val, &self.program);
             self.scopes.last_mut().expect("frame scope").names.insert(
                 param.name.name.clone(),
                 Binding {
