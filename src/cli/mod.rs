@@ -187,6 +187,9 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Run the language server (the Language Server Protocol on stdin and stdout), for
+    /// editors: diagnostics, hover, go to definition, completion, outline, formatting.
+    Lsp,
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
         file: PathBuf,
@@ -563,6 +566,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }),
         Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
         Command::Fmt { files, check } => tools::fmt(&files, check),
+        Command::Lsp => tools::lsp(),
         Command::Bench {
             file,
             method,

@@ -131,3 +131,8 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)
 }
+
+/// `pcg lsp`: the language server on stdin and stdout, until the editor shuts it down.
+pub(super) fn lsp() -> CmdResult {
+    crate::lsp::serve_stdio().map_err(|e| fail(format!("language server: {e}")))
+}
