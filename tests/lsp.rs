@@ -223,6 +223,21 @@ fn an_editor_session() {
         .unwrap()
         .contains("inner dimensions"));
 
+    // An error inside a stdlib function: shown at the call that led there.
+    let inside = text.replace("w2: [64, 10]", "w2: [32, 10]");
+    editor.change(&uri, 2, &inside);
+    let diagnostics = editor.diagnostics(&uri);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert_eq!(diagnostics[0]["code"], "E0201");
+    assert_eq!(
+        diagnostics[0]["range"]["start"],
+        json!({"line": find(&inside, "dense(h", 0).0, "character": find(&inside, "dense(h", 0).1})
+    );
+    assert!(diagnostics[0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("in stdlib nn:"));
+
     // Fixed: the diagnostics are cleared.
     editor.change(&uri, 2, &text);
     assert!(editor.diagnostics(&uri).is_empty());

@@ -159,6 +159,16 @@ impl Analysis {
         }
     }
 
+    /// The call in the document that led to the `i`-th diagnostic, when that one lies in
+    /// another file (inside a function of an import or of the stdlib).
+    pub fn call_site(&self, i: usize) -> Option<Span> {
+        self.index
+            .call_errors
+            .iter()
+            .find(|(callee, reported)| callee.file == DOCUMENT && reported.contains(&i))
+            .map(|(callee, _)| *callee)
+    }
+
     /// The identifier token at `offset` (touching it at either end).
     fn ident_at(&self, offset: usize) -> Option<(String, Span)> {
         let i = self.tokens.partition_point(|t| t.2 < offset);
@@ -263,13 +273,9 @@ impl Analysis {
                 "`B`: the batch dimension (the train block's `batch`, or `--batch`)".into(),
             );
         }
+        // A function, constant or model no analysis reached.
         let def = self.global_definition(&name)?;
-        match def.place {
-            Place::Document | Place::File(_) | Place::Stdlib(_) => {
-                let span = self.span_of(&def)?;
-                Some(self.function_hover(span))
-            }
-        }
+        Some(self.function_hover(self.span_of(&def)?))
     }
 
     fn span_of(&self, location: &Location) -> Option<Span> {
@@ -506,9 +512,8 @@ impl Analysis {
         let base = occurrences(&self.index);
         let path = self.path.display().to_string();
         for (name, value) in self.named_dims() {
-            let doubled = value.saturating_mul(2);
             let options = CompileOptions {
-                dims: BTreeMap::from([(name.clone(), doubled as usize)]),
+                dims: BTreeMap::from([(name.clone(), value.saturating_mul(2))]),
                 ..CompileOptions::default()
             };
             let (_, index) = symbols::record(|| sema::check_source(&path, &self.text, &options));
@@ -522,11 +527,14 @@ impl Analysis {
                 }
                 for (axis, (&d, &d2)) in shape.iter().zip(changed).enumerate() {
                     if d != d2 {
-                        out.effects.entry((key.0, key.1, axis)).or_default().push((
-                            name.clone(),
-                            value,
-                            d2,
-                        ));
+                        out.effects
+                            .entry((key.0, key.1, axis))
+                            .or_default()
+                            .push(Effect {
+                                name: name.clone(),
+                                value,
+                                then: d2,
+                            });
                     }
                 }
             }
@@ -626,17 +634,12 @@ impl Analysis {
                 if after_decl_eq {
                     return initialisers();
                 }
-                self.expression_completions(&before, offset, in_model)
+                self.expression_completions(&before, in_model)
             }
         }
     }
 
-    fn expression_completions(
-        &self,
-        before: &[&SpannedToken],
-        offset: usize,
-        in_model: bool,
-    ) -> Vec<Completion> {
+    fn expression_completions(&self, before: &[&SpannedToken], in_model: bool) -> Vec<Completion> {
         let mut out = Vec::new();
         for (name, span) in names_in_scope(before) {
             let detail = self
@@ -723,7 +726,6 @@ impl Analysis {
             &["let", "for", "const", "return"]
         };
         out.extend(keywords.iter().map(|k| keyword_like(k, "keyword")));
-        let _ = offset;
         out
     }
 
@@ -840,11 +842,19 @@ impl Analysis {
     }
 }
 
-/// The symbolic form of noted shapes: for each (binding, occurrence, axis), the named
-/// dimensions whose doubling changed it, with their value and the axis's size then.
+/// The symbolic form of noted shapes: for each axis of each noted shape (binding, occurrence,
+/// axis), the named dimensions whose doubling changed it.
 #[derive(Default)]
 struct DimNames {
-    effects: HashMap<(Span, usize, usize), Vec<(String, usize, usize)>>,
+    effects: HashMap<(Span, usize, usize), Vec<Effect>>,
+}
+
+/// A named dimension of `value` that, doubled, made an axis `then` long.
+#[derive(Clone, Debug)]
+struct Effect {
+    name: String,
+    value: usize,
+    then: usize,
 }
 
 /// The tensor shapes of an index by (binding, occurrence).
@@ -861,22 +871,22 @@ fn occurrences(index: &SymbolIndex) -> HashMap<(Span, usize), Vec<usize>> {
     out
 }
 
-/// A dimension of size `d` written with the names whose doubling changed it to the size given
-/// (`(name, value, size then)`): `H`, `4 * H`, `H + 1`, `V + H`, `B * T`, or the number.
-fn symbolic_dim(d: usize, effects: &[(String, usize, usize)]) -> String {
+/// A dimension of size `d` written with the names whose doubling changed it: `H`, `4 * H`,
+/// `H / 2`, `H + 1`, `V + H`, `B * T`, or the number when no such form explains the changes.
+fn symbolic_dim(d: usize, effects: &[Effect]) -> String {
     let plain = d.to_string();
     match effects {
         [] => plain,
-        [(name, v, d2)] => {
-            let (v, d2) = (*v, *d2);
-            if d2 == 2 * d && v > 0 && d % v == 0 {
+        [Effect { name, value, then }] => {
+            let (v, then) = (*value, *then);
+            if then == 2 * d && v > 0 && d.is_multiple_of(v) {
                 match d / v {
                     1 => name.clone(),
                     k => format!("{k} * {name}"),
                 }
-            } else if d2 == 2 * d && d > 0 && v % d == 0 {
+            } else if then == 2 * d && d > 0 && v.is_multiple_of(d) {
                 format!("{name} / {}", v / d)
-            } else if d2 == d + v {
+            } else if then == d + v {
                 match d as i64 - v as i64 {
                     0 => name.clone(),
                     c if c > 0 => format!("{name} + {c}"),
@@ -887,12 +897,13 @@ fn symbolic_dim(d: usize, effects: &[(String, usize, usize)]) -> String {
             }
         }
         many => {
-            let names: Vec<&str> = many.iter().map(|(n, _, _)| n.as_str()).collect();
-            let product: Option<usize> = many.iter().try_fold(1usize, |p, e| p.checked_mul(e.1));
-            if many.iter().all(|e| e.2 == 2 * d) && product == Some(d) {
+            let names: Vec<&str> = many.iter().map(|e| e.name.as_str()).collect();
+            let product: Option<usize> =
+                many.iter().try_fold(1usize, |p, e| p.checked_mul(e.value));
+            if many.iter().all(|e| e.then == 2 * d) && product == Some(d) {
                 names.join(" * ")
-            } else if many.iter().all(|e| e.2 == d + e.1)
-                && many.iter().map(|e| e.1).sum::<usize>() == d
+            } else if many.iter().all(|e| e.then == d + e.value)
+                && many.iter().map(|e| e.value).sum::<usize>() == d
             {
                 names.join(" + ")
             } else {

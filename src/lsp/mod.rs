@@ -40,6 +40,7 @@ pub fn serve(connection: &Connection) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut server = Server {
         documents: HashMap::new(),
+        closed: Vec::new(),
         stdlib_dir: stdlib_cache(),
     };
     loop {
@@ -125,6 +126,8 @@ impl Document {
 
 struct Server {
     documents: HashMap<String, Document>,
+    /// Documents closed since diagnostics were last published (theirs are cleared).
+    closed: Vec<String>,
     /// Where the stdlib's modules are written for go to definition.
     stdlib_dir: Option<PathBuf>,
 }
@@ -168,16 +171,31 @@ impl Server {
                 if let Ok(p) =
                     note.extract::<lsp::DidCloseTextDocumentParams>("textDocument/didClose")
                 {
-                    self.documents.remove(p.text_document.uri.as_str());
+                    let uri = p.text_document.uri.as_str().to_string();
+                    self.documents.remove(&uri);
+                    self.closed.push(uri);
                 }
             }
             _ => {}
         }
     }
 
-    /// The diagnostics of every document changed since they were last published.
+    /// The diagnostics of every document changed since they were last published (none for
+    /// those closed).
     fn publish(&mut self) -> Vec<Notification> {
         let mut out = Vec::new();
+        for uri in std::mem::take(&mut self.closed) {
+            if let Ok(uri) = lsp::Uri::from_str(&uri) {
+                out.push(Notification::new(
+                    "textDocument/publishDiagnostics".into(),
+                    lsp::PublishDiagnosticsParams {
+                        uri,
+                        diagnostics: Vec::new(),
+                        version: None,
+                    },
+                ));
+            }
+        }
         for (uri, doc) in &mut self.documents {
             if !doc.dirty {
                 continue;
@@ -430,8 +448,8 @@ pub fn path_to_uri(path: &Path) -> Option<lsp::Uri> {
 }
 
 /// The compiler's diagnostics as the protocol's, for the document at `uri`. A diagnostic in
-/// another file (an import) is shown at the start of the document's first `use`, with the
-/// place it is about as related information.
+/// another file (inside a function of an import or of the stdlib) is shown at the call in the
+/// document that led to it, or else at the document's first `use`, naming the file and line.
 fn diagnostics(analysis: &Analysis, uri: &lsp::Uri) -> Vec<lsp::Diagnostic> {
     let text = analysis.text();
     let first_use = analysis
@@ -442,7 +460,8 @@ fn diagnostics(analysis: &Analysis, uri: &lsp::Uri) -> Vec<lsp::Diagnostic> {
     analysis
         .diagnostics
         .iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             let primary = d.primary_span().unwrap_or_default();
             let location = analysis.location(primary);
             let here = location.place == Place::Document;
@@ -454,7 +473,7 @@ fn diagnostics(analysis: &Analysis, uri: &lsp::Uri) -> Vec<lsp::Diagnostic> {
                 message.push('\n');
                 message.push_str(note);
             }
-            let mut related: Vec<lsp::DiagnosticRelatedInformation> = d
+            let related: Vec<lsp::DiagnosticRelatedInformation> = d
                 .labels
                 .iter()
                 .filter(|l| !l.primary || !here)
@@ -487,8 +506,10 @@ fn diagnostics(analysis: &Analysis, uri: &lsp::Uri) -> Vec<lsp::Diagnostic> {
                     .count()
                     + 1;
                 message = format!("in {file}:{line}: {message}");
-                related.retain(|r| r.location.uri != *uri || !r.message.is_empty());
-                range(text, first_use.clone())
+                match analysis.call_site(i) {
+                    Some(call) => range(text, call.range()),
+                    None => range(text, first_use.clone()),
+                }
             };
             lsp::Diagnostic {
                 range: where_,

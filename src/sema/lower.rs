@@ -1226,7 +1226,10 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     fn call(&mut self, callee: &ast::Ident, args: Vec<ArgVal>, span: Span) -> Val {
         if let Some(def) = self.globals.fns.get(&callee.name) {
             symbols::note_call(callee.span, def.name.span);
-            return self.inline(def, callee, args, span);
+            let before = self.diagnostics.len();
+            let val = self.inline(def, callee, args, span);
+            symbols::note_call_errors(callee.span, before..self.diagnostics.len());
+            return val;
         }
         if builtins::is_builtin(&callee.name) {
             return builtins::call(self, callee, args, span);

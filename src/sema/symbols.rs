@@ -23,6 +23,9 @@ pub struct SymbolIndex {
     /// `(callee, definition)`: the name of each call of a user or stdlib function, and that
     /// function's name in its `fn`.
     pub calls: Vec<(Span, Span)>,
+    /// `(callee, diagnostics)`: the indices, in the analysis's diagnostics, of those reported
+    /// while a call was inlined (an error inside a function, by the call that led to it).
+    pub call_errors: Vec<(Span, std::ops::Range<usize>)>,
 }
 
 /// One binding of a name to a value.
@@ -99,4 +102,12 @@ pub(super) fn note_use(use_span: Span, binding: Span) {
 /// Notes that the call named at `callee` inlines the function named at `definition`.
 pub(super) fn note_call(callee: Span, definition: Span) {
     with_index(|index| index.calls.push((callee, definition)));
+}
+
+/// Notes that the diagnostics `reported` (indices) came while inlining the call named at
+/// `callee`.
+pub(super) fn note_call_errors(callee: Span, reported: std::ops::Range<usize>) {
+    if !reported.is_empty() {
+        with_index(|index| index.call_errors.push((callee, reported)));
+    }
 }

@@ -357,7 +357,7 @@ impl Render {
                     let item_width = width(item, true);
                     if i > 0 {
                         let here = self.suffix.is_empty()
-                            && item_width.is_some_and(|w| self.col + 2 + w + 1 <= WIDTH);
+                            && item_width.is_some_and(|w| self.col + w + ", ,".len() <= WIDTH);
                         if here {
                             self.text(", ");
                             self.doc(item, true, indent, 1);
@@ -366,7 +366,7 @@ impl Render {
                         self.text(",");
                         self.newline(indent);
                     }
-                    let fits = item_width.is_some_and(|w| self.col + w + 1 <= WIDTH);
+                    let fits = item_width.is_some_and(|w| self.col + w + ",".len() <= WIDTH);
                     self.doc(item, fits, indent, 1);
                 }
             }
@@ -457,6 +457,10 @@ fn stmt_span(s: &Stmt) -> Span {
         Stmt::Const(c) => c.span,
     }
 }
+
+/// An item of a bracketed list: where it starts in the text, and how to build its layout
+/// (called in order, so that it takes the comments before it).
+type ListItem<'a, 's> = (usize, Box<dyn Fn(&mut Printer<'s>) -> Doc + 'a>);
 
 struct Printer<'s> {
     source: &'s str,
@@ -795,7 +799,7 @@ impl<'s> Printer<'s> {
             Item::Const(c) => Built::Doc(self.const_def(c)),
             Item::Fn(f) => {
                 let mut header = vec![text(format!("fn {}", f.name.name))];
-                let params: Vec<(usize, Box<dyn Fn(&mut Self) -> Doc + '_>)> = f
+                let params: Vec<ListItem<'_, 's>> = f
                     .params
                     .iter()
                     .map(|p| {
@@ -1100,11 +1104,7 @@ impl<'s> Printer<'s> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn expr_items<'e>(
-        &self,
-        items: &'e [Expr],
-    ) -> Vec<(usize, Box<dyn Fn(&mut Self) -> Doc + 'e>)> {
+    fn expr_items<'e>(&self, items: &'e [Expr]) -> Vec<ListItem<'e, 's>> {
         items
             .iter()
             .map(|x| {
@@ -1119,12 +1119,11 @@ impl<'s> Printer<'s> {
     /// on the following lines and a trailing comma. Each item is built (taking its comments)
     /// in order; `close_at` is the byte of the closing bracket. A one-element tuple keeps its
     /// comma always (`(a,)`).
-    #[allow(clippy::type_complexity)]
     fn list(
         &mut self,
         open: &str,
         close: &str,
-        items: Vec<(usize, Box<dyn Fn(&mut Self) -> Doc + '_>)>,
+        items: Vec<ListItem<'_, 's>>,
         close_at: usize,
         one_tuple: bool,
     ) -> Doc {
