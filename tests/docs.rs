@@ -1,5 +1,6 @@
 //! The language reference stays true: every ```pcg block of `docs/book/src/language.md` (the
-//! book's reference chapter) is checked with `check_source`. A block fenced ```pcg must check
+//! book's reference chapter), of the tutorial and of the README is checked with
+//! `check_source`. A block fenced ```pcg must check
 //! cleanly; a block fenced ```pcg,error E0201 must fail with that code. The reference must also list every error code
 //! of `src/diag.rs` and every builtin of `src/sema/builtins.rs`.
 
@@ -59,11 +60,25 @@ fn pcg_blocks(markdown: &str) -> Vec<Block> {
 #[test]
 fn every_pcg_block_checks_as_fenced() {
     let markdown = read("docs/book/src/language.md");
-    let blocks = pcg_blocks(&markdown);
-    assert!(blocks.len() >= 20, "only {} pcg blocks", blocks.len());
+    assert!(pcg_blocks(&markdown).len() >= 20, "only a few pcg blocks");
     let mut failures = Vec::new();
+    // The reference, the tutorial (its model is trained as shown) and the README's taste.
+    for file in [
+        "docs/book/src/language.md",
+        "docs/book/src/tutorial.md",
+        "README.md",
+    ] {
+        check_blocks(file, &mut failures);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn check_blocks(file: &str, failures: &mut Vec<String>) {
+    let markdown = read(file);
+    let blocks = pcg_blocks(&markdown);
+    assert!(!blocks.is_empty(), "{file} has no pcg block");
     for block in &blocks {
-        let name = format!("docs/book/src/language.md:{}", block.line);
+        let name = format!("{file}:{}", block.line);
         let (sources, result) = sema::check_source(&name, &block.code, &CompileOptions::default());
         match (&block.expected_error, result) {
             (None, Ok(_)) => {}
@@ -83,7 +98,6 @@ fn every_pcg_block_checks_as_fenced() {
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Every `"E...."` code in `src/diag.rs` appears in the reference's table of error codes.

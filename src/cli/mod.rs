@@ -3,8 +3,11 @@
 
 mod commands;
 mod job;
+mod reference;
 mod tools;
 mod training;
+
+pub use reference::reference_markdown;
 
 use crate::diag;
 use crate::dump;
