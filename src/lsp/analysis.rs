@@ -449,8 +449,7 @@ impl Analysis {
                 .iter()
                 .any(|n| n.name.as_deref() == Some(node))
             {
-                return "; PC: not a node of its own (computed inside its parent's prediction)"
-                    .into();
+                return "; PC: not a node (a constant, or a part of the loss)".into();
             }
         }
         if self.compiled.is_empty() {
