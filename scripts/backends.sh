@@ -23,4 +23,4 @@ ms() { tail -n 1 | sed -n 's/.*ms_per_step=\([0-9.]*\).*/\1/p'; }
     done
   done
 } | tee docs/backends.md
-python3 scripts/readme_tables.py
+python3 scripts/book_tables.py

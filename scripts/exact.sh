@@ -2,7 +2,7 @@
 # Exact-mode PC against backprop on every example: ms per training step (median) of
 # `pcg bench FILE --method pc --mode exact` and of `--method bp`, the two run alternately
 # REPEAT times (default 3) so that load from elsewhere falls on both; the medians over the
-# repeats and their ratio. Writes docs/exact.md and copies it into README.md.
+# repeats and their ratio. Writes docs/exact.md and copies it into the book (docs/book/src/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pcg=${PCG:-target/release/pcg}
@@ -30,4 +30,4 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
     echo "| $(basename "$file" .pcg) | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f×", a / b }') | $how |"
   done
 } | tee docs/exact.md
-python3 scripts/readme_tables.py
+python3 scripts/book_tables.py

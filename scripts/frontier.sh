@@ -6,8 +6,8 @@
 # for fewer batches: its relaxation is simulated, T steps per batch). Each PC row carries
 # `pcg gradcheck`'s max_rel_err at its settings and its step time against BP's (`pcg bench`).
 # Writes
-#   docs/frontier.md          the table shown in the README
-#   docs/frontier_curves.svg  test curves of BP and the PC rows run for whole epochs
+#   docs/frontier.md          the table shown in the book (docs/book/src/results.md)
+#   docs/book/src/figures/frontier_curves.svg  test curves of BP and the PC rows run for whole epochs
 # Usage: scripts/frontier.sh [BATCHES]   (with BATCHES, every run stops after that many batches:
 #                                         a quick check; the docs are then left alone)
 # Fashion-MNIST comes from `apt-get install dataset-fashion-mnist`.
@@ -102,5 +102,5 @@ cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)
   echo
   cat "$table"
 } > docs/frontier.md
-"$pcg" plot "${curves[@]}" --title "frontier models: PC (fixed, rate 0.5) vs BP" --out docs/frontier_curves.svg
-python3 scripts/readme_tables.py
+"$pcg" plot "${curves[@]}" --title "frontier models: PC (fixed, rate 0.5) vs BP" --out docs/book/src/figures/frontier_curves.svg
+python3 scripts/book_tables.py

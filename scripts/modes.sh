@@ -2,7 +2,7 @@
 # Every example by BP and by PC in its file's mode, strict mode and exact mode: ms per
 # training step (`pcg bench`, median of its steps), REPEAT runs of each (default 3) in turn so
 # that load from elsewhere falls on all; the median over the runs and their range. Writes
-# docs/modes.md and copies it into README.md.
+# docs/modes.md and copies it into the book (docs/book/src/performance.md).
 # Strict mode uses the file's steps and rate, except where that rate diverges: --rate 0.1
 # (cnn_fmnist, lstm_shakespeare, shared_branches), 0.01 with 20 steps (transformer).
 set -euo pipefail
@@ -39,4 +39,4 @@ summary() { sort -g | awk '{a[NR]=$1} END {printf "%s (%s–%s)", a[int((NR+1)/2
     echo "$row"
   done
 } | tee docs/modes.md
-python3 scripts/readme_tables.py
+python3 scripts/book_tables.py

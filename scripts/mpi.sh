@@ -14,7 +14,7 @@ repeat=${REPEAT:-3}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ms() { sed -n 's/.*ms_per_step=\([0-9.]*\).*/\1/p'; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# Markdown rows, as README.md and docs/distributed.md show them.
+# Markdown rows, as the book (docs/book/src/distributed.md) shows them.
 echo "| model | method | 1 process, ms | 2 ranks, ms | speed-up | range |"
 echo "| --- | --- | --- | --- | --- | --- |"
 run() {

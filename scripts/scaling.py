@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The scaling model of docs/distributed.md, calibrated on this machine.
+"""The scaling model of docs/book/src/distributed_cluster.md, calibrated on this machine.
 
 For each example, at the file's global batch B and settings, N ranks each relax and learn a
 shard of B/N examples and then all-reduce the parameter updates. Per step and rank:

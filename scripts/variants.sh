@@ -3,7 +3,8 @@
 # with the file's data, seed, optimiser, batch and epochs (mlp_fmnist: EPOCHS, default 3), PC
 # in strict mode at T = STEPS (default 20) and eta = RATE (default 0.1) with each variant's
 # setting; test accuracy and wall time of the whole run. Writes docs/variants.md and copies it
-# into README.md. Fashion-MNIST comes from `apt-get install dataset-fashion-mnist`.
+# into the book (docs/book/src/variants.md). Fashion-MNIST comes from `apt-get install
+# dataset-fashion-mnist`.
 # In a variant's flags, `steps=N` replaces T and `lr*=F` scales the file's learning rate (the
 # incremental schedule takes T optimiser steps per batch: its rate is divided by T = 20).
 set -euo pipefail
@@ -63,4 +64,4 @@ variants=(
   done
 } > docs/variants.md
 cat docs/variants.md
-python3 scripts/readme_tables.py
+python3 scripts/book_tables.py

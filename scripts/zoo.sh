@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Trains every example by predictive coding (fixed mode, the train block's settings) and by
 # backprop, on the same data, seed and optimiser, and writes
-#   docs/zoo.md          the results table shown in the README
-#   docs/zoo_curves.svg  PC and BP test curves of the multi-epoch examples in one figure
+#   docs/zoo.md          the results table shown in the book (docs/book/src/results.md)
+#   docs/book/src/figures/zoo_curves.svg  PC and BP test curves of the multi-epoch examples in one figure
 # Usage: scripts/zoo.sh [--backend jit|interp]
 # Fashion-MNIST comes from `apt-get install dataset-fashion-mnist`.
 set -euo pipefail
@@ -69,6 +69,6 @@ cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)
   echo
   cat "$runs/table.md"
 } > docs/zoo.md
-"$pcg" plot "${curves[@]}" --title "PC vs BP" --out docs/zoo_curves.svg
-python3 scripts/readme_tables.py
+"$pcg" plot "${curves[@]}" --title "PC vs BP" --out docs/book/src/figures/zoo_curves.svg
+python3 scripts/book_tables.py
 cat docs/zoo.md

@@ -2,9 +2,9 @@
 //!
 //! Every stage of the front end reports problems as `Diagnostic` values with spans; nothing
 //! in the front end panics on user input. Each diagnostic has a stable code taken from
-//! `ErrorKind` (documented in `docs/language.md`), a primary label at the offending span,
-//! secondary labels where another place explains it (both operands of a shape mismatch) and
-//! help notes. `render` turns them into codespan-reporting's terminal output.
+//! `ErrorKind` (documented in the book's reference, `docs/book/src/language.md`), a primary
+//! label at the offending span, secondary labels where another place explains it (both
+//! operands of a shape mismatch) and help notes. `render` turns them into codespan-reporting's terminal output.
 
 use crate::source::{Sources, Span};
 use codespan_reporting::diagnostic as cs;

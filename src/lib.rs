@@ -4,7 +4,7 @@
 //! The pipeline, one module per stage: `syntax` (text to AST), `sema` (AST to the forward IR
 //! program), `ir` (the program representation shared by every later stage), `autodiff` (the
 //! gradient program), `pc` (the relaxation and learning programs), `opt` (the IR-to-IR
-//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops), `distributed` (training over several processes); `data` and `npz` handle files, `memory` what a model needs and the machine has.
+//! optimisations), `interp` (the reference backend), `jit` (native code), `train` (training loops), `distributed` (training over several processes); `data` and `npz` handle files, `memory` what a model needs and the machine has; `lsp` is the language server over all of it.
 
 pub mod autodiff;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod gradcheck;
 pub mod interp;
 pub mod ir;
 pub mod jit;
+pub mod lsp;
 pub mod memory;
 pub mod model;
 pub mod npz;

@@ -970,3 +970,17 @@ fn the_generator_covers_its_constructs() {
     }
     assert_ne!(program(1, 5), program(2, 5));
 }
+
+/// The formatter (`pcg fmt`) gives every random program back as the same program (it checks
+/// the tree and the comments itself) in a layout that formatting again keeps.
+#[test]
+fn the_formatter_keeps_random_programs() {
+    use pcg::syntax::format::format_source;
+    for seed in 0..1000 {
+        let text = program(seed, size_of(seed));
+        let once = format_source(0, &text)
+            .unwrap_or_else(|d| panic!("seed {seed}: {:?}\n{text}", d[0].message));
+        let twice = format_source(0, &once).expect("formatted text formats");
+        assert_eq!(twice, once, "seed {seed}: formatting twice changed it");
+    }
+}

@@ -11,7 +11,8 @@
 # The peers need `pip install torch "jax[cpu]" numpy` (torch is large; it is not part of CI).
 # PYTHON selects the interpreter (default: python3); PCG a pcg binary to use instead of
 # building one; ITERS the timed steps of the small models (default 50), SLOW_ITERS those of
-# cnn_fmnist and lstm_shakespeare (default 3); NO_README=1 skips updating README.md.
+# cnn_fmnist and lstm_shakespeare (default 3); NO_README=1 skips updating the book's table
+# (docs/book/src/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${PYTHON:-python3}
@@ -121,4 +122,4 @@ print(', '.join(out))")
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
 } | tee benches/peers/results.md
-[ -n "${NO_README:-}" ] || python3 scripts/readme_tables.py
+[ -n "${NO_README:-}" ] || python3 scripts/book_tables.py

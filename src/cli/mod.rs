@@ -3,7 +3,11 @@
 
 mod commands;
 mod job;
+mod reference;
+mod tools;
 mod training;
+
+pub use reference::reference_markdown;
 
 use crate::diag;
 use crate::dump;
@@ -175,6 +179,20 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Format `.pcg` files in the one canonical layout, in place.
+    Fmt {
+        /// Files to format; a directory stands for every `.pcg` file under it, `-` for
+        /// standard input (written to standard output).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing: fail, naming each file and its first line that would change, if a
+        /// file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the language server (the Language Server Protocol on stdin and stdout), for
+    /// editors: diagnostics, hover, go to definition, completion, outline, formatting.
+    Lsp,
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
         file: PathBuf,
@@ -550,6 +568,8 @@ pub fn run(cli: Cli) -> ExitCode {
             training::eval(&file, &params, data, &compile.options(), world)
         }),
         Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
+        Command::Fmt { files, check } => tools::fmt(&files, check),
+        Command::Lsp => tools::lsp(),
         Command::Bench {
             file,
             method,

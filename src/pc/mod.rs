@@ -186,7 +186,9 @@ pub fn default_steps(graph: &PcGraph, config: &InferenceConfig) -> usize {
     }
 }
 
-/// Finds the PC nodes of a forward program (of its loops stacked: see [`stack`]).
+/// Finds the PC nodes of a forward program. With loops, the nodes are those of the program
+/// with its loops stacked ([`stack::stack`]), not of `forward`: use [`analyse_stacked`] to
+/// read them.
 pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
     analyse_stacked(&stack::stack(forward), config)
 }

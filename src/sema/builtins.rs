@@ -87,6 +87,12 @@ pub const NAMES: &[&str] = &[
     "full",
 ];
 
+/// A builtin's parameters (`?` marks an optional one, `*` a variadic list), or `None` if
+/// `name` is not a builtin.
+pub fn signature(name: &str) -> Option<&'static [&'static str]> {
+    SIGNATURES.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+}
+
 pub fn is_builtin(name: &str) -> bool {
     SIGNATURES.iter().any(|(n, _)| *n == name)
 }

@@ -12,6 +12,7 @@
 //! model: a parameter inside the loss would otherwise not be learned by predictive coding.
 
 use super::builtins;
+use super::symbols;
 use super::value::Val;
 use super::Globals;
 use crate::diag::{Diagnostic, ErrorKind};
@@ -204,6 +205,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         if let Val::Tensor(id) = val {
             self.name_node(id, &name.name);
         }
+        symbols::note_binding(name.span, &val, &self.program);
         let level = self.loops.len();
         let scope = self.scopes.last_mut().expect("a scope is always open");
         scope.names.insert(
@@ -239,6 +241,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             .rev()
             .find(|&s| self.scopes[s].names.contains_key(&name.name))
         {
+            symbols::note_use(name.span, self.scopes[s].names[&name.name].span);
+            symbols::note_binding(name.span, &val, &self.program);
             self.note_assignment(s, &name.name);
             let level = self.loops.len();
             let b = self.scopes[s]
@@ -278,6 +282,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 Val::Poison
             }
         };
+        symbols::note_binding(c.name.span, &val, &self.program);
         let level = self.loops.len();
         self.scopes[scope].names.insert(
             c.name.name.clone(),
@@ -818,6 +823,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
     fn name(&mut self, id: &ast::Ident) -> Val {
         if let Some(s) = self.lookup_scope(&id.name) {
             let b = &self.scopes[s].names[&id.name];
+            symbols::note_use(id.span, b.span);
             if b.level < self.loops.len() {
                 // A value from outside the loops being lowered as scans: the body reads it
                 // through a leaf of its own.
@@ -1359,7 +1365,11 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
     fn call(&mut self, callee: &ast::Ident, args: Vec<ArgVal>, span: Span) -> Val {
         if let Some(def) = self.globals.fns.get(&callee.name) {
-            return self.inline(def, callee, args, span);
+            symbols::note_call(callee.span, def.name.span);
+            let before = self.diagnostics.len();
+            let val = self.inline(def, callee, args, span);
+            symbols::note_call_errors(callee.span, before..self.diagnostics.len());
+            return val;
         }
         if builtins::is_builtin(&callee.name) {
             return builtins::call(self, callee, args, span);
@@ -1422,6 +1432,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         self.scopes.push(Scope::default());
         self.call_stack.push((def.name.name.clone(), callee.span));
         for (param, arg) in def.params.iter().zip(bound) {
+            symbols::note_binding(param.name.span, &arg.val, &self.program);
             self.scopes.last_mut().expect("frame scope").names.insert(
                 param.name.name.clone(),
                 Binding {

@@ -10,9 +10,11 @@
 mod builtins;
 mod loops;
 mod lower;
+pub mod symbols;
 pub mod train;
 mod value;
 
+pub use builtins::signature as builtin_signature;
 /// The names of every builtin function.
 pub use builtins::NAMES as BUILTINS;
 pub use train::{

@@ -19,7 +19,7 @@ pub enum Method {
     Bp,
 }
 
-/// How the loss drives a predictive-coding network (see `docs/language.md`).
+/// How the loss drives a predictive-coding network (see `docs/book/src/language.md`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Target {
     /// The outputs' errors are clamped to −∂L/∂μ.
@@ -85,7 +85,7 @@ impl std::str::FromStr for Target {
     }
 }
 
-/// The relaxation schedule of predictive coding (see `docs/language.md`).
+/// The relaxation schedule of predictive coding (see `docs/book/src/language.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Predictions and Jacobians frozen at the feedforward pass (the fixed-prediction
@@ -109,7 +109,7 @@ impl Mode {
     }
 }
 
-/// When a predictive-coding step updates the parameters (see `docs/language.md`).
+/// When a predictive-coding step updates the parameters (see `docs/book/src/language.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
     /// Once, from the relaxed state, after the last relaxation step.

@@ -305,3 +305,192 @@ pub fn bin(
         span: Span::new(file, start, end),
     }
 }
+
+impl Module {
+    /// The tree with every span zeroed: two parses of one program laid out differently give
+    /// equal trees (how the formatter proves that it changed only the layout). Recurses as
+    /// deep as the expressions nest.
+    pub fn without_spans(&self) -> Module {
+        let mut m = self.clone();
+        for item in &mut m.items {
+            match item {
+                Item::Use(u) => {
+                    u.span = Span::default();
+                    if let UseTarget::Module(id) = &mut u.target {
+                        erase_ident(id);
+                    }
+                }
+                Item::Const(c) => erase_const(c),
+                Item::Fn(f) => {
+                    erase_ident(&mut f.name);
+                    for p in &mut f.params {
+                        erase_ident(&mut p.name);
+                        if let Some(t) = &mut p.ty {
+                            erase_type(t);
+                        }
+                    }
+                    if let Some(t) = &mut f.ret {
+                        erase_type(t);
+                    }
+                    f.body.stmts.iter_mut().for_each(erase_stmt);
+                    if let Some(e) = &mut f.body.result {
+                        erase_expr(e);
+                    }
+                    f.body.span = Span::default();
+                    f.span = Span::default();
+                }
+                Item::Model(m) => {
+                    erase_ident(&mut m.name);
+                    m.body.iter_mut().for_each(erase_stmt);
+                    m.span = Span::default();
+                }
+                Item::Train(t) => {
+                    erase_ident(&mut t.model);
+                    t.entries.iter_mut().for_each(erase_entry);
+                    t.span = Span::default();
+                }
+            }
+        }
+        m
+    }
+}
+
+fn erase_ident(id: &mut Ident) {
+    id.span = Span::default();
+}
+
+fn erase_const(c: &mut ConstDef) {
+    erase_ident(&mut c.name);
+    erase_expr(&mut c.value);
+    c.span = Span::default();
+}
+
+fn erase_type(t: &mut TypeExpr) {
+    match t {
+        TypeExpr::Tensor { dims, span } => {
+            dims.iter_mut().for_each(erase_expr);
+            *span = Span::default();
+        }
+        TypeExpr::Tuple { items, span } => {
+            items.iter_mut().for_each(erase_type);
+            *span = Span::default();
+        }
+    }
+}
+
+fn erase_pattern(p: &mut Pattern) {
+    match p {
+        Pattern::Name(id) => erase_ident(id),
+        Pattern::Tuple(items, span) => {
+            items.iter_mut().for_each(erase_pattern);
+            *span = Span::default();
+        }
+    }
+}
+
+fn erase_stmt(s: &mut Stmt) {
+    match s {
+        Stmt::Decl {
+            name,
+            ty,
+            init,
+            span,
+            ..
+        } => {
+            erase_ident(name);
+            erase_type(ty);
+            if let Some(e) = init {
+                erase_expr(e);
+            }
+            *span = Span::default();
+        }
+        Stmt::Let {
+            pattern,
+            value,
+            span,
+        } => {
+            erase_pattern(pattern);
+            erase_expr(value);
+            *span = Span::default();
+        }
+        Stmt::Assign { name, value, span } => {
+            erase_ident(name);
+            erase_expr(value);
+            *span = Span::default();
+        }
+        Stmt::Const(c) => erase_const(c),
+        Stmt::For {
+            var,
+            start,
+            end,
+            body,
+            span,
+        } => {
+            erase_ident(var);
+            erase_expr(start);
+            erase_expr(end);
+            body.iter_mut().for_each(erase_stmt);
+            *span = Span::default();
+        }
+        Stmt::Loss { value, span } => {
+            erase_expr(value);
+            *span = Span::default();
+        }
+        Stmt::Error { span, binds } => {
+            binds.iter_mut().for_each(erase_ident);
+            *span = Span::default();
+        }
+    }
+}
+
+fn erase_entry(e: &mut TrainEntry) {
+    erase_ident(&mut e.key);
+    match &mut e.value {
+        TrainValue::Expr(x) => erase_expr(x),
+        TrainValue::Block(entries, span) => {
+            entries.iter_mut().for_each(erase_entry);
+            *span = Span::default();
+        }
+    }
+    e.span = Span::default();
+}
+
+fn erase_expr(e: &mut Expr) {
+    e.span = Span::default();
+    match &mut e.kind {
+        ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) | ExprKind::Str(_) => {}
+        ExprKind::Name(id) => erase_ident(id),
+        ExprKind::Neg(a) => erase_expr(a),
+        ExprKind::Binary(_, a, b) => {
+            erase_expr(a);
+            erase_expr(b);
+        }
+        ExprKind::Call { callee, args } => {
+            erase_ident(callee);
+            for a in args {
+                if let Some(n) = &mut a.name {
+                    erase_ident(n);
+                }
+                erase_expr(&mut a.value);
+            }
+        }
+        ExprKind::Index { base, indices } => {
+            erase_expr(base);
+            for item in indices {
+                match item {
+                    IndexItem::At(x) => erase_expr(x),
+                    IndexItem::Range { start, end, span } => {
+                        if let Some(x) = start {
+                            erase_expr(x);
+                        }
+                        if let Some(x) = end {
+                            erase_expr(x);
+                        }
+                        *span = Span::default();
+                    }
+                }
+            }
+        }
+        ExprKind::Tuple(items) | ExprKind::List(items) => items.iter_mut().for_each(erase_expr),
+    }
+}

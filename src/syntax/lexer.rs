@@ -178,3 +178,39 @@ pub fn lex(source: &str) -> Vec<SpannedToken> {
     }
     tokens
 }
+
+/// A `//` comment: its byte range and text (from `//` to the end of its line, trailing
+/// whitespace dropped).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comment {
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+}
+
+/// The comments of `source`, in order. The lexer skips them, so they lie in the gaps between
+/// `tokens` (the lexer's output for `source`): a gap holds only whitespace and comments, so
+/// every `//` in it starts one — a `//` inside a string literal is part of a token, not a gap.
+pub fn comments(source: &str, tokens: &[SpannedToken]) -> Vec<Comment> {
+    let mut out = Vec::new();
+    let mut gap_start = 0;
+    let ends = tokens
+        .iter()
+        .map(|t| (t.0, t.2))
+        .chain(std::iter::once((source.len(), source.len())));
+    for (start, end) in ends {
+        let mut at = gap_start;
+        while let Some(found) = source.get(at..start).and_then(|gap| gap.find("//")) {
+            let from = at + found;
+            let to = source[from..start].find('\n').map_or(start, |n| from + n);
+            out.push(Comment {
+                start: from,
+                end: to,
+                text: source[from..to].trim_end().to_string(),
+            });
+            at = to;
+        }
+        gap_start = end;
+    }
+    out
+}

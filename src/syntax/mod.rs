@@ -1,8 +1,10 @@
 //! Syntax: `.pcg` text to an AST with spans (lexer in `lexer`, grammar in
 //! `grammar/pcg.lalrpop`, tree in `ast`). Syntax errors come back as diagnostics alongside
-//! whatever part of the tree could be recovered.
+//! whatever part of the tree could be recovered. `format` writes a tree back as text in the
+//! one canonical layout (`pcg fmt`).
 
 pub mod ast;
+pub mod format;
 pub mod lexer;
 
 use crate::diag::{Diagnostic, ErrorKind};
@@ -24,10 +26,29 @@ lalrpop_mod!(
 /// A syntax error within two tokens of the previous error, lexical or syntactic, is such a
 /// cascade and is not reported; the first error of each mistake always is.
 pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
+    let parsed = parse_full(file, source);
+    (parsed.module, parsed.diagnostics)
+}
+
+/// A parse with what the tree leaves out: the tokens and the parenthesised expressions (for
+/// the formatter and the language server).
+pub struct Parsed {
+    pub module: ast::Module,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Every token, in order (`Token::Error` for characters that start none).
+    pub tokens: Vec<lexer::SpannedToken>,
+    /// The byte range of each expression written in parentheses, once per pair of them (the
+    /// range inside the parentheses: the expression's own span).
+    pub parens: Vec<(usize, usize)>,
+}
+
+/// Parses one file as [`parse`] does, keeping the tokens and the parentheses.
+pub fn parse_full(file: FileId, source: &str) -> Parsed {
     let mut diagnostics = Vec::new();
+    let all_tokens = lexer::lex(source);
     let mut tokens = Vec::new();
     let mut bad_bytes = Vec::new();
-    for (start, token, end) in lexer::lex(source) {
+    for (start, token, end) in all_tokens.iter().cloned() {
         if token == Token::Error {
             let text = source.get(start..end).unwrap_or("");
             let what = if text.chars().next().is_some_and(|c| c.is_ascii_digit()) {
@@ -63,11 +84,13 @@ pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
         }
     };
     let mut recovered: Vec<ErrorRecovery<usize, Token, ()>> = Vec::new();
-    let result = grammar::ModuleParser::new().parse(file, &mut recovered, tokens.clone());
+    let mut parens = Vec::new();
+    let result =
+        grammar::ModuleParser::new().parse(file, &mut recovered, &mut parens, tokens.clone());
     for r in recovered {
         report(&mut diagnostics, r.error);
     }
-    match result {
+    let module = match result {
         Ok(mut module) => {
             for item in &mut module.items {
                 match item {
@@ -76,14 +99,20 @@ pub fn parse(file: FileId, source: &str) -> (ast::Module, Vec<Diagnostic>) {
                     _ => {}
                 }
             }
-            (module, diagnostics)
+            module
         }
         Err(e) => {
             // Never silent: a cascade follows an earlier error, and the first error of a
             // chain of cascades is always reported.
             report(&mut diagnostics, e);
-            (ast::Module::default(), diagnostics)
+            ast::Module::default()
         }
+    };
+    Parsed {
+        module,
+        diagnostics,
+        tokens: all_tokens,
+        parens,
     }
 }
 
