@@ -224,9 +224,14 @@ fn emit(sources: &Sources, diagnostics: &[Diagnostic], out: &mut dyn WriteColor)
         return;
     }
     for d in diagnostics {
+        let mut shown = d.to_codespan();
+        // A label in an empty file (one that could not be read) would frame nothing.
+        shown
+            .labels
+            .retain(|l| !sources.text(l.file_id).is_empty() || !l.range.is_empty());
         // A span that falls outside its file (which would be a compiler bug) must not hide
         // the message: fall back to rendering it without labels.
-        if term::emit_to_write_style(out, &config, &sources.files, &d.to_codespan()).is_err() {
+        if term::emit_to_write_style(out, &config, &sources.files, &shown).is_err() {
             let mut bare = d.to_codespan();
             bare.labels.clear();
             let _ = term::emit_to_write_style(out, &config, &sources.files, &bare);

@@ -50,7 +50,7 @@ impl Stage {
 
 /// The syntax tree of a parsed module, as `pcg ir --stage ast` prints it.
 pub fn ast_text(module: &crate::syntax::ast::Module) -> String {
-    format!("{module:#?}\n")
+    crate::syntax::print::module_text(module)
 }
 
 /// A compiled model at `stage` (any but `Ast`, which comes before compilation), with the

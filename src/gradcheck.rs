@@ -40,10 +40,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// The worst relative error over parameters at the last step.
+    /// The worst relative error at the last step, over the parameters' updates and the
+    /// messages to the inputs.
     pub fn max_rel_err(&self) -> f64 {
         self.params
             .iter()
+            .chain(&self.inputs)
             .filter_map(|p| p.trace.last())
             .map(|t| t.rel_err)
             // A NaN (a relaxation that diverged) is the worst error, not one to skip.

@@ -421,6 +421,7 @@ fn unary_fn<F: Real>(op: UnaryOp) -> impl Fn(F) -> F {
             }
         }
         UnaryOp::Abs => x.abs(),
+        UnaryOp::StopGradient => x,
         UnaryOp::Sign => {
             if x > F::zero() {
                 F::one()

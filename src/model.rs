@@ -111,6 +111,20 @@ impl std::fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
+/// What a divergence names, as `DivergenceError.what` gives it: the node or parameter to
+/// blame ("the value of node `h`", "the energy (node `h` has grown ...)" → "h", "parameter `w`
+/// after the update" → "w"), the quantity ("the loss" → "loss"), or else the engine's words.
+fn subject(what: &str) -> String {
+    for marker in ["node `", "parameter `"] {
+        if let Some((_, rest)) = what.split_once(marker) {
+            if let Some((name, _)) = rest.split_once('`') {
+                return name.to_string();
+            }
+        }
+    }
+    what.strip_prefix("the ").unwrap_or(what).to_string()
+}
+
 impl From<EngineError> for ModelError {
     fn from(e: EngineError) -> Self {
         match &e {
@@ -119,12 +133,13 @@ impl From<EngineError> for ModelError {
                 relaxation_step,
             } => ModelError::Diverged {
                 message: e.to_string(),
-                what: what.clone(),
+                what: subject(what),
                 relaxation_step: *relaxation_step,
                 epoch: None,
                 batch: None,
             },
             EngineError::Eval(m) => ModelError::Failed(m.clone()),
+            EngineError::Interrupted => ModelError::Interrupted(e.to_string()),
         }
     }
 }
@@ -149,7 +164,7 @@ impl From<TrainError> for ModelError {
                 } else {
                     e.to_string()
                 },
-                what: what.clone(),
+                what: subject(what),
                 relaxation_step,
                 epoch: (epoch > 0).then_some(epoch),
                 batch: Some(batch),
@@ -774,7 +789,13 @@ pub fn dataset(
             dir: Some(d.to_path_buf()),
         };
     }
-    data::load(&spec, allow_nonfinite).map_err(|e| e.to_string())
+    let mut dataset = data::load(&spec, allow_nonfinite).map_err(|e| e.to_string())?;
+    if let Some((low, high)) = train.and_then(|t| t.input_range) {
+        dataset
+            .rescale_inputs(low as f32, high as f32)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(dataset)
 }
 
 /// The batch a one-batch computation uses when it is given none: the first batch of the train
@@ -787,11 +808,12 @@ pub fn default_batch(
     allow_nonfinite: bool,
 ) -> (Arrays, Option<String>) {
     let forward = &compiled.forward;
-    let spec = compiled.train.as_ref().and_then(|t| t.data.clone());
-    match spec {
-        Some(spec) => {
-            let spec = spec.relative_to(file.parent().unwrap_or(Path::new(".")));
-            match batch::first_batch(forward, &spec, allow_nonfinite) {
+    let train = compiled.train.as_ref();
+    match train.and_then(|t| t.data.as_ref()) {
+        Some(_) => {
+            let first = dataset(file, None, None, train, allow_nonfinite)
+                .and_then(|set| batch::first_batch(forward, &set));
+            match first {
                 Ok(b) => (b, None),
                 Err(e) => (
                     batch::random_batch(forward, seed),
@@ -813,7 +835,7 @@ pub fn test_remainder(
     inference: &InferenceConfig,
     examples: usize,
 ) -> Option<Remainder> {
-    let b = batch::io_shapes(forward).ok()?.0 .1[0];
+    let b = batch::batch_size(&batch::data_leaves(forward).ok()?);
     let rest = examples % b;
     if rest == 0 {
         return None;

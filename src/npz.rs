@@ -39,11 +39,23 @@ fn fail(path: &Path, message: impl fmt::Display) -> NpzError {
 /// Reads every array of a `.npz` file as `f32` (float64 arrays are converted).
 pub fn read(path: &Path) -> Result<Arrays, NpzError> {
     let file = File::open(path).map_err(|e| fail(path, format!("cannot open: {e}")))?;
-    let mut npz =
-        NpzReader::new(file).map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
-    let names = npz
-        .names()
-        .map_err(|e| fail(path, format!("not a valid .npz file: {e}")))?;
+    let invalid = |e: &dyn fmt::Display| fail(path, format!("not a valid .npz file: {e}"));
+    // numpy's members are `<array>.npy`; anything else is a damaged name, or not numpy's.
+    let names: Vec<String> = zip::ZipArchive::new(&file)
+        .map_err(|e| invalid(&e))?
+        .file_names()
+        .map(str::to_string)
+        .collect();
+    if let Some(odd) = names.iter().find(|n| !n.ends_with(".npy")) {
+        return Err(fail(
+            path,
+            format!(
+                "not a valid .npz file: its member `{}` is not a `.npy` array (the file is damaged, or was not written by numpy's `savez`)",
+                odd.escape_default()
+            ),
+        ));
+    }
+    let mut npz = NpzReader::new(file).map_err(|e| invalid(&e))?;
     let mut out = Arrays::new();
     for name in names {
         let key = name.trim_end_matches(".npy").to_string();

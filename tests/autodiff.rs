@@ -720,3 +720,25 @@ fn a_small_cnn() {
     p.set_output("loss", loss);
     case.check();
 }
+
+/// stop_gradient passes its operand's value and no cotangent: the loss Σ r ⊙ x ⊙
+/// stop_gradient(x) has gradient r ⊙ x (one copy of x stopped), not 2 r ⊙ x.
+#[test]
+fn stop_gradient_passes_the_value_and_no_gradient() {
+    let mut c = Case::new("stop");
+    let mut r = rng(5);
+    let x = c.param("x", uniform(&mut r, &[3, 4], -2.0, 2.0));
+    let stopped = c.program.unary(UnaryOp::StopGradient, x);
+    let out = c.program.mul(x, stopped);
+    let c = c.with_loss(out, &mut r);
+    let grads = c.gradients();
+    let (value, weights) = (&c.leaves["x"], &c.leaves["r"]);
+    let want: f64 = (value * value * weights).sum();
+    assert!((c.loss(&c.leaves) - want).abs() < 1e-12);
+    let expected = weights * value;
+    let got = &grads["grad.x"];
+    assert!(
+        (got - &expected).iter().all(|d| d.abs() < 1e-12),
+        "{got} vs {expected}"
+    );
+}

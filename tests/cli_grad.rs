@@ -510,3 +510,62 @@ fn a_profile_counts_the_runs_of_each_kernel() {
     assert!(runs.contains(&"1"), "{out}");
     assert!(runs.iter().all(|r| *r == "1" || *r == "7"), "{out}");
 }
+
+/// An input that the loss also reads (an autoencoder's): PC's message to it is its children's
+/// messages plus the loss's direct term, equal to backprop's −∂L/∂x in exact mode.
+#[test]
+fn the_message_to_an_input_the_loss_reads_equals_backprop() {
+    let file = scratch("reconstruct.pcg");
+    std::fs::write(
+        &file,
+        "model m {\n    input x: [4, 3] = normal(1.0)\n    param w: [3, 3] = normal(0.5)\n    \
+         loss 0.5 * sum(square(tanh(x @ w) - x))\n}\n",
+    )
+    .unwrap();
+    let j = gradcheck_json(&[
+        "gradcheck",
+        file.to_str().unwrap(),
+        "--mode",
+        "exact",
+        "--json",
+    ]);
+    let inputs = j["inputs"].as_array().expect("inputs");
+    assert_eq!(inputs.len(), 1, "{j}");
+    assert_eq!(inputs[0]["name"], "x");
+    let err = inputs[0]["rel_err"].as_f64().expect("rel_err");
+    assert!(err <= 1e-6, "msg:x is {err} from backprop");
+    assert!(inputs[0]["cosine"].as_f64().expect("cosine") > 1.0 - 1e-9);
+}
+
+/// The messages to the inputs count in gradcheck's verdict: here the parameter's update is
+/// exact after one step (it reads the clamped output's error) but the message to `x` has
+/// travelled only a tenth of the way through the relaxed node `h`.
+#[test]
+fn gradcheck_fails_when_a_message_to_an_input_is_off() {
+    let file = scratch("message_off.pcg");
+    std::fs::write(
+        &file,
+        "model m {\n    input x: [4, 3] = normal(1.0)\n    target y: [4, 2] = normal(1.0)\n    \
+         param w: [3, 2] = normal(0.5)\n    let h = tanh(x)\n    \
+         loss 0.5 * sum(square(h @ w - y))\n}\n",
+    )
+    .unwrap();
+    let args = [
+        "gradcheck",
+        file.to_str().unwrap(),
+        "--mode",
+        "fixed",
+        "--steps",
+        "1",
+        "--json",
+    ];
+    let o = pcg(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("max_rel_err"));
+    let j: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).expect("JSON");
+    let update = j["params"][0]["rel_err"].as_f64().expect("w's error");
+    let message = j["inputs"][0]["rel_err"].as_f64().expect("x's error");
+    assert!(update < 1e-9, "{j}");
+    assert!(message > 0.5, "{j}");
+    assert_eq!(j["max_rel_err"].as_f64(), Some(message));
+}

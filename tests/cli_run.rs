@@ -495,3 +495,303 @@ fn an_interrupted_run_checkpoints_mid_epoch_and_resumes_to_the_same_result() {
         );
     }
 }
+
+/// A signal during one very long compiled relaxation (strict mode, a billion steps) stops the
+/// run within seconds: the compiled loop polls the request and abandons the step, and the
+/// checkpoint holds the parameters as they were before it — here, the initial ones.
+#[test]
+fn a_signal_abandons_a_long_compiled_relaxation() {
+    let ck = scratch("abandoned.npz");
+    let _ = std::fs::remove_file(&ck);
+    let file = "examples/mlp_digits.pcg";
+    let child = Command::new(env!("CARGO_BIN_EXE_pcg"))
+        .args(["run", file, "--mode", "strict", "--steps", "1000000000"])
+        .args(["--save", ck.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    // Well into the first step (loading and compiling take a fraction of this).
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let signalled = Instant::now();
+    let o = child.wait_with_output().expect("ends");
+    let stderr = text(&o.stderr);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "stopped only after {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted after batch 0 of") && stderr.contains("was abandoned"),
+        "{stderr}"
+    );
+    let saved = pcg::npz::read(&ck).expect("a checkpoint");
+    let (_, compiled) = pcg::sema::compile_file(
+        std::path::Path::new(file),
+        &pcg::sema::CompileOptions::default(),
+    );
+    let initial = pcg::train::init::init_params(&compiled.expect("compiles").forward, 0);
+    for (name, value) in &initial {
+        assert_eq!(&saved[name], value, "{name} changed");
+    }
+}
+
+/// Counts and rates that make no sense are refused by the flags; a resumed run with nothing
+/// left to train says why instead of printing a run that trained nothing.
+#[test]
+fn run_flags_and_resumes_that_train_nothing_are_refused() {
+    let file = "examples/mlp_digits.pcg";
+    for (flag, value) in [("--epochs", "0"), ("--max-batches", "0"), ("--lr", "-1")] {
+        let o = pcg(&["run", file, flag, value]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        let stderr = text(&o.stderr);
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+    let o = pcg(&["run", file, "--lr=-1"]);
+    assert!(text(&o.stderr).contains("must be a positive number"));
+    let ck = scratch("two-epochs.npz");
+    let saved = pcg(&[
+        "run",
+        file,
+        "--epochs",
+        "2",
+        "--save",
+        ck.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(saved.status.success(), "{}", text(&saved.stderr));
+    let o = pcg(&[
+        "run",
+        file,
+        "--epochs",
+        "2",
+        "--resume",
+        ck.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("nothing to train: 2 epoch(s) are done already"));
+    assert!(!text(&o.stdout).contains("final"), "{}", text(&o.stdout));
+    // A checkpoint in the middle of an epoch, resumed with fewer batches per epoch.
+    let mut arrays = pcg::npz::read(&ck).unwrap();
+    arrays.insert("meta.epochs_done".into(), ndarray::arr0(0.0f32).into_dyn());
+    arrays.insert(
+        "meta.batches_done".into(),
+        ndarray::arr0(20.0f32).into_dyn(),
+    );
+    arrays.insert(
+        "meta.epoch_sums".into(),
+        ndarray::arr1(&[6.0f32, 1.0, 20.0, 0.0, 0.0]).into_dyn(),
+    );
+    let mid = scratch("mid-epoch.npz");
+    pcg::npz::write(&mid, &arrays).unwrap();
+    let o = pcg(&[
+        "run",
+        file,
+        "--resume",
+        mid.to_str().unwrap(),
+        "--max-batches",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("20 of its batches are done already, and it has 5 here"),
+        "{stderr}"
+    );
+}
+
+/// `pcg check` says so when a file is clean; an unreadable file's error has no empty frame.
+#[test]
+fn check_reports_a_clean_file_and_an_unreadable_one_plainly() {
+    let o = pcg(&["check", "examples/mlp_digits.pcg", "stdlib/nn.pcg"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "ok: examples/mlp_digits.pcg (model mlp: 4810 parameters in 4 tensors, input x [32, 64], target y [32, 10])\n\
+         ok: stdlib/nn.pcg (no model: functions and constants only)\n"
+    );
+    let o = pcg(&["check", "no/such/model.pcg"]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("error[E0104]: cannot read `no/such/model.pcg`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('│') && !stderr.contains("┌─"), "{stderr}");
+}
+
+/// `pcg grad` without `--out` prints the loss and a line per parameter; `--stage ast` is
+/// readable text; every command's FILE argument is described in `--help`.
+#[test]
+fn grad_summary_ast_text_and_file_help() {
+    let o = pcg(&["grad", "examples/mlp_digits.pcg"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("loss="), "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[3].starts_with("grad w1 [64, 64] norm="), "{out}");
+    let o = pcg(&["ir", "examples/mlp_digits.pcg", "--stage", "ast"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ast = text(&o.stdout);
+    assert!(ast.contains("model mlp\n  input x: [B, 64]\n"), "{ast}");
+    assert!(ast.contains("  let h = tanh((x @ w1) + b1)\n"), "{ast}");
+    assert!(!ast.contains("Span"), "{ast}");
+    for command in ["check", "ir", "grad", "run", "eval", "bench", "gradcheck"] {
+        let o = pcg(&[command, "--help"]);
+        let help = text(&o.stdout);
+        assert!(help.contains(".pcg"), "{command}: {help}");
+    }
+}
+
+/// A damaged `.npz` (a byte of a member's name flipped) is refused, with the name escaped.
+#[test]
+fn a_damaged_npz_is_refused_with_its_member_named() {
+    let good = scratch("good.npz");
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--epochs",
+        "1",
+        "--save",
+        good.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut bytes = std::fs::read(&good).unwrap();
+    let name = b"b1.npy";
+    let places: Vec<usize> = (0..bytes.len() - name.len())
+        .filter(|&i| &bytes[i..i + name.len()] == name)
+        .collect();
+    assert!(!places.is_empty());
+    for i in places {
+        bytes[i + 4] = b'q';
+    }
+    let bad = scratch("damaged.npz");
+    std::fs::write(&bad, bytes).unwrap();
+    let o = pcg(&[
+        "eval",
+        "examples/mlp_digits.pcg",
+        "--params",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("not a valid .npz file: its member `b1.")
+            && stderr.contains("is not a `.npy` array"),
+        "{stderr}"
+    );
+}
+
+/// A model without a target (an autoencoder: the loss compares the reconstruction with the
+/// input) trains on a data set's inputs, by PC and by BP to the same loss; its test line has
+/// no accuracy.
+#[test]
+fn an_autoencoder_without_a_target_trains_by_pc_and_bp() {
+    let file = scratch("autoencoder.pcg");
+    std::fs::write(
+        &file,
+        "use nn\n\nmodel ae {\n    input  x: [B, 64]\n    param  w1: [64, 8] = xavier\n    param  b1: [8]\n    \
+         param  w2: [8, 64] = xavier\n    param  b2: [64]\n    let code = tanh(x @ w1 + b1)\n    \
+         let recon = sigmoid(code @ w2 + b2)\n    loss mse(recon, x)\n}\n\n\
+         train ae {\n    data = digits\n    optimizer = adam(lr = 0.01)\n    batch = 32   epochs = 3\n}\n",
+    )
+    .unwrap();
+    let run = |method: &str| {
+        let o = pcg(&["run", file.to_str().unwrap(), "--method", method, "--quiet"]);
+        assert!(o.status.success(), "{method}: {}", text(&o.stderr));
+        final_line(&o)
+    };
+    let (pc, bp) = (run("pc"), run("bp"));
+    assert!(!pc.contains_key("test_acc"), "{pc:?}");
+    let (pc_loss, bp_loss) = (number(&pc, "test_loss"), number(&bp, "test_loss"));
+    assert!(
+        (pc_loss - bp_loss).abs() <= 1e-4 * bp_loss,
+        "{pc_loss} {bp_loss}"
+    );
+    // Learnt something: after one epoch the test loss is 2.26, after three 1.84.
+    assert!(pc_loss < 2.0, "{pc_loss}");
+}
+
+/// `pcg bench --optimizer file` times the file's own optimiser; the default stays plain SGD.
+#[test]
+fn bench_times_the_file_optimizer_when_asked() {
+    // mlp_digits trains with sgd(lr = 0.05, momentum = 0.9).
+    for (optimizer, timed) in [
+        (
+            "sgd",
+            "optimizer: sgd(lr = 0.05, momentum = 0, weight_decay = 0)\n",
+        ),
+        (
+            "file",
+            "optimizer: sgd(lr = 0.05, momentum = 0.9, weight_decay = 0)\n",
+        ),
+    ] {
+        let o = pcg(&[
+            "bench",
+            "examples/mlp_digits.pcg",
+            "--iters",
+            "2",
+            "--optimizer",
+            optimizer,
+        ]);
+        assert!(o.status.success(), "{optimizer}: {}", text(&o.stderr));
+        let out = text(&o.stdout);
+        assert!(out.contains(timed) && out.contains("ms_per_step="), "{out}");
+    }
+    let o = pcg(&["bench", "examples/mlp_digits.pcg", "--optimizer", "adam"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// Dropout trains with a mask per step, the same for PC's relaxation and learning (exact PC
+/// trains as BP does), and is off when evaluating: a checkpoint evaluates to the same loss
+/// with the model's dropout as without it.
+#[test]
+fn dropout_masks_training_steps_and_is_off_when_evaluating() {
+    let model = |p: &str| {
+        format!(
+            "use nn\n\nmodel m {{\n    input  x: [B, 64]\n    target y: [B, 10]\n    param  w1: [64, 32] = normal(0.1)\n    \
+             param  w2: [32, 10]\n    let h = dropout(tanh(x @ w1), {p})\n    loss mse(h @ w2, y)\n}}\n\n\
+             train m {{\n    data = digits\n    optimizer = sgd(lr = 0.1)\n    batch = 32   epochs = 3\n}}\n"
+        )
+    };
+    let (with, without) = (scratch("dropout.pcg"), scratch("no-dropout.pcg"));
+    std::fs::write(&with, model("0.5")).unwrap();
+    std::fs::write(&without, model("0")).unwrap();
+    let ck = scratch("dropout.npz");
+    let run = |file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["run", file.to_str().unwrap(), "--quiet"];
+        args.extend_from_slice(extra);
+        let o = pcg(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        final_line(&o)
+    };
+    let pc = run(&with, &["--mode", "exact", "--save", ck.to_str().unwrap()]);
+    let bp = run(&with, &["--method", "bp"]);
+    assert_eq!(pc["train_loss"], bp["train_loss"]);
+    assert_eq!(pc["test_loss"], bp["test_loss"]);
+    let plain = run(&without, &["--method", "bp"]);
+    assert_ne!(
+        plain["train_loss"], bp["train_loss"],
+        "the masks change training"
+    );
+    let eval = |file: &std::path::Path| {
+        let o = pcg(&[
+            "eval",
+            file.to_str().unwrap(),
+            "--params",
+            ck.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    assert_eq!(eval(&with), eval(&without));
+    assert!(eval(&with).contains(&format!("test_loss={}", pc["test_loss"])));
+}

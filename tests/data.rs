@@ -589,6 +589,121 @@ fn malformed_npz_gives_errors() {
     assert!(text.contains("bad.npz") && text.contains("npz"), "{text}");
 }
 
+/// Leaves as a model declares them: inputs and targets by name, with their shapes.
+fn leaves(inputs: &[(&str, &[usize])], targets: &[(&str, &[usize])]) -> pcg::data::Leaves {
+    let own = |group: &[(&str, &[usize])]| -> Vec<(String, Vec<usize>)> {
+        group
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect()
+    };
+    pcg::data::Leaves {
+        inputs: own(inputs),
+        targets: own(targets),
+    }
+}
+
+#[test]
+fn npz_of_named_arrays_feeds_each_input_and_target_by_name() {
+    let dir = scratch("npz-named");
+    let path = dir.join("named.npz");
+    let img = |n: usize| {
+        ndarray::Array3::from_shape_fn((n, 2, 3), |(i, j, k)| (i * 6 + j * 3 + k) as f64).into_dyn()
+    };
+    let side = |n: usize| Array2::from_shape_fn((n, 4), |(i, j)| -((i * 4 + j) as f64)).into_dyn();
+    write_npz(
+        &path,
+        &[
+            ("img_train", img(5)),
+            ("img_test", img(2)),
+            ("side_train", side(5)),
+            ("side_test", side(2)),
+        ],
+        &[
+            ("y_train", arr1(&[0i64, 1, 2, 1, 0]).into_dyn()),
+            ("y_test", arr1(&[2i64, 1]).into_dyn()),
+        ],
+    );
+    let data = load(&DataSpec::Npz(path.clone())).expect("named npz");
+    assert_eq!((data.train.len(), data.test.len()), (5, 2));
+    assert_eq!(data.train.column_names(), ["img", "side", "y"]);
+    let want = leaves(&[("img", &[2, 6]), ("side", &[2, 4])], &[("y", &[2, 3])]);
+    let batch = data.train.batch_of(&[4, 1], &want).expect("batch");
+    assert_eq!(batch["img"].shape(), &[2, 6]);
+    assert_eq!(batch["img"][[0, 5]], 29.0);
+    assert_eq!(batch["side"][[1, 0]], -4.0);
+    assert_eq!(
+        batch["y"],
+        arr2(&[[1.0f32, 0.0, 0.0], [0.0, 1.0, 0.0]]).into_dyn()
+    );
+    // Labels as class indices, and a leaf without an array of its name.
+    let ids = data
+        .train
+        .batch_of(&[2], &leaves(&[("img", &[1, 2, 3])], &[("y", &[1])]))
+        .expect("ids");
+    assert_eq!(ids["y"], arr1(&[2.0f32]).into_dyn());
+    let text = message(
+        data.train
+            .batch_of(&[0], &leaves(&[("img", &[1, 6]), ("depth", &[1, 2])], &[])),
+    );
+    assert!(
+        text.contains("input `depth`")
+            && text.contains("depth_train")
+            && text.contains("img, side, y"),
+        "{text}"
+    );
+    let text = message(data.train.batch_of(&[0], &leaves(&[("img", &[1, 5])], &[])));
+    assert!(text.contains("`img`") && text.contains("[1, 5]"), "{text}");
+
+    // Splits whose arrays disagree in length.
+    write_npz(
+        &path,
+        &[
+            ("img_train", img(5)),
+            ("img_test", img(2)),
+            ("side_train", side(4)),
+            ("side_test", side(2)),
+        ],
+        &[],
+    );
+    let text = message(load(&DataSpec::Npz(path.clone())));
+    assert!(
+        text.contains("`side_train` has 4 examples, but `img_train` has 5"),
+        "{text}"
+    );
+
+    // Inputs alone (`x_train`, `x_test`) feed a model without a target, whatever its input's
+    // name.
+    write_npz(&path, &[("x_train", img(5)), ("x_test", img(2))], &[]);
+    let data = load(&DataSpec::Npz(path)).expect("inputs only");
+    let batch = data
+        .test
+        .batch_of(&[1], &leaves(&[("pixels", &[1, 6])], &[]))
+        .expect("inputs only");
+    assert_eq!(batch.keys().collect::<Vec<_>>(), ["pixels"]);
+    assert_eq!(batch["pixels"][[0, 0]], 6.0);
+}
+
+#[test]
+fn a_model_without_a_target_takes_the_inputs_alone() {
+    let data = load(&DataSpec::Digits).expect("digits");
+    let only_x = leaves(&[("img", &[3, 8, 8])], &[]);
+    let batch = data.train.batch_of(&[0, 1, 2], &only_x).expect("inputs");
+    assert_eq!(batch.keys().collect::<Vec<_>>(), ["img"]);
+    let (x, _) = data
+        .train
+        .batch(&[0, 1, 2], &[3, 8, 8], &[3, 10])
+        .expect("x, y");
+    assert_eq!(batch["img"], x);
+    // Two inputs need named arrays.
+    let two = leaves(&[("a", &[3, 64]), ("b", &[3, 64])], &[]);
+    let text = message(data.train.batch_of(&[0, 1, 2], &two));
+    assert!(
+        text.contains("2 input(s)") && text.contains("<name>_train"),
+        "{text}"
+    );
+}
+
 // ---------------------------------------------------------------- epochs and specs
 
 #[test]
@@ -825,4 +940,25 @@ fn mangled_data_files_never_panic_and_name_the_file() {
             }
         }
     }
+}
+
+/// `input_range = [-1, 1]` maps the pixels from [0, 1] to [-1, 1]; text has no such inputs.
+#[test]
+fn inputs_rescale_to_a_range() {
+    let plain = load(&DataSpec::Digits).expect("digits");
+    let mut wide = plain.clone();
+    wide.rescale_inputs(-1.0, 1.0).expect("images rescale");
+    let rows = all(40);
+    let (x, _) = plain.train.batch(&rows, &[40, 64], &[40, 10]).unwrap();
+    let (w, _) = wide.train.batch(&rows, &[40, 64], &[40, 10]).unwrap();
+    assert_eq!(w, x.mapv(|v| 2.0 * v - 1.0));
+    let (lo, hi) = w
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    assert_eq!((lo, hi), (-1.0, 1.0));
+    let (t, _) = wide.test.batch(&[0], &[1, 64], &[1, 10]).unwrap();
+    assert!(t.iter().all(|v| (-1.0..=1.0).contains(v)));
+    let mut text = load(&DataSpec::Shakespeare { seq: 8 }).expect("text");
+    let error = message(text.rescale_inputs(-1.0, 1.0));
+    assert!(error.contains("input_range"), "{error}");
 }

@@ -37,14 +37,20 @@ fn pcg_files(dir: &Path) -> Vec<PathBuf> {
 /// The programs the repository keeps formatted (`.ci/run` checks them with `pcg fmt --check`):
 /// the examples, the stdlib, the benchmark model and the random-program regressions.
 fn formatted_files() -> Vec<(String, String)> {
-    ["examples", "stdlib", "benches", "tests/random_regressions"]
-        .iter()
-        .flat_map(|d| pcg_files(&root().join(d)))
-        .map(|p| {
-            let name = p.strip_prefix(root()).unwrap().display().to_string();
-            (name, std::fs::read_to_string(&p).expect("readable file"))
-        })
-        .collect()
+    [
+        "examples",
+        "stdlib",
+        "benches",
+        "tests/random_regressions",
+        "tests/ops",
+    ]
+    .iter()
+    .flat_map(|d| pcg_files(&root().join(d)))
+    .map(|p| {
+        let name = p.strip_prefix(root()).unwrap().display().to_string();
+        (name, std::fs::read_to_string(&p).expect("readable file"))
+    })
+    .collect()
 }
 
 /// Formats, panicking with the diagnostics if the text cannot be formatted.

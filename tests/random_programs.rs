@@ -13,12 +13,15 @@
 //! `[B, T, D]` through causal attention, a transformer block, `causal_mask` and the heads'
 //! reshapes, reduced over time; parameters used several times; mean squared error,
 //! cross-entropy, or cross-entropy against `one_hot` of the target's labels; and several loss
-//! terms (every value is read by the model or by a loss term, some by both). For each program:
+//! terms (every value is read by the model or by a loss term, some by both), sometimes one that
+//! reads the input `x` directly, as an autoencoder's reconstruction loss does. For each
+//! program:
 //!
 //! - it compiles (`check` passes);
 //! - backprop's gradients equal central finite differences in f64 on the interpreter;
-//! - PC in exact mode equals backprop to 1e-9 in f64;
-//! - PC in fixed mode converges to backprop as T grows;
+//! - PC in exact mode equals backprop to 1e-9 in f64, its updates and its messages to the
+//!   inputs (−∂L/∂x);
+//! - PC in fixed mode converges to backprop as T grows, updates and messages;
 //! - one strict relaxation step, from a state off the feedforward one, is v ← v − η ∂E/∂v
 //!   with the energy E evaluated independently of the PC transform and ∂E/∂v by central
 //!   finite differences, in f64 (`strict_step_descends_the_energy`), with `nodes = named` and
@@ -35,7 +38,7 @@
 //! every check.
 
 use pcg::interp::{self, Bindings};
-use pcg::ir::{LeafKind, Program, ValueId};
+use pcg::ir::{LeafKind, Op, Program, UnaryOp, ValueId};
 use pcg::jit::{JitLoop, JitOptions, JitProgram};
 use pcg::pc::Role;
 use pcg::sema::{self, CompileOptions, InferenceConfig, Mode, NodeGranularity};
@@ -136,7 +139,7 @@ impl Gen {
         // The image, recurrent and sequence paths (14 to 17) unroll into long programs that
         // cost the most to check: one statement in ten is one of them.
         let kind = if self.rng.random_bool(0.1) {
-            self.rng.random_range(14..18)
+            self.rng.random_range(14..19)
         } else {
             self.rng.random_range(0..14)
         };
@@ -244,6 +247,15 @@ impl Gen {
                     format!(
                         "broadcast(sum({v}, axis = 1, keepdims = true), [{B}, {d}]) * 0.2 + {v}"
                     ),
+                    format!("sign({v}) * {v} + minimum({v}, 0.2)"),
+                    format!("clip({v}, -0.5, 0.7) + 0.1 * {v}"),
+                    format!("softplus({v}) + log_sigmoid({v})"),
+                    format!("stop_gradient(tanh({v})) * {v}"),
+                    format!("dropout({v}, 0.3) + 0.5 * {v}"),
+                    format!("{v} * min(tanh({v}), axis = 1, keepdims = true)"),
+                    format!("{v} * var({v}, axis = 1, keepdims = true) + {v}"),
+                    format!("one_hot(argmax({v}), {d}) * {v} + 0.5 * {v}"),
+                    format!("where({v} > 0.1, {v}, 0.5 * {v}) + ({v} <= -0.2) * {v}"),
                 ];
                 let text = unary[self.rng.random_range(0..unary.len())].clone();
                 self.define(h.clone(), d, format!("    let {h} = {text}"));
@@ -277,8 +289,16 @@ impl Gen {
             15 => self.recurrent(&v, d, h),
             16 => self.lstm(&v, d, h),
             17 => self.sequence(&v, d, h),
+            18 => self.signal(&v, d, m, h),
             _ => {
-                let text = match self.rng.random_range(0..5) {
+                let text = match self.rng.random_range(0..6) {
+                    5 => {
+                        // Rows of a table picked by ids computed from the value.
+                        let table = self.param(&[d, m]);
+                        let text = format!("    let {h} = embedding(argmax({v}), {table})");
+                        self.define(h.clone(), m, text);
+                        return;
+                    }
                     0 => format!("softmax({v}) * {d}"),
                     1 => format!("log_softmax({v}) * 0.5"),
                     2 => format!("gelu({v})"),
@@ -315,6 +335,16 @@ impl Gen {
             format!("broadcast(reshape({v}, [{B}, 1, 1, {d}]), [{B}, {c}, {height}, {d}]) * {img}")
         };
         self.body.push(format!("    let {gated} = {text}"));
+        // Sometimes upsampled by 2 first: twice the height and width.
+        let (gated, height, d) = if self.rng.random_bool(0.25) {
+            self.uses.insert("conv");
+            let big = self.fresh("u");
+            self.body
+                .push(format!("    let {big} = upsample2d({gated}, 2)"));
+            (big, 2 * height, 2 * d)
+        } else {
+            (gated, height, d)
+        };
         let o = self.rng.random_range(1..=2);
         let kind = self.rng.random_range(0..3);
         let (text, oh, ow) = if kind < 2 {
@@ -360,6 +390,33 @@ impl Gen {
             h.clone(),
             m,
             format!("    let {h} = tanh({flat} @ {w} + {b})"),
+        );
+    }
+
+    /// A 1-D signal `[B, C, d]` (an input gated by the value) through `conv1d` with stride and
+    /// padding, flattened into a dense layer back to `[B, m]`.
+    fn signal(&mut self, v: &str, d: usize, m: usize, h: String) {
+        let c = self.rng.random_range(1..=2);
+        let sig = self.input("sig", &[B, c, d]);
+        let gated = self.fresh("g");
+        self.body.push(format!(
+            "    let {gated} = {sig} * reshape(tanh({v}), [{B}, 1, {d}])"
+        ));
+        let o = self.rng.random_range(1..=2);
+        let p = self.rng.random_range(0..=1);
+        let s = self.rng.random_range(1..=2);
+        let k = self.rng.random_range(1..=(d + 2 * p).min(3));
+        let kernel = self.param(&[o, c, k]);
+        let len = (d + 2 * p - k) / s + 1;
+        let conv = self.fresh("c");
+        self.body.push(format!(
+            "    let {conv} = conv1d({gated}, {kernel}, stride = {s}, padding = {p})"
+        ));
+        let (w, b) = (self.param(&[o * len, m]), self.param(&[m]));
+        self.define(
+            h.clone(),
+            m,
+            format!("    let {h} = tanh(reshape({conv}, [{B}, -1]) @ {w} + {b})"),
         );
     }
 
@@ -503,6 +560,16 @@ fn program(seed: u64, size: usize) -> String {
             losses.push(format!("    loss {scale} * mean(square({name}))"));
         }
     }
+    // Sometimes the loss reads the input too, as an autoencoder's does: the input's message
+    // then has a direct term from the loss besides its children's.
+    if g.rng.random_bool(0.3) {
+        let at = g.rng.random_range(1..g.values.len());
+        let (name, d, _) = g.values[at].clone();
+        let k = d.min(width);
+        losses.push(format!(
+            "    loss 0.05 * mean(square(tanh({name}[.., 0..{k}]) - x[.., 0..{k}]))"
+        ));
+    }
     let mut text = String::from("use nn\n");
     for u in &g.uses {
         text.push_str(&format!("use {u}\n"));
@@ -535,18 +602,26 @@ fn to_f64(b: &Bindings<f32>) -> Bindings<f64> {
         .collect()
 }
 
-/// The relative distance of PC's updates (ascent) from backprop's gradients, over all params.
+/// The relative distance of PC's updates (ascent) from backprop's gradients over all
+/// parameters, or of its messages to the inputs from backprop's −∂L/∂x over all inputs:
+/// whichever is larger.
 fn distance(updates: &Bindings<f64>, grads: &Bindings<f64>) -> f64 {
-    let (mut diff, mut total) = (0.0, 0.0);
+    // (squared distance, squared norm) of the parameters and of the inputs.
+    let mut sums = [(0.0, 0.0); 2];
     for (name, g) in grads {
         let Some(p) = name.strip_prefix("grad.") else {
             continue;
         };
-        let u = &updates[&format!("update.{p}")];
-        diff += (u + g).mapv(|x| x * x).sum();
-        total += g.mapv(|x| x * x).sum();
+        let (group, u) = match updates.get(&format!("update.{p}")) {
+            Some(u) => (0, u),
+            None => (1, &updates[&format!("message.{p}")]),
+        };
+        sums[group].0 += (u + g).mapv(|x| x * x).sum();
+        sums[group].1 += g.mapv(|x| x * x).sum();
     }
-    (diff / total.max(1e-300)).sqrt()
+    sums.iter()
+        .map(|(diff, total)| (diff / total.max(1e-300)).sqrt())
+        .fold(0.0, |worst, e| if e.is_nan() { e } else { worst.max(e) })
 }
 
 /// Every output of `got` within 1e-4 (relative to the reference's scale) of `want`.
@@ -606,6 +681,38 @@ fn cut_graph(stacked: &pcg::pc::Stacked, relaxed: &[(ValueId, String)]) -> Progr
     cut
 }
 
+/// `program` with each `stop_gradient` node replaced by a state leaf `frozen.<id>`, and the
+/// values those nodes take in `program` at `leaves`: the function whose derivative (by finite
+/// differences) is the one that stops at them.
+fn freeze_stop_gradients(
+    program: &Program,
+    leaves: &Bindings<f64>,
+) -> Result<(Program, Bindings<f64>), String> {
+    let stops: Vec<ValueId> = program
+        .ids()
+        .filter(|&id| program.node(id).op == Op::Unary(UnaryOp::StopGradient))
+        .collect();
+    if stops.is_empty() {
+        return Ok((program.clone(), Bindings::new()));
+    }
+    let mut probe = program.clone();
+    for &id in &stops {
+        probe.set_output(format!("frozen.{}", id.0), id);
+    }
+    let out = interp::eval_outputs(&probe, leaves).map_err(|e| e.to_string())?;
+    let mut held = program.clone();
+    let mut values = Bindings::new();
+    for &id in &stops {
+        let name = format!("frozen.{}", id.0);
+        let node = &mut held.nodes[id.index()];
+        node.op = Op::Leaf(LeafKind::State);
+        node.args.clear();
+        node.name = Some(name.clone());
+        values.insert(name.clone(), out[&name].clone());
+    }
+    Ok((held, values))
+}
+
 /// The strict relaxation step against its definition. Strict PC descends the energy
 ///
 /// ```text
@@ -663,18 +770,21 @@ fn strict_step_descends_the_energy(
         .collect();
     let named: Vec<(ValueId, String)> = relaxed.iter().map(|(v, l, _)| (*v, l.clone())).collect();
     let cut = cut_graph(&pc.forward, &named);
-    let energy = |state: &Bindings<f64>| -> Result<f64, String> {
-        let mut env = leaves.clone();
-        env.extend(state.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let out = interp::eval_outputs(&cut, &env).map_err(|e| e.to_string())?;
-        let mut e: f64 = out["loss"].sum();
-        for (_, label, precision) in &relaxed {
-            let key = format!("v.{label}");
-            let eps = &state[&key] - &out[&format!("mu.{label}")];
-            e += 0.5 * precision * eps.mapv(|x| x * x).sum();
-        }
-        Ok(e)
-    };
+    let energy =
+        |frozen: &(Program, Bindings<f64>), state: &Bindings<f64>| -> Result<f64, String> {
+            let (cut, values) = frozen;
+            let mut env = leaves.clone();
+            env.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
+            env.extend(state.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let out = interp::eval_outputs(cut, &env).map_err(|e| e.to_string())?;
+            let mut e: f64 = out["loss"].sum();
+            for (_, label, precision) in &relaxed {
+                let key = format!("v.{label}");
+                let eps = &state[&key] - &out[&format!("mu.{label}")];
+                e += 0.5 * precision * eps.mapv(|x| x * x).sum();
+            }
+            Ok(e)
+        };
 
     let mut env = leaves.clone();
     env.extend(interp::eval_outputs(&pc.relax.prologue, leaves).map_err(|e| e.to_string())?);
@@ -699,6 +809,11 @@ fn strict_step_descends_the_energy(
         state.insert(key.clone(), v.clone());
     }
     let next = interp::eval_outputs(&pc.relax.body, &env).map_err(|e| e.to_string())?;
+    // A stop_gradient sends no message: the energy's slope is taken with its values held at
+    // this state's.
+    let mut at_state = leaves.clone();
+    at_state.extend(state.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let frozen_cut = freeze_stop_gradients(&cut, &at_state)?;
     let h = 1e-5;
     for (key, v) in &state {
         let Some(after) = next.get(key) else {
@@ -710,7 +825,7 @@ fn strict_step_descends_the_energy(
         let along = |sign: f64| {
             let mut moved = state.clone();
             moved.insert(key.clone(), v + &(&direction * (sign * h)));
-            energy(&moved)
+            energy(&frozen_cut, &moved)
         };
         let fd = (along(1.0)? - along(-1.0)?) / (2.0 * h);
         let step = -(&descent * &direction).sum();
@@ -744,9 +859,19 @@ fn check(text: &str, seed: Option<u64>) -> Result<(), String> {
     // Backprop against central finite differences (f64, interpreter).
     let grad =
         pcg::autodiff::gradient_program(&forward, &[LeafKind::Param]).map_err(|e| e.to_string())?;
+    // PC's updates and its messages to the inputs are compared with these.
+    let with_inputs =
+        pcg::autodiff::gradient_program(&forward, &[LeafKind::Param, LeafKind::Input])
+            .map_err(|e| e.to_string())?;
+    let all_grads = interp::eval_outputs(&with_inputs, &leaves).map_err(|e| e.to_string())?;
     let grads = interp::eval_outputs(&grad, &leaves).map_err(|e| e.to_string())?;
+    // Differences of the loss with every stop_gradient held at its value here: the
+    // derivative that stops there.
+    let (held, values) = freeze_stop_gradients(&forward, &leaves)?;
     let loss_at = |l: &Bindings<f64>| -> Result<f64, String> {
-        let out = interp::eval_outputs(&forward, l).map_err(|e| e.to_string())?;
+        let mut env = l.clone();
+        env.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let out = interp::eval_outputs(&held, &env).map_err(|e| e.to_string())?;
         Ok(out["loss"].iter().sum())
     };
     let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -778,7 +903,7 @@ fn check(text: &str, seed: Option<u64>) -> Result<(), String> {
     };
     let pc = pcg::pc::transform(&forward, &exact).map_err(|e| e.to_string())?;
     let exact_steps = pc.relax.steps;
-    let e = distance(&run_pc(&forward, &exact, exact_steps, &leaves)?, &grads);
+    let e = distance(&run_pc(&forward, &exact, exact_steps, &leaves)?, &all_grads);
     if e.is_nan() || e > 1e-9 {
         return Err(format!("exact mode is {e:e} from backprop"));
     }
@@ -788,8 +913,8 @@ fn check(text: &str, seed: Option<u64>) -> Result<(), String> {
         rate: 0.5,
         ..Default::default()
     };
-    let early = distance(&run_pc(&forward, &fixed(1), 1, &leaves)?, &grads);
-    let late = distance(&run_pc(&forward, &fixed(150), 150, &leaves)?, &grads);
+    let early = distance(&run_pc(&forward, &fixed(1), 1, &leaves)?, &all_grads);
+    let late = distance(&run_pc(&forward, &fixed(150), 150, &leaves)?, &all_grads);
     if late.is_nan() || late > 1e-6 || late > early {
         return Err(format!(
             "fixed mode: {early:e} after 1 step, {late:e} after 150"
@@ -800,6 +925,11 @@ fn check(text: &str, seed: Option<u64>) -> Result<(), String> {
     strict_step_descends_the_energy(&forward, &leaves, NodeGranularity::Named)?;
     if seed.is_none_or(|s| s % 4 < 2) {
         strict_step_descends_the_energy(&forward, &leaves, NodeGranularity::All)?;
+    }
+
+    // Loops kept as scans against the same program with every loop unrolled.
+    if forward.nodes.iter().any(|n| matches!(n.op, Op::Scan(_))) {
+        loops_equal_unrolled(&forward, &grad, &leaves, &leaves32)?;
     }
 
     // The JIT against the interpreter, f32.
@@ -845,6 +975,81 @@ fn check(text: &str, seed: Option<u64>) -> Result<(), String> {
             &jit(&pc.learn, &env)?,
             &reference(&pc.learn, &env)?,
         )?;
+    }
+    Ok(())
+}
+
+/// The program with its loops as scans computes what the program with every loop unrolled
+/// does: the forward outputs, the gradients and PC's updates and messages in exact, fixed and
+/// strict mode to 1e-9 in f64 on the interpreter, and the JIT's forward outputs and gradients
+/// to 1e-4 in f32.
+fn loops_equal_unrolled(
+    forward: &Program,
+    grad: &Program,
+    leaves: &Bindings<f64>,
+    leaves32: &Bindings<f32>,
+) -> Result<(), String> {
+    let mut unrolled = forward.clone();
+    pcg::opt::unroll::unroll(&mut unrolled, &|_| true);
+    if unrolled.nodes.iter().any(|n| matches!(n.op, Op::Scan(_))) {
+        return Err("a scan is left after unrolling every loop".into());
+    }
+    let unrolled_grad = pcg::autodiff::gradient_program(&unrolled, &[LeafKind::Param])
+        .map_err(|e| e.to_string())?;
+    let eval = |p: &Program| interp::eval_outputs(p, leaves).map_err(|e| e.to_string());
+    close_f64("scan forward", &eval(forward)?, &eval(&unrolled)?)?;
+    close_f64("scan gradient", &eval(grad)?, &eval(&unrolled_grad)?)?;
+    for (mode, steps) in [(Mode::Exact, 0), (Mode::Fixed, 4), (Mode::Strict, 3)] {
+        let config = InferenceConfig {
+            mode,
+            steps,
+            rate: 0.2,
+            ..Default::default()
+        };
+        // Exact mode runs as many steps as its sweep needs, which the transform says.
+        let steps_of = |p: &Program| -> Result<usize, String> {
+            Ok(match mode {
+                Mode::Exact => {
+                    pcg::pc::transform(p, &config)
+                        .map_err(|e| e.to_string())?
+                        .relax
+                        .steps
+                }
+                _ => steps,
+            })
+        };
+        close_f64(
+            &format!("scan {mode:?} PC"),
+            &run_pc(forward, &config, steps_of(forward)?, leaves)?,
+            &run_pc(&unrolled, &config, steps_of(&unrolled)?, leaves)?,
+        )?;
+    }
+    let options = JitOptions::default();
+    let jit = |p: &Program| -> Result<Bindings<f32>, String> {
+        let mut compiled = JitProgram::compile(p, &options).map_err(|e| e.to_string())?;
+        compiled.run(leaves32).map_err(|e| e.to_string())
+    };
+    close_f32("scan forward, JIT", &jit(forward)?, &jit(&unrolled)?)?;
+    close_f32("scan gradient, JIT", &jit(grad)?, &jit(&unrolled_grad)?)
+}
+
+/// The outputs `got` and `want` have the same names, each within 1e-9 of the other
+/// (relative to its scale), f64.
+fn close_f64(what: &str, got: &Bindings<f64>, want: &Bindings<f64>) -> Result<(), String> {
+    let (g, w): (BTreeSet<&String>, BTreeSet<&String>) =
+        (got.keys().collect(), want.keys().collect());
+    if g != w {
+        return Err(format!("{what}: outputs {g:?} against {w:?}"));
+    }
+    for (name, w) in want {
+        let g = &got[name];
+        let scale = w.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+        let diff = (g - w).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        if diff.is_nan() || diff > 1e-9 * scale {
+            return Err(format!(
+                "{what}: `{name}` differs by {diff:e} (scale {scale:e})"
+            ));
+        }
     }
     Ok(())
 }
@@ -901,13 +1106,12 @@ fn random_programs_pass_every_check() {
     }
 }
 
-/// The programs that once failed, kept as regression cases.
-#[test]
-fn regressions_still_pass() {
-    let dir = std::path::Path::new("tests/random_regressions");
+/// Every check, with every mode, on each `.pcg` file of `dir`; returns how many there were.
+fn check_every_file(dir: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
+    let mut checked = 0;
     for entry in entries {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "pcg") {
@@ -915,8 +1119,26 @@ fn regressions_still_pass() {
             if let Err(why) = check(&text, None) {
                 panic!("{}: {why}", path.display());
             }
+            checked += 1;
         }
     }
+    checked
+}
+
+/// The programs that once failed, kept as regression cases.
+#[test]
+fn regressions_still_pass() {
+    check_every_file("tests/random_regressions");
+}
+
+/// Each everyday op (comparisons, sign, min, minimum, clip, argmax, var, softplus,
+/// log_sigmoid, stop_gradient, dropout, embedding, upsample2d, conv1d, gelu) in a small model of its own,
+/// `tests/ops/*.pcg`, with every check: backprop against finite differences, exact PC equal to
+/// backprop, fixed PC converging to it, strict PC's step against the energy, the JIT against
+/// the interpreter.
+#[test]
+fn every_op_model_passes_every_check() {
+    assert!(check_every_file("tests/ops") >= 10);
 }
 
 /// Whether `text` calls `name`: `name(` not preceded by a letter, digit or `_`.
@@ -959,8 +1181,11 @@ fn the_generator_covers_its_constructs() {
         "[1] * ",
         "stride = 2",
         "padding = 1",
+        " > 0.1",
+        " <= -0.2",
         "one_hot(sum(y",
         "loss 0.",
+        "- x[.., 0..",
         "use conv",
         "use rnn",
         "use lstm",

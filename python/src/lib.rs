@@ -385,7 +385,8 @@ impl PyModel {
             + Send,
     ) -> PyResult<R> {
         let run = kwargs_run(kwargs)?;
-        let batch = batch_of(py, batch)?;
+        let targets = self.busy()?.0.leaves(LeafKind::Target);
+        let batch = batch_of(py, batch, &targets)?;
         let mut busy = self.busy()?;
         let (result, warning) = busy.compute(py, move |m| f(m, batch, &run))?;
         warn(py, warning)?;
@@ -424,8 +425,63 @@ fn kwargs_run(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Run> {
     }
 }
 
-fn batch_of(py: Python<'_>, batch: Option<&Bound<'_, PyDict>>) -> PyResult<Option<Arrays>> {
-    batch.map(|b| arrays_of(py, b)).transpose()
+/// A batch's arrays as float32, where integer class labels given for a target declared
+/// one-hot (`y` of shape `[B]` for a target `[B, C]`) become its one-hot rows, as `fit`
+/// takes them.
+fn batch_of(
+    py: Python<'_>,
+    batch: Option<&Bound<'_, PyDict>>,
+    targets: &[(String, Vec<usize>)],
+) -> PyResult<Option<Arrays>> {
+    let Some(batch) = batch else {
+        return Ok(None);
+    };
+    let mut arrays = Arrays::new();
+    for (key, value) in batch.iter() {
+        let name: String = key
+            .extract()
+            .map_err(|_| PyTypeError::new_err("array names must be strings"))?;
+        let array = match targets.iter().find(|(n, _)| *n == name) {
+            Some((_, shape)) => target_array(py, &name, &value, shape)?,
+            None => float_array(py, &name, &value)?,
+        };
+        arrays.insert(name, array);
+    }
+    Ok(Some(arrays))
+}
+
+/// A target's array: integer labels of the target's shape without its last axis are one-hot
+/// over that axis (labels outside it are a `ValueError`); anything else as float32.
+fn target_array(
+    py: Python<'_>,
+    name: &str,
+    value: &Bound<'_, PyAny>,
+    shape: &[usize],
+) -> PyResult<ArrayD<f32>> {
+    let (array, kind) = numeric_array(py, name, value)?;
+    let given: Vec<usize> = array.getattr("shape")?.extract()?;
+    let Some((&classes, labels_shape)) = shape.split_last() else {
+        return float_array(py, name, value);
+    };
+    if !matches!(kind, b'i' | b'u') || given != labels_shape || labels_shape.is_empty() {
+        return float_array(py, name, value);
+    }
+    let labels = array.call_method1("astype", ("int64",))?;
+    let labels = labels.cast::<PyArrayDyn<i64>>().map_err(PyErr::from)?;
+    let labels = labels.readonly();
+    let mut one_hot = vec![0.0f32; labels.as_array().len() * classes];
+    for (row, &label) in labels.as_array().iter().enumerate() {
+        match usize::try_from(label) {
+            Ok(class) if class < classes => one_hot[row * classes + class] = 1.0,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "`{name}`: class label {label} is outside 0..{classes} (the target is declared {shape:?})"
+                )))
+            }
+        }
+    }
+    ArrayD::from_shape_vec(ndarray::IxDyn(shape), one_hot)
+        .map_err(|e| PyValueError::new_err(format!("`{name}`: {e}")))
 }
 
 #[pymethods]
@@ -517,7 +573,8 @@ impl PyModel {
     ///
     /// The data: `data` as `--data` takes it ("digits", "npz(\"mine.npz\")", ...; default:
     /// the train block's), or arrays `x`, `y` (and `x_test`, `y_test`; without them the test
-    /// metrics are on `x`, `y`). Integer `y` of one dimension are class labels. Keywords also:
+    /// metrics are on `x`, `y`); `x` alone for a model without a target (an autoencoder).
+    /// Integer `y` of one dimension are class labels. Keywords also:
     /// seed, max_batches, save (a checkpoint path written every epoch), verbose (print each
     /// epoch's line), data_dir, and those of `grad`, plus lr. Ctrl-C stops after the step
     /// under way, keeping what was learnt (then `KeyboardInterrupt`).
@@ -744,9 +801,23 @@ fn arrays_dataset(
             "give either `data` or arrays (`x`, `y`), not both",
         ));
     }
+    let origin = std::path::Path::new(origin);
+    let invalid = |e: pcg::data::DataError| PyValueError::new_err(e.to_string());
     let (Some(x), Some(y)) = (x, y) else {
+        // Inputs alone feed a model without a target (an autoencoder's).
+        if let (Some(x), None, None) = (x, y, y_test) {
+            let x_test = x_test.unwrap_or(x);
+            let arrays = vec![(
+                "x".to_string(),
+                data_array(py, "x", x)?,
+                data_array(py, "x_test", x_test)?,
+            )];
+            return pcg::data::npz::from_named_arrays(origin, arrays, false)
+                .map(Some)
+                .map_err(invalid);
+        }
         return Err(PyValueError::new_err(
-            "arrays of examples need both inputs and targets (`x` and `y`)",
+            "arrays of examples need inputs (`x`), and targets (`y`) unless the model has none",
         ));
     };
     let (x_test, y_test) = match (x_test, y_test) {
@@ -765,9 +836,9 @@ fn arrays_dataset(
         data_array(py, "x_test", x_test)?,
         data_array(py, "y_test", y_test)?,
     ];
-    pcg::data::npz::from_arrays(std::path::Path::new(origin), names, arrays, false)
+    pcg::data::npz::from_arrays(origin, names, arrays, false)
         .map(Some)
-        .map_err(|e| PyValueError::new_err(e.to_string()))
+        .map_err(invalid)
 }
 
 /// The data a call uses: the caller's arrays, a `--data` spec, or the train block's.
@@ -836,7 +907,10 @@ fn compile(
 /// Compiles the model of `.pcg` source text, named `name` in diagnostics (imports and data
 /// paths resolve relative to its directory). Keywords as for `compile`.
 #[pyfunction]
-#[pyo3(signature = (text, *, name="<source>".to_string(), batch=None, dims=None, model=None, seed=None))]
+#[pyo3(
+    signature = (text, *, name="<source>".to_string(), batch=None, dims=None, model=None, seed=None),
+    text_signature = "(text, *, name='<source>', batch=None, dims=None, model=None, seed=None)"
+)]
 fn compile_source(
     py: Python<'_>,
     text: String,

@@ -182,6 +182,27 @@ def test_float64_and_integer_inputs_are_converted():
     m.grad({"x": np.ones((4, 3), dtype=np.int32), "y": b["y"]})
 
 
+def test_integer_labels_are_one_hot_targets_in_grad_as_in_fit():
+    m = pcg.compile(MLP)
+    rng = np.random.default_rng(3)
+    x = rng.random((32, 64), dtype=np.float32)
+    labels = rng.integers(0, 10, 32)
+    loss, grads = m.grad({"x": x, "y": labels})
+    expected_loss, expected = m.grad({"x": x, "y": np.eye(10, dtype=np.float32)[labels]})
+    assert loss == expected_loss
+    assert all(np.array_equal(grads[k], expected[k]) for k in grads)
+    with pytest.raises(ValueError, match="class label 10 is outside 0..10"):
+        m.grad({"x": x, "y": np.full(32, 10)})
+
+
+def test_compile_source_shows_its_defaults():
+    import inspect
+
+    signature = inspect.signature(pcg.compile_source)
+    assert signature.parameters["name"].default == "<source>"
+    assert "Ellipsis" not in str(signature)
+
+
 def test_wrong_shape_names_the_input_and_both_shapes():
     m = pcg.compile_source(TINY)
     with pytest.raises(ValueError) as caught:
@@ -285,6 +306,8 @@ def test_a_diverging_step_raises_and_keeps_the_params():
         m.step(method="pc", mode="strict", steps=60, rate=40.0)
     e = caught.value
     assert e.what and "not finite" in str(e)
+    # A name (of a node, a parameter, or the loss or energy), not a phrase.
+    assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", e.what), e.what
     assert e.relaxation_step is None or e.relaxation_step >= 1
     after = m.params
     assert all(np.array_equal(after[k], before[k]) for k in before)
@@ -414,3 +437,35 @@ def test_compute_releases_the_interpreters_lock():
     # With the lock held for the whole call, this thread could not have run in between.
     assert inside["end"] - inside["start"] > 0.05
     assert len(during) >= 10, (len(during), inside["end"] - inside["start"])
+
+
+AUTOENCODER = """
+use nn
+
+model ae {
+    input  pixels: [B, 64]
+    param  w1: [64, 8] = xavier
+    param  b1: [8]
+    param  w2: [8, 64] = xavier
+    param  b2: [64]
+    let code = tanh(pixels @ w1 + b1)
+    loss mse(sigmoid(code @ w2 + b2), pixels)
+}
+
+train ae {
+    optimizer = adam(lr = 0.01)
+    batch = 16   epochs = 2
+}
+"""
+
+
+def test_a_model_without_a_target_fits_on_inputs_alone():
+    m = pcg.compile_source(AUTOENCODER)
+    assert m.targets == {}
+    x = np.random.default_rng(0).random((160, 64), dtype=np.float32)
+    history = m.fit(x=x, epochs=3)
+    losses = [h["train_loss"] for h in history]
+    assert losses[-1] < losses[0], losses
+    assert history[-1]["test_acc"] is None
+    with pytest.raises(ValueError, match="inputs"):
+        m.fit(y=x)

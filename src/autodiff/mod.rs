@@ -303,6 +303,8 @@ fn vjp_rule(
         }
         // d sign(x)/dx = 0 (almost everywhere)
         Op::Unary(UnaryOp::Sign) => vec![None],
+        // stop_gradient(x) = x, but nothing flows back through it: 0 by definition
+        Op::Unary(UnaryOp::StopGradient) => vec![None],
         // d x^0/dx = 0
         Op::Unary(UnaryOp::Powf(e)) if *e == 0.0 => vec![None],
         // d x^e/dx = e x^(e-1)

@@ -52,6 +52,10 @@ pub(super) fn problem(
         }
     };
     leaves.extend(data);
+    // Dropout's masks as the first training step draws them (unless the inputs give them).
+    for (name, mask) in batch::noise(forward, Some(0)) {
+        leaves.entry(name).or_insert(mask);
+    }
     Ok(leaves)
 }
 
@@ -66,7 +70,7 @@ pub(super) fn grad(
     file: &Path,
     method: MethodArg,
     backend: &BackendFlags,
-    out: &Path,
+    out: Option<&Path>,
     flags: &ProblemFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
@@ -79,8 +83,21 @@ pub(super) fn grad(
     let mut engine = backend.engine(programs).map_err(fail)?;
     // For PC the engine's gradient is the negated update, comparable with backprop's.
     let step = engine.gradients(&leaves, &Arrays::new()).map_err(fail)?;
-    npz::write(out, &step.grads).map_err(fail)?;
     emit(&format!("loss={}\n", step.loss));
+    match out {
+        Some(out) => npz::write(out, &step.grads).map_err(fail)?,
+        // Without a file, one line per parameter: its gradient's size and largest element.
+        None => {
+            for (name, g) in &step.grads {
+                let norm = g.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                let largest = g.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+                emit(&format!(
+                    "grad {name} {} norm={norm:.6e} max_abs={largest:.6e}\n",
+                    crate::ir::Shape::new(g.shape())
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -113,9 +130,10 @@ pub(super) fn gradcheck(
     }
     let max = report.max_rel_err();
     if !max.is_finite() {
-        // The first step at which the energy or a parameter's error stopped being finite.
+        // The first step at which the energy, an update's or a message's error stopped being
+        // finite.
         let energy = report.energy.iter().position(|e| !e.is_finite());
-        let errors = report.params.iter().filter_map(|p| {
+        let errors = report.params.iter().chain(&report.inputs).filter_map(|p| {
             p.trace
                 .iter()
                 .find(|t| !t.rel_err.is_finite())

@@ -85,6 +85,7 @@ pub enum Command {
     },
     /// Print a stage of the compiler's representation of a model.
     Ir {
+        /// The `.pcg` file of the model.
         file: PathBuf,
         /// Which representation to print.
         #[arg(long, value_enum, default_value_t = Stage::Ir)]
@@ -104,15 +105,17 @@ pub enum Command {
     },
     /// Compute every parameter's gradient on one batch, by backprop or predictive coding.
     Grad {
+        /// The `.pcg` file of the model.
         file: PathBuf,
         /// How to compute the gradient.
         #[arg(long, value_enum, default_value_t = MethodArg::Bp)]
         method: MethodArg,
         #[command(flatten)]
         backend: BackendFlags,
-        /// Where to write the gradients (`.npz`, one array per parameter).
+        /// Where to write the gradients (`.npz`, one array per parameter); without it, a
+        /// summary of each is printed.
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
         #[command(flatten)]
         problem: ProblemFlags,
         #[command(flatten)]
@@ -122,6 +125,7 @@ pub enum Command {
     },
     /// Train a model on its data, by predictive coding or backprop.
     Run {
+        /// The `.pcg` file of the model.
         file: PathBuf,
         #[command(flatten)]
         run: RunFlags,
@@ -132,6 +136,7 @@ pub enum Command {
     },
     /// Evaluate parameters (a checkpoint) on the test split of the model's data.
     Eval {
+        /// The `.pcg` file of the model.
         file: PathBuf,
         /// Parameters or a checkpoint (`.npz`).
         #[arg(long)]
@@ -147,6 +152,7 @@ pub enum Command {
     },
     /// Time full training steps on seeded random data of the model's shapes.
     Bench {
+        /// The `.pcg` file of the model.
         file: PathBuf,
         /// Learning method (default: the train block's).
         #[arg(long, value_enum)]
@@ -163,6 +169,11 @@ pub enum Command {
         /// that take the most time.
         #[arg(long)]
         profile: bool,
+        /// The optimiser the timed steps take: plain SGD at the file's learning rate (the
+        /// update the peer benchmarks make), or the file's own (`file`: its momentum, Adam,
+        /// clipping, schedule and per-parameter rates).
+        #[arg(long, value_enum, default_value_t = BenchOptimizer::Sgd)]
+        optimizer: BenchOptimizer,
         #[command(flatten)]
         relax: RelaxFlags,
         #[command(flatten)]
@@ -195,6 +206,7 @@ pub enum Command {
     Lsp,
     /// Compare predictive coding's weight updates with backprop's gradients on one batch.
     Gradcheck {
+        /// The `.pcg` file of the model.
         file: PathBuf,
         /// Fail (exit 1) when the worst relative error exceeds this (fixed and exact modes).
         #[arg(long, default_value_t = 1e-3)]
@@ -220,14 +232,14 @@ pub struct RunFlags {
     /// Learning method (default: the train block's).
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
-    /// Epochs to train (default: the train block's).
-    #[arg(long)]
+    /// Epochs to train, counted from the start of training (default: the train block's).
+    #[arg(long, value_parser = at_least_one)]
     pub epochs: Option<usize>,
     /// Seed for initialisation and shuffling (default: the train block's).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Learning rate, overriding the optimiser's.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_number, allow_hyphen_values = true)]
     pub lr: Option<f64>,
     #[command(flatten)]
     pub backend: BackendFlags,
@@ -253,7 +265,7 @@ pub struct RunFlags {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Train on at most this many batches per epoch (a quick run on a large data set).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_batches: Option<usize>,
     /// Print only the final line.
     #[arg(long)]
@@ -402,6 +414,15 @@ impl RelaxFlags {
     }
 }
 
+/// Which optimiser `pcg bench` times.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchOptimizer {
+    /// Plain SGD at the file's learning rate.
+    Sgd,
+    /// The train block's optimiser.
+    File,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodArg {
     Bp,
@@ -471,6 +492,24 @@ impl CompileFlags {
             batch: self.batch,
             dims: self.dims.iter().cloned().collect(),
         }
+    }
+}
+
+/// A count of at least 1 (`--epochs`, `--max-batches`).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".to_string()),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// A finite number above 0 (`--lr`), as the optimiser's `lr` must be.
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err("must be a positive number".to_string()),
+        Err(_) => Err(format!("`{s}` is not a number")),
     }
 }
 
@@ -546,7 +585,7 @@ pub fn run(cli: Cli) -> ExitCode {
             &file,
             method,
             &backend,
-            &out,
+            out.as_deref(),
             &problem,
             &relax,
             &compile.options(),
@@ -577,6 +616,7 @@ pub fn run(cli: Cli) -> ExitCode {
             inference_steps,
             iters,
             profile,
+            optimizer,
             relax,
             compile,
         } => {
@@ -584,7 +624,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 steps: inference_steps.or(relax.steps),
                 ..relax
             };
-            let run = training::BenchRun { iters, profile };
+            let run = training::BenchRun {
+                iters,
+                profile,
+                optimizer,
+            };
             job::in_job(|world| {
                 training::bench(
                     &file,
@@ -627,16 +671,31 @@ pub fn run(cli: Cli) -> ExitCode {
 /// way (and checkpoints, with `--save`).
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// Whether the first signal also abandons the step under way: a compiled relaxation polls
+/// the request (`jit::interrupt`) and ends the step unfinished, nothing of it learnt. Not in
+/// a job of several processes, whose ranks must stop after the same step.
+static ABANDON_STEP: AtomicBool = AtomicBool::new(false);
+
 /// Installs the handler that raises [`STOP`] on SIGINT or SIGTERM and ends the process at
 /// once on a second one (a checkpoint being written is replaced atomically, so the previous
-/// one stays intact). Returns the flag for the training loop.
-pub(crate) fn stop_on_signal() -> &'static AtomicBool {
+/// one stays intact). With `abandon_step`, the first signal also stops a long compiled
+/// relaxation within two of its steps (the step is then redone on `--resume`). Returns the
+/// flag for the training loop.
+pub(crate) fn stop_on_signal(abandon_step: bool) -> &'static AtomicBool {
+    ABANDON_STEP.store(abandon_step, Ordering::SeqCst);
     let installed = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             eprintln!("\nstopped");
             std::process::exit(130);
         }
-        eprintln!("\nstopping after this step (again to stop at once)");
+        if ABANDON_STEP.load(Ordering::SeqCst) {
+            crate::jit::interrupt(true);
+            eprintln!(
+                "\nstopping: the step under way ends or is abandoned (again to stop at once)"
+            );
+        } else {
+            eprintln!("\nstopping after this step (again to stop at once)");
+        }
     });
     if let Err(e) = installed {
         eprintln!("note: cannot catch interrupts ({e}); Ctrl-C ends the run at once");
@@ -648,11 +707,14 @@ fn check(files: &[PathBuf], report: bool, options: &CompileOptions) -> CmdResult
     let mut failed = false;
     for file in files {
         let (sources, result) = sema::check_file(file, options);
-        if let Err(diagnostics) = result {
-            diag::emit_to_stderr(&sources, &diagnostics);
-            failed = true;
-            continue;
-        }
+        let models = match result {
+            Ok(models) => models,
+            Err(diagnostics) => {
+                diag::emit_to_stderr(&sources, &diagnostics);
+                failed = true;
+                continue;
+            }
+        };
         if report {
             // A model that cannot fit, alone or with its data set, is reported as `run` would
             // refuse it.
@@ -673,15 +735,52 @@ fn check(files: &[PathBuf], report: bool, options: &CompileOptions) -> CmdResult
                 Err(e) => {
                     eprintln!("error: {}: {e}", file.display());
                     failed = true;
+                    continue;
                 }
             }
         }
+        emit(&format!("ok: {} ({})\n", file.display(), checked(&models)));
     }
     if failed {
         Err(Reported)
     } else {
         Ok(())
     }
+}
+
+/// What `pcg check` says of a clean file: each model's parameters, inputs and targets.
+fn checked(models: &[Compiled]) -> String {
+    use crate::ir::LeafKind;
+    if models.is_empty() {
+        return "no model: functions and constants only".to_string();
+    }
+    let described: Vec<String> = models
+        .iter()
+        .map(|c| {
+            let forward = &c.forward;
+            let params = forward.leaves(LeafKind::Param);
+            let numbers: usize = params
+                .iter()
+                .map(|&(id, _)| forward.shape(id).numel())
+                .sum();
+            let mut text = format!(
+                "model {}: {numbers} parameters in {} tensors",
+                c.model_name,
+                params.len()
+            );
+            for kind in [LeafKind::Input, LeafKind::Target] {
+                for (id, name) in forward.leaves(kind) {
+                    text.push_str(&format!(
+                        ", {} {name} {}",
+                        kind.keyword(),
+                        forward.shape(id)
+                    ));
+                }
+            }
+            text
+        })
+        .collect();
+    described.join("; ")
 }
 
 /// Compiles the model of `file`, printing diagnostics on failure.

@@ -55,8 +55,8 @@ fn training(
 
 /// The batch size of a forward program (its first input's rows).
 fn batch_of(forward: &Program) -> Result<usize, Reported> {
-    crate::train::batch::io_shapes(forward)
-        .map(|((_, xs), _)| xs[0])
+    crate::train::batch::data_leaves(forward)
+        .map(|leaves| crate::train::batch::batch_size(&leaves))
         .map_err(fail)
 }
 
@@ -163,7 +163,7 @@ pub(super) fn run(
             .is_root()
             .then(|| test_remainder(file, options, &global, &inference, data.test.len()))
             .flatten(),
-        stop: Some(super::stop_on_signal()),
+        stop: Some(super::stop_on_signal(!world.is_distributed())),
     };
     let mut metrics = match &flags.metrics {
         Some(path) if world.is_root() => {
@@ -413,13 +413,19 @@ pub(super) struct BenchRun {
     pub iters: usize,
     /// Then as many steps again with every kernel timed.
     pub profile: bool,
+    /// The optimiser the timed steps take.
+    pub optimizer: super::BenchOptimizer,
 }
 
 pub(super) fn bench(
     file: &Path,
     method: Option<MethodArg>,
     backend: &BackendFlags,
-    BenchRun { iters, profile }: BenchRun,
+    BenchRun {
+        iters,
+        profile,
+        optimizer: chosen,
+    }: BenchRun,
     relax: &RelaxFlags,
     options: &CompileOptions,
     world: &World,
@@ -445,18 +451,25 @@ pub(super) fn bench(
     let seed = base.as_ref().map_or(0, |t| t.seed);
     let params = init::init_params(forward, seed);
     let batch = crate::train::batch::random_batch(forward, seed);
-    // Plain SGD at the file's learning rate: the update the peer benchmarks make too, so the
-    // timed work is the same.
+    // Plain SGD at the file's learning rate (the update the peer benchmarks make too, so the
+    // timed work is the same), or the file's own optimiser.
     let lr = base.as_ref().map_or(0.01, |t| learning_rate(&t.optimizer));
-    let optimizer = optimizer_of(lr);
+    let optimizer = match chosen {
+        super::BenchOptimizer::Sgd => optimizer_of(lr),
+        super::BenchOptimizer::File => Optimizer::of_train_block(base.as_ref(), None),
+    };
+    let mut timed_optimizer = optimizer.config().describe();
+    if *optimizer.tuning() != Default::default() {
+        timed_optimizer.push_str(", with the train block's lr_schedule, lr_scale and freeze");
+    }
     engine
-        .start(params, optimizer)
+        .start(params.clone(), optimizer.clone())
         .map_err(|e| fail(e.to_string()))?;
     let compile_seconds = compiling.elapsed().as_secs_f64();
     ready.finish()?;
     // This process's batch (its shard of the global batch under MPI).
-    let shard = crate::train::batch::io_shapes(forward)
-        .map_or(0, |((_, xs), _)| xs.first().copied().unwrap_or(0));
+    let shard = crate::train::batch::data_leaves(forward)
+        .map_or(0, |leaves| crate::train::batch::batch_size(&leaves));
     let warmup = 3.min(iters.max(1));
     let mut times = Vec::with_capacity(iters);
     let mut in_products = std::time::Duration::ZERO;
@@ -497,6 +510,7 @@ pub(super) fn bench(
         "compiled in {compile_seconds:.2} s ({} backend: the programs and the training step)\n",
         backend.name()
     ));
+    emit(&format!("optimizer: {timed_optimizer}\n"));
     emit(&format!(
         "min {min:.3} ms, median {median:.3} ms over {} steps; {:.3} GFLOP per step, {:.1} GFLOP/s at the median\n",
         times.len(),
@@ -514,7 +528,7 @@ pub(super) fn bench(
     }
     if let Some(programs) = training_programs {
         let params = init::init_params(forward, seed);
-        profile_kernels(backend, programs, params, optimizer_of(lr), &batch, iters)?;
+        profile_kernels(backend, programs, params, optimizer, &batch, iters)?;
     }
     emit(&format!(
         "bench model={} method={method_name} backend={} batch={b} inference_steps={} ms_per_step={median:.4}{ranks}\n",

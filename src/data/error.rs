@@ -104,6 +104,9 @@ pub enum DataError {
         element: usize,
         value: f32,
     },
+    /// A model whose inputs and targets the data set cannot feed: several of them from a data
+    /// set of one input and one target, or one that no named array is for.
+    Leaves { dataset: String, problem: String },
     /// An example index past the end of a split.
     IndexOutOfRange {
         dataset: String,
@@ -236,6 +239,7 @@ impl fmt::Display for DataError {
                 declared.first().copied().unwrap_or(0),
                 if *examples == 1 { "" } else { "s" }
             ),
+            DataError::Leaves { dataset, problem } => write!(f, "{dataset}: {problem}"),
             DataError::IndexOutOfRange {
                 dataset,
                 index,

@@ -140,6 +140,7 @@ pub(crate) fn load_fmnist(dir: Option<&Path>) -> Result<Dataset, DataError> {
         let features = Features::Bytes {
             data: images.data,
             divisor: 255.0,
+            offset: 0.0,
         };
         let targets = Targets::Classes {
             labels: labels.data.into_iter().map(u32::from).collect(),

@@ -11,7 +11,7 @@
 //! | `fmnist` | Fashion-MNIST, 60000 + 10000, 28×28, 10 classes | the Debian package `dataset-fashion-mnist`, or `dir` |
 //! | `shakespeare(seq = N)` | windows of N characters, next-character targets; last 10% is test | built in (`data/shakespeare.txt`) |
 //! | `text("file", seq = N)` | the same over a UTF-8 text file (vocabulary: its characters) | the user's file, optionally gzipped |
-//! | `npz("file")` | the arrays `x_train`, `y_train`, `x_test`, `y_test` (see [`npz`]) | the user's file |
+//! | `npz("file")` | the arrays `x_train`, `y_train`, `x_test`, `y_test`, or `<name>_train` and `<name>_test` for each input and target (see [`npz`]) | the user's file |
 //! | `csv("file")` | numeric features, class label last; seeded stratified split | the user's file, optionally gzipped |
 //!
 //! Why it is shaped this way:
@@ -41,7 +41,7 @@ pub use error::{DataError, Role};
 pub use spec::{
     DataSpec, SpecArg, SpecValue, DEFAULT_SEQ, DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION,
 };
-pub use split::Split;
+pub use split::{Leaves, Split};
 pub use text::Vocab;
 
 use flate2::read::MultiGzDecoder;
@@ -82,6 +82,13 @@ impl Dataset {
     /// The bytes its train and test splits hold in memory (see [`Split::bytes`]).
     pub fn bytes(&self) -> u64 {
         self.train.bytes() + self.test.bytes()
+    }
+
+    /// Maps every input value v to `low + (high − low) v` in both splits (see
+    /// [`Split::rescale_inputs`]): the built-in images from [0, 1] to [low, high].
+    pub fn rescale_inputs(&mut self, low: f32, high: f32) -> Result<(), DataError> {
+        self.train.rescale_inputs(low, high)?;
+        self.test.rescale_inputs(low, high)
     }
 }
 
@@ -218,6 +225,7 @@ fn builtin_images<const R: usize>(
     let features = Features::Bytes {
         data: pixels,
         divisor: f32::from(max),
+        offset: 0.0,
     };
     let classes = class_count(&table.labels);
     split_table(

@@ -9,9 +9,15 @@
 //!   array of integers holds class labels (the number of classes is the largest label plus
 //!   one); any other array — floats, or more than one dimension — holds target values, shape
 //!   `[n, ...]`, the same `...` in both.
+//!
+//! Without those four, the archive holds named arrays: `<name>_train` and `<name>_test` for
+//! each of the model's inputs and targets (`img_train`, `mask_train`, `img_test`, ...), each
+//! read by the same rules (bytes kept, one-dimensional integers as class labels), all of one
+//! split with the same number of examples. A model with one input (or one target) may also
+//! take `x_*` (`y_*`): `x_train` and `x_test` alone feed an autoencoder, which has no target.
 
 use super::error::{shape_text, DataError};
-use super::split::{Features, Split, Targets};
+use super::split::{Column, ColumnData, Features, Split, Targets};
 use super::Dataset;
 use ndarray::ArrayD;
 use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError, ReadableElement};
@@ -140,6 +146,11 @@ pub(crate) fn load(path: &Path, allow_nonfinite: bool) -> Result<Dataset, DataEr
         reader,
         names,
     };
+    let legacy = ["x_train", "y_train", "x_test", "y_test"];
+    let has = |name: &str| archive.names.iter().any(|n| n == name);
+    if !legacy.iter().all(|n| has(n)) && archive.names.iter().any(|n| n.ends_with("_train")) {
+        return named_arrays(&mut archive, allow_nonfinite);
+    }
     let x_train = archive.read("x_train")?;
     let y_train = archive.read("y_train")?;
     let x_test = archive.read("x_test")?;
@@ -214,6 +225,7 @@ pub fn from_arrays(
             Array::Bytes(a) => Features::Bytes {
                 data: a.iter().copied().collect(),
                 divisor: 1.0,
+                offset: 0.0,
             },
             other => Features::Floats(other.to_f32()),
         };
@@ -242,6 +254,110 @@ pub fn from_arrays(
         classes,
         vocab: None,
         example_shape: example_shape.clone(),
+    })
+}
+
+/// A data set of named arrays, `<name>_train` and `<name>_test` for every name.
+fn named_arrays(archive: &mut Archive, allow_nonfinite: bool) -> Result<Dataset, DataError> {
+    let mut names: Vec<String> = archive
+        .names
+        .iter()
+        .filter_map(|n| n.strip_suffix("_train").map(str::to_string))
+        .collect();
+    names.sort();
+    let mut arrays = Vec::new();
+    for name in names {
+        let train = archive.read(&format!("{name}_train"))?;
+        let test = archive.read(&format!("{name}_test"))?;
+        arrays.push((name, train, test));
+    }
+    from_named_arrays(archive.path, arrays, allow_nonfinite)
+}
+
+/// A data set of named arrays, (name, train array, test array) for each of the model's inputs
+/// and targets that it feeds, with the rules of the module's header; `origin` names where they
+/// come from (a file, or the caller). In messages the arrays are `<name>_train` and
+/// `<name>_test`.
+pub fn from_named_arrays(
+    origin: &Path,
+    arrays: Vec<(String, Array, Array)>,
+    allow_nonfinite: bool,
+) -> Result<Dataset, DataError> {
+    let origin = Origin { path: origin };
+    let mut train = Vec::new();
+    let mut test = Vec::new();
+    for (name, a, b) in &arrays {
+        let (train_name, test_name) = (format!("{name}_train"), format!("{name}_test"));
+        let classes = class_count(&origin, &[(a, &train_name), (b, &test_name)])?;
+        if classes.is_none() && a.shape().get(1..) != b.shape().get(1..) {
+            let expected = format!("{} (as {train_name})", any_count(&a.shape()[1..]));
+            return Err(origin.shape_error(&test_name, expected, b.shape()));
+        }
+        for (array, array_name, out) in [(a, &train_name, &mut train), (b, &test_name, &mut test)] {
+            let Some(&count) = array.shape().first() else {
+                return Err(origin.shape_error(array_name, "[n, ...]".into(), array.shape()));
+            };
+            if !allow_nonfinite {
+                if let Array::Floats(values) = array {
+                    let width = values.shape()[1..].iter().product();
+                    let values = values.as_standard_layout();
+                    let values = values.as_slice().expect("standard layout");
+                    let file = origin.path.display().to_string();
+                    super::check_finite(&file, array_name, values, width)?;
+                }
+            }
+            let data = match classes {
+                Some(classes) => ColumnData::Labels {
+                    labels: class_labels(array),
+                    classes,
+                },
+                None => ColumnData::Values {
+                    features: match array {
+                        Array::Bytes(a) => Features::Bytes {
+                            data: a.iter().copied().collect(),
+                            divisor: 1.0,
+                            offset: 0.0,
+                        },
+                        other => Features::Floats(other.to_f32()),
+                    },
+                    shape: array.shape()[1..].to_vec(),
+                },
+            };
+            out.push((
+                array_name.clone(),
+                count,
+                Column {
+                    name: name.clone(),
+                    data,
+                },
+            ));
+        }
+    }
+    let split = |columns: Vec<(String, usize, Column)>| -> Result<Split, DataError> {
+        let count = columns.first().map_or(0, |c| c.1);
+        if let Some((odd, n, _)) = columns.iter().find(|c| c.1 != count) {
+            return Err(origin.error(format!(
+                "`{odd}` has {n} examples, but `{}` has {count}: the arrays of one split hold the same examples",
+                columns[0].0
+            )));
+        }
+        let name: Arc<str> = Arc::from(origin.path.display().to_string());
+        Ok(Split::columns(
+            name,
+            count,
+            columns.into_iter().map(|c| c.2).collect(),
+        ))
+    };
+    let train = split(train)?;
+    let test = split(test)?;
+    let example_shape = train.example_shape();
+    Ok(Dataset {
+        name: origin.path.display().to_string(),
+        train,
+        test,
+        classes: None,
+        vocab: None,
+        example_shape,
     })
 }
 

@@ -22,8 +22,12 @@ use std::sync::Arc;
 /// Example features, in the smallest form that holds them exactly.
 #[derive(Clone, Debug)]
 pub(crate) enum Features {
-    /// Bytes (pixels); the feature value is `byte as f32 / divisor`.
-    Bytes { data: Vec<u8>, divisor: f32 },
+    /// Bytes (pixels); the feature value is `byte as f32 / divisor + offset`.
+    Bytes {
+        data: Vec<u8>,
+        divisor: f32,
+        offset: f32,
+    },
     /// Arbitrary numbers.
     Floats(Vec<f32>),
 }
@@ -33,10 +37,26 @@ impl Features {
     fn push_example(&self, index: usize, width: usize, out: &mut Vec<f32>) {
         let range = index * width..(index + 1) * width;
         match self {
-            Features::Bytes { data, divisor } => {
-                out.extend(data[range].iter().map(|&b| f32::from(b) / divisor))
-            }
+            Features::Bytes {
+                data,
+                divisor,
+                offset,
+            } => out.extend(data[range].iter().map(|&b| f32::from(b) / divisor + offset)),
             Features::Floats(data) => out.extend_from_slice(&data[range]),
+        }
+    }
+
+    /// The features with every value v mapped to `low + (high − low) v`.
+    fn rescaled(&mut self, low: f32, high: f32) {
+        let width = high - low;
+        match self {
+            Features::Bytes {
+                divisor, offset, ..
+            } => {
+                *divisor /= width;
+                *offset = low + width * *offset;
+            }
+            Features::Floats(data) => data.iter_mut().for_each(|v| *v = low + width * *v),
         }
     }
 
@@ -50,9 +70,14 @@ impl Features {
             out
         }
         match self {
-            Features::Bytes { data, divisor } => Features::Bytes {
+            Features::Bytes {
+                data,
+                divisor,
+                offset,
+            } => Features::Bytes {
                 data: gather(data, width, rows),
                 divisor: *divisor,
+                offset: *offset,
             },
             Features::Floats(data) => Features::Floats(gather(data, width, rows)),
         }
@@ -90,6 +115,57 @@ impl Targets {
     }
 }
 
+/// One named array of a data set whose arrays are named after the model's leaves (an `.npz`
+/// of `<name>_train` and `<name>_test` arrays): the values of one input or target.
+#[derive(Clone, Debug)]
+pub(crate) struct Column {
+    pub name: String,
+    pub data: ColumnData,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum ColumnData {
+    /// Numbers, `shape.product()` of them per example.
+    Values {
+        features: Features,
+        shape: Vec<usize>,
+    },
+    /// One class index per example (one-dimensional integers), each below `classes`.
+    Labels { labels: Vec<u32>, classes: usize },
+}
+
+impl Column {
+    fn bytes(&self) -> usize {
+        match &self.data {
+            ColumnData::Values {
+                features: Features::Bytes { data, .. },
+                ..
+            } => std::mem::size_of_val(data.as_slice()),
+            ColumnData::Values {
+                features: Features::Floats(data),
+                ..
+            } => std::mem::size_of_val(data.as_slice()),
+            ColumnData::Labels { labels, .. } => std::mem::size_of_val(labels.as_slice()),
+        }
+    }
+
+    /// Describes the shapes that fit, with the declared batch size.
+    fn fits(&self, batch: usize) -> String {
+        match &self.data {
+            ColumnData::Values { shape, .. } => values_fit(batch, shape),
+            ColumnData::Labels { classes, .. } => classes_fit(batch, *classes),
+        }
+    }
+}
+
+/// The leaves a batch binds: the model's inputs and targets, by name, with their declared
+/// shapes (axis 0 the batch).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Leaves {
+    pub inputs: Vec<(String, Vec<usize>)>,
+    pub targets: Vec<(String, Vec<usize>)>,
+}
+
 #[derive(Clone, Debug)]
 enum Examples {
     /// `count` fixed-size feature vectors with a target each; `shape` is one example's
@@ -107,6 +183,8 @@ enum Examples {
         seq: usize,
         vocab: usize,
     },
+    /// `count` examples of named arrays, one per input or target of the model.
+    Columns { count: usize, columns: Vec<Column> },
 }
 
 /// The train or test part of a data set.
@@ -146,10 +224,18 @@ impl Split {
         }
     }
 
+    /// A split of `count` examples of named arrays; each column holds `count` examples.
+    pub(crate) fn columns(dataset: Arc<str>, count: usize, columns: Vec<Column>) -> Split {
+        Split {
+            dataset,
+            examples: Examples::Columns { count, columns },
+        }
+    }
+
     /// The number of examples.
     pub fn len(&self) -> usize {
         match &self.examples {
-            Examples::Table { count, .. } => *count,
+            Examples::Table { count, .. } | Examples::Columns { count, .. } => *count,
             // Window i reads tokens i·seq ..= i·seq + seq (the last one as its final target).
             Examples::Text { tokens, seq, .. } => tokens.len().saturating_sub(1) / seq,
         }
@@ -178,6 +264,7 @@ impl Split {
                 features + targets
             }
             Examples::Text { tokens, .. } => std::mem::size_of_val(tokens.as_slice()),
+            Examples::Columns { columns, .. } => columns.iter().map(Column::bytes).sum(),
         };
         held as u64
     }
@@ -188,6 +275,33 @@ impl Split {
         match &self.examples {
             Examples::Table { shape, .. } => shape.clone(),
             Examples::Text { seq, .. } => vec![*seq],
+            Examples::Columns { columns, .. } => match columns.first().map(|c| &c.data) {
+                Some(ColumnData::Values { shape, .. }) => shape.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Maps every input value v (a table's features) to `low + (high − low) v`: pixels from
+    /// [0, 1] to [low, high]. Text and named arrays have no one input to map (an error).
+    pub fn rescale_inputs(&mut self, low: f32, high: f32) -> Result<(), DataError> {
+        match &mut self.examples {
+            Examples::Table { features, .. } => {
+                features.rescaled(low, high);
+                Ok(())
+            }
+            _ => Err(DataError::Leaves {
+                dataset: self.dataset.to_string(),
+                problem: "`input_range` maps the inputs of an image or table data set, not token ids or named arrays".to_string(),
+            }),
+        }
+    }
+
+    /// The names of a split of named arrays (empty for other splits).
+    pub fn column_names(&self) -> Vec<&str> {
+        match &self.examples {
+            Examples::Columns { columns, .. } => columns.iter().map(|c| c.name.as_str()).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -199,61 +313,202 @@ impl Split {
         input_shape: &[usize],
         target_shape: &[usize],
     ) -> Result<(ArrayD<f32>, ArrayD<f32>), DataError> {
-        let input_per = self.per_example(Role::Input, input_shape, indices.len())?;
-        let target_per = self.per_example(Role::Target, target_shape, indices.len())?;
+        let inputs = self.inputs(indices, input_shape)?;
+        let targets = self.targets(indices, target_shape)?;
+        Ok((inputs, targets))
+    }
+
+    /// The arrays of every leaf for the given examples, by leaf name. A split of named arrays
+    /// gives each leaf the array of its name (the model's only input may also take `x`, its
+    /// only target `y`); any other split feeds one input and at most one target (a model
+    /// without a target, an autoencoder's, takes the inputs alone).
+    pub fn batch_of(
+        &self,
+        indices: &[usize],
+        leaves: &Leaves,
+    ) -> Result<crate::npz::Arrays, DataError> {
+        let mut out = crate::npz::Arrays::new();
+        if let Examples::Columns { columns, .. } = &self.examples {
+            for (role, group, fallback) in [
+                (Role::Input, &leaves.inputs, "x"),
+                (Role::Target, &leaves.targets, "y"),
+            ] {
+                for (name, shape) in group {
+                    let only = group.len() == 1;
+                    let column = columns
+                        .iter()
+                        .find(|c| c.name == *name)
+                        .or_else(|| columns.iter().find(|c| only && c.name == fallback))
+                        .ok_or_else(|| self.no_array(role, name, columns))?;
+                    out.insert(name.clone(), self.column(column, role, indices, shape)?);
+                }
+            }
+            return Ok(out);
+        }
+        match (leaves.inputs.as_slice(), leaves.targets.as_slice()) {
+            ([(x, xs)], []) => {
+                out.insert(x.clone(), self.inputs(indices, xs)?);
+            }
+            ([(x, xs)], [(y, ys)]) => {
+                let (inputs, targets) = self.batch(indices, xs, ys)?;
+                out.insert(x.clone(), inputs);
+                out.insert(y.clone(), targets);
+            }
+            (inputs, targets) => {
+                let names: Vec<&str> = inputs
+                    .iter()
+                    .chain(targets)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                return Err(DataError::Leaves {
+                    dataset: self.dataset.to_string(),
+                    problem: format!(
+                        "its examples are one input and one target, but the model has {} input(s) and {} target(s) ({}); give each its own arrays, an .npz of `<name>_train` and `<name>_test` for every one",
+                        inputs.len(),
+                        targets.len(),
+                        names.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The error for a leaf that no named array feeds.
+    fn no_array(&self, role: Role, name: &str, columns: &[Column]) -> DataError {
+        let have: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        DataError::Leaves {
+            dataset: self.dataset.to_string(),
+            problem: format!(
+                "no arrays for the model's {role} `{name}` (name them `{name}_train` and `{name}_test`; the data set has {})",
+                have.join(", ")
+            ),
+        }
+    }
+
+    /// One named array's values for the given examples, shaped as a leaf declares.
+    fn column(
+        &self,
+        column: &Column,
+        role: Role,
+        indices: &[usize],
+        shape: &[usize],
+    ) -> Result<ArrayD<f32>, DataError> {
+        let per = self.per_example(role, shape, indices.len())?;
+        self.check_indices(indices)?;
+        let mismatch = || DataError::ShapeMismatch {
+            dataset: format!("{} (array `{}`)", self.dataset, column.name),
+            role,
+            declared: shape.to_vec(),
+            fits: column.fits(shape.first().copied().unwrap_or(0)),
+        };
+        let mut out = Vec::with_capacity(indices.len() * per);
+        match &column.data {
+            ColumnData::Values {
+                features,
+                shape: own,
+            } => {
+                let width: usize = own.iter().product();
+                if per != width {
+                    return Err(mismatch());
+                }
+                for &i in indices {
+                    features.push_example(i, width, &mut out);
+                }
+            }
+            ColumnData::Labels { labels, classes } => {
+                let layout = if shape.len() == 1 {
+                    Layout::Ids
+                } else if per == *classes {
+                    Layout::OneHot(*classes)
+                } else {
+                    return Err(mismatch());
+                };
+                push_ids(
+                    indices.iter().map(|&i| labels[i] as usize),
+                    layout,
+                    &mut out,
+                );
+            }
+        }
+        ArrayD::from_shape_vec(IxDyn(shape), out).map_err(|_| mismatch())
+    }
+
+    /// An error for the first index past the split's end.
+    fn check_indices(&self, indices: &[usize]) -> Result<(), DataError> {
         let len = self.len();
-        if let Some(&index) = indices.iter().find(|&&i| i >= len) {
-            return Err(DataError::IndexOutOfRange {
+        match indices.iter().find(|&&i| i >= len) {
+            Some(&index) => Err(DataError::IndexOutOfRange {
                 dataset: self.dataset.to_string(),
                 index,
                 len,
-            });
+            }),
+            None => Ok(()),
         }
-        let mut inputs = Vec::new();
-        let mut targets = Vec::new();
+    }
+
+    /// The inputs of the given examples, shaped to the model's declared input shape.
+    pub fn inputs(&self, indices: &[usize], shape: &[usize]) -> Result<ArrayD<f32>, DataError> {
+        let per = self.per_example(Role::Input, shape, indices.len())?;
+        self.check_indices(indices)?;
+        let mut inputs = Vec::with_capacity(indices.len().saturating_mul(per.min(1 << 20)));
         match &self.examples {
             Examples::Table {
                 features,
-                shape,
-                targets: kinds,
+                shape: own,
                 ..
             } => {
-                let width: usize = shape.iter().product();
-                if input_per != width {
-                    return Err(self.mismatch(Role::Input, input_shape));
+                let width: usize = own.iter().product();
+                if per != width {
+                    return Err(self.mismatch(Role::Input, shape));
                 }
-                let target_layout = self.target_layout(kinds, target_shape, target_per)?;
-                inputs.reserve(indices.len() * width);
-                targets.reserve(indices.len() * target_per);
                 for &i in indices {
                     features.push_example(i, width, &mut inputs);
+                }
+            }
+            Examples::Text { tokens, seq, .. } => {
+                let layout = self.token_layout(Role::Input, shape, per)?;
+                for &i in indices {
+                    let start = i * seq;
+                    let ids = tokens[start..start + seq].iter().map(|&t| usize::from(t));
+                    push_ids(ids, layout, &mut inputs);
+                }
+            }
+            Examples::Columns { .. } => return Err(self.mismatch(Role::Input, shape)),
+        }
+        self.array(Role::Input, shape, inputs)
+    }
+
+    /// The targets of the given examples, shaped to the model's declared target shape.
+    pub fn targets(&self, indices: &[usize], shape: &[usize]) -> Result<ArrayD<f32>, DataError> {
+        let per = self.per_example(Role::Target, shape, indices.len())?;
+        self.check_indices(indices)?;
+        let mut targets = Vec::with_capacity(indices.len().saturating_mul(per.min(1 << 20)));
+        match &self.examples {
+            Examples::Table { targets: kinds, .. } => {
+                let layout = self.target_layout(kinds, shape, per)?;
+                for &i in indices {
                     match kinds {
                         Targets::Classes { labels, .. } => {
-                            push_ids([labels[i] as usize], target_layout, &mut targets)
+                            push_ids([labels[i] as usize], layout, &mut targets)
                         }
                         Targets::Values { data, .. } => {
-                            targets.extend_from_slice(&data[i * target_per..(i + 1) * target_per])
+                            targets.extend_from_slice(&data[i * per..(i + 1) * per])
                         }
                     }
                 }
             }
             Examples::Text { tokens, seq, .. } => {
-                let input_layout = self.token_layout(Role::Input, input_shape, input_per)?;
-                let target_layout = self.token_layout(Role::Target, target_shape, target_per)?;
-                inputs.reserve(indices.len() * input_per);
-                targets.reserve(indices.len() * target_per);
-                let ids =
-                    |range: std::ops::Range<usize>| tokens[range].iter().map(|&t| usize::from(t));
+                let layout = self.token_layout(Role::Target, shape, per)?;
                 for &i in indices {
-                    let start = i * seq;
-                    push_ids(ids(start..start + seq), input_layout, &mut inputs);
-                    push_ids(ids(start + 1..start + seq + 1), target_layout, &mut targets);
+                    let start = i * seq + 1;
+                    let ids = tokens[start..start + seq].iter().map(|&t| usize::from(t));
+                    push_ids(ids, layout, &mut targets);
                 }
             }
+            Examples::Columns { .. } => return Err(self.mismatch(Role::Target, shape)),
         }
-        let inputs = self.array(Role::Input, input_shape, inputs)?;
-        let targets = self.array(Role::Target, target_shape, targets)?;
-        Ok((inputs, targets))
+        self.array(Role::Target, shape, targets)
     }
 
     /// The number of values per example of a declared shape, after checking its batch axis.
@@ -312,20 +567,13 @@ impl Split {
     fn input_fits(&self, declared: &[usize]) -> String {
         let batch = declared.first().copied().unwrap_or(0);
         match &self.examples {
-            Examples::Table { shape, .. } => {
-                let width: usize = shape.iter().product();
-                let mut natural = vec![batch];
-                natural.extend(shape);
-                format!(
-                    "{} (or any shape with {width} values after the batch axis)",
-                    shape_text(&natural)
-                )
-            }
+            Examples::Table { shape, .. } => values_fit(batch, shape),
             Examples::Text { seq, vocab, .. } => format!(
                 "{} (token ids) or {} (one-hot)",
                 shape_text(&[batch, *seq]),
                 shape_text(&[batch, *seq, *vocab])
             ),
+            Examples::Columns { .. } => "named arrays (one per input and target)".to_string(),
         }
     }
 
@@ -336,11 +584,7 @@ impl Split {
             Examples::Table {
                 targets: Targets::Classes { classes, .. },
                 ..
-            } => format!(
-                "{} (one-hot over {classes} classes) or {} (class index)",
-                shape_text(&[batch, *classes]),
-                shape_text(&[batch])
-            ),
+            } => classes_fit(batch, *classes),
             Examples::Table {
                 targets: Targets::Values { shape, .. },
                 ..
@@ -354,6 +598,7 @@ impl Split {
                 shape_text(&[batch, *seq, *vocab]),
                 shape_text(&[batch, *seq])
             ),
+            Examples::Columns { .. } => "named arrays (one per input and target)".to_string(),
         }
     }
 
@@ -374,6 +619,26 @@ impl Split {
     fn array(&self, role: Role, shape: &[usize], data: Vec<f32>) -> Result<ArrayD<f32>, DataError> {
         ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| self.mismatch(role, shape))
     }
+}
+
+/// The shapes that fit examples of `shape` values, with the batch size `batch`.
+fn values_fit(batch: usize, shape: &[usize]) -> String {
+    let width: usize = shape.iter().product();
+    let mut natural = vec![batch];
+    natural.extend(shape);
+    format!(
+        "{} (or any shape with {width} values after the batch axis)",
+        shape_text(&natural)
+    )
+}
+
+/// The shapes that fit class labels below `classes`, with the batch size `batch`.
+fn classes_fit(batch: usize, classes: usize) -> String {
+    format!(
+        "{} (one-hot over {classes} classes) or {} (class index)",
+        shape_text(&[batch, classes]),
+        shape_text(&[batch])
+    )
 }
 
 /// How ids (class labels, tokens) are written into a batch.

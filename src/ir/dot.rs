@@ -20,6 +20,7 @@ pub fn to_dot(program: &Program) -> String {
                     LeafKind::Input => "shape=invhouse, style=filled, fillcolor=\"#8ecae6\"",
                     LeafKind::Target => "shape=house, style=filled, fillcolor=\"#b7e4c7\"",
                     LeafKind::State => "shape=box3d, style=filled, fillcolor=\"#e0e0e0\"",
+                    LeafKind::Noise => "shape=octagon, style=filled, fillcolor=\"#f1c0e8\"",
                 };
                 (
                     format!("{} {}\\n{}", kind.keyword(), name, node.shape),

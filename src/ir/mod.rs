@@ -80,6 +80,21 @@ pub enum Init {
     Xavier,
     /// He/Kaiming normal: N(0, 2 / fan_in).
     He,
+    /// Inverted dropout's mask: 1 / (1 − p) with probability 1 − p, else 0 (so that its mean
+    /// is 1). The initialiser of a `Noise` leaf.
+    Dropout {
+        p: f64,
+    },
+    /// A (semi-)orthogonal matrix times `gain`: the tensor as a matrix of its first axis by
+    /// the rest, its rows or its columns (whichever are fewer) orthonormal.
+    Orthogonal {
+        gain: f64,
+    },
+    /// U(-a, a) with a = scale / sqrt(fan_in): how PyTorch's and Equinox's linear and
+    /// convolution layers start (scale 1).
+    FanInUniform {
+        scale: f64,
+    },
 }
 
 impl fmt::Display for Init {
@@ -101,6 +116,9 @@ impl fmt::Display for Init {
             }
             Init::Xavier => f.write_str("xavier"),
             Init::He => f.write_str("he"),
+            Init::Dropout { p } => write!(f, "dropout({})", fmt_f64(*p)),
+            Init::Orthogonal { gain } => write!(f, "orthogonal({})", fmt_f64(*gain)),
+            Init::FanInUniform { scale } => write!(f, "fan_in_uniform({})", fmt_f64(*scale)),
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum LeafKind {
     /// A named buffer of a derived program: a value unit, an error unit, a cotangent seed or a
     /// quantity frozen by the relaxation prologue.
     State,
+    /// A random tensor drawn afresh for every training step from its initialiser (dropout's
+    /// mask), the same for all of the step's programs; all ones when evaluating.
+    Noise,
 }
 
 impl LeafKind {
@@ -28,6 +31,7 @@ impl LeafKind {
             LeafKind::Target => "target",
             LeafKind::Param => "param",
             LeafKind::State => "state",
+            LeafKind::Noise => "noise",
         }
     }
 }
@@ -47,6 +51,9 @@ pub enum UnaryOp {
     Abs,
     /// 1.0 where x > 0, -1.0 where x < 0, 0.0 at 0.
     Sign,
+    /// x itself, with a derivative of zero: what the gradient (and a predictive-coding
+    /// message) does not flow back through.
+    StopGradient,
     /// x raised to a constant power.
     Powf(f64),
 }
@@ -381,6 +388,7 @@ impl fmt::Display for UnaryOp {
             UnaryOp::Sigmoid => f.write_str("sigmoid"),
             UnaryOp::Abs => f.write_str("abs"),
             UnaryOp::Sign => f.write_str("sign"),
+            UnaryOp::StopGradient => f.write_str("stop_gradient"),
             UnaryOp::Powf(p) => write!(f, "powf[{}]", fmt_f64(*p)),
         }
     }

@@ -174,6 +174,7 @@ fn leaf_kind(word: &str) -> Option<LeafKind> {
         LeafKind::Target,
         LeafKind::Param,
         LeafKind::State,
+        LeafKind::Noise,
     ]
     .into_iter()
     .find(|k| k.keyword() == word)
@@ -284,6 +285,7 @@ fn parse_op(text: &str) -> Result<Op, String> {
         "sigmoid" => unary(UnaryOp::Sigmoid),
         "abs" => unary(UnaryOp::Abs),
         "sign" => unary(UnaryOp::Sign),
+        "stop_gradient" => unary(UnaryOp::StopGradient),
         "powf" => unary(UnaryOp::Powf(parse_f64(get("")?)?)),
         "add" => binary(BinaryOp::Add),
         "sub" => binary(BinaryOp::Sub),
@@ -371,6 +373,18 @@ fn parse_init(text: &str) -> Result<Init, String> {
                 mean: *mean,
                 std: *std,
             });
+        }
+    } else if let Some(args) = call("dropout(") {
+        if let [p] = args?.as_slice() {
+            return Ok(Init::Dropout { p: *p });
+        }
+    } else if let Some(args) = call("orthogonal(") {
+        if let [gain] = args?.as_slice() {
+            return Ok(Init::Orthogonal { gain: *gain });
+        }
+    } else if let Some(args) = call("fan_in_uniform(") {
+        if let [scale] = args?.as_slice() {
+            return Ok(Init::FanInUniform { scale: *scale });
         }
     } else if let Some(args) = call("uniform(") {
         if let [low, high] = args?.as_slice() {

@@ -117,6 +117,7 @@ pub fn verify(program: &Program) -> Result<(), VerifyError> {
             super::LeafKind::Param,
             super::LeafKind::Input,
             super::LeafKind::Target,
+            super::LeafKind::Noise,
         ]
         .iter()
         .any(|&k| program.leaf_named(k, name).is_some());

@@ -140,6 +140,9 @@ impl Layout {
 /// The status of a function stopped by a [`Segment::Guard`].
 pub const DIVERGED: i32 = -1;
 
+/// The status of a function whose loop saw [`super::runtime::INTERRUPT`] raised.
+pub const INTERRUPTED: i32 = -2;
+
 /// Translates the kernels of one function, in the spirit of cranelift-jit-demo's
 /// `FunctionTranslator`: one `translate_*` method per construct.
 pub struct FunctionTranslator<'a> {
@@ -526,6 +529,7 @@ impl FunctionTranslator<'_> {
         let more = self.builder.ins().icmp(IntCC::SignedLessThan, step, steps);
         self.builder.ins().brif(more, first_block, &[], exit, &[]);
         self.builder.switch_to_block(first_block);
+        self.poll_interrupt();
         self.translate_kernels(kernels, first);
         let next = self.builder.ins().iadd_imm_s(step, 1);
         if let Some((until, block)) = stopped {
@@ -568,6 +572,18 @@ impl FunctionTranslator<'_> {
         self.translate_kernels(kernels, until.to_odd.clone());
         self.builder.ins().jump(done, &[]);
         self.builder.switch_to_block(done);
+    }
+
+    /// Ends the function with [`INTERRUPTED`] when [`super::runtime::INTERRUPT`] is raised:
+    /// one load and branch per two loop steps, so that a long relaxation stops within two
+    /// steps of a request (Ctrl-C), before anything after the loop has run.
+    fn poll_interrupt(&mut self) {
+        let pointer = self.builder.func.dfg.value_type(self.arena);
+        let at = super::runtime::INTERRUPT.as_ptr() as i64;
+        let address = self.builder.ins().iconst(pointer, at);
+        let raised = self.builder.ins().load(types::I32, flags(), address, 0);
+        let code = self.builder.ins().iconst(types::I32, INTERRUPTED as i64);
+        self.fail_unless_zero(raised, code);
     }
 
     /// Jumps to `stopped` with `run` when the stopping test's flag reads 0.
@@ -1126,6 +1142,7 @@ impl FunctionTranslator<'_> {
         match op {
             UnaryOp::Neg => b.ins().fneg(x),
             UnaryOp::Abs => b.ins().fabs(x),
+            UnaryOp::StopGradient => x,
             UnaryOp::Sqrt => b.ins().sqrt(x),
             UnaryOp::Exp => math::exp(b, lanes, self.fma, x),
             UnaryOp::Log => math::log(b, lanes, self.fma, x),

@@ -27,7 +27,9 @@ mod team;
 
 pub use looped::JitLoop;
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
-pub use runtime::{take_kernel_times, take_product_time, time_products, Exchange, KernelTime};
+pub use runtime::{
+    interrupt, take_kernel_times, take_product_time, time_products, Exchange, KernelTime,
+};
 pub use step::{Cost, JitStep, KernelInfo, Stage, StepCost};
 
 use crate::interp::{Bindings, EvalError, Tensor};
@@ -84,6 +86,9 @@ pub enum JitError {
     OutOfBounds { kernel: usize },
     /// A compiled step's guard found a value that is not finite; nothing after it ran.
     Diverged,
+    /// A compiled loop saw an interrupt request (`runtime::interrupt`); nothing after the
+    /// loop ran.
+    Interrupted,
     /// The function's arena (every buffer it holds) could not be allocated.
     OutOfMemory { bytes: usize },
 }
@@ -99,6 +104,7 @@ impl fmt::Display for JitError {
                 write!(f, "kernel {kernel} accessed memory outside its buffer")
             }
             JitError::Diverged => f.write_str("a value of the step is not finite"),
+            JitError::Interrupted => f.write_str("interrupted"),
             JitError::OutOfMemory { bytes } => write!(
                 f,
                 "the compiled function's buffers need {} ({bytes} bytes), more than can be allocated",
@@ -453,6 +459,7 @@ impl Function {
         match status {
             0 => Ok(()),
             codegen::DIVERGED => Err(JitError::Diverged),
+            codegen::INTERRUPTED => Err(JitError::Interrupted),
             k => Err(JitError::OutOfBounds {
                 kernel: k as usize - 1,
             }),

@@ -27,6 +27,18 @@ const PIECE_ALIGN: usize = 16;
 pub const OUT_OF_ARENA: i32 = 1;
 
 /// Whether matrix products and convolutions time themselves (see [`time_products`]).
+/// Raised (non-zero) to make every compiled loop end its function with
+/// [`codegen::INTERRUPTED`](super::codegen::INTERRUPTED) at its next poll; see
+/// [`interrupt`].
+pub static INTERRUPT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Asks the compiled loops running now, and any started later, to stop (`true`), or lets
+/// them run again (`false`). A step so stopped fails with `JitError::Interrupted` before
+/// anything after its loop (the learning, the optimiser's update) has run.
+pub fn interrupt(stop: bool) {
+    INTERRUPT.store(i32::from(stop), std::sync::atomic::Ordering::SeqCst);
+}
+
 static TIMING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 thread_local! {

@@ -418,7 +418,7 @@ pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms
     let mut body = Program::new(format!("{}.relax.step", model.name));
     let mut energy_terms = Vec::new();
     for (phase, beta) in &phase_graphs {
-        let units = errors(forward, phase, &mut body, mode, *beta)?;
+        let units = errors(forward, phase, &mut body, mode, *beta, false)?;
         let wrt: Vec<ValueId> = relaxed(phase).map(|pc| units.cut[&pc.value]).collect();
         let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
         for (k, pc) in relaxed(phase).enumerate() {
@@ -471,7 +471,7 @@ pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms
     let mut energy_terms = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for (phase, beta) in &phase_graphs {
-        let units = errors(forward, phase, &mut learn, mode, *beta)?;
+        let units = errors(forward, phase, &mut learn, mode, *beta, true)?;
         let params: Vec<(ValueId, String)> = learn
             .leaves(LeafKind::Param)
             .into_iter()
@@ -483,7 +483,13 @@ pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms
             .map(|(id, n)| (id, format!("message.{n}")))
             .collect();
         let wrt: Vec<ValueId> = params.iter().chain(&inputs).map(|(id, _)| *id).collect();
-        let grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
+        let mut grads = autodiff::vjp(&mut learn, &units.seeds, &wrt)?;
+        // An input the loss also reads gets the loss's direct term besides its children's.
+        for ((id, _), g) in inputs.iter().zip(&mut grads[params.len()..]) {
+            if let Some(&from_loss) = units.input_messages.get(id) {
+                *g = learn.add_values(*g, from_loss);
+            }
+        }
         let weight = 1.0 / (beta * phase_graphs.len() as f64);
         let grads: Vec<ValueId> = grads
             .into_iter()
@@ -609,19 +615,24 @@ struct Units {
     errors: HashMap<ValueId, ValueId>,
     /// Forward value → −∂L/∂v for relaxed nodes the loss reads.
     loss_messages: HashMap<ValueId, ValueId>,
+    /// Input leaf → the loss's direct message −β ∂L/∂x to it (what reaches the input from
+    /// the loss region without passing through a PC node), when asked for.
+    input_messages: HashMap<ValueId, ValueId>,
     /// (prediction μ_j, π_j ε_j) for every PC node j: the seeds of the message product.
     seeds: Vec<(ValueId, ValueId)>,
 }
 
 /// Builds the cut graph and the error units into `program`. The cut reads `ff.*` state in
 /// fixed and exact modes (frozen predictions and Jacobians), whose errors are the `e.*`
-/// state, and `v.*` in strict mode, whose errors are v − μ.
+/// state, and `v.*` in strict mode, whose errors are v − μ. `with_inputs` adds the loss's
+/// direct messages to the inputs (the learning program reports them).
 fn errors(
     forward: &Stacked,
     graph: &PcGraph,
     program: &mut Program,
     mode: Mode,
     beta: f64,
+    with_inputs: bool,
 ) -> Result<Units, PcError> {
     let mut cut = HashMap::new();
     let mut carried = HashMap::new();
@@ -644,8 +655,19 @@ fn errors(
         cut.insert(pc.value, at);
     }
     let computed = replay(forward, program, &cut);
-    let mut loss_grads =
-        loss_gradients(forward, program, graph, &computed, &cut, beta)?.into_iter();
+    let inputs: Vec<ValueId> = if with_inputs {
+        program
+            .leaves(LeafKind::Input)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (loss_grads, from_loss) =
+        loss_partials(forward, program, graph, &computed, &cut, beta, &inputs)?;
+    let input_messages = inputs.into_iter().zip(from_loss).collect();
+    let mut loss_grads = loss_grads.into_iter();
     let mut errors = HashMap::new();
     let mut loss_messages = HashMap::new();
     let mut seeds = Vec::new();
@@ -675,6 +697,7 @@ fn errors(
         carried,
         errors,
         loss_messages,
+        input_messages,
         seeds,
     })
 }
@@ -695,6 +718,22 @@ pub(crate) fn loss_gradients(
     cut: &HashMap<ValueId, ValueId>,
     beta: f64,
 ) -> Result<Vec<ValueId>, PcError> {
+    loss_partials(forward, program, graph, computed, cut, beta, &[]).map(|(grads, _)| grads)
+}
+
+/// [`loss_gradients`], and −β ∂L/∂x for each leaf x of `program` in `leaves`: the partial
+/// derivative of the loss with respect to a leaf it reads directly (an autoencoder's input,
+/// which the loss compares with the reconstruction), zero for a leaf it reads only through
+/// PC nodes. Those paths are cut here; their share arrives as the nodes' errors.
+fn loss_partials(
+    forward: &Stacked,
+    program: &mut Program,
+    graph: &PcGraph,
+    computed: &[ValueId],
+    cut: &HashMap<ValueId, ValueId>,
+    beta: f64,
+    leaves: &[ValueId],
+) -> Result<(Vec<ValueId>, Vec<ValueId>), PcError> {
     let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
     let mut reads = cut.clone();
     let mut wrt = Vec::new();
@@ -714,12 +753,15 @@ pub(crate) fn loss_gradients(
             Role::Relaxed { loss_reads: false } => {}
         }
     }
-    if wrt.is_empty() {
-        return Ok(Vec::new());
+    let of_nodes = wrt.len();
+    if of_nodes == 0 && leaves.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
     }
+    wrt.extend_from_slice(leaves);
     let replayed = replay(forward, program, &reads);
     let seed = program.constant(-beta, Shape::scalar());
-    let grads = autodiff::vjp(program, &[(replayed[loss.index()], seed)], &wrt)?;
+    let mut grads = autodiff::vjp(program, &[(replayed[loss.index()], seed)], &wrt)?;
+    let of_leaves = grads.split_off(of_nodes);
     for (leaf, prediction) in stand_ins {
         // The prediction comes before the leaf, so the program stays in topological order.
         let node = &mut program.nodes[leaf.index()];
@@ -731,7 +773,7 @@ pub(crate) fn loss_gradients(
             region: Region::Model,
         };
     }
-    Ok(grads)
+    Ok((grads, of_leaves))
 }
 
 /// Copies the stacked forward program into `program`: leaves become leaves of the same kind

@@ -9,7 +9,7 @@
 use super::lower::{ArgVal, Lowerer, MAX_ELEMENTS};
 use super::value::Val;
 use crate::diag::{Diagnostic, ErrorKind};
-use crate::ir::{BinaryOp, Op, ReduceOp, Shape, UnaryOp, ValueId};
+use crate::ir::{BinaryOp, Init, LeafKind, Op, ReduceOp, Shape, UnaryOp, ValueId};
 use crate::source::Span;
 use crate::syntax::ast::Ident;
 
@@ -29,10 +29,18 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("relu", &["x"]),
     ("leaky_relu", &["x", "alpha?"]),
     ("maximum", &["a", "b"]),
+    ("minimum", &["a", "b"]),
+    ("clip", &["x", "low", "high"]),
+    ("sign", &["x"]),
+    ("stop_gradient", &["x"]),
+    ("dropout", &["x", "p"]),
     ("where", &["cond", "a", "b"]),
     ("sum", &["x", "axis?", "keepdims?"]),
     ("mean", &["x", "axis?", "keepdims?"]),
     ("max", &["x", "axis?", "keepdims?"]),
+    ("min", &["x", "axis?", "keepdims?"]),
+    ("var", &["x", "axis?", "keepdims?"]),
+    ("argmax", &["x", "axis?", "keepdims?"]),
     ("reshape", &["x", "shape"]),
     ("flatten", &["x"]),
     ("transpose", &["x", "perm?"]),
@@ -42,6 +50,7 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("one_hot", &["labels", "n"]),
     ("causal_mask", &["n"]),
     ("conv2d", &["x", "w", "stride?", "padding?"]),
+    ("conv1d", &["x", "w", "stride?", "padding?"]),
     ("max_pool2d", &["x", "size", "stride?"]),
     ("avg_pool2d", &["x", "size", "stride?"]),
     ("dim", &["x", "axis"]),
@@ -66,10 +75,18 @@ pub const NAMES: &[&str] = &[
     "relu",
     "leaky_relu",
     "maximum",
+    "minimum",
+    "clip",
+    "sign",
+    "stop_gradient",
+    "dropout",
     "where",
     "sum",
     "mean",
     "max",
+    "min",
+    "var",
+    "argmax",
     "reshape",
     "flatten",
     "transpose",
@@ -79,6 +96,7 @@ pub const NAMES: &[&str] = &[
     "one_hot",
     "causal_mask",
     "conv2d",
+    "conv1d",
     "max_pool2d",
     "avg_pool2d",
     "dim",
@@ -346,6 +364,8 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
         "tan" => Some(UnaryOp::Tan),
         "tanh" => Some(UnaryOp::Tanh),
         "sigmoid" => Some(UnaryOp::Sigmoid),
+        "sign" => Some(UnaryOp::Sign),
+        "stop_gradient" => Some(UnaryOp::StopGradient),
         _ => None,
     };
     if let Some(op) = simple(name) {
@@ -396,6 +416,23 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let (x, y) = (b.get(0)?.clone(), b.get(1)?.clone());
             Some(l.elementwise(BinaryOp::Max, (&x.val, x.span), (&y.val, y.span), span))
         }
+        // minimum(a, b) = -max(-a, -b)
+        "minimum" => {
+            let (x, y) = (b.get(0)?.clone(), b.get(1)?.clone());
+            Some(minimum(l, (&x.val, x.span), (&y.val, y.span), span))
+        }
+        // clip(x, low, high) = minimum(maximum(x, low), high), for low <= high
+        "clip" => {
+            let (x, low, high) = (b.get(0)?.clone(), b.get(1)?.clone(), b.get(2)?.clone());
+            if let (Some(lo), Some(hi)) = (low.val.as_number(), high.val.as_number()) {
+                if lo > hi {
+                    bad_arg(l, span, format!("clip's low {lo} is above its high {hi}"));
+                    return None;
+                }
+            }
+            let above = l.elementwise(BinaryOp::Max, (&x.val, x.span), (&low.val, low.span), span);
+            Some(minimum(l, (&above, span), (&high.val, high.span), span))
+        }
         "where" => {
             let c = tensor(l, b.get(0)?)?;
             let x = tensor(l, b.get(1)?)?;
@@ -421,7 +458,10 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let y = l.broadcast_to(y, &common, span)?;
             Some(l.node(Op::Where, vec![c, x, y], None, span))
         }
-        "sum" | "mean" | "max" => reduce(l, name, b, span),
+        "sum" | "mean" | "max" | "min" | "var" => reduce(l, name, b, span),
+        "argmax" => argmax(l, b, span),
+        "dropout" => dropout(l, b, span),
+        "conv1d" => conv1d(l, b, span),
         "reshape" => {
             let x = tensor(l, b.get(0)?)?;
             let a = b.get(1)?;
@@ -680,34 +720,11 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let x = tensor(l, b.get(0)?)?;
             let w = tensor(l, b.get(1)?)?;
             let stride = positive(l, b.get(2), 1, "stride")?;
-            let padding = match b.get(3) {
-                Some(a) => {
-                    let p = int(l, a)?;
-                    if p < 0 {
-                        bad_arg(l, a.span, format!("padding must not be negative, got {p}"));
-                        return None;
-                    }
-                    if p as usize > MAX_ELEMENTS {
-                        bad_arg(l, a.span, format!("padding {p} is too large"));
-                        return None;
-                    }
-                    p as usize
-                }
-                None => 0,
-            };
+            let padding = padding(l, b.get(3))?;
             let (sx, sw) = (l.shape(x).clone(), l.shape(w).clone());
             if sx.rank() != 4 || sw.rank() != 4 || sx.dims()[1] != sw.dims()[1] {
-                l.error(
-                    Diagnostic::new(
-                        ErrorKind::ShapeMismatch,
-                        format!("conv2d needs an input [N, C, H, W] and a weight [O, C, KH, KW], got {sx} and {sw}"),
-                        span,
-                        "in this call",
-                    )
-                    .with_label(b.get(0)?.span, format!("has shape {sx}"))
-                    .with_label(b.get(1)?.span, format!("has shape {sw}")),
-                );
-                return None;
+                let needs = "conv2d needs an input [N, C, H, W] and a weight [O, C, KH, KW]";
+                return conv_mismatch(l, b, span, needs, (&sx, &sw));
             }
             Some(l.node(Op::Conv2d { stride, padding }, vec![x, w], None, span))
         }
@@ -740,37 +757,253 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
     }
 }
 
-/// sum / mean / max over axes, optionally keeping the reduced axes as size 1.
+/// sum / mean / max / min / var over axes, optionally keeping the reduced axes as size 1.
 fn reduce(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
     let x = tensor(l, b.get(0)?)?;
     let shape = l.shape(x).clone();
     let axes = axes(l, b.get(1), shape.rank())?;
     let keep = boolean(l, b.get(2))?;
     if axes.is_empty() {
-        return Some(Val::Tensor(x));
+        return Some(match name {
+            // var of single values (no axis reduced) is 0
+            "var" => Val::Tensor(l.constant(0.0, shape)),
+            _ => Val::Tensor(x),
+        });
     }
-    let op = if name == "max" {
-        ReduceOp::Max
-    } else {
-        ReduceOp::Sum
-    };
-    let mut r = l.push_node(Op::Reduce(op, axes.clone()), vec![x], None, span)?;
-    if name == "mean" {
-        let count: usize = axes.iter().map(|&a| shape.dims()[a]).product();
-        let s = l.shape(r).clone();
-        let k = l.constant(1.0 / count as f64, s);
-        r = l.push_node(Op::Binary(BinaryOp::Mul), vec![r, k], None, span)?;
-    }
-    if keep {
-        let kept: Vec<usize> = shape
+    let kept = Shape(
+        shape
             .dims()
             .iter()
             .enumerate()
             .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
-            .collect();
+            .collect(),
+    );
+    let count: usize = axes.iter().map(|&a| shape.dims()[a]).product();
+    let r = match name {
+        // min(x) = -max(-x)
+        "min" => {
+            let negated = l.push_node(Op::Unary(UnaryOp::Neg), vec![x], None, span)?;
+            let most = l.push_node(
+                Op::Reduce(ReduceOp::Max, axes.clone()),
+                vec![negated],
+                None,
+                span,
+            )?;
+            l.push_node(Op::Unary(UnaryOp::Neg), vec![most], None, span)?
+        }
+        // var(x) = mean((x - mean(x))^2), the population variance
+        "var" => {
+            let mean = mean_over(l, x, &axes, count, span)?;
+            let mean = l.push_node(Op::Reshape, vec![mean], Some(kept.clone()), span)?;
+            let mean = l.broadcast_to(mean, &shape, span)?;
+            let centred = l.push_node(Op::Binary(BinaryOp::Sub), vec![x, mean], None, span)?;
+            let squared = l.push_node(
+                Op::Binary(BinaryOp::Mul),
+                vec![centred, centred],
+                None,
+                span,
+            )?;
+            mean_over(l, squared, &axes, count, span)?
+        }
+        "mean" => mean_over(l, x, &axes, count, span)?,
+        "max" => l.push_node(Op::Reduce(ReduceOp::Max, axes.clone()), vec![x], None, span)?,
+        _ => l.push_node(Op::Reduce(ReduceOp::Sum, axes.clone()), vec![x], None, span)?,
+    };
+    if keep {
+        return l
+            .push_node(Op::Reshape, vec![r], Some(kept), span)
+            .map(Val::Tensor);
+    }
+    Some(Val::Tensor(r))
+}
+
+/// The mean of `x` over `axes` (`count` elements each), the axes removed.
+fn mean_over(
+    l: &mut Lowerer,
+    x: ValueId,
+    axes: &[usize],
+    count: usize,
+    span: Span,
+) -> Option<ValueId> {
+    let total = l.push_node(
+        Op::Reduce(ReduceOp::Sum, axes.to_vec()),
+        vec![x],
+        None,
+        span,
+    )?;
+    let s = l.shape(total).clone();
+    let k = l.constant(1.0 / count as f64, s);
+    l.push_node(Op::Binary(BinaryOp::Mul), vec![total, k], None, span)
+}
+
+/// minimum(a, b) = -max(-a, -b), broadcasting; numbers stay numbers.
+fn minimum(l: &mut Lowerer, a: (&Val, Span), b: (&Val, Span), span: Span) -> Val {
+    let negate = |l: &mut Lowerer, v: &Val, at: Span| match v {
+        Val::Int(i) => Val::Float(-(*i as f64)),
+        Val::Float(x) => Val::Float(-x),
+        Val::Tensor(id) => l.unary(UnaryOp::Neg, *id, at),
+        other => {
+            let other = other.clone();
+            l.type_error(&other, "a number or a tensor", at)
+        }
+    };
+    let (na, nb) = (negate(l, a.0, a.1), negate(l, b.0, b.1));
+    if na == Val::Poison || nb == Val::Poison {
+        return Val::Poison;
+    }
+    match l.elementwise(BinaryOp::Max, (&na, a.1), (&nb, b.1), span) {
+        Val::Float(x) => Val::Float(-x),
+        Val::Tensor(id) => l.unary(UnaryOp::Neg, id, span),
+        other => other,
+    }
+}
+
+/// argmax(x, axis = -1): the index of the largest element along `axis` (the first of equal
+/// ones), as a number; its derivative is zero. Built from max, equal and iota:
+/// first index = -max(where(x == max(x), -iota, -n)).
+fn argmax(l: &mut Lowerer, b: &Bound, span: Span) -> Option<Val> {
+    let x = tensor(l, b.get(0)?)?;
+    let shape = l.shape(x).clone();
+    if shape.rank() == 0 {
+        bad_arg(
+            l,
+            b.get(0)?.span,
+            "argmax needs a tensor with an axis, not a scalar".to_string(),
+        );
+        return None;
+    }
+    let ax = match b.get(1) {
+        Some(a) => axis(l, a, shape.rank())?,
+        None => shape.rank() - 1,
+    };
+    let keep = boolean(l, b.get(2))?;
+    let mut kept = shape.dims().to_vec();
+    kept[ax] = 1;
+    let largest = l.push_node(Op::Reduce(ReduceOp::Max, vec![ax]), vec![x], None, span)?;
+    let largest = l.push_node(Op::Reshape, vec![largest], Some(Shape(kept.clone())), span)?;
+    let largest = l.broadcast_to(largest, &shape, span)?;
+    let at_max = l.push_node(Op::Binary(BinaryOp::Equal), vec![x, largest], None, span)?;
+    let index = l.push_node(Op::Iota { axis: ax }, vec![], Some(shape.clone()), span)?;
+    let negated = l.push_node(Op::Unary(UnaryOp::Neg), vec![index], None, span)?;
+    let beyond = l.constant(-(shape.dims()[ax] as f64), shape.clone());
+    let candidates = l.push_node(Op::Where, vec![at_max, negated, beyond], None, span)?;
+    let first = l.push_node(
+        Op::Reduce(ReduceOp::Max, vec![ax]),
+        vec![candidates],
+        None,
+        span,
+    )?;
+    let mut r = l.push_node(Op::Unary(UnaryOp::Neg), vec![first], None, span)?;
+    if keep {
         r = l.push_node(Op::Reshape, vec![r], Some(Shape(kept)), span)?;
     }
     Some(Val::Tensor(r))
+}
+
+/// A convolution's `padding` argument: a whole number from 0 (the default) up.
+fn padding(l: &mut Lowerer, a: Option<&ArgVal>) -> Option<usize> {
+    let Some(a) = a else {
+        return Some(0);
+    };
+    let p = int(l, a)?;
+    if p < 0 {
+        bad_arg(l, a.span, format!("padding must not be negative, got {p}"));
+        return None;
+    }
+    if p as usize > MAX_ELEMENTS {
+        bad_arg(l, a.span, format!("padding {p} is too large"));
+        return None;
+    }
+    Some(p as usize)
+}
+
+/// The error for a convolution's input and weight shapes that do not fit: what it `needs`,
+/// both operands labelled with their shapes.
+fn conv_mismatch<T>(
+    l: &mut Lowerer,
+    b: &Bound,
+    span: Span,
+    needs: &str,
+    (sx, sw): (&Shape, &Shape),
+) -> Option<T> {
+    l.error(
+        Diagnostic::new(
+            ErrorKind::ShapeMismatch,
+            format!("{needs}, got {sx} and {sw}"),
+            span,
+            "in this call",
+        )
+        .with_label(b.get(0)?.span, format!("has shape {sx}"))
+        .with_label(b.get(1)?.span, format!("has shape {sw}")),
+    );
+    None
+}
+
+/// dropout(x, p) = x · mask, the mask a `Noise` leaf drawn for every training step: 1 / (1 − p)
+/// with probability 1 − p, else 0 (inverted dropout, so its mean is 1); all ones when
+/// evaluating. Each call has a mask of its own, `dropout.<k>`.
+fn dropout(l: &mut Lowerer, b: &Bound, span: Span) -> Option<Val> {
+    let x = tensor(l, b.get(0)?)?;
+    let p = number(l, b.get(1)?)?;
+    if !(0.0..1.0).contains(&p) {
+        bad_arg(
+            l,
+            b.get(1)?.span,
+            format!("the dropout probability must be in [0, 1), got {p}"),
+        );
+        return None;
+    }
+    if p == 0.0 {
+        return Some(Val::Tensor(x));
+    }
+    if let Some(frame) = l.loops.len().checked_sub(1) {
+        // A mask is a leaf of the model's program, drawn once per step: a loop's body that
+        // draws one unrolls, so that each iteration draws its own.
+        l.refuse(frame, "dropout in the loop body");
+        return None;
+    }
+    let shape = l.shape(x).clone();
+    let name = format!("dropout.{}", l.program.leaves(LeafKind::Noise).len());
+    let mask = l.program.leaf(LeafKind::Noise, name.clone(), shape);
+    l.program.inits.insert(name, Init::Dropout { p });
+    Some(l.node(Op::Binary(BinaryOp::Mul), vec![x, mask], None, span))
+}
+
+/// conv1d(x: [N, C, L], w: [O, C, K], stride, padding) -> [N, O, (L + 2p - K) / s + 1]: the
+/// sequence padded with zeros, then a 2-D convolution of one row.
+fn conv1d(l: &mut Lowerer, b: &Bound, span: Span) -> Option<Val> {
+    let x = tensor(l, b.get(0)?)?;
+    let w = tensor(l, b.get(1)?)?;
+    let stride = positive(l, b.get(2), 1, "stride")?;
+    let padding = padding(l, b.get(3))?;
+    let (sx, sw) = (l.shape(x).clone(), l.shape(w).clone());
+    let fits = sx.rank() == 3
+        && sw.rank() == 3
+        && sx.dims()[1] == sw.dims()[1]
+        && sw.dims()[2] <= sx.dims()[2] + 2 * padding;
+    if !fits {
+        let needs =
+            "conv1d needs an input [N, C, L] and a weight [O, C, K] with K at most L + 2 * padding";
+        return conv_mismatch(l, b, span, needs, (&sx, &sw));
+    }
+    let (n, c, len) = (sx.dims()[0], sx.dims()[1], sx.dims()[2]);
+    let (o, k) = (sw.dims()[0], sw.dims()[2]);
+    let mut padded = x;
+    if padding > 0 {
+        let pad = Op::Pad {
+            axis: 2,
+            before: padding,
+            after: padding,
+        };
+        padded = l.push_node(pad, vec![x], None, span)?;
+    }
+    let row = Shape(vec![n, c, 1, len + 2 * padding]);
+    let row = l.push_node(Op::Reshape, vec![padded], Some(row), span)?;
+    let kernel = l.push_node(Op::Reshape, vec![w], Some(Shape(vec![o, c, 1, k])), span)?;
+    let conv = Op::Conv2d { stride, padding: 0 };
+    let out = l.push_node(conv, vec![row, kernel], None, span)?;
+    let steps = (len + 2 * padding - k) / stride + 1;
+    Some(l.node(Op::Reshape, vec![out], Some(Shape(vec![n, o, steps])), span))
 }
 
 /// Non-overlapping 2-D pooling over `[N, C, H, W]`: trailing rows and columns that do not fill

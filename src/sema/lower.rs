@@ -445,7 +445,16 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         // A parameter's initialiser; for an input or a target, the value it takes when no data
         // is given (`input y0: [] = constant(5)`).
         let init = match (init, kind) {
-            (Some(e), _) => self.initialiser(e),
+            (Some(e), _) => match self.initialiser(e) {
+                Some(Init::Orthogonal { .. }) if shape.rank() < 2 => {
+                    self.error(bad_init(
+                        e.span,
+                        &format!("`orthogonal` needs a matrix (rank 2 or more), not a tensor of shape {shape}"),
+                    ));
+                    None
+                }
+                init => init,
+            },
             (None, ast::DeclKind::Param) if shape.rank() >= 2 => Some(Init::Xavier),
             (None, ast::DeclKind::Param) => Some(Init::Zeros),
             (None, _) => None,
@@ -549,13 +558,15 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         }
         let spec: (&[&str], &[Option<f64>]) = match name {
             "zeros" | "ones" | "xavier" | "glorot" | "he" | "kaiming" => (&[], &[]),
+            "orthogonal" => (&["gain"], &[Some(1.0)]),
+            "fan_in_uniform" => (&["scale"], &[Some(1.0)]),
             "constant" => (&["value"], &[None]),
             "normal" => (&["std", "mean"], &[Some(1.0), Some(0.0)]),
             "uniform" => (&["low", "high"], &[None, None]),
             _ => {
                 self.error(
                     Diagnostic::new(ErrorKind::BadInitialiser, format!("unknown initialiser `{name}`"), span, "unknown")
-                        .with_help("initialisers: zeros, ones, constant(c), normal(std), normal(std, mean), uniform(low, high), xavier (glorot), he (kaiming)"),
+                        .with_help("initialisers: zeros, ones, constant(c), normal(std), normal(std, mean), uniform(low, high), xavier (glorot), he (kaiming), orthogonal(gain), fan_in_uniform(scale)"),
                 );
                 return None;
             }
@@ -593,6 +604,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             "ones" => Init::Ones,
             "xavier" | "glorot" => Init::Xavier,
             "he" | "kaiming" => Init::He,
+            "orthogonal" => Init::Orthogonal { gain: g(0) },
+            "fan_in_uniform" => Init::FanInUniform { scale: g(0) },
             "constant" => Init::Constant(g(0)),
             "normal" => {
                 if g(0) < 0.0 {
@@ -853,11 +866,28 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     id.name, id.name
                 )
             });
+        } else if let Some(call_site) = self.bound_by_caller(&id.name) {
+            d = d
+                .with_label(call_site, "in the function called here")
+                .with_help(format!(
+                    "a function sees only its parameters and the global constants and functions, not its caller's names: pass `{}` as an argument",
+                    id.name
+                ));
         } else if let Some(s) = self.suggest(&id.name) {
             d = d.with_help(format!("did you mean `{s}`?"));
         }
         self.error(d);
         Val::Poison
+    }
+
+    /// Inside an inlined function, the site of the call being inlined when a caller binds
+    /// `name`: a function that reads a name of the model (or function) that calls it.
+    fn bound_by_caller(&self, name: &str) -> Option<Span> {
+        let (_, call_site) = self.call_stack.last()?;
+        let outer = self.scopes[1..self.frame_base]
+            .iter()
+            .any(|s| s.names.contains_key(name));
+        outer.then_some(*call_site)
     }
 
     /// The closest bound name, for "did you mean" hints.
@@ -1037,6 +1067,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                     BinOp::Div if *j != 0 && i % j == 0 => Some(i / j),
                     BinOp::Div => None,
                     BinOp::MatMul => return self.type_error(&a.0, "a tensor", a.1),
+                    _ => None,
                 };
                 if let Some(v) = folded {
                     return Val::Int(v);
@@ -1048,6 +1079,17 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 BinOp::Mul => Val::Float(x * y),
                 BinOp::Div => Val::Float(x / y),
                 BinOp::MatMul => self.type_error(&a.0, "a tensor", a.1),
+                compare => {
+                    let holds = match compare {
+                        BinOp::Less => x < y,
+                        BinOp::Greater => x > y,
+                        BinOp::LessEq => x <= y,
+                        BinOp::GreaterEq => x >= y,
+                        BinOp::Equal => x == y,
+                        _ => x != y,
+                    };
+                    Val::Float(if holds { 1.0 } else { 0.0 })
+                }
             };
         }
         let bop = match op {
@@ -1056,8 +1098,34 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             BinOp::Mul => BinaryOp::Mul,
             BinOp::Div => BinaryOp::Div,
             BinOp::MatMul => return self.matmul((&a.0, a.1), (&b.0, b.1), span),
+            compare => return self.compare(compare, a, b, span),
         };
         self.elementwise(bop, (&a.0, a.1), (&b.0, b.1), span)
+    }
+
+    /// A comparison of tensors (or a tensor and a number), broadcasting: 1 where it holds,
+    /// 0 elsewhere, from the primitive `greater` and `equal` (a < b is b > a, a <= b is
+    /// 1 − (a > b), a != b is 1 − (a == b)). Its derivative is zero.
+    fn compare(&mut self, op: BinOp, a: (Val, Span), b: (Val, Span), span: Span) -> Val {
+        let (primitive, swapped, negated) = match op {
+            BinOp::Greater => (BinaryOp::Greater, false, false),
+            BinOp::Less => (BinaryOp::Greater, true, false),
+            BinOp::LessEq => (BinaryOp::Greater, false, true),
+            BinOp::GreaterEq => (BinaryOp::Greater, true, true),
+            BinOp::Equal => (BinaryOp::Equal, false, false),
+            _ => (BinaryOp::Equal, false, true),
+        };
+        let (first, second) = if swapped { (&b, &a) } else { (&a, &b) };
+        let holds = self.elementwise(primitive, (&first.0, first.1), (&second.0, second.1), span);
+        if !negated || holds == Val::Poison {
+            return holds;
+        }
+        self.elementwise(
+            BinaryOp::Sub,
+            (&Val::Float(1.0), span),
+            (&holds, span),
+            span,
+        )
     }
 
     /// `a @ b` with numpy's matmul rules: 1-D operands are promoted, a 2-D right operand is
@@ -1661,7 +1729,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
 
 fn bad_init(span: Span, message: &str) -> Diagnostic {
     Diagnostic::new(ErrorKind::BadInitialiser, format!("bad initialiser: {message}"), span, "here")
-        .with_help("initialisers: zeros, ones, constant(c), normal(std), normal(std, mean), uniform(low, high), xavier (glorot), he (kaiming)")
+        .with_help("initialisers: zeros, ones, constant(c), normal(std), normal(std, mean), uniform(low, high), xavier (glorot), he (kaiming), orthogonal(gain), fan_in_uniform(scale)")
 }
 
 fn describe_params(params: &[&str]) -> String {

@@ -18,8 +18,8 @@ pub use builtins::signature as builtin_signature;
 /// The names of every builtin function.
 pub use builtins::NAMES as BUILTINS;
 pub use train::{
-    DataSpec, InferenceConfig, InferenceOverrides, Method, Mode, NodeGranularity, OptimizerConfig,
-    Schedule, Target, TrainConfig,
+    DataSpec, InferenceConfig, InferenceOverrides, LrSchedule, LrTuning, Method, Mode,
+    NodeGranularity, OptimizerConfig, Schedule, Target, TrainConfig,
 };
 
 use crate::diag::{Diagnostic, ErrorKind};
@@ -469,7 +469,6 @@ fn analyse_model(
         (cfg, diagnostics.len() == before)
     });
     let batch = options.batch.or(checked.as_ref().map(|(t, _)| t.batch));
-    let train = checked.and_then(|(t, sound)| sound.then_some(t));
     let mut dims = options.dims.clone();
     if let Some(b) = batch {
         dims.entry("B".to_string()).or_insert(b);
@@ -488,9 +487,10 @@ fn analyse_model(
         ));
         return None;
     }
-    if let Some(t) = &train {
+    if let Some((t, _)) = &checked {
         train::check_against_model(t, trains[0], &forward, diagnostics);
     }
+    let train = checked.and_then(|(t, sound)| sound.then_some(t));
     Some(Compiled {
         model_name: model.name.name.clone(),
         forward,

@@ -252,6 +252,98 @@ pub enum OptimizerConfig {
     },
 }
 
+/// How the learning rate changes over training: a factor of the optimiser's `lr` at optimiser
+/// step t = 1, 2, ... (see the language reference, `docs/book/src/language.md`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrSchedule {
+    /// Linear warm-up from 0 over `warmup` steps, then a half-cosine from 1 down to `end`
+    /// at step `steps`, and `end` after it (`cosine` is this with no warm-up; PCX's tuned
+    /// configurations use it).
+    WarmupCosine { warmup: u64, steps: u64, end: f64 },
+    /// Linear warm-up from 0 over `steps` steps, then 1.
+    Warmup { steps: u64 },
+    /// `factor` to the power ⌊(t − 1) / every⌋: multiplied by `factor` every `every` steps.
+    Step { every: u64, factor: f64 },
+}
+
+impl LrSchedule {
+    /// The factor of the learning rate at optimiser step `t` (1-based).
+    pub fn factor(self, t: u64) -> f64 {
+        match self {
+            LrSchedule::Warmup { steps } => (t as f64 / steps.max(1) as f64).min(1.0),
+            LrSchedule::Step { every, factor } => {
+                factor.powi(((t.max(1) - 1) / every.max(1)).min(i32::MAX as u64) as i32)
+            }
+            LrSchedule::WarmupCosine { warmup, steps, end } => {
+                if t < warmup {
+                    t as f64 / warmup as f64
+                } else if t >= steps {
+                    end
+                } else {
+                    let span = (steps - warmup).max(1) as f64;
+                    let done = (t - warmup) as f64 / span;
+                    end + (1.0 - end) * 0.5 * (1.0 + (std::f64::consts::PI * done).cos())
+                }
+            }
+        }
+    }
+}
+
+/// How the optimiser's learning rate is shaped: over time (`lr_schedule`) and per parameter
+/// (`lr_scale`, `freeze`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LrTuning {
+    pub schedule: Option<LrSchedule>,
+    /// The learning rate's factor per parameter (1 where not given).
+    pub scales: BTreeMap<String, f64>,
+    /// Parameters that do not learn (no update, no optimiser state).
+    pub frozen: Vec<String>,
+}
+
+impl LrTuning {
+    /// The learning rate's factor for a parameter: 0 when it is frozen.
+    pub fn scale(&self, param: &str) -> f64 {
+        if self.frozen.iter().any(|f| f == param) {
+            0.0
+        } else {
+            self.scales.get(param).copied().unwrap_or(1.0)
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// The optimiser as a train block writes it: `sgd(lr = 0.05, momentum = 0.9)`.
+    pub fn describe(&self) -> String {
+        let f = crate::ir::fmt_f64;
+        match *self {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => format!(
+                "sgd(lr = {}, momentum = {}, weight_decay = {})",
+                f(lr),
+                f(momentum),
+                f(weight_decay)
+            ),
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => format!(
+                "adam(lr = {}, beta1 = {}, beta2 = {}, eps = {}, weight_decay = {})",
+                f(lr),
+                f(beta1),
+                f(beta2),
+                f(eps),
+                f(weight_decay)
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
     pub data: Option<DataSpec>,
@@ -260,6 +352,10 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// Clip each parameter's update to this L2 norm.
     pub clip: Option<f64>,
+    /// The learning rate's schedule and per-parameter factors.
+    pub tuning: LrTuning,
+    /// The data set's inputs mapped from [0, 1] to this range (`input_range = [-1, 1]`).
+    pub input_range: Option<(f64, f64)>,
     pub batch: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -276,6 +372,10 @@ const KEYS: &[&str] = &[
     "epochs",
     "seed",
     "clip",
+    "lr_schedule",
+    "lr_scale",
+    "freeze",
+    "input_range",
 ];
 const INFERENCE_KEYS: &[&str] = &[
     "mode",
@@ -309,6 +409,8 @@ pub(crate) fn configure(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) 
             weight_decay: 0.0,
         },
         clip: None,
+        tuning: LrTuning::default(),
+        input_range: None,
         batch: 32,
         epochs: 1,
         seed: 0,
@@ -350,25 +452,63 @@ pub(crate) fn configure(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) 
                 }
             }
             "clip" => cfg.clip = expr(entry, diagnostics).and_then(|e| positive(e, diagnostics)),
+            "lr_schedule" => {
+                cfg.tuning.schedule =
+                    expr(entry, diagnostics).and_then(|e| lr_schedule(e, diagnostics))
+            }
+            "lr_scale" => {
+                let TrainValue::Block(items, _) = &entry.value else {
+                    diagnostics.push(bad_value(
+                        entry.span,
+                        "`lr_scale` takes a block",
+                        "write `lr_scale { w1 = 0.1, head = 10 }`",
+                    ));
+                    continue;
+                };
+                let mut seen = BTreeMap::new();
+                for item in items {
+                    if !note_key(&mut seen, item, diagnostics) {
+                        continue;
+                    }
+                    let value = expr(item, diagnostics).and_then(|e| non_negative(e, diagnostics));
+                    if let Some(v) = value {
+                        cfg.tuning.scales.insert(item.key.name.clone(), v);
+                    }
+                }
+            }
+            "input_range" => {
+                cfg.input_range = expr(entry, diagnostics).and_then(|e| range(e, diagnostics))
+            }
+            "freeze" => {
+                if let Some(names) =
+                    expr(entry, diagnostics).and_then(|e| name_list(e, diagnostics))
+                {
+                    cfg.tuning.frozen = names;
+                }
+            }
             other => diagnostics.push(unknown_key(other, entry.key.span, KEYS, "train")),
         }
     }
     cfg
 }
 
-/// Checks what needs the compiled model: precision keys must name PC nodes.
+/// Checks what needs the compiled model: precision keys must name values the model computes
+/// (not its inputs, targets or parameters, which have no error units). Runs on a train block
+/// with other errors too, so that one `check` reports them all.
 pub fn check_against_model(
     cfg: &TrainConfig,
     def: &ast::TrainDef,
     forward: &Program,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
+    check_param_names(cfg, def, forward, diagnostics);
     if cfg.inference.precision.is_empty() {
         return;
     }
     let names: Vec<&str> = forward
         .nodes
         .iter()
+        .filter(|n| !matches!(n.op, crate::ir::Op::Leaf(_)))
         .filter_map(|n| n.name.as_deref())
         .collect();
     for entry in &def.entries {
@@ -379,8 +519,10 @@ pub fn check_against_model(
             let TrainValue::Block(items, _) = &e.value else {
                 continue;
             };
+            // A bad value has been reported already; a leaf's name gets its own hint.
             for item in items {
-                if !names.contains(&item.key.name.as_str()) {
+                let valid = cfg.inference.precision.contains_key(&item.key.name);
+                if valid && !names.contains(&item.key.name.as_str()) {
                     let mut d = Diagnostic::new(
                         ErrorKind::BadTrainValue,
                         format!(
@@ -390,7 +532,12 @@ pub fn check_against_model(
                         item.key.span,
                         "no such node",
                     );
-                    if let Some(s) = closest(&item.key.name, names.iter().copied()) {
+                    if let Some(kind) = leaf_kind(forward, &item.key.name) {
+                        d = d.with_help(format!(
+                            "`{}` is {kind}, which has no error unit: precisions weight the errors of the values the model computes (its `let` names)",
+                            item.key.name
+                        ));
+                    } else if let Some(s) = closest(&item.key.name, names.iter().copied()) {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     }
                     diagnostics.push(d);
@@ -398,6 +545,68 @@ pub fn check_against_model(
             }
         }
     }
+}
+
+/// The names `lr_scale` and `freeze` give must be the model's parameters.
+fn check_param_names(
+    cfg: &TrainConfig,
+    def: &ast::TrainDef,
+    forward: &Program,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let params: Vec<&str> = forward
+        .leaves(crate::ir::LeafKind::Param)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    let mut check = |name: &str, span: Span, key: &str| {
+        if params.contains(&name) {
+            return;
+        }
+        let mut d = bad_value(
+            span,
+            format!("`{key}` names `{name}`, which is not a parameter of the model"),
+            format!("the parameters: {}", params.join(", ")),
+        );
+        if let Some(s) = closest(name, params.iter().copied()) {
+            d = d.with_note(format!("did you mean `{s}`?"));
+        }
+        diagnostics.push(d);
+    };
+    for entry in &def.entries {
+        match (entry.key.name.as_str(), &entry.value) {
+            ("lr_scale", TrainValue::Block(items, _)) => {
+                for item in items {
+                    if cfg.tuning.scales.contains_key(&item.key.name) {
+                        check(&item.key.name, item.key.span, "lr_scale");
+                    }
+                }
+            }
+            ("freeze", TrainValue::Expr(e)) => {
+                if let ExprKind::List(items) = &e.kind {
+                    for item in items {
+                        if let ExprKind::Name(id) = &item.kind {
+                            check(&id.name, id.span, "freeze");
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// "a parameter", "an input" or "a target" when `name` is one of the model's leaves.
+fn leaf_kind(forward: &Program, name: &str) -> Option<&'static str> {
+    use crate::ir::{LeafKind, Op};
+    forward.nodes.iter().find_map(|n| match n.op {
+        Op::Leaf(kind) if n.name.as_deref() == Some(name) => Some(match kind {
+            LeafKind::Param => "a parameter",
+            LeafKind::Input => "an input",
+            _ => "a target",
+        }),
+        _ => None,
+    })
 }
 
 fn note_key<'a>(
@@ -465,31 +674,194 @@ fn number(e: &ast::Expr) -> Option<f64> {
 }
 
 fn integer(e: &ast::Expr, min: i64, diagnostics: &mut Vec<Diagnostic>) -> Option<i64> {
-    match &e.kind {
-        ExprKind::Int(i) if *i >= min => Some(*i),
+    let (message, help) = match (&e.kind, number(e)) {
+        (ExprKind::Int(i), _) if *i >= min => return Some(*i),
+        (_, Some(x)) if x.fract() == 0.0 && x >= min as f64 => (
+            format!("expected an integer of at least {min}, got {x:?}"),
+            "write a whole number, without a decimal point".to_string(),
+        ),
+        (_, Some(x)) if x.fract() == 0.0 => (
+            format!("expected an integer of at least {min}, got {x}"),
+            format!("write a whole number from {min} up"),
+        ),
+        (_, Some(x)) => (
+            format!("expected an integer of at least {min}, got {x}"),
+            "write a whole number, without a decimal point".to_string(),
+        ),
+        _ => (
+            format!("expected an integer of at least {min}"),
+            "write a whole number, e.g. `32`".to_string(),
+        ),
+    };
+    diagnostics.push(bad_value(e.span, message, help));
+    None
+}
+
+fn positive(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
+    match number(e) {
+        Some(x) if x > 0.0 && x.is_finite() => Some(x),
+        got => {
+            let message = match got {
+                Some(x) => format!("expected a positive number, got {x}"),
+                None => "expected a positive number".to_string(),
+            };
+            diagnostics.push(bad_value(e.span, message, "e.g. `0.1`"));
+            None
+        }
+    }
+}
+
+/// A number >= 0 (a learning rate's factor; 0 freezes).
+fn non_negative(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
+    match number(e) {
+        Some(x) if x >= 0.0 && x.is_finite() => Some(x),
         _ => {
             diagnostics.push(bad_value(
                 e.span,
-                format!("expected an integer of at least {min}"),
-                "write a whole number, without a decimal point",
+                "expected a number from 0 up (0 freezes the parameter)",
+                "e.g. `w1 = 0.1`",
             ));
             None
         }
     }
 }
 
-fn positive(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<f64> {
-    match number(e) {
-        Some(x) if x > 0.0 && x.is_finite() => Some(x),
+/// `[low, high]`, two numbers with low < high.
+fn range(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<(f64, f64)> {
+    if let ExprKind::List(items) = &e.kind {
+        if let [low, high] = items.as_slice() {
+            if let (Some(l), Some(h)) = (number(low), number(high)) {
+                if l < h && l.is_finite() && h.is_finite() {
+                    return Some((l, h));
+                }
+            }
+        }
+    }
+    diagnostics.push(bad_value(
+        e.span,
+        "expected a range `[low, high]` of two numbers with low < high",
+        "e.g. `input_range = [-1, 1]` for pixels in [-1, 1]",
+    ));
+    None
+}
+
+/// `[a, b, c]`: a list of names (the parameters to freeze).
+fn name_list(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Vec<String>> {
+    let ExprKind::List(items) = &e.kind else {
+        diagnostics.push(bad_value(
+            e.span,
+            "expected a list of parameter names",
+            "e.g. `freeze = [w1, b1]`",
+        ));
+        return None;
+    };
+    let mut names = Vec::new();
+    for item in items {
+        match &item.kind {
+            ExprKind::Name(id) => names.push(id.name.clone()),
+            _ => {
+                diagnostics.push(bad_value(
+                    item.span,
+                    "expected a parameter name",
+                    "e.g. `freeze = [w1, b1]`",
+                ));
+                return None;
+            }
+        }
+    }
+    Some(names)
+}
+
+/// `constant`, `warmup(steps)`, `cosine(steps, end = 0)`, `warmup_cosine(warmup, steps,
+/// end = 0)` or `step(every, factor = 0.1)`; step counts are whole numbers of optimiser
+/// steps.
+fn lr_schedule(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<LrSchedule> {
+    let hint = "write `constant`, `warmup(steps = 100)`, `cosine(steps = 1000)`, `warmup_cosine(warmup = 100, steps = 1000, end = 0)` or `step(every = 500, factor = 0.5)`";
+    let name = match &e.kind {
+        ExprKind::Name(id) if id.name == "constant" => return None,
+        ExprKind::Call { callee, .. } => callee.name.as_str(),
         _ => {
             diagnostics.push(bad_value(
                 e.span,
-                "expected a positive number",
-                "e.g. `0.1`",
+                format!("`{}` is not a learning-rate schedule", describe(e)),
+                hint,
             ));
-            None
+            return None;
         }
-    }
+    };
+    let allowed: &[&str] = match name {
+        "warmup" => &["steps"],
+        "cosine" => &["steps", "end"],
+        "warmup_cosine" => &["warmup", "steps", "end"],
+        "step" => &["every", "factor"],
+        _ => {
+            diagnostics.push(bad_value(
+                e.span,
+                format!("`{name}` is not a learning-rate schedule"),
+                hint,
+            ));
+            return None;
+        }
+    };
+    let args = call_args(e, allowed, allowed.len(), diagnostics)?;
+    let before = diagnostics.len();
+    let count = |key: &str, diagnostics: &mut Vec<Diagnostic>| -> u64 {
+        match args.get(key) {
+            Some(v) => integer(v, 1, diagnostics).map_or(1, |i| i as u64),
+            None => {
+                diagnostics.push(bad_value(
+                    e.span,
+                    format!("`{name}` needs its `{key}`"),
+                    hint,
+                ));
+                1
+            }
+        }
+    };
+    let fraction = |key: &str, default: f64, diagnostics: &mut Vec<Diagnostic>| -> f64 {
+        match args.get(key).map(|v| (number(v), v.span)) {
+            None => default,
+            Some((Some(x), _)) if (0.0..=1.0).contains(&x) => x,
+            Some((_, span)) => {
+                diagnostics.push(bad_value(
+                    span,
+                    format!("`{key}` is a fraction of the learning rate, from 0 to 1"),
+                    hint,
+                ));
+                default
+            }
+        }
+    };
+    let schedule = match name {
+        "warmup" => LrSchedule::Warmup {
+            steps: count("steps", diagnostics),
+        },
+        "step" => LrSchedule::Step {
+            every: count("every", diagnostics),
+            factor: fraction("factor", 0.1, diagnostics),
+        },
+        _ => {
+            let warmup = if name == "warmup_cosine" {
+                count("warmup", diagnostics)
+            } else {
+                0
+            };
+            let steps = count("steps", diagnostics);
+            if steps <= warmup {
+                diagnostics.push(bad_value(
+                    e.span,
+                    format!("the cosine ends at step {steps}, not after its warm-up of {warmup}"),
+                    hint,
+                ));
+            }
+            LrSchedule::WarmupCosine {
+                warmup,
+                steps,
+                end: fraction("end", 0.0, diagnostics),
+            }
+        }
+    };
+    (diagnostics.len() == before).then_some(schedule)
 }
 
 /// A number in (0, 1): a relative tolerance.
@@ -791,6 +1163,7 @@ fn inference(
     let mut seen = BTreeMap::new();
     let mut incremental_at = None;
     let mut tol_at = None;
+    let mut momentum_at = None;
     for item in entries {
         if !note_key(&mut seen, item, diagnostics) {
             continue;
@@ -825,6 +1198,9 @@ fn inference(
             "momentum" => {
                 if let Some(v) = expr(item, diagnostics).and_then(|e| fraction(e, diagnostics)) {
                     cfg.momentum = v;
+                    if v > 0.0 {
+                        momentum_at = Some(item.span);
+                    }
                 }
             }
             "target" => {
@@ -893,11 +1269,54 @@ fn inference(
             "use `mode = fixed` or `mode = strict` with `tol`",
         ));
     }
+    if let (Some(span), Mode::Exact) = (momentum_at, cfg.mode) {
+        diagnostics.push(bad_value(
+            span,
+            "`momentum` has no meaning in exact mode: its steps are the reverse sweep",
+            "use `mode = fixed` or `mode = strict` with `momentum`",
+        ));
+    }
     if let (Some(span), Mode::Exact) = (incremental_at, cfg.mode) {
         diagnostics.push(bad_value(
             span,
             "the incremental schedule has no meaning in exact mode: its steps are the reverse sweep, with the parameters fixed",
             "use `mode = fixed` or `mode = strict` with `schedule = incremental`",
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LrSchedule;
+
+    #[test]
+    fn schedules_give_their_factors() {
+        let warm = LrSchedule::WarmupCosine {
+            warmup: 10,
+            steps: 110,
+            end: 0.1,
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(warm.factor(1), 0.1));
+        assert!(close(warm.factor(5), 0.5));
+        assert!(close(warm.factor(10), 1.0));
+        // Half way down the cosine: the mean of 1 and the end.
+        assert!(close(warm.factor(60), 0.55));
+        assert!(close(warm.factor(110), 0.1));
+        assert!(close(warm.factor(1000), 0.1));
+        let cosine = LrSchedule::WarmupCosine {
+            warmup: 0,
+            steps: 4,
+            end: 0.0,
+        };
+        assert!(close(cosine.factor(2), 0.5));
+        let warmup = LrSchedule::Warmup { steps: 4 };
+        assert!(close(warmup.factor(2), 0.5) && close(warmup.factor(9), 1.0));
+        let step = LrSchedule::Step {
+            every: 3,
+            factor: 0.5,
+        };
+        let factors: Vec<f64> = (1..=7).map(|t| step.factor(t)).collect();
+        assert_eq!(factors, [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]);
     }
 }

@@ -38,8 +38,8 @@ impl Val {
                     format!("a tensor of shape {shape}")
                 }
             }
-            Val::Int(_) => "an integer".to_string(),
-            Val::Float(_) => "a number".to_string(),
+            Val::Int(i) => format!("the integer {i}"),
+            Val::Float(x) => format!("the number {x}"),
             Val::Bool(_) => "a boolean".to_string(),
             Val::Str(_) => "a string".to_string(),
             Val::Tuple(items) => format!("a tuple of {} values", items.len()),

@@ -186,6 +186,13 @@ pub enum BinOp {
     Mul,
     Div,
     MatMul,
+    /// `a < b`: 1 where a < b, else 0 (as are the other comparisons).
+    Less,
+    Greater,
+    LessEq,
+    GreaterEq,
+    Equal,
+    NotEqual,
 }
 
 impl BinOp {
@@ -196,6 +203,12 @@ impl BinOp {
             BinOp::Mul => "*",
             BinOp::Div => "/",
             BinOp::MatMul => "@",
+            BinOp::Less => "<",
+            BinOp::Greater => ">",
+            BinOp::LessEq => "<=",
+            BinOp::GreaterEq => ">=",
+            BinOp::Equal => "==",
+            BinOp::NotEqual => "!=",
         }
     }
 }

@@ -1132,7 +1132,8 @@ impl<'s> Printer<'s> {
             return Doc::Group(Box::new(concat([text(open), inside, text(close)])));
         }
         let mut docs: Vec<Doc> = Vec::with_capacity(items.len());
-        let mut first = Doc::SoftLine;
+        // Comments after the opening bracket, before the first item, in their order.
+        let mut first = Vec::new();
         for (start, build) in items {
             let taken = self.take_before(start);
             let mut lead = Vec::new();
@@ -1144,7 +1145,7 @@ impl<'s> Printer<'s> {
                     let p = std::mem::replace(prev, Doc::SoftLine);
                     *prev = concat([p, Doc::Suffix(c.text)]);
                 } else {
-                    first = concat([Doc::Suffix(c.text), first]);
+                    first.push(Doc::Suffix(c.text));
                 }
             }
             lead.push(build(self));
@@ -1156,9 +1157,10 @@ impl<'s> Printer<'s> {
             Doc::Broken(",")
         };
         let end = self.at_break(close_at, Doc::SoftLine);
+        first.push(Doc::SoftLine);
         Doc::Group(Box::new(concat([
             text(open),
-            Doc::Nest(Box::new(concat([first, Doc::Fill(docs), comma]))),
+            Doc::Nest(Box::new(concat([concat(first), Doc::Fill(docs), comma]))),
             end,
             text(close),
         ])))

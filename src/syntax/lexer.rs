@@ -93,6 +93,18 @@ pub enum Token {
     Slash,
     #[token("@")]
     At,
+    #[token("<")]
+    Less,
+    #[token(">")]
+    Greater,
+    #[token("<=")]
+    LessEq,
+    #[token(">=")]
+    GreaterEq,
+    #[token("==")]
+    EqEq,
+    #[token("!=")]
+    NotEq,
 
     /// A character that starts no token, or a malformed literal.
     Error,
@@ -156,6 +168,12 @@ impl fmt::Display for Token {
             Token::Star => "`*`",
             Token::Slash => "`/`",
             Token::At => "`@`",
+            Token::Less => "`<`",
+            Token::Greater => "`>`",
+            Token::LessEq => "`<=`",
+            Token::GreaterEq => "`>=`",
+            Token::EqEq => "`==`",
+            Token::NotEq => "`!=`",
             Token::Error => "an invalid character",
         };
         f.write_str(s)

@@ -1,11 +1,12 @@
 //! Syntax: `.pcg` text to an AST with spans (lexer in `lexer`, grammar in
-//! `grammar/pcg.lalrpop`, tree in `ast`). Syntax errors come back as diagnostics alongside
-//! whatever part of the tree could be recovered. `format` writes a tree back as text in the
-//! one canonical layout (`pcg fmt`).
+//! `grammar/pcg.lalrpop`, tree in `ast`, printed as text by `print`). Syntax errors come
+//! back as diagnostics alongside whatever part of the tree could be recovered. `format`
+//! writes a tree back as text in the one canonical layout (`pcg fmt`).
 
 pub mod ast;
 pub mod format;
 pub mod lexer;
+pub mod print;
 
 use crate::diag::{Diagnostic, ErrorKind};
 use crate::source::{FileId, Span};
@@ -48,13 +49,31 @@ pub fn parse_full(file: FileId, source: &str) -> Parsed {
     let all_tokens = lexer::lex(source);
     let mut tokens = Vec::new();
     let mut bad_bytes = Vec::new();
-    for (start, token, end) in all_tokens.iter().cloned() {
+    let mut lexed = all_tokens.clone();
+    // `&&` and `||` lex as two bad characters: one mistake, one error.
+    lexed.dedup_by(|next, previous| {
+        let joined = previous.1 == Token::Error
+            && next.1 == Token::Error
+            && previous.2 == next.0
+            && matches!(source.get(previous.0..next.2), Some("&&" | "||"));
+        if joined {
+            previous.2 = next.2;
+        }
+        joined
+    });
+    for (start, token, end) in lexed {
         if token == Token::Error {
             let text = source.get(start..end).unwrap_or("");
             let what = if text.chars().next().is_some_and(|c| c.is_ascii_digit()) {
                 format!("malformed number `{text}`")
             } else {
                 format!("unexpected character `{}`", text.escape_debug())
+            };
+            let help = match text {
+                "&" | "|" | "!" | "&&" | "||" => {
+                    "there are no boolean operators: comparisons give 0/1 tensors, so `a * b` is \"and\", `maximum(a, b)` is \"or\" and `1 - a` is \"not\""
+                }
+                _ => "comments start with `//`; strings are in double quotes",
             };
             diagnostics.push(
                 Diagnostic::new(
@@ -63,7 +82,7 @@ pub fn parse_full(file: FileId, source: &str) -> Parsed {
                     Span::new(file, start, end),
                     "not a token of the language",
                 )
-                .with_help("comments start with `//`; strings are in double quotes"),
+                .with_help(help),
             );
             bad_bytes.push(start);
         } else {
@@ -132,13 +151,29 @@ fn syntax_error(file: FileId, source: &str, error: ParseError<usize, Token, ()>)
         ParseError::UnrecognizedToken {
             token: (start, token, end),
             expected,
-        } => Diagnostic::new(
-            ErrorKind::UnexpectedToken,
-            format!("unexpected {token}"),
-            Span::new(file, start, end),
-            "unexpected here",
-        )
-        .with_note(expected_list(&expected)),
+        } => {
+            let comparison = matches!(
+                token,
+                Token::Less
+                    | Token::Greater
+                    | Token::LessEq
+                    | Token::GreaterEq
+                    | Token::EqEq
+                    | Token::NotEq
+            );
+            let d = Diagnostic::new(
+                ErrorKind::UnexpectedToken,
+                format!("unexpected {token}"),
+                Span::new(file, start, end),
+                "unexpected here",
+            )
+            .with_note(expected_list(&expected));
+            if comparison {
+                d.with_help("comparisons do not chain: for `a < b < c` write `(a < b) * (b < c)`")
+            } else {
+                d
+            }
+        }
         ParseError::UnrecognizedEof { location, expected } => {
             let at = location.min(source.len());
             Diagnostic::new(

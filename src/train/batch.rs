@@ -2,7 +2,7 @@
 //! `.npz` files (checked against the declared shapes), the first batch of the train block's
 //! data, or seeded random data of the right shapes.
 
-use crate::data::{self, DataSpec};
+use crate::data;
 use crate::ir::{LeafKind, Program};
 use crate::npz::Arrays;
 use ndarray::ArrayD;
@@ -60,33 +60,54 @@ pub fn check_arrays(
 /// A leaf's name and shape.
 pub type LeafShape = (String, Vec<usize>);
 
-/// The model's input and target leaves with their shapes (data sets feed exactly one of each).
-pub fn io_shapes(forward: &Program) -> Result<(LeafShape, LeafShape), String> {
-    let inputs = forward.leaves(LeafKind::Input);
-    let targets = forward.leaves(LeafKind::Target);
-    match (inputs.as_slice(), targets.as_slice()) {
-        ([(x, xn)], [(y, yn)]) => Ok((
-            (xn.to_string(), forward.shape(*x).dims().to_vec()),
-            (yn.to_string(), forward.shape(*y).dims().to_vec()),
-        )),
-        _ => Err(format!(
-            "training on a data set needs a model with one input and one target; `{}` has {} and {}",
-            forward.name,
-            inputs.len(),
-            targets.len()
-        )),
+/// The leaves a data set's batch binds: the model's inputs and targets with their shapes. A
+/// model needs an input, all with the same batch axis; it may have no target (an
+/// autoencoder's loss reads only its inputs) or several (fed by named arrays).
+pub fn data_leaves(forward: &Program) -> Result<data::Leaves, String> {
+    let shapes = |kind| -> Vec<LeafShape> {
+        forward
+            .leaves(kind)
+            .into_iter()
+            .map(|(id, name)| (name.to_string(), forward.shape(id).dims().to_vec()))
+            .collect()
+    };
+    let leaves = data::Leaves {
+        inputs: shapes(LeafKind::Input),
+        targets: shapes(LeafKind::Target),
+    };
+    let Some((first, shape)) = leaves.inputs.first() else {
+        return Err(format!(
+            "training on a data set needs a model with an input; `{}` has none",
+            forward.name
+        ));
+    };
+    let batch = shape.first().copied();
+    if let Some((odd, s)) = leaves
+        .inputs
+        .iter()
+        .chain(&leaves.targets)
+        .find(|(_, s)| s.first().copied() != batch)
+    {
+        return Err(format!(
+            "training on a data set needs every input and target to have the batch as axis 0, but `{first}` has shape {shape:?} and `{odd}` {s:?}"
+        ));
     }
+    Ok(leaves)
 }
 
-/// The first training batch of a data set, shaped for the model (one input and one target).
-pub fn first_batch(
-    program: &Program,
-    spec: &DataSpec,
-    allow_nonfinite: bool,
-) -> Result<Arrays, String> {
-    let ((xn, xs), (yn, ys)) = io_shapes(program)?;
-    let set = data::load(spec, allow_nonfinite).map_err(|e| e.to_string())?;
-    let b = xs.first().copied().unwrap_or(1);
+/// The batch size of a model's data leaves (axis 0 of its inputs).
+pub fn batch_size(leaves: &data::Leaves) -> usize {
+    leaves
+        .inputs
+        .first()
+        .and_then(|(_, s)| s.first().copied())
+        .unwrap_or(1)
+}
+
+/// The first training batch of a data set, shaped for the model's inputs and targets.
+pub fn first_batch(program: &Program, set: &data::Dataset) -> Result<Arrays, String> {
+    let leaves = data_leaves(program)?;
+    let b = batch_size(&leaves);
     if set.train.len() < b {
         return Err(format!(
             "the data set has {} training examples, fewer than a batch of {b}",
@@ -94,11 +115,29 @@ pub fn first_batch(
         ));
     }
     let order = data::epoch_order(set.train.len(), 0, 0);
-    let (x, y) = set
-        .train
-        .batch(&order[..b], &xs, &ys)
-        .map_err(|e| e.to_string())?;
-    Ok(Arrays::from([(xn, x), (yn, y)]))
+    set.train
+        .batch_of(&order[..b], &leaves)
+        .map_err(|e| e.to_string())
+}
+
+/// The dropout masks of a step: every `Noise` leaf of `program` drawn from its initialiser
+/// for training step `step` (from a stream of the step and the leaf's name, so that a resumed
+/// run draws what an uninterrupted one does), or all ones when evaluating (`None`).
+pub fn noise(program: &Program, step: Option<u64>) -> Arrays {
+    program
+        .leaves(LeafKind::Noise)
+        .into_iter()
+        .map(|(id, name)| {
+            let shape = program.shape(id);
+            let mask = match (step, program.inits.get(name)) {
+                (Some(t), Some(init)) => {
+                    super::init::sample(init, shape, &mut super::init::stream(t, name))
+                }
+                _ => ArrayD::ones(shape.dims()),
+            };
+            (name.to_string(), mask)
+        })
+        .collect()
 }
 
 /// Seeded values for every input and target: the declared default when there is one, else
@@ -131,5 +170,7 @@ pub fn random_batch(program: &Program, seed: u64) -> Arrays {
             out.insert(name.to_string(), array);
         }
     }
+    // Dropout's masks, as a first training step draws them.
+    out.extend(noise(program, Some(seed)));
     out
 }

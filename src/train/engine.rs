@@ -17,6 +17,7 @@ use crate::npz::Arrays;
 use crate::pc::{self, PcPrograms};
 use crate::sema::{InferenceConfig, Method, Schedule};
 use ndarray::ArrayD;
+use std::borrow::Cow;
 use std::fmt;
 
 /// The outcome of one step's gradient computation.
@@ -44,6 +45,9 @@ pub enum EngineError {
         /// The relaxation step at which it happened (predictive coding).
         relaxation_step: Option<usize>,
     },
+    /// The step was abandoned at a request to stop (`jit::interrupt`), before anything was
+    /// updated.
+    Interrupted,
 }
 
 impl fmt::Display for EngineError {
@@ -58,6 +62,7 @@ impl fmt::Display for EngineError {
                 what,
                 relaxation_step: None,
             } => write!(f, "{what} is not finite"),
+            EngineError::Interrupted => f.write_str("the step was abandoned at a request to stop"),
         }
     }
 }
@@ -246,12 +251,7 @@ impl Programs {
     /// `optimizer`, and the names of the parameters and moments it leaves.
     pub fn incremental_loop(&self, optimizer: &Optimizer) -> Option<(LoopProgram, Vec<String>)> {
         let pc = self.incremental()?;
-        Some(schedule::incremental_loop(
-            pc,
-            optimizer.config(),
-            optimizer.clip(),
-            self.steps,
-        ))
+        Some(schedule::incremental_loop(pc, optimizer, self.steps))
     }
 
     /// The same programs without the closed form: every relaxation step is run.
@@ -299,6 +299,21 @@ pub fn eval_program(forward: &Program, inference: &InferenceConfig) -> Program {
         }
     }
     eval
+}
+
+/// `batch` with every dropout mask of the model that it does not give itself: drawn for
+/// training step `step`, or all ones when evaluating (`None`). The step's programs all read
+/// the same masks: the relaxation and the learning of a PC step see one mask.
+fn noisy<'a>(programs: &Programs, batch: &'a Arrays, step: Option<u64>) -> Cow<'a, Arrays> {
+    let masks = super::batch::noise(&programs.eval, step);
+    if masks.keys().all(|k| batch.contains_key(k)) {
+        return Cow::Borrowed(batch);
+    }
+    let mut with = batch.clone();
+    for (name, mask) in masks {
+        with.entry(name).or_insert(mask);
+    }
+    Cow::Owned(with)
 }
 
 /// Parameters and a batch in one map (the interpreter binds leaves from one map).
@@ -536,6 +551,8 @@ impl Engine for InterpEngine {
     }
 
     fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+        let step = self.training.as_ref().map_or(0, |(_, o)| o.steps());
+        let batch = &*noisy(&self.programs, batch, Some(step));
         if let (Some(pc), Some((looped, stored))) = (self.programs.incremental(), &self.incremental)
         {
             let (params, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
@@ -581,6 +598,8 @@ impl Engine for InterpEngine {
 
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
         no_gradient(&self.programs)?;
+        let step = self.training.as_ref().map_or(0, |(_, o)| o.steps());
+        let batch = &*noisy(&self.programs, batch, Some(step));
         let leaves = &merged(params, batch);
         if let Some(grad) = &self.programs.grad {
             let out = interp::eval_outputs(grad, leaves)?;
@@ -635,6 +654,7 @@ impl Engine for InterpEngine {
         params: &Arrays,
         batch: &Arrays,
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
+        let batch = &*noisy(&self.programs, batch, None);
         let mut out = interp::eval_outputs(&self.programs.eval, &merged(params, batch))?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
     }
@@ -875,7 +895,7 @@ impl JitEngine {
                 Some((name.to_string(), gradient.shape(o.value).clone()))
             })
             .collect();
-        let update = optim::update_program(optimizer.config(), optimizer.clip(), &params, ascent);
+        let update = optimizer.update_program(&params, ascent);
         let mut guard = vec!["loss".to_string()];
         if programs.pc.is_some() {
             guard.push("energy".to_string());
@@ -933,6 +953,8 @@ impl Engine for JitEngine {
     }
 
     fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+        let steps = self.training.as_ref().map_or(0, |(_, o)| o.steps());
+        let batch = &*noisy(&self.programs, batch, Some(steps));
         let (step, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
         let mut inputs = batch.clone();
         let incremental = self.programs.incremental().is_some();
@@ -978,6 +1000,7 @@ impl Engine for JitEngine {
                 }
                 return Err(diverged(&self.programs, &params, batch));
             }
+            Err(JitError::Interrupted) => return Err(EngineError::Interrupted),
             Err(e) => return Err(e.into()),
         }
         if incremental {
@@ -1023,6 +1046,8 @@ impl Engine for JitEngine {
 
     fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
         no_gradient(&self.programs)?;
+        let step = self.training.as_ref().map_or(0, |(_, o)| o.steps());
+        let batch = &*noisy(&self.programs, batch, Some(step));
         if self.separate.is_none() {
             self.separate = Some(Separate::compile(&self.programs, &self.options)?);
         }
@@ -1078,6 +1103,7 @@ impl Engine for JitEngine {
         params: &Arrays,
         batch: &Arrays,
     ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
+        let batch = &*noisy(&self.programs, batch, None);
         let mut out = self.eval.run_layered(&[batch, params])?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
     }

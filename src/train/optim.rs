@@ -16,11 +16,15 @@
 //! ```
 //!
 //! with Adam's bias corrections c1 = 1 − β1^t, c2 = 1 − β2^t at step t given as scalar inputs.
+//!
+//! The train block may shape the learning rate ([`LrTuning`]): each parameter's `lr` is
+//! multiplied by its `lr_scale` (a frozen parameter gets no update and no state), and with a
+//! schedule by its factor at step t, a scalar input [`LR_FACTOR`] like the corrections.
 
 use crate::interp;
 use crate::ir::{BinaryOp, LeafKind, Program, Shape, UnaryOp, ValueId};
 use crate::npz::Arrays;
-use crate::sema::OptimizerConfig;
+use crate::sema::{LrTuning, OptimizerConfig};
 use ndarray::ArrayD;
 use std::collections::BTreeMap;
 
@@ -39,6 +43,9 @@ fn moment(which: &str, param: &str) -> String {
 
 /// The scalar inputs carrying Adam's bias corrections 1 − β1^t and 1 − β2^t.
 pub const CORRECTIONS: [&str; 2] = ["optimizer.correction1", "optimizer.correction2"];
+
+/// The scalar input carrying a learning-rate schedule's factor at the step.
+pub const LR_FACTOR: &str = "optimizer.lr_factor";
 
 /// The loop state carrying Adam's β1^t and β2^t under the incremental schedule, whose
 /// optimiser steps run inside the relaxation loop (`train::schedule`).
@@ -59,7 +66,35 @@ pub fn update_program(
     params: &[(String, Shape)],
     ascent: bool,
 ) -> Program {
+    update_program_tuned(config, clip, &LrTuning::default(), params, ascent)
+}
+
+/// [`update_program`] with the learning rate shaped by `tuning`: per parameter by its scale
+/// (frozen parameters are left out: no update, no state), and with a schedule by the scalar
+/// input [`LR_FACTOR`].
+pub fn update_program_tuned(
+    config: &OptimizerConfig,
+    clip: Option<f64>,
+    tuning: &LrTuning,
+    params: &[(String, Shape)],
+    ascent: bool,
+) -> Program {
     let mut p = Program::new("update");
+    let factor = tuning
+        .schedule
+        .map(|_| p.leaf(LeafKind::Input, LR_FACTOR, Shape::scalar()));
+    // lr · scale · factor applied to a parameter's step.
+    let scaled = |p: &mut Program, step: ValueId, lr: f64| {
+        let delta = p.scale(step, lr);
+        match factor {
+            Some(f) => {
+                let shape = p.shape(step).clone();
+                let f = p.broadcast(f, shape);
+                p.mul(delta, f)
+            }
+            None => delta,
+        }
+    };
     let corrections = match config {
         OptimizerConfig::Adam { .. } => {
             Some(CORRECTIONS.map(|name| p.leaf(LeafKind::Input, name, Shape::scalar())))
@@ -67,6 +102,10 @@ pub fn update_program(
         OptimizerConfig::Sgd { .. } => None,
     };
     for (name, shape) in params {
+        let scale = tuning.scale(name);
+        if scale == 0.0 {
+            continue;
+        }
         let param = p.leaf(LeafKind::Param, name.clone(), shape.clone());
         let mut grad = p.leaf(LeafKind::State, gradient_state(name), shape.clone());
         if ascent {
@@ -82,6 +121,7 @@ pub fn update_program(
                 momentum,
                 weight_decay,
             } => {
+                let lr = lr * scale;
                 let decayed = p.scale(param, weight_decay);
                 let drive = p.add_values(g, decayed);
                 let mut velocity = None;
@@ -94,7 +134,7 @@ pub fn update_program(
                     velocity = Some(v);
                     v
                 };
-                let delta = p.scale(step, lr);
+                let delta = scaled(&mut p, step, lr);
                 let new = p.sub(param, delta);
                 // Without weight decay the velocity does not read the parameter, so the
                 // parameter may be overwritten first; with it, the velocity must come first.
@@ -115,6 +155,7 @@ pub fn update_program(
                 eps,
                 weight_decay,
             } => {
+                let lr = lr * scale;
                 let [c1, c2] = corrections.expect("Adam has corrections");
                 let m = p.leaf(LeafKind::State, moment("first", name), shape.clone());
                 let v = p.leaf(LeafKind::State, moment("second", name), shape.clone());
@@ -137,7 +178,7 @@ pub fn update_program(
                 let update = p.binary(BinaryOp::Div, m_hat, denominator);
                 let decayed = p.scale(param, weight_decay);
                 let step = p.add_values(update, decayed);
-                let delta = p.scale(step, lr);
+                let delta = scaled(&mut p, step, lr);
                 let new = p.sub(param, delta);
                 p.set_output(name.clone(), new);
             }
@@ -169,6 +210,8 @@ fn clipped(p: &mut Program, g: ValueId, c: f64) -> ValueId {
 pub struct Optimizer {
     config: OptimizerConfig,
     clip: Option<f64>,
+    /// The learning rate's schedule and per-parameter factors.
+    tuning: LrTuning,
     /// The moments, by their state names (`optimizer.first.<p>`, ...).
     moments: BTreeMap<String, ArrayD<f32>>,
     steps: u64,
@@ -219,6 +262,7 @@ impl Optimizer {
         Optimizer {
             config,
             clip,
+            tuning: LrTuning::default(),
             moments: BTreeMap::new(),
             steps: 0,
             program: None,
@@ -236,7 +280,36 @@ impl Optimizer {
             },
             |t| t.optimizer.clone(),
         );
-        Optimizer::new(with_lr(config, lr), train.and_then(|t| t.clip))
+        let tuning = train.map(|t| t.tuning.clone()).unwrap_or_default();
+        Optimizer::new(with_lr(config, lr), train.and_then(|t| t.clip)).with_tuning(tuning)
+    }
+
+    /// The same optimiser with its learning rate shaped by `tuning`.
+    pub fn with_tuning(mut self, tuning: LrTuning) -> Self {
+        if tuning != self.tuning {
+            self.tuning = tuning;
+            self.program = None;
+        }
+        self
+    }
+
+    pub fn tuning(&self) -> &LrTuning {
+        &self.tuning
+    }
+
+    /// The update program of this optimiser over `params` (see [`update_program_tuned`]).
+    pub fn update_program(&self, params: &[(String, Shape)], ascent: bool) -> Program {
+        update_program_tuned(&self.config, self.clip, &self.tuning, params, ascent)
+    }
+
+    /// The schedule's factor of the learning rate at the next step, as the input
+    /// [`LR_FACTOR`] (none without a schedule).
+    pub fn schedule_factor(&self) -> Vec<(String, ArrayD<f32>)> {
+        let Some(schedule) = self.tuning.schedule else {
+            return Vec::new();
+        };
+        let factor = schedule.factor(self.steps + 1) as f32;
+        vec![(LR_FACTOR.to_string(), ndarray::arr0(factor).into_dyn())]
     }
 
     /// The same state (moments, steps) with other settings, e.g. another learning rate.
@@ -262,40 +335,48 @@ impl Optimizer {
     }
 
     /// The values of Adam's corrections [`CORRECTIONS`] at the next step (none for SGD).
+    /// With a schedule, its factor at the next step ([`LR_FACTOR`]) too.
     pub fn corrections(&self) -> Vec<(String, ArrayD<f32>)> {
+        let mut inputs = self.schedule_factor();
         let OptimizerConfig::Adam { beta1, beta2, .. } = self.config else {
-            return Vec::new();
+            return inputs;
         };
         let t = (self.steps + 1) as i32;
-        [(CORRECTIONS[0], beta1), (CORRECTIONS[1], beta2)]
-            .into_iter()
-            .map(|(name, beta)| {
-                let c = 1.0 - (beta as f32).powi(t);
-                (name.to_string(), ndarray::arr0(c).into_dyn())
-            })
-            .collect()
+        inputs.extend(
+            [(CORRECTIONS[0], beta1), (CORRECTIONS[1], beta2)]
+                .into_iter()
+                .map(|(name, beta)| {
+                    let c = 1.0 - (beta as f32).powi(t);
+                    (name.to_string(), ndarray::arr0(c).into_dyn())
+                }),
+        );
+        inputs
     }
 
     /// β1^t and β2^t after the steps taken so far, as [`POWERS`] (none for SGD): where a loop
-    /// of optimiser steps starts its bias corrections.
+    /// of optimiser steps starts its bias corrections. With a schedule, its factor at the
+    /// next step ([`LR_FACTOR`]) too, which the loop's steps share.
     pub fn powers(&self) -> Vec<(String, ArrayD<f32>)> {
+        let mut inputs = self.schedule_factor();
         let OptimizerConfig::Adam { beta1, beta2, .. } = self.config else {
-            return Vec::new();
+            return inputs;
         };
         let t = self.steps as i32;
-        [(POWERS[0], beta1), (POWERS[1], beta2)]
-            .into_iter()
-            .map(|(name, beta)| {
-                let power = (beta as f32).powi(t);
-                (name.to_string(), ndarray::arr0(power).into_dyn())
-            })
-            .collect()
+        inputs.extend(
+            [(POWERS[0], beta1), (POWERS[1], beta2)]
+                .into_iter()
+                .map(|(name, beta)| {
+                    let power = (beta as f32).powi(t);
+                    (name.to_string(), ndarray::arr0(power).into_dyn())
+                }),
+        );
+        inputs
     }
 
     /// The moments the parameters start with: zeros for each state entry the update program
     /// reads.
     pub fn initial_moments(&self, params: &[(String, Shape)]) -> Arrays {
-        let program = update_program(&self.config, self.clip, params, false);
+        let program = self.update_program(params, false);
         program
             .leaves(LeafKind::State)
             .into_iter()
@@ -328,7 +409,7 @@ impl Optimizer {
             self.moments = self.initial_moments(&shapes);
         }
         if self.program.is_none() {
-            self.program = Some(update_program(&self.config, self.clip, &shapes, false));
+            self.program = Some(self.update_program(&shapes, false));
         }
         let mut leaves: interp::Bindings<f32> = params.clone();
         leaves.extend(self.moments.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -12,10 +12,10 @@
 //! from it continues with the epoch's next batch: the same batches, in the same order, through
 //! the same steps, so the run ends where an uninterrupted one does.
 
-use super::batch::io_shapes;
+use super::batch::{batch_size, data_leaves, LeafShape};
 use super::engine::{Engine, EngineError};
 use super::optim::{Optimizer, STATE_PREFIX};
-use crate::data::{self, Dataset, Split};
+use crate::data::{self, Dataset, Leaves, Split};
 use crate::distributed::World;
 use crate::ir::{LeafKind, Program};
 use crate::npz::{self, Arrays};
@@ -193,10 +193,13 @@ pub enum TrainError {
     Checkpoint(String),
     /// `Settings::stop` was raised: training stopped after batch `batch` of epoch `epoch`
     /// (1-based), with a checkpoint of that position in `saved` when one was asked for.
+    /// `abandoned`: the next batch's step was under way and was abandoned (a compiled
+    /// relaxation polls the request), nothing of it learnt.
     Interrupted {
         epoch: usize,
         batch: usize,
         batches: usize,
+        abandoned: bool,
         saved: Option<PathBuf>,
         /// Where training stopped, to go on from.
         position: Position,
@@ -217,8 +220,11 @@ impl fmt::Display for TrainError {
                 "training diverged in epoch {epoch}, batch {batch}: {error}\n  help: try a smaller step size ({hint}); the last checkpoint, if any, is intact"
             ),
             TrainError::Step { epoch, batch, error, .. } => write!(f, "epoch {epoch}, batch {batch}: {error}"),
-            TrainError::Interrupted { epoch, batch, batches, saved, .. } => {
+            TrainError::Interrupted { epoch, batch, batches, abandoned, saved, .. } => {
                 write!(f, "interrupted after batch {batch} of {batches} in epoch {epoch}")?;
+                if *abandoned {
+                    write!(f, " (the step of batch {} was abandoned)", batch + 1)?;
+                }
                 match saved {
                     Some(path) => write!(
                         f,
@@ -252,10 +258,15 @@ pub fn evaluate(
     params: &Arrays,
     remainder: Option<&Remainder>,
 ) -> Result<(f64, Option<f64>), TrainError> {
-    let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
+    let leaves = data_leaves(forward).map_err(TrainError::Data)?;
+    // The target that predictions are compared with, for accuracy.
+    let target = match leaves.targets.as_slice() {
+        [(name, _)] => Some(name.clone()),
+        _ => None,
+    };
     // Shared between processes, each global batch is split into one shard per process.
     let world = engine.world().clone();
-    let shard = xs[0];
+    let shard = batch_size(&leaves);
     let b = shard * world.size();
     let batches = split.len() / b;
     if batches == 0 && remainder.is_none() {
@@ -264,13 +275,13 @@ pub fn evaluate(
             split.len()
         )));
     }
-    let mut leaves = Arrays::new();
     let (mut loss, mut examples) = (0.0, 0usize);
     let (mut correct, mut counted, mut has_prediction) = (0usize, 0usize, false);
-    let mut tally = |l: f64, n: usize, prediction: Option<ArrayD<f32>>, y: &ArrayD<f32>| {
+    let mut tally = |l: f64, n: usize, prediction: Option<ArrayD<f32>>, batch: &Arrays| {
         loss += l * n as f64;
         examples += n;
-        if let Some(p) = prediction {
+        let y = target.as_ref().and_then(|y| batch.get(y));
+        if let (Some(p), Some(y)) = (prediction, y) {
             has_prediction = true;
             correct += agreements(&p, y);
             // One decision per lane of the last axis: per example for a classifier, per
@@ -285,18 +296,17 @@ pub fn evaluate(
     for k in 0..batches {
         let indices: Vec<usize> = world.shard(k * b, b).collect();
         let evaluated = split
-            .batch(&indices, &xs, &ys)
+            .batch_of(&indices, &leaves)
             .map_err(|e| TrainError::Data(e.to_string()))
-            .and_then(|(x, y)| {
-                leaves.insert(xn.clone(), x);
-                leaves.insert(yn.clone(), y);
-                engine
-                    .evaluate(params, &leaves)
-                    .map_err(|error| evaluation_failed(k, error))
+            .and_then(|batch| {
+                let (l, prediction) = engine
+                    .evaluate(params, &batch)
+                    .map_err(|error| evaluation_failed(k, error))?;
+                Ok((l, prediction, batch))
             });
         match evaluated {
-            Ok((l, prediction)) => {
-                tally(l * world.size() as f64, shard, prediction, &leaves[&yn]);
+            Ok((l, prediction, batch)) => {
+                tally(l * world.size() as f64, shard, prediction, &batch);
             }
             Err(e) => {
                 // Every process still takes part in the sums below, so that none waits.
@@ -308,25 +318,35 @@ pub fn evaluate(
     let rest = split.len() - batches * b;
     if let (Some(remainder), true, None) = (remainder, rest > 0 && world.is_root(), &failure) {
         let indices: Vec<usize> = (batches * b..split.len()).collect();
-        let with_rows = |dims: &[usize]| [&[rest], &dims[1..]].concat();
+        let with_rows = |leaves: &[LeafShape]| -> Vec<LeafShape> {
+            leaves
+                .iter()
+                .map(|(n, dims)| (n.clone(), [&[rest], &dims[1..]].concat()))
+                .collect()
+        };
+        let shorter = Leaves {
+            inputs: with_rows(&leaves.inputs),
+            targets: with_rows(&leaves.targets),
+        };
         let evaluated = split
-            .batch(&indices, &with_rows(&xs), &with_rows(&ys))
+            .batch_of(&indices, &shorter)
             .map_err(|e| TrainError::Data(e.to_string()))
-            .and_then(|(x, y)| {
+            .and_then(|batch| {
                 let mut env: crate::interp::Bindings<f32> = params.clone();
-                env.insert(xn.clone(), x);
-                env.insert(yn.clone(), y.clone());
+                env.extend(batch.iter().map(|(k, v)| (k.clone(), v.clone())));
+                // Dropout is off when evaluating.
+                env.extend(super::batch::noise(&remainder.eval, None));
                 let out = crate::interp::eval_outputs(&remainder.eval, &env)
                     .map_err(|e| evaluation_failed(batches, e.into()))?;
-                Ok((out, y))
+                Ok((out, batch))
             });
         match evaluated {
-            Ok((mut out, y)) => {
+            Ok((mut out, batch)) => {
                 let l = out
                     .get("loss")
                     .and_then(|l| l.iter().next().copied())
                     .map_or(f64::NAN, f64::from);
-                tally(l, rest, out.remove("prediction"), &y);
+                tally(l, rest, out.remove("prediction"), &batch);
             }
             Err(e) => failure = Some(e),
         }
@@ -481,6 +501,32 @@ fn save_on_root(
     saved
 }
 
+/// Stops training at `position` (of an epoch of `batches` batches), checkpointing it when
+/// the settings ask for checkpoints: the error that says so.
+fn interrupt(
+    engine: &mut dyn Engine,
+    settings: &Settings,
+    batches: usize,
+    position: Position,
+    abandoned: bool,
+) -> TrainError {
+    if let Some(path) = &settings.save {
+        let (params, optimizer) = engine.trained();
+        let world = engine.world().clone();
+        if let Err(e) = save_on_root(&world, path, &params, &optimizer, position) {
+            return e;
+        }
+    }
+    TrainError::Interrupted {
+        epoch: position.epochs + 1,
+        batch: position.batches,
+        batches,
+        abandoned,
+        saved: settings.save.clone(),
+        position,
+    }
+}
+
 /// Trains from `params` (epoch `start` onwards) for the settings' epochs. Shared between
 /// processes (the engine's [`World`]), every global batch is split into one shard per
 /// process, and rank 0 alone writes checkpoints.
@@ -495,12 +541,31 @@ pub fn train(
     start: Position,
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, TrainError> {
-    let ((xn, xs), (yn, ys)) = io_shapes(forward).map_err(TrainError::Data)?;
+    let leaves = data_leaves(forward).map_err(TrainError::Data)?;
     // Shared between processes, each takes its shard of every global batch of `b` examples.
     let world = engine.world().clone();
-    let b = xs[0] * world.size();
+    let b = batch_size(&leaves) * world.size();
     let all = dataset.train.len() / b;
+    if settings.max_batches == Some(0) {
+        return Err(TrainError::Data(
+            "the batches per epoch (max_batches) must be at least 1".to_string(),
+        ));
+    }
     let batches = settings.max_batches.map_or(all, |m| m.min(all));
+    if start.epochs >= settings.epochs {
+        return Err(TrainError::Data(format!(
+            "nothing to train: {} epoch(s) are done already and training ends after epoch {} (the count of epochs includes those done)",
+            start.epochs, settings.epochs
+        )));
+    }
+    if start.batches > 0 && start.batches >= batches && batches > 0 {
+        return Err(TrainError::Data(format!(
+            "nothing to train in epoch {}: {} of its batches are done already, and it has {batches} here (fewer batches per epoch than the run that stopped there: resume without max_batches, or with at least {})",
+            start.epochs + 1,
+            start.batches,
+            start.batches + 1
+        )));
+    }
     if batches == 0 {
         return Err(TrainError::Data(format!(
             "{} has {} training examples, fewer than one batch of {b}",
@@ -527,14 +592,11 @@ pub fn train(
         } else {
             (0, EpochSums::default())
         };
-        let mut leaves = Arrays::new();
         for k in first..batches {
-            let (x, y) = dataset
+            let batch = dataset
                 .train
-                .batch(&order[world.shard(k * b, b)], &xs, &ys)
+                .batch_of(&order[world.shard(k * b, b)], &leaves)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
-            leaves.insert(xn.clone(), x);
-            leaves.insert(yn.clone(), y);
             let fail = |error| TrainError::Step {
                 epoch: epoch + 1,
                 batch: k + 1,
@@ -547,7 +609,18 @@ pub fn train(
             if world.is_distributed() {
                 world.ask_to_stop(asked());
             }
-            let step = engine.train_step(&leaves).map_err(fail)?;
+            let step = match engine.train_step(&batch) {
+                // A compiled relaxation saw the request and abandoned this batch's step.
+                Err(EngineError::Interrupted) => {
+                    let position = Position {
+                        epochs: epoch,
+                        batches: k,
+                        sums,
+                    };
+                    return Err(interrupt(engine, settings, batches, position, true));
+                }
+                step => step.map_err(fail)?,
+            };
             sums.add(&step);
             on(Event::Batch {
                 epoch: epoch + 1,
@@ -567,17 +640,7 @@ pub fn train(
                     batches: k + 1,
                     sums,
                 };
-                if let Some(path) = &settings.save {
-                    let (params, optimizer) = engine.trained();
-                    save_on_root(&world, path, &params, &optimizer, position)?;
-                }
-                return Err(TrainError::Interrupted {
-                    epoch: epoch + 1,
-                    batch: k + 1,
-                    batches,
-                    saved: settings.save.clone(),
-                    position,
-                });
+                return Err(interrupt(engine, settings, batches, position, false));
             }
         }
         let (trained, optimizer) = engine.trained();

@@ -22,7 +22,7 @@
 //! parameters; the predictions and Jacobians read the current parameters, so nothing that
 //! reads a parameter leaves the loop.
 
-use super::optim::{self, CORRECTIONS, POWERS};
+use super::optim::{self, Optimizer, CORRECTIONS, POWERS};
 use crate::ir::{LeafKind, LoopProgram, Op, Program, Shape, ValueId};
 use crate::pc::{optimise_loop, PcPrograms};
 use crate::sema::OptimizerConfig;
@@ -49,8 +49,7 @@ pub fn learned_params(pc: &PcPrograms) -> Vec<(String, Shape)> {
 /// second.
 pub fn incremental_loop(
     pc: &PcPrograms,
-    optimizer: &OptimizerConfig,
-    clip: Option<f64>,
+    optimizer: &Optimizer,
     steps: usize,
 ) -> (LoopProgram, Vec<String>) {
     let params = learned_params(pc);
@@ -67,7 +66,7 @@ pub fn incremental_loop(
 
     // The optimiser, reading the updates as its gradients and, for Adam, this step's
     // corrections from the carried powers β^t.
-    let mut update = optim::update_program(optimizer, clip, &params, true);
+    let mut update = optimizer.update_program(&params, true);
     let mut state: HashMap<String, ValueId> = params
         .iter()
         .map(|(name, _)| {
@@ -75,7 +74,7 @@ pub fn incremental_loop(
             (optim::gradient_state(name), delta)
         })
         .collect();
-    if let OptimizerConfig::Adam { beta1, beta2, .. } = *optimizer {
+    if let OptimizerConfig::Adam { beta1, beta2, .. } = *optimizer.config() {
         for ((power, correction), beta) in POWERS.iter().zip(CORRECTIONS).zip([beta1, beta2]) {
             let before = body.leaf(LeafKind::State, *power, Shape::scalar());
             let after = body.scale(before, beta);
