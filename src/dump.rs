@@ -86,7 +86,7 @@ pub fn stage_text_of(
             if format == Format::Dot {
                 return Ok(pc::to_dot(&p.forward.program, &p.graph));
             }
-            let mut text = pc::describe(&p) + "\n";
+            let mut text = loop_header(compiled) + &pc::describe(&p) + "\n";
             // After the simulated programs, the one-program step that training runs when the
             // relaxation has a closed form (fixed and exact modes). Or, with a stopping
             // tolerance, the closed form's loop over coefficients.
@@ -102,13 +102,27 @@ pub fn stage_text_of(
             return Ok(text);
         }
     };
-    Ok(programs
+    let header = match format {
+        Format::Text => loop_header(compiled),
+        Format::Dot => String::new(),
+    };
+    Ok(header
+        + &programs
+            .iter()
+            .map(|p| match format {
+                Format::Text => ir::to_text(p),
+                Format::Dot => ir::to_dot(p),
+            })
+            .collect::<String>())
+}
+
+/// One comment line per `for` loop of the model: kept as a scan or unrolled, and why.
+fn loop_header(compiled: &Compiled) -> String {
+    compiled
+        .loops
         .iter()
-        .map(|p| match format {
-            Format::Text => ir::to_text(p),
-            Format::Dot => ir::to_dot(p),
-        })
-        .collect())
+        .map(|note| format!("// {}\n", note.describe()))
+        .collect()
 }
 
 /// What training `compiled`'s model holds in memory, with the train block's settings: the

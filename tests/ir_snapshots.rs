@@ -1,7 +1,9 @@
 //! Snapshots of the forward IR of every example: a change in lowering, naming, regions or
-//! shapes shows up as a reviewable diff of `tests/snapshots/ir_snapshots__*.snap`.
+//! shapes shows up as a reviewable diff of `tests/snapshots/ir_snapshots__*.snap`. Loops are
+//! kept as scans wherever they can be (`--loops scan`), so that a snapshot shows a loop's body
+//! once; which loops the default policy unrolls is tested apart.
 
-use pcg::sema::{self, CompileOptions, Compiled};
+use pcg::sema::{self, CompileOptions, Compiled, LoopPolicy};
 use std::path::{Path, PathBuf};
 
 /// The examples, sorted, as paths relative to the crate root (so snapshots do not depend on
@@ -20,7 +22,11 @@ fn examples() -> Vec<PathBuf> {
 
 fn compile(path: &Path) -> Compiled {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    let (sources, result) = sema::compile_file(&full, &CompileOptions::default());
+    let options = CompileOptions {
+        loops: LoopPolicy::Scan,
+        ..CompileOptions::default()
+    };
+    let (sources, result) = sema::compile_file(&full, &options);
     match result {
         Ok(c) => c,
         Err(diagnostics) => panic!(
@@ -138,4 +144,61 @@ fn pcg_ir_plan_takes_the_method() {
     let pc = first_line(&["--method", "pc"]);
     assert!(pc.contains("relaxation solved in closed form"), "{pc}");
     assert_eq!(first_line(&[]), pc, "mlp_digits trains by PC");
+}
+
+/// The default loop policy keeps a long loop a scan and unrolls a small one; `--loops` overrides
+/// it, and `pcg ir` says which was chosen and why.
+#[test]
+fn loop_policy_is_chosen_and_stated() {
+    let notes = |file: &str, dims: &[(&str, usize)], loops: LoopPolicy| {
+        let options = CompileOptions {
+            loops,
+            dims: dims.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+            ..CompileOptions::default()
+        };
+        let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let (_, result) = sema::compile_file(&full, &options);
+        result.unwrap_or_else(|_| panic!("{file} compiles")).loops
+    };
+    let lstm = notes("examples/lstm_shakespeare.pcg", &[], LoopPolicy::Auto);
+    assert_eq!(lstm.len(), 1);
+    assert!(lstm[0].scan, "{}", lstm[0].describe());
+    assert_eq!(
+        (lstm[0].var.as_str(), lstm[0].trips, lstm[0].line),
+        ("t", 50, 20)
+    );
+
+    let small = notes("examples/resnet_deep.pcg", &[], LoopPolicy::Auto);
+    assert!(
+        !small[0].scan && small[0].why.contains("small"),
+        "{}",
+        small[0].describe()
+    );
+    let deep = notes("examples/resnet_deep.pcg", &[("L", 256)], LoopPolicy::Auto);
+    assert!(
+        deep[0].scan && deep[0].trips == 256,
+        "{}",
+        deep[0].describe()
+    );
+    let kept = notes("examples/resnet_deep.pcg", &[], LoopPolicy::Scan);
+    assert!(kept[0].scan, "{}", kept[0].describe());
+    let unrolled = notes("examples/lstm_shakespeare.pcg", &[], LoopPolicy::Unroll);
+    assert!(!unrolled[0].scan, "{}", unrolled[0].describe());
+
+    for stage in ["ir", "grad", "pc"] {
+        let text = pcg_ir("examples/lstm_shakespeare.pcg", stage, &[]);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("// loop `for t` (line 20, 50 iterations): a scan")),
+            "--stage {stage}:\n{}",
+            &text[..text.len().min(400)]
+        );
+    }
+    let text = pcg_ir("examples/resnet_deep.pcg", "ir", &["--loops", "unroll"]);
+    assert!(
+        text.contains("unrolled, as `--loops unroll` asks"),
+        "{}",
+        &text[..400]
+    );
+    assert!(!text.contains("scan["));
 }

@@ -43,6 +43,8 @@ CASES = {
     "lstm_shakespeare pc fixed T=200": ("examples/lstm_shakespeare.pcg", "lstm_fixed", [8, 73, 64], 4, "pc", "fixed", 200, 0.5, ["T=8"], ["jax"], 1.0),
     # ...and a few steps, far from equilibrium, which checks the relaxation dynamics themselves.
     "lstm_shakespeare pc fixed T=7": ("examples/lstm_shakespeare.pcg", "lstm_fixed", [8, 73, 64], 4, "pc", "fixed", 7, 0.5, ["T=8"], ["jax"], 1.0),
+    # Backprop through time: PyTorch's fused nn.LSTM, and jax.grad through a lax.scan.
+    "lstm_shakespeare bp": ("examples/lstm_shakespeare.pcg", "lstm_fixed", [8, 73, 64], 4, "bp", None, 200, 0.5, ["T=8"], ["pytorch", "jax"], 1.0),
 }
 
 

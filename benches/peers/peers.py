@@ -16,7 +16,11 @@ Models (`--model`):
   lstm_fixed    examples/lstm_shakespeare.pcg, fixed-prediction PC, JAX: the frozen Jacobian
                 factors from one feedforward lax.scan, then every relaxation step updates every
                 time step's nodes at once (one [(S-1)B, 4H] x [4H, H] product for the messages
-                from the z's to the previous h's), inside lax.fori_loop under jit.
+                from the z's to the previous h's), inside lax.fori_loop under jit. And the
+                backprop step: PyTorch's fused torch.nn.LSTM (batch_first) with an nn.Linear
+                head, F.cross_entropy and torch.optim.SGD, as a PyTorch user writes it; JAX:
+                jax.grad through a lax.scan of the cell, under jit. `--sizes seq,73,64` sets the
+                sequence length (pcg's side: `pcg bench ... --dim T=seq`).
 
 PC semantics (pcg's): every `let`-bound value computed from data and parameters is a node; a
 node only the loss reads is an output, its error clamped to -dL/dmu at its prediction; the
@@ -29,11 +33,14 @@ E = 1/2 sum_relaxed |v_i - mu_i(v)|^2 + L(mu_out(v)).
 
 Each builder returns `update(params, x, y) -> {name: D theta}` on the library's arrays, with
 parameter names as in the .pcg file (or the gradient, -D theta, where the function has
-`returns_gradient` set: PyTorch's backprop); the timed step is that update plus SGD. Timings are the
-median over iterations after warm-up, in ms per training step.
+`returns_gradient` set: PyTorch's backprop); the timed step is that update plus SGD, or, where the
+function has `train_step(params, x, y, lr) -> step` (PyTorch's nn.LSTM), that step: a model that
+keeps its own parameters, built once from `params`. Timings are the median over iterations after
+warm-up, in ms per training step.
 
 Usage: python peers.py [--model mlp] [--sizes 784,256,256,10] [--batch 64] [--steps 20]
-                       [--rate 0.1] [--iters 50] [--warmup 5] [--libs pytorch,jax] [--json]
+                       [--rate 0.1] [--iters 50] [--warmup 5] [--libs pytorch,jax]
+                       [--methods pc,bp] [--json]
 (--sizes, --batch, --steps and --rate default to the model's configuration in MODELS.)
 """
 import argparse
@@ -312,6 +319,16 @@ def jax_cnn_strict(steps, rate, unroll="full"):
 # (CE averaged over the batch); h_{-1} = c_{-1} = 0 are constants.
 
 
+def jax_lstm_gates(w, b, x_t, h, hid):
+    """The LSTM's gates (input, forget, cell, output) from [x_t, h] @ w + b, as the .pcg cell."""
+    import jax
+    import jax.numpy as jnp
+
+    z = jnp.concatenate([x_t, h], axis=1) @ w + b
+    return (jax.nn.sigmoid(z[:, :hid]), jax.nn.sigmoid(z[:, hid:2 * hid]),
+            jnp.tanh(z[:, 2 * hid:3 * hid]), jax.nn.sigmoid(z[:, 3 * hid:]))
+
+
 def jax_lstm_fixed(steps, rate, unroll=None):
     import jax
     import jax.numpy as jnp
@@ -326,11 +343,7 @@ def jax_lstm_fixed(steps, rate, unroll=None):
 
         def cell(carry, x_t):                         # the feedforward pass
             h, c = carry
-            z = jnp.concatenate([x_t, h], axis=1) @ w + b
-            i = jax.nn.sigmoid(z[:, :hid])
-            f = jax.nn.sigmoid(z[:, hid:2 * hid])
-            g = jnp.tanh(z[:, 2 * hid:3 * hid])
-            o = jax.nn.sigmoid(z[:, 3 * hid:])
+            i, f, g, o = jax_lstm_gates(w, b, x_t, h, hid)
             c_next = f * c + i * g
             tc = jnp.tanh(c_next)
             h_next = o * tc
@@ -374,6 +387,97 @@ def jax_lstm_fixed(steps, rate, unroll=None):
     return update
 
 
+def torch_lstm_bp():
+    """The backprop step as a PyTorch user writes it: torch.nn.LSTM (batch_first; PyTorch's
+    gate order i, f, g, o is the cell's) and an nn.Linear head, F.cross_entropy against the
+    one-hot targets (its mean over the B S positions is pcg's sum over t of the batch-averaged
+    CE, divided by S), backward, torch.optim.SGD. pcg's w [V+H, 4H] is weight_ih_l0^T stacked
+    over weight_hh_l0^T; its one bias b is bias_ih_l0, and bias_hh_l0 is held at zero and not
+    trained (two trained biases would take twice b's step)."""
+    import torch
+    import torch.nn.functional as F
+
+    class CharLSTM(torch.nn.Module):
+        def __init__(self, voc, hid):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(voc, hid, batch_first=True)
+            self.head = torch.nn.Linear(hid, voc)
+
+        def forward(self, x):
+            h, _ = self.lstm(x)                       # h_0 = c_0 = 0
+            return self.head(h)
+
+    def build(p):
+        hid, voc = p["wy"].shape
+        m = CharLSTM(voc, hid)
+        with torch.no_grad():
+            m.lstm.weight_ih_l0.copy_(p["w"][:voc].T)
+            m.lstm.weight_hh_l0.copy_(p["w"][voc:].T)
+            m.lstm.bias_ih_l0.copy_(p["b"])
+            m.lstm.bias_hh_l0.zero_()
+            m.head.weight.copy_(p["wy"].T)
+            m.head.bias.copy_(p["by"])
+        m.lstm.bias_hh_l0.requires_grad_(False)
+        return m
+
+    def loss_of(m, x, y):
+        logits = m(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1, y.shape[-1]))
+
+    def update(p, x, y):
+        m = build(p)
+        loss_of(m, x, y).backward()
+        lstm = m.lstm
+        return {"w": torch.cat([lstm.weight_ih_l0.grad.T, lstm.weight_hh_l0.grad.T]),
+                "b": lstm.bias_ih_l0.grad, "wy": m.head.weight.grad.T, "by": m.head.bias.grad}
+
+    def train_step(p, x, y, lr):
+        m = build(p)
+        opt = torch.optim.SGD([q for q in m.parameters() if q.requires_grad], lr=lr)
+
+        def step():
+            opt.zero_grad()
+            loss_of(m, x, y).backward()
+            opt.step()
+
+        return step
+
+    update.returns_gradient = True  # -D theta
+    update.train_step = train_step
+    return update
+
+
+def _jax_lstm_loss(p, x, y):
+    import jax
+    import jax.numpy as jnp
+
+    w, b, wy, by = p["w"], p["b"], p["wy"], p["by"]
+    batch, seq, _ = x.shape
+    hid = wy.shape[0]
+
+    def cell(carry, x_t):
+        h, c = carry
+        i, f, g, o = jax_lstm_gates(w, b, x_t, h, hid)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), h
+
+    zero = jnp.zeros((batch, hid), x.dtype)
+    _, h = jax.lax.scan(cell, (zero, zero), jnp.swapaxes(x, 0, 1))   # [S, B, H]
+    logits = h @ wy + by
+    return -jnp.sum(jnp.swapaxes(y, 0, 1) * jax.nn.log_softmax(logits, axis=-1)) / (batch * seq)
+
+
+def jax_lstm_bp():
+    import jax
+
+    @jax.jit
+    def update(p, x, y):
+        return jax.tree_util.tree_map(lambda g: -g, jax.grad(_jax_lstm_loss)(p, x, y))
+
+    return update
+
+
 # ---------------------------------------------------------------------------------------------
 # Which peers exist: (model, library) -> {method: builder(steps, rate)}.
 
@@ -385,7 +489,8 @@ PEERS = {
     # PCX's relaxation: SGD with momentum 0.9 on the states, and a nudged target (beta = 0.5).
     ("mlp_strict_pcx", "jax"): {"pc": lambda steps, rate: jax_mlp_strict(steps, rate, momentum=0.9, beta=0.5)},
     ("cnn_strict", "jax"): {"pc": jax_cnn_strict},
-    ("lstm_fixed", "jax"): {"pc": jax_lstm_fixed},
+    ("lstm_fixed", "jax"): {"pc": jax_lstm_fixed, "bp": lambda steps, rate: jax_lstm_bp()},
+    ("lstm_fixed", "pytorch"): {"bp": lambda steps, rate: torch_lstm_bp()},
 }
 
 
@@ -435,10 +540,12 @@ def to_library(lib, arrays):
     return {k: jnp.asarray(a) for k, a in arrays.items()}
 
 
-def bench(model, lib, sizes, batch, steps, rate, lr, iters, warmup=5):
+def bench(model, lib, sizes, batch, steps, rate, lr, iters, warmup=5, methods=None):
     builders = PEERS.get((model, lib))
-    if builders is None:
-        return {"error": f"no {lib} peer for {model}"}
+    if builders and methods:
+        builders = {m: b for m, b in builders.items() if m in methods}
+    if not builders:
+        return {"error": f"no {lib} peer for {model}" + (f" ({','.join(methods)})" if methods else "")}
     try:
         if lib == "pytorch":
             import torch
@@ -455,7 +562,9 @@ def bench(model, lib, sizes, batch, steps, rate, lr, iters, warmup=5):
     for method, build in builders.items():
         update = build(steps, rate)
         params = dict(arrays) if lib == "jax" else {k: v.clone() for k, v in arrays.items()}
-        if lib == "pytorch":
+        if lib == "pytorch" and hasattr(update, "train_step"):
+            step = update.train_step(params, x, y, lr)
+        elif lib == "pytorch":
             alpha = -lr if getattr(update, "returns_gradient", False) else lr
 
             def step(update=update, params=params, alpha=alpha):
@@ -491,6 +600,7 @@ def main():
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--libs", default="pytorch,jax")
+    ap.add_argument("--methods", help="only these methods (pc, bp), e.g. --methods bp")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     d = MODELS[args.model]
@@ -501,7 +611,8 @@ def main():
     rate = args.rate if args.rate is not None else d["rate"]
     results = {}
     for lib in args.libs.split(","):
-        results[lib] = bench(args.model, lib, sizes, batch, steps, rate, args.lr, args.iters, args.warmup)
+        results[lib] = bench(args.model, lib, sizes, batch, steps, rate, args.lr, args.iters, args.warmup,
+                             args.methods.split(",") if args.methods else None)
     if args.json:
         print(json.dumps(results))
     else:

@@ -4,14 +4,16 @@
 #   mlp_fmnist        784-256-256-10, batch 64: fixed PC T = 20, BP, strict PC T = 5 and 20
 #   mlp_b1            64-256-256-10,  batch 1:  fixed PC T = 100, BP  (per-op overhead dominates)
 #   cnn_fmnist        batch 64, strict PC T = 10 (JAX)
-#   lstm_shakespeare  batch 64, 50 characters, fixed PC T = 200 at eta = 0.5 (the file's; JAX)
+#   lstm_shakespeare  batch 64, 50 characters, fixed PC T = 200 at eta = 0.5 (the file's; JAX),
+#                     and BP (PyTorch: the fused torch.nn.LSTM; JAX: jax.grad through lax.scan)
 # (eta = 0.1 where not said.) First benches/peers/check.py checks every peer's update against
 # `pcg grad` on a small instance; a peer that fails is shown as FAIL, not timed. Then prints ms
 # per training step (median) side by side and writes the table to benches/peers/results.md.
 # The peers need `pip install torch "jax[cpu]" numpy` (torch is large; it is not part of CI).
 # PYTHON selects the interpreter (default: python3); PCG a pcg binary to use instead of
-# building one; ITERS the timed steps of the small models (default 50), SLOW_ITERS those of
-# cnn_fmnist and lstm_shakespeare (default 3); NO_README=1 skips updating the book's table
+# building one; ITERS the timed steps of the small models and of the LSTM's BP (default 50),
+# SLOW_ITERS those of cnn_fmnist and lstm_shakespeare's PC (default 3); NO_README=1 skips
+# updating the book's table
 # (docs/book/src/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,20 +75,23 @@ configs=(
   "mlp_fmnist:examples/mlp_fmnist.pcg:mlp_strict --sizes 784,256,256,10:64:5:0.1:strict:mlp_fmnist pc strict T=5:"
   "mlp_fmnist:examples/mlp_fmnist.pcg:mlp_strict --sizes 784,256,256,10:64:20:0.1:strict:mlp_fmnist pc strict T=20:"
   "cnn_fmnist:examples/cnn_fmnist.pcg:cnn_strict:64:10:0.1:strict:cnn_fmnist pc strict T=10:"
-  "lstm_shakespeare:examples/lstm_shakespeare.pcg:lstm_fixed:64:200:0.5:fixed:lstm_shakespeare pc fixed T=200:"
+  "lstm_shakespeare:examples/lstm_shakespeare.pcg:lstm_fixed --sizes 50,73,64:64:200:0.5:fixed:lstm_shakespeare pc fixed T=200:lstm_shakespeare bp"
 )
 for config in "${configs[@]}"; do
   IFS=: read -r name file model batch steps rate mode pc_case bp_case <<<"$config"
-  case $name in cnn_fmnist|lstm_shakespeare) n=$slow; warmup=1;; *) n=$iters; warmup=5;; esac
-  echo "timing $name ($model, T = $steps) ..." >&2
-  # shellcheck disable=SC2086  # $model carries the peers.py arguments
-  "$python" benches/peers/peers.py --model $model --batch "$batch" --steps "$steps" --rate "$rate" \
-    --iters "$n" --warmup "$warmup" --json >"$tmp/peer.json" 2>"$tmp/peer.err" || cat "$tmp/peer.err" >&2
   methods=pc
   [ -n "$bp_case" ] && methods="pc bp"
   for method in $methods; do
-    if [ "$name" = lstm_shakespeare ]; then  # the file's settings: fixed, T = 200, eta = 0.5
-      jit=$("$pcg" bench "$file" --method pc --threads 2 --iters "$n" | tail -n 1 | ms)
+    case $name:$method in cnn_fmnist:*|lstm_shakespeare:pc) n=$slow; warmup=1;; *) n=$iters; warmup=5;; esac
+    echo "timing $name $method ($model$([ "$method" = pc ] && echo ", T = $steps")) ..." >&2
+    # shellcheck disable=SC2086  # $model carries the peers.py arguments
+    "$python" benches/peers/peers.py --model $model --methods "$method" --batch "$batch" --steps "$steps" \
+      --rate "$rate" --iters "$n" --warmup "$warmup" --json >"$tmp/peer.json" 2>"$tmp/peer.err" ||
+      cat "$tmp/peer.err" >&2
+    if [ "$name" = lstm_shakespeare ]; then  # the file's settings: PC fixed, T = 200, eta = 0.5
+      # (T=50 is the file's sequence length; bench times random batches, so the data is unread)
+      jit=$("$pcg" bench "$file" --method "$method" --threads 2 --batch "$batch" --dim T=50 --iters "$n" |
+        tail -n 1 | ms)
       interp=-
     else
       args=(--batch "$batch")
@@ -116,7 +121,7 @@ for m in ('torch', 'jax'):
     except ImportError: out.append(m + ' not installed')
 print(', '.join(out))")
 {
-  echo "Made by \`benches/peers/run.sh\` on $(nproc) cores of $cpu ($versions); ms per training step, median of $iters steps (cnn_fmnist and lstm_shakespeare: $slow; the interpreter: $interp_iters). Every peer's update is first checked against \`pcg grad\` on a small instance (\`benches/peers/check.py\`, relative error ≤ 1e-4 per parameter); FAIL marks a peer that differs, n/a one that does not exist. η = 0.1, except lstm_shakespeare: the file's fixed mode, T = 200, η = 0.5."
+  echo "Made by \`benches/peers/run.sh\` on $(nproc) cores of $cpu ($versions); ms per training step, median of $iters steps (cnn_fmnist and lstm_shakespeare's PC: $slow; the interpreter: $interp_iters). Every peer's update is first checked against \`pcg grad\` on a small instance (\`benches/peers/check.py\`, relative error ≤ 1e-4 per parameter); FAIL marks a peer that differs, n/a one that does not exist. η = 0.1, except lstm_shakespeare: the file's fixed mode, T = 200, η = 0.5; its BP peer in PyTorch is the fused \`torch.nn.LSTM\`, in JAX \`jax.grad\` through a \`lax.scan\` of the cell."
   echo
   echo "| model | method | mode | batch | T | pcg jit | pcg interp | PyTorch | JAX | PyTorch / pcg | JAX / pcg |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"

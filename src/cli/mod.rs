@@ -483,6 +483,20 @@ pub struct CompileFlags {
     /// (repeatable).
     #[arg(long = "dim", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
+    /// How `for` loops compile: `auto` keeps a loop one scan unless it is short or its index
+    /// sizes a shape, `scan` keeps every loop it can, `unroll` unrolls every loop
+    /// (`pcg ir` says which each loop got, and why)
+    #[arg(long, value_enum, default_value_t = Loops::Auto)]
+    pub loops: Loops,
+}
+
+/// `--loops`: how `for` loops compile.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Loops {
+    #[default]
+    Auto,
+    Scan,
+    Unroll,
 }
 
 impl CompileFlags {
@@ -491,6 +505,11 @@ impl CompileFlags {
             model: self.model.clone(),
             batch: self.batch,
             dims: self.dims.iter().cloned().collect(),
+            loops: match self.loops {
+                Loops::Auto => crate::sema::LoopPolicy::Auto,
+                Loops::Scan => crate::sema::LoopPolicy::Scan,
+                Loops::Unroll => crate::sema::LoopPolicy::Unroll,
+            },
         }
     }
 }

@@ -525,6 +525,10 @@ pub(super) fn bench(
             100.0 * cost.product_flops as f64 / cost.flops.max(1) as f64,
             100.0 * in_products.as_secs_f64() * 1e3 / total.max(1e-9),
         ));
+        emit(&format!(
+            "arena {} (every buffer of the compiled step)\n",
+            crate::memory::bytes_text(cost.arena_bytes)
+        ));
     }
     if let Some(programs) = training_programs {
         let params = init::init_params(forward, seed);

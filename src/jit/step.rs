@@ -132,6 +132,9 @@ pub struct StepCost {
     /// Bytes the kernels read and write, each kernel's buffers counted once per run of it:
     /// the memory a step streams when its working set does not stay in cache.
     pub bytes: u64,
+    /// The arena: every buffer of the step (the batch, the resident parameters, the
+    /// relaxation's state, temporaries), in bytes.
+    pub arena_bytes: u64,
 }
 
 impl JitStep {
@@ -298,6 +301,7 @@ impl JitStep {
             }
         }
         let function = Function::compile(&lowered, &layout, options)?;
+        cost.arena_bytes = 4 * function.plan.arena_len as u64;
         Ok(JitStep {
             function,
             inputs: leaves.inputs,

@@ -197,7 +197,12 @@ pub fn analyse(forward: &Program, config: &InferenceConfig) -> PcGraph {
 /// its value unit is what the next iteration reads.
 pub fn analyse_stacked(stacked: &Stacked, config: &InferenceConfig) -> PcGraph {
     let forward = &stacked.program;
-    let is_carried = |id: ValueId| stacked.feedback.iter().any(|f| f.carried == id);
+    let is_carried = |id: ValueId| {
+        stacked
+            .feedback
+            .iter()
+            .any(|f| f.carried_node(forward) == id)
+    };
     // A loop's initial value is read by its first iteration, through the feedback leaf.
     let is_initial = |id: ValueId| stacked.feedback.iter().any(|f| f.init == id);
     let n = forward.nodes.len();
@@ -812,9 +817,15 @@ fn replay_with(
         let new = match node.op {
             Op::Leaf(kind) => {
                 if let Some(f) = forward.feedback.iter().find(|f| f.leaf == id) {
-                    let value = *carried
-                        .get(&f.carried)
-                        .expect("a carried node is relaxed, or its value is given");
+                    let value = match carried.get(&f.carried) {
+                        Some(&value) => value,
+                        None => {
+                            let node = *carried
+                                .get(&f.carried_node(source))
+                                .expect("a carried node is relaxed, or its value is given");
+                            f.carried_from(source, program, node)
+                        }
+                    };
                     let init = read(&computed, f.init);
                     f.shifted(program, value, init)
                 } else {

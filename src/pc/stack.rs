@@ -58,6 +58,44 @@ pub struct Feedback {
 }
 
 impl Feedback {
+    /// The PC node the carried value is: `carried` itself, or, where `carried` is an unnamed
+    /// view (a slice or reshape the stacking made: an inner loop's final value, a row of its
+    /// stacked node) of a node, that node, so that the view is not a node of its own (as
+    /// unrolled, where the inner loop's last iteration is the node the outer one carries).
+    pub fn carried_node(&self, p: &Program) -> ValueId {
+        let mut id = self.carried;
+        loop {
+            let node = p.node(id);
+            let view = matches!(node.op, Op::Reshape | Op::Slice { .. });
+            if !view || node.name.is_some() || node.region != Region::Model {
+                return id;
+            }
+            let arg = node.args[0];
+            if matches!(p.node(arg).op, Op::Leaf(_)) {
+                return id;
+            }
+            id = arg;
+        }
+    }
+
+    /// Builds into `p` the carried value from `node`, the value in `p` of the carried node
+    /// ([`Feedback::carried_node`]) of `source`: the views between them applied to it.
+    pub fn carried_from(&self, source: &Program, p: &mut Program, node: ValueId) -> ValueId {
+        let root = self.carried_node(source);
+        let mut views = Vec::new();
+        let mut id = self.carried;
+        while id != root {
+            views.push(id);
+            id = source.node(id).args[0];
+        }
+        views.iter().rev().fold(node, |value, &v| {
+            p.push(Node {
+                args: vec![value],
+                ..source.node(v).clone()
+            })
+        })
+    }
+
     /// The rows of an exposed carried value (every iteration's, from [`expose`]) that the
     /// stacked carried node holds.
     pub fn stacked_rows(&self, p: &mut Program, exposed: ValueId) -> ValueId {
@@ -213,18 +251,7 @@ fn flatten(source: &Program) -> Result<Flat, StackError> {
                     &mut feedback,
                 )?;
                 for &value in stacked.iter().take(scan.carries).filter(|_| !peel) {
-                    let Node { op, args, .. } = out.node(value).clone();
-                    let slice = out.node(args[0]).clone();
-                    let loss_slice = out.push(Node {
-                        region: Region::Loss,
-                        ..slice
-                    });
-                    let loss_value = out.push(Node {
-                        op,
-                        args: vec![loss_slice],
-                        region: Region::Loss,
-                        ..out.node(value).clone()
-                    });
+                    let loss_value = loss_view(&mut out, value);
                     for_loss.insert(value, loss_value);
                 }
                 results.insert(id, stacked);
@@ -254,6 +281,25 @@ fn flatten(source: &Program) -> Result<Flat, StackError> {
     Ok(Flat {
         program: out,
         feedback,
+    })
+}
+
+/// A copy in the loss region of a loop's final value: the slices and reshapes that select it
+/// from the stacked node (through every level of nested loops) down to that node.
+fn loss_view(out: &mut Program, id: ValueId) -> ValueId {
+    let node = out.node(id).clone();
+    let view = matches!(node.op, Op::Reshape | Op::Slice { .. });
+    if !view || node.name.is_some() || node.region != Region::Model {
+        return id;
+    }
+    if matches!(out.node(node.args[0]).op, Op::Leaf(_)) {
+        return id;
+    }
+    let arg = loss_view(out, node.args[0]);
+    out.push(Node {
+        args: vec![arg],
+        region: Region::Loss,
+        ..node
     })
 }
 
@@ -352,8 +398,14 @@ fn stack_scan(
     }
     let outputs: Vec<ValueId> = body.outputs.iter().map(|o| o.value).collect();
     let mut stacked_outputs = Vec::with_capacity(outputs.len());
+    // A per-iteration loss term stays in the loss region, stacked or joined with the peeled
+    // iteration's, so that it is not taken for a node of the model.
+    let region_of = |output: &ValueId| match body.nodes[output.index()].region {
+        Region::Loss => Region::Loss,
+        Region::Model => region,
+    };
     for (k, output) in outputs.iter().enumerate() {
-        let stacked = to_stacked(out, mapped[output.index()], trips, region);
+        let stacked = to_stacked(out, mapped[output.index()], trips, region_of(output));
         if k < scan.carries {
             feedback[own[k]].carried = stacked;
         }
@@ -418,7 +470,7 @@ fn stack_scan(
             };
             let joined = out.build(Op::Concat { axis: 0 }, &parts, None);
             for n in [one, joined] {
-                out.nodes[n.index()].region = region;
+                out.nodes[n.index()].region = region_of(&output);
             }
             joined
         })

@@ -23,6 +23,7 @@
 
 use super::lower::{Lowerer, Scope};
 use super::value::Val;
+use super::{LoopNote, LoopPolicy, AUTO_UNROLL_NODES};
 use crate::ir::{BinaryOp, LeafKind, Node, Op, Program, Region, Scan, Shape, ValueId};
 use crate::source::Span;
 use crate::syntax::ast;
@@ -66,6 +67,8 @@ pub(super) struct LoopFrame {
 
 /// What a scan attempt changes, to restore if the loop has to unroll instead.
 struct Checkpoint {
+    /// Loop notes: those of loops inside are dropped with the attempt.
+    notes: usize,
     diagnostics: usize,
     loss_terms: usize,
     saw_loss: bool,
@@ -94,11 +97,30 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         in_model: bool,
     ) -> bool {
         let trips = hi.saturating_sub(lo);
-        // A loop of one iteration (or none) gains nothing from being a loop.
-        if trips < 2 {
-            return false;
+        let note = |scan: bool, why: &str| LoopNote {
+            span: var.span,
+            line: 0,
+            var: var.name.clone(),
+            trips: trips.max(0) as usize,
+            scan,
+            why: why.to_string(),
+        };
+        match self.loop_policy {
+            LoopPolicy::Unroll => {
+                self.loop_notes
+                    .push(note(false, "as `--loops unroll` asks"));
+                return false;
+            }
+            // A loop of one iteration (or none) gains nothing from being a loop.
+            _ if trips < 2 => {
+                self.loop_notes
+                    .push(note(false, "a loop of one iteration or none is its body"));
+                return false;
+            }
+            _ => {}
         }
         let checkpoint = Checkpoint {
+            notes: self.loop_notes.len(),
             diagnostics: self.diagnostics.len(),
             loss_terms: self.loss_terms.len(),
             saw_loss: self.saw_loss,
@@ -135,10 +157,38 @@ impl<'g, 'd> Lowerer<'g, 'd> {
             parent: Program::default(),
             ..frame
         };
-        let clean = frame.refused.is_none() && self.diagnostics.len() == checkpoint.diagnostics;
-        if clean && self.finish_scan(&frame, body, checkpoint.loss_terms) {
+        let errors = self.diagnostics.len() > checkpoint.diagnostics;
+        let clean = frame.refused.is_none() && !errors;
+        // Notes of the loops inside go after this loop's own.
+        let inner_notes = self.loop_notes.split_off(checkpoint.notes);
+        let size = body.nodes.len() * frame.trips;
+        let small = self.loop_policy == LoopPolicy::Auto && size <= AUTO_UNROLL_NODES;
+        if clean && !small && self.finish_scan(&frame, body, checkpoint.loss_terms) {
+            self.loop_notes.push(note(
+                true,
+                &format!(
+                    "one body of {} nodes (`--loops unroll` unrolls it)",
+                    size / frame.trips
+                ),
+            ));
+            self.loop_notes.extend(inner_notes);
             return true;
         }
+        let why = match frame.refused {
+            None if clean && small => format!(
+                "as it is small: {} iterations × {} nodes ≤ {AUTO_UNROLL_NODES} (`--loops scan` keeps it)",
+                frame.trips,
+                size / frame.trips
+            ),
+            Some(why) => format!("as it cannot be a scan: {why}"),
+            None if errors => {
+                "as its index is used as a number (a shape, a slice bound, a count), or its body has an error"
+                    .to_string()
+            }
+            None => "as a carried value changes shape or kind from one iteration to the next"
+                .to_string(),
+        };
+        self.loop_notes.push(note(false, &why));
         // Undo the attempt: the bindings it rebound, its loss terms and diagnostics, and what
         // the enclosing loops noted of it.
         for ((s, name), val, level) in frame.assigned {

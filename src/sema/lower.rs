@@ -89,6 +89,9 @@ pub(super) struct Lowerer<'g, 'd> {
     pub(super) unrolled: usize,
     /// The loops being lowered as scans, outermost first.
     pub(super) loops: Vec<super::loops::LoopFrame>,
+    pub(super) loop_policy: super::LoopPolicy,
+    /// How each loop was compiled (a loop inside an unrolled one: once per iteration).
+    pub(super) loop_notes: Vec<super::LoopNote>,
 }
 
 /// Lowers `model` to its forward program, or reports why it cannot.
@@ -96,8 +99,9 @@ pub(super) fn lower_model(
     globals: &Globals,
     model: &ast::ModelDef,
     dims: &BTreeMap<String, usize>,
+    loop_policy: super::LoopPolicy,
     diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Program> {
+) -> Option<(Program, Vec<super::LoopNote>)> {
     let mut l = Lowerer {
         globals,
         program: Program::new(model.name.name.clone()),
@@ -112,6 +116,8 @@ pub(super) fn lower_model(
         dims: dims.clone(),
         unrolled: 0,
         loops: Vec::new(),
+        loop_policy,
+        loop_notes: Vec::new(),
     };
     for c in &globals.consts {
         l.define_const(c, 0);
@@ -156,7 +162,11 @@ pub(super) fn lower_model(
     settle_regions(&mut l.program, |p, a| {
         p.node(a).op == Op::Leaf(LeafKind::Param)
     });
-    Some(l.program)
+    // One note per loop of the source, in source order.
+    let mut notes = std::mem::take(&mut l.loop_notes);
+    notes.sort_by_key(|n| (n.span.file, n.span.start));
+    notes.dedup_by_key(|n| (n.span.file, n.span.start));
+    Some((l.program, notes))
 }
 
 /// Moves loss-region nodes that read a parameter (a value `is_param` accepts), and their

@@ -47,6 +47,59 @@ pub struct CompileOptions {
     pub batch: Option<usize>,
     /// Extra dimension bindings (`--dim T=50`).
     pub dims: BTreeMap<String, usize>,
+    /// How `for` loops are compiled (`--loops`).
+    pub loops: LoopPolicy,
+}
+
+/// How `for` loops are compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoopPolicy {
+    /// A loop is a scan, unless it is small (unrolled, at most [`AUTO_UNROLL_NODES`] nodes),
+    /// or its body needs the index as a number (a shape, a slice bound).
+    #[default]
+    Auto,
+    /// Every loop that can be a scan is one, however short.
+    Scan,
+    /// Every loop is unrolled into straight-line code, one copy of its body per iteration.
+    Unroll,
+}
+
+/// A loop whose unrolled form has at most this many nodes (iterations × the body's nodes)
+/// unrolls under [`LoopPolicy::Auto`]. Measured on a 2-vCPU AMD EPYC (`pcg bench --loops
+/// scan|unroll`): below it, unrolled steps were 1.3–2.3x faster (rnn_digits, 8 × 12 nodes;
+/// the transformer's 2 blocks; resnet_deep, 64 × 13 nodes) for a compile time under 0.25 s;
+/// above it, compile time grows with the iterations (lstm_shakespeare's 50 × 47 nodes: 1.3 s
+/// unrolled against 0.05 s) and the scan's step was as fast or faster.
+pub const AUTO_UNROLL_NODES: usize = 1024;
+
+/// How one `for` loop of the model was compiled, for `pcg ir` and `pcg check --report`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopNote {
+    /// The loop's `for` header.
+    pub span: Span,
+    /// Its source line (1-based), once known.
+    pub line: usize,
+    pub var: String,
+    pub trips: usize,
+    /// Kept as one scan (else unrolled).
+    pub scan: bool,
+    /// Why it was unrolled, or kept.
+    pub why: String,
+}
+
+impl LoopNote {
+    /// `loop `for t` (line 20, 50 iterations): a scan — ...`
+    pub fn describe(&self) -> String {
+        format!(
+            "loop `for {}` (line {}, {} iteration{}): {}, {}",
+            self.var,
+            self.line,
+            self.trips,
+            if self.trips == 1 { "" } else { "s" },
+            if self.scan { "a scan" } else { "unrolled" },
+            self.why
+        )
+    }
 }
 
 /// A compiled model: its forward program and, if the file has one, its train block.
@@ -56,6 +109,8 @@ pub struct Compiled {
     /// The forward program: outputs `loss` (the sum of the loss terms).
     pub forward: Program,
     pub train: Option<TrainConfig>,
+    /// How each `for` loop was compiled, in source order.
+    pub loops: Vec<LoopNote>,
 }
 
 /// Global definitions gathered from the root file and everything it imports.
@@ -137,7 +192,8 @@ fn compile_root(
     let (globals, mut diagnostics) = load(sources, root, path);
     let picked = pick_model(&globals, root, options);
     let compiled = match picked {
-        Ok(model) => analyse_model(&globals, model, options, &mut diagnostics),
+        Ok(model) => analyse_model(&globals, model, options, &mut diagnostics)
+            .map(|c| with_lines(sources, c)),
         Err(d) => {
             diagnostics.push(d);
             None
@@ -183,7 +239,7 @@ fn check_all(
     };
     for model in chosen {
         if let Some(c) = analyse_model(&globals, model, options, &mut diagnostics) {
-            compiled.push(c);
+            compiled.push(with_lines(sources, c));
         }
     }
     check_orphan_trains(&globals, &mut diagnostics);
@@ -192,6 +248,16 @@ fn check_all(
     } else {
         Err(diagnostics)
     }
+}
+
+/// Fills in the source line of each loop note.
+fn with_lines(sources: &Sources, mut compiled: Compiled) -> Compiled {
+    for note in &mut compiled.loops {
+        let text = sources.text(note.span.file);
+        let at = (note.span.start as usize).min(text.len());
+        note.line = text[..at].matches('\n').count() + 1;
+    }
+    compiled
 }
 
 /// Parses the root file and, transitively, every module it uses. Each file is parsed once;
@@ -474,7 +540,7 @@ fn analyse_model(
         dims.entry("B".to_string()).or_insert(b);
     }
     let before = diagnostics.len();
-    let forward = lower::lower_model(globals, model, &dims, diagnostics)?;
+    let (forward, loops) = lower::lower_model(globals, model, &dims, options.loops, diagnostics)?;
     if diagnostics.len() > before {
         return None;
     }
@@ -495,5 +561,6 @@ fn analyse_model(
         model_name: model.name.name.clone(),
         forward,
         train,
+        loops,
     })
 }

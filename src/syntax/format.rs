@@ -302,11 +302,17 @@ impl Render {
 
     fn newline(&mut self, indent: usize) {
         let trimmed = self.out.trim_end_matches(' ').len();
-        self.out.truncate(trimmed);
+        // A line that holds no code yet keeps its indentation for a comment that ends it.
+        let blank = trimmed == 0 || self.out[..trimmed].ends_with('\n');
         let mut comments = std::mem::take(&mut self.suffix).into_iter();
-        if let Some(first) = comments.next() {
-            self.out.push_str("  ");
-            self.out.push_str(&first);
+        match comments.next() {
+            Some(first) if blank => self.out.push_str(&first),
+            Some(first) => {
+                self.out.truncate(trimmed);
+                self.out.push_str("  ");
+                self.out.push_str(&first);
+            }
+            None => self.out.truncate(trimmed),
         }
         for c in comments {
             self.out.push('\n');
@@ -572,6 +578,16 @@ impl<'s> Printer<'s> {
             .map_or(e.span.start as usize, |t| t.0)
     }
 
+    /// Where the comments that go before the expression end: its start, or for a negation
+    /// without parentheses its operand's, so that a comment after the sign moves before it
+    /// (and stays there when formatted again).
+    fn lead_end(&self, e: &Expr) -> usize {
+        match &e.kind {
+            ExprKind::Neg(a) if self.paren_layers(e) == 0 => self.lead_end(a),
+            _ => self.outer_start(e),
+        }
+    }
+
     fn paren_layers(&self, e: &Expr) -> usize {
         self.parens
             .get(&(e.span.start as usize, e.span.end as usize))
@@ -697,7 +713,7 @@ impl<'s> Printer<'s> {
     fn element_start(&self, e: &Element) -> usize {
         match e {
             Element::Result(x) => {
-                let start = self.outer_start(x);
+                let start = self.lead_end(x);
                 if self.has_return(x) {
                     self.tokens[self.token_index(start) - 1].0
                 } else {
@@ -865,7 +881,7 @@ impl<'s> Printer<'s> {
 
     /// ` = value`, with the comments before the value.
     fn value_after_eq(&mut self, value: &Expr) -> Doc {
-        let start = self.outer_start(value);
+        let start = self.lead_end(value);
         let eq = self.at_space(start, " = ");
         concat([eq, self.sub(value, 0)])
     }
@@ -887,7 +903,7 @@ impl<'s> Printer<'s> {
                 let colon = self.at_space(ty.span().start as usize, ": ");
                 let head = concat([text(name.name.clone()), colon, self.ty(ty)]);
                 let init = init.as_ref().map(|e| {
-                    let start = self.outer_start(e);
+                    let start = self.lead_end(e);
                     let comments = self.at_space(start, "");
                     concat([comments, self.sub(e, 0)])
                 });
@@ -914,16 +930,16 @@ impl<'s> Printer<'s> {
                 body,
                 span,
             } => {
-                let from = self.at_space(self.outer_start(start), " in ");
+                let from = self.at_space(self.lead_end(start), " in ");
                 let lo = self.sub(start, 0);
-                let to = self.at_space(self.outer_start(end), "..");
+                let to = self.at_space(self.lead_end(end), "..");
                 let hi = self.sub(end, 0);
                 let header = concat([text(format!("for {}", var.name)), from, lo, to, hi]);
                 let elements: Vec<Element> = body.iter().map(Element::Stmt).collect();
                 self.braced(header, &elements, span.end as usize - 1, indent)
             }
             Stmt::Loss { value, .. } => {
-                let start = self.outer_start(value);
+                let start = self.lead_end(value);
                 let sep = self.at_space(start, " ");
                 Built::Doc(concat([text("loss"), sep, self.sub(value, 0)]))
             }
@@ -935,7 +951,7 @@ impl<'s> Printer<'s> {
     fn entry(&mut self, entry: &TrainEntry, indent: usize) -> Built {
         match &entry.value {
             TrainValue::Expr(e) => {
-                let start = self.outer_start(e);
+                let start = self.lead_end(e);
                 let comments = self.at_space(start, "");
                 Built::Entry {
                     key: entry.key.name.clone(),
@@ -1029,7 +1045,7 @@ impl<'s> Printer<'s> {
                 let mut rest = Vec::new();
                 for (op, b) in rights {
                     rest.push(text(format!(" {}", op.symbol())));
-                    let start = self.outer_start(b);
+                    let start = self.lead_end(b);
                     rest.push(self.at_break(start, Doc::Line));
                     rest.push(self.sub(b, level + 1));
                 }
@@ -1042,10 +1058,10 @@ impl<'s> Printer<'s> {
                         let start = a
                             .name
                             .as_ref()
-                            .map_or_else(|| self.outer_start(&a.value), |n| n.span.start as usize);
+                            .map_or_else(|| self.lead_end(&a.value), |n| n.span.start as usize);
                         let f: Box<dyn Fn(&mut Self) -> Doc + '_> =
                             Box::new(move |me: &mut Self| {
-                                let value_start = me.outer_start(&a.value);
+                                let value_start = me.lead_end(&a.value);
                                 match &a.name {
                                     Some(n) => {
                                         let eq = me.at_space(value_start, " = ");
@@ -1066,7 +1082,7 @@ impl<'s> Printer<'s> {
                     .iter()
                     .map(|item| {
                         let start = match item {
-                            IndexItem::At(x) => self.outer_start(x),
+                            IndexItem::At(x) => self.lead_end(x),
                             IndexItem::Range { span, .. } => span.start as usize,
                         };
                         let f: Box<dyn Fn(&mut Self) -> Doc + '_> =
@@ -1079,7 +1095,7 @@ impl<'s> Printer<'s> {
                                     }
                                     parts.push(text(".."));
                                     if let Some(x) = end {
-                                        let at = me.outer_start(x);
+                                        let at = me.lead_end(x);
                                         parts.push(me.at_space(at, ""));
                                         parts.push(me.sub(x, 0));
                                     }
@@ -1110,7 +1126,7 @@ impl<'s> Printer<'s> {
             .map(|x| {
                 let f: Box<dyn Fn(&mut Self) -> Doc + '_> =
                     Box::new(move |me: &mut Self| me.sub(x, 0));
-                (self.outer_start(x), f)
+                (self.lead_end(x), f)
             })
             .collect()
     }
