@@ -160,12 +160,22 @@ fn loop_policy_is_chosen_and_stated() {
         let (_, result) = sema::compile_file(&full, &options);
         result.unwrap_or_else(|_| panic!("{file} compiles")).loops
     };
-    let lstm = notes("examples/lstm_shakespeare.pcg", &[], LoopPolicy::Auto);
+    let short = notes("examples/lstm_shakespeare.pcg", &[], LoopPolicy::Auto);
+    assert!(
+        !short[0].scan && short[0].why.contains("small"),
+        "{}",
+        short[0].describe()
+    );
+    let lstm = notes(
+        "examples/lstm_shakespeare.pcg",
+        &[("T", 200)],
+        LoopPolicy::Auto,
+    );
     assert_eq!(lstm.len(), 1);
     assert!(lstm[0].scan, "{}", lstm[0].describe());
     assert_eq!(
         (lstm[0].var.as_str(), lstm[0].trips, lstm[0].line),
-        ("t", 50, 20)
+        ("t", 200, 20)
     );
 
     let small = notes("examples/resnet_deep.pcg", &[], LoopPolicy::Auto);
@@ -174,9 +184,9 @@ fn loop_policy_is_chosen_and_stated() {
         "{}",
         small[0].describe()
     );
-    let deep = notes("examples/resnet_deep.pcg", &[("L", 256)], LoopPolicy::Auto);
+    let deep = notes("examples/resnet_deep.pcg", &[("L", 1024)], LoopPolicy::Auto);
     assert!(
-        deep[0].scan && deep[0].trips == 256,
+        deep[0].scan && deep[0].trips == 1024,
         "{}",
         deep[0].describe()
     );
@@ -186,10 +196,10 @@ fn loop_policy_is_chosen_and_stated() {
     assert!(!unrolled[0].scan, "{}", unrolled[0].describe());
 
     for stage in ["ir", "grad", "pc"] {
-        let text = pcg_ir("examples/lstm_shakespeare.pcg", stage, &[]);
+        let text = pcg_ir("examples/lstm_shakespeare.pcg", stage, &["--dim", "T=200"]);
         assert!(
             text.lines()
-                .any(|l| l.starts_with("// loop `for t` (line 20, 50 iterations): a scan")),
+                .any(|l| l.starts_with("// loop `for t` (line 20, 200 iterations): a scan")),
             "--stage {stage}:\n{}",
             &text[..text.len().min(400)]
         );

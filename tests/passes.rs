@@ -71,6 +71,9 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                     "batching" => pcg::opt::batching::batch_products(&mut p),
                     "distribute" => pcg::opt::concat::distribute(&mut p),
                     "simplify" => pcg::opt::simplify(&mut p),
+                    "scan_hoist" => {
+                        pcg::opt::scan_hoist::hoist_scans(&mut p);
+                    }
                     other => panic!("unknown pass `{other}`"),
                 }
                 p

@@ -11,9 +11,11 @@
 //! carrying c̄, stacking x̄_t into the stacked operands' cotangents and w̄_t into per-iteration
 //! outputs that are summed over t (an invariant is read at every iteration). The values c_t
 //! it differentiates at come from the forward scan, which is made to output them too (its
-//! carried values' *trace*, `[T, ...]`); the reverse body recomputes the rest of each
-//! iteration from them. That recomputation depends on no carried value of the reverse scan,
-//! so the loop passes can take it out of the loop as one stacked computation.
+//! carried values' *trace*, `[T, ...]`), and so do the computed values the derivatives read
+//! (a gate's sigmoid, a product's operand: the *residuals*, as a reverse-mode tape keeps
+//! them); the reverse body replays the forward body only for what the derivatives read and
+//! no residual holds (views, joins), which depends on no carried value of the reverse scan:
+//! [`crate::opt::scan_hoist`] takes it out of the loop.
 
 use super::{vjp, AutodiffError};
 use crate::ir::{LeafKind, Node, Op, Output, Program, Scan, ScanInput, Shape, ValueId};
@@ -28,6 +30,30 @@ pub(super) fn vjp_scan(
     wanted: &[bool],
 ) -> Result<Vec<Option<ValueId>>, AutodiffError> {
     let traces = carried_traces(p, id);
+    // Every computed value of the body the derivatives may read is offered as a residual; the
+    // ones they do not read are dropped again when the program is pruned.
+    let candidates: Vec<usize> = {
+        let Op::Scan(forward) = &p.node(id).op else {
+            unreachable!("called on scans")
+        };
+        let body = &forward.body;
+        if body.nodes.iter().any(|n| matches!(n.op, Op::Scan(_))) {
+            Vec::new()
+        } else {
+            (0..body.nodes.len())
+                .filter(|&k| worth_keeping(&body.nodes[k].op))
+                .collect()
+        }
+    };
+    let residuals = stacked_outputs(
+        p,
+        id,
+        &candidates
+            .iter()
+            .map(|&k| ValueId(k as u32))
+            .collect::<Vec<_>>(),
+        "res",
+    );
     let node = p.node(id).clone();
     let Op::Scan(forward) = &node.op else {
         unreachable!("called on scans")
@@ -71,6 +97,22 @@ pub(super) fn vjp_scan(
             args.push(c);
         }
     }
+    let mut residual_leaves = Vec::with_capacity(candidates.len());
+    for (&k, &residual) in candidates.iter().zip(&residuals) {
+        let name = match body.nodes[k].name.as_deref() {
+            Some(named)
+                if !reverse
+                    .nodes
+                    .iter()
+                    .any(|n| n.name.as_deref() == Some(&format!("res.{named}"))) =>
+            {
+                format!("res.{named}")
+            }
+            _ => format!("res.%{k}"),
+        };
+        residual_leaves.push(reverse.leaf(LeafKind::State, name, shape_of(k)));
+        args.push(residual);
+    }
     let n_stacked = args.len() - carries;
     for k in carries + stacked..operands {
         at.push(reverse.leaf(LeafKind::State, leaf_name(k), shape_of(k)));
@@ -95,6 +137,19 @@ pub(super) fn vjp_scan(
     let per_iteration: Vec<usize> = (carries..operands).filter(|&k| wanted[k]).collect();
     wrt.extend(per_iteration.iter().map(|&k| at[k]));
     let grads = vjp(&mut reverse, &seeds, &wrt)?;
+    // The derivatives, and the views they read, read the residuals instead of the replayed
+    // values (whose replay is then dead).
+    let mut kept: Vec<Option<ValueId>> = vec![None; reverse.nodes.len()];
+    for (&k, &leaf) in candidates.iter().zip(&residual_leaves) {
+        kept[computed[k].index()] = Some(leaf);
+    }
+    let kept_or = |v: ValueId| kept.get(v.index()).copied().flatten().unwrap_or(v);
+    for node in &mut reverse.nodes {
+        for a in &mut node.args {
+            *a = kept_or(*a);
+        }
+    }
+    let grads: Vec<ValueId> = grads.into_iter().map(kept_or).collect();
     for (k, &grad) in grads.iter().enumerate().take(carries) {
         reverse.outputs.push(Output {
             name: format!("d.{}", leaf_name(k)),
@@ -152,34 +207,66 @@ pub(super) fn vjp_scan(
 }
 
 /// The stacked values of the scan's carried values at the start of each iteration, `[T, ...]`
-/// each: per-iteration outputs of the scan that are its carried leaves. Adds those outputs
-/// where the body lacks them, and `result` nodes reading them.
+/// each: per-iteration outputs of the scan that are its carried leaves.
 fn carried_traces(p: &mut Program, id: ValueId) -> Vec<ValueId> {
+    let Op::Scan(scan) = &p.node(id).op else {
+        unreachable!("called on scans")
+    };
+    let leaves: Vec<ValueId> = (0..scan.carries).map(|k| ValueId(k as u32)).collect();
+    stacked_outputs(p, id, &leaves, "trace")
+}
+
+/// Whether the reverse body reads a forward value of this op from the forward scan (a
+/// residual) rather than recomputing it: everything but views, joins and constants.
+fn worth_keeping(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Reduce(..)
+            | Op::MatMul
+            | Op::Conv2d { .. }
+            | Op::Conv2dInputGrad { .. }
+            | Op::Conv2dWeightGrad { .. }
+    )
+}
+
+/// `result` nodes reading the per-iteration values of the body's `values` (stacked,
+/// `[T, ...]`): existing per-iteration outputs where the body has them, else new outputs
+/// named `{prefix}.{name}`.
+fn stacked_outputs(p: &mut Program, id: ValueId, values: &[ValueId], prefix: &str) -> Vec<ValueId> {
     let Op::Scan(scan) = &mut p.nodes[id.index()].op else {
         unreachable!("called on scans")
     };
     let carries = scan.carries;
-    let mut indices = Vec::with_capacity(carries);
-    for k in 0..carries {
-        let leaf = ValueId(k as u32);
+    let mut indices = Vec::with_capacity(values.len());
+    for &value in values {
         let existing = scan
             .body
             .outputs
             .iter()
             .enumerate()
             .skip(carries)
-            .find(|(_, o)| o.value == leaf)
+            .find(|(_, o)| o.value == value)
             .map(|(i, _)| i);
         let i = existing.unwrap_or_else(|| {
-            let name = format!("trace.{}", scan.body.nodes[k].name.as_deref().unwrap_or(""));
-            scan.body.outputs.push(Output { name, value: leaf });
+            let named = scan.body.nodes[value.index()].name.as_deref();
+            let mut name = format!("{prefix}.{}", named.unwrap_or(""));
+            if named.is_none() || scan.body.outputs.iter().any(|o| o.name == name) {
+                name = format!("{prefix}.%{}", value.index());
+            }
+            scan.body.outputs.push(Output { name, value });
             scan.body.outputs.len() - 1
         });
         indices.push(i);
     }
     let shapes: Vec<Shape> = indices
         .iter()
-        .map(|&i| scan.result_shape(i).expect("the trace is a result"))
+        .map(|&i| {
+            scan.result_shape(i)
+                .expect("a per-iteration output is a result")
+        })
         .collect();
     let region = p.node(id).region;
     indices

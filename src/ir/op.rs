@@ -257,8 +257,10 @@ impl Scan {
     pub fn drop_unread_operands(&mut self) -> Vec<bool> {
         let operands = self.operands();
         let users = self.body.users();
+        // A leaf that is itself an output (a stacked operand passed through) is read too.
+        let output = |k: usize| self.body.outputs.iter().any(|o| o.value.index() == k);
         let unread: Vec<usize> = (self.carries..operands)
-            .filter(|&k| users[k].is_empty())
+            .filter(|&k| users[k].is_empty() && !output(k))
             .collect();
         let stacked_dropped = unread
             .iter()

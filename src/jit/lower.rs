@@ -643,6 +643,11 @@ impl<'a> Lowering<'a> {
                 users[a.index()] += 1;
             }
         }
+        // An output is a user too: a value both written out and read by a node is computed
+        // once, not once more inside its reader's loop.
+        for o in &program.outputs {
+            users[o.value.index()] += 1;
+        }
         let mut homes = HashMap::new();
         for (output, target) in program.outputs.iter().zip(targets) {
             let is_leaf = matches!(program.node(output.value).op, Op::Leaf(_));

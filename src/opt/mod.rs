@@ -4,6 +4,9 @@
 //!
 //! The passes, in the order they run:
 //!
+//! 0. [`scan_hoist`] — a loop's work that reads no carried value moves out of the loop, as one
+//!    computation over every iteration (the replay in a reverse scan, products of the
+//!    iterations' slices).
 //! 1. [`concat`] — sums of pads over adjacent parts of an axis become one concat (gradients of
 //!    tensors sliced into parts), and elementwise ops on a concat the concat of the ops on its
 //!    parts (the concat is then never written for them).
@@ -29,6 +32,7 @@ pub mod cse;
 pub mod dead_parts;
 pub mod hoist;
 pub mod relaxation;
+pub mod scan_hoist;
 pub mod split;
 pub mod unroll;
 
@@ -37,11 +41,13 @@ pub use hoist::hoist_invariants;
 
 use crate::ir::Program;
 
-/// The clean-up every derived program gets: the pad/concat fold, dead parts of products,
-/// then CSE.
+/// The clean-up every derived program gets: carry-free work out of loops, the pad/concat
+/// fold, dead parts of products, then CSE.
 pub fn simplify(program: &mut Program) {
+    scan_hoist::hoist_scans(program);
     concat::join_padded_sums(program);
     concat::distribute(program);
     dead_parts::narrow_products(program);
     cse::cse(program);
+    scan_hoist::fold_summed_products(program);
 }

@@ -65,12 +65,13 @@ pub enum LoopPolicy {
 }
 
 /// A loop whose unrolled form has at most this many nodes (iterations × the body's nodes)
-/// unrolls under [`LoopPolicy::Auto`]. Measured on a 2-vCPU AMD EPYC (`pcg bench --loops
-/// scan|unroll`): below it, unrolled steps were 1.3–2.3x faster (rnn_digits, 8 × 12 nodes;
-/// the transformer's 2 blocks; resnet_deep, 64 × 13 nodes) for a compile time under 0.25 s;
-/// above it, compile time grows with the iterations (lstm_shakespeare's 50 × 47 nodes: 1.3 s
-/// unrolled against 0.05 s) and the scan's step was as fast or faster.
-pub const AUTO_UNROLL_NODES: usize = 1024;
+/// unrolls under [`LoopPolicy::Auto`]. Measured by `scripts/scale.sh` on a 2-vCPU Xeon
+/// (AVX-512): unrolled steps were up to 2x faster than the scan's (lstm_shakespeare, 50 × 47
+/// nodes: BP 9.1 against 18.5 ms, PC 185 against 235 ms; resnet_deep, 256 × 13 nodes: BP 6.0
+/// against 9.2 ms) for a compile time of 0.3–1.3 s; past a few thousand nodes compile time and
+/// memory grow with the iterations (the LSTM at 200 steps, 9400 nodes: 5.8 s and 465 MB
+/// unrolled against 0.03 s and 82 MB as a scan), so longer loops stay scans.
+pub const AUTO_UNROLL_NODES: usize = 4096;
 
 /// How one `for` loop of the model was compiled, for `pcg ir` and `pcg check --report`.
 #[derive(Clone, Debug, PartialEq)]
