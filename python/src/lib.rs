@@ -858,6 +858,7 @@ fn options(
     batch: Option<usize>,
     dims: Option<BTreeMap<String, usize>>,
     model: Option<String>,
+    loops: &str,
 ) -> PyResult<CompileOptions> {
     if batch == Some(0) {
         return Err(PyValueError::new_err("batch must be at least 1"));
@@ -868,7 +869,22 @@ fn options(
             "dimension `{name}` must be at least 1"
         )));
     }
-    Ok(CompileOptions { model, batch, dims })
+    let loops = match loops {
+        "auto" => pcg::sema::LoopPolicy::Auto,
+        "scan" => pcg::sema::LoopPolicy::Scan,
+        "unroll" => pcg::sema::LoopPolicy::Unroll,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "loops must be \"auto\", \"scan\" or \"unroll\", not {other:?}"
+            )))
+        }
+    };
+    Ok(CompileOptions {
+        model,
+        batch,
+        dims,
+        loops,
+    })
 }
 
 fn compiled(
@@ -889,9 +905,10 @@ fn compiled(
 ///
 /// `batch` binds `B` (default: the train block's), `dims` other dimensions or consts
 /// (`{"H": 64}`), `model` picks one of several models, `seed` seeds the parameters'
-/// initialisation (default: the train block's). Raises `CompileError` with the diagnostics.
+/// initialisation (default: the train block's), `loops` how `for` loops compile (`"auto"`,
+/// `"scan"` or `"unroll"`, as `--loops`). Raises `CompileError` with the diagnostics.
 #[pyfunction]
-#[pyo3(signature = (path, *, batch=None, dims=None, model=None, seed=None))]
+#[pyo3(signature = (path, *, batch=None, dims=None, model=None, seed=None, loops="auto"))]
 fn compile(
     py: Python<'_>,
     path: PathBuf,
@@ -899,8 +916,9 @@ fn compile(
     dims: Option<BTreeMap<String, usize>>,
     model: Option<String>,
     seed: Option<u64>,
+    loops: &str,
 ) -> PyResult<PyModel> {
-    let options = options(batch, dims, model)?;
+    let options = options(batch, dims, model, loops)?;
     compiled(py, ModelSource::File(path), options, seed)
 }
 
@@ -908,9 +926,11 @@ fn compile(
 /// paths resolve relative to its directory). Keywords as for `compile`.
 #[pyfunction]
 #[pyo3(
-    signature = (text, *, name="<source>".to_string(), batch=None, dims=None, model=None, seed=None),
-    text_signature = "(text, *, name='<source>', batch=None, dims=None, model=None, seed=None)"
+    signature = (text, *, name="<source>".to_string(), batch=None, dims=None, model=None, seed=None, loops="auto"),
+    text_signature = "(text, *, name='<source>', batch=None, dims=None, model=None, seed=None, loops='auto')"
 )]
+// One argument per keyword of the Python signature.
+#[allow(clippy::too_many_arguments)]
 fn compile_source(
     py: Python<'_>,
     text: String,
@@ -919,8 +939,9 @@ fn compile_source(
     dims: Option<BTreeMap<String, usize>>,
     model: Option<String>,
     seed: Option<u64>,
+    loops: &str,
 ) -> PyResult<PyModel> {
-    let options = options(batch, dims, model)?;
+    let options = options(batch, dims, model, loops)?;
     compiled(py, ModelSource::Text { name, text }, options, seed)
 }
 

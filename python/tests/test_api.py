@@ -203,6 +203,22 @@ def test_compile_source_shows_its_defaults():
     assert "Ellipsis" not in str(signature)
 
 
+def test_loops_as_scans_and_unrolled_give_the_same_gradients():
+    rnn = ROOT / "examples" / "rnn_digits.pcg"
+    scan = pcg.compile(rnn, loops="scan")
+    unrolled = pcg.compile(rnn, loops="unroll")
+    assert "a scan" in scan.ir().splitlines()[0]
+    assert "unrolled" in unrolled.ir().splitlines()[0]
+    batch = scan.default_batch()
+    loss_s, g_s = scan.grad(batch)
+    loss_u, g_u = unrolled.grad(batch)
+    assert abs(loss_s - loss_u) <= 1e-5 * abs(loss_u)
+    for name in g_u:
+        assert rel(g_s[name], g_u[name]) < 1e-5, name
+    with pytest.raises(ValueError, match="loops"):
+        pcg.compile(rnn, loops="sometimes")
+
+
 def test_wrong_shape_names_the_input_and_both_shapes():
     m = pcg.compile_source(TINY)
     with pytest.raises(ValueError) as caught:
