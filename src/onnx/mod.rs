@@ -19,6 +19,8 @@
 mod known;
 mod names;
 pub mod proto;
+#[cfg(test)]
+mod tests;
 mod translate;
 
 pub use translate::{ImportError, Loss, Options, Param};

@@ -9,7 +9,8 @@ mod messages {
 
 pub use messages::{
     attribute_proto, tensor_proto, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, TensorProto, ValueInfoProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
 };
 
 use prost::Message;
