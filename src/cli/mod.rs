@@ -2,6 +2,7 @@
 //! the library's stages; what it prints is part of the public interface.
 
 mod commands;
+mod import;
 mod job;
 mod reference;
 mod tools;
@@ -200,6 +201,32 @@ pub enum Command {
         /// file is not formatted.
         #[arg(long)]
         check: bool,
+    },
+    /// Translate an ONNX model into a readable `.pcg` model, with its initializers as
+    /// parameters; nothing is written unless the whole model translates.
+    Import {
+        /// The `.onnx` file.
+        model: PathBuf,
+        /// Where to write the `.pcg` model (its stem names the model).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the initializers' values, as `.npz` arrays named like the model's
+        /// parameters (for `--params` of `grad`, `eval`, ...).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Where to write a JSON map from each initializer's ONNX name to its parameter's name.
+        #[arg(long)]
+        names: Option<PathBuf>,
+        /// The loss of the model's output against the target.
+        #[arg(long, value_enum, default_value_t = LossArg::Mse)]
+        loss: LossArg,
+        /// The name of the target the loss compares the output with.
+        #[arg(long, default_value = "y")]
+        target: String,
+        /// The batch size of the written train block (default: the one the ONNX inputs fix,
+        /// else 32).
+        #[arg(long, value_parser = at_least_one)]
+        batch: Option<usize>,
     },
     /// Run the language server (the Language Server Protocol on stdin and stdout), for
     /// editors: diagnostics, hover, go to definition, completion, outline, formatting.
@@ -438,6 +465,17 @@ impl From<MethodArg> for Method {
     }
 }
 
+/// `--loss` of `pcg import`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LossArg {
+    /// ½ Σ (out − y)² / B (the stdlib's `mse`).
+    #[default]
+    Mse,
+    /// −Σ y · log_softmax(out) / B over the last axis (the stdlib's `cross_entropy`).
+    #[value(name = "cross_entropy")]
+    CrossEntropy,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     Fixed,
@@ -628,6 +666,22 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
         Command::Fmt { files, check } => tools::fmt(&files, check),
         Command::Lsp => tools::lsp(),
+        Command::Import {
+            model,
+            out,
+            params,
+            names,
+            loss,
+            target,
+            batch,
+        } => {
+            let outputs = import::ImportOutputs {
+                out: &out,
+                params: params.as_deref(),
+                names: names.as_deref(),
+            };
+            import::import(&model, outputs, loss, &target, batch)
+        }
         Command::Bench {
             file,
             method,

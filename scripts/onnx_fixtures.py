@@ -1,0 +1,229 @@
+"""Builds the ONNX fixtures of `tests/onnx_import.rs` and ONNX Runtime's outputs for them.
+
+Each model is written with `onnx.helper` (no PyTorch needed) in the shapes and names that
+`torch.onnx.export` gives (initializers `fc1.weight`, nodes `/fc1/Gemm`), with seeded random
+weights. For each model `tests/onnx/NAME.onnx` this writes `tests/onnx/NAME.npz` holding the
+inputs of a fixed batch under their ONNX names and ONNX Runtime's output under the output's
+name, so the Rust tests compare without Python. The models refused by import (ops and
+attributes the language lacks) have no `.npz`.
+
+    python3 -m venv /tmp/onnx-venv && /tmp/onnx-venv/bin/pip install onnx onnxruntime numpy
+    /tmp/onnx-venv/bin/python scripts/onnx_fixtures.py
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "onnx"
+OPSET = 17
+rng = np.random.default_rng(0)
+
+
+def weight(name, *shape, scale=0.5):
+    values = (rng.standard_normal(shape) * scale).astype(np.float32)
+    return numpy_helper.from_array(values, name)
+
+
+def ints(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def tensor(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def save(name, graph, inputs=None):
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="pcg-fixtures",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=inputs is not None)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.onnx"
+    onnx.save(model, path)
+    if inputs is None:
+        return
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, inputs)
+    arrays = dict(inputs)
+    arrays[graph.output[0].name] = output
+    np.savez(OUT / f"{name}.npz", **arrays)
+    print(f"{path.name}: output {output.shape}")
+
+
+def mlp():
+    """PyTorch's nn.Linear → ReLU → nn.Linear, batch left open: Gemm with transB = 1."""
+    nodes = [
+        helper.make_node("Gemm", ["input", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"],
+                         name="/fc1/Gemm", alpha=1.0, beta=1.0, transB=1),
+        helper.make_node("Relu", ["/fc1/Gemm_output_0"], ["/act/Relu_output_0"], name="/act/Relu"),
+        helper.make_node("Gemm", ["/act/Relu_output_0", "fc2.weight", "fc2.bias"], ["logits"],
+                         name="/fc2/Gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp", [tensor("input", ["batch", 20])], [tensor("logits", ["batch", 10])],
+        [weight("fc1.weight", 32, 20), weight("fc1.bias", 32),
+         weight("fc2.weight", 10, 32), weight("fc2.bias", 10)],
+    )
+    x = rng.standard_normal((3, 20)).astype(np.float32)
+    save("mlp", graph, {"input": x})
+
+
+def tanh_matmul():
+    """MatMul + Add + Tanh with a fixed batch of 4, scalar constants, Sigmoid, Softmax."""
+    half = helper.make_node("Constant", [], ["half"], value=numpy_helper.from_array(
+        np.array(0.5, dtype=np.float32)))
+    nodes = [
+        half,
+        helper.make_node("MatMul", ["x", "w1"], ["h_pre"], name="layer1/matmul"),
+        helper.make_node("Add", ["h_pre", "b1"], ["h_biased"], name="layer1/add"),
+        helper.make_node("Tanh", ["h_biased"], ["h"], name="layer1/tanh"),
+        helper.make_node("Mul", ["h", "half"], ["h_half"], name="scale"),
+        helper.make_node("Sigmoid", ["h_half"], ["gate"], name="gate"),
+        helper.make_node("Mul", ["h", "gate"], ["gated"], name="gated"),
+        helper.make_node("Gemm", ["gated", "w2", "b2"], ["z"], name="layer2/gemm", alpha=2.0),
+        helper.make_node("LeakyRelu", ["z"], ["z_act"], name="act", alpha=0.1),
+        helper.make_node("Softmax", ["z_act"], ["probs"], name="softmax", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tanh_matmul", [tensor("x", [4, 8])], [tensor("probs", [4, 3])],
+        [weight("w1", 8, 16), weight("b1", 16), weight("w2", 16, 3), weight("b2", 3)],
+    )
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    save("tanh_matmul", graph, {"x": x})
+
+
+def cnn():
+    """Conv → ReLU → MaxPool → Conv → LeakyReLU, flattened by a shape computation as
+    `x.view(x.size(0), -1)` exports it, joined with a global average pool, then a Gemm."""
+    nodes = [
+        helper.make_node("Conv", ["image", "conv1.weight", "conv1.bias"], ["c1"],
+                         name="/conv1/Conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         strides=[1, 1], dilations=[1, 1], group=1),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/relu1/Relu"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="/pool/MaxPool",
+                         kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "conv2.weight"], ["c2"], name="/conv2/Conv",
+                         kernel_shape=[3, 3]),
+        helper.make_node("LeakyRelu", ["c2"], ["r2"], name="/relu2/LeakyRelu", alpha=0.1),
+        helper.make_node("Shape", ["r2"], ["shape"], name="/Shape"),
+        helper.make_node("Constant", [], ["zero"], name="/Constant",
+                         value=numpy_helper.from_array(np.array(0, dtype=np.int64))),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], name="/Gather", axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axes0"], ["batch1"], name="/Unsqueeze"),
+        helper.make_node("Concat", ["batch1", "minus_one"], ["flat_shape"], name="/Concat", axis=0),
+        helper.make_node("Reshape", ["r2", "flat_shape"], ["flat"], name="/Reshape"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="/gap/GlobalAveragePool"),
+        helper.make_node("Flatten", ["gap"], ["gap_flat"], name="/gap/Flatten", axis=1),
+        helper.make_node("Concat", ["flat", "gap_flat"], ["features"], name="/features/Concat", axis=1),
+        helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["logits"], name="/fc/Gemm",
+                         transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [tensor("image", ["N", 1, 8, 8])], [tensor("logits", ["N", 5])],
+        [weight("conv1.weight", 4, 1, 3, 3), weight("conv1.bias", 4),
+         weight("conv2.weight", 6, 4, 3, 3), weight("fc.weight", 5, 30), weight("fc.bias", 5),
+         ints("axes0", [0]), ints("minus_one", [-1])],
+    )
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    save("cnn", graph, {"image": x})
+
+
+def layers():
+    """LayerNormalization (the stdlib's and written out), HardSwish, a Reshape with a 0 (copy) entry, Transpose, Slice,
+    ReduceMean, Clip, a Gather of consecutive indices and Pow."""
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["normed"],
+                         name="/ln/LayerNormalization", epsilon=1e-5, axis=-1),
+        helper.make_node("MatMul", ["normed", "proj.weight"], ["proj"], name="/proj/MatMul"),
+        helper.make_node("HardSwish", ["proj"], ["act"], name="/act/HardSwish"),
+        helper.make_node("Reshape", ["act", "grid_shape"], ["grid"], name="/Reshape"),
+        helper.make_node("Transpose", ["grid"], ["grid_t"], name="/Transpose", perm=[0, 2, 1]),
+        helper.make_node("Slice", ["grid_t", "one", "three", "one"], ["rows"], name="/Slice"),
+        helper.make_node("ReduceMean", ["rows"], ["row_mean"], name="/ReduceMean", axes=[1],
+                         keepdims=0),
+        helper.make_node("Clip", ["row_mean", "low", "high"], ["clipped"], name="/Clip"),
+        helper.make_node("Gather", ["normed", "middle"], ["picked"], name="/Gather", axis=1),
+        helper.make_node("LayerNormalization", ["picked", "ln2.weight"], ["picked_normed"],
+                         name="/ln2/LayerNormalization", epsilon=1e-3, axis=1),
+        helper.make_node("Pow", ["picked_normed", "two"], ["squared"], name="/Pow"),
+        helper.make_node("Add", ["clipped", "squared"], ["out"], name="/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "layers", [tensor("x", ["batch", 12])], [tensor("out", ["batch", 4])],
+        [weight("ln.weight", 12), weight("ln.bias", 12), weight("proj.weight", 12, 16, scale=1.0),
+         weight("ln2.weight", 4),
+         ints("grid_shape", [0, 4, 4]), ints("one", [1]), ints("three", [3]),
+         ints("middle", [2, 3, 4, 5]),
+         numpy_helper.from_array(np.array(-0.2, dtype=np.float32), "low"),
+         numpy_helper.from_array(np.array(0.3, dtype=np.float32), "high"),
+         numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")],
+    )
+    x = rng.standard_normal((3, 12)).astype(np.float32)
+    save("layers", graph, {"x": x})
+
+
+def embedding():
+    """nn.Embedding over integer ids (a Gather from the table), averaged over the sequence.
+    The `.npz` holds the ids as float32, the numbers the `.pcg` input takes."""
+    nodes = [
+        helper.make_node("Gather", ["embed.weight", "ids"], ["vectors"], name="/embed/Gather",
+                         axis=0),
+        helper.make_node("ReduceMean", ["vectors"], ["pooled"], name="/ReduceMean", axes=[1],
+                         keepdims=0),
+        helper.make_node("Gemm", ["pooled", "head.weight", "head.bias"], ["scores"],
+                         name="/head/Gemm", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 5])],
+        [tensor("scores", ["batch", 3])],
+        [weight("embed.weight", 7, 4), weight("head.weight", 3, 4), weight("head.bias", 3)],
+    )
+    ids = rng.integers(0, 7, size=(2, 5)).astype(np.int64)
+    save("embedding", graph, {"ids": ids})
+    arrays = dict(np.load(OUT / "embedding.npz"))
+    arrays["ids"] = ids.astype(np.float32)
+    np.savez(OUT / "embedding.npz", **arrays)
+
+
+def unsupported_op():
+    """An op the language has no counterpart for."""
+    nodes = [
+        helper.make_node("Relu", ["scores"], ["positive"], name="/relu/Relu"),
+        helper.make_node("NonMaxSuppression", ["boxes", "positive"], ["selected"], name="/nms"),
+    ]
+    graph = helper.make_graph(
+        nodes, "nms", [tensor("boxes", [1, 4, 4]), tensor("scores", [1, 1, 4])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
+    )
+    save("unsupported_nms", graph)
+
+
+def unsupported_attribute():
+    """A grouped convolution: the language's conv2d has no groups."""
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.weight"], ["y"], name="/conv/Conv",
+                         kernel_shape=[3, 3], group=2),
+    ]
+    graph = helper.make_graph(
+        nodes, "grouped", [tensor("image", ["N", 4, 8, 8])], [tensor("y", ["N", 4, 6, 6])],
+        [weight("conv.weight", 4, 2, 3, 3)],
+    )
+    save("unsupported_group", graph)
+
+
+if __name__ == "__main__":
+    mlp()
+    tanh_matmul()
+    cnn()
+    layers()
+    embedding()
+    unsupported_op()
+    unsupported_attribute()
