@@ -241,3 +241,24 @@ fn a_file_that_is_not_onnx_is_refused() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_missing_directory_is_found_before_anything_is_written() {
+    let out = scratch("missing_dir.pcg");
+    let params = scratch("no_such_dir").join("params.npz");
+    let o = pcg(&[
+        "import",
+        "tests/onnx/mlp.onnx",
+        "--out",
+        out.to_str().unwrap(),
+        "--params",
+        params.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("its directory does not exist"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!out.exists());
+}

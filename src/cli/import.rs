@@ -43,6 +43,19 @@ pub(super) fn import(
     };
     let imported =
         onnx::import(&bytes, &options).map_err(|e| fail(format!("{}: {e}", model.display())))?;
+    // A missing directory is found before any file is written, so that none is.
+    for path in [Some(outputs.out), outputs.params, outputs.names]
+        .into_iter()
+        .flatten()
+    {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(fail(format!(
+                "cannot write `{}`: its directory does not exist",
+                path.display()
+            )));
+        }
+    }
     if let Some(path) = outputs.params {
         let arrays: crate::npz::Arrays = imported
             .params

@@ -131,8 +131,10 @@ fn node_name(node: &NodeProto) -> String {
     node.output.first().cloned().unwrap_or_default()
 }
 
+/// The state of one translation: the values so far, and the lines of the file being written.
 struct Translator<'m> {
     graph: &'m GraphProto,
+    /// The version of the default ONNX domain the model imports (some ops changed with it).
     opset: i64,
     /// The batch size the ONNX inputs declare, if they fix one: a `Reshape` to that size on
     /// the batch axis keeps the axis `B`.
@@ -142,8 +144,11 @@ struct Translator<'m> {
     /// The names that nodes read and the graph outputs: a node's extra outputs must not be
     /// among them.
     consumed: HashSet<&'m str>,
+    /// The `input` declarations.
     inputs: Vec<String>,
+    /// The parameters, in the order the model first reads them.
     params: Vec<Param>,
+    /// The `let` statements, in the graph's order.
     lets: Vec<String>,
     /// The inputs of an integer type: ids, which only an embedding may read (as numbers,
     /// they would compute as floating-point where ONNX computes on integers).
