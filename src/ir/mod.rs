@@ -51,6 +51,17 @@ pub enum Region {
     Loss,
 }
 
+impl Region {
+    /// The region of a loop's result made from a body value of this region, in a loop of
+    /// region `outer`: a per-iteration loss term stays a loss term.
+    pub fn in_loop(self, outer: Region) -> Region {
+        match self {
+            Region::Loss => Region::Loss,
+            Region::Model => outer,
+        }
+    }
+}
+
 /// One SSA value: an operation, its operands and its static shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {

@@ -159,11 +159,6 @@ fn hoist_one(program: &mut Program, index: usize) -> bool {
         }
     }
     let trips = scan.trips;
-    let stacked_shape = |s: &Shape| {
-        let mut dims = vec![trips];
-        dims.extend_from_slice(s.dims());
-        Shape::new(dims)
-    };
     // Each needed node's value outside: stacked `[T, ...]` for per-iteration ones, whole for
     // invariants.
     let mut outside: Vec<Option<ValueId>> = vec![None; n];
@@ -192,7 +187,7 @@ fn hoist_one(program: &mut Program, index: usize) -> bool {
         }
         let value = stacked_node(program, body, node, &depends, &outside, trips);
         program.nodes[value.index()].region = region;
-        debug_assert_eq!(program.shape(value), &stacked_shape(&node.shape));
+        debug_assert_eq!(program.shape(value), &stacked_shape(trips, &node.shape));
         outside[k] = Some(value);
     }
 
@@ -490,6 +485,13 @@ pub fn fold_summed_products(program: &mut Program) {
     }
 }
 
+/// `shape` with the iteration axis in front: `[trips, ...]`.
+fn stacked_shape(trips: usize, shape: &Shape) -> Shape {
+    let mut dims = vec![trips];
+    dims.extend_from_slice(shape.dims());
+    Shape::new(dims)
+}
+
 /// Body node `node`, which reads per-iteration values, computed for every iteration at once.
 fn stacked_node(
     program: &mut Program,
@@ -499,11 +501,7 @@ fn stacked_node(
     outside: &[Option<ValueId>],
     trips: usize,
 ) -> ValueId {
-    let stacked = |s: &Shape| {
-        let mut dims = vec![trips];
-        dims.extend_from_slice(s.dims());
-        Shape::new(dims)
-    };
+    let stacked = |s: &Shape| stacked_shape(trips, s);
     let value = |a: ValueId| outside[a.index()].expect("operands first");
     let per_iteration = |a: ValueId| depends[a.index()] == Depends::Iteration;
     // An operand as `[T, ...]`: invariants broadcast along the iteration axis.

@@ -129,10 +129,7 @@ fn inline(program: &mut Program, scan: &Scan, args: &[ValueId], region: Region) 
         // A per-iteration loss term stays in the loss region once stacked, so that it is
         // not taken for a node of the model.
         let value = body.outputs[scan.carries + o].value;
-        let region = match body.nodes[value.index()].region {
-            Region::Loss => Region::Loss,
-            Region::Model => region,
-        };
+        let region = body.nodes[value.index()].region.in_loop(region);
         let rows: Vec<ValueId> = ys
             .into_iter()
             .map(|y| {

@@ -64,18 +64,10 @@ impl Feedback {
     /// unrolled, where the inner loop's last iteration is the node the outer one carries).
     pub fn carried_node(&self, p: &Program) -> ValueId {
         let mut id = self.carried;
-        loop {
-            let node = p.node(id);
-            let view = matches!(node.op, Op::Reshape | Op::Slice { .. });
-            if !view || node.name.is_some() || node.region != Region::Model {
-                return id;
-            }
-            let arg = node.args[0];
-            if matches!(p.node(arg).op, Op::Leaf(_)) {
-                return id;
-            }
+        while let Some(arg) = selected_from(p, id) {
             id = arg;
         }
+        id
     }
 
     /// Builds into `p` the carried value from `node`, the value in `p` of the carried node
@@ -287,20 +279,28 @@ fn flatten(source: &Program) -> Result<Flat, StackError> {
 /// A copy in the loss region of a loop's final value: the slices and reshapes that select it
 /// from the stacked node (through every level of nested loops) down to that node.
 fn loss_view(out: &mut Program, id: ValueId) -> ValueId {
-    let node = out.node(id).clone();
-    let view = matches!(node.op, Op::Reshape | Op::Slice { .. });
-    if !view || node.name.is_some() || node.region != Region::Model {
+    let Some(arg) = selected_from(out, id) else {
         return id;
-    }
-    if matches!(out.node(node.args[0]).op, Op::Leaf(_)) {
-        return id;
-    }
-    let arg = loss_view(out, node.args[0]);
+    };
+    let arg = loss_view(out, arg);
     out.push(Node {
         args: vec![arg],
         region: Region::Loss,
-        ..node
+        ..out.node(id).clone()
     })
+}
+
+/// The computed node that `id` selects from, where `id` is an unnamed slice or reshape of the
+/// model (a view the stacking made, selecting a loop's value from its stacked node).
+fn selected_from(p: &Program, id: ValueId) -> Option<ValueId> {
+    let node = p.node(id);
+    let view = matches!(node.op, Op::Reshape | Op::Slice { .. });
+    let arg = *node.args.first()?;
+    (view
+        && node.name.is_none()
+        && node.region == Region::Model
+        && !matches!(p.node(arg).op, Op::Leaf(_)))
+    .then_some(arg)
 }
 
 /// Appends the stacked form of a scan (operands `args`, values of `out`) to `out`; returns
@@ -400,10 +400,7 @@ fn stack_scan(
     let mut stacked_outputs = Vec::with_capacity(outputs.len());
     // A per-iteration loss term stays in the loss region, stacked or joined with the peeled
     // iteration's, so that it is not taken for a node of the model.
-    let region_of = |output: &ValueId| match body.nodes[output.index()].region {
-        Region::Loss => Region::Loss,
-        Region::Model => region,
-    };
+    let region_of = |output: &ValueId| body.nodes[output.index()].region.in_loop(region);
     for (k, output) in outputs.iter().enumerate() {
         let stacked = to_stacked(out, mapped[output.index()], trips, region_of(output));
         if k < scan.carries {
