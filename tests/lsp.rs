@@ -294,7 +294,7 @@ fn an_editor_session() {
         "`use nn` is there"
     );
     let items = editor.at("textDocument/completion", &uri, find(&typing, "mode = ", 7));
-    assert_eq!(labels(&items), ["fixed", "strict", "exact"]);
+    assert_eq!(labels(&items), ["fixed", "strict", "exact", "epc"]);
     let items = editor.at("textDocument/completion", &uri, find(&typing, "method ", 0));
     assert!(labels(&items).contains(&"optimizer".to_string()));
 

@@ -14,6 +14,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("argmax_scalar", "E0209"),
     ("bad_argument", "E0209"),
     ("bad_inference_momentum", "E0402"),
+    ("bad_state_optimizer", "E0402"),
     ("bad_inference_schedule", "E0402"),
     ("bad_inference_target", "E0402"),
     ("bad_inference_tol", "E0402"),

@@ -4,7 +4,9 @@
 
 use ndarray::{Array1, Array2, Axis};
 use pcg::interp::{self, Bindings};
-use pcg::sema::{self, CompileOptions, InferenceConfig, Mode, Target};
+use pcg::sema::{
+    self, CompileOptions, EnergyReduction, InferenceConfig, Mode, StateOptimizer, Target,
+};
 use pcg::train::{batch, init};
 use std::path::Path;
 
@@ -52,6 +54,29 @@ fn reference(
     momentum: f64,
     beta: f64,
 ) -> Bindings<f64> {
+    let mut u: Option<Array2<f64>> = None;
+    let mut heavy_ball = |d: &Array2<f64>| {
+        let velocity = match u.take() {
+            Some(u) => &u * momentum + d,
+            None => d.clone(),
+        };
+        u = Some(velocity.clone());
+        velocity * rate
+    };
+    reference_with(b, mode, steps, beta, 1.0, &mut heavy_ball)
+}
+
+/// [`reference`] with the hidden unit's step given as a function of its drive d (the rule of
+/// the state optimiser), and the hidden node's precision π: d = −π (v − μ_h) + ε_out w2ᵀ and
+/// the learning reads π (v − μ_h).
+fn reference_with(
+    b: &Bindings<f64>,
+    mode: Mode,
+    steps: usize,
+    beta: f64,
+    precision: f64,
+    step: &mut dyn FnMut(&Array2<f64>) -> Array2<f64>,
+) -> Bindings<f64> {
     let (x, y) = (matrix(b, "x"), matrix(b, "y"));
     let (w1, b1, w2, b2) = (
         matrix(b, "w1"),
@@ -64,18 +89,16 @@ fn reference(
     let out_error = |v: &Array2<f64>| (&y - &(v.dot(&w2) + &b2)) * (beta / n);
     let frozen = out_error(&mu_h);
     let mut v = mu_h.clone();
-    let mut u = Array2::<f64>::zeros(v.raw_dim());
     for _ in 0..steps {
         let e_out = if mode == Mode::Strict {
             out_error(&v)
         } else {
             frozen.clone()
         };
-        let drive = -(&v - &mu_h) + e_out.dot(&w2.t());
-        u = &u * momentum + drive;
-        v = &v + &(&u * rate);
+        let drive = -(&v - &mu_h) * precision + e_out.dot(&w2.t());
+        v = &v + &step(&drive);
     }
-    let e_h = &v - &mu_h;
+    let e_h = (&v - &mu_h) * precision;
     let (e_out, h_at) = if mode == Mode::Strict {
         (out_error(&v), v.clone())
     } else {
@@ -83,12 +106,17 @@ fn reference(
     };
     let local = &e_h * &mu_h.mapv(|t| 1.0 - t * t);
     let mut updates = Bindings::new();
-    updates.insert("update.w1".into(), x.t().dot(&local).into_dyn());
-    updates.insert("update.b1".into(), local.sum_axis(Axis(0)).into_dyn());
-    updates.insert("update.w2".into(), h_at.t().dot(&e_out).into_dyn());
-    updates.insert("update.b2".into(), e_out.sum_axis(Axis(0)).into_dyn());
+    layer_updates(&mut updates, "1", &x, &local);
+    layer_updates(&mut updates, "2", &h_at, &e_out);
     updates.values_mut().for_each(|u| *u /= beta);
     updates
+}
+
+/// The updates of a dense layer `input @ w<k> + b<k>` whose output's weighted error (times
+/// its activation's derivative) is `local`.
+fn layer_updates(updates: &mut Bindings<f64>, k: &str, input: &Array2<f64>, local: &Array2<f64>) {
+    updates.insert(format!("update.w{k}"), input.t().dot(local).into_dyn());
+    updates.insert(format!("update.b{k}"), local.sum_axis(Axis(0)).into_dyn());
 }
 
 /// The compiler's updates: the relaxation loop and the learning program on the interpreter.
@@ -505,4 +533,232 @@ fn tol_in_closed_form_stops_with_the_simulated_loop() {
             }
         }
     }
+}
+
+/// Nesterov and Adam on the states, clipped steps, a node's own rate and the batch-averaged
+/// energy, each against the hidden unit's update rule written out by hand.
+#[test]
+fn state_optimisers_match_their_update_rules() {
+    let forward = forward();
+    let b = leaves(&forward);
+    let (steps, rate) = (12, 0.2);
+    let strict = InferenceConfig {
+        mode: Mode::Strict,
+        steps,
+        rate,
+        ..Default::default()
+    };
+    let mut cases: Vec<(&str, InferenceConfig, Bindings<f64>)> = Vec::new();
+
+    let m = 0.7;
+    let mut u = Array2::<f64>::zeros((BATCH, 64));
+    let mut nesterov = |d: &Array2<f64>| {
+        u = &u * m + d;
+        (d + &(&u * m)) * rate
+    };
+    cases.push((
+        "nesterov",
+        InferenceConfig {
+            optimizer: StateOptimizer::Nesterov,
+            momentum: m,
+            ..strict.clone()
+        },
+        reference_with(&b, Mode::Strict, steps, 1.0, 1.0, &mut nesterov),
+    ));
+
+    let (beta1, beta2, eps) = (0.8, 0.95, 1e-6);
+    let (mut first, mut second) = (
+        Array2::<f64>::zeros((BATCH, 64)),
+        Array2::<f64>::zeros((BATCH, 64)),
+    );
+    let mut t = 0;
+    let mut adam = |d: &Array2<f64>| {
+        t += 1;
+        first = &first * beta1 + d * (1.0 - beta1);
+        second = &second * beta2 + &(d * d) * (1.0 - beta2);
+        let m_hat = &first / (1.0 - beta1.powi(t));
+        let s_hat = &second / (1.0 - beta2.powi(t));
+        m_hat / (s_hat.mapv(f64::sqrt) + eps) * 0.01
+    };
+    cases.push((
+        "adam",
+        InferenceConfig {
+            optimizer: StateOptimizer::Adam { beta1, beta2, eps },
+            rate: 0.01,
+            ..strict.clone()
+        },
+        reference_with(&b, Mode::Strict, steps, 1.0, 1.0, &mut adam),
+    ));
+
+    let c = 0.05;
+    let mut clip = |d: &Array2<f64>| {
+        let mut s = d * rate;
+        for mut row in s.rows_mut() {
+            let norm = row.mapv(|x| x * x).sum().sqrt();
+            row *= c / norm.max(c);
+        }
+        s
+    };
+    let want = reference_with(&b, Mode::Strict, steps, 1.0, 1.0, &mut clip);
+    cases.push((
+        "clip",
+        InferenceConfig {
+            clip: Some(c),
+            ..strict.clone()
+        },
+        want,
+    ));
+
+    let mut own_rate = |d: &Array2<f64>| d * 0.35;
+    cases.push((
+        "rates",
+        InferenceConfig {
+            rates: [("h".to_string(), 0.35)].into(),
+            ..strict.clone()
+        },
+        reference_with(&b, Mode::Strict, steps, 1.0, 1.0, &mut own_rate),
+    ));
+
+    let mut plain = |d: &Array2<f64>| d * 2.0;
+    cases.push((
+        "energy mean",
+        InferenceConfig {
+            energy: EnergyReduction::Mean,
+            rate: 2.0,
+            ..strict.clone()
+        },
+        reference_with(&b, Mode::Strict, steps, 1.0, 1.0 / BATCH as f64, &mut plain),
+    ));
+
+    for (what, config, want) in &cases {
+        assert_matches(what, &compiled(&b, config), want);
+    }
+    // Each rule changes the trajectory: after the steps the updates differ from plain steps'.
+    let plain = reference(&b, Mode::Strict, steps, rate, 0.0, 1.0);
+    for (what, _, want) in &cases {
+        let moved = (&want["update.w1"] - &plain["update.w1"])
+            .mapv(f64::abs)
+            .sum();
+        assert!(moved > 1e-6, "{what} did not change the update");
+    }
+}
+
+const DEEP: &str = "
+model deep {
+    input  x: [B, 6]
+    target y: [B, 3]
+    param  w1: [6, 5] = normal(0.5)
+    param  b1: [5]    = normal(0.1)
+    param  w2: [5, 4] = normal(0.5)
+    param  b2: [4]    = normal(0.1)
+    param  w3: [4, 3] = normal(0.5)
+    param  b3: [3]    = normal(0.1)
+    let h1 = tanh(x @ w1 + b1)
+    let h2 = tanh(h1 @ w2 + b2)
+    let out = h2 @ w3 + b3
+    loss sum((out - y) * (out - y)) / 8
+}
+";
+
+fn deep() -> (pcg::ir::Program, Bindings<f64>) {
+    let options = CompileOptions {
+        batch: Some(4),
+        ..Default::default()
+    };
+    let (_, compiled) = sema::compile_source("deep.pcg", DEEP, &options);
+    let forward = compiled.expect("compiles").forward;
+    let b = leaves(&forward);
+    (forward, b)
+}
+
+/// ePC by hand on a two-hidden-layer perceptron: errors e1, e2 start at 0; each step runs
+/// the forward pass h1 = tanh(x w1 + b1) + e1, h2 = tanh(h1 w2 + b2) + e2,
+/// out = h2 w3 + b3, backpropagates L = Σ (out − y)² / 8 to the errors and moves them by
+/// η (−e − ∂L/∂e); learning is strict mode's at the values h1, h2 of the final errors.
+fn epc_reference(b: &Bindings<f64>, steps: usize, rate: f64) -> Bindings<f64> {
+    let (x, y) = (matrix(b, "x"), matrix(b, "y"));
+    let (w1, b1, w2, b2, w3, b3) = (
+        matrix(b, "w1"),
+        vector(b, "b1"),
+        matrix(b, "w2"),
+        vector(b, "b2"),
+        matrix(b, "w3"),
+        vector(b, "b3"),
+    );
+    let mu1 = (x.dot(&w1) + &b1).mapv(f64::tanh);
+    let mut e1 = Array2::<f64>::zeros(mu1.raw_dim());
+    let mut e2 = Array2::<f64>::zeros((x.nrows(), 4));
+    let pass = |e1: &Array2<f64>, e2: &Array2<f64>| {
+        let h1 = &mu1 + e1;
+        let mu2 = (h1.dot(&w2) + &b2).mapv(f64::tanh);
+        let h2 = &mu2 + e2;
+        let out = h2.dot(&w3) + &b3;
+        (h1, mu2, h2, out)
+    };
+    for _ in 0..steps {
+        let (_, mu2, _, out) = pass(&e1, &e2);
+        let g_out = (&out - &y) * (2.0 / 8.0);
+        let g_h2 = g_out.dot(&w3.t());
+        let g_h1 = (&g_h2 * &mu2.mapv(|t| 1.0 - t * t)).dot(&w2.t());
+        let d1 = -&e1 - &g_h1;
+        let d2 = -&e2 - &g_h2;
+        e1 = &e1 + &(d1 * rate);
+        e2 = &e2 + &(d2 * rate);
+    }
+    let (h1, mu2, h2, out) = pass(&e1, &e2);
+    let e_out = (&y - &out) * (2.0 / 8.0);
+    let local2 = &e2 * &mu2.mapv(|t| 1.0 - t * t);
+    let local1 = &e1 * &mu1.mapv(|t| 1.0 - t * t);
+    let mut updates = Bindings::new();
+    layer_updates(&mut updates, "3", &h2, &e_out);
+    layer_updates(&mut updates, "2", &h1, &local2);
+    layer_updates(&mut updates, "1", &x, &local1);
+    updates
+}
+
+fn relaxed_updates(
+    forward: &pcg::ir::Program,
+    b: &Bindings<f64>,
+    config: &InferenceConfig,
+) -> Bindings<f64> {
+    let programs = pcg::pc::transform(forward, config).expect("transforms");
+    let state = interp::run_loop(&programs.relax, b, config.steps, |_, _| true).expect("runs");
+    let mut env = b.clone();
+    env.extend(state);
+    interp::eval_outputs(&programs.learn, &env).expect("learns")
+}
+
+#[test]
+fn epc_matches_the_hand_reference_and_strict_modes_fixed_point() {
+    let (forward, b) = deep();
+    let epc = |steps: usize, rate: f64| InferenceConfig {
+        mode: Mode::Epc,
+        steps,
+        rate,
+        ..Default::default()
+    };
+    for steps in [1, 3, 10] {
+        let got = relaxed_updates(&forward, &b, &epc(steps, 0.3));
+        assert_matches(
+            &format!("epc {steps} steps"),
+            &got,
+            &epc_reference(&b, steps, 0.3),
+        );
+    }
+    // A change of variables of strict mode: the same fixed point (and a different path there:
+    // after a few steps they differ).
+    let strict = |steps: usize| InferenceConfig {
+        mode: Mode::Strict,
+        steps,
+        rate: 0.3,
+        ..Default::default()
+    };
+    let settled = relaxed_updates(&forward, &b, &strict(600));
+    assert_matches(
+        "epc at equilibrium",
+        &relaxed_updates(&forward, &b, &epc(600, 0.3)),
+        &settled,
+    );
+    let early = |config| relaxed_updates(&forward, &b, &config)["update.w1"].clone();
+    assert!((early(epc(3, 0.3)) - early(strict(3))).mapv(f64::abs).sum() > 1e-6);
 }

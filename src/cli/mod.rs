@@ -481,6 +481,7 @@ pub enum ModeArg {
     Fixed,
     Strict,
     Exact,
+    Epc,
 }
 
 impl From<ModeArg> for Mode {
@@ -489,6 +490,7 @@ impl From<ModeArg> for Mode {
             ModeArg::Fixed => Mode::Fixed,
             ModeArg::Strict => Mode::Strict,
             ModeArg::Exact => Mode::Exact,
+            ModeArg::Epc => Mode::Epc,
         }
     }
 }

@@ -302,6 +302,14 @@ impl Program {
         self.mul(x, k)
     }
 
+    /// The exponential moving average `decay * average + (1 − decay) * x` (an optimiser's
+    /// moment estimate).
+    pub fn moving_average(&mut self, average: ValueId, x: ValueId, decay: f64) -> ValueId {
+        let kept = self.scale(average, decay);
+        let new = self.scale(x, 1.0 - decay);
+        self.add_values(kept, new)
+    }
+
     pub fn reshape(&mut self, x: ValueId, shape: Shape) -> ValueId {
         if *self.shape(x) == shape {
             return x;

@@ -1362,6 +1362,19 @@ fn train_values(key: &str) -> Vec<Completion> {
                 "step size 1, a reverse sweep: backprop's gradients",
                 None,
             ),
+            value(
+                "epc",
+                "error-based PC: the strict energy relaxed through its errors",
+                None,
+            ),
+        ],
+        "energy" => vec![
+            value("sum", "½ Σ π ‖ε‖² over the batch", None),
+            value(
+                "mean",
+                "each node's term averaged over the batch (PCX)",
+                None,
+            ),
         ],
         "schedule" => vec![
             value("standard", "learn once, after the relaxation", None),

@@ -37,7 +37,6 @@ use crate::pc::{
     error_state, feedback_sweep, feedforward, feedforward_state, loss_gradients, relaxed, replay,
     PcError, PcGraph, PcPrograms, Role, Stacked,
 };
-use crate::sema::Mode;
 use std::collections::HashMap;
 
 /// γ_k for k < depth: the weight of M^k (η c) in the errors after `steps` steps of size `rate`.
@@ -101,8 +100,12 @@ pub fn evaluation(programs: &PcPrograms, steps: usize) -> Evaluation {
     let unit_precision = relaxed(graph).all(|pc| pc.precision == 1.0);
     let one_phase = programs.target.phases().len() == 1;
     let standard = programs.schedule == crate::sema::Schedule::Standard;
-    if mode == Mode::Strict
+    let plain_steps = programs.optimizer == crate::sema::StateOptimizer::Sgd
+        && programs.clip.is_none()
+        && relaxed(graph).all(|pc| pc.rate == rate);
+    if mode.moves_predictions()
         || !unit_precision
+        || !plain_steps
         || programs.momentum != 0.0
         || !one_phase
         || !standard

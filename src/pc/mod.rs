@@ -35,6 +35,23 @@
 //!   from the same state as the step's value update (see `train::schedule`).
 //! - `tol = ε` (fixed and strict): the loop stops after the first step at which the energy
 //!   changed by at most ε relative to the previous step's ([`stopping_test`]).
+//! - `epc` (error-based PC, Goemaere et al., ICML 2026): the strict energy relaxed through
+//!   its errors. The state is the error units e_i (state `e.<label>`, starting at 0); each
+//!   value is its prediction plus its error, v_i = μ_i(v_parents) + e_i, computed by a
+//!   forward pass, so F(e) = ½ Σ_i π_i ‖e_i‖² + β L(v(e)) and a step is
+//!   e_i ← e_i + η (−π_i e_i − β ∂L/∂e_i), the derivative taken through the whole forward
+//!   pass (a backward pass per step). It is a change of variables of strict mode: the fixed
+//!   points are strict mode's, and learning reads the values v(e) of the final errors as
+//!   strict mode reads its value units. A model with loops is relaxed unrolled (each
+//!   iteration's value is its own prediction plus error, sequentially).
+//! - `optimizer` (every mode but exact): how a step moves each unit along its drive d —
+//!   `sgd` (the momentum above), `nesterov` (u ← m u + d, the unit moves by η (d + m u)) or
+//!   `adam` (moments `u.<label>`, `s.<label>`, bias-corrected by the powers β₁ᵗ, β₂ᵗ the loop
+//!   carries as `relax.power1`, `relax.power2`).
+//! - `clip = c`: each node's step is scaled down to norm at most c per row of its first axis
+//!   (the batch axis; for a value computed in a loop, the axis of its iterations).
+//! - `rates { node = η_i }`: a step size per node; `energy = mean` divides every relaxed
+//!   node's precision by the batch size (PCX's batch-averaged energy).
 //! - `exact`: `fixed` with η = 1 and (by default) as many steps as the graph is deep; after
 //!   k steps the errors of nodes k hops from the loss are exact, so after `depth` steps every
 //!   error equals backprop's gradient — one reverse-topological sweep, one level per step.
@@ -56,9 +73,12 @@ pub use dot::to_dot;
 pub use stack::{Feedback, Stacked};
 
 use crate::autodiff::{self, AutodiffError};
+use crate::ir::UnaryOp;
 use crate::ir::{BinaryOp, LeafKind, LoopProgram, Node, Op, Program, Region, Shape, ValueId};
-use crate::sema::{InferenceConfig, Mode, NodeGranularity, Schedule, Target};
-use std::collections::HashMap;
+use crate::sema::{
+    EnergyReduction, InferenceConfig, Mode, NodeGranularity, Schedule, StateOptimizer, Target,
+};
+use std::collections::{BTreeMap, HashMap};
 
 /// The role of a PC node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +98,8 @@ pub struct PcNode {
     pub label: String,
     pub role: Role,
     pub precision: f64,
+    /// The step size of its unit (relaxed nodes): the inference rate, or its own.
+    pub rate: f64,
     /// PC nodes whose predictions read this node's value (through unnamed intermediates).
     pub children: Vec<usize>,
     /// Parameters its prediction reads directly or through intermediates.
@@ -106,6 +128,10 @@ pub struct PcPrograms {
     pub rate: f64,
     /// Heavy-ball momentum of the value units' updates (0: none).
     pub momentum: f64,
+    /// How each step moves the units (with `momentum`).
+    pub optimizer: StateOptimizer,
+    /// The largest norm of a node's step per row of its first axis, if clipped.
+    pub clip: Option<f64>,
     /// How the loss drives the network.
     pub target: Target,
     /// The relaxation's stopping tolerance (`relax.until` is then its test).
@@ -158,8 +184,8 @@ pub fn error_state(label: &str) -> String {
     format!("e.{label}")
 }
 
-/// The state entry a relaxation carries for a node: its error unit in fixed and exact modes,
-/// its value unit in strict mode.
+/// The state entry a relaxation carries for a node: its error unit in fixed, exact and ePC
+/// modes, its value unit in strict mode.
 pub fn carried_state(mode: Mode, label: &str) -> String {
     if mode == Mode::Strict {
         value_state(label)
@@ -172,6 +198,14 @@ pub fn carried_state(mode: Mode, label: &str) -> String {
 pub fn velocity_state(label: &str) -> String {
     format!("u.{label}")
 }
+
+/// The name of the state entry holding a node's second moment (Adam on the states).
+pub fn second_moment_state(label: &str) -> String {
+    format!("s.{label}")
+}
+
+/// The state entries holding β₁ᵗ and β₂ᵗ, the bias corrections of Adam on the states.
+pub const STATE_POWERS: [&str; 2] = ["relax.power1", "relax.power2"];
 
 /// The name of the state entry holding a node's feedforward value.
 pub fn feedforward_state(label: &str) -> String {
@@ -237,6 +271,17 @@ pub fn analyse_stacked(stacked: &Stacked, config: &InferenceConfig) -> PcGraph {
         }
     }
     let mut name_seen: HashMap<String, usize> = HashMap::new();
+    // `energy = mean`: each relaxed node's term is averaged over the batch (axis 0 of the
+    // inputs).
+    let batch = forward
+        .leaves(LeafKind::Input)
+        .first()
+        .and_then(|&(id, _)| forward.shape(id).dims().first().copied())
+        .unwrap_or(1);
+    let per_example = match config.energy {
+        EnergyReduction::Sum => 1.0,
+        EnergyReduction::Mean => 1.0 / batch.max(1) as f64,
+    };
     for id in forward.ids() {
         if !is_model_op(id) {
             continue;
@@ -265,18 +310,24 @@ pub fn analyse_stacked(stacked: &Stacked, config: &InferenceConfig) -> PcGraph {
         } else {
             Role::Output
         };
-        let precision = node
-            .name
-            .as_ref()
-            .and_then(|name| config.precision.get(name))
-            .copied()
-            .unwrap_or(1.0);
+        let given = |per_node: &BTreeMap<String, f64>| {
+            node.name
+                .as_ref()
+                .and_then(|name| per_node.get(name))
+                .copied()
+        };
+        let precision = given(&config.precision).unwrap_or(1.0) * per_example;
+        let rate = match config.mode {
+            Mode::Exact => 1.0,
+            _ => given(&config.rates).unwrap_or(config.rate),
+        };
         index_of.insert(id, nodes.len());
         nodes.push(PcNode {
             value: id,
             label,
             role,
             precision: if role == Role::Output { 1.0 } else { precision },
+            rate,
             children: Vec::new(),
             params: Vec::new(),
             shape: node.shape.clone(),
@@ -341,7 +392,15 @@ pub fn analyse_stacked(stacked: &Stacked, config: &InferenceConfig) -> PcGraph {
 
 /// Builds the relaxation and learning programs of a forward program.
 pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms, PcError> {
-    let stacked = stack::stack(model);
+    // ePC computes each value from its prediction and error in order: a loop's iterations
+    // become nodes of their own.
+    let stacked = if config.mode == Mode::Epc && stack::has_loops(model) {
+        let mut unrolled = model.clone();
+        crate::opt::unroll::unroll(&mut unrolled, &|_| true);
+        stack::stack(&unrolled)
+    } else {
+        stack::stack(model)
+    };
     let forward = &stacked;
     let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
     let graph = analyse_stacked(forward, config);
@@ -356,11 +415,26 @@ pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms
             "momentum {momentum} is outside 0 <= m < 1"
         )));
     }
-    if momentum > 0.0 && mode == Mode::Exact {
+    let optimizer = config.optimizer;
+    let optimised = momentum > 0.0 || optimizer != StateOptimizer::Sgd;
+    if optimised && mode == Mode::Exact {
         return Err(PcError::Settings(
-            "momentum has no meaning in exact mode (its steps are the reverse sweep); use fixed or strict"
+            "momentum and state optimisers have no meaning in exact mode (its steps are the reverse sweep); use fixed, strict or epc"
                 .to_string(),
         ));
+    }
+    if mode == Mode::Exact && (config.clip.is_some() || !config.rates.is_empty()) {
+        return Err(PcError::Settings(
+            "clip and per-node rates have no meaning in exact mode (its steps are the reverse sweep, of size 1); use fixed, strict or epc"
+                .to_string(),
+        ));
+    }
+    if let Some(c) = config.clip {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(PcError::Settings(format!(
+                "clip {c} is not a positive number"
+            )));
+        }
     }
     let schedule = config.schedule;
     if schedule == Schedule::Incremental && mode == Mode::Exact {
@@ -404,51 +478,55 @@ pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms
     for (phase, _) in &phase_graphs {
         for pc in relaxed(phase) {
             let ff = ff[pc.value.index()];
-            if mode == Mode::Strict {
-                prologue.set_output(value_state(&pc.label), ff);
-            } else {
-                let zero = prologue.constant_like(0.0, ff);
-                prologue.set_output(error_state(&pc.label), zero);
-                prologue.set_output(feedforward_state(&pc.label), ff);
+            match mode {
+                Mode::Strict => prologue.set_output(value_state(&pc.label), ff),
+                Mode::Epc => {
+                    let zero = prologue.constant_like(0.0, ff);
+                    prologue.set_output(error_state(&pc.label), zero);
+                }
+                Mode::Fixed | Mode::Exact => {
+                    let zero = prologue.constant_like(0.0, ff);
+                    prologue.set_output(error_state(&pc.label), zero);
+                    prologue.set_output(feedforward_state(&pc.label), ff);
+                }
             }
-            if momentum > 0.0 {
-                let zero = prologue.constant_like(0.0, ff);
-                prologue.set_output(velocity_state(&pc.label), zero);
+            let zero = prologue.constant_like(0.0, ff);
+            match optimizer {
+                StateOptimizer::Sgd | StateOptimizer::Nesterov if momentum > 0.0 => {
+                    prologue.set_output(velocity_state(&pc.label), zero);
+                }
+                StateOptimizer::Sgd | StateOptimizer::Nesterov => {}
+                StateOptimizer::Adam { .. } => {
+                    prologue.set_output(velocity_state(&pc.label), zero);
+                    prologue.set_output(second_moment_state(&pc.label), zero);
+                }
             }
+        }
+    }
+    if let StateOptimizer::Adam { .. } = optimizer {
+        for power in STATE_POWERS {
+            let one = prologue.constant(1.0, Shape::scalar());
+            prologue.set_output(power, one);
         }
     }
     prologue.set_output("loss", ff[loss.index()]);
 
     // Body: one synchronous step of every phase.
     let mut body = Program::new(format!("{}.relax.step", model.name));
+    let stepper = Stepper::new(&mut body, optimizer, momentum, config.clip);
     let mut energy_terms = Vec::new();
     for (phase, beta) in &phase_graphs {
-        let units = errors(forward, phase, &mut body, mode, *beta, false)?;
-        let wrt: Vec<ValueId> = relaxed(phase).map(|pc| units.cut[&pc.value]).collect();
-        let messages = autodiff::vjp(&mut body, &units.seeds, &wrt)?;
-        for (k, pc) in relaxed(phase).enumerate() {
-            let unit = units.carried[&pc.value];
-            let eps = units.errors[&pc.value];
-            // v + η (−π ε + Σ children's messages − ∂L/∂v), or the same step of e
-            let weighted = scaled(&mut body, eps, pc.precision);
-            let mut drive = body.sub(messages[k], weighted);
-            if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
-                drive = body.add_values(drive, from_loss);
-            }
-            // With momentum: u ← m u + drive, then the unit moves by η u.
-            if momentum > 0.0 {
-                let velocity =
-                    body.leaf(LeafKind::State, velocity_state(&pc.label), pc.shape.clone());
-                let kept = body.scale(velocity, momentum);
-                drive = body.add_values(kept, drive);
-                body.set_output(velocity_state(&pc.label), drive);
-            }
-            let step = body.scale(drive, rate);
+        let drives = if mode == Mode::Epc {
+            epc_drives(forward, phase, &mut body, *beta)?
+        } else {
+            state_drives(forward, phase, &mut body, mode, *beta)?
+        };
+        for (pc, (unit, drive)) in relaxed(phase).zip(drives.moves) {
+            let step = stepper.step(&mut body, pc, drive);
             let next = body.add_values(unit, step);
             body.set_output(carried_state(mode, &pc.label), next);
         }
-        for pc in &phase.nodes {
-            let eps = units.errors[&pc.value];
+        for (pc, eps) in phase.nodes.iter().zip(drives.errors) {
             energy_terms.push(half_weighted_norm(&mut body, eps, pc.precision));
         }
     }
@@ -533,11 +611,252 @@ pub fn transform(model: &Program, config: &InferenceConfig) -> Result<PcPrograms
         mode,
         rate,
         momentum,
+        optimizer,
+        clip: config.clip,
         target,
         schedule,
         tol: config.tol,
         forward: stacked,
     })
+}
+
+/// What a relaxation step moves: for each relaxed node (in graph order) its carried unit and
+/// the drive d along which it moves (the negated gradient of the energy with respect to the
+/// unit), and every node's error unit ε (for the energy).
+struct Drives {
+    moves: Vec<(ValueId, ValueId)>,
+    errors: Vec<ValueId>,
+}
+
+/// The drives of fixed, exact and strict modes: d_i = −π_i ε_i + Σ children's messages
+/// − ∂L/∂v_i, the messages from one product of the cut graph.
+fn state_drives(
+    forward: &Stacked,
+    phase: &PcGraph,
+    body: &mut Program,
+    mode: Mode,
+    beta: f64,
+) -> Result<Drives, PcError> {
+    let units = errors(forward, phase, body, mode, beta, false)?;
+    let wrt: Vec<ValueId> = relaxed(phase).map(|pc| units.cut[&pc.value]).collect();
+    let messages = autodiff::vjp(body, &units.seeds, &wrt)?;
+    let mut moves = Vec::new();
+    for (k, pc) in relaxed(phase).enumerate() {
+        let eps = units.errors[&pc.value];
+        let weighted = scaled(body, eps, pc.precision);
+        let mut drive = body.sub(messages[k], weighted);
+        if let Some(&from_loss) = units.loss_messages.get(&pc.value) {
+            drive = body.add_values(drive, from_loss);
+        }
+        moves.push((units.carried[&pc.value], drive));
+    }
+    let errors = phase
+        .nodes
+        .iter()
+        .map(|pc| units.errors[&pc.value])
+        .collect();
+    Ok(Drives { moves, errors })
+}
+
+/// The drives of ePC: d_i = −π_i e_i − β ∂L/∂e_i, with L the loss of the forward pass whose
+/// every relaxed value is its prediction plus its error e_i (the state), differentiated
+/// through that whole pass. The outputs' errors are the loss's clamped ones, as in strict
+/// mode at the values v(e).
+fn epc_drives(
+    forward: &Stacked,
+    phase: &PcGraph,
+    body: &mut Program,
+    beta: f64,
+) -> Result<Drives, PcError> {
+    let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
+    let units: HashMap<ValueId, ValueId> = relaxed(phase)
+        .map(|pc| {
+            let leaf = body.leaf(LeafKind::State, error_state(&pc.label), pc.shape.clone());
+            (pc.value, leaf)
+        })
+        .collect();
+    let (computed, values) = perturbed(forward, body, &units);
+    let wrt: Vec<ValueId> = relaxed(phase).map(|pc| units[&pc.value]).collect();
+    let seed = body.constant(-beta, Shape::scalar());
+    let from_loss = autodiff::vjp(body, &[(computed[loss.index()], seed)], &wrt)?;
+    let mut moves = Vec::new();
+    for (pc, message) in relaxed(phase).zip(from_loss) {
+        let e = units[&pc.value];
+        let weighted = scaled(body, e, pc.precision);
+        moves.push((e, body.sub(message, weighted)));
+    }
+    let clamped = loss_gradients(forward, body, phase, &computed, &values, beta)?;
+    let mut clamped = clamped.into_iter();
+    let mut errors = Vec::new();
+    for pc in &phase.nodes {
+        match pc.role {
+            Role::Output => errors.push(clamped.next().expect("one gradient per output")),
+            Role::Relaxed { loss_reads } => {
+                if loss_reads {
+                    clamped.next();
+                }
+                errors.push(units[&pc.value]);
+            }
+        }
+    }
+    Ok(Drives { moves, errors })
+}
+
+/// The forward pass (of a program without feedback) with each node in `errors` perturbed:
+/// its users read its computed value plus the given error. Returns every node's computed
+/// value (for a perturbed node, its prediction μ) and each perturbed node's value v = μ + e.
+fn perturbed(
+    forward: &Stacked,
+    program: &mut Program,
+    errors: &HashMap<ValueId, ValueId>,
+) -> (Vec<ValueId>, HashMap<ValueId, ValueId>) {
+    debug_assert!(forward.feedback.is_empty(), "ePC relaxes loops unrolled");
+    let source = &forward.program;
+    let mut computed: Vec<ValueId> = Vec::with_capacity(source.nodes.len());
+    let mut values: HashMap<ValueId, ValueId> = HashMap::new();
+    for id in source.ids() {
+        let node = source.node(id);
+        let new = match node.op {
+            Op::Leaf(kind) => {
+                let name = node.name.clone().unwrap_or_default();
+                match program.leaf_named(kind, &name) {
+                    Some(existing) => existing,
+                    None => program.leaf(kind, name, node.shape.clone()),
+                }
+            }
+            _ => {
+                let args = node
+                    .args
+                    .iter()
+                    .map(|a| values.get(a).copied().unwrap_or(computed[a.index()]))
+                    .collect();
+                program.push(Node {
+                    args,
+                    ..node.clone()
+                })
+            }
+        };
+        if let Some(&e) = errors.get(&id) {
+            values.insert(id, program.add_values(new, e));
+        }
+        computed.push(new);
+    }
+    for (name, init) in &source.inits {
+        program.inits.insert(name.clone(), init.clone());
+    }
+    (computed, values)
+}
+
+/// How a relaxation step turns each unit's drive into its step, building the optimiser's
+/// state updates into the body.
+struct Stepper {
+    optimizer: StateOptimizer,
+    momentum: f64,
+    clip: Option<f64>,
+    /// Adam: 1 / (1 − β₁ᵗ) and 1 / (1 − β₂ᵗ) at this step, scalars.
+    corrections: Option<[ValueId; 2]>,
+}
+
+impl Stepper {
+    fn new(
+        body: &mut Program,
+        optimizer: StateOptimizer,
+        momentum: f64,
+        clip: Option<f64>,
+    ) -> Stepper {
+        let corrections = match optimizer {
+            StateOptimizer::Adam { beta1, beta2, .. } => {
+                let mut corrections = [ValueId(0); 2];
+                for ((power, beta), c) in STATE_POWERS
+                    .iter()
+                    .zip([beta1, beta2])
+                    .zip(&mut corrections)
+                {
+                    let before = body.leaf(LeafKind::State, *power, Shape::scalar());
+                    let after = body.scale(before, beta);
+                    body.set_output(*power, after);
+                    let one = body.constant(1.0, Shape::scalar());
+                    let remaining = body.sub(one, after);
+                    *c = body.binary(BinaryOp::Div, one, remaining);
+                }
+                Some(corrections)
+            }
+            _ => None,
+        };
+        Stepper {
+            optimizer,
+            momentum,
+            clip,
+            corrections,
+        }
+    }
+
+    /// The step of `pc`'s unit for the drive d, its optimiser state updated in `body`.
+    fn step(&self, body: &mut Program, pc: &PcNode, drive: ValueId) -> ValueId {
+        let state =
+            |body: &mut Program, name: String| body.leaf(LeafKind::State, name, pc.shape.clone());
+        let m = self.momentum;
+        let direction = match self.optimizer {
+            StateOptimizer::Sgd if m == 0.0 => drive,
+            StateOptimizer::Sgd | StateOptimizer::Nesterov => {
+                let velocity = state(body, velocity_state(&pc.label));
+                let kept = body.scale(velocity, m);
+                let velocity = body.add_values(kept, drive);
+                body.set_output(velocity_state(&pc.label), velocity);
+                if self.optimizer == StateOptimizer::Nesterov {
+                    let ahead = body.scale(velocity, m);
+                    body.add_values(drive, ahead)
+                } else {
+                    velocity
+                }
+            }
+            StateOptimizer::Adam { beta1, beta2, eps } => {
+                let first = state(body, velocity_state(&pc.label));
+                let second = state(body, second_moment_state(&pc.label));
+                let first = body.moving_average(first, drive, beta1);
+                let squared = body.mul(drive, drive);
+                let second = body.moving_average(second, squared, beta2);
+                body.set_output(velocity_state(&pc.label), first);
+                body.set_output(second_moment_state(&pc.label), second);
+                let [c1, c2] = self.corrections.expect("Adam's corrections");
+                let c1 = body.broadcast(c1, pc.shape.clone());
+                let c2 = body.broadcast(c2, pc.shape.clone());
+                let first = body.mul(first, c1);
+                let second = body.mul(second, c2);
+                let root = body.unary(UnaryOp::Sqrt, second);
+                let floor = body.constant_like(eps, root);
+                let below = body.add_values(root, floor);
+                body.binary(BinaryOp::Div, first, below)
+            }
+        };
+        let step = body.scale(direction, pc.rate);
+        match self.clip {
+            Some(c) => clipped(body, step, c),
+            None => step,
+        }
+    }
+}
+
+/// `step` scaled down, row by row along its first axis, to Euclidean norm at most `c`:
+/// step · min(1, c / ‖row‖).
+fn clipped(body: &mut Program, step: ValueId, c: f64) -> ValueId {
+    let shape = body.shape(step).clone();
+    let dims = shape.dims().to_vec();
+    let squared = body.mul(step, step);
+    let (rows, axes): (Vec<usize>, Vec<usize>) = match dims.split_first() {
+        Some((&first, rest)) if !rest.is_empty() => (vec![first], (1..dims.len()).collect()),
+        _ => (vec![], (0..dims.len()).collect()),
+    };
+    let total = body.reduce_sum(squared, axes);
+    let norm = body.unary(UnaryOp::Sqrt, total);
+    let bound = body.constant_like(c, norm);
+    let over = body.binary(BinaryOp::Max, norm, bound);
+    let factor = body.binary(BinaryOp::Div, bound, over);
+    let mut kept = rows;
+    kept.resize(dims.len(), 1);
+    let factor = body.reshape(factor, Shape::new(kept));
+    let factor = body.broadcast(factor, shape);
+    body.mul(step, factor)
 }
 
 /// The state entry holding the energy the previous step started from (`tol`).
@@ -581,10 +900,21 @@ pub fn optimise_loop(relax: &mut LoopProgram) {
 /// The header's note of the variants' settings that differ from the plain relaxation.
 fn settings(programs: &PcPrograms) -> String {
     let mut out = String::new();
-    if programs.momentum > 0.0 {
-        out.push_str(&format!(
+    match programs.optimizer {
+        StateOptimizer::Sgd if programs.momentum > 0.0 => out.push_str(&format!(
             ", momentum {}",
             crate::ir::fmt_f64(programs.momentum)
+        )),
+        StateOptimizer::Sgd => {}
+        other => out.push_str(&format!(
+            ", state optimiser {}",
+            other.describe(programs.momentum)
+        )),
+    }
+    if let Some(c) = programs.clip {
+        out.push_str(&format!(
+            ", steps clipped to norm {}",
+            crate::ir::fmt_f64(c)
         ));
     }
     if programs.target != Target::Clamp {
@@ -629,7 +959,8 @@ struct Units {
 
 /// Builds the cut graph and the error units into `program`. The cut reads `ff.*` state in
 /// fixed and exact modes (frozen predictions and Jacobians), whose errors are the `e.*`
-/// state, and `v.*` in strict mode, whose errors are v − μ. `with_inputs` adds the loss's
+/// state, `v.*` in strict mode, whose errors are v − μ, and in ePC the values its `e.*`
+/// state gives (each its prediction plus its error). `with_inputs` adds the loss's
 /// direct messages to the inputs (the learning program reports them).
 fn errors(
     forward: &Stacked,
@@ -648,16 +979,26 @@ fn errors(
             pc.shape.clone(),
         );
         carried.insert(pc.value, unit);
-        let at = if mode == Mode::Strict {
-            unit
-        } else {
-            program.leaf(
+        let at = match mode {
+            Mode::Strict => unit,
+            Mode::Fixed | Mode::Exact => program.leaf(
                 LeafKind::State,
                 feedforward_state(&pc.label),
                 pc.shape.clone(),
-            )
+            ),
+            // The values v(e), computed below.
+            Mode::Epc => continue,
         };
         cut.insert(pc.value, at);
+    }
+    if mode == Mode::Epc {
+        // The values of the errors' forward pass, held constant: learning reads them as
+        // strict mode reads its value units.
+        let (_, values) = perturbed(forward, program, &carried);
+        for pc in relaxed(graph) {
+            let value = program.unary(UnaryOp::StopGradient, values[&pc.value]);
+            cut.insert(pc.value, value);
+        }
     }
     let computed = replay(forward, program, &cut);
     let inputs: Vec<ValueId> = if with_inputs {
@@ -1046,6 +1387,10 @@ pub fn describe(programs: &PcPrograms) -> String {
             children.join(", "),
             if pc.precision != 1.0 {
                 format!(" precision {}", crate::ir::fmt_f64(pc.precision))
+            } else {
+                String::new()
+            } + &if pc.rate != programs.rate && matches!(pc.role, Role::Relaxed { .. }) {
+                format!(" rate {}", crate::ir::fmt_f64(pc.rate))
             } else {
                 String::new()
             },

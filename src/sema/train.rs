@@ -96,6 +96,9 @@ pub enum Mode {
     /// Fixed predictions with step size 1: backprop's gradients after as many steps as the
     /// graph is deep.
     Exact,
+    /// Error-based PC (ePC): the strict energy relaxed through its errors, each value being
+    /// its prediction plus its error, so that every step sees the whole graph's response.
+    Epc,
 }
 
 impl Mode {
@@ -105,8 +108,60 @@ impl Mode {
             Mode::Fixed => "fixed",
             Mode::Strict => "strict",
             Mode::Exact => "exact",
+            Mode::Epc => "epc",
         }
     }
+
+    /// Whether predictions follow the relaxed state (strict and ePC), rather than being
+    /// frozen at the feedforward pass (fixed and exact).
+    pub fn moves_predictions(self) -> bool {
+        matches!(self, Mode::Strict | Mode::Epc)
+    }
+}
+
+/// How a relaxation step moves each unit along its descent direction d (the negated
+/// gradient of the energy with respect to the unit), with step size η.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StateOptimizer {
+    /// u ← m u + d, then the unit moves by η u (heavy-ball momentum m, the inference block's
+    /// `momentum`; m = 0 is the plain step).
+    Sgd,
+    /// u ← m u + d, then the unit moves by η (d + m u): Nesterov's momentum as PyTorch and
+    /// optax write it.
+    Nesterov,
+    /// Adam on the units: m ← β₁ m + (1 − β₁) d, s ← β₂ s + (1 − β₂) d², and the unit moves
+    /// by η m̂ / (√ŝ + ε) with the bias-corrected moments m̂ = m / (1 − β₁ᵗ), ŝ = s / (1 − β₂ᵗ)
+    /// at relaxation step t = 1, 2, ...
+    Adam { beta1: f64, beta2: f64, eps: f64 },
+}
+
+impl StateOptimizer {
+    /// The optimiser as an inference block writes it.
+    pub fn describe(self, momentum: f64) -> String {
+        let f = crate::ir::fmt_f64;
+        match self {
+            StateOptimizer::Sgd => format!("sgd(momentum = {})", f(momentum)),
+            StateOptimizer::Nesterov => format!("nesterov(momentum = {})", f(momentum)),
+            StateOptimizer::Adam { beta1, beta2, eps } => format!(
+                "adam(beta1 = {}, beta2 = {}, eps = {})",
+                f(beta1),
+                f(beta2),
+                f(eps)
+            ),
+        }
+    }
+}
+
+/// How the energy weighs the batch (see `docs/book/src/pc.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnergyReduction {
+    /// F = ½ Σ π ‖ε‖² over the whole batch, the loss averaging its own terms: the loss's
+    /// gradients are backprop's.
+    Sum,
+    /// Every relaxed node's term averaged over the batch (its precision divided by the batch
+    /// size), as PCX defines the energy: state steps and weight updates do not change with
+    /// the batch size.
+    Mean,
 }
 
 /// When a predictive-coding step updates the parameters (see `docs/book/src/language.md`).
@@ -148,6 +203,14 @@ pub struct InferenceConfig {
     pub nodes: NodeGranularity,
     /// Heavy-ball momentum m of the value units' updates (0: plain steps).
     pub momentum: f64,
+    /// How each step moves the units (with `momentum` for `Sgd` and `Nesterov`).
+    pub optimizer: StateOptimizer,
+    /// Each node's step of a relaxation step is scaled down to at most this Euclidean norm per
+    /// example (its rows along the batch axis); `None`: not clipped.
+    pub clip: Option<f64>,
+    /// A step size per named node, replacing `rate` for those nodes.
+    pub rates: BTreeMap<String, f64>,
+    pub energy: EnergyReduction,
     pub target: Target,
     pub schedule: Schedule,
     /// Stop the relaxation once the energy's relative change over one step is at most this
@@ -164,6 +227,10 @@ impl Default for InferenceConfig {
             precision: BTreeMap::new(),
             nodes: NodeGranularity::Named,
             momentum: 0.0,
+            optimizer: StateOptimizer::Sgd,
+            clip: None,
+            rates: BTreeMap::new(),
+            energy: EnergyReduction::Sum,
             target: Target::Clamp,
             schedule: Schedule::Standard,
             tol: None,
@@ -387,6 +454,10 @@ const INFERENCE_KEYS: &[&str] = &[
     "target",
     "schedule",
     "tol",
+    "optimizer",
+    "clip",
+    "rates",
+    "energy",
 ];
 
 /// Checks a train block, reporting every problem; returns the configuration if it is sound.
@@ -502,7 +573,19 @@ pub fn check_against_model(
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     check_param_names(cfg, def, forward, diagnostics);
-    if cfg.inference.precision.is_empty() {
+    let per_node = [
+        (
+            "precision",
+            &cfg.inference.precision,
+            "precisions weight the errors",
+        ),
+        (
+            "rates",
+            &cfg.inference.rates,
+            "rates scale the steps of the units",
+        ),
+    ];
+    if per_node.iter().all(|(_, given, _)| given.is_empty()) {
         return;
     }
     let names: Vec<&str> = forward
@@ -515,32 +598,35 @@ pub fn check_against_model(
         let TrainValue::Block(inner, _) = &entry.value else {
             continue;
         };
-        for e in inner.iter().filter(|e| e.key.name == "precision") {
-            let TrainValue::Block(items, _) = &e.value else {
-                continue;
-            };
-            // A bad value has been reported already; a leaf's name gets its own hint.
-            for item in items {
-                let valid = cfg.inference.precision.contains_key(&item.key.name);
-                if valid && !names.contains(&item.key.name.as_str()) {
-                    let mut d = Diagnostic::new(
-                        ErrorKind::BadTrainValue,
-                        format!(
-                            "precision for `{}`, which is not a named value of the model",
-                            item.key.name
-                        ),
-                        item.key.span,
-                        "no such node",
-                    );
-                    if let Some(kind) = leaf_kind(forward, &item.key.name) {
-                        d = d.with_help(format!(
-                            "`{}` is {kind}, which has no error unit: precisions weight the errors of the values the model computes (its `let` names)",
-                            item.key.name
-                        ));
-                    } else if let Some(s) = closest(&item.key.name, names.iter().copied()) {
-                        d = d.with_help(format!("did you mean `{s}`?"));
+        for (key, given, role) in per_node {
+            for e in inner.iter().filter(|e| e.key.name == key) {
+                let TrainValue::Block(items, _) = &e.value else {
+                    continue;
+                };
+                // A bad value has been reported already; a leaf's name gets its own hint.
+                for item in items {
+                    let valid = given.contains_key(&item.key.name);
+                    if valid && !names.contains(&item.key.name.as_str()) {
+                        let what = if key == "rates" { "rate" } else { key };
+                        let mut d = Diagnostic::new(
+                            ErrorKind::BadTrainValue,
+                            format!(
+                                "{what} for `{}`, which is not a named value of the model",
+                                item.key.name
+                            ),
+                            item.key.span,
+                            "no such node",
+                        );
+                        if let Some(kind) = leaf_kind(forward, &item.key.name) {
+                            d = d.with_help(format!(
+                                "`{}` is {kind}, which has no error unit: {role} of the values the model computes (its `let` names)",
+                                item.key.name
+                            ));
+                        } else if let Some(s) = closest(&item.key.name, names.iter().copied()) {
+                            d = d.with_help(format!("did you mean `{s}`?"));
+                        }
+                        diagnostics.push(d);
                     }
-                    diagnostics.push(d);
                 }
             }
         }
@@ -1145,6 +1231,98 @@ fn optimizer(e: &ast::Expr, diagnostics: &mut Vec<Diagnostic>) -> Option<Optimiz
     }
 }
 
+/// A block of positive numbers by named node: `precision { h1 = 2.0 }`, `rates { h1 = 0.05 }`.
+fn per_node(
+    item: &ast::TrainEntry,
+    key: &str,
+    example: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Vec<(String, f64)>> {
+    let TrainValue::Block(items, _) = &item.value else {
+        diagnostics.push(bad_value(
+            item.span,
+            format!("`{key}` takes a block"),
+            format!("write `{key} {{ h1 = {example} }}`"),
+        ));
+        return None;
+    };
+    Some(
+        items
+            .iter()
+            .filter_map(|p| {
+                let value = expr(p, diagnostics).and_then(|e| positive(e, diagnostics))?;
+                Some((p.key.name.clone(), value))
+            })
+            .collect(),
+    )
+}
+
+/// The inference block's `optimizer`: `sgd`, `sgd(momentum = m)`, `nesterov(momentum = m)` or
+/// `adam(beta1 = .., beta2 = .., eps = ..)`, with the momentum it gives (if any).
+fn state_optimizer(
+    e: &ast::Expr,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<(StateOptimizer, Option<f64>)> {
+    let choices = ["sgd", "nesterov", "adam"];
+    let (name, is_call) = match &e.kind {
+        ExprKind::Name(id) => (id.name.as_str(), false),
+        ExprKind::Call { callee, .. } => (callee.name.as_str(), true),
+        _ => ("", false),
+    };
+    let hint = "e.g. `optimizer = nesterov(momentum = 0.9)` or `optimizer = adam(beta1 = 0.9, beta2 = 0.999, eps = 1e-8)`";
+    let fraction_of = |args: &BTreeMap<String, &ast::Expr>,
+                       key: &str,
+                       diagnostics: &mut Vec<Diagnostic>|
+     -> Option<Option<f64>> {
+        match args.get(key) {
+            None => Some(None),
+            Some(v) => match number(v) {
+                Some(x) if (0.0..1.0).contains(&x) => Some(Some(x)),
+                _ => {
+                    diagnostics.push(bad_value(
+                        v.span,
+                        format!("`{key}` must be a number from 0 up to (not including) 1"),
+                        hint,
+                    ));
+                    None
+                }
+            },
+        }
+    };
+    match name {
+        "sgd" | "nesterov" => {
+            let momentum = if is_call {
+                let args = call_args(e, &["momentum"], 1, diagnostics)?;
+                fraction_of(&args, "momentum", diagnostics)?
+            } else {
+                None
+            };
+            let optimizer = if name == "sgd" {
+                StateOptimizer::Sgd
+            } else {
+                StateOptimizer::Nesterov
+            };
+            Some((optimizer, momentum))
+        }
+        "adam" => {
+            let (mut beta1, mut beta2, mut eps) = (0.9, 0.999, 1e-8);
+            if is_call {
+                let args = call_args(e, &["beta1", "beta2", "eps"], 1, diagnostics)?;
+                beta1 = fraction_of(&args, "beta1", diagnostics)?.unwrap_or(beta1);
+                beta2 = fraction_of(&args, "beta2", diagnostics)?.unwrap_or(beta2);
+                if let Some(v) = args.get("eps") {
+                    eps = positive(v, diagnostics)?;
+                }
+            }
+            Some((StateOptimizer::Adam { beta1, beta2, eps }, None))
+        }
+        _ => {
+            word(e, &choices, "state optimiser", diagnostics);
+            None
+        }
+    }
+}
+
 fn inference(
     entry: &ast::TrainEntry,
     cfg: &mut InferenceConfig,
@@ -1173,7 +1351,7 @@ fn inference(
                 if let Some(w) = expr(item, diagnostics).and_then(|e| {
                     word(
                         e,
-                        &["fixed", "strict", "exact"],
+                        &["fixed", "strict", "exact", "epc"],
                         "inference mode",
                         diagnostics,
                     )
@@ -1181,6 +1359,7 @@ fn inference(
                     cfg.mode = match w.as_str() {
                         "fixed" => Mode::Fixed,
                         "strict" => Mode::Strict,
+                        "epc" => Mode::Epc,
                         _ => Mode::Exact,
                     };
                 }
@@ -1238,20 +1417,52 @@ fn inference(
                 }
             }
             "precision" => {
-                let TrainValue::Block(items, span) = &item.value else {
-                    diagnostics.push(bad_value(
-                        item.span,
-                        "`precision` takes a block",
-                        "write `precision { h1 = 2.0 }`",
-                    ));
-                    continue;
-                };
-                let _ = span;
-                for p in items {
-                    let value = expr(p, diagnostics).and_then(|e| positive(e, diagnostics));
-                    if let Some(v) = value {
-                        cfg.precision.insert(p.key.name.clone(), v);
+                if let Some(given) = per_node(item, "precision", "2.0", diagnostics) {
+                    cfg.precision.extend(given);
+                }
+            }
+            "rates" => {
+                if let Some(given) = per_node(item, "rates", "0.05", diagnostics) {
+                    cfg.rates.extend(given);
+                }
+            }
+            "optimizer" => {
+                if let Some((optimizer, momentum)) =
+                    expr(item, diagnostics).and_then(|e| state_optimizer(e, diagnostics))
+                {
+                    cfg.optimizer = optimizer;
+                    if let Some(m) = momentum {
+                        if momentum_at.is_some() && m != cfg.momentum {
+                            diagnostics.push(bad_value(
+                                item.span,
+                                "the momentum is given twice, with two values",
+                                "give it once, in the optimizer: `optimizer = nesterov(momentum = 0.9)`",
+                            ));
+                        }
+                        cfg.momentum = m;
+                        if m > 0.0 {
+                            momentum_at = Some(item.span);
+                        }
                     }
+                    if matches!(optimizer, StateOptimizer::Adam { .. }) {
+                        momentum_at = Some(item.span);
+                    }
+                }
+            }
+            "clip" => {
+                if let Some(v) = expr(item, diagnostics).and_then(|e| positive(e, diagnostics)) {
+                    cfg.clip = Some(v);
+                }
+            }
+            "energy" => {
+                if let Some(w) = expr(item, diagnostics)
+                    .and_then(|e| word(e, &["sum", "mean"], "energy reduction", diagnostics))
+                {
+                    cfg.energy = if w == "mean" {
+                        EnergyReduction::Mean
+                    } else {
+                        EnergyReduction::Sum
+                    };
                 }
             }
             other => diagnostics.push(unknown_key(
@@ -1272,8 +1483,8 @@ fn inference(
     if let (Some(span), Mode::Exact) = (momentum_at, cfg.mode) {
         diagnostics.push(bad_value(
             span,
-            "`momentum` has no meaning in exact mode: its steps are the reverse sweep",
-            "use `mode = fixed` or `mode = strict` with `momentum`",
+            "a state optimiser with momentum has no meaning in exact mode: its steps are the reverse sweep",
+            "use `mode = fixed`, `strict` or `epc` with it",
         ));
     }
     if let (Some(span), Mode::Exact) = (incremental_at, cfg.mode) {

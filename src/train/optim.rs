@@ -159,13 +159,9 @@ pub fn update_program_tuned(
                 let [c1, c2] = corrections.expect("Adam has corrections");
                 let m = p.leaf(LeafKind::State, moment("first", name), shape.clone());
                 let v = p.leaf(LeafKind::State, moment("second", name), shape.clone());
-                let m_kept = p.scale(m, beta1);
-                let m_new_part = p.scale(g, 1.0 - beta1);
-                let m = p.add_values(m_kept, m_new_part);
-                let v_kept = p.scale(v, beta2);
+                let m = p.moving_average(m, g, beta1);
                 let g2 = p.mul(g, g);
-                let v_new_part = p.scale(g2, 1.0 - beta2);
-                let v = p.add_values(v_kept, v_new_part);
+                let v = p.moving_average(v, g2, beta2);
                 p.set_output(moment("first", name), m);
                 p.set_output(moment("second", name), v);
                 let c1 = p.broadcast(c1, shape.clone());

@@ -213,15 +213,39 @@ impl fmt::Display for TrainError {
             TrainError::Step {
                 epoch,
                 batch,
-                error: error @ EngineError::Diverged { .. },
+                error:
+                    error @ EngineError::Diverged {
+                        relaxation_step, ..
+                    },
                 hint,
-            } => write!(
-                f,
-                "training diverged in epoch {epoch}, batch {batch}: {error}\n  help: try a smaller step size ({hint}); the last checkpoint, if any, is intact"
-            ),
-            TrainError::Step { epoch, batch, error, .. } => write!(f, "epoch {epoch}, batch {batch}: {error}"),
-            TrainError::Interrupted { epoch, batch, batches, abandoned, saved, .. } => {
-                write!(f, "interrupted after batch {batch} of {batches} in epoch {epoch}")?;
+            } => {
+                write!(
+                    f,
+                    "training diverged in epoch {epoch}, batch {batch}: {error}\n  help: try a smaller step size ({hint}); the last checkpoint, if any, is intact"
+                )?;
+                if relaxation_step.is_some() {
+                    f.write_str("\n  help: or steady the relaxation in the inference block: `clip = 1.0` (norm-clipped steps), `rates { node = 0.01 }` for the node named, `optimizer = adam` (steps of size about `rate` whatever the errors' scale)")?;
+                }
+                Ok(())
+            }
+            TrainError::Step {
+                epoch,
+                batch,
+                error,
+                ..
+            } => write!(f, "epoch {epoch}, batch {batch}: {error}"),
+            TrainError::Interrupted {
+                epoch,
+                batch,
+                batches,
+                abandoned,
+                saved,
+                ..
+            } => {
+                write!(
+                    f,
+                    "interrupted after batch {batch} of {batches} in epoch {epoch}"
+                )?;
                 if *abandoned {
                     write!(f, " (the step of batch {} was abandoned)", batch + 1)?;
                 }
