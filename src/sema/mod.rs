@@ -18,7 +18,7 @@ pub use builtins::signature as builtin_signature;
 /// The names of every builtin function.
 pub use builtins::NAMES as BUILTINS;
 pub use train::{
-    DataSpec, InferenceConfig, InferenceOverrides, LrSchedule, LrTuning, Method, Mode,
+    DataSpec, Dtype, InferenceConfig, InferenceOverrides, LrSchedule, LrTuning, Method, Mode,
     NodeGranularity, OptimizerConfig, Schedule, Target, TrainConfig,
 };
 
