@@ -4,6 +4,7 @@
 //! to a temporary file in the same directory that is renamed over the target, so a crash or a
 //! kill mid-write never leaves a half-written file where a good one was.
 
+use crate::interp::Real;
 use ndarray::ArrayD;
 use ndarray_npy::{NpzReader, NpzWriter};
 use std::collections::BTreeMap;
@@ -11,8 +12,8 @@ use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Tensors by name.
-pub type Arrays = BTreeMap<String, ArrayD<f32>>;
+/// Tensors by name, of `f32` unless said otherwise (`Arrays<f64>` in double precision).
+pub type Arrays<F = f32> = BTreeMap<String, ArrayD<F>>;
 
 /// Why a `.npz` file could not be read or written.
 #[derive(Debug)]
@@ -38,6 +39,12 @@ fn fail(path: &Path, message: impl fmt::Display) -> NpzError {
 
 /// Reads every array of a `.npz` file as `f32` (float64 arrays are converted).
 pub fn read(path: &Path) -> Result<Arrays, NpzError> {
+    read_as(path)
+}
+
+/// Reads every array of a `.npz` file as `F`: float32 and float64 arrays are both accepted,
+/// and converted (an `f32` widens to `f64` exactly; an `f64` rounds to the nearest `f32`).
+pub fn read_as<F: Real>(path: &Path) -> Result<Arrays<F>, NpzError> {
     let file = File::open(path).map_err(|e| fail(path, format!("cannot open: {e}")))?;
     let invalid = |e: &dyn fmt::Display| fail(path, format!("not a valid .npz file: {e}"));
     // numpy's members are `<array>.npy`; anything else is a damaged name, or not numpy's.
@@ -60,9 +67,9 @@ pub fn read(path: &Path) -> Result<Arrays, NpzError> {
     for name in names {
         let key = name.trim_end_matches(".npy").to_string();
         let array = match npz.by_name::<ndarray::OwnedRepr<f32>, ndarray::IxDyn>(&name) {
-            Ok(a) => a,
+            Ok(a) => a.mapv(|x| F::from_f64(f64::from(x))),
             Err(_) => match npz.by_name::<ndarray::OwnedRepr<f64>, ndarray::IxDyn>(&name) {
-                Ok(a) => a.mapv(|x| x as f32),
+                Ok(a) => a.mapv(F::from_f64),
                 Err(e) => {
                     return Err(fail(
                         path,
@@ -76,8 +83,12 @@ pub fn read(path: &Path) -> Result<Arrays, NpzError> {
     Ok(out)
 }
 
-/// Writes arrays as a `.npz` file, atomically (temporary file, then rename).
-pub fn write(path: &Path, arrays: &Arrays) -> Result<(), NpzError> {
+/// Writes arrays as a `.npz` file, atomically (temporary file, then rename), in their own
+/// type (float32 or float64).
+pub fn write<F: ndarray_npy::WritableElement>(
+    path: &Path,
+    arrays: &Arrays<F>,
+) -> Result<(), NpzError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -112,7 +112,7 @@ fn exact_pc_gradients_equal_backprop_from_given_params_and_inputs() {
 #[test]
 fn missing_or_misshapen_arrays_are_named_with_both_shapes() {
     let params = scratch("bad_params.npz");
-    let mut arrays = npz::Arrays::new();
+    let mut arrays = npz::Arrays::<f32>::new();
     arrays.insert(
         "w1".into(),
         ndarray::ArrayD::zeros(ndarray::IxDyn(&[64, 63])),

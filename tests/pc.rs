@@ -5,7 +5,7 @@ use pcg::gradcheck;
 use pcg::interp::{self, Bindings};
 use pcg::ir::Program;
 use pcg::sema::{self, CompileOptions, InferenceConfig, Mode};
-use pcg::train::{batch, init};
+use pcg::train::batch;
 use std::path::Path;
 
 fn compile(path: &str, batch: Option<usize>) -> sema::Compiled {
@@ -19,12 +19,7 @@ fn compile(path: &str, batch: Option<usize>) -> sema::Compiled {
 
 /// Initial parameters and a seeded random batch, in f64.
 fn leaves(forward: &Program) -> Bindings<f64> {
-    let mut arrays = init::init_params(forward, 0);
-    arrays.extend(batch::random_batch(forward, 0));
-    arrays
-        .into_iter()
-        .map(|(k, v)| (k, v.mapv(f64::from)))
-        .collect()
+    batch::seeded_leaves(forward, 0)
 }
 
 fn toy_leaves() -> Bindings<f64> {

@@ -23,12 +23,7 @@ fn forward() -> pcg::ir::Program {
 
 /// Seeded parameters and batch, in f64.
 fn leaves(forward: &pcg::ir::Program) -> Bindings<f64> {
-    let mut arrays = init::init_params(forward, 3);
-    arrays.extend(batch::random_batch(forward, 3));
-    arrays
-        .into_iter()
-        .map(|(k, v)| (k, v.mapv(f64::from)))
-        .collect()
+    batch::seeded_leaves(forward, 3)
 }
 
 fn matrix(b: &Bindings<f64>, name: &str) -> Array2<f64> {

@@ -1,24 +1,24 @@
 //! The subcommands that compute: `grad` and `gradcheck`.
 
 use super::{
-    compile_to_run, emit, fail, BackendFlags, CmdResult, MethodArg, ProblemFlags, RelaxFlags,
-    Reported,
+    compile_to_run, emit, fail, BackendFlags, CmdResult, DtypeFlag, MethodArg, ProblemFlags,
+    RelaxFlags, Reported,
 };
 use crate::gradcheck::{self, Report};
-use crate::interp::Bindings;
 use crate::ir::LeafKind;
 use crate::npz::{self, Arrays};
-use crate::sema::{CompileOptions, Compiled};
-use crate::train::engine::Programs;
+use crate::sema::{CompileOptions, Compiled, Dtype};
+use crate::train::engine::{Element, Programs};
 use crate::train::{batch, init};
 use std::path::Path;
 
-/// Parameters and one batch for a one-batch computation (see `ProblemFlags`).
-pub(super) fn problem(
+/// Parameters and one batch for a one-batch computation (see `ProblemFlags`), in `F`: arrays
+/// read from files in their own type converted, initial parameters and data widened.
+pub(super) fn problem<F: Element>(
     file: &Path,
     compiled: &Compiled,
     flags: &ProblemFlags,
-) -> Result<Arrays, Reported> {
+) -> Result<Arrays<F>, Reported> {
     let forward = &compiled.forward;
     let seed = flags
         .seed
@@ -26,15 +26,15 @@ pub(super) fn problem(
         .unwrap_or(0);
     let mut leaves = match &flags.params {
         Some(path) => {
-            let arrays = npz::read(path).map_err(fail)?;
+            let arrays = npz::read_as::<F>(path).map_err(fail)?;
             batch::check_arrays(forward, &[LeafKind::Param], &arrays, path).map_err(fail)?;
             arrays
         }
-        None => init::init_params(forward, seed),
+        None => F::from_f32(init::init_params(forward, seed)),
     };
     let data = match &flags.inputs {
         Some(path) => {
-            let arrays = npz::read(path).map_err(fail)?;
+            let arrays = npz::read_as::<F>(path).map_err(fail)?;
             batch::check_arrays(forward, &[LeafKind::Input, LeafKind::Target], &arrays, path)
                 .map_err(fail)?;
             if !flags.allow_nonfinite {
@@ -48,39 +48,57 @@ pub(super) fn problem(
             if let Some(w) = warning {
                 eprintln!("warning: {w}");
             }
-            batch
+            F::from_f32(batch)
         }
     };
     leaves.extend(data);
     // Dropout's masks as the first training step draws them (unless the inputs give them).
-    for (name, mask) in batch::noise(forward, Some(0)) {
+    for (name, mask) in F::from_f32(batch::noise(forward, Some(0))) {
         leaves.entry(name).or_insert(mask);
     }
     Ok(leaves)
 }
 
-fn to_f64(arrays: &Arrays) -> Bindings<f64> {
-    arrays
-        .iter()
-        .map(|(k, v)| (k.clone(), v.mapv(f64::from)))
-        .collect()
+/// What `pcg grad` computes: the method, where it runs and where the result goes.
+pub(super) struct GradRun<'a> {
+    pub method: MethodArg,
+    pub backend: &'a BackendFlags,
+    pub dtype: &'a DtypeFlag,
+    pub out: Option<&'a Path>,
 }
 
 pub(super) fn grad(
     file: &Path,
-    method: MethodArg,
-    backend: &BackendFlags,
-    out: Option<&Path>,
+    run: GradRun,
     flags: &ProblemFlags,
     relax: &RelaxFlags,
     options: &CompileOptions,
 ) -> CmdResult {
     let compiled = compile_to_run(file, options)?;
-    let leaves = problem(file, &compiled, flags)?;
+    match run.dtype.resolve(compiled.train.as_ref()) {
+        Dtype::F32 => grad_in::<f32>(file, &compiled, run, flags, relax),
+        Dtype::F64 => grad_in::<f64>(file, &compiled, run, flags, relax),
+    }
+}
+
+/// `pcg grad` in element type `F`.
+fn grad_in<F: Element>(
+    file: &Path,
+    compiled: &Compiled,
+    GradRun {
+        method,
+        backend,
+        out,
+        ..
+    }: GradRun,
+    flags: &ProblemFlags,
+    relax: &RelaxFlags,
+) -> CmdResult {
+    let leaves = problem::<F>(file, compiled, flags)?;
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference))?;
     let programs =
         Programs::build(&compiled.forward, method.into(), &inference, relax.steps).map_err(fail)?;
-    let mut engine = backend.engine(programs).map_err(fail)?;
+    let mut engine = backend.engine::<F>(programs).map_err(fail)?;
     // For PC the engine's gradient is the negated update, comparable with backprop's.
     let step = engine.gradients(&leaves, &Arrays::new()).map_err(fail)?;
     emit(&format!("loss={}\n", step.loss));
@@ -89,8 +107,9 @@ pub(super) fn grad(
         // Without a file, one line per parameter: its gradient's size and largest element.
         None => {
             for (name, g) in &step.grads {
-                let norm = g.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-                let largest = g.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
+                let g = g.mapv(crate::interp::Real::to_f64);
+                let norm = g.iter().map(|&x| x.powi(2)).sum::<f64>().sqrt();
+                let largest = g.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
                 emit(&format!(
                     "grad {name} {} norm={norm:.6e} max_abs={largest:.6e}\n",
                     crate::ir::Shape::new(g.shape())
@@ -111,10 +130,9 @@ pub(super) fn gradcheck(
     options: &CompileOptions,
 ) -> CmdResult {
     let compiled = compile_to_run(file, options)?;
-    let leaves = problem(file, &compiled, flags)?;
+    let leaves = problem::<f64>(file, &compiled, flags)?;
     let inference = relax.apply(compiled.train.as_ref().map(|t| &t.inference))?;
-    let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &to_f64(&leaves))
-    {
+    let report = match gradcheck::run(&compiled.forward, &inference, relax.steps, &leaves) {
         Ok(r) => r,
         Err(e) => return Err(fail(e)),
     };

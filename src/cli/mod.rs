@@ -16,9 +16,9 @@ pub use crate::dump::{Format, Stage};
 
 use crate::jit::JitOptions;
 
-use crate::sema::{self, CompileOptions, Compiled, InferenceConfig, Method, Mode};
+use crate::sema::{self, CompileOptions, Compiled, Dtype, InferenceConfig, Method, Mode};
 use crate::source::Sources;
-use crate::train::engine::{Backend, Engine, Programs};
+use crate::train::engine::{Backend, Element, Engine, Programs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -113,6 +113,8 @@ pub enum Command {
         method: MethodArg,
         #[command(flatten)]
         backend: BackendFlags,
+        #[command(flatten)]
+        dtype: DtypeFlag,
         /// Where to write the gradients (`.npz`, one array per parameter); without it, a
         /// summary of each is printed.
         #[arg(long)]
@@ -149,6 +151,8 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
         #[command(flatten)]
+        dtype: DtypeFlag,
+        #[command(flatten)]
         compile: CompileFlags,
     },
     /// Time full training steps on seeded random data of the model's shapes.
@@ -160,6 +164,8 @@ pub enum Command {
         method: Option<MethodArg>,
         #[command(flatten)]
         backend: BackendFlags,
+        #[command(flatten)]
+        dtype: DtypeFlag,
         /// Relaxation steps T (default: the inference block's).
         #[arg(long)]
         inference_steps: Option<usize>,
@@ -270,6 +276,8 @@ pub struct RunFlags {
     pub lr: Option<f64>,
     #[command(flatten)]
     pub backend: BackendFlags,
+    #[command(flatten)]
+    pub dtype: DtypeFlag,
     /// The data set, overriding the train block's (e.g. `digits`, `fmnist(dir = "d")`).
     #[arg(long)]
     pub data: Option<String>,
@@ -362,11 +370,43 @@ impl BackendFlags {
         }
     }
 
-    /// The engine that runs a model's programs on this backend.
-    pub fn engine(&self, programs: Programs) -> Result<Box<dyn Engine + Send>, String> {
+    /// The engine that runs a model's programs on this backend, in element type `F`.
+    pub fn engine<F: Element>(
+        &self,
+        programs: Programs,
+    ) -> Result<Box<dyn Engine<F> + Send>, String> {
         self.backend
             .into_backend()
             .engine(programs, &self.jit_options())
+    }
+}
+
+/// `--dtype`: the floating-point type a model computes in.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtypeArg {
+    /// Single precision.
+    F32,
+    /// Double precision.
+    F64,
+}
+
+/// The floating-point type a command computes in.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DtypeFlag {
+    /// The floating-point type of the parameters, of every value the programs compute and of
+    /// the optimiser's state (default: the train block's `dtype`, else f32).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+}
+
+impl DtypeFlag {
+    /// The flag's dtype, else the train block's.
+    pub fn resolve(&self, train: Option<&sema::TrainConfig>) -> Dtype {
+        match self.dtype {
+            Some(DtypeArg::F32) => Dtype::F32,
+            Some(DtypeArg::F64) => Dtype::F64,
+            None => train.map_or(Dtype::F32, |t| t.dtype),
+        }
     }
 }
 
@@ -636,15 +676,19 @@ pub fn run(cli: Cli) -> ExitCode {
             file,
             method,
             backend,
+            dtype,
             out,
             problem,
             relax,
             compile,
         } => commands::grad(
             &file,
-            method,
-            &backend,
-            out.as_deref(),
+            commands::GradRun {
+                method,
+                backend: &backend,
+                dtype: &dtype,
+                out: out.as_deref(),
+            },
             &problem,
             &relax,
             &compile.options(),
@@ -660,10 +704,11 @@ pub fn run(cli: Cli) -> ExitCode {
             params,
             data,
             data_dir,
+            dtype,
             compile,
         } => job::in_job(|world| {
             let data = (data.as_deref(), data_dir.as_deref());
-            training::eval(&file, &params, data, &compile.options(), world)
+            training::eval(&file, &params, data, &dtype, &compile.options(), world)
         }),
         Command::Plot { runs, title, out } => training::plot(&runs, &title, &out),
         Command::Fmt { files, check } => tools::fmt(&files, check),
@@ -688,6 +733,7 @@ pub fn run(cli: Cli) -> ExitCode {
             file,
             method,
             backend,
+            dtype,
             inference_steps,
             iters,
             profile,
@@ -703,6 +749,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 iters,
                 profile,
                 optimizer,
+                dtype,
             };
             job::in_job(|world| {
                 training::bench(

@@ -2,17 +2,17 @@
 
 use super::job::Ready;
 use super::{
-    compile_to_run, emit, ensure_fits_with_data, fail, BackendFlags, CmdResult, MethodArg,
-    RelaxFlags, Reported, RunFlags,
+    compile_to_run, emit, ensure_fits_with_data, fail, BackendFlags, CmdResult, DtypeFlag,
+    MethodArg, RelaxFlags, Reported, RunFlags,
 };
 use crate::distributed::{self, World};
 use crate::ir::{LeafKind, Program};
 use crate::model::{dataset, ModelSource};
 use crate::npz;
 use crate::sema::{
-    CompileOptions, Compiled, InferenceConfig, Method, OptimizerConfig, TrainConfig,
+    CompileOptions, Compiled, Dtype, InferenceConfig, Method, OptimizerConfig, TrainConfig,
 };
-use crate::train::engine::{Engine, InterpEngine, Programs};
+use crate::train::engine::{Element, Engine, InterpEngine, Programs};
 use crate::train::init;
 use crate::train::optim::{learning_rate, Optimizer};
 use crate::train::run::{self, Event, Settings};
@@ -109,16 +109,29 @@ pub(super) fn run(
     world: &World,
 ) -> CmdResult {
     let ready = Ready::new(world);
-    let Training {
+    let training = training(file, flags.method, relax, options, world)?;
+    let args = (file, flags, options, world);
+    match flags.dtype.resolve(training.compiled.train.as_ref()) {
+        Dtype::F32 => run_in::<f32>(args, ready, training),
+        Dtype::F64 => run_in::<f64>(args, ready, training),
+    }
+}
+
+/// `pcg run` in element type `F`.
+fn run_in<F: Element>(
+    (file, flags, options, world): (&Path, &RunFlags, &CompileOptions, &World),
+    ready: Ready,
+    Training {
         compiled,
         global,
         method,
         inference,
         programs,
-    } = training(file, flags.method, relax, options, world)?;
+    }: Training,
+) -> CmdResult {
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let mut optimizer = Optimizer::of_train_block(base.as_ref(), flags.lr);
+    let mut optimizer = Optimizer::<F>::of_train_block(base.as_ref(), flags.lr);
     let optimizer_config = optimizer.config().clone();
     let seed = flags.seed.or(base.as_ref().map(|t| t.seed)).unwrap_or(0);
     let epochs = flags
@@ -136,11 +149,14 @@ pub(super) fn run(
         Err(e) => return Err(fail(e)),
     };
     ensure_fits_with_data(forward, &data)?;
-    let mut engine = flags.backend.engine(programs).map_err(fail)?;
+    let mut engine = flags.backend.engine::<F>(programs).map_err(fail)?;
     engine.distribute(world.clone()).map_err(fail)?;
     let (params, start) = match &flags.resume {
         Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
-        None => (init::init_params(forward, seed), run::Position::default()),
+        None => (
+            F::from_f32(init::init_params(forward, seed)),
+            run::Position::default(),
+        ),
     };
     let hint = match method {
         Method::Pc => format!(
@@ -298,20 +314,43 @@ fn test_remainder(
 pub(super) fn eval(
     file: &Path,
     params: &Path,
-    (data_flag, data_dir): (Option<&str>, Option<&Path>),
+    data: (Option<&str>, Option<&Path>),
+    dtype: &DtypeFlag,
     options: &CompileOptions,
     world: &World,
 ) -> CmdResult {
     let ready = Ready::new(world);
     let (compiled, global) = compile_shard(file, options, world)?;
+    let args = (file, params, data, options, world);
+    match dtype.resolve(compiled.train.as_ref()) {
+        Dtype::F32 => eval_in::<f32>(args, ready, (compiled, global)),
+        Dtype::F64 => eval_in::<f64>(args, ready, (compiled, global)),
+    }
+}
+
+/// The arguments of `pcg eval`: the model's file, the parameters' and the data's.
+type EvalArgs<'a> = (
+    &'a Path,
+    &'a Path,
+    (Option<&'a str>, Option<&'a Path>),
+    &'a CompileOptions,
+    &'a World,
+);
+
+/// `pcg eval` in element type `F`.
+fn eval_in<F: Element>(
+    (file, params, (data_flag, data_dir), options, world): EvalArgs,
+    ready: Ready,
+    (compiled, global): (Compiled, Program),
+) -> CmdResult {
     let forward = &compiled.forward;
-    let arrays = npz::read(params).map_err(fail)?;
+    let arrays = npz::read_as::<F>(params).map_err(fail)?;
     let names: Vec<String> = forward
         .leaves(LeafKind::Param)
         .into_iter()
         .map(|(_, n)| n.to_string())
         .collect();
-    let params_only: npz::Arrays = arrays
+    let params_only: npz::Arrays<F> = arrays
         .into_iter()
         .filter(|(k, _)| names.contains(k))
         .collect();
@@ -328,7 +367,7 @@ pub(super) fn eval(
         .map(|t| t.inference.clone())
         .unwrap_or_default();
     let programs = Programs::build(forward, Method::Bp, &inference, None).map_err(fail)?;
-    let mut engine = InterpEngine::new(programs);
+    let mut engine = InterpEngine::<F>::new(programs);
     engine.distribute(world.clone()).map_err(fail)?;
     let remainder = world
         .is_root()
@@ -415,28 +454,45 @@ pub(super) struct BenchRun {
     pub profile: bool,
     /// The optimiser the timed steps take.
     pub optimizer: super::BenchOptimizer,
+    /// The floating-point type of the steps.
+    pub dtype: DtypeFlag,
 }
 
 pub(super) fn bench(
     file: &Path,
     method: Option<MethodArg>,
     backend: &BackendFlags,
-    BenchRun {
-        iters,
-        profile,
-        optimizer: chosen,
-    }: BenchRun,
+    run: BenchRun,
     relax: &RelaxFlags,
     options: &CompileOptions,
     world: &World,
 ) -> CmdResult {
     let ready = Ready::new(world);
-    let Training {
+    let training = training(file, method, relax, options, world)?;
+    match run.dtype.resolve(training.compiled.train.as_ref()) {
+        Dtype::F32 => bench_in::<f32>(backend, run, world, ready, training),
+        Dtype::F64 => bench_in::<f64>(backend, run, world, ready, training),
+    }
+}
+
+/// `pcg bench` in element type `F`.
+fn bench_in<F: Element>(
+    backend: &BackendFlags,
+    BenchRun {
+        iters,
+        profile,
+        optimizer: chosen,
+        ..
+    }: BenchRun,
+    world: &World,
+    ready: Ready,
+    Training {
         compiled,
         method,
         programs,
         ..
-    } = training(file, method, relax, options, world)?;
+    }: Training,
+) -> CmdResult {
     let forward = &compiled.forward;
     let base = compiled.train.clone();
     let steps = programs.steps;
@@ -446,11 +502,11 @@ pub(super) fn bench(
     let training_programs = profile.then(|| programs.clone());
     // Compilation: the programs to native code, and the training step (at `start`).
     let compiling = std::time::Instant::now();
-    let mut engine = backend.engine(programs).map_err(fail)?;
+    let mut engine = backend.engine::<F>(programs).map_err(fail)?;
     engine.distribute(world.clone()).map_err(fail)?;
     let seed = base.as_ref().map_or(0, |t| t.seed);
-    let params = init::init_params(forward, seed);
-    let batch = crate::train::batch::random_batch(forward, seed);
+    let params = F::from_f32(init::init_params(forward, seed));
+    let batch = F::from_f32(crate::train::batch::random_batch(forward, seed));
     // Plain SGD at the file's learning rate (the update the peer benchmarks make too, so the
     // timed work is the same), or the file's own optimiser.
     let lr = base.as_ref().map_or(0.01, |t| learning_rate(&t.optimizer));
@@ -531,7 +587,7 @@ pub(super) fn bench(
         ));
     }
     if let Some(programs) = training_programs {
-        let params = init::init_params(forward, seed);
+        let params = F::from_f32(init::init_params(forward, seed));
         profile_kernels(backend, programs, params, optimizer, &batch, iters)?;
     }
     emit(&format!(
@@ -544,7 +600,7 @@ pub(super) fn bench(
 }
 
 /// Plain SGD at `lr`: the update the peer benchmarks make too, so the timed work is the same.
-fn optimizer_of(lr: f64) -> Optimizer {
+fn optimizer_of<F: Element>(lr: f64) -> Optimizer<F> {
     Optimizer::new(
         OptimizerConfig::Sgd {
             lr,
@@ -557,17 +613,15 @@ fn optimizer_of(lr: f64) -> Optimizer {
 
 /// `pcg bench --profile`: `iters` steps with every kernel timed on the calling thread (which
 /// runs the first part of a split loop), and the kernels that took the most time.
-fn profile_kernels(
+fn profile_kernels<F: Element>(
     backend: &BackendFlags,
     programs: Programs,
-    params: npz::Arrays,
-    optimizer: Optimizer,
-    batch: &npz::Arrays,
+    params: npz::Arrays<F>,
+    optimizer: Optimizer<F>,
+    batch: &npz::Arrays<F>,
     iters: usize,
 ) -> CmdResult {
-    let mut engine =
-        crate::train::engine::JitEngine::new(programs, &backend.jit_options_profiled(true))
-            .map_err(fail)?;
+    let mut engine = F::jit_engine(programs, &backend.jit_options_profiled(true)).map_err(fail)?;
     engine
         .start(params, optimizer)
         .map_err(|e| fail(e.to_string()))?;

@@ -18,8 +18,8 @@ pub use builtins::signature as builtin_signature;
 /// The names of every builtin function.
 pub use builtins::NAMES as BUILTINS;
 pub use train::{
-    DataSpec, EnergyReduction, InferenceConfig, InferenceOverrides, LrSchedule, LrTuning, Method,
-    Mode, NodeGranularity, OptimizerConfig, Schedule, StateOptimizer, Target, TrainConfig,
+    DataSpec, Dtype, EnergyReduction, InferenceConfig, InferenceOverrides, LrSchedule, LrTuning,
+    Method, Mode, NodeGranularity, OptimizerConfig, Schedule, StateOptimizer, Target, TrainConfig,
 };
 
 use crate::diag::{Diagnostic, ErrorKind};

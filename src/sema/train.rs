@@ -19,6 +19,46 @@ pub enum Method {
     Bp,
 }
 
+/// The floating-point type a model computes in: its parameters, the values of every program
+/// (forward, gradient, relaxation, learning) and the optimiser's state. The train block's key
+/// is `dtype`, not `precision`, which names predictive coding's inverse variances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dtype {
+    /// Single precision: the default, and what training runs in.
+    #[default]
+    F32,
+    /// Double precision: for checking an update to the last digits.
+    F64,
+}
+
+impl Dtype {
+    /// Every dtype, as the train block and `--dtype` spell them.
+    pub const NAMES: &'static [&'static str] = &["f32", "f64"];
+
+    /// The dtype as the train block and `--dtype` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "f32" => Ok(Dtype::F32),
+            "f64" => Ok(Dtype::F64),
+            other => Err(format!(
+                "`{other}` is not a dtype: choose one of {}",
+                Dtype::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 /// How the loss drives a predictive-coding network (see `docs/book/src/language.md`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Target {
@@ -426,6 +466,8 @@ pub struct TrainConfig {
     pub batch: usize,
     pub epochs: usize,
     pub seed: u64,
+    /// The floating-point type training computes in (`dtype = f64`).
+    pub dtype: Dtype,
     /// Span of the `train` block, for diagnostics raised later (e.g. by the data loader).
     pub span: Span,
 }
@@ -443,6 +485,7 @@ const KEYS: &[&str] = &[
     "lr_scale",
     "freeze",
     "input_range",
+    "dtype",
 ];
 const INFERENCE_KEYS: &[&str] = &[
     "mode",
@@ -485,6 +528,7 @@ pub(crate) fn configure(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) 
         batch: 32,
         epochs: 1,
         seed: 0,
+        dtype: Dtype::F32,
         span: def.span,
     };
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
@@ -520,6 +564,13 @@ pub(crate) fn configure(def: &ast::TrainDef, diagnostics: &mut Vec<Diagnostic>) 
             "seed" => {
                 if let Some(v) = expr(entry, diagnostics).and_then(|e| integer(e, 0, diagnostics)) {
                     cfg.seed = v as u64;
+                }
+            }
+            "dtype" => {
+                if let Some(w) = expr(entry, diagnostics)
+                    .and_then(|e| word(e, Dtype::NAMES, "dtype", diagnostics))
+                {
+                    cfg.dtype = w.parse().unwrap_or_default();
                 }
             }
             "clip" => cfg.clip = expr(entry, diagnostics).and_then(|e| positive(e, diagnostics)),

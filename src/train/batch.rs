@@ -11,8 +11,15 @@ use std::path::Path;
 
 /// An error naming the first array (by name) holding a NaN or an infinity, and the example
 /// (index along its first axis) where it is.
-pub fn check_finite(arrays: &Arrays, source: &Path) -> Result<(), String> {
+pub fn check_finite<F: crate::interp::Real>(
+    arrays: &Arrays<F>,
+    source: &Path,
+) -> Result<(), String> {
     for (name, a) in arrays {
+        if a.iter().all(|x| x.is_finite()) {
+            continue;
+        }
+        let a = a.mapv(|x| crate::interp::Real::to_f64(x) as f32);
         let width = a.shape().iter().skip(1).product();
         let values = a.as_standard_layout();
         let values = values.as_slice().expect("standard layout");
@@ -24,10 +31,10 @@ pub fn check_finite(arrays: &Arrays, source: &Path) -> Result<(), String> {
 
 /// Checks that `arrays` holds every leaf of the given kinds with its declared shape. The error
 /// names the array and both shapes.
-pub fn check_arrays(
+pub fn check_arrays<F>(
     program: &Program,
     kinds: &[LeafKind],
-    arrays: &Arrays,
+    arrays: &Arrays<F>,
     source: &Path,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -55,6 +62,15 @@ pub fn check_arrays(
     } else {
         Err(problems.join("\n"))
     }
+}
+
+/// The leaves of a one-batch computation without data: the parameters drawn from their
+/// initialisers and a random batch, both seeded, in `F` (widened from f32, as `dtype = f64`
+/// starts from the same values as f32).
+pub fn seeded_leaves<F: crate::train::engine::Element>(program: &Program, seed: u64) -> Arrays<F> {
+    let mut arrays = super::init::init_params(program, seed);
+    arrays.extend(random_batch(program, seed));
+    F::from_f32(arrays)
 }
 
 /// A leaf's name and shape.

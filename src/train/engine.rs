@@ -10,25 +10,78 @@ use super::optim::{self, Optimizer};
 use super::schedule;
 use crate::autodiff;
 use crate::distributed::World;
-use crate::interp::{self, Bindings, EvalError};
+use crate::interp::{self, Bindings, EvalError, Real};
 use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
 use crate::jit::{JitError, JitLoop, JitOptions, JitProgram, JitStep, Stage};
 use crate::npz::Arrays;
 use crate::pc::{self, PcPrograms};
-use crate::sema::{InferenceConfig, Method, Schedule};
+use crate::sema::{Dtype, InferenceConfig, Method, Schedule};
 use ndarray::ArrayD;
 use std::borrow::Cow;
 use std::fmt;
 
+/// The element types training computes in: `f32`, the default, and `f64` (`dtype = f64`).
+/// Data, initial parameters and dropout masks are made in `f32` and widened (exactly), so that
+/// a model starts from the same point in either type.
+pub trait Element: Real + ndarray_npy::WritableElement {
+    /// The dtype, as the train block and `--dtype` name it.
+    const DTYPE: Dtype;
+    /// `arrays` in this type.
+    fn from_f32(arrays: Arrays) -> Arrays<Self>;
+    /// The compiled backend's engine of `programs`, in this type.
+    fn jit_engine(
+        programs: Programs,
+        options: &JitOptions,
+    ) -> Result<Box<dyn Engine<Self> + Send>, String>;
+}
+
+impl Element for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+
+    fn from_f32(arrays: Arrays) -> Arrays {
+        arrays
+    }
+
+    fn jit_engine(
+        programs: Programs,
+        options: &JitOptions,
+    ) -> Result<Box<dyn Engine + Send>, String> {
+        Ok(Box::new(
+            JitEngine::new(programs, options).map_err(|e| e.to_string())?,
+        ))
+    }
+}
+
+impl Element for f64 {
+    const DTYPE: Dtype = Dtype::F64;
+
+    fn from_f32(arrays: Arrays) -> Arrays<f64> {
+        arrays
+            .into_iter()
+            .map(|(k, v)| (k, v.mapv(f64::from)))
+            .collect()
+    }
+
+    fn jit_engine(
+        _programs: Programs,
+        _options: &JitOptions,
+    ) -> Result<Box<dyn Engine<f64> + Send>, String> {
+        Err(
+            "the compiled backend computes in f32 only: run dtype f64 with `--backend interp`"
+                .into(),
+        )
+    }
+}
+
 /// The outcome of one step's gradient computation.
 #[derive(Clone, Debug)]
-pub struct StepResult {
+pub struct StepResult<F: Real = f32> {
     /// The loss at the feedforward pass.
     pub loss: f64,
     /// The relaxation's final energy (predictive coding only).
     pub energy: Option<f64>,
     /// ∂L/∂θ (backprop) or −Δθ (predictive coding), by parameter.
-    pub grads: Arrays,
+    pub grads: Arrays<F>,
     /// The relaxation steps run, where a stopping tolerance may end it early.
     pub relaxation_steps: Option<f64>,
 }
@@ -85,26 +138,33 @@ pub struct StepReport {
 }
 
 /// The steps a relaxation with a stopping test ran, from its final state.
-fn steps_run(state: &Bindings<f32>) -> Option<f64> {
-    state
-        .get(crate::ir::STEPS_RUN)
-        .map(|t| t.iter().map(|&x| f64::from(x)).sum::<f64>())
+fn steps_run<F: Real>(state: &Bindings<F>) -> Option<f64> {
+    state.get(crate::ir::STEPS_RUN).map(sum)
 }
 
-/// One training step's computation for one backend.
-pub trait Engine {
+/// The sum of a tensor's elements, in f64.
+fn sum<F: Real>(t: &ArrayD<F>) -> f64 {
+    t.iter().map(|&x| Real::to_f64(x)).sum()
+}
+
+/// One training step's computation for one backend, in element type `F`.
+pub trait Engine<F: Element = f32> {
     /// The backend's name, as `--backend` spells it.
     fn backend(&self) -> &'static str;
     /// Loss and gradients on one batch (inputs and targets by name).
-    fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError>;
+    fn gradients(
+        &mut self,
+        params: &Arrays<F>,
+        batch: &Arrays<F>,
+    ) -> Result<StepResult<F>, EngineError>;
     /// Starts training from `params` with `optimizer` (and its state).
-    fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError>;
+    fn start(&mut self, params: Arrays<F>, optimizer: Optimizer<F>) -> Result<(), EngineError>;
     /// One training step on a batch: the gradient and the optimiser's update. A step whose
     /// gradient is not finite leaves the parameters as they were and says where it diverged;
     /// one whose update is not finite names the parameter.
-    fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError>;
+    fn train_step(&mut self, batch: &Arrays<F>) -> Result<StepReport, EngineError>;
     /// The parameters and the optimiser as training has left them.
-    fn trained(&mut self) -> (Arrays, Optimizer);
+    fn trained(&mut self) -> (Arrays<F>, Optimizer<F>);
     /// Shares every training step from `start` on with the other processes of `world`: each
     /// step's parameter updates, loss and energy are summed over them (one exchange per step)
     /// before the same optimiser step is taken on every one. Refused for a schedule that
@@ -116,12 +176,17 @@ pub trait Engine {
     fn step_cost(&self) -> Option<crate::jit::StepCost> {
         None
     }
+    /// The kernels of the compiled training step (after `start`), by index; none where the
+    /// backend compiles no step.
+    fn kernels(&self) -> Vec<crate::jit::KernelInfo> {
+        Vec::new()
+    }
     /// Loss and, where the model has one prediction shaped like its target, the prediction.
     fn evaluate(
         &mut self,
-        params: &Arrays,
-        batch: &Arrays,
-    ) -> Result<(f64, Option<ArrayD<f32>>), EngineError>;
+        params: &Arrays<F>,
+        batch: &Arrays<F>,
+    ) -> Result<(f64, Option<ArrayD<F>>), EngineError>;
 }
 
 /// The backends that run a model's programs.
@@ -143,16 +208,17 @@ impl Backend {
         }
     }
 
-    /// The engine that runs `programs` on this backend (`options`: how the JIT compiles).
-    pub fn engine(
+    /// The engine that runs `programs` on this backend in element type `F` (`options`: how
+    /// the JIT compiles).
+    pub fn engine<F: Element>(
         self,
         programs: Programs,
         options: &JitOptions,
-    ) -> Result<Box<dyn Engine + Send>, String> {
-        Ok(match self {
-            Backend::Jit => Box::new(JitEngine::new(programs, options).map_err(|e| e.to_string())?),
-            Backend::Interp => Box::new(InterpEngine::new(programs)),
-        })
+    ) -> Result<Box<dyn Engine<F> + Send>, String> {
+        match self {
+            Backend::Jit => F::jit_engine(programs, options),
+            Backend::Interp => Ok(Box::new(InterpEngine::<F>::new(programs))),
+        }
     }
 }
 
@@ -249,7 +315,10 @@ impl Programs {
 
     /// The training step's loop under the incremental schedule (see `train::schedule`), for
     /// `optimizer`, and the names of the parameters and moments it leaves.
-    pub fn incremental_loop(&self, optimizer: &Optimizer) -> Option<(LoopProgram, Vec<String>)> {
+    pub fn incremental_loop<F: Real>(
+        &self,
+        optimizer: &Optimizer<F>,
+    ) -> Option<(LoopProgram, Vec<String>)> {
         let pc = self.incremental()?;
         Some(schedule::incremental_loop(pc, optimizer, self.steps))
     }
@@ -304,8 +373,12 @@ pub fn eval_program(forward: &Program, inference: &InferenceConfig) -> Program {
 /// `batch` with every dropout mask of the model that it does not give itself: drawn for
 /// training step `step`, or all ones when evaluating (`None`). The step's programs all read
 /// the same masks: the relaxation and the learning of a PC step see one mask.
-fn noisy<'a>(programs: &Programs, batch: &'a Arrays, step: Option<u64>) -> Cow<'a, Arrays> {
-    let masks = super::batch::noise(&programs.eval, step);
+fn noisy<'a, F: Element>(
+    programs: &Programs,
+    batch: &'a Arrays<F>,
+    step: Option<u64>,
+) -> Cow<'a, Arrays<F>> {
+    let masks = F::from_f32(super::batch::noise(&programs.eval, step));
     if masks.keys().all(|k| batch.contains_key(k)) {
         return Cow::Borrowed(batch);
     }
@@ -317,18 +390,17 @@ fn noisy<'a>(programs: &Programs, batch: &'a Arrays, step: Option<u64>) -> Cow<'
 }
 
 /// Parameters and a batch in one map (the interpreter binds leaves from one map).
-fn merged(params: &Arrays, batch: &Arrays) -> Bindings<f32> {
+fn merged<F: Real>(params: &Arrays<F>, batch: &Arrays<F>) -> Bindings<F> {
     let mut leaves = params.clone();
     leaves.extend(batch.iter().map(|(k, v)| (k.clone(), v.clone())));
     leaves
 }
 
-fn scalar(b: &Bindings<f32>, name: &str) -> f64 {
-    b.get(name)
-        .map_or(f64::NAN, |t| t.iter().map(|&x| f64::from(x)).sum())
+fn scalar<F: Real>(b: &Bindings<F>, name: &str) -> f64 {
+    b.get(name).map_or(f64::NAN, sum)
 }
 
-fn all_finite(a: &ArrayD<f32>) -> bool {
+fn all_finite<F: Real>(a: &ArrayD<F>) -> bool {
     a.iter().all(|x| x.is_finite())
 }
 
@@ -345,16 +417,16 @@ fn check_loss(loss: f64) -> Result<(), EngineError> {
     }
 }
 
-/// The reference backend: the interpreter.
-pub struct InterpEngine {
+/// The reference backend: the interpreter, in element type `F`.
+pub struct InterpEngine<F: Element = f32> {
     programs: Programs,
-    training: Option<(Arrays, Optimizer)>,
+    training: Option<(Arrays<F>, Optimizer<F>)>,
     /// The incremental schedule's loop and the names it stores, from `start` on.
     incremental: Option<(LoopProgram, Vec<String>)>,
     world: World,
 }
 
-impl InterpEngine {
+impl<F: Element> InterpEngine<F> {
     pub fn new(programs: Programs) -> Self {
         InterpEngine {
             programs,
@@ -366,8 +438,14 @@ impl InterpEngine {
 }
 
 /// `world`, unless `programs` learn during the relaxation, which is not shared between
-/// processes.
-fn distributable(programs: &Programs, world: World) -> Result<World, String> {
+/// processes, or compute in f64 (a job's exchanges carry f32).
+fn distributable<F: Element>(programs: &Programs, world: World) -> Result<World, String> {
+    if world.is_distributed() && F::DTYPE != Dtype::F32 {
+        return Err(format!(
+            "training in {} runs in one process: a job of several processes exchanges f32 updates (use dtype f32)",
+            F::DTYPE.name()
+        ));
+    }
     if world.is_distributed() && programs.incremental().is_some() {
         return Err(
             "the incremental schedule learns at every relaxation step; training it over several processes is not supported (use the standard schedule)"
@@ -393,16 +471,16 @@ fn diverged_elsewhere(world: &World) -> EngineError {
 /// One step's gradient summed over the processes of `world`: the parameters' updates, the
 /// loss, the energy and the relaxation steps in one exchange. A step that failed on this
 /// process takes part with values that are not finite, so that every process fails it.
-fn exchanged(
+fn exchanged<F: Real>(
     world: &World,
-    params: &Arrays,
-    step: Result<StepResult, EngineError>,
-) -> Result<StepResult, EngineError> {
+    params: &Arrays<F>,
+    step: Result<StepResult<F>, EngineError>,
+) -> Result<StepResult<F>, EngineError> {
     let mut payload = Vec::new();
     let ok = step.as_ref().ok();
     for (name, p) in params {
         match ok.and_then(|s| s.grads.get(name)) {
-            Some(g) => payload.extend(g.iter().copied()),
+            Some(g) => payload.extend(g.iter().map(|&x| Real::to_f64(x) as f32)),
             None if ok.is_some() => payload.extend(std::iter::repeat_n(0.0, p.len())),
             None => payload.extend(std::iter::repeat_n(f32::NAN, p.len())),
         }
@@ -425,7 +503,10 @@ fn exchanged(
     let mut grads = Arrays::new();
     let mut at = 0;
     for (name, p) in params {
-        let values = payload[at..at + p.len()].to_vec();
+        let values = payload[at..at + p.len()]
+            .iter()
+            .map(|&x| F::from_f64(f64::from(x)))
+            .collect();
         at += p.len();
         if step.grads.contains_key(name) {
             let g = ArrayD::from_shape_vec(p.shape(), values)
@@ -445,12 +526,12 @@ fn exchanged(
 
 /// Runs a relaxation loop on the interpreter, stopping at the first step whose energy is not
 /// finite and naming the node to blame.
-fn relax_watched(
+fn relax_watched<F: Real>(
     pc: &PcPrograms,
     looped: &LoopProgram,
-    leaves: &Bindings<f32>,
+    leaves: &Bindings<F>,
     steps: usize,
-) -> Result<Bindings<f32>, EngineError> {
+) -> Result<Bindings<F>, EngineError> {
     let mut diverged = None;
     let state = interp::run_loop(looped, leaves, steps, |step, env| {
         let finite = env
@@ -482,13 +563,13 @@ fn no_gradient(programs: &Programs) -> Result<(), EngineError> {
 /// [`Programs::incremental_loop`]) over the parameters, the optimiser's moments and the
 /// batch. Returns the new parameters and moments (the `stored` names), or the node and the
 /// relaxation step where it diverged.
-fn incremental_step(
+fn incremental_step<F: Real>(
     pc: &PcPrograms,
     (looped, stored): (&LoopProgram, &[String]),
-    params: &Arrays,
-    optimizer: &Optimizer,
-    batch: &Arrays,
-) -> Result<(Arrays, Arrays, StepReport), EngineError> {
+    params: &Arrays<F>,
+    optimizer: &Optimizer<F>,
+    batch: &Arrays<F>,
+) -> Result<(Arrays<F>, Arrays<F>, StepReport), EngineError> {
     let mut leaves = merged(params, batch);
     if optimizer.moments().is_empty() {
         let shapes = schedule::learned_params(pc);
@@ -500,7 +581,7 @@ fn incremental_step(
     let mut state = relax_watched(pc, looped, &leaves, looped.steps)?;
     let loss = scalar(&state, "loss");
     check_loss(loss)?;
-    let (moments, new_params): (Arrays, Arrays) = stored
+    let (moments, new_params): (Arrays<F>, Arrays<F>) = stored
         .iter()
         .filter_map(|name| state.remove(name).map(|v| (name.clone(), v)))
         .partition(|(name, _)| name.starts_with(optim::STATE_PREFIX));
@@ -525,7 +606,7 @@ fn non_finite_param<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<(), 
 }
 
 /// The first of `params` that is not finite everywhere, as a divergence.
-fn check_params(params: &Arrays) -> Result<(), EngineError> {
+fn check_params<F: Real>(params: &Arrays<F>) -> Result<(), EngineError> {
     non_finite_param(
         params
             .iter()
@@ -539,18 +620,18 @@ fn not_started() -> EngineError {
     EngineError::Eval("training has not been started".into())
 }
 
-impl Engine for InterpEngine {
+impl<F: Element> Engine<F> for InterpEngine<F> {
     fn backend(&self) -> &'static str {
         "interp"
     }
 
-    fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError> {
+    fn start(&mut self, params: Arrays<F>, optimizer: Optimizer<F>) -> Result<(), EngineError> {
         self.incremental = self.programs.incremental_loop(&optimizer);
         self.training = Some((params, optimizer));
         Ok(())
     }
 
-    fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+    fn train_step(&mut self, batch: &Arrays<F>) -> Result<StepReport, EngineError> {
         let step = self.training.as_ref().map_or(0, |(_, o)| o.steps());
         let batch = &*noisy(&self.programs, batch, Some(step));
         if let (Some(pc), Some((looped, stored))) = (self.programs.incremental(), &self.incremental)
@@ -584,7 +665,7 @@ impl Engine for InterpEngine {
     }
 
     fn distribute(&mut self, world: World) -> Result<(), String> {
-        self.world = distributable(&self.programs, world)?;
+        self.world = distributable::<F>(&self.programs, world)?;
         Ok(())
     }
 
@@ -592,11 +673,15 @@ impl Engine for InterpEngine {
         &self.world
     }
 
-    fn trained(&mut self) -> (Arrays, Optimizer) {
+    fn trained(&mut self) -> (Arrays<F>, Optimizer<F>) {
         self.training.clone().expect("training was started")
     }
 
-    fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
+    fn gradients(
+        &mut self,
+        params: &Arrays<F>,
+        batch: &Arrays<F>,
+    ) -> Result<StepResult<F>, EngineError> {
         no_gradient(&self.programs)?;
         let step = self.training.as_ref().map_or(0, |(_, o)| o.steps());
         let batch = &*noisy(&self.programs, batch, Some(step));
@@ -610,7 +695,7 @@ impl Engine for InterpEngine {
                     relaxation_step: None,
                 });
             }
-            let grads: Arrays = out
+            let grads: Arrays<F> = out
                 .into_iter()
                 .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
                 .collect();
@@ -651,9 +736,9 @@ impl Engine for InterpEngine {
 
     fn evaluate(
         &mut self,
-        params: &Arrays,
-        batch: &Arrays,
-    ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
+        params: &Arrays<F>,
+        batch: &Arrays<F>,
+    ) -> Result<(f64, Option<ArrayD<F>>), EngineError> {
         let batch = &*noisy(&self.programs, batch, None);
         let mut out = interp::eval_outputs(&self.programs.eval, &merged(params, batch))?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
@@ -662,17 +747,15 @@ impl Engine for InterpEngine {
 
 /// The step's result from the learning program's outputs: the negated updates are the
 /// gradients; the energy is the relaxed state's.
-fn learned(loss: f64, mut out: Bindings<f32>) -> Result<StepResult, EngineError> {
-    let energy = out
-        .remove("energy")
-        .map(|e| e.iter().map(|&x| f64::from(x)).sum::<f64>());
+fn learned<F: Real>(loss: f64, mut out: Bindings<F>) -> Result<StepResult<F>, EngineError> {
+    let energy = out.remove("energy").map(|e| sum(&e));
     if energy.is_some_and(|e| !e.is_finite()) {
         return Err(EngineError::Diverged {
             what: "the energy".into(),
             relaxation_step: None,
         });
     }
-    let grads: Arrays = out
+    let grads: Arrays<F> = out
         .into_iter()
         .filter_map(|(k, mut v)| {
             let name = k.strip_prefix("update.")?.to_string();
@@ -690,8 +773,8 @@ fn learned(loss: f64, mut out: Bindings<f32>) -> Result<StepResult, EngineError>
 
 /// Replays a step that went non-finite on the interpreter, simulating every relaxation step,
 /// to name the node and the step where it diverged.
-fn diverged(programs: &Programs, params: &Arrays, batch: &Arrays) -> EngineError {
-    match InterpEngine::new(programs.clone().simulated()).gradients(params, batch) {
+fn diverged<F: Element>(programs: &Programs, params: &Arrays<F>, batch: &Arrays<F>) -> EngineError {
+    match InterpEngine::<F>::new(programs.clone().simulated()).gradients(params, batch) {
         Err(e @ EngineError::Diverged { .. }) => e,
         // Finite on the interpreter (whose sums run in f64): say how large the step is.
         Ok(replayed) => EngineError::Diverged {
@@ -714,14 +797,19 @@ fn replay_failed(e: &EngineError) -> EngineError {
 }
 
 /// A replayed step's loss, energy and largest `kind` (gradient, parameter) in words.
-fn magnitudes(loss: f64, energy: Option<f64>, arrays: &Arrays, kind: &str) -> String {
+fn magnitudes<F: Real>(loss: f64, energy: Option<f64>, arrays: &Arrays<F>, kind: &str) -> String {
     let mut words = format!("the replay's loss is {loss:.3e}");
     if let Some(energy) = energy {
         words.push_str(&format!(", its energy {energy:.3e}"));
     }
     let largest = arrays
         .iter()
-        .map(|(name, g)| (name, g.iter().fold(0f32, |m, &x| m.max(x.abs()))))
+        .map(|(name, g)| {
+            (
+                name,
+                g.iter().fold(0f64, |m, &x| m.max(Real::to_f64(x).abs())),
+            )
+        })
         .max_by(|a, b| a.1.total_cmp(&b.1));
     if let Some((name, g)) = largest {
         words.push_str(&format!(", its largest {kind} {g:.3e} (of `{name}`)"));
@@ -732,7 +820,7 @@ fn magnitudes(loss: f64, energy: Option<f64>, arrays: &Arrays, kind: &str) -> St
 /// The PC node to blame for a non-finite energy: the first whose carried unit (value, or
 /// error in fixed and exact modes) is not finite, or else the one with the largest (its error
 /// overflowed when squared).
-pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
+pub fn first_non_finite_node<F: Real>(pc: &PcPrograms, state: &Bindings<F>) -> String {
     let unit = if pc.mode == crate::sema::Mode::Strict {
         "value"
     } else {
@@ -746,12 +834,12 @@ pub fn first_non_finite_node(pc: &PcPrograms, state: &Bindings<f32>) -> String {
             state.get(&name).map(|v| (n, v))
         })
     });
-    let mut largest: Option<(&str, f32)> = None;
+    let mut largest: Option<(&str, f64)> = None;
     for (node, v) in values {
         if !all_finite(v) {
             return format!("the {unit} of node `{}`", node.label);
         }
-        let peak = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let peak = v.iter().fold(0.0f64, |m, &x| m.max(Real::to_f64(x).abs()));
         if largest.is_none_or(|(_, p)| peak > p) {
             largest = Some((&node.label, peak));
         }
@@ -839,13 +927,6 @@ impl JitEngine {
             eval,
             world: World::single(),
         })
-    }
-
-    /// The kernels of the training step (after `start`), by index.
-    pub fn kernels(&self) -> Vec<crate::jit::KernelInfo> {
-        self.training
-            .as_ref()
-            .map_or(Vec::new(), |(step, _)| step.kernels().to_vec())
     }
 
     /// The training step as one function: the gradient, a guard on the loss (and energy),
@@ -1025,8 +1106,14 @@ impl Engine for JitEngine {
         self.training.as_ref().map(|(step, _)| step.cost())
     }
 
+    fn kernels(&self) -> Vec<crate::jit::KernelInfo> {
+        self.training
+            .as_ref()
+            .map_or(Vec::new(), |(step, _)| step.kernels().to_vec())
+    }
+
     fn distribute(&mut self, world: World) -> Result<(), String> {
-        self.world = distributable(&self.programs, world)?;
+        self.world = distributable::<f32>(&self.programs, world)?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@
 //! multiplied by its `lr_scale` (a frozen parameter gets no update and no state), and with a
 //! schedule by its factor at step t, a scalar input [`LR_FACTOR`] like the corrections.
 
-use crate::interp;
+use crate::interp::{self, Real};
 use crate::ir::{BinaryOp, LeafKind, Program, Shape, UnaryOp, ValueId};
 use crate::npz::Arrays;
 use crate::sema::{LrTuning, OptimizerConfig};
@@ -202,14 +202,15 @@ fn clipped(p: &mut Program, g: ValueId, c: f64) -> ValueId {
 
 /// An optimiser with its state (momentum buffers, Adam moments and step count), stepping the
 /// parameters with [`update_program`] on the interpreter.
+/// `F` is the element type of the moments, as of the parameters they follow.
 #[derive(Clone, Debug)]
-pub struct Optimizer {
+pub struct Optimizer<F: Real = f32> {
     config: OptimizerConfig,
     clip: Option<f64>,
     /// The learning rate's schedule and per-parameter factors.
     tuning: LrTuning,
     /// The moments, by their state names (`optimizer.first.<p>`, ...).
-    moments: BTreeMap<String, ArrayD<f32>>,
+    moments: BTreeMap<String, ArrayD<F>>,
     steps: u64,
     /// The update program, built for the parameters of the first step.
     program: Option<Program>,
@@ -253,7 +254,7 @@ pub fn learning_rate(config: &OptimizerConfig) -> f64 {
     }
 }
 
-impl Optimizer {
+impl<F: Real> Optimizer<F> {
     pub fn new(config: OptimizerConfig, clip: Option<f64>) -> Self {
         Optimizer {
             config,
@@ -300,11 +301,11 @@ impl Optimizer {
 
     /// The schedule's factor of the learning rate at the next step, as the input
     /// [`LR_FACTOR`] (none without a schedule).
-    pub fn schedule_factor(&self) -> Vec<(String, ArrayD<f32>)> {
+    pub fn schedule_factor(&self) -> Vec<(String, ArrayD<F>)> {
         let Some(schedule) = self.tuning.schedule else {
             return Vec::new();
         };
-        let factor = schedule.factor(self.steps + 1) as f32;
+        let factor = F::from_f64(schedule.factor(self.steps + 1));
         vec![(LR_FACTOR.to_string(), ndarray::arr0(factor).into_dyn())]
     }
 
@@ -332,7 +333,7 @@ impl Optimizer {
 
     /// The values of Adam's corrections [`CORRECTIONS`] at the next step (none for SGD).
     /// With a schedule, its factor at the next step ([`LR_FACTOR`]) too.
-    pub fn corrections(&self) -> Vec<(String, ArrayD<f32>)> {
+    pub fn corrections(&self) -> Vec<(String, ArrayD<F>)> {
         let mut inputs = self.schedule_factor();
         let OptimizerConfig::Adam { beta1, beta2, .. } = self.config else {
             return inputs;
@@ -342,7 +343,7 @@ impl Optimizer {
             [(CORRECTIONS[0], beta1), (CORRECTIONS[1], beta2)]
                 .into_iter()
                 .map(|(name, beta)| {
-                    let c = 1.0 - (beta as f32).powi(t);
+                    let c = F::one() - F::from_f64(beta).powi(t);
                     (name.to_string(), ndarray::arr0(c).into_dyn())
                 }),
         );
@@ -352,7 +353,7 @@ impl Optimizer {
     /// β1^t and β2^t after the steps taken so far, as [`POWERS`] (none for SGD): where a loop
     /// of optimiser steps starts its bias corrections. With a schedule, its factor at the
     /// next step ([`LR_FACTOR`]) too, which the loop's steps share.
-    pub fn powers(&self) -> Vec<(String, ArrayD<f32>)> {
+    pub fn powers(&self) -> Vec<(String, ArrayD<F>)> {
         let mut inputs = self.schedule_factor();
         let OptimizerConfig::Adam { beta1, beta2, .. } = self.config else {
             return inputs;
@@ -362,7 +363,7 @@ impl Optimizer {
             [(POWERS[0], beta1), (POWERS[1], beta2)]
                 .into_iter()
                 .map(|(name, beta)| {
-                    let power = (beta as f32).powi(t);
+                    let power = F::from_f64(beta).powi(t);
                     (name.to_string(), ndarray::arr0(power).into_dyn())
                 }),
         );
@@ -371,7 +372,7 @@ impl Optimizer {
 
     /// The moments the parameters start with: zeros for each state entry the update program
     /// reads.
-    pub fn initial_moments(&self, params: &[(String, Shape)]) -> Arrays {
+    pub fn initial_moments(&self, params: &[(String, Shape)]) -> Arrays<F> {
         let program = self.update_program(params, false);
         program
             .leaves(LeafKind::State)
@@ -395,7 +396,7 @@ impl Optimizer {
     }
 
     /// Applies one update to every parameter.
-    pub fn step(&mut self, params: &mut Arrays, grads: &Arrays) {
+    pub fn step(&mut self, params: &mut Arrays<F>, grads: &Arrays<F>) {
         let shapes: Vec<(String, Shape)> = grads
             .iter()
             .filter(|(name, _)| params.contains_key(*name))
@@ -407,7 +408,7 @@ impl Optimizer {
         if self.program.is_none() {
             self.program = Some(self.update_program(&shapes, false));
         }
-        let mut leaves: interp::Bindings<f32> = params.clone();
+        let mut leaves: interp::Bindings<F> = params.clone();
         leaves.extend(self.moments.iter().map(|(k, v)| (k.clone(), v.clone())));
         for (name, g) in grads {
             leaves.insert(gradient_state(name), g.clone());
@@ -427,10 +428,13 @@ impl Optimizer {
     }
 
     /// The optimiser's state as named arrays, for checkpoints.
-    pub fn state(&self) -> Arrays {
-        let mut out: Arrays = self.moments.clone();
-        // Stored as two exact f32 halves so large step counts survive the round trip.
-        let (hi, lo) = ((self.steps >> 24) as f32, (self.steps & 0xff_ffff) as f32);
+    pub fn state(&self) -> Arrays<F> {
+        let mut out: Arrays<F> = self.moments.clone();
+        // Stored as two halves exact in f32 so large step counts survive the round trip.
+        let (hi, lo) = (
+            F::from_f64((self.steps >> 24) as f64),
+            F::from_f64((self.steps & 0xff_ffff) as f64),
+        );
         out.insert(
             format!("{STATE_PREFIX}steps"),
             ndarray::arr1(&[hi, lo]).into_dyn(),
@@ -439,17 +443,17 @@ impl Optimizer {
     }
 
     /// The moments alone, by state name.
-    pub fn moments(&self) -> &BTreeMap<String, ArrayD<f32>> {
+    pub fn moments(&self) -> &BTreeMap<String, ArrayD<F>> {
         &self.moments
     }
 
     /// Replaces the moments (after a compiled step kept them).
-    pub fn set_moments(&mut self, moments: Arrays) {
+    pub fn set_moments(&mut self, moments: Arrays<F>) {
         self.moments = moments;
     }
 
     /// Restores the state written by `state`.
-    pub fn restore(&mut self, arrays: &Arrays) {
+    pub fn restore(&mut self, arrays: &Arrays<F>) {
         self.moments.clear();
         for (key, a) in arrays {
             let is_moment = key.starts_with(&format!("{STATE_PREFIX}first."))
@@ -459,7 +463,7 @@ impl Optimizer {
             }
         }
         if let Some(s) = arrays.get(&format!("{STATE_PREFIX}steps")) {
-            let v: Vec<f32> = s.iter().copied().collect();
+            let v: Vec<f64> = s.iter().map(|&x| Real::to_f64(x)).collect();
             if let [hi, lo] = v.as_slice() {
                 self.steps = ((*hi as u64) << 24) | (*lo as u64);
             }

@@ -13,10 +13,11 @@
 //! the same steps, so the run ends where an uninterrupted one does.
 
 use super::batch::{batch_size, data_leaves, LeafShape};
-use super::engine::{Engine, EngineError};
+use super::engine::{Element, Engine, EngineError};
 use super::optim::{Optimizer, STATE_PREFIX};
 use crate::data::{self, Dataset, Leaves, Split};
 use crate::distributed::World;
+use crate::interp::Real;
 use crate::ir::{LeafKind, Program};
 use crate::npz::{self, Arrays};
 use crate::sema::OptimizerConfig;
@@ -66,7 +67,7 @@ impl EpochSums {
         }
     }
 
-    fn to_array(self) -> ArrayD<f32> {
+    fn to_array<F: Real>(self) -> ArrayD<F> {
         let values = [
             self.loss,
             self.energy,
@@ -74,11 +75,11 @@ impl EpochSums {
             self.steps,
             self.stopped as f64,
         ];
-        ndarray::arr1(&values.map(|v| v as f32)).into_dyn()
+        ndarray::arr1(&values.map(F::from_f64)).into_dyn()
     }
 
-    fn from_array(a: &ArrayD<f32>) -> Option<Self> {
-        let v: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+    fn from_array<F: Real>(a: &ArrayD<F>) -> Option<Self> {
+        let v: Vec<f64> = a.iter().map(|&x| Real::to_f64(x)).collect();
         let [loss, energy, energies, steps, stopped] = v.as_slice() else {
             return None;
         };
@@ -172,8 +173,8 @@ pub enum Event<'a> {
 
 /// The result of training.
 #[derive(Clone, Debug)]
-pub struct Outcome {
-    pub params: Arrays,
+pub struct Outcome<F: Element = f32> {
+    pub params: Arrays<F>,
     pub history: Vec<EpochMetrics>,
     pub seconds: f64,
 }
@@ -275,11 +276,11 @@ pub struct Remainder {
 /// Mean loss per example and accuracy (where the model has a prediction) over a split: its
 /// full batches through the engine, and the rest, when `remainder` is given, through its
 /// program. A batch's loss is taken as the mean over its examples.
-pub fn evaluate(
-    engine: &mut dyn Engine,
+pub fn evaluate<F: Element>(
+    engine: &mut dyn Engine<F>,
     forward: &Program,
     split: &Split,
-    params: &Arrays,
+    params: &Arrays<F>,
     remainder: Option<&Remainder>,
 ) -> Result<(f64, Option<f64>), TrainError> {
     let leaves = data_leaves(forward).map_err(TrainError::Data)?;
@@ -301,7 +302,7 @@ pub fn evaluate(
     }
     let (mut loss, mut examples) = (0.0, 0usize);
     let (mut correct, mut counted, mut has_prediction) = (0usize, 0usize, false);
-    let mut tally = |l: f64, n: usize, prediction: Option<ArrayD<f32>>, batch: &Arrays| {
+    let mut tally = |l: f64, n: usize, prediction: Option<ArrayD<F>>, batch: &Arrays| {
         loss += l * n as f64;
         examples += n;
         let y = target.as_ref().and_then(|y| batch.get(y));
@@ -324,7 +325,7 @@ pub fn evaluate(
             .map_err(|e| TrainError::Data(e.to_string()))
             .and_then(|batch| {
                 let (l, prediction) = engine
-                    .evaluate(params, &batch)
+                    .evaluate(params, &F::from_f32(batch.clone()))
                     .map_err(|error| evaluation_failed(k, error))?;
                 Ok((l, prediction, batch))
             });
@@ -356,10 +357,10 @@ pub fn evaluate(
             .batch_of(&indices, &shorter)
             .map_err(|e| TrainError::Data(e.to_string()))
             .and_then(|batch| {
-                let mut env: crate::interp::Bindings<f32> = params.clone();
-                env.extend(batch.iter().map(|(k, v)| (k.clone(), v.clone())));
+                let mut env: crate::interp::Bindings<F> = params.clone();
+                env.extend(F::from_f32(batch.clone()));
                 // Dropout is off when evaluating.
-                env.extend(super::batch::noise(&remainder.eval, None));
+                env.extend(F::from_f32(super::batch::noise(&remainder.eval, None)));
                 let out = crate::interp::eval_outputs(&remainder.eval, &env)
                     .map_err(|e| evaluation_failed(batches, e.into()))?;
                 Ok((out, batch))
@@ -369,7 +370,7 @@ pub fn evaluate(
                 let l = out
                     .get("loss")
                     .and_then(|l| l.iter().next().copied())
-                    .map_or(f64::NAN, f64::from);
+                    .map_or(f64::NAN, Real::to_f64);
                 tally(l, rest, out.remove("prediction"), &batch);
             }
             Err(e) => failure = Some(e),
@@ -407,41 +408,44 @@ fn evaluation_failed(batch: usize, error: EngineError) -> TrainError {
 }
 
 /// How many rows have the same arg-max (over the last axis) in prediction and target.
-fn agreements(prediction: &ArrayD<f32>, target: &ArrayD<f32>) -> usize {
+fn agreements<F: Real>(prediction: &ArrayD<F>, target: &ArrayD<f32>) -> usize {
     let last = Axis(prediction.ndim() - 1);
-    let argmax = |a: &ArrayD<f32>| -> Vec<usize> {
-        a.lanes(last)
-            .into_iter()
-            .map(|lane| {
-                lane.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv {
-                            (i, v)
-                        } else {
-                            (bi, bv)
-                        }
-                    })
-                    .0
-            })
-            .collect()
-    };
-    argmax(prediction)
+    argmax(prediction, last)
         .iter()
-        .zip(argmax(target))
+        .zip(argmax(target, last))
         .filter(|(a, b)| **a == *b)
         .count()
 }
 
+/// The index of the largest element of each lane along `axis` (the first of equals).
+fn argmax<F: Real>(a: &ArrayD<F>, axis: Axis) -> Vec<usize> {
+    a.lanes(axis)
+        .into_iter()
+        .map(|lane| {
+            lane.iter()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    let v = Real::to_f64(v);
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0
+        })
+        .collect()
+}
+
 /// Loads a checkpoint: parameters (checked against the model), optimiser state and the
 /// position training had reached.
-pub fn load_checkpoint(
+pub fn load_checkpoint<F: Element>(
     path: &std::path::Path,
     forward: &Program,
-    optimizer: &mut Optimizer,
-) -> Result<(Arrays, Position), TrainError> {
-    let arrays = npz::read(path).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    let params: Arrays = arrays
+    optimizer: &mut Optimizer<F>,
+) -> Result<(Arrays<F>, Position), TrainError> {
+    let arrays = npz::read_as::<F>(path).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let params: Arrays<F> = arrays
         .iter()
         .filter(|(k, _)| !k.starts_with(STATE_PREFIX) && !k.starts_with("meta."))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -451,7 +455,7 @@ pub fn load_checkpoint(
     optimizer.restore(&arrays);
     let done = arrays
         .get(EPOCHS_DONE)
-        .and_then(|a| a.iter().next().copied())
+        .and_then(|a| a.iter().next().map(|&x| Real::to_f64(x)))
         .ok_or_else(|| {
             TrainError::Checkpoint(format!(
                 "{}: not a pcg checkpoint (no `{EPOCHS_DONE}`)",
@@ -460,7 +464,7 @@ pub fn load_checkpoint(
         })?;
     let batches = arrays
         .get(BATCHES_DONE)
-        .and_then(|a| a.iter().next().copied())
+        .and_then(|a| a.iter().next().map(|&x| Real::to_f64(x)))
         .unwrap_or(0.0) as usize;
     let sums = match arrays.get(EPOCH_SUMS) {
         Some(a) => EpochSums::from_array(a).ok_or_else(|| {
@@ -481,22 +485,22 @@ pub fn load_checkpoint(
 
 /// Writes a checkpoint: the parameters, the optimiser's state and the position training has
 /// reached (replacing any file at `path` atomically).
-pub fn save_checkpoint(
+pub fn save_checkpoint<F: Element>(
     path: &std::path::Path,
-    params: &Arrays,
-    optimizer: &Optimizer,
+    params: &Arrays<F>,
+    optimizer: &Optimizer<F>,
     position: Position,
 ) -> Result<(), TrainError> {
     let mut arrays = params.clone();
     arrays.extend(optimizer.state());
     arrays.insert(
         EPOCHS_DONE.into(),
-        ndarray::arr0(position.epochs as f32).into_dyn(),
+        ndarray::arr0(F::from_f64(position.epochs as f64)).into_dyn(),
     );
     if position.batches > 0 {
         arrays.insert(
             BATCHES_DONE.into(),
-            ndarray::arr0(position.batches as f32).into_dyn(),
+            ndarray::arr0(F::from_f64(position.batches as f64)).into_dyn(),
         );
         arrays.insert(EPOCH_SUMS.into(), position.sums.to_array());
     }
@@ -504,11 +508,11 @@ pub fn save_checkpoint(
 }
 
 /// [`save_checkpoint`] by rank 0 of `world` alone; every process learns whether it worked.
-fn save_on_root(
+fn save_on_root<F: Element>(
     world: &World,
     path: &std::path::Path,
-    params: &Arrays,
-    optimizer: &Optimizer,
+    params: &Arrays<F>,
+    optimizer: &Optimizer<F>,
     position: Position,
 ) -> Result<(), TrainError> {
     let saved = if world.is_root() {
@@ -527,8 +531,8 @@ fn save_on_root(
 
 /// Stops training at `position` (of an epoch of `batches` batches), checkpointing it when
 /// the settings ask for checkpoints: the error that says so.
-fn interrupt(
-    engine: &mut dyn Engine,
+fn interrupt<F: Element>(
+    engine: &mut dyn Engine<F>,
     settings: &Settings,
     batches: usize,
     position: Position,
@@ -555,16 +559,16 @@ fn interrupt(
 /// processes (the engine's [`World`]), every global batch is split into one shard per
 /// process, and rank 0 alone writes checkpoints.
 #[allow(clippy::too_many_arguments)]
-pub fn train(
-    engine: &mut dyn Engine,
+pub fn train<F: Element>(
+    engine: &mut dyn Engine<F>,
     forward: &Program,
     dataset: &Dataset,
     settings: &Settings,
-    mut params: Arrays,
-    optimizer: Optimizer,
+    mut params: Arrays<F>,
+    optimizer: Optimizer<F>,
     start: Position,
     on: &mut dyn FnMut(Event),
-) -> Result<Outcome, TrainError> {
+) -> Result<Outcome<F>, TrainError> {
     let leaves = data_leaves(forward).map_err(TrainError::Data)?;
     // Shared between processes, each takes its shard of every global batch of `b` examples.
     let world = engine.world().clone();
@@ -620,6 +624,7 @@ pub fn train(
             let batch = dataset
                 .train
                 .batch_of(&order[world.shard(k * b, b)], &leaves)
+                .map(F::from_f32)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             let fail = |error| TrainError::Step {
                 epoch: epoch + 1,

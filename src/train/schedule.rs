@@ -47,9 +47,9 @@ pub fn learned_params(pc: &PcPrograms) -> Vec<(String, Shape)> {
 /// learning program at the same state and the optimiser's update, run `steps` times. Its
 /// final state holds the new parameters (under their names) and moments, whose names come
 /// second.
-pub fn incremental_loop(
+pub fn incremental_loop<F: crate::interp::Real>(
     pc: &PcPrograms,
-    optimizer: &Optimizer,
+    optimizer: &Optimizer<F>,
     steps: usize,
 ) -> (LoopProgram, Vec<String>) {
     let params = learned_params(pc);
