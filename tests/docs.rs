@@ -63,12 +63,14 @@ fn every_pcg_block_checks_as_fenced() {
     assert!(pcg_blocks(&markdown).len() >= 20, "only a few pcg blocks");
     let mut failures = Vec::new();
     // The reference, the tutorial (its model is trained as shown), the README's taste and
-    // the model `pcg import` writes in the ONNX chapter.
+    // the model `pcg import` writes in the ONNX chapter, and the muPC model of the chapter on
+    // standard PC at depth.
     for file in [
         "docs/book/src/language.md",
         "docs/book/src/tutorial.md",
         "README.md",
         "docs/book/src/interop.md",
+        "docs/book/src/deep.md",
     ] {
         check_blocks(file, &mut failures);
     }
