@@ -757,3 +757,26 @@ fn epc_matches_the_hand_reference_and_strict_modes_fixed_point() {
     let early = |config| relaxed_updates(&forward, &b, &config)["update.w1"].clone();
     assert!((early(epc(3, 0.3)) - early(strict(3))).mapv(f64::abs).sum() > 1e-6);
 }
+
+#[test]
+fn state_optimisers_parse_as_the_command_line_writes_them() {
+    let adam = "adam(beta1 = 0.8, eps=1e-6)".parse::<StateOptimizer>();
+    assert_eq!(
+        adam,
+        Ok(StateOptimizer::Adam {
+            beta1: 0.8,
+            beta2: 0.999,
+            eps: 1e-6
+        })
+    );
+    assert_eq!("nesterov".parse(), Ok(StateOptimizer::Nesterov));
+    for bad in [
+        "rmsprop",
+        "adam(beta1=1.5)",
+        "adam(gamma=0.1)",
+        "sgd(momentum=0.9)",
+        "adam(beta1",
+    ] {
+        assert!(bad.parse::<StateOptimizer>().is_err(), "{bad}");
+    }
+}

@@ -128,10 +128,14 @@ struct RunArgs {
     precision: Option<BTreeMap<String, f64>>,
     nodes: Option<String>,
     lr: Option<f64>,
+    state_optimizer: Option<String>,
+    state_clip: Option<f64>,
+    energy: Option<String>,
+    rates: Option<BTreeMap<String, f64>>,
 }
 
 /// The keyword arguments `RunArgs` holds.
-const RUN_KEYWORDS: [&str; 12] = [
+const RUN_KEYWORDS: [&str; 16] = [
     "method",
     "backend",
     "mode",
@@ -144,6 +148,10 @@ const RUN_KEYWORDS: [&str; 12] = [
     "precision",
     "nodes",
     "lr",
+    "state_optimizer",
+    "state_clip",
+    "energy",
+    "rates",
 ];
 
 /// Keyword `key` of `kwargs` as `T` (`None` when absent or None), or a `TypeError` naming it.
@@ -187,11 +195,15 @@ impl RunArgs {
             precision: keyword(k, "precision")?,
             nodes: keyword(k, "nodes")?,
             lr: keyword(k, "lr")?,
+            state_optimizer: keyword(k, "state_optimizer")?,
+            state_clip: keyword(k, "state_clip")?,
+            energy: keyword(k, "energy")?,
+            rates: keyword(k, "rates")?,
         })
     }
 
     fn run(&self) -> PyResult<Run> {
-        use pcg::cli::{BackendArg, MethodArg, ModeArg, ScheduleArg};
+        use pcg::cli::{BackendArg, EnergyArg, MethodArg, ModeArg, ScheduleArg};
         let method = match &self.method {
             Some(m) => Some(choice::<MethodArg>("method", m)?.into()),
             None => None,
@@ -206,6 +218,14 @@ impl RunArgs {
         };
         let schedule = match &self.schedule {
             Some(s) => Some(choice::<ScheduleArg>("schedule", s)?.into()),
+            None => None,
+        };
+        let energy = match &self.energy {
+            Some(e) => Some(choice::<EnergyArg>("energy", e)?.into()),
+            None => None,
+        };
+        let state_optimizer = match &self.state_optimizer {
+            Some(o) => Some(o.parse().map_err(PyValueError::new_err)?),
             None => None,
         };
         let target = match &self.target {
@@ -235,6 +255,10 @@ impl RunArgs {
                 tol: self.tol,
                 precision: self.precision.clone().unwrap_or_default(),
                 nodes,
+                optimizer: state_optimizer,
+                clip: self.state_clip,
+                energy,
+                rates: self.rates.clone().unwrap_or_default(),
             },
             lr: self.lr,
         })

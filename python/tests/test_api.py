@@ -219,6 +219,23 @@ def test_loops_as_scans_and_unrolled_give_the_same_gradients():
         pcg.compile(rnn, loops="sometimes")
 
 
+def test_epc_and_state_optimisers_from_keywords():
+    m = pcg.compile(ROOT / "examples" / "resnet_deep.pcg")
+    batch = m.default_batch()
+    _, bp = m.grad(batch, method="bp")
+    # ePC's errors reach the first layer within a few steps; strict mode's do not.
+    _, epc = m.grad(batch, method="pc", mode="epc", steps=10, rate=0.1, target="nudge(0.1)")
+    _, strict = m.grad(batch, method="pc", mode="strict", steps=10, rate=0.1, target="nudge(0.1)")
+    assert rel(epc["w_in"], bp["w_in"]) < 0.5
+    assert np.abs(strict["w_in"]).max() < 1e-3 * np.abs(bp["w_in"]).max()
+    settings = dict(method="pc", mode="strict", steps=5, rate=0.05)
+    _, plain = m.grad(batch, **settings)
+    _, adam = m.grad(batch, state_optimizer="adam(beta1=0.8)", state_clip=1.0, energy="mean", **settings)
+    assert rel(adam["w_out"], plain["w_out"]) > 1e-6
+    with pytest.raises(ValueError, match="state optimiser"):
+        m.grad(batch, state_optimizer="rmsprop", **settings)
+
+
 def test_wrong_shape_names_the_input_and_both_shapes():
     m = pcg.compile_source(TINY)
     with pytest.raises(ValueError) as caught:

@@ -455,6 +455,34 @@ pub struct RelaxFlags {
     /// (the inference block's `tol`; `steps` stays the cap).
     #[arg(long, value_name = "EPS")]
     pub relax_tol: Option<f64>,
+    /// How each relaxation step moves the units (the inference block's `optimizer`): `sgd`,
+    /// `nesterov` (with `--momentum`) or `adam`, also `adam(beta1=B1, beta2=B2, eps=E)`.
+    #[arg(long, value_name = "OPT", value_parser = <crate::sema::StateOptimizer as std::str::FromStr>::from_str)]
+    pub state_optimizer: Option<crate::sema::StateOptimizer>,
+    /// Scale each node's relaxation step down to at most this norm per example (the
+    /// inference block's `clip`).
+    #[arg(long, value_name = "C")]
+    pub state_clip: Option<f64>,
+    /// How the energy weighs the batch (the inference block's `energy`).
+    #[arg(long, value_enum)]
+    pub energy: Option<EnergyArg>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnergyArg {
+    /// ½ Σ π ‖ε‖² over the batch.
+    Sum,
+    /// Every relaxed node's term averaged over the batch (PCX's energy).
+    Mean,
+}
+
+impl From<EnergyArg> for crate::sema::EnergyReduction {
+    fn from(e: EnergyArg) -> Self {
+        match e {
+            EnergyArg::Sum => crate::sema::EnergyReduction::Sum,
+            EnergyArg::Mean => crate::sema::EnergyReduction::Mean,
+        }
+    }
 }
 
 impl RelaxFlags {
@@ -468,6 +496,9 @@ impl RelaxFlags {
             target: self.target,
             schedule: self.schedule.map(crate::sema::Schedule::from),
             tol: self.relax_tol,
+            optimizer: self.state_optimizer,
+            clip: self.state_clip,
+            energy: self.energy.map(Into::into),
             ..Default::default()
         }
     }

@@ -192,6 +192,52 @@ impl StateOptimizer {
     }
 }
 
+impl std::str::FromStr for StateOptimizer {
+    type Err = String;
+
+    /// `sgd`, `nesterov` (their momentum given apart) or `adam`, with Adam's settings
+    /// optionally in brackets: `adam(beta1 = 0.9, beta2 = 0.999, eps = 1e-8)`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage =
+            "expected `sgd`, `nesterov` or `adam`, or `adam(beta1 = B1, beta2 = B2, eps = E)`";
+        let s = s.trim();
+        let (name, args) = match s.split_once('(') {
+            Some((name, rest)) => {
+                let args = rest.strip_suffix(')').ok_or_else(|| usage.to_string())?;
+                (name.trim(), Some(args))
+            }
+            None => (s, None),
+        };
+        match (name, args) {
+            ("sgd", None) => Ok(StateOptimizer::Sgd),
+            ("nesterov", None) => Ok(StateOptimizer::Nesterov),
+            ("adam", args) => {
+                let (mut beta1, mut beta2, mut eps) = (0.9, 0.999, 1e-8);
+                for pair in args.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+                    let (key, value) = pair.split_once('=').ok_or_else(|| usage.to_string())?;
+                    let value: f64 = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{}` is not a number", value.trim()))?;
+                    let fraction = (0.0..1.0).contains(&value);
+                    match key.trim() {
+                        "beta1" if fraction => beta1 = value,
+                        "beta2" if fraction => beta2 = value,
+                        "eps" if value > 0.0 && value.is_finite() => eps = value,
+                        "beta1" | "beta2" => {
+                            return Err(format!("`{}` must be from 0 up to (not including) 1", key.trim()))
+                        }
+                        "eps" => return Err("`eps` must be a positive number".to_string()),
+                        other => return Err(format!("adam has no setting `{other}`: {usage}")),
+                    }
+                }
+                Ok(StateOptimizer::Adam { beta1, beta2, eps })
+            }
+            _ => Err(format!("`{s}` is not a state optimiser: {usage} (the momentum of sgd and nesterov is given apart)")),
+        }
+    }
+}
+
 /// How the energy weighs the batch (see `docs/book/src/pc.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnergyReduction {
@@ -293,6 +339,11 @@ pub struct InferenceOverrides {
     /// Precisions by named node, replacing the file's for the nodes named.
     pub precision: BTreeMap<String, f64>,
     pub nodes: Option<NodeGranularity>,
+    pub optimizer: Option<StateOptimizer>,
+    pub clip: Option<f64>,
+    pub energy: Option<EnergyReduction>,
+    /// Step sizes by named node, replacing the file's for the nodes named.
+    pub rates: BTreeMap<String, f64>,
 }
 
 impl InferenceOverrides {
@@ -328,13 +379,30 @@ impl InferenceOverrides {
         if let Some(t) = self.tol {
             cfg.tol = Some(t);
         }
-        for (node, &p) in &self.precision {
-            if !(p.is_finite() && p > 0.0) {
-                return Err(format!(
-                    "the precision of `{node}`, {p}, is not a positive number"
-                ));
+        for (what, given, into) in [
+            ("precision", &self.precision, &mut cfg.precision),
+            ("rate", &self.rates, &mut cfg.rates),
+        ] {
+            for (node, &p) in given {
+                if !(p.is_finite() && p > 0.0) {
+                    return Err(format!(
+                        "the {what} of `{node}`, {p}, is not a positive number"
+                    ));
+                }
+                into.insert(node.clone(), p);
             }
-            cfg.precision.insert(node.clone(), p);
+        }
+        if let Some(o) = self.optimizer {
+            cfg.optimizer = o;
+        }
+        if let Some(c) = self.clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("the state clip {c} is not a positive number"));
+            }
+            cfg.clip = Some(c);
+        }
+        if let Some(e) = self.energy {
+            cfg.energy = e;
         }
         if let Some(n) = self.nodes {
             cfg.nodes = n;
