@@ -20,7 +20,7 @@ fn checked() -> JitOptions {
         bounds_checks: true,
         threads: 2,
         auto_threads: false,
-        profile: false,
+        ..JitOptions::default()
     }
 }
 
@@ -434,9 +434,9 @@ fn transcendentals_at_special_values() {
 fn missing_and_misshapen_leaves_are_errors() {
     let p = single(&[&[3, 4]], |p, x| p.unary(UnaryOp::Neg, x[0]));
     let mut jit = JitProgram::compile(&p, &JitOptions::default()).expect("compiles");
-    let e = jit.run(&Bindings::new()).expect_err("missing leaf");
+    let e = jit.run(&Bindings::<f32>::new()).expect_err("missing leaf");
     assert!(e.to_string().contains("x0"), "{e}");
-    let wrong = Bindings::from([("x0".to_string(), ArrayD::zeros(vec![4, 3]))]);
+    let wrong = Bindings::from([("x0".to_string(), ArrayD::<f32>::zeros(vec![4, 3]))]);
     let e = jit.run(&wrong).expect_err("misshapen leaf").to_string();
     assert!(
         e.contains("x0") && e.contains("[3, 4]") && e.contains("[4, 3]"),
