@@ -401,7 +401,8 @@ fn standard<F: Real>(view: ArrayViewD<F>) -> Tensor<F> {
     view.as_standard_layout().into_owned()
 }
 
-fn unary_fn<F: Real>(op: UnaryOp) -> impl Fn(F) -> F {
+/// An elementwise unary operation on one element.
+pub fn unary_fn<F: Real>(op: UnaryOp) -> impl Fn(F) -> F {
     move |x: F| match op {
         UnaryOp::Neg => -x,
         UnaryOp::Exp => x.exp(),

@@ -14,9 +14,10 @@ use common::{pcg, scratch, text};
 use ndarray::ArrayD;
 use pcg::interp::{self, Bindings};
 use pcg::ir::Program;
+use pcg::jit::JitOptions;
 use pcg::sema::{self, CompileOptions, InferenceConfig, Method, Mode};
 use pcg::train::batch;
-use pcg::train::engine::{self, Engine, InterpEngine, Programs};
+use pcg::train::engine::{self, Engine, InterpEngine, JitEngine, Programs};
 use std::path::Path;
 
 /// A model file at a batch of `rows`.
@@ -235,6 +236,111 @@ fn the_interpreter_engine_computes_in_f64() {
     assert!(apart > 1e-9 && apart < 1e-4, "f32 against f64: {apart:.3e}");
 }
 
+/// The compiled backend in f64 computes what the interpreter does to the last digits: the
+/// same sums in other orders (GEMM, loop nests), the same libm for every transcendental
+/// function. Backprop's gradient and the PC update of each mode, on an MLP (mse), a CNN
+/// (softmax cross-entropy), a tanh RNN and an LSTM (sigmoid, tanh, softmax).
+#[test]
+fn the_compiled_engine_equals_the_interpreter_in_f64() {
+    let fixed = InferenceConfig {
+        mode: Mode::Fixed,
+        steps: 20,
+        rate: 0.1,
+        ..Default::default()
+    };
+    let exact = InferenceConfig {
+        mode: Mode::Exact,
+        ..strict(20, 0.5)
+    };
+    let cases = [
+        ("examples/mlp_digits.pcg", 16, Method::Bp, fixed.clone()),
+        ("examples/mlp_digits.pcg", 16, Method::Pc, fixed.clone()),
+        ("examples/mlp_digits.pcg", 16, Method::Pc, strict(20, 0.5)),
+        ("examples/mlp_digits.pcg", 16, Method::Pc, exact),
+        ("examples/cnn_fmnist.pcg", 2, Method::Bp, fixed.clone()),
+        ("examples/cnn_fmnist.pcg", 2, Method::Pc, strict(10, 0.5)),
+        ("examples/rnn_digits.pcg", 8, Method::Bp, fixed.clone()),
+        ("examples/rnn_digits.pcg", 8, Method::Pc, fixed.clone()),
+        (
+            "examples/lstm_shakespeare.pcg",
+            2,
+            Method::Bp,
+            fixed.clone(),
+        ),
+        (
+            "examples/lstm_shakespeare.pcg",
+            2,
+            Method::Pc,
+            strict(5, 0.5),
+        ),
+    ];
+    // Checked accesses (and Cranelift's verifier), and two threads: kernels shared between
+    // them, convolutions in two sample groups.
+    let options = JitOptions {
+        bounds_checks: true,
+        threads: 2,
+        auto_threads: false,
+        ..JitOptions::default()
+    };
+    for (path, rows, method, inference) in cases {
+        let what = format!("{path} {method:?} {:?}", inference.mode);
+        let forward = compile(path, rows);
+        let programs = Programs::build(&forward, method, &inference, None).expect("builds");
+        let names: Vec<&str> = forward
+            .leaves(pcg::ir::LeafKind::Param)
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect();
+        let (params, batch): (Bindings<f64>, Bindings<f64>) = leaves(&forward)
+            .into_iter()
+            .partition(|(k, _)| names.contains(&k.as_str()));
+        let interpreted = InterpEngine::<f64>::new(programs.clone())
+            .gradients(&params, &batch)
+            .expect("steps");
+        let compiled = JitEngine::<f64>::new(programs, &options)
+            .expect("compiles")
+            .gradients(&params, &batch)
+            .expect("steps");
+        let apart = rel_err(&compiled.grads, &interpreted.grads);
+        assert!(apart < 1e-12, "{what}: {apart:.3e}");
+        let loss = (compiled.loss - interpreted.loss).abs() / interpreted.loss.abs();
+        assert!(loss < 1e-12, "{what}: loss {loss:.3e}");
+    }
+}
+
+/// Compiled training steps in f64 (gradient and Adam's update in one native function, the
+/// parameters resident) take the interpreter's steps.
+#[test]
+fn compiled_training_steps_equal_the_interpreter_in_f64() {
+    let forward = compile("examples/mlp_digits.pcg", 16);
+    let programs = Programs::build(&forward, Method::Pc, &strict(20, 0.5), None).expect("builds");
+    let (params, batch): (Bindings<f64>, Bindings<f64>) = leaves(&forward)
+        .into_iter()
+        .partition(|(k, _)| !["x", "y"].contains(&k.as_str()));
+    let adam = pcg::sema::OptimizerConfig::Adam {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut interpreted = InterpEngine::<f64>::new(programs.clone());
+    let options = JitOptions {
+        threads: 1,
+        ..JitOptions::default()
+    };
+    let mut compiled = JitEngine::<f64>::new(programs, &options).expect("compiles");
+    for engine in [&mut interpreted as &mut dyn Engine<f64>, &mut compiled] {
+        let optimizer = pcg::train::optim::Optimizer::new(adam.clone(), None);
+        engine.start(params.clone(), optimizer).expect("starts");
+        for _ in 0..3 {
+            engine.train_step(&batch).expect("steps");
+        }
+    }
+    let apart = rel_err(&compiled.trained().0, &interpreted.trained().0);
+    assert!(apart < 1e-12, "{apart:.3e}");
+}
+
 /// `dtype` in the train block, and its bad values.
 #[test]
 fn the_train_block_names_the_dtype() {
@@ -296,30 +402,42 @@ fn the_cli_computes_and_saves_in_f64() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(npy_dtype(&grads, "w1"), "<f8");
 
+    // Three batches of training in f64 on `backend`.
+    let train = |backend: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "examples/mlp_digits.pcg",
+            "--backend",
+            backend,
+            "--dtype",
+            "f64",
+            "--epochs",
+            "1",
+            "--max-batches",
+            "3",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        pcg(&args)
+    };
     let checkpoint = scratch("f64", "checkpoint.npz");
-    let o = pcg(&[
-        "run",
-        "examples/mlp_digits.pcg",
-        "--backend",
-        "interp",
-        "--dtype",
-        "f64",
-        "--epochs",
-        "1",
-        "--max-batches",
-        "3",
-        "--quiet",
-        "--save",
-        checkpoint.to_str().expect("utf-8"),
-    ]);
+    let o = train("interp", &["--save", checkpoint.to_str().expect("utf-8")]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(npy_dtype(&checkpoint, "w1"), "<f8");
     assert_eq!(npy_dtype(&checkpoint, "optimizer.first.w1"), "<f8");
+    // The same run on the compiled backend ends at the same test loss.
+    let compiled = train("jit", &[]);
+    assert!(compiled.status.success(), "{}", text(&compiled.stderr));
     let trained = text(&o.stdout);
     let loss = trained
         .split_whitespace()
         .find_map(|w| w.strip_prefix("test_loss="))
         .expect("a test loss");
+    assert!(
+        text(&compiled.stdout).contains(&format!("test_loss={loss}")),
+        "jit: {} against {loss}",
+        text(&compiled.stdout)
+    );
     for dtype in ["f64", "f32"] {
         let o = pcg(&[
             "eval",

@@ -1,12 +1,13 @@
 //! The JIT against the interpreter: every op alone (odd sizes, broadcasting, reductions over
 //! several axes, movement ops), every example's forward, gradient and predictive-coding
-//! programs, and random graphs.
+//! programs, and random graphs. Each program compiled in f32 is compiled in f64 too, and
+//! must agree with the f64 interpreter to the last digits.
 
 use ndarray::ArrayD;
-use pcg::interp::{self, Bindings, Tensor};
+use pcg::interp::{self, Bindings, Real, Tensor};
 use pcg::ir::{BinaryOp, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp, ValueId};
 use pcg::jit::{JitLoop, JitOptions, JitProgram};
-use pcg::sema::{self, CompileOptions};
+use pcg::sema::{self, CompileOptions, Dtype};
 use pcg::train::{batch, init};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -15,17 +16,25 @@ use std::path::Path;
 
 const TOLERANCE: f32 = 1e-4;
 
+/// The f64 JIT against the f64 interpreter: the same sums in other orders, the same libm.
+const TOLERANCE_F64: f64 = 1e-12;
+
 fn checked() -> JitOptions {
     JitOptions {
         bounds_checks: true,
         threads: 2,
         auto_threads: false,
-        profile: false,
+        ..JitOptions::default()
     }
 }
 
 /// `|jit − reference| ≤ tol · max(|reference|, 1)` element by element (NaN matches NaN).
-fn assert_close(what: &str, jit: &Bindings<f32>, reference: &Bindings<f32>, tol: f32) {
+fn assert_close<F: Real + std::fmt::Display>(
+    what: &str,
+    jit: &Bindings<F>,
+    reference: &Bindings<F>,
+    tol: F,
+) {
     assert_eq!(
         jit.keys().collect::<Vec<_>>(),
         reference.keys().collect::<Vec<_>>(),
@@ -35,8 +44,9 @@ fn assert_close(what: &str, jit: &Bindings<f32>, reference: &Bindings<f32>, tol:
         let found = &jit[name];
         assert_eq!(found.shape(), expected.shape(), "{what}: shape of {name}");
         for (i, (&a, &b)) in found.iter().zip(expected.iter()).enumerate() {
-            let same =
-                (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol * b.abs().max(1.0);
+            let same = (a.is_nan() && b.is_nan())
+                || a == b
+                || (a - b).abs() <= tol * b.abs().max(F::one());
             assert!(same, "{what}: {name}[{i}] is {a}, the interpreter says {b}");
         }
     }
@@ -75,6 +85,20 @@ fn check_program_with(what: &str, program: &Program, leaves: &Bindings<f32>, opt
     // A second run reuses the arena and must give the same result.
     let again = jit.run(leaves).expect("runs again");
     assert_close(what, &again, &out, 0.0);
+
+    let wide: Bindings<f64> = leaves
+        .iter()
+        .map(|(k, v)| (k.clone(), v.mapv(f64::from)))
+        .collect();
+    let reference = interp::eval_outputs(program, &wide).expect("the interpreter runs it");
+    let f64_options = JitOptions {
+        dtype: Dtype::F64,
+        ..options.clone()
+    };
+    let out = JitProgram::compile(program, &f64_options)
+        .and_then(|mut jit| jit.run(&wide))
+        .unwrap_or_else(|e| panic!("{what}: f64: {e}"));
+    assert_close(&format!("{what} (f64)"), &out, &reference, TOLERANCE_F64);
 }
 
 /// A program with leaves of the given shapes whose one output is built by `body`.
@@ -434,9 +458,9 @@ fn transcendentals_at_special_values() {
 fn missing_and_misshapen_leaves_are_errors() {
     let p = single(&[&[3, 4]], |p, x| p.unary(UnaryOp::Neg, x[0]));
     let mut jit = JitProgram::compile(&p, &JitOptions::default()).expect("compiles");
-    let e = jit.run(&Bindings::new()).expect_err("missing leaf");
+    let e = jit.run(&Bindings::<f32>::new()).expect_err("missing leaf");
     assert!(e.to_string().contains("x0"), "{e}");
-    let wrong = Bindings::from([("x0".to_string(), ArrayD::zeros(vec![4, 3]))]);
+    let wrong = Bindings::from([("x0".to_string(), ArrayD::<f32>::zeros(vec![4, 3]))]);
     let e = jit.run(&wrong).expect_err("misshapen leaf").to_string();
     assert!(
         e.contains("x0") && e.contains("[3, 4]") && e.contains("[4, 3]"),

@@ -367,6 +367,7 @@ impl BackendFlags {
             threads: self.threads.map_or(cores.max(1), |n| n.get()),
             auto_threads: self.threads.is_none(),
             profile,
+            ..default
         }
     }
 

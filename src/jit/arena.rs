@@ -1,4 +1,5 @@
-//! The arena a compiled function's buffers live in: one zeroed block of `f32`s.
+//! The arena a compiled function's buffers live in: one zeroed block of elements, `f32` or
+//! `f64` (the function's dtype), aligned for either.
 //!
 //! A relaxation step walks dozens of megabytes of small per-sample tensors (an LSTM's gate
 //! errors and frozen factors at every time step), a few kilobytes from each of thousands of
@@ -9,58 +10,60 @@
 //! fifth on the machine the README's figures come from. Pages are zero when first touched, so
 //! memory is committed as it is used, as with a zeroed allocation.
 
-use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 /// Arenas at least this large are mapped on their own, on huge pages where offered.
 #[cfg(target_os = "linux")]
 const MAPPED_BYTES: usize = 2 << 20;
 
-/// `len` zeros, owned; freed on drop.
+/// `bytes` zero bytes, owned; freed on drop.
 pub struct Arena {
-    ptr: NonNull<f32>,
-    len: usize,
+    ptr: NonNull<u8>,
+    bytes: usize,
     /// The mapping made with `mmap` and its length in bytes (0: allocated by the global
     /// allocator).
     base: *mut std::ffi::c_void,
     mapped: usize,
 }
 
-// SAFETY: the arena owns its memory exclusively, like a `Vec<f32>`.
+// SAFETY: the arena owns its memory exclusively, like a `Vec<u8>`.
 unsafe impl Send for Arena {}
-// SAFETY: shared references only read, like a `&[f32]`.
+// SAFETY: shared references only read, like a `&[u8]`.
 unsafe impl Sync for Arena {}
 
+/// The allocator's alignment for arenas too small to be mapped: a cache line, which is more
+/// than either element type needs.
+const ALIGN_BYTES: usize = 64;
+
 impl Arena {
-    /// `len` zeros, allocated fallibly: `None` when the memory cannot be had.
-    pub fn zeroed(len: usize) -> Option<Arena> {
-        let bytes = len.checked_mul(std::mem::size_of::<f32>())?;
+    /// `bytes` zeros, allocated fallibly: `None` when the memory cannot be had.
+    pub fn zeroed(bytes: usize) -> Option<Arena> {
         #[cfg(target_os = "linux")]
         if bytes >= MAPPED_BYTES {
-            return Self::mapped(len, bytes);
+            return Self::mapped(bytes);
         }
-        if len == 0 {
+        if bytes == 0 {
             return Some(Arena {
-                ptr: NonNull::dangling(),
-                len: 0,
+                ptr: NonNull::<u64>::dangling().cast(),
+                bytes: 0,
                 base: std::ptr::null_mut(),
                 mapped: 0,
             });
         }
-        let layout = std::alloc::Layout::array::<f32>(len).ok()?;
+        let layout = std::alloc::Layout::from_size_align(bytes, ALIGN_BYTES).ok()?;
         // SAFETY: `layout` has a non-zero size; a non-null result is a zeroed allocation of
         // exactly this layout, freed in `drop` with the same layout.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         Some(Arena {
             ptr: NonNull::new(ptr)?,
-            len,
+            bytes,
             base: std::ptr::null_mut(),
             mapped: 0,
         })
     }
 
     #[cfg(target_os = "linux")]
-    fn mapped(len: usize, bytes: usize) -> Option<Arena> {
+    fn mapped(bytes: usize) -> Option<Arena> {
         // One huge page more than needed, so that the arena can start on a huge-page boundary
         // and every page of it be a huge one.
         let mapped = bytes.checked_add(MAPPED_BYTES)?;
@@ -84,13 +87,33 @@ impl Arena {
         unsafe { libc::madvise(base, mapped, libc::MADV_HUGEPAGE) };
         let skip = (MAPPED_BYTES - base as usize % MAPPED_BYTES) % MAPPED_BYTES;
         // SAFETY: `skip` < MAPPED_BYTES, so the arena's `bytes` lie inside the mapping.
-        let ptr = unsafe { base.cast::<u8>().add(skip) }.cast::<f32>();
+        let ptr = unsafe { base.cast::<u8>().add(skip) };
         Some(Arena {
             ptr: NonNull::new(ptr)?,
-            len,
+            bytes,
             base,
             mapped,
         })
+    }
+
+    /// The arena's start, for compiled code.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The arena as elements of type `T`.
+    pub fn elements<T: super::Float>(&self) -> &[T] {
+        // SAFETY: the memory is initialised, aligned for `T` (the allocation's alignment or a
+        // page boundary), and every bit pattern is a float.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.bytes / size_of::<T>()) }
+    }
+
+    /// [`elements`](Self::elements), writable.
+    pub fn elements_mut<T: super::Float>(&mut self) -> &mut [T] {
+        // SAFETY: as in `elements`, and `&mut self` makes the access exclusive.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.bytes / size_of::<T>())
+        }
     }
 }
 
@@ -102,27 +125,12 @@ impl Drop for Arena {
             unsafe { libc::munmap(self.base, self.mapped) };
             return;
         }
-        if self.len > 0 {
-            let layout = std::alloc::Layout::array::<f32>(self.len).expect("allocated with it");
+        if self.bytes > 0 {
+            let layout = std::alloc::Layout::from_size_align(self.bytes, ALIGN_BYTES)
+                .expect("allocated with it");
             // SAFETY: allocated in `zeroed` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
         }
-    }
-}
-
-impl Deref for Arena {
-    type Target = [f32];
-
-    fn deref(&self) -> &[f32] {
-        // SAFETY: `len` initialised f32s live at `ptr` for the arena's lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl DerefMut for Arena {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -134,7 +142,8 @@ mod tests {
     #[test]
     fn arenas_are_zeroed_and_writable() {
         for len in [0, 1, 1000, 3 << 20] {
-            let mut arena = Arena::zeroed(len).expect("allocated");
+            let mut arena = Arena::zeroed(4 * len).expect("allocated");
+            let arena = arena.elements_mut::<f32>();
             assert_eq!(arena.len(), len);
             assert!(arena.iter().all(|&x| x == 0.0));
             if len > 0 {

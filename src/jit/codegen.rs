@@ -1,6 +1,6 @@
 //! Code generation: lowered kernels to one Cranelift function.
 //!
-//! The function has the signature `fn(arena: *mut f32, steps: i64) -> i32`: every buffer is at
+//! The function has the signature `fn(arena: *mut u8, steps: i64) -> i32`: every buffer is at
 //! a constant offset from `arena` (the buffer plan fixed them), `steps` is the number of loop
 //! iterations (ignored by straight-line programs), and the result is 0, or the 1-based index
 //! of the kernel whose checked access failed.
@@ -15,6 +15,10 @@
 //! outermost axis is not reduced gets a function of its own, `fn(arena, lo, hi) -> i32` over
 //! outermost indices `lo..hi`, which the main function hands to `runtime::parallel` to run in
 //! parts on several threads.
+//!
+//! A function computes in one dtype, f32 or f64 (`JitOptions::dtype`). f64 code is the same
+//! loop nests with scalar innermost loops (no SIMD), elements 8 bytes wide, and every
+//! transcendental function a call into the runtime.
 
 use super::lower::{BufferId, Expr, Kernel};
 use super::math::{self, Lanes};
@@ -32,9 +36,8 @@ use std::ops::Range;
 pub struct RuntimeRefs {
     pub matmul: FuncRef,
     pub conv: FuncRef,
-    pub sin: FuncRef,
-    pub cos: FuncRef,
-    pub tan: FuncRef,
+    /// `runtime::unary` for each of `runtime::UNARY_OPS`, in its order.
+    pub unary: [FuncRef; 7],
     pub powf: FuncRef,
     /// `parallel(piece, arena, extent, pieces) -> status`: runs a shared kernel's function.
     pub parallel: FuncRef,
@@ -159,6 +162,8 @@ pub struct FunctionTranslator<'a> {
     pub bounds_checks: bool,
     /// The target has fused multiply-add instructions.
     pub fma: bool,
+    /// One element: f32 (whose code also has four-lane vectors) or f64 (scalar only).
+    pub scalar: Lanes,
     /// Returns its parameter: the status of a failed check.
     pub fail: Block,
     /// The kernel being translated (its 1-based index is the status of a failed check).
@@ -195,7 +200,7 @@ struct Slot {
 enum Node {
     Load(usize),
     Index(usize),
-    Const(f32),
+    Const(f64),
     Unary(UnaryOp, usize),
     Binary(BinaryOp, usize, usize),
     Where(usize, usize, usize),
@@ -474,11 +479,11 @@ impl FunctionTranslator<'_> {
         for &b in buffers {
             let at = self.plan.buffers[b].offset as i64;
             let at = self.builder.ins().iconst(types::I64, at);
-            let address = {
-                let bytes = self.builder.ins().ishl_imm_u(at, 2);
-                self.builder.ins().iadd(self.arena, bytes)
-            };
-            let x = self.builder.ins().load(types::F32, flags(), address, 0);
+            let address = self.element_address(at);
+            let x = self
+                .builder
+                .ins()
+                .load(self.scalar.float, flags(), address, 0);
             let zero = self.builder.ins().fsub(x, x);
             let broken = self.builder.ins().fcmp(FloatCC::Unordered, zero, zero);
             let next = self.builder.create_block();
@@ -589,8 +594,11 @@ impl FunctionTranslator<'_> {
     /// Jumps to `stopped` with `run` when the stopping test's flag reads 0.
     fn stop_if_done(&mut self, until: &Until, run: Value, stopped: Block) {
         let address = self.scalar_address(until.flag);
-        let flag = self.builder.ins().load(types::F32, flags(), address, 0);
-        let zero = self.builder.ins().f32const(0.0);
+        let flag = self
+            .builder
+            .ins()
+            .load(self.scalar.float, flags(), address, 0);
+        let zero = math::float(&mut self.builder, self.scalar, 0.0);
         let done = self.builder.ins().fcmp(FloatCC::Equal, flag, zero);
         let go_on = self.builder.create_block();
         self.builder
@@ -602,7 +610,7 @@ impl FunctionTranslator<'_> {
     /// Writes an integer count into a scalar buffer, as a float.
     fn store_count(&mut self, buffer: BufferId, count: Value) {
         let address = self.scalar_address(buffer);
-        let value = self.builder.ins().fcvt_from_sint(types::F32, count);
+        let value = self.builder.ins().fcvt_from_sint(self.scalar.float, count);
         self.builder.ins().store(flags(), value, address, 0);
     }
 
@@ -610,7 +618,17 @@ impl FunctionTranslator<'_> {
     fn scalar_address(&mut self, buffer: BufferId) -> Value {
         let at = self.plan.buffers[buffer].offset as i64;
         let at = self.builder.ins().iconst(types::I64, at);
-        let bytes = self.builder.ins().ishl_imm_u(at, 2);
+        self.element_address(at)
+    }
+
+    /// The address of element position `at` (an arena offset in elements).
+    fn element_address(&mut self, at: Value) -> Value {
+        let shift = if self.scalar.float == types::F64 {
+            3
+        } else {
+            2
+        };
+        let bytes = self.builder.ins().ishl_imm_u(at, shift);
         self.builder.ins().iadd(self.arena, bytes)
     }
 
@@ -892,12 +910,12 @@ impl FunctionTranslator<'_> {
         if slot.pairs {
             let half = self.builder.ins().ushr_imm_u(i, 1);
             let at = self.advance(row, half, stride);
-            let first = self.load(slot, at, Lanes::SCALAR);
+            let first = self.load(slot, at, self.scalar);
             if lanes.width == 1 {
                 return first;
             }
             let next = self.builder.ins().iadd_imm_s(at, stride as i64);
-            let second = self.load(slot, next, Lanes::SCALAR);
+            let second = self.load(slot, next, self.scalar);
             let v = self.builder.ins().splat(lanes.float, first);
             let v = self.builder.ins().insertlane(v, second, 2);
             return self.builder.ins().insertlane(v, second, 3);
@@ -948,6 +966,7 @@ impl FunctionTranslator<'_> {
         // every load moves by one, stays, reads every other element, or reads pairs.
         let outputs = 1;
         let simd = n >= 4
+            && self.scalar == Lanes::SCALAR
             && nest.slots.iter().enumerate().all(|(i, s)| {
                 let stride = s.strides[level];
                 s.buffer.is_none()
@@ -959,7 +978,7 @@ impl FunctionTranslator<'_> {
         let mut invariant: Vec<Option<Value>> = vec![None; nest.slots.len()];
         for (i, slot) in nest.slots.iter().enumerate().skip(1) {
             if slot.buffer.is_some() && slot.strides[level] == 0 {
-                invariant[i] = Some(self.load(slot, rows[i], Lanes::SCALAR));
+                invariant[i] = Some(self.load(slot, rows[i], self.scalar));
             }
         }
         let op = nest.reduce.unwrap_or(ReduceOp::Sum);
@@ -967,22 +986,27 @@ impl FunctionTranslator<'_> {
             ReduceOp::Sum => 0.0,
             ReduceOp::Max => f32::NEG_INFINITY,
         };
-        let scalar_acc = self.builder.declare_var(types::F32);
+        let scalar = self.scalar;
+        let scalar_acc = self.builder.declare_var(scalar.float);
         let vector_acc = self.builder.declare_var(types::F32X4);
         if accumulate {
-            let s = math::float(&mut self.builder, Lanes::SCALAR, identity);
+            let s = math::float(&mut self.builder, scalar, identity);
             self.builder.def_var(scalar_acc, s);
-            let v = math::float(&mut self.builder, Lanes::VECTOR, identity);
-            self.builder.def_var(vector_acc, v);
+            if simd {
+                let v = math::float(&mut self.builder, Lanes::VECTOR, identity);
+                self.builder.def_var(vector_acc, v);
+            }
         }
         // A checked map sums x − x over what it writes: 0 when every x is finite, else NaN.
         let checks = nest.check.map(|_| {
-            let s = self.builder.declare_var(types::F32);
+            let s = self.builder.declare_var(scalar.float);
             let v = self.builder.declare_var(types::F32X4);
-            let zero = math::float(&mut self.builder, Lanes::SCALAR, 0.0);
+            let zero = math::float(&mut self.builder, scalar, 0.0);
             self.builder.def_var(s, zero);
-            let zero = math::float(&mut self.builder, Lanes::VECTOR, 0.0);
-            self.builder.def_var(v, zero);
+            if simd {
+                let zero = math::float(&mut self.builder, Lanes::VECTOR, 0.0);
+                self.builder.def_var(v, zero);
+            }
             (s, v)
         });
         let main = if simd { n / 4 * 4 } else { 0 };
@@ -1032,15 +1056,15 @@ impl FunctionTranslator<'_> {
         self.counted_loop(unrolled, main, 4, &mut |this, i| {
             step(this, i, Lanes::VECTOR, vector_acc)
         });
-        self.counted_loop(main, n, 1, &mut |this, i| {
-            step(this, i, Lanes::SCALAR, scalar_acc)
-        });
+        self.counted_loop(main, n, 1, &mut |this, i| step(this, i, scalar, scalar_acc));
         if let (Some((s, v)), Some(flag)) = (checks, nest.check) {
             let mut total = self.builder.use_var(s);
-            let lanes = self.builder.use_var(v);
-            for lane in 0..4u8 {
-                let x = self.builder.ins().extractlane(lanes, lane);
-                total = self.builder.ins().fadd(total, x);
+            if simd {
+                let lanes = self.builder.use_var(v);
+                for lane in 0..4u8 {
+                    let x = self.builder.ins().extractlane(lanes, lane);
+                    total = self.builder.ins().fadd(total, x);
+                }
             }
             // Only a NaN is stored, so that parts of one kernel on several threads agree.
             let broken = self.builder.ins().fcmp(FloatCC::Unordered, total, total);
@@ -1049,8 +1073,7 @@ impl FunctionTranslator<'_> {
             self.builder.ins().brif(broken, raise, &[], done, &[]);
             self.builder.switch_to_block(raise);
             let at = self.builder.ins().iconst(types::I64, flag as i64);
-            let bytes = self.builder.ins().ishl_imm_u(at, 2);
-            let address = self.builder.ins().iadd(self.arena, bytes);
+            let address = self.element_address(at);
             self.builder.ins().store(flags(), total, address, 0);
             self.builder.ins().jump(done, &[]);
             self.builder.switch_to_block(done);
@@ -1061,11 +1084,11 @@ impl FunctionTranslator<'_> {
                 let v = self.builder.use_var(vector_acc);
                 for lane in 0..4u8 {
                     let x = self.builder.ins().extractlane(v, lane);
-                    total = self.combine(op, Lanes::SCALAR, total, x);
+                    total = self.combine(op, scalar, total, x);
                 }
             }
-            let prev = self.load(&nest.slots[0], rows[0], Lanes::SCALAR);
-            let value = self.combine(op, Lanes::SCALAR, prev, total);
+            let prev = self.load(&nest.slots[0], rows[0], scalar);
+            let value = self.combine(op, scalar, prev, total);
             self.store(&nest.slots[0], rows[0], value);
         }
     }
@@ -1098,7 +1121,7 @@ impl FunctionTranslator<'_> {
                 Node::Index(s) => {
                     let stride = nest.slots[s].strides[level];
                     let at = self.advance(rows[s], i, stride);
-                    let first = self.builder.ins().fcvt_from_sint(types::F32, at);
+                    let first = self.builder.ins().fcvt_from_sint(self.scalar.float, at);
                     if lanes.width > 1 {
                         let first = self.builder.ins().splat(lanes.float, first);
                         let ramp: Vec<u8> = (0..4)
@@ -1116,7 +1139,7 @@ impl FunctionTranslator<'_> {
                         first
                     }
                 }
-                Node::Const(c) => math::float(&mut self.builder, lanes, c),
+                Node::Const(c) => math::constant(&mut self.builder, lanes, c),
                 Node::Unary(op, a) => self.translate_unary(op, lanes, values[a]),
                 Node::Binary(op, a, b) => self.translate_binary(op, lanes, values[a], values[b]),
                 Node::Where(c, a, b) => {
@@ -1138,6 +1161,10 @@ impl FunctionTranslator<'_> {
     }
 
     fn translate_unary(&mut self, op: UnaryOp, lanes: Lanes, x: Value) -> Value {
+        let called = super::runtime::UNARY_OPS.iter().position(|&o| o == op);
+        if let Some(k) = called.filter(|_| lanes.float == types::F64) {
+            return self.call_per_lane(self.runtime.unary[k], lanes, x, None);
+        }
         let b = &mut self.builder;
         match op {
             UnaryOp::Neg => b.ins().fneg(x),
@@ -1157,9 +1184,9 @@ impl FunctionTranslator<'_> {
                 math::select_cmp(b, lanes, FloatCC::GreaterThan, x, zero, one, negative)
             }
             UnaryOp::Powf(p) => self.translate_powf(lanes, x, p),
-            UnaryOp::Sin => self.call_per_lane(self.runtime.sin, lanes, x, None),
-            UnaryOp::Cos => self.call_per_lane(self.runtime.cos, lanes, x, None),
-            UnaryOp::Tan => self.call_per_lane(self.runtime.tan, lanes, x, None),
+            UnaryOp::Sin => self.call_per_lane(self.runtime.unary[0], lanes, x, None),
+            UnaryOp::Cos => self.call_per_lane(self.runtime.unary[1], lanes, x, None),
+            UnaryOp::Tan => self.call_per_lane(self.runtime.unary[2], lanes, x, None),
         }
     }
 
@@ -1182,7 +1209,7 @@ impl FunctionTranslator<'_> {
             }
             0.5 => b.ins().sqrt(x),
             _ => {
-                let p = b.ins().f32const(p as f32);
+                let p = math::constant(b, self.scalar, p);
                 self.call_per_lane(self.runtime.powf, lanes, x, Some(p))
             }
         }
@@ -1265,8 +1292,7 @@ impl FunctionTranslator<'_> {
                 .brif(inside, ok, &[], self.fail, &[code.into()]);
             self.builder.switch_to_block(ok);
         }
-        let bytes = self.builder.ins().ishl_imm_u(at, 2);
-        self.builder.ins().iadd(self.arena, bytes)
+        self.element_address(at)
     }
 
     fn load(&mut self, slot: &Slot, at: Value, lanes: Lanes) -> Value {
@@ -1278,7 +1304,7 @@ impl FunctionTranslator<'_> {
         let lanes = if self.builder.func.dfg.value_type(value).is_vector() {
             Lanes::VECTOR
         } else {
-            Lanes::SCALAR
+            self.scalar
         };
         let address = self.address(slot, at, lanes);
         self.builder.ins().store(flags(), value, address, 0);

@@ -9,7 +9,7 @@
 
 use super::codegen::{Segment, Until};
 use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place, Share};
-use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
+use super::{bind_leaves, verify_program, Float, Function, JitError, JitOptions, LeafSlot};
 use crate::interp::Bindings;
 use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId, STEPS_RUN};
 use crate::opt::split::{sample_major, split_rows, Split};
@@ -461,9 +461,13 @@ impl JitLoop {
         })
     }
 
-    /// Runs the prologue and `steps` body steps: the same contract as `interp::run_loop::<f32>`
-    /// without the observer. Returns the final state.
-    pub fn run(&mut self, leaves: &Bindings<f32>, steps: usize) -> Result<Bindings<f32>, JitError> {
+    /// Runs the prologue and `steps` body steps: the same contract as `interp::run_loop::<T>`
+    /// (`T` the dtype compiled for) without the observer. Returns the final state.
+    pub fn run<T: Float>(
+        &mut self,
+        leaves: &Bindings<T>,
+        steps: usize,
+    ) -> Result<Bindings<T>, JitError> {
         bind_leaves(&mut self.function, &self.leaves, &[leaves])?;
         bind_leaves(&mut self.function, &self.initial, &[leaves])?;
         self.function.call(steps)?;
@@ -495,7 +499,10 @@ impl JitLoop {
 
 /// A state entry stored transposed by `perm` (stored axis i = original axis `perm[i]`), in
 /// its original layout.
-fn restored(stored: crate::interp::Tensor<f32>, perm: &[usize]) -> crate::interp::Tensor<f32> {
+fn restored<T: Float>(
+    stored: crate::interp::Tensor<T>,
+    perm: &[usize],
+) -> crate::interp::Tensor<T> {
     let mut inverse = vec![0; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
         inverse[p] = i;

@@ -161,7 +161,7 @@ pub enum Expr {
         buffer: BufferId,
         map: Affine,
     },
-    Const(f32),
+    Const(f64),
     /// The mapped position itself, as a float (an iota).
     Index(Affine),
     Unary(UnaryOp, Box<Expr>),
@@ -743,7 +743,7 @@ impl<'a> Lowering<'a> {
             }
             Op::Result(i) => contiguous_load(self.scan_results[&args[0]][*i], &dims),
             Op::Leaf(_) => contiguous_load(leaves[&id], &dims),
-            Op::Const(c) => Expr::Const(*c as f32),
+            Op::Const(c) => Expr::Const(*c),
             Op::Iota { axis } => {
                 let mut strides = vec![0; dims.len()];
                 strides[*axis] = 1;
@@ -820,7 +820,7 @@ impl<'a> Lowering<'a> {
                 let buffer = self.result_buffer(id);
                 let identity = match op {
                     ReduceOp::Sum => 0.0,
-                    ReduceOp::Max => f32::NEG_INFINITY,
+                    ReduceOp::Max => f64::NEG_INFINITY,
                 };
                 self.out.kernels.push(Kernel::Map {
                     dims: dims.clone(),

@@ -10,6 +10,9 @@
 //! several times faster than a call per lane into Rust's libm. Polynomials use fused
 //! multiply-adds where the target has them, and clamps are compare-and-select, which keeps a
 //! NaN argument NaN (Cranelift's `fmin`/`fmax` do too, at three times the instructions).
+//!
+//! They serve f32 code only: f64 code calls the runtime for every transcendental function
+//! (`runtime::unary`), to the accuracy of Rust's libm, as the interpreter computes them.
 
 // The coefficients are quoted as Cephes publishes them.
 #![allow(clippy::excessive_precision)]
@@ -37,6 +40,13 @@ impl Lanes {
         int: types::I32X4,
         width: 4,
     };
+    /// One f64 lane: the f64 code is scalar, its transcendental functions calls into the
+    /// runtime.
+    pub const SCALAR_F64: Lanes = Lanes {
+        float: types::F64,
+        int: types::I64,
+        width: 1,
+    };
 
     fn is_vector(self) -> bool {
         self.width > 1
@@ -49,7 +59,16 @@ fn lane_flags() -> MemFlagsData {
 
 /// A float constant in every lane.
 pub fn float(b: &mut FunctionBuilder, lanes: Lanes, c: f32) -> Value {
-    let s = b.ins().f32const(c);
+    constant(b, lanes, f64::from(c))
+}
+
+/// A constant in every lane, rounded to the lanes' type.
+pub fn constant(b: &mut FunctionBuilder, lanes: Lanes, c: f64) -> Value {
+    let s = if lanes.float.lane_type() == types::F64 {
+        b.ins().f64const(c)
+    } else {
+        b.ins().f32const(c as f32)
+    };
     if lanes.is_vector() {
         b.ins().splat(lanes.float, s)
     } else {

@@ -14,6 +14,9 @@
 //! — the prologue and the whole `steps`-long loop — into one function, so that predictive-coding
 //! relaxation never returns to Rust between steps. Both have the interpreter's contract
 //! (`interp::eval_outputs`, `interp::run_loop`) and are tested against it.
+//!
+//! Code is compiled for one dtype ([`JitOptions::dtype`]): f32, the default, or f64. The data
+//! interface is generic over the element type ([`Float`]), which must be the dtype compiled for.
 
 mod arena;
 mod codegen;
@@ -32,8 +35,9 @@ pub use runtime::{
 };
 pub use step::{Cost, JitStep, KernelInfo, Stage, StepCost};
 
-use crate::interp::{Bindings, EvalError, Tensor};
+use crate::interp::{Bindings, EvalError, Real, Tensor};
 use crate::ir::{verify, LeafKind, Program, Shape, VerifyError};
+use crate::sema::Dtype;
 use arena::Arena;
 use codegen::{FunctionTranslator, Layout, RuntimeRefs, Segment};
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
@@ -43,6 +47,20 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use lower::{BufferId, Kernel, Lowered};
 use std::collections::HashMap;
 use std::fmt;
+
+/// The element types compiled code computes in.
+pub trait Float: Real {
+    /// The dtype of this element type.
+    const DTYPE: Dtype;
+}
+
+impl Float for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+}
+
+impl Float for f64 {
+    const DTYPE: Dtype = Dtype::F64;
+}
 
 /// How to compile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +76,8 @@ pub struct JitOptions {
     /// Time every kernel (on each thread that runs it; see [`take_kernel_times`]). A tuning
     /// aid: a call into the runtime before every kernel.
     pub profile: bool,
+    /// The element type the code computes in; the data it runs on must be of this type.
+    pub dtype: Dtype,
 }
 
 impl Default for JitOptions {
@@ -67,6 +87,7 @@ impl Default for JitOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             auto_threads: true,
             profile: false,
+            dtype: Dtype::F32,
         }
     }
 }
@@ -133,7 +154,7 @@ impl Descriptor {
 }
 
 /// The native entry point: `fn(arena, steps) -> status`.
-type Entry = unsafe extern "C" fn(*mut f32, i64) -> i32;
+type Entry = unsafe extern "C" fn(*mut u8, i64) -> i32;
 
 /// One compiled native function with its arena and the descriptors its calls read.
 struct Function {
@@ -142,6 +163,7 @@ struct Function {
     entry: Entry,
     clif: String,
     plan: BufferPlan,
+    dtype: Dtype,
     arena: Arena,
     /// Runtime-kernel descriptors, at fixed addresses the code embeds.
     _matmuls: Vec<runtime::MatMulDesc>,
@@ -261,20 +283,29 @@ impl Function {
             .iter()
             .map(|d| d as *const runtime::ExchangeDesc as i64)
             .collect();
-        let symbols: [(&str, *const u8); 10] = [
+        if options.dtype == Dtype::F64 && !lowered.exchanges.is_empty() {
+            return Err(JitError::Codegen(
+                "a job's exchanges carry f32: compile with dtype f32".into(),
+            ));
+        }
+        let symbols: [(&str, *const u8); 4] = [
             ("pcg_tick", runtime::tick as *const u8),
             ("pcg_parallel", runtime::parallel as *const u8),
             ("pcg_parts", runtime::parts as *const u8),
-            ("pcg_matmul", runtime::matmul as *const u8),
-            ("pcg_conv", runtime::conv as *const u8),
-            ("pcg_sinf", runtime::sin as *const u8),
-            ("pcg_cosf", runtime::cos as *const u8),
-            ("pcg_tanf", runtime::tan as *const u8),
-            ("pcg_powf", runtime::powf as *const u8),
             ("pcg_exchange", runtime::exchange as *const u8),
         ];
         for (name, address) in symbols {
             builder.symbol(name, address);
+        }
+        let floats = match options.dtype {
+            Dtype::F32 => runtime::FloatCalls::of::<f32>(),
+            Dtype::F64 => runtime::FloatCalls::of::<f64>(),
+        };
+        builder.symbol("pcg_matmul", floats.matmul);
+        builder.symbol("pcg_conv", floats.conv);
+        builder.symbol("pcg_powf", floats.powf);
+        for (k, &address) in floats.unary.iter().enumerate() {
+            builder.symbol(format!("pcg_unary_{k}"), address);
         }
         let mut module = JITModule::new(builder);
         let result = Self::define(
@@ -296,9 +327,9 @@ impl Function {
         module.finalize_definitions().map_err(|e| codegen(&e))?;
         // A model too large ends in a diagnostic, not an abort or the OOM killer: the arena
         // must fit in what the system has available, and is allocated fallibly.
-        let bytes = plan.arena_len * std::mem::size_of::<f32>();
+        let bytes = plan.arena_len * element_bytes(options.dtype);
         let fits = crate::memory::available().is_none_or(|room| bytes as u64 <= room);
-        let arena = Arena::zeroed(plan.arena_len)
+        let arena = Arena::zeroed(bytes)
             .filter(|_| fits)
             .ok_or(JitError::OutOfMemory { bytes })?;
         let code = module.get_finalized_function(id);
@@ -310,6 +341,7 @@ impl Function {
             clif,
             arena,
             plan,
+            dtype: options.dtype,
             _matmuls: matmuls,
             _convs: convs,
             _exchanges: exchanges,
@@ -331,11 +363,12 @@ impl Function {
         call_sig.params.push(AbiParam::new(pointer));
         call_sig.params.push(AbiParam::new(pointer));
         call_sig.returns.push(AbiParam::new(types::I32));
+        let float = scalar_lanes(options.dtype).float;
         let mut unary_sig = module.make_signature();
-        unary_sig.params.push(AbiParam::new(types::F32));
-        unary_sig.returns.push(AbiParam::new(types::F32));
+        unary_sig.params.push(AbiParam::new(float));
+        unary_sig.returns.push(AbiParam::new(float));
         let mut binary_sig = unary_sig.clone();
-        binary_sig.params.push(AbiParam::new(types::F32));
+        binary_sig.params.push(AbiParam::new(float));
         let mut parallel_sig = module.make_signature();
         parallel_sig.params.push(AbiParam::new(pointer));
         parallel_sig.params.push(AbiParam::new(pointer));
@@ -349,18 +382,18 @@ impl Function {
                 .declare_function(name, Linkage::Import, sig)
                 .map_err(|e| codegen(&e))
         };
-        let imports = [
+        let mut imports = vec![
             import("pcg_matmul", &call_sig)?,
             import("pcg_conv", &call_sig)?,
-            import("pcg_sinf", &unary_sig)?,
-            import("pcg_cosf", &unary_sig)?,
-            import("pcg_tanf", &unary_sig)?,
             import("pcg_powf", &binary_sig)?,
             import("pcg_parallel", &parallel_sig)?,
             import("pcg_parts", &parallel_sig)?,
             import("pcg_tick", &tick_sig)?,
             import("pcg_exchange", &call_sig)?,
         ];
+        for k in 0..runtime::UNARY_OPS.len() {
+            imports.push(import(&format!("pcg_unary_{k}"), &unary_sig)?);
+        }
         let fma = has_fma(module.isa());
         let common = Common {
             plan,
@@ -370,6 +403,7 @@ impl Function {
             exchanges,
             bounds_checks: options.bounds_checks,
             fma,
+            scalar: scalar_lanes(options.dtype),
         };
         let mut clif = String::new();
 
@@ -438,14 +472,29 @@ impl Function {
         Ok((id, clif))
     }
 
-    fn slice_mut(&mut self, buffer: BufferId) -> &mut [f32] {
-        let b = &self.plan.buffers[buffer];
-        &mut self.arena[b.offset..b.offset + b.len]
+    /// The arena as elements of `T`, the dtype compiled for.
+    fn elements<T: Float>(&self) -> &[T] {
+        assert_eq!(T::DTYPE, self.dtype, "data of the dtype compiled for");
+        self.arena.elements()
     }
 
-    fn tensor(&self, buffer: BufferId, shape: &Shape) -> Tensor<f32> {
+    /// Whether the element at arena position `at` is NaN.
+    fn is_nan(&self, at: usize) -> bool {
+        match self.dtype {
+            Dtype::F32 => self.elements::<f32>()[at].is_nan(),
+            Dtype::F64 => self.elements::<f64>()[at].is_nan(),
+        }
+    }
+
+    fn slice_mut<T: Float>(&mut self, buffer: BufferId) -> &mut [T] {
+        assert_eq!(T::DTYPE, self.dtype, "data of the dtype compiled for");
         let b = &self.plan.buffers[buffer];
-        let data = self.arena[b.offset..b.offset + b.len].to_vec();
+        &mut self.arena.elements_mut()[b.offset..b.offset + b.len]
+    }
+
+    fn tensor<T: Float>(&self, buffer: BufferId, shape: &Shape) -> Tensor<T> {
+        let b = &self.plan.buffers[buffer];
+        let data = self.elements()[b.offset..b.offset + b.len].to_vec();
         Tensor::from_shape_vec(shape.dims(), data).expect("buffers hold their value's elements")
     }
 
@@ -476,6 +525,7 @@ struct Common<'a> {
     exchanges: &'a [i64],
     bounds_checks: bool,
     fma: bool,
+    scalar: math::Lanes,
 }
 
 impl<'a> Common<'a> {
@@ -551,19 +601,18 @@ impl<'a> Common<'a> {
             runtime: RuntimeRefs {
                 matmul: refs[0],
                 conv: refs[1],
-                sin: refs[2],
-                cos: refs[3],
-                tan: refs[4],
-                powf: refs[5],
-                parallel: refs[6],
-                parts: refs[7],
-                tick: refs[8],
-                exchange: refs[9],
+                powf: refs[2],
+                parallel: refs[3],
+                parts: refs[4],
+                tick: refs[5],
+                exchange: refs[6],
+                unary: std::array::from_fn(|k| refs[7 + k]),
             },
             descriptors: self.descriptors,
             exchanges: self.exchanges,
             bounds_checks: self.bounds_checks,
             fma: self.fma,
+            scalar: self.scalar,
             fail,
             kernel: 0,
             shared: HashMap::new(),
@@ -590,6 +639,22 @@ fn has_fma(isa: &dyn cranelift_codegen::isa::TargetIsa) -> bool {
     }
 }
 
+/// The lanes of one element of `dtype`.
+fn scalar_lanes(dtype: Dtype) -> math::Lanes {
+    match dtype {
+        Dtype::F32 => math::Lanes::SCALAR,
+        Dtype::F64 => math::Lanes::SCALAR_F64,
+    }
+}
+
+/// The size of one element of `dtype`, in bytes.
+pub(crate) fn element_bytes(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    }
+}
+
 /// A leaf read from the bindings: its name, kind, shape and buffer.
 #[derive(Clone, Debug)]
 struct LeafSlot {
@@ -601,10 +666,10 @@ struct LeafSlot {
 
 /// Copies each leaf's value into its buffer, checking presence and shape. The value of a name
 /// is taken from the first of `layers` that has it.
-fn bind_leaves(
+fn bind_leaves<T: Float>(
     function: &mut Function,
     slots: &[LeafSlot],
-    layers: &[&Bindings<f32>],
+    layers: &[&Bindings<T>],
 ) -> Result<(), JitError> {
     for slot in slots {
         let Some(value) = layers.iter().find_map(|l| l.get(&slot.name)) else {
@@ -681,15 +746,19 @@ impl JitProgram {
         })
     }
 
-    /// Runs the program: the same contract as `interp::eval_outputs::<f32>`.
-    pub fn run(&mut self, leaves: &Bindings<f32>) -> Result<Bindings<f32>, JitError> {
+    /// Runs the program: the same contract as `interp::eval_outputs::<T>`, `T` the dtype
+    /// compiled for.
+    pub fn run<T: Float>(&mut self, leaves: &Bindings<T>) -> Result<Bindings<T>, JitError> {
         self.run_layered(&[leaves])
     }
 
     /// [`run`](Self::run) with each leaf taken from the first of `layers` that names it:
     /// `run_layered(&[&state, &leaves])` is `run` on the leaves extended by the state, without
     /// building (and copying into) that merged map.
-    pub fn run_layered(&mut self, layers: &[&Bindings<f32>]) -> Result<Bindings<f32>, JitError> {
+    pub fn run_layered<T: Float>(
+        &mut self,
+        layers: &[&Bindings<T>],
+    ) -> Result<Bindings<T>, JitError> {
         bind_leaves(&mut self.function, &self.leaves, layers)?;
         self.function.call(0)?;
         Ok(self

@@ -7,9 +7,17 @@
 //! compiled function owns, holding element offsets into the arena — so that the same code and
 //! descriptors serve every run. Each kernel returns 0, or a non-zero status when a checked
 //! descriptor would reach outside the arena.
+//!
+//! The kernels on floats are generic over the element type ([`FloatCalls`]): f32 code calls
+//! their f32 instances, f64 code their f64 ones (GEMM's general path: the narrow product
+//! kernel is f32's alone). A job's exchange carries f32 only.
 
 use super::lower::{ConvGeometry, ConvKernel, ConvKind, MatOperand};
 use super::team;
+use super::Float;
+use crate::interp;
+use crate::ir::UnaryOp;
+use crate::sema::Dtype;
 
 /// Products with fewer multiply-adds than this run on the calling thread alone: below it,
 /// sharing the product costs more than it saves. With AVX-512 kernels a 64×64 @ 64×64 product
@@ -197,13 +205,13 @@ impl<T: Copy> Shared<T> {
 /// # Safety
 /// Every addressed element must lie inside live allocations.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_strided(
+unsafe fn gemm_strided<T: Float>(
     (m, k, n): (usize, usize, usize),
-    dst: *mut f32,
+    dst: *mut T,
     (dst_rs, dst_cs): (isize, isize),
-    lhs: *const f32,
+    lhs: *const T,
     (lhs_rs, lhs_cs): (isize, isize),
-    rhs: *const f32,
+    rhs: *const T,
     (rhs_rs, rhs_cs): (isize, isize),
     accumulate: bool,
     threads: usize,
@@ -212,19 +220,20 @@ unsafe fn gemm_strided(
         if !accumulate {
             for i in 0..m as isize {
                 for j in 0..n as isize {
-                    *dst.offset(i * dst_rs + j * dst_cs) = 0.0;
+                    *dst.offset(i * dst_rs + j * dst_cs) = T::zero();
                 }
             }
         }
         return;
     }
-    let piece = |(m, n): (usize, usize), dst: *mut f32, lhs: *const f32, rhs: *const f32| {
-        if narrow::applies(n, dst_cs, rhs_cs) {
+    let piece = |(m, n): (usize, usize), dst: *mut T, lhs: *const T, rhs: *const T| {
+        // The narrow kernel is f32's; f64 products all take the general path.
+        if T::DTYPE == Dtype::F32 && narrow::applies(n, dst_cs, rhs_cs) {
             return narrow::product(
                 (m, k, n),
-                (dst, dst_rs),
-                (lhs, lhs_rs, lhs_cs),
-                (rhs, rhs_rs),
+                (dst.cast(), dst_rs),
+                (lhs.cast(), lhs_rs, lhs_cs),
+                (rhs.cast(), rhs_rs),
                 accumulate,
             );
         }
@@ -242,8 +251,8 @@ unsafe fn gemm_strided(
             rhs,
             rhs_cs,
             rhs_rs,
-            1.0f32,
-            1.0f32,
+            T::one(),
+            T::one(),
             false,
             false,
             false,
@@ -452,7 +461,7 @@ impl MatMulDesc {
 ///
 /// # Safety
 /// `desc` must point to a valid descriptor whose offsets lie inside the arena.
-pub unsafe extern "C" fn matmul(desc: *const MatMulDesc, arena: *mut f32) -> i32 {
+pub unsafe extern "C" fn matmul<T: Float>(desc: *const MatMulDesc, arena: *mut T) -> i32 {
     timed(|| matmul_untimed(&*desc, arena))
 }
 
@@ -460,7 +469,7 @@ pub unsafe extern "C" fn matmul(desc: *const MatMulDesc, arena: *mut f32) -> i32
 ///
 /// # Safety
 /// As for [`matmul`].
-unsafe fn matmul_untimed(d: &MatMulDesc, arena: *mut f32) -> i32 {
+unsafe fn matmul_untimed<T: Float>(d: &MatMulDesc, arena: *mut T) -> i32 {
     if d.batch * d.m * d.n == 0 {
         return 0;
     }
@@ -528,7 +537,7 @@ impl ConvDesc {
 ///
 /// # Safety
 /// `desc` must point to a valid descriptor whose offsets lie inside the arena.
-pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
+pub unsafe extern "C" fn conv<T: Float>(desc: *const ConvDesc, arena: *mut T) -> i32 {
     timed(|| conv_untimed(&*desc, arena))
 }
 
@@ -536,7 +545,7 @@ pub unsafe extern "C" fn conv(desc: *const ConvDesc, arena: *mut f32) -> i32 {
 ///
 /// # Safety
 /// As for [`conv`].
-unsafe fn conv_untimed(d: &ConvDesc, arena: *mut f32) -> i32 {
+unsafe fn conv_untimed<T: Float>(d: &ConvDesc, arena: *mut T) -> i32 {
     if d.checked_len > 0 && d.extents().iter().any(|&e| e > d.checked_len) {
         return OUT_OF_ARENA;
     }
@@ -562,11 +571,11 @@ unsafe fn conv_untimed(d: &ConvDesc, arena: *mut f32) -> i32 {
     if d.kind == ConvKind::WeightGrad && ways > 1 {
         let base = arena.get();
         let out = std::slice::from_raw_parts_mut(base.add(d.out), s.weight_len());
-        out.fill(0.0);
+        out.fill(T::zero());
         for group in 0..ways {
             let partial = base.add(d.scratch + group * part + s.columns_len());
             let partial = std::slice::from_raw_parts(partial, s.weight_len());
-            out.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
+            out.iter_mut().zip(partial).for_each(|(o, &p)| *o = *o + p);
         }
     }
     0
@@ -577,12 +586,12 @@ unsafe fn conv_untimed(d: &ConvDesc, arena: *mut f32) -> i32 {
 ///
 /// # Safety
 /// As for [`conv`]; `sum` has room for the weight.
-unsafe fn conv_samples(
+unsafe fn conv_samples<T: Float>(
     d: &ConvDesc,
-    arena: *mut f32,
+    arena: *mut T,
     samples: std::ops::Range<usize>,
-    columns: &mut [f32],
-    sum: *mut f32,
+    columns: &mut [T],
+    sum: *mut T,
 ) {
     let s = d.shape;
     let patch = s.c * s.kh * s.kw;
@@ -607,7 +616,7 @@ unsafe fn conv_samples(
             }
         }
         ConvKind::WeightGrad => {
-            std::slice::from_raw_parts_mut(sum, s.weight_len()).fill(0.0);
+            std::slice::from_raw_parts_mut(sum, s.weight_len()).fill(T::zero());
             for n in samples {
                 let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
                 im2col(&s, x, columns);
@@ -681,8 +690,8 @@ fn for_each_run(s: &ConvGeometry, mut visit: impl FnMut(usize, usize, usize)) {
     }
 }
 
-fn im2col(s: &ConvGeometry, input: &[f32], columns: &mut [f32]) {
-    columns.fill(0.0);
+fn im2col<T: Float>(s: &ConvGeometry, input: &[T], columns: &mut [T]) {
+    columns.fill(T::zero());
     for_each_run(s, |entry, pixel, len| {
         let out = &mut columns[entry..entry + len];
         if s.stride == 1 {
@@ -698,31 +707,31 @@ fn im2col(s: &ConvGeometry, input: &[f32], columns: &mut [f32]) {
 }
 
 /// The adjoint of `im2col`: sums each matrix entry onto the input element it read.
-fn col2im(s: &ConvGeometry, columns: &[f32], input: &mut [f32]) {
-    input.fill(0.0);
+fn col2im<T: Float>(s: &ConvGeometry, columns: &[T], input: &mut [T]) {
+    input.fill(T::zero());
     for_each_run(s, |entry, pixel, len| {
         let from = &columns[entry..entry + len];
         if s.stride == 1 {
             for (x, &c) in input[pixel..pixel + len].iter_mut().zip(from) {
-                *x += c;
+                *x = *x + c;
             }
         } else {
             let to = input[pixel..].iter_mut().step_by(s.stride);
-            to.zip(from).for_each(|(x, &c)| *x += c);
+            to.zip(from).for_each(|(x, &c)| *x = *x + c);
         }
     });
 }
 
 /// A shared kernel's own function: runs its outermost indices `lo..hi` on the arena and
 /// returns 0, or the status of a failed check.
-pub type Piece = unsafe extern "C" fn(arena: *mut f32, lo: i64, hi: i64) -> i32;
+pub type Piece = unsafe extern "C" fn(arena: *mut u8, lo: i64, hi: i64) -> i32;
 
 /// Runs a shared elementwise kernel: its outermost axis of `extent` indices cut into `pieces`
 /// parts, shared between threads (see `team`). Returns the first non-zero status of a part.
 ///
 /// # Safety
 /// `piece` must be a compiled kernel function over this arena.
-pub unsafe extern "C" fn parallel(piece: Piece, arena: *mut f32, extent: i64, pieces: i64) -> i32 {
+pub unsafe extern "C" fn parallel(piece: Piece, arena: *mut u8, extent: i64, pieces: i64) -> i32 {
     let extent = extent.max(0) as usize;
     let pieces = (pieces.max(1) as usize).min(extent.max(1));
     let status = std::sync::atomic::AtomicI32::new(0);
@@ -739,14 +748,14 @@ pub unsafe extern "C" fn parallel(piece: Piece, arena: *mut f32, extent: i64, pi
 }
 
 /// A split loop body's function: `fn(arena, steps, part) -> status`.
-pub type PartBody = unsafe extern "C" fn(*mut f32, i64, i64) -> i32;
+pub type PartBody = unsafe extern "C" fn(*mut u8, i64, i64) -> i32;
 
 /// Runs a split loop body: part p of `parts` on block p of the samples, all `steps` steps,
 /// the parts shared between threads (see `team`). Returns the first non-zero status of a part.
 ///
 /// # Safety
 /// `body` must be a compiled split body over this arena.
-pub unsafe extern "C" fn parts(body: PartBody, arena: *mut f32, steps: i64, parts: i64) -> i32 {
+pub unsafe extern "C" fn parts(body: PartBody, arena: *mut u8, steps: i64, parts: i64) -> i32 {
     let status = std::sync::atomic::AtomicI32::new(0);
     let arena = Shared(arena);
     team::run(parts.max(1) as usize, &|part| {
@@ -759,22 +768,55 @@ pub unsafe extern "C" fn parts(body: PartBody, arena: *mut f32, steps: i64, part
     status.into_inner()
 }
 
-/// Scalar functions with no inline approximation, called once per lane.
-pub extern "C" fn sin(x: f32) -> f32 {
-    x.sin()
+/// Scalar functions with no inline approximation, called once per lane: in f32, the
+/// trigonometric functions and powers; in f64, every transcendental function, computed as the
+/// interpreter computes it.
+pub extern "C" fn unary<T: Float, const OP: u8>(x: T) -> T {
+    interp::unary_fn(UNARY_OPS[OP as usize])(x)
 }
 
-pub extern "C" fn cos(x: f32) -> f32 {
-    x.cos()
-}
-
-pub extern "C" fn tan(x: f32) -> f32 {
-    x.tan()
-}
-
-pub extern "C" fn powf(x: f32, p: f32) -> f32 {
+pub extern "C" fn powf<T: Float>(x: T, p: T) -> T {
     x.powf(p)
 }
+
+/// The runtime functions whose element type is the code's dtype, instantiated for `T`.
+pub struct FloatCalls {
+    pub matmul: *const u8,
+    pub conv: *const u8,
+    pub powf: *const u8,
+    /// `unary` for each of [`UNARY_OPS`].
+    pub unary: [*const u8; 7],
+}
+
+impl FloatCalls {
+    pub fn of<T: Float>() -> FloatCalls {
+        FloatCalls {
+            matmul: matmul::<T> as *const u8,
+            conv: conv::<T> as *const u8,
+            powf: powf::<T> as *const u8,
+            unary: [
+                unary::<T, 0> as *const u8,
+                unary::<T, 1> as *const u8,
+                unary::<T, 2> as *const u8,
+                unary::<T, 3> as *const u8,
+                unary::<T, 4> as *const u8,
+                unary::<T, 5> as *const u8,
+                unary::<T, 6> as *const u8,
+            ],
+        }
+    }
+}
+
+/// The unary operations `unary` computes, by its `OP`.
+pub const UNARY_OPS: [UnaryOp; 7] = [
+    UnaryOp::Sin,
+    UnaryOp::Cos,
+    UnaryOp::Tan,
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Tanh,
+    UnaryOp::Sigmoid,
+];
 
 #[cfg(test)]
 mod tests {

@@ -18,9 +18,10 @@ use super::codegen::{Layout, Segment};
 use super::looped::lower_loop;
 pub use super::lower::Cost;
 use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place};
-use super::{bind_leaves, verify_program, Function, JitError, JitOptions, LeafSlot};
+use super::{bind_leaves, verify_program, Float, Function, JitError, JitOptions, LeafSlot};
 use crate::interp::{Bindings, Tensor};
 use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
+use crate::sema::Dtype;
 use std::collections::{BTreeSet, HashMap};
 
 /// One part of a compiled step, in the order they run.
@@ -301,7 +302,7 @@ impl JitStep {
             }
         }
         let function = Function::compile(&lowered, &layout, options)?;
-        cost.arena_bytes = 4 * function.plan.arena_len as u64;
+        cost.arena_bytes = (super::element_bytes(options.dtype) * function.plan.arena_len) as u64;
         Ok(JitStep {
             function,
             inputs: leaves.inputs,
@@ -315,12 +316,12 @@ impl JitStep {
     }
 
     /// Sets every resident array (parameters, optimiser state) from `arrays`.
-    pub fn load(&mut self, arrays: &Bindings<f32>) -> Result<(), JitError> {
+    pub fn load<T: Float>(&mut self, arrays: &Bindings<T>) -> Result<(), JitError> {
         bind_leaves(&mut self.function, &self.resident, &[arrays])
     }
 
     /// The resident arrays as they are now.
-    pub fn resident(&self) -> Bindings<f32> {
+    pub fn resident<T: Float>(&self) -> Bindings<T> {
         self.resident
             .iter()
             .map(|s| (s.name.clone(), self.function.tensor(s.buffer, &s.shape)))
@@ -329,22 +330,26 @@ impl JitStep {
 
     /// One step on `inputs` (the batch and per-step scalars). A failed guard is
     /// [`JitError::Diverged`], with the resident arrays as they were before the step.
-    pub fn run(&mut self, inputs: &Bindings<f32>) -> Result<(), JitError> {
+    pub fn run<T: Float>(&mut self, inputs: &Bindings<T>) -> Result<(), JitError> {
         bind_leaves(&mut self.function, &self.inputs, &[inputs])?;
         for &(_, flag) in &self.flags {
-            self.function.slice_mut(flag)[0] = 0.0;
+            self.function.slice_mut::<T>(flag)[0] = T::zero();
         }
         self.function.call(self.steps)
     }
 
     /// A scalar the last run produced (summed, if not a scalar), by name.
     pub fn scalar(&self, name: &str) -> Option<f64> {
-        self.value(name)
-            .map(|t| t.iter().map(|&x| f64::from(x)).sum())
+        match self.function.dtype {
+            Dtype::F32 => self
+                .value::<f32>(name)
+                .map(|t| t.iter().map(|&x| f64::from(x)).sum()),
+            Dtype::F64 => self.value::<f64>(name).map(|t| t.sum()),
+        }
     }
 
     /// A value the last run produced, by name.
-    pub fn value(&self, name: &str) -> Option<Tensor<f32>> {
+    pub fn value<T: Float>(&self, name: &str) -> Option<Tensor<T>> {
         let (shape, buffer) = self.values.get(name)?;
         Some(self.function.tensor(*buffer, shape))
     }
@@ -354,7 +359,8 @@ impl JitStep {
         self.flags
             .iter()
             .filter(|(_, flag)| {
-                self.function.arena[self.function.plan.buffers[*flag].offset].is_nan()
+                self.function
+                    .is_nan(self.function.plan.buffers[*flag].offset)
             })
             .map(|(name, _)| name.as_str())
             .collect()

@@ -23,53 +23,35 @@ use std::fmt;
 /// The element types training computes in: `f32`, the default, and `f64` (`dtype = f64`).
 /// Data, initial parameters and dropout masks are made in `f32` and widened (exactly), so that
 /// a model starts from the same point in either type.
-pub trait Element: Real + ndarray_npy::WritableElement {
-    /// The dtype, as the train block and `--dtype` name it.
-    const DTYPE: Dtype;
+///
+/// The dtype, as the train block and `--dtype` name it, is `jit::Float::DTYPE`.
+pub trait Element: crate::jit::Float + ndarray_npy::WritableElement {
     /// `arrays` in this type.
     fn from_f32(arrays: Arrays) -> Arrays<Self>;
+
     /// The compiled backend's engine of `programs`, in this type.
     fn jit_engine(
         programs: Programs,
         options: &JitOptions,
-    ) -> Result<Box<dyn Engine<Self> + Send>, String>;
-}
-
-impl Element for f32 {
-    const DTYPE: Dtype = Dtype::F32;
-
-    fn from_f32(arrays: Arrays) -> Arrays {
-        arrays
-    }
-
-    fn jit_engine(
-        programs: Programs,
-        options: &JitOptions,
-    ) -> Result<Box<dyn Engine + Send>, String> {
+    ) -> Result<Box<dyn Engine<Self> + Send>, String> {
         Ok(Box::new(
-            JitEngine::new(programs, options).map_err(|e| e.to_string())?,
+            JitEngine::<Self>::new(programs, options).map_err(|e| e.to_string())?,
         ))
     }
 }
 
-impl Element for f64 {
-    const DTYPE: Dtype = Dtype::F64;
+impl Element for f32 {
+    fn from_f32(arrays: Arrays) -> Arrays {
+        arrays
+    }
+}
 
+impl Element for f64 {
     fn from_f32(arrays: Arrays) -> Arrays<f64> {
         arrays
             .into_iter()
             .map(|(k, v)| (k, v.mapv(f64::from)))
             .collect()
-    }
-
-    fn jit_engine(
-        _programs: Programs,
-        _options: &JitOptions,
-    ) -> Result<Box<dyn Engine<f64> + Send>, String> {
-        Err(
-            "the compiled backend computes in f32 only: run dtype f64 with `--backend interp`"
-                .into(),
-        )
     }
 }
 
@@ -862,13 +844,13 @@ pub fn compiled_relaxation(relax: &LoopProgram) -> LoopProgram {
 /// The compiled backend: every program compiled to native code with Cranelift, the whole
 /// relaxation loop in one function. On a non-finite result it replays the step on the
 /// interpreter to name the node and the relaxation step where it went wrong.
-pub struct JitEngine {
+pub struct JitEngine<F: Element = f32> {
     programs: Programs,
     options: JitOptions,
     /// The programs of `gradients`, compiled at its first call.
     separate: Option<Separate>,
     /// The training step and the optimiser, from `start` on.
-    training: Option<(JitStep, Optimizer)>,
+    training: Option<(JitStep, Optimizer<F>)>,
     eval: JitProgram,
     world: World,
 }
@@ -910,9 +892,13 @@ impl Separate {
     }
 }
 
-impl JitEngine {
+impl<F: Element> JitEngine<F> {
+    /// The engine of `programs`, compiled for `F` whatever `options.dtype` says.
     pub fn new(programs: Programs, options: &JitOptions) -> Result<Self, JitError> {
-        let mut options = options.clone();
+        let mut options = JitOptions {
+            dtype: F::DTYPE,
+            ..options.clone()
+        };
         // A small step loses more to handing work between cores than it gains (measured by
         // scripts/threads.sh: the RNN's and the batch-of-one MLP's steps are faster alone).
         if options.auto_threads && programs.step_flops() < SMALL_STEP_FLOPS {
@@ -931,7 +917,7 @@ impl JitEngine {
 
     /// The training step as one function: the gradient, a guard on the loss (and energy),
     /// and `optimizer`'s update, with the parameters and the optimiser's moments resident.
-    pub fn compile_step(&self, optimizer: &Optimizer) -> Result<JitStep, JitError> {
+    pub fn compile_step(&self, optimizer: &Optimizer<F>) -> Result<JitStep, JitError> {
         let programs = &self.programs;
         if let Some((looped, stored)) = programs.incremental_loop(optimizer) {
             // The loop learns as it relaxes; its final parameters and moments go home once
@@ -1010,12 +996,12 @@ impl From<JitError> for EngineError {
     }
 }
 
-impl Engine for JitEngine {
+impl<F: Element> Engine<F> for JitEngine<F> {
     fn backend(&self) -> &'static str {
         "jit"
     }
 
-    fn start(&mut self, params: Arrays, optimizer: Optimizer) -> Result<(), EngineError> {
+    fn start(&mut self, params: Arrays<F>, optimizer: Optimizer<F>) -> Result<(), EngineError> {
         let mut step = self.compile_step(&optimizer)?;
         let mut resident = params;
         let shapes: Vec<(String, Shape)> = resident
@@ -1033,7 +1019,7 @@ impl Engine for JitEngine {
         Ok(())
     }
 
-    fn train_step(&mut self, batch: &Arrays) -> Result<StepReport, EngineError> {
+    fn train_step(&mut self, batch: &Arrays<F>) -> Result<StepReport, EngineError> {
         let steps = self.training.as_ref().map_or(0, |(_, o)| o.steps());
         let batch = &*noisy(&self.programs, batch, Some(steps));
         let (step, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
@@ -1054,7 +1040,7 @@ impl Engine for JitEngine {
             }
             Err(JitError::Diverged) => {
                 // Nothing was updated: replay the step on the interpreter to say where.
-                let (moments, params): (Arrays, Arrays) = step
+                let (moments, params): (Arrays<F>, Arrays<F>) = step
                     .resident()
                     .into_iter()
                     .partition(|(k, _)| k.starts_with(optim::STATE_PREFIX));
@@ -1113,7 +1099,7 @@ impl Engine for JitEngine {
     }
 
     fn distribute(&mut self, world: World) -> Result<(), String> {
-        self.world = distributable::<f32>(&self.programs, world)?;
+        self.world = distributable::<F>(&self.programs, world)?;
         Ok(())
     }
 
@@ -1121,9 +1107,9 @@ impl Engine for JitEngine {
         &self.world
     }
 
-    fn trained(&mut self) -> (Arrays, Optimizer) {
+    fn trained(&mut self) -> (Arrays<F>, Optimizer<F>) {
         let (step, optimizer) = self.training.as_mut().expect("training was started");
-        let (moments, params): (Arrays, Arrays) = step
+        let (moments, params): (Arrays<F>, Arrays<F>) = step
             .resident()
             .into_iter()
             .partition(|(k, _)| k.starts_with(optim::STATE_PREFIX));
@@ -1131,7 +1117,11 @@ impl Engine for JitEngine {
         (params, optimizer.clone())
     }
 
-    fn gradients(&mut self, params: &Arrays, batch: &Arrays) -> Result<StepResult, EngineError> {
+    fn gradients(
+        &mut self,
+        params: &Arrays<F>,
+        batch: &Arrays<F>,
+    ) -> Result<StepResult<F>, EngineError> {
         no_gradient(&self.programs)?;
         let step = self.training.as_ref().map_or(0, |(_, o)| o.steps());
         let batch = &*noisy(&self.programs, batch, Some(step));
@@ -1144,7 +1134,7 @@ impl Engine for JitEngine {
         if let Some(grad) = &mut separate.grad {
             let out = grad.run_layered(&[batch, params])?;
             let loss = scalar(&out, "loss");
-            let grads: Arrays = out
+            let grads: Arrays<F> = out
                 .into_iter()
                 .filter_map(|(k, v)| k.strip_prefix("grad.").map(|n| (n.to_string(), v)))
                 .collect();
@@ -1187,9 +1177,9 @@ impl Engine for JitEngine {
 
     fn evaluate(
         &mut self,
-        params: &Arrays,
-        batch: &Arrays,
-    ) -> Result<(f64, Option<ArrayD<f32>>), EngineError> {
+        params: &Arrays<F>,
+        batch: &Arrays<F>,
+    ) -> Result<(f64, Option<ArrayD<F>>), EngineError> {
         let batch = &*noisy(&self.programs, batch, None);
         let mut out = self.eval.run_layered(&[batch, params])?;
         Ok((scalar(&out, "loss"), out.remove("prediction")))
