@@ -285,7 +285,15 @@ impl Gen {
             17 => self.sequence(&v, d, h),
             18 => self.signal(&v, d, m, h),
             _ => {
-                let text = match self.rng.random_range(0..6) {
+                let text = match self.rng.random_range(0..7) {
+                    6 => {
+                        // A residual block in muPC's parameterisation, in and out of width m.
+                        let (input, block) = (self.param(&[d, m]), self.param(&[m, m]));
+                        let output = self.param(&[m, d]);
+                        format!(
+                            "mupc_output(mupc_block(mupc_input({v}, {input}), {block}, 3), {output})"
+                        )
+                    }
                     5 => {
                         // Rows of a table picked by ids computed from the value.
                         let table = self.param(&[d, m]);
