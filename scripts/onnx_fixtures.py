@@ -207,16 +207,121 @@ def unsupported_op():
 
 
 def unsupported_attribute():
-    """A grouped convolution: the language's conv2d has no groups."""
+    """A 3-D convolution: the language's convolutions are 1-D and 2-D."""
     nodes = [
-        helper.make_node("Conv", ["image", "conv.weight"], ["y"], name="/conv/Conv",
-                         kernel_shape=[3, 3], group=2),
+        helper.make_node("Conv", ["volume", "conv.weight"], ["y"], name="/conv/Conv",
+                         kernel_shape=[3, 3, 3]),
     ]
     graph = helper.make_graph(
-        nodes, "grouped", [tensor("image", ["N", 4, 8, 8])], [tensor("y", ["N", 4, 6, 6])],
-        [weight("conv.weight", 4, 2, 3, 3)],
+        nodes, "conv3d", [tensor("volume", ["N", 2, 5, 5, 5])], [tensor("y", ["N", 2, 3, 3, 3])],
+        [weight("conv.weight", 2, 2, 3, 3, 3)],
     )
-    save("unsupported_group", graph)
+    save("unsupported_conv3d", graph)
+
+
+def head(nodes, features, channels, classes, prefix):
+    """A global average pool, flattened, into a Gemm: the classifier closing a fixture."""
+    nodes += [
+        helper.make_node("GlobalAveragePool", [features], [f"{prefix}_gap"], name=f"/{prefix}/gap"),
+        helper.make_node("Flatten", [f"{prefix}_gap"], [f"{prefix}_flat"], name=f"/{prefix}/flat",
+                         axis=1),
+        helper.make_node("Gemm", [f"{prefix}_flat", f"{prefix}.weight", f"{prefix}.bias"],
+                         ["logits"], name=f"/{prefix}/Gemm", transB=1),
+    ]
+    return [weight(f"{prefix}.weight", classes, channels), weight(f"{prefix}.bias", classes)]
+
+
+def conv_options():
+    """Conv with per-axis strides, uneven pads, dilations and groups (with a bias); a
+    depthwise Conv; a ConvTranspose with stride, uneven pads, output_padding and a bias."""
+    nodes = [
+        helper.make_node("Conv", ["image", "g.weight", "g.bias"], ["grouped"], name="/g/Conv",
+                         kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 2, 1],
+                         dilations=[1, 2], group=2),
+        helper.make_node("Tanh", ["grouped"], ["t"], name="/t/Tanh"),
+        helper.make_node("Conv", ["t", "dw.weight", "dw.bias"], ["depthwise"], name="/dw/Conv",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=6),
+        helper.make_node("ConvTranspose", ["depthwise", "up.weight", "up.bias"], ["up"],
+                         name="/up/ConvTranspose", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 0, 1, 1], output_padding=[1, 0]),
+    ]
+    inits = [weight("g.weight", 6, 2, 3, 2), weight("g.bias", 6),
+             weight("dw.weight", 6, 1, 3, 3), weight("dw.bias", 6),
+             weight("up.weight", 6, 3, 3, 3), weight("up.bias", 3)]
+    inits += head(nodes, "up", 3, 4, "fc")
+    graph = helper.make_graph(
+        nodes, "conv_options", [tensor("image", ["N", 4, 9, 8])], [tensor("logits", ["N", 4])],
+        inits,
+    )
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    save("conv_options", graph, {"image": x})
+
+
+def pools():
+    """MaxPool as ResNet's stem has it (3, stride 2, pads 1); a dilated MaxPool of an uneven
+    window in ceiling mode; AveragePool padded in ceiling mode counting the padding, and padded
+    unevenly without counting it; each globally averaged, then concatenated."""
+    nodes = [
+        helper.make_node("Conv", ["image", "c.weight"], ["c"], name="/c/Conv",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c"], ["m1"], name="/m1/MaxPool", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c"], ["m2"], name="/m2/MaxPool", kernel_shape=[2, 3],
+                         strides=[2, 1], dilations=[2, 1], ceil_mode=1),
+        helper.make_node("AveragePool", ["c"], ["a1"], name="/a1/AveragePool",
+                         kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
+                         count_include_pad=1),
+        helper.make_node("AveragePool", ["c"], ["a2"], name="/a2/AveragePool",
+                         kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 0, 0]),
+    ]
+    pooled = []
+    for name in ["m1", "m2", "a1", "a2"]:
+        nodes.append(helper.make_node("GlobalMaxPool" if name == "m2" else "GlobalAveragePool",
+                                      [name], [f"{name}_g"], name=f"/{name}/global"))
+        nodes.append(helper.make_node("Flatten", [f"{name}_g"], [f"{name}_f"],
+                                      name=f"/{name}/Flatten", axis=1))
+        pooled.append(f"{name}_f")
+    nodes.append(helper.make_node("Concat", pooled, ["all"], name="/Concat", axis=1))
+    nodes.append(helper.make_node("Gemm", ["all", "fc.weight", "fc.bias"], ["logits"],
+                                  name="/fc/Gemm", transB=1))
+    graph = helper.make_graph(
+        nodes, "pools", [tensor("image", ["N", 2, 7, 8])], [tensor("logits", ["N", 3])],
+        [weight("c.weight", 3, 2, 3, 3), weight("fc.weight", 3, 12), weight("fc.bias", 3)],
+    )
+    x = rng.standard_normal((2, 2, 7, 8)).astype(np.float32)
+    save("pools", graph, {"image": x})
+
+
+def batchnorm_gelu():
+    """Conv → BatchNormalization (running statistics) → the exact GELU as PyTorch exports it
+    at opset 17 (Div, Erf, Add, Mul, Mul) → a global average pool and a Gemm."""
+    def constant(name, value):
+        return helper.make_node("Constant", [], [name], name=f"/{name}",
+                                value=numpy_helper.from_array(np.array(value, dtype=np.float32)))
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.weight", "conv.bias"], ["c"], name="/conv/Conv",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization",
+                         ["c", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+                         ["b"], name="/bn/BatchNormalization", epsilon=1e-5, momentum=0.9),
+        constant("sqrt2", np.sqrt(2.0)), constant("one", 1.0), constant("half", 0.5),
+        helper.make_node("Div", ["b", "sqrt2"], ["scaled"], name="/act/Div"),
+        helper.make_node("Erf", ["scaled"], ["erf"], name="/act/Erf"),
+        helper.make_node("Add", ["erf", "one"], ["cdf2"], name="/act/Add"),
+        helper.make_node("Mul", ["b", "cdf2"], ["prod"], name="/act/Mul"),
+        helper.make_node("Mul", ["prod", "half"], ["g"], name="/act/Mul_1"),
+    ]
+    var = (np.abs(rng.standard_normal(5)) + 0.5).astype(np.float32)
+    inits = [weight("conv.weight", 5, 3, 3, 3), weight("conv.bias", 5),
+             weight("bn.weight", 5), weight("bn.bias", 5), weight("bn.running_mean", 5),
+             numpy_helper.from_array(var, "bn.running_var")]
+    inits += head(nodes, "g", 5, 4, "fc")
+    graph = helper.make_graph(
+        nodes, "batchnorm_gelu", [tensor("image", ["N", 3, 6, 6])], [tensor("logits", ["N", 4])],
+        inits,
+    )
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    save("batchnorm_gelu", graph, {"image": x})
 
 
 if __name__ == "__main__":
@@ -227,3 +332,6 @@ if __name__ == "__main__":
     embedding()
     unsupported_op()
     unsupported_attribute()
+    conv_options()
+    pools()
+    batchnorm_gelu()

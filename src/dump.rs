@@ -198,7 +198,7 @@ fn training_step(
     let train = compiled.train.as_ref();
     let method = method.unwrap_or(train.map_or(Method::Pc, |t| t.method));
     let programs = Programs::build(&compiled.forward, method, inference, None)?;
-    let optimizer = Optimizer::of_train_block(train, None);
+    let optimizer = Optimizer::for_model(compiled, None);
     let what = match (&programs.grad, &programs.fused, &programs.pc) {
         (Some(grad), _, _) => grad.name.clone(),
         (_, Some(step), _) => format!("{} (relaxation solved in closed form)", step.name),

@@ -17,7 +17,7 @@ use crate::ir::shape::ConvGeometry;
 use crate::ir::{
     verify, BinaryOp, LeafKind, Node, Op, Program, ReduceOp, Shape, UnaryOp, ValueId, VerifyError,
 };
-use ndarray::{Array2, ArrayViewD, Axis, CowArray, Ix2, IxDyn, Slice, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -381,16 +381,16 @@ fn apply<F: Real>(op: &Op, args: &[&Tensor<F>], shape: &Shape) -> Tensor<F> {
             out
         }
         Op::MatMul => matmul(args[0], args[1], shape),
-        Op::Conv2d { stride, padding } => {
-            let geometry = ConvGeometry::new(args[0].shape(), args[1].shape(), *stride, *padding);
+        Op::Conv2d(params) => {
+            let geometry = ConvGeometry::new(args[0].shape(), args[1].shape(), *params);
             geometry.conv(args[0], args[1])
         }
-        Op::Conv2dInputGrad { stride, padding } => {
-            let geometry = ConvGeometry::new(shape.dims(), args[1].shape(), *stride, *padding);
+        Op::Conv2dInputGrad(params) => {
+            let geometry = ConvGeometry::new(shape.dims(), args[1].shape(), *params);
             geometry.input_grad(args[0], args[1])
         }
-        Op::Conv2dWeightGrad { stride, padding } => {
-            let geometry = ConvGeometry::new(args[0].shape(), shape.dims(), *stride, *padding);
+        Op::Conv2dWeightGrad(params) => {
+            let geometry = ConvGeometry::new(args[0].shape(), shape.dims(), *params);
             geometry.weight_grad(args[0], args[1])
         }
     }
@@ -412,6 +412,8 @@ pub fn unary_fn<F: Real>(op: UnaryOp) -> impl Fn(F) -> F {
         UnaryOp::Cos => x.cos(),
         UnaryOp::Tan => x.tan(),
         UnaryOp::Tanh => x.tanh(),
+        // In f64 (libm's erf, within an ulp), rounded to F.
+        UnaryOp::Erf => F::from_f64(libm::erf(x.to_f64())),
         // 1 / (1 + e^-x), written so that neither branch overflows.
         UnaryOp::Sigmoid => {
             if x >= F::zero() {
@@ -484,114 +486,113 @@ fn matmul<F: Real>(a: &Tensor<F>, b: &Tensor<F>, shape: &Shape) -> Tensor<F> {
 }
 
 /// The sizes of one 2-D convolution. Convolution and its two adjoints are all computed through
-/// the im2col matrix `[C*KH*KW, N*OH*OW]`, whose column (n, oh, ow) holds the input patch that
-/// output pixel (n, ·, oh, ow) sees:
+/// each sample's im2col matrix `[C*KH*KW, OH*OW]`, whose column (oh, ow) holds the input patch
+/// that output pixel (·, oh, ow) sees, one product per sample and channel group g (rows
+/// g·P.. of the matrix, P = C/groups·KH·KW, and output channels g·O/groups..):
 ///
-/// - conv:        out    = W · cols,        W the weight as `[O, C*KH*KW]`
-/// - weight grad: dW     = G · colsᵀ,       G the cotangent as `[O, N*OH*OW]`
-/// - input grad:  dcols  = Wᵀ · G, scattered back onto the input by `col2im` (im2col's adjoint)
+/// - conv:        out[n]_g = W_g · cols_g,       W_g the group's weight as `[O/groups, P]`
+/// - weight grad: dW_g    += G[n]_g · cols_gᵀ,   G[n]_g the cotangent as `[O/groups, OH*OW]`
+/// - input grad:  dcols_g  = W_gᵀ · G[n]_g, scattered back onto the input by `col2im`
 impl ConvGeometry {
-    fn patch_len(&self) -> usize {
-        self.c * self.kh * self.kw
-    }
-
-    fn pixels(&self) -> usize {
-        self.n * self.oh * self.ow
-    }
-
-    /// Calls `visit(entry, pixel)` for every entry of the im2col matrix that reads an input
-    /// element (entries in the zero padding are skipped): `entry` is the flat index into the
-    /// matrix, `pixel` the flat index into the `[N, C, H, W]` input.
-    fn for_each_tap(&self, mut visit: impl FnMut(usize, usize)) {
-        let inside = |pos: usize, size: usize| pos.checked_sub(self.padding).filter(|&i| i < size);
-        for c in 0..self.c {
-            for ki in 0..self.kh {
-                for kj in 0..self.kw {
-                    let row = (c * self.kh + ki) * self.kw + kj;
-                    for n in 0..self.n {
-                        for oh in 0..self.oh {
-                            let Some(ih) = inside(oh * self.stride + ki, self.h) else {
-                                continue;
-                            };
-                            for ow in 0..self.ow {
-                                let Some(iw) = inside(ow * self.stride + kj, self.w) else {
-                                    continue;
-                                };
-                                let column = (n * self.oh + oh) * self.ow + ow;
-                                let pixel = ((n * self.c + c) * self.h + ih) * self.w + iw;
-                                visit(row * self.pixels() + column, pixel);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn im2col<F: Real>(&self, input: &Tensor<F>) -> Array2<F> {
-        let input = input.as_standard_layout();
-        let input = input.as_slice().expect("standard layout");
-        let mut cols = Array2::zeros((self.patch_len(), self.pixels()));
+    fn im2col<F: Real>(&self, input: &[F]) -> Array2<F> {
+        let mut cols = Array2::zeros((self.c * self.kh * self.kw, self.oh * self.ow));
         let entries = cols.as_slice_mut().expect("fresh array");
-        self.for_each_tap(|entry, pixel| entries[entry] = input[pixel]);
+        self.for_each_run(|entry, pixel, len| {
+            let read = input[pixel..].iter().step_by(self.sw);
+            entries[entry..entry + len]
+                .iter_mut()
+                .zip(read)
+                .for_each(|(e, &x)| *e = x);
+        });
         cols
     }
 
     /// The adjoint of `im2col`: sums every matrix entry back onto the input element it read.
-    fn col2im<F: Real>(&self, cols: &Array2<F>) -> Tensor<F> {
-        let cols = cols.as_standard_layout();
+    fn col2im<F: Real>(&self, cols: &Array2<F>, input: &mut [F]) {
         let entries = cols.as_slice().expect("standard layout");
-        let mut input = Tensor::zeros(IxDyn(&[self.n, self.c, self.h, self.w]));
-        let pixels = input.as_slice_mut().expect("fresh array");
-        self.for_each_tap(|entry, pixel| pixels[pixel] = pixels[pixel] + entries[entry]);
-        input
+        self.for_each_run(|entry, pixel, len| {
+            let write = input[pixel..].iter_mut().step_by(self.sw);
+            write
+                .zip(&entries[entry..entry + len])
+                .for_each(|(x, &e)| *x = *x + e);
+        });
     }
 
-    /// The weight `[O, C, KH, KW]` as the matrix `[O, C*KH*KW]`.
-    fn weight_matrix<'a, F: Real>(&self, weight: &'a Tensor<F>) -> CowArray<'a, F, Ix2> {
-        weight
-            .to_shape((self.o, self.patch_len()))
-            .expect("weight shape")
+    /// Group g's rows of a matrix whose rows are `groups` equal blocks.
+    fn group<'a, F>(&self, m: ArrayView2<'a, F>, g: usize) -> ArrayView2<'a, F> {
+        let rows = m.nrows() / self.groups;
+        m.slice_move(ndarray::s![g * rows..(g + 1) * rows, ..])
     }
 
-    /// A `[N, O, OH, OW]` tensor as the matrix `[O, N*OH*OW]`.
-    fn output_matrix<F: Real>(&self, output: &Tensor<F>) -> Array2<F> {
-        let o_first = output.view().permuted_axes(vec![1, 0, 2, 3]);
-        o_first
-            .to_shape((self.o, self.pixels()))
-            .expect("output shape")
-            .into_owned()
-    }
-
-    /// The matrix `[O, N*OH*OW]` as the tensor `[N, O, OH, OW]`.
-    fn output_tensor<F: Real>(&self, matrix: &Array2<F>) -> Tensor<F> {
-        let o_first = matrix
-            .to_shape(IxDyn(&[self.o, self.n, self.oh, self.ow]))
-            .expect("output shape");
-        standard(o_first.view().permuted_axes(vec![1, 0, 2, 3]))
+    fn input_len(&self) -> usize {
+        self.c * self.h * self.w
     }
 
     fn conv<F: Real>(&self, input: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
-        let out = self.weight_matrix(weight).dot(&self.im2col(input));
-        self.output_tensor(&out)
+        let (input, weight) = (input.as_standard_layout(), weight.as_standard_layout());
+        let input = input.as_slice().expect("standard layout");
+        let w = weight
+            .to_shape((self.o, self.group_patch()))
+            .expect("weight shape");
+        let mut out = Array2::zeros((self.n * self.o, self.oh * self.ow));
+        for n in 0..self.n {
+            let cols = self.im2col(&input[n * self.input_len()..]);
+            for g in 0..self.groups {
+                let rows = n * self.o + g * self.group_outputs();
+                let product = self.group(w.view(), g).dot(&self.group(cols.view(), g));
+                out.slice_mut(ndarray::s![rows..rows + self.group_outputs(), ..])
+                    .assign(&product);
+            }
+        }
+        out.into_shape_with_order(IxDyn(&[self.n, self.o, self.oh, self.ow]))
+            .expect("output shape")
     }
 
     fn input_grad<F: Real>(&self, cotangent: &Tensor<F>, weight: &Tensor<F>) -> Tensor<F> {
-        let patches = self
-            .weight_matrix(weight)
-            .t()
-            .dot(&self.output_matrix(cotangent));
-        self.col2im(&patches)
+        let (cotangent, weight) = (cotangent.as_standard_layout(), weight.as_standard_layout());
+        let ct = cotangent
+            .to_shape((self.n * self.o, self.oh * self.ow))
+            .expect("cotangent shape");
+        let w = weight
+            .to_shape((self.o, self.group_patch()))
+            .expect("weight shape");
+        let mut input = vec![F::zero(); self.n * self.input_len()];
+        for n in 0..self.n {
+            let mut cols = Array2::zeros((self.c * self.kh * self.kw, self.oh * self.ow));
+            for g in 0..self.groups {
+                let rows = n * self.o + g * self.group_outputs();
+                let g_ct = ct.slice(ndarray::s![rows..rows + self.group_outputs(), ..]);
+                let patch = self.group_patch();
+                cols.slice_mut(ndarray::s![g * patch..(g + 1) * patch, ..])
+                    .assign(&self.group(w.view(), g).t().dot(&g_ct));
+            }
+            let sample = n * self.input_len();
+            self.col2im(&cols, &mut input[sample..sample + self.input_len()]);
+        }
+        Tensor::from_shape_vec(IxDyn(&[self.n, self.c, self.h, self.w]), input)
+            .expect("input shape")
     }
 
     fn weight_grad<F: Real>(&self, input: &Tensor<F>, cotangent: &Tensor<F>) -> Tensor<F> {
-        // ndarray makes the product column-major when G is (a 1x1 output, whose G keeps the
-        // permuted axes' strides), so the result is copied out in row-major order.
-        let grad = self.output_matrix(cotangent).dot(&self.im2col(input).t());
-        let grad = grad
-            .to_shape(IxDyn(&[self.o, self.c, self.kh, self.kw]))
-            .expect("weight shape");
-        standard(grad.view())
+        let (input, cotangent) = (input.as_standard_layout(), cotangent.as_standard_layout());
+        let input = input.as_slice().expect("standard layout");
+        let ct = cotangent
+            .to_shape((self.n * self.o, self.oh * self.ow))
+            .expect("cotangent shape");
+        let mut grad = Array2::zeros((self.o, self.group_patch()));
+        for n in 0..self.n {
+            let cols = self.im2col(&input[n * self.input_len()..]);
+            for g in 0..self.groups {
+                let rows = n * self.o + g * self.group_outputs();
+                let g_ct = ct.slice(ndarray::s![rows..rows + self.group_outputs(), ..]);
+                let out = g * self.group_outputs();
+                let mut block = grad.slice_mut(ndarray::s![out..out + self.group_outputs(), ..]);
+                let product = g_ct.dot(&self.group(cols.view(), g).t());
+                block.zip_mut_with(&product, |b, &p| *b = *b + p);
+            }
+        }
+        grad.into_shape_with_order(IxDyn(&[self.o, self.group_channels(), self.kh, self.kw]))
+            .expect("weight shape")
     }
 }
 

@@ -266,7 +266,7 @@ impl Model {
             .or(compiled.train.as_ref().map(|t| t.seed))
             .unwrap_or(0);
         let params = init::init_params(&compiled.forward, seed);
-        let optimizer = Optimizer::of_train_block(compiled.train.as_ref(), None);
+        let optimizer = Optimizer::for_model(&compiled, None);
         Ok(Model {
             source,
             options,
@@ -679,7 +679,7 @@ impl Model {
         let arrays = npz::read(path).map_err(|e| ModelError::Io(e.to_string()))?;
         let forward = &self.compiled.forward;
         if arrays.contains_key(run::EPOCHS_DONE) {
-            let mut optimizer = Optimizer::of_train_block(self.compiled.train.as_ref(), None);
+            let mut optimizer = Optimizer::for_model(&self.compiled, None);
             let (params, position) = run::load_checkpoint(path, forward, &mut optimizer)?;
             self.trainer = None;
             self.params = params;

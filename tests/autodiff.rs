@@ -5,7 +5,9 @@
 use ndarray::{ArrayD, IxDyn};
 use pcg::autodiff::{grad_program, vjp, AutodiffError};
 use pcg::interp::{eval_outputs, Bindings, Tensor};
-use pcg::ir::{to_text, BinaryOp, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp, ValueId};
+use pcg::ir::{
+    to_text, BinaryOp, ConvParams, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp, ValueId,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -417,7 +419,7 @@ fn conv2d_rule() {
         let k = case.param("k", uniform(&mut rng, &[o, c, kernel, kernel], -2.0, 2.0));
         let y = case
             .program
-            .build(Op::Conv2d { stride, padding }, &[x, k], None);
+            .build(Op::Conv2d(ConvParams::new(stride, padding)), &[x, k], None);
         case.with_loss(y, &mut rng).check();
     }
 }
@@ -582,28 +584,25 @@ fn only_nodes_between_wrt_and_seeds_are_differentiated() {
 }
 
 #[test]
-fn conv2d_adjoints_have_no_rule() {
+fn conv2d_weight_adjoint_has_no_rule() {
     let mut p = Program::new("second_order");
+    let x = p.leaf(LeafKind::Param, "x", Shape::new([1, 1, 4, 4]));
     let g = p.leaf(LeafKind::Param, "g", Shape::new([1, 1, 2, 2]));
-    let w = p.leaf(LeafKind::Param, "w", Shape::new([1, 1, 3, 3]));
-    let op = Op::Conv2dInputGrad {
-        stride: 1,
-        padding: 0,
-    };
-    let dx = p.build(op, &[g, w], Some(Shape::new([1, 1, 4, 4])));
-    let loss = p.reduce_sum(dx, vec![0, 1, 2, 3]);
+    let op = Op::Conv2dWeightGrad(ConvParams::new(1, 0));
+    let dw = p.build(op, &[x, g], Some(Shape::new([1, 1, 3, 3])));
+    let loss = p.reduce_sum(dw, vec![0, 1, 2, 3]);
     p.set_output("loss", loss);
     let err = grad_program(&p).unwrap_err();
     assert_eq!(
         err,
         AutodiffError::NoRule {
-            op: "conv2d_input_grad[stride=1, padding=0]".into(),
-            node: dx
+            op: "conv2d_weight_grad[stride=1, padding=0]".into(),
+            node: dw
         }
     );
     assert_eq!(
         err.to_string(),
-        "cannot differentiate %2 = conv2d_input_grad[stride=1, padding=0]: the op has no \
+        "cannot differentiate %2 = conv2d_weight_grad[stride=1, padding=0]: the op has no \
          derivative rule"
     );
 
@@ -611,10 +610,7 @@ fn conv2d_adjoints_have_no_rule() {
     let mut p = Program::new("off_path");
     let x = p.leaf(LeafKind::Input, "x", Shape::new([1, 1, 4, 4]));
     let g = p.leaf(LeafKind::Input, "g", Shape::new([1, 1, 2, 2]));
-    let op = Op::Conv2dWeightGrad {
-        stride: 1,
-        padding: 0,
-    };
+    let op = Op::Conv2dWeightGrad(ConvParams::new(1, 0));
     let dw = p.build(op, &[x, g], Some(Shape::new([1, 1, 3, 3])));
     let w2 = p.leaf(LeafKind::Param, "w2", Shape::new([1, 1, 3, 3]));
     let y = p.mul(dw, w2);
@@ -699,14 +695,7 @@ fn a_small_cnn() {
     let w = case.param("w", uniform(&mut rng, &[8, 3], -1.0, 1.0));
     let y = case.leaf(LeafKind::Target, "y", uniform(&mut rng, &[2, 3], -1.0, 1.0));
     let p = &mut case.program;
-    let conv = p.build(
-        Op::Conv2d {
-            stride: 1,
-            padding: 1,
-        },
-        &[x, k],
-        None,
-    );
+    let conv = p.build(Op::Conv2d(ConvParams::new(1, 1)), &[x, k], None);
     let zero = p.constant_like(0.0, conv);
     let relu = p.binary(BinaryOp::Max, conv, zero);
     let windows = p.reshape(relu, Shape::new([2, 2, 2, 2, 2, 2]));

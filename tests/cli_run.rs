@@ -795,3 +795,78 @@ fn dropout_masks_training_steps_and_is_off_when_evaluating() {
     assert_eq!(eval(&with), eval(&without));
     assert!(eval(&with).contains(&format!("test_loss={}", pc["test_loss"])));
 }
+
+/// A `frozen` tensor is saved with the parameters and never trained, by backprop and by
+/// predictive coding, while the parameter beside it learns; `pcg check` counts it apart.
+#[test]
+fn frozen_tensors_are_saved_and_never_trained() {
+    let model = scratch("frozen.pcg");
+    std::fs::write(
+        &model,
+        "model fz {
+    input  x: [B, 64]
+    target y: [B, 10]
+    param  w: [64, 10] = normal(0.1)
+    frozen m: [10] = normal(1.0)
+    loss 0.5 * sum(square(x @ w * m - y)) / B
+}
+train fz {
+    data = digits
+    batch = 32
+    epochs = 1
+    optimizer = adam(0.01)
+}
+",
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let o = pcg(&["check", m]);
+    assert!(
+        text(&o.stdout).contains("640 parameters in 1 tensors (and 10 frozen values in 1 tensors)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let fresh = pcg::train::init::init_params(
+        &pcg::sema::compile_file(&model, &Default::default())
+            .1
+            .expect("compiles")
+            .forward,
+        0,
+    );
+    for method in ["bp", "pc"] {
+        let saved = scratch(&format!("frozen_{method}.npz"));
+        let o = pcg(&[
+            "run",
+            m,
+            "--method",
+            method,
+            "--save",
+            saved.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let arrays = pcg::npz::read(&saved).expect("checkpoint");
+        let again = scratch(&format!("frozen_{method}_again.npz"));
+        let o = pcg(&[
+            "run",
+            m,
+            "--method",
+            method,
+            "--seed",
+            "7",
+            "--save",
+            again.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let other = pcg::npz::read(&again).expect("checkpoint");
+        // The frozen m is its seeded initial draw (so another seed's differs), w has learned.
+        assert_ne!(arrays["m"], other["m"]);
+        assert_eq!(
+            arrays["m"], fresh["m"],
+            "{method}: the frozen tensor changed"
+        );
+        assert_ne!(
+            arrays["w"], fresh["w"],
+            "{method}: the parameter did not learn"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 
 use ndarray::{array, ArrayD, IxDyn};
 use pcg::interp::{eval, eval_outputs, Bindings, EvalError, Tensor};
-use pcg::ir::{BinaryOp, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp};
+use pcg::ir::{BinaryOp, ConvParams, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp};
 
 /// Runs `op` on the given operands (bound to input leaves `x0`, `x1`, ...) and returns its
 /// value, checking that `eval` and `eval_outputs` agree.
@@ -370,10 +370,7 @@ fn conv_example() -> (ArrayD<f64>, ArrayD<f64>) {
 const STRIDE_2_PAD_1: (usize, usize) = (2, 1);
 
 fn conv_op() -> Op {
-    Op::Conv2d {
-        stride: STRIDE_2_PAD_1.0,
-        padding: STRIDE_2_PAD_1.1,
-    }
+    Op::Conv2d(ConvParams::new(STRIDE_2_PAD_1.0, STRIDE_2_PAD_1.1))
 }
 
 #[test]
@@ -390,7 +387,7 @@ fn conv2d_input_grad_by_hand() {
     let g = array![[[[1.0, 2.0], [3.0, 4.0]]]].into_dyn();
     let (stride, padding) = STRIDE_2_PAD_1;
     let dx = run(
-        Op::Conv2dInputGrad { stride, padding },
+        Op::Conv2dInputGrad(ConvParams::new(stride, padding)),
         &[g, w],
         Some(&[1, 1, 4, 4]),
     );
@@ -411,7 +408,7 @@ fn conv2d_weight_grad_by_hand() {
     let g = array![[[[1.0, 2.0], [3.0, 4.0]]]].into_dyn();
     let (stride, padding) = STRIDE_2_PAD_1;
     let dw = run(
-        Op::Conv2dWeightGrad { stride, padding },
+        Op::Conv2dWeightGrad(ConvParams::new(stride, padding)),
         &[x, g],
         Some(&[1, 1, 3, 3]),
     );
@@ -460,7 +457,7 @@ fn conv2d_multichannel_matches_definition_and_adjoints() {
         let x = pseudo_random(&[2, 3, 5, 6], 1.3);
         let w = pseudo_random(&[4, 3, kernel, kernel], 0.7);
         let y = run(
-            Op::Conv2d { stride, padding },
+            Op::Conv2d(ConvParams::new(stride, padding)),
             &[x.clone(), w.clone()],
             None,
         );
@@ -469,12 +466,12 @@ fn conv2d_multichannel_matches_definition_and_adjoints() {
         // <conv(x, w), g> = <x, input_grad(g, w)> = <w, weight_grad(x, g)>
         let g = pseudo_random(y.shape(), 2.1);
         let dx = run(
-            Op::Conv2dInputGrad { stride, padding },
+            Op::Conv2dInputGrad(ConvParams::new(stride, padding)),
             &[g.clone(), w.clone()],
             Some(x.shape()),
         );
         let dw = run(
-            Op::Conv2dWeightGrad { stride, padding },
+            Op::Conv2dWeightGrad(ConvParams::new(stride, padding)),
             &[x.clone(), g.clone()],
             Some(w.shape()),
         );

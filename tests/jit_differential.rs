@@ -5,7 +5,7 @@
 
 use ndarray::ArrayD;
 use pcg::interp::{self, Bindings, Real, Tensor};
-use pcg::ir::{BinaryOp, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp, ValueId};
+use pcg::ir::{BinaryOp, ConvParams, LeafKind, Op, Program, ReduceOp, Shape, UnaryOp, ValueId};
 use pcg::jit::{JitLoop, JitOptions, JitProgram};
 use pcg::sema::{self, CompileOptions, Dtype};
 use pcg::train::{batch, init};
@@ -324,11 +324,16 @@ fn every_op_alone() {
         cases.push((
             format!("conv2d stride {stride} padding {padding}"),
             single(&[&[3, 3, 7, 6], &[4, 3, 3, 2]], |p, x| {
-                op(p, Op::Conv2d { stride, padding }, &[x[0], x[1]], None)
+                op(
+                    p,
+                    Op::Conv2d(ConvParams::new(stride, padding)),
+                    &[x[0], x[1]],
+                    None,
+                )
             }),
         ));
         let out = pcg::ir::shape::infer(
-            &Op::Conv2d { stride, padding },
+            &Op::Conv2d(ConvParams::new(stride, padding)),
             &[&Shape::new(vec![3, 3, 7, 6]), &Shape::new(vec![4, 3, 3, 2])],
             None,
         )
@@ -339,7 +344,7 @@ fn every_op_alone() {
             single(&[&out, &[4, 3, 3, 2]], |p, x| {
                 op(
                     p,
-                    Op::Conv2dInputGrad { stride, padding },
+                    Op::Conv2dInputGrad(ConvParams::new(stride, padding)),
                     &[x[0], x[1]],
                     Some(vec![3, 3, 7, 6]),
                 )
@@ -350,7 +355,7 @@ fn every_op_alone() {
             single(&[&[3, 3, 7, 6], &out], |p, x| {
                 op(
                     p,
-                    Op::Conv2dWeightGrad { stride, padding },
+                    Op::Conv2dWeightGrad(ConvParams::new(stride, padding)),
                     &[x[0], x[1]],
                     Some(vec![4, 3, 3, 2]),
                 )

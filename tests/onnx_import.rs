@@ -219,9 +219,61 @@ fn an_unsupported_op_is_an_error_naming_the_node_and_nothing_is_written() {
 #[test]
 fn an_unsupported_attribute_is_an_error_saying_what_is_missing() {
     assert_refused(
-        "unsupported_group",
-        &["node `/conv/Conv` (Conv)", "group = 2", "groups"],
+        "unsupported_conv3d",
+        &["node `/conv/Conv` (Conv)", "1-D and 2-D convolutions"],
     );
+}
+
+#[test]
+fn grouped_dilated_depthwise_and_transposed_convolutions_equal_onnx_runtime() {
+    let written = import("conv_options", "conv_options", &[]);
+    assert_forward_matches("conv_options", &written, &[("image", "image")], "logits");
+    let source = std::fs::read_to_string(&written.model).unwrap();
+    for part in [
+        "stride = [2, 1]",
+        "padding = [1, 0, 2, 1]",
+        "dilation = [1, 2]",
+        "groups = 2",
+        "padding = 1, groups = 6",
+        "conv_transpose2d(",
+        "padding = [1, 0, 1, 1]",
+        "output_padding = [1, 0]",
+    ] {
+        assert!(source.contains(part), "`{part}` not in:\n{source}");
+    }
+}
+
+#[test]
+fn overlapping_padded_dilated_and_ceiling_pools_equal_onnx_runtime() {
+    let written = import("pools", "pools", &[]);
+    assert_forward_matches("pools", &written, &[("image", "image")], "logits");
+    let source = std::fs::read_to_string(&written.model).unwrap();
+    for part in [
+        "max_pool2d(c_Conv, 3, stride = 2, padding = 1)",
+        "ceil_mode = true",
+        "count_include_pad = false",
+    ] {
+        assert!(source.contains(part), "`{part}` not in:\n{source}");
+    }
+}
+
+/// Batch normalisation's running statistics are `frozen` tensors, loaded with the parameters;
+/// the exact GELU is written with `erf`.
+#[test]
+fn batch_norm_statistics_are_frozen_and_the_erf_gelu_equals_onnx_runtime() {
+    let written = import("batchnorm_gelu", "batchnorm_gelu", &[]);
+    assert_forward_matches("batchnorm_gelu", &written, &[("image", "image")], "logits");
+    let source = std::fs::read_to_string(&written.model).unwrap();
+    for part in [
+        "frozen bn_running_mean: [5]",
+        "frozen bn_running_var: [5]",
+        "param  bn_weight: [5]",
+        "erf(",
+    ] {
+        assert!(source.contains(part), "`{part}` not in:\n{source}");
+    }
+    let params = npz::read(&written.params).unwrap();
+    assert!(params.contains_key("bn_running_var"));
 }
 
 #[test]

@@ -72,7 +72,7 @@ struct Gen {
     next: usize,
 }
 
-const ACTIVATIONS: [&str; 4] = ["tanh", "sigmoid", "sin", ""];
+const ACTIVATIONS: [&str; 5] = ["tanh", "sigmoid", "sin", "erf", ""];
 
 fn dims_text(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -348,16 +348,52 @@ impl Gen {
             (gated, height, d)
         };
         let o = self.rng.random_range(1..=2);
-        let kind = self.rng.random_range(0..3);
-        let (text, oh, ow) = if kind < 2 {
+        let kind = self.rng.random_range(0..4);
+        let (text, oh, ow) = if kind == 3 {
+            // A transposed convolution (grouped when the channels allow), maybe pooled by an
+            // overlapping, padded window.
+            let s = self.rng.random_range(1..=2);
+            let (kh, kw) = (self.rng.random_range(1..=3), self.rng.random_range(2..=3));
+            let p = self.rng.random_range(0..kw.min(2));
+            let groups = if c == o && self.rng.random_bool(0.5) {
+                c
+            } else {
+                1
+            };
+            let k = self.param(&[c, o / groups, kh, kw]);
+            let (oh, ow) = ((height - 1) * s + kh, (d - 1) * s + kw - 2 * p);
+            let conv = format!(
+                "conv_transpose2d({gated}, {k}, stride = {s}, padding = [0, {p}, 0, {p}], groups = {groups})"
+            );
+            if oh >= 2 && ow >= 2 && self.rng.random_bool(0.5) {
+                let pool = self.choose(&["max_pool2d", "avg_pool2d"]);
+                let out = |n: usize| (n - 1) / 2 + 1;
+                (
+                    format!("{pool}({conv}, 3, stride = 2, padding = 1)"),
+                    out(oh),
+                    out(ow),
+                )
+            } else {
+                (conv, oh, ow)
+            }
+        } else if kind < 2 {
             let p = self.rng.random_range(0..=1);
             let s = self.rng.random_range(1..=2);
             let kh = self.rng.random_range(1..=(height + 2 * p).min(3));
             let kw = self.rng.random_range(1..=(d + 2 * p).min(3));
+            // A dilated width axis when the padded row holds the wider kernel.
+            let dw = if kind == 0 && d + 2 * p > 2 * (kw - 1) && self.rng.random_bool(0.3) {
+                2
+            } else {
+                1
+            };
             let k = self.param(&[o, c, kh, kw]);
-            let (oh, ow) = ((height + 2 * p - kh) / s + 1, (d + 2 * p - kw) / s + 1);
+            let (oh, ow) = (
+                (height + 2 * p - kh) / s + 1,
+                (d + 2 * p - dw * (kw - 1) - 1) / s + 1,
+            );
             let conv = if kind == 0 {
-                format!("conv2d({gated}, {k}, stride = {s}, padding = {p})")
+                format!("conv2d({gated}, {k}, stride = {s}, padding = {p}, dilation = [1, {dw}])")
             } else {
                 self.uses.insert("conv");
                 let b = self.param(&[o]);
@@ -1271,6 +1307,9 @@ fn the_generator_covers_its_constructs() {
         "[1] * ",
         "stride = 2",
         "padding = 1",
+        "dilation = [1, 2]",
+        "groups = 2",
+        "stride = 2, padding = 1)",
         " > 0.1",
         " <= -0.2",
         "one_hot(sum(y",

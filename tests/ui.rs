@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// `tests/ui` is listed, so a new case cannot be added without saying what it is for.
 const EXPECTED: &[(&str, &str)] = &[
     ("assign_unbound", "E0101"),
+    ("conv_groups", "E0203"),
+    ("pool_padding", "E0209"),
     ("argmax_scalar", "E0209"),
     ("bad_argument", "E0209"),
     ("bad_inference_momentum", "E0402"),

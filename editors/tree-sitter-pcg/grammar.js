@@ -78,7 +78,7 @@ module.exports = grammar({
     ),
 
     declaration: $ => seq(
-      field('kind', choice('input', 'target', 'param')),
+      field('kind', choice('input', 'target', 'param', 'frozen')),
       field('name', $.identifier),
       ':',
       field('type', $._type),

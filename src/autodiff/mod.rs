@@ -289,6 +289,16 @@ fn vjp_rule(
             let slope = p.sub(one, square);
             vec![Some(p.mul(ct, slope))]
         }
+        // d erf(x)/dx = 2/√π · exp(−x²)
+        Op::Unary(UnaryOp::Erf) => {
+            let x = args[0];
+            let square = p.mul(x, x);
+            let minus = p.build(Op::Unary(UnaryOp::Neg), &[square], None);
+            let bell = p.build(Op::Unary(UnaryOp::Exp), &[minus], None);
+            let scale = p.constant_like(std::f64::consts::FRAC_2_SQRT_PI, out);
+            let slope = p.mul(scale, bell);
+            vec![Some(p.mul(ct, slope))]
+        }
         // d sigmoid(x)/dx = sigmoid(x) (1 - sigmoid(x))
         Op::Unary(UnaryOp::Sigmoid) => {
             let one = p.constant_like(1.0, out);
@@ -445,30 +455,34 @@ fn vjp_rule(
             ]
         }
         // The input and weight adjoints of the convolution, by definition.
-        Op::Conv2d { stride, padding } => {
-            let (stride, padding) = (*stride, *padding);
+        Op::Conv2d(params) => {
             let (x, w) = (args[0], args[1]);
             vec![
                 want(0).then(|| {
                     let shape = p.shape(x).clone();
-                    p.build(
-                        Op::Conv2dInputGrad { stride, padding },
-                        &[ct, w],
-                        Some(shape),
-                    )
+                    p.build(Op::Conv2dInputGrad(*params), &[ct, w], Some(shape))
                 }),
                 want(1).then(|| {
                     let shape = p.shape(w).clone();
-                    p.build(
-                        Op::Conv2dWeightGrad { stride, padding },
-                        &[x, ct],
-                        Some(shape),
-                    )
+                    p.build(Op::Conv2dWeightGrad(*params), &[x, ct], Some(shape))
                 }),
             ]
         }
-        // Second derivatives of convolutions are not needed by BP or PC.
-        Op::Conv2dInputGrad { .. } | Op::Conv2dWeightGrad { .. } => {
+        // The transposed convolution y = Cᵀ(a) (C the convolution by w): ⟨y, c⟩ = ⟨a, C(c)⟩,
+        // so a's cotangent is the convolution of c, and w's the weight adjoint at input c
+        // and cotangent a.
+        Op::Conv2dInputGrad(params) => {
+            let (a, w) = (args[0], args[1]);
+            vec![
+                want(0).then(|| p.build(Op::Conv2d(*params), &[ct, w], None)),
+                want(1).then(|| {
+                    let shape = p.shape(w).clone();
+                    p.build(Op::Conv2dWeightGrad(*params), &[ct, a], Some(shape))
+                }),
+            ]
+        }
+        // The weight adjoint's derivatives are not needed by BP or PC.
+        Op::Conv2dWeightGrad(_) => {
             return Err(AutodiffError::NoRule {
                 op: node.op.to_string(),
                 node: id,

@@ -912,16 +912,29 @@ fn checked(models: &[Compiled]) -> String {
         .iter()
         .map(|c| {
             let forward = &c.forward;
-            let params = forward.leaves(LeafKind::Param);
-            let numbers: usize = params
-                .iter()
-                .map(|&(id, _)| forward.shape(id).numel())
-                .sum();
+            let (frozen, params): (Vec<_>, Vec<_>) = forward
+                .leaves(LeafKind::Param)
+                .into_iter()
+                .partition(|(_, name)| c.frozen.iter().any(|f| f == name));
+            let numbers = |tensors: &[(crate::ir::ValueId, &str)]| -> usize {
+                tensors
+                    .iter()
+                    .map(|&(id, _)| forward.shape(id).numel())
+                    .sum()
+            };
             let mut text = format!(
-                "model {}: {numbers} parameters in {} tensors",
+                "model {}: {} parameters in {} tensors",
                 c.model_name,
+                numbers(&params),
                 params.len()
             );
+            if !frozen.is_empty() {
+                text.push_str(&format!(
+                    " (and {} frozen values in {} tensors)",
+                    numbers(&frozen),
+                    frozen.len()
+                ));
+            }
             for kind in [LeafKind::Input, LeafKind::Target] {
                 for (id, name) in forward.leaves(kind) {
                     text.push_str(&format!(

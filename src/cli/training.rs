@@ -131,7 +131,7 @@ fn run_in<F: Element>(
 ) -> CmdResult {
     let forward = &compiled.forward;
     let base = compiled.train.clone();
-    let mut optimizer = Optimizer::<F>::of_train_block(base.as_ref(), flags.lr);
+    let mut optimizer = Optimizer::<F>::for_model(&compiled, flags.lr);
     let optimizer_config = optimizer.config().clone();
     let seed = flags.seed.or(base.as_ref().map(|t| t.seed)).unwrap_or(0);
     let epochs = flags
@@ -512,7 +512,7 @@ fn bench_in<F: Element>(
     let lr = base.as_ref().map_or(0.01, |t| learning_rate(&t.optimizer));
     let optimizer = match chosen {
         super::BenchOptimizer::Sgd => optimizer_of(lr),
-        super::BenchOptimizer::File => Optimizer::of_train_block(base.as_ref(), None),
+        super::BenchOptimizer::File => Optimizer::for_model(&compiled, None),
     };
     let mut timed_optimizer = optimizer.config().describe();
     if *optimizer.tuning() != Default::default() {

@@ -17,7 +17,9 @@ pub mod vmap;
 
 pub use dot::to_dot;
 pub use looped::{LoopProgram, STEPS_RUN};
-pub use op::{fmt_f64, BinaryOp, LeafKind, Op, OpKind, ReduceOp, Scan, ScanInput, UnaryOp};
+pub use op::{
+    fmt_f64, BinaryOp, ConvParams, LeafKind, Op, OpKind, ReduceOp, Scan, ScanInput, UnaryOp,
+};
 pub use parse::{from_text, ParseError};
 pub use print::to_text;
 pub use shape::{Shape, ShapeError};

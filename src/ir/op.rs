@@ -5,6 +5,7 @@
 //! Later passes (autodiff, the PC transform) produce programs over the same set, so one
 //! interpreter and one JIT serve them all.
 
+pub use super::shape::ConvParams;
 use std::fmt;
 
 /// Where a leaf's value comes from when the program runs.
@@ -48,6 +49,8 @@ pub enum UnaryOp {
     Tan,
     Tanh,
     Sigmoid,
+    /// The error function, erf(x) = 2/√π ∫₀ˣ e^(−t²) dt.
+    Erf,
     Abs,
     /// 1.0 where x > 0, -1.0 where x < 0, 0.0 at 0.
     Sign,
@@ -122,21 +125,14 @@ pub enum Op {
     },
     /// `[..., m, k] @ [..., k, n] -> [..., m, n]`, batch axes equal.
     MatMul,
-    /// 2-D convolution (cross-correlation), input `[N, C, H, W]`, weight `[O, C, KH, KW]`.
-    Conv2d {
-        stride: usize,
-        padding: usize,
-    },
-    /// The adjoint of `Conv2d` with respect to its input: args (cotangent, weight).
-    Conv2dInputGrad {
-        stride: usize,
-        padding: usize,
-    },
+    /// 2-D convolution (cross-correlation), input `[N, C, H, W]`, weight
+    /// `[O, C / groups, KH, KW]`, with the options of [`ConvParams`].
+    Conv2d(ConvParams),
+    /// The adjoint of `Conv2d` with respect to its input: args (cotangent, weight). It is
+    /// also the transposed convolution.
+    Conv2dInputGrad(ConvParams),
     /// The adjoint of `Conv2d` with respect to its weight: args (input, cotangent).
-    Conv2dWeightGrad {
-        stride: usize,
-        padding: usize,
-    },
+    Conv2dWeightGrad(ConvParams),
     /// A structured loop: `trips` runs of a body program over carried state, per-iteration
     /// slices of stacked inputs and invariant inputs (see [`Scan`]). Its results are read
     /// through [`Op::Result`] nodes; the node's own shape is the scalar `[]`.
@@ -348,10 +344,9 @@ impl Op {
             | Op::Slice { .. }
             | Op::Pad { .. }
             | Op::Concat { .. } => OpKind::Movement,
-            Op::MatMul
-            | Op::Conv2d { .. }
-            | Op::Conv2dInputGrad { .. }
-            | Op::Conv2dWeightGrad { .. } => OpKind::Contraction,
+            Op::MatMul | Op::Conv2d(_) | Op::Conv2dInputGrad(_) | Op::Conv2dWeightGrad(_) => {
+                OpKind::Contraction
+            }
             Op::Scan(_) | Op::Result(_) => OpKind::Loop,
         }
     }
@@ -387,6 +382,7 @@ impl fmt::Display for UnaryOp {
             UnaryOp::Cos => f.write_str("cos"),
             UnaryOp::Tan => f.write_str("tan"),
             UnaryOp::Tanh => f.write_str("tanh"),
+            UnaryOp::Erf => f.write_str("erf"),
             UnaryOp::Sigmoid => f.write_str("sigmoid"),
             UnaryOp::Abs => f.write_str("abs"),
             UnaryOp::Sign => f.write_str("sign"),
@@ -437,15 +433,9 @@ impl fmt::Display for Op {
             } => write!(f, "pad[axis={axis}, before={before}, after={after}]"),
             Op::Concat { axis } => write!(f, "concat[axis={axis}]"),
             Op::MatMul => f.write_str("matmul"),
-            Op::Conv2d { stride, padding } => {
-                write!(f, "conv2d[stride={stride}, padding={padding}]")
-            }
-            Op::Conv2dInputGrad { stride, padding } => {
-                write!(f, "conv2d_input_grad[stride={stride}, padding={padding}]")
-            }
-            Op::Conv2dWeightGrad { stride, padding } => {
-                write!(f, "conv2d_weight_grad[stride={stride}, padding={padding}]")
-            }
+            Op::Conv2d(params) => write!(f, "conv2d[{params}]"),
+            Op::Conv2dInputGrad(params) => write!(f, "conv2d_input_grad[{params}]"),
+            Op::Conv2dWeightGrad(params) => write!(f, "conv2d_weight_grad[{params}]"),
             Op::Scan(scan) => {
                 write!(
                     f,

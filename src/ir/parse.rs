@@ -8,7 +8,8 @@
 //! cannot read. Shapes are checked by the verifier afterwards, not here.
 
 use super::{
-    BinaryOp, Init, LeafKind, Node, Op, Output, Program, ReduceOp, Region, Shape, UnaryOp, ValueId,
+    BinaryOp, ConvParams, Init, LeafKind, Node, Op, Output, Program, ReduceOp, Region, Shape,
+    UnaryOp, ValueId,
 };
 use std::fmt;
 
@@ -267,11 +268,30 @@ fn parse_op(text: &str) -> Result<Op, String> {
     };
     let unary = |op| Ok(Op::Unary(op));
     let binary = |op| Ok(Op::Binary(op));
-    let conv = |make: fn(usize, usize) -> Op| -> Result<Op, String> {
-        Ok(make(
-            parse_usize(get("stride")?)?,
-            parse_usize(get("padding")?)?,
-        ))
+    let conv = |make: fn(ConvParams) -> Op| -> Result<Op, String> {
+        let (stride, pads) = (get("stride")?, get("padding")?);
+        if !stride.starts_with('[') {
+            return Ok(make(ConvParams::new(
+                parse_usize(stride)?,
+                parse_usize(pads)?,
+            )));
+        }
+        let to = |v: Vec<usize>, n: usize, what: &str| -> Result<Vec<usize>, String> {
+            if v.len() == n {
+                Ok(v)
+            } else {
+                Err(format!("`{text}`: {what} needs {n} numbers"))
+            }
+        };
+        let stride = to(parse_list(stride)?, 2, "stride")?;
+        let pads = to(parse_list(pads)?, 4, "padding")?;
+        let dilation = to(parse_list(get("dilation")?)?, 2, "dilation")?;
+        Ok(make(ConvParams {
+            stride: [stride[0], stride[1]],
+            pads: [pads[0], pads[1], pads[2], pads[3]],
+            dilation: [dilation[0], dilation[1]],
+            groups: parse_usize(get("groups")?)?,
+        }))
     };
     match name {
         "neg" => unary(UnaryOp::Neg),
@@ -282,6 +302,7 @@ fn parse_op(text: &str) -> Result<Op, String> {
         "cos" => unary(UnaryOp::Cos),
         "tan" => unary(UnaryOp::Tan),
         "tanh" => unary(UnaryOp::Tanh),
+        "erf" => unary(UnaryOp::Erf),
         "sigmoid" => unary(UnaryOp::Sigmoid),
         "abs" => unary(UnaryOp::Abs),
         "sign" => unary(UnaryOp::Sign),
@@ -328,9 +349,9 @@ fn parse_op(text: &str) -> Result<Op, String> {
             axis: parse_usize(get("axis")?)?,
         }),
         "matmul" => Ok(Op::MatMul),
-        "conv2d" => conv(|stride, padding| Op::Conv2d { stride, padding }),
-        "conv2d_input_grad" => conv(|stride, padding| Op::Conv2dInputGrad { stride, padding }),
-        "conv2d_weight_grad" => conv(|stride, padding| Op::Conv2dWeightGrad { stride, padding }),
+        "conv2d" => conv(Op::Conv2d),
+        "conv2d_input_grad" => conv(Op::Conv2dInputGrad),
+        "conv2d_weight_grad" => conv(Op::Conv2dWeightGrad),
         "scan" => Ok(Op::Scan(Box::new(super::Scan {
             trips: parse_usize(get("trips")?)?,
             carries: parse_usize(get("carries")?)?,

@@ -95,19 +95,100 @@ fn err<T>(message: impl Into<String>) -> Result<T, ShapeError> {
     })
 }
 
-/// The output size of a convolution or pooling window along one axis.
-pub fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
-    let padded = size + 2 * padding;
-    if stride == 0 || kernel == 0 || padded < kernel {
+/// The output size of a convolution or pooling window along one axis: `size` padded by
+/// `padding` elements in all (both sides together), a window of `kernel` taps `dilation`
+/// apart, moved by `stride`.
+pub fn conv_out(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let padded = size + padding;
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)? + 1;
+    if stride == 0 || dilation == 0 || padded < span {
         None
     } else {
-        Some((padded - kernel) / stride + 1)
+        Some((padded - span) / stride + 1)
     }
 }
 
-/// The sizes of a 2-D convolution: input `[n, c, h, w]`, weight `[o, c, kh, kw]`, output
-/// `[n, o, oh, ow]`. Both backends derive their loops from it.
+/// The options of a 2-D convolution (ONNX's `Conv` attributes): a stride and a dilation per
+/// spatial axis (height, width), zero padding on each side (top, left, bottom, right), and
+/// the number of channel groups (the input's and output's channels split into `groups`
+/// parts, part g of the output seeing part g of the input only; `groups` = C is depthwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvParams {
+    pub stride: [usize; 2],
+    pub pads: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl ConvParams {
+    /// One stride and the same padding on every side; no dilation, one group.
+    pub fn new(stride: usize, padding: usize) -> ConvParams {
+        ConvParams {
+            stride: [stride; 2],
+            pads: [padding; 4],
+            dilation: [1; 2],
+            groups: 1,
+        }
+    }
+
+    /// The padding before and after along spatial axis `axis` (0 = height, 1 = width).
+    pub fn padding(&self, axis: usize) -> (usize, usize) {
+        (self.pads[axis], self.pads[axis + 2])
+    }
+
+    /// Whether these are the options [`ConvParams::new`] makes (printed in short form).
+    pub fn is_simple(&self) -> bool {
+        *self == ConvParams::new(self.stride[0], self.pads[0])
+    }
+
+    /// The output size along spatial axis `axis` for an input of `size` and a kernel of
+    /// `kernel` taps.
+    pub fn out(&self, axis: usize, size: usize, kernel: usize) -> Option<usize> {
+        let (before, after) = self.padding(axis);
+        conv_out(
+            size,
+            kernel,
+            self.stride[axis],
+            before + after,
+            self.dilation[axis],
+        )
+    }
+}
+
+impl fmt::Display for ConvParams {
+    /// `stride=1, padding=0` for the simple case; every option spelled out otherwise
+    /// (`stride=[2, 1], padding=[1, 1, 0, 0], dilation=[1, 1], groups=4`).
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.is_simple() {
+            return write!(f, "stride={}, padding={}", self.stride[0], self.pads[0]);
+        }
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "stride=[{}], padding=[{}], dilation=[{}], groups={}",
+            list(&self.stride),
+            list(&self.pads),
+            list(&self.dilation),
+            self.groups
+        )
+    }
+}
+
+/// The sizes of a 2-D convolution: input `[n, c, h, w]`, weight `[o, c / groups, kh, kw]`,
+/// output `[n, o, oh, ow]`, and its options. Both backends derive their loops from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
 pub struct ConvGeometry {
     pub n: usize,
     pub c: usize,
@@ -118,15 +199,22 @@ pub struct ConvGeometry {
     pub kw: usize,
     pub oh: usize,
     pub ow: usize,
-    pub stride: usize,
-    pub padding: usize,
+    /// Strides along height and width.
+    pub sh: usize,
+    pub sw: usize,
+    /// Padding before the first row and column (the padding after only sets `oh`, `ow`).
+    pub top: usize,
+    pub left: usize,
+    /// Dilations along height and width.
+    pub dh: usize,
+    pub dw: usize,
+    pub groups: usize,
 }
 
 impl ConvGeometry {
     /// The geometry of a convolution whose shapes `infer` accepted (a kernel that does not
     /// fit gives an empty output).
-    pub fn new(input: &[usize], weight: &[usize], stride: usize, padding: usize) -> ConvGeometry {
-        let out = |size, kernel| conv_out(size, kernel, stride, padding).unwrap_or(0);
+    pub fn new(input: &[usize], weight: &[usize], params: ConvParams) -> ConvGeometry {
         ConvGeometry {
             n: input[0],
             c: input[1],
@@ -135,10 +223,69 @@ impl ConvGeometry {
             o: weight[0],
             kh: weight[2],
             kw: weight[3],
-            oh: out(input[2], weight[2]),
-            ow: out(input[3], weight[3]),
-            stride,
-            padding,
+            oh: params.out(0, input[2], weight[2]).unwrap_or(0),
+            ow: params.out(1, input[3], weight[3]).unwrap_or(0),
+            sh: params.stride[0],
+            sw: params.stride[1],
+            top: params.pads[0],
+            left: params.pads[1],
+            dh: params.dilation[0],
+            dw: params.dilation[1],
+            groups: params.groups.max(1),
+        }
+    }
+
+    /// The input channels each group reads (the weight's second axis).
+    pub fn group_channels(&self) -> usize {
+        self.c / self.groups
+    }
+
+    /// The output channels each group writes.
+    pub fn group_outputs(&self) -> usize {
+        self.o / self.groups
+    }
+
+    /// The length of one group's patch (a row of the weight matrix): `C/g · KH · KW`.
+    pub fn group_patch(&self) -> usize {
+        self.group_channels() * self.kh * self.kw
+    }
+
+    /// Calls `visit(entry, pixel, len)` for every run of entries of one sample's im2col
+    /// matrix `[C·KH·KW, OH·OW]` that read input elements: entries `entry..entry + len` read
+    /// the `[C, H, W]` input at `pixel`, `pixel + sw`, …. Entries outside every run read the
+    /// zero padding.
+    pub fn for_each_run(&self, mut visit: impl FnMut(usize, usize, usize)) {
+        let pixels = self.oh * self.ow;
+        for c in 0..self.c {
+            for ki in 0..self.kh {
+                for kj in 0..self.kw {
+                    let row = ((c * self.kh + ki) * self.kw + kj) * pixels;
+                    // The output columns whose input column ow·sw + kj·dw − left is inside.
+                    let tap = kj * self.dw;
+                    let first = self.left.saturating_sub(tap).div_ceil(self.sw);
+                    let end = (self.w + self.left)
+                        .checked_sub(tap)
+                        .map_or(0, |e| e.div_ceil(self.sw))
+                        .min(self.ow);
+                    if first >= end {
+                        continue;
+                    }
+                    let iw = first * self.sw + tap - self.left;
+                    for oh in 0..self.oh {
+                        let Some(ih) = (oh * self.sh + ki * self.dh)
+                            .checked_sub(self.top)
+                            .filter(|&i| i < self.h)
+                        else {
+                            continue;
+                        };
+                        visit(
+                            row + oh * self.ow + first,
+                            (c * self.h + ih) * self.w + iw,
+                            end - first,
+                        );
+                    }
+                }
+            }
         }
     }
 }
@@ -298,33 +445,31 @@ pub fn infer(op: &Op, args: &[&Shape], target: Option<&Shape>) -> Result<Shape, 
             dims.push(b.0[r - 1]);
             Shape(dims)
         }
-        Op::Conv2d { stride, padding } => {
+        Op::Conv2d(params) => {
             let (x, w) = (args[0], args[1]);
-            if x.rank() != 4 || w.rank() != 4 || x.0[1] != w.0[1] {
+            let g = params.groups;
+            let fits =
+                x.rank() == 4 && w.rank() == 4 && g >= 1 && x.0[1] == w.0[1] * g && w.0[0] % g == 0;
+            if !fits {
                 return err(format!(
-                    "conv2d needs input [N, C, H, W] and weight [O, C, KH, KW], got {x} and {w}"
+                    "conv2d with {g} group(s) needs input [N, C, H, W] and weight [O, C / {g}, KH, KW] with O a multiple of {g}, got {x} and {w}"
                 ));
             }
-            let (Some(h), Some(wd)) = (
-                conv_out(x.0[2], w.0[2], *stride, *padding),
-                conv_out(x.0[3], w.0[3], *stride, *padding),
-            ) else {
+            if params.stride.contains(&0) || params.dilation.contains(&0) {
+                return err("conv2d's strides and dilations must be at least 1");
+            }
+            let (Some(h), Some(wd)) =
+                (params.out(0, x.0[2], w.0[2]), params.out(1, x.0[3], w.0[3]))
+            else {
                 return err(format!("kernel {w} does not fit input {x}"));
             };
             Shape(vec![x.0[0], w.0[0], h, wd])
         }
-        Op::Conv2dInputGrad { stride, padding } => {
+        Op::Conv2dInputGrad(params) => {
             let Some(t) = target else {
                 return err("conv2d_input_grad needs the input shape");
             };
-            let expected = infer(
-                &Op::Conv2d {
-                    stride: *stride,
-                    padding: *padding,
-                },
-                &[t, args[1]],
-                None,
-            )?;
+            let expected = infer(&Op::Conv2d(*params), &[t, args[1]], None)?;
             if expected != *args[0] {
                 return err(format!(
                     "cotangent {} does not match conv2d output {expected}",
@@ -333,18 +478,11 @@ pub fn infer(op: &Op, args: &[&Shape], target: Option<&Shape>) -> Result<Shape, 
             }
             t.clone()
         }
-        Op::Conv2dWeightGrad { stride, padding } => {
+        Op::Conv2dWeightGrad(params) => {
             let Some(t) = target else {
                 return err("conv2d_weight_grad needs the weight shape");
             };
-            let expected = infer(
-                &Op::Conv2d {
-                    stride: *stride,
-                    padding: *padding,
-                },
-                &[args[0], t],
-                None,
-            )?;
+            let expected = infer(&Op::Conv2d(*params), &[args[0], t], None)?;
             if expected != *args[1] {
                 return err(format!(
                     "cotangent {} does not match conv2d output {expected}",

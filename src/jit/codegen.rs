@@ -37,7 +37,7 @@ pub struct RuntimeRefs {
     pub matmul: FuncRef,
     pub conv: FuncRef,
     /// `runtime::unary` for each of `runtime::UNARY_OPS`, in its order.
-    pub unary: [FuncRef; 7],
+    pub unary: [FuncRef; 8],
     pub powf: FuncRef,
     /// `parallel(piece, arena, extent, pieces) -> status`: runs a shared kernel's function.
     pub parallel: FuncRef,
@@ -1187,6 +1187,7 @@ impl FunctionTranslator<'_> {
             UnaryOp::Sin => self.call_per_lane(self.runtime.unary[0], lanes, x, None),
             UnaryOp::Cos => self.call_per_lane(self.runtime.unary[1], lanes, x, None),
             UnaryOp::Tan => self.call_per_lane(self.runtime.unary[2], lanes, x, None),
+            UnaryOp::Erf => self.call_per_lane(self.runtime.unary[7], lanes, x, None),
         }
     }
 

@@ -268,9 +268,21 @@ impl ConvGeometry {
         self.c * self.kh * self.kw * self.oh * self.ow
     }
 
-    /// The length of the weight `[O, C, KH, KW]`.
+    /// The length of the weight `[O, C / groups, KH, KW]`.
     pub fn weight_len(&self) -> usize {
-        self.o * self.c * self.kh * self.kw
+        self.o * self.group_patch()
+    }
+
+    /// The lengths of a `kind` product's two operands and its result.
+    pub fn operand_lens(&self, kind: ConvKind) -> [usize; 3] {
+        let input = self.n * self.c * self.h * self.w;
+        let weight = self.weight_len();
+        let output = self.n * self.o * self.oh * self.ow;
+        match kind {
+            ConvKind::Forward => [input, weight, output],
+            ConvKind::InputGrad => [output, weight, input],
+            ConvKind::WeightGrad => [input, output, weight],
+        }
     }
 }
 
@@ -388,7 +400,7 @@ impl Kernel {
             Kernel::MatMul(mm) => (2 * mm.batch * mm.m * mm.n * mm.k, true),
             Kernel::Conv(conv) => {
                 let s = conv.shape;
-                (2 * s.n * s.o * s.oh * s.ow * s.c * s.kh * s.kw, true)
+                (2 * s.n * s.o * s.oh * s.ow * s.group_patch(), true)
             }
             Kernel::Scan(_) => (0, false),
         };
@@ -468,14 +480,7 @@ impl Kernel {
             }
             Kernel::Conv(conv) => {
                 let s = conv.shape;
-                let input = s.n * s.c * s.h * s.w;
-                let weight = s.o * s.c * s.kh * s.kw;
-                let output = s.n * s.o * s.oh * s.ow;
-                let (a, b, out) = match conv.kind {
-                    ConvKind::Forward => (input, weight, output),
-                    ConvKind::InputGrad => (output, weight, input),
-                    ConvKind::WeightGrad => (input, output, weight),
-                };
+                let [a, b, out] = s.operand_lens(conv.kind);
                 visit(conv.args[0], a, false);
                 visit(conv.args[1], b, false);
                 let part = ConvKernel::scratch_part(conv.kind, &s, conv.ways);
@@ -871,19 +876,15 @@ impl<'a> Lowering<'a> {
                 }));
                 self.settle_call_result(c, home, &dims)
             }
-            Op::Conv2d { stride, padding }
-            | Op::Conv2dInputGrad { stride, padding }
-            | Op::Conv2dWeightGrad { stride, padding } => {
+            Op::Conv2d(params) | Op::Conv2dInputGrad(params) | Op::Conv2dWeightGrad(params) => {
                 let (kind, input, weight) = match node.op {
-                    Op::Conv2d { .. } => {
-                        (ConvKind::Forward, self.dims(args[0]), self.dims(args[1]))
-                    }
-                    Op::Conv2dInputGrad { .. } => {
+                    Op::Conv2d(_) => (ConvKind::Forward, self.dims(args[0]), self.dims(args[1])),
+                    Op::Conv2dInputGrad(_) => {
                         (ConvKind::InputGrad, dims.clone(), self.dims(args[1]))
                     }
                     _ => (ConvKind::WeightGrad, self.dims(args[0]), dims.clone()),
                 };
-                let shape = ConvGeometry::new(&input, &weight, *stride, *padding);
+                let shape = ConvGeometry::new(&input, &weight, *params);
                 let a = self.call_operand(args[0]);
                 let b = self.call_operand(args[1]);
                 let (out, home) = self.call_result(id);

@@ -509,14 +509,7 @@ pub struct ConvDesc {
 impl ConvDesc {
     fn extents(&self) -> [usize; 4] {
         let s = &self.shape;
-        let input = s.n * s.c * s.h * s.w;
-        let weight = s.weight_len();
-        let output = s.n * s.o * s.oh * s.ow;
-        let (a, b, out) = match self.kind {
-            ConvKind::Forward => (input, weight, output),
-            ConvKind::InputGrad => (output, weight, input),
-            ConvKind::WeightGrad => (input, output, weight),
-        };
+        let [a, b, out] = s.operand_lens(self.kind);
         [
             self.args[0] + a,
             self.args[1] + b,
@@ -594,7 +587,8 @@ unsafe fn conv_samples<T: Float>(
     sum: *mut T,
 ) {
     let s = d.shape;
-    let patch = s.c * s.kh * s.kw;
+    // Group g's product: output channels g·og.., weight rows g·og.., im2col rows g·patch...
+    let (og, patch) = (s.group_outputs(), s.group_patch());
     let pixels = s.oh * s.ow;
     let input_len = s.c * s.h * s.w;
     match d.kind {
@@ -602,17 +596,19 @@ unsafe fn conv_samples<T: Float>(
             for n in samples {
                 let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
                 im2col(&s, x, columns);
-                gemm_strided(
-                    (s.o, patch, pixels),
-                    arena.add(d.out + n * s.o * pixels),
-                    (pixels as isize, 1),
-                    arena.add(d.args[1]),
-                    (patch as isize, 1),
-                    columns.as_ptr(),
-                    (pixels as isize, 1),
-                    false,
-                    1,
-                );
+                for g in 0..s.groups {
+                    gemm_strided(
+                        (og, patch, pixels),
+                        arena.add(d.out + (n * s.o + g * og) * pixels),
+                        (pixels as isize, 1),
+                        arena.add(d.args[1] + g * og * patch),
+                        (patch as isize, 1),
+                        columns.as_ptr().add(g * patch * pixels),
+                        (pixels as isize, 1),
+                        false,
+                        1,
+                    );
+                }
             }
         }
         ConvKind::WeightGrad => {
@@ -620,32 +616,36 @@ unsafe fn conv_samples<T: Float>(
             for n in samples {
                 let x = std::slice::from_raw_parts(arena.add(d.args[0] + n * input_len), input_len);
                 im2col(&s, x, columns);
-                gemm_strided(
-                    (s.o, pixels, patch),
-                    sum,
-                    (patch as isize, 1),
-                    arena.add(d.args[1] + n * s.o * pixels),
-                    (pixels as isize, 1),
-                    columns.as_ptr(),
-                    (1, pixels as isize),
-                    true,
-                    1,
-                );
+                for g in 0..s.groups {
+                    gemm_strided(
+                        (og, pixels, patch),
+                        sum.add(g * og * patch),
+                        (patch as isize, 1),
+                        arena.add(d.args[1] + (n * s.o + g * og) * pixels),
+                        (pixels as isize, 1),
+                        columns.as_ptr().add(g * patch * pixels),
+                        (1, pixels as isize),
+                        true,
+                        1,
+                    );
+                }
             }
         }
         ConvKind::InputGrad => {
             for n in samples {
-                gemm_strided(
-                    (patch, s.o, pixels),
-                    columns.as_mut_ptr(),
-                    (pixels as isize, 1),
-                    arena.add(d.args[1]),
-                    (1, patch as isize),
-                    arena.add(d.args[0] + n * s.o * pixels),
-                    (pixels as isize, 1),
-                    false,
-                    1,
-                );
+                for g in 0..s.groups {
+                    gemm_strided(
+                        (patch, og, pixels),
+                        columns.as_mut_ptr().add(g * patch * pixels),
+                        (pixels as isize, 1),
+                        arena.add(d.args[1] + g * og * patch),
+                        (1, patch as isize),
+                        arena.add(d.args[0] + (n * s.o + g * og) * pixels),
+                        (pixels as isize, 1),
+                        false,
+                        1,
+                    );
+                }
                 let dx =
                     std::slice::from_raw_parts_mut(arena.add(d.out + n * input_len), input_len);
                 col2im(&s, columns, dx);
@@ -654,53 +654,17 @@ unsafe fn conv_samples<T: Float>(
     }
 }
 
-/// Calls `visit(entry, pixel, len)` for every run of entries of one sample's im2col matrix
-/// that read input elements: entries `entry..entry + len` of the `[C·KH·KW, OH·OW]` matrix
-/// read the `[C, H, W]` input at `pixel`, `pixel + stride`, …. Entries outside every run read
-/// the zero padding.
-fn for_each_run(s: &ConvGeometry, mut visit: impl FnMut(usize, usize, usize)) {
-    let pixels = s.oh * s.ow;
-    let inside = |pos: usize, size: usize| pos.checked_sub(s.padding).filter(|&i| i < size);
-    for c in 0..s.c {
-        for ki in 0..s.kh {
-            for kj in 0..s.kw {
-                let row = ((c * s.kh + ki) * s.kw + kj) * pixels;
-                // The output columns whose input column ow·stride + kj − padding is inside.
-                let first = s.padding.saturating_sub(kj).div_ceil(s.stride);
-                let end = (s.w + s.padding)
-                    .checked_sub(kj)
-                    .map_or(0, |e| e.div_ceil(s.stride))
-                    .min(s.ow);
-                if first >= end {
-                    continue;
-                }
-                let iw = first * s.stride + kj - s.padding;
-                for oh in 0..s.oh {
-                    let Some(ih) = inside(oh * s.stride + ki, s.h) else {
-                        continue;
-                    };
-                    visit(
-                        row + oh * s.ow + first,
-                        (c * s.h + ih) * s.w + iw,
-                        end - first,
-                    );
-                }
-            }
-        }
-    }
-}
-
 fn im2col<T: Float>(s: &ConvGeometry, input: &[T], columns: &mut [T]) {
     columns.fill(T::zero());
-    for_each_run(s, |entry, pixel, len| {
+    s.for_each_run(|entry, pixel, len| {
         let out = &mut columns[entry..entry + len];
-        if s.stride == 1 {
+        if s.sw == 1 {
             // Runs are a few elements long (an output row): a loop, not a call to memcpy.
             for (o, &x) in out.iter_mut().zip(&input[pixel..pixel + len]) {
                 *o = x;
             }
         } else {
-            let read = input[pixel..].iter().step_by(s.stride);
+            let read = input[pixel..].iter().step_by(s.sw);
             out.iter_mut().zip(read).for_each(|(o, &x)| *o = x);
         }
     });
@@ -709,14 +673,14 @@ fn im2col<T: Float>(s: &ConvGeometry, input: &[T], columns: &mut [T]) {
 /// The adjoint of `im2col`: sums each matrix entry onto the input element it read.
 fn col2im<T: Float>(s: &ConvGeometry, columns: &[T], input: &mut [T]) {
     input.fill(T::zero());
-    for_each_run(s, |entry, pixel, len| {
+    s.for_each_run(|entry, pixel, len| {
         let from = &columns[entry..entry + len];
-        if s.stride == 1 {
+        if s.sw == 1 {
             for (x, &c) in input[pixel..pixel + len].iter_mut().zip(from) {
                 *x = *x + c;
             }
         } else {
-            let to = input[pixel..].iter_mut().step_by(s.stride);
+            let to = input[pixel..].iter_mut().step_by(s.sw);
             to.zip(from).for_each(|(x, &c)| *x = *x + c);
         }
     });
@@ -785,7 +749,7 @@ pub struct FloatCalls {
     pub conv: *const u8,
     pub powf: *const u8,
     /// `unary` for each of [`UNARY_OPS`].
-    pub unary: [*const u8; 7],
+    pub unary: [*const u8; 8],
 }
 
 impl FloatCalls {
@@ -802,13 +766,14 @@ impl FloatCalls {
                 unary::<T, 4> as *const u8,
                 unary::<T, 5> as *const u8,
                 unary::<T, 6> as *const u8,
+                unary::<T, 7> as *const u8,
             ],
         }
     }
 }
 
 /// The unary operations `unary` computes, by its `OP`.
-pub const UNARY_OPS: [UnaryOp; 7] = [
+pub const UNARY_OPS: [UnaryOp; 8] = [
     UnaryOp::Sin,
     UnaryOp::Cos,
     UnaryOp::Tan,
@@ -816,6 +781,7 @@ pub const UNARY_OPS: [UnaryOp; 7] = [
     UnaryOp::Log,
     UnaryOp::Tanh,
     UnaryOp::Sigmoid,
+    UnaryOp::Erf,
 ];
 
 #[cfg(test)]

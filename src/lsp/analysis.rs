@@ -413,6 +413,9 @@ impl Analysis {
             "input" => return "; PC: clamped to the data".into(),
             "target" => return "; PC: clamped to the targets (drives the output's error)".into(),
             "param" => return "; PC: a parameter, learned by local updates".into(),
+            "frozen" => {
+                return "; PC: a constant, loaded with the parameters, never learned".into()
+            }
             _ => {}
         }
         let Some(node) = node else {
@@ -630,7 +633,12 @@ impl Analysis {
                             .rev()
                             .skip(1)
                             .take_while(|t| !matches!(t.1, Token::Let | Token::Loss))
-                            .any(|t| matches!(t.1, Token::Param | Token::Input | Token::Target))
+                            .any(|t| {
+                                matches!(
+                                    t.1,
+                                    Token::Param | Token::Frozen | Token::Input | Token::Target
+                                )
+                            })
                 };
                 if after_decl_eq {
                     return initialisers();
@@ -722,7 +730,9 @@ impl Analysis {
             }
         }
         let keywords: &[&str] = if in_model {
-            &["let", "loss", "for", "const", "input", "target", "param"]
+            &[
+                "let", "loss", "for", "const", "input", "target", "param", "frozen",
+            ]
         } else {
             &["let", "for", "const", "return"]
         };
@@ -971,6 +981,10 @@ impl Site {
                 kind: DeclKind::Param,
                 ..
             } => "param",
+            Site::Decl {
+                kind: DeclKind::Frozen,
+                ..
+            } => "frozen",
             Site::Let | Site::Assign => "let",
             Site::Param { .. } => "fn parameter",
             Site::LoopVar => "for",
@@ -985,6 +999,7 @@ impl Site {
                     DeclKind::Input => "an input, declared",
                     DeclKind::Target => "a target, declared",
                     DeclKind::Param => "a parameter, declared",
+                    DeclKind::Frozen => "a frozen tensor (never trained), declared",
                 };
                 match init {
                     Some(init) => format!("{what} `{ty}`, initialised by `{init}`"),
@@ -1104,6 +1119,7 @@ fn is_word(t: &Token) -> bool {
             | Token::Input
             | Token::Target
             | Token::Param
+            | Token::Frozen
             | Token::Let
             | Token::Const
             | Token::Loss
@@ -1230,7 +1246,7 @@ fn names_in_scope(tokens: &[&SpannedToken]) -> Vec<(String, Span)> {
                     k += 1;
                 }
             }
-            Token::Input | Token::Target | Token::Param | Token::Const => {
+            Token::Input | Token::Target | Token::Param | Token::Frozen | Token::Const => {
                 if let Some(b) = ident(i + 1) {
                     scopes.last_mut().expect("a scope").push(b);
                 }
@@ -1488,7 +1504,7 @@ fn stmt_symbols(stmts: &[Stmt], text: &str) -> Vec<Symbol> {
                 let k = match kind {
                     DeclKind::Input => SymbolKind::Input,
                     DeclKind::Target => SymbolKind::Target,
-                    DeclKind::Param => SymbolKind::Param,
+                    DeclKind::Param | DeclKind::Frozen => SymbolKind::Param,
                 };
                 out.push(symbol(
                     name.name.clone(),

@@ -158,25 +158,25 @@ fn refusals_name_the_node_and_what_is_missing() {
                 "BatchNormalization",
                 &["x", "s", "b", "mean", "var"],
                 "out",
-                vec![],
+                vec![int("training_mode", 1)],
             ),
             ["s", "b", "mean", "var"]
                 .iter()
                 .map(|n| weights(n, &[3]))
                 .collect(),
             &[2, 3, 4, 4],
-            "node `/BatchNormalization` (BatchNormalization): its running mean and variance",
+            "node `/BatchNormalization` (BatchNormalization): training-mode batch normalisation",
         ),
         (
             node(
                 "MaxPool",
                 &["x"],
                 "out",
-                vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2])],
+                vec![ints("kernel_shape", &[2, 2]), ints("pads", &[2, 0, 0, 0])],
             ),
             vec![],
             &[2, 3, 7, 7],
-            "windows of 3 with stride 2",
+            "as large as the window",
         ),
         (
             node("Relu", &["x"], "out", vec![int("fast", 1)]),
@@ -191,21 +191,21 @@ fn refusals_name_the_node_and_what_is_missing() {
             "the stdlib's softmax is over the last axis",
         ),
         (
-            node(
-                "Conv",
-                &["x", "w"],
-                "out",
-                vec![ints("pads", &[0, 0, 1, 1])],
-            ),
-            vec![weights("w", &[2, 3, 3, 3])],
+            node("Conv", &["x", "w"], "out", vec![int("group", 2)]),
+            vec![weights("w", &[2, 2, 3, 3])],
             &[2, 3, 5, 5],
-            "pads = [0, 0, 1, 1]",
+            "an input of 3 channels, a weight of 2 per group and 2 outputs in 2 groups",
         ),
         (
-            node("Erf", &["x"], "out", vec![]),
-            vec![],
-            &[2, 3],
-            "no `erf`",
+            node(
+                "ConvTranspose",
+                &["x", "w"],
+                "out",
+                vec![ints("output_shape", &[9, 9])],
+            ),
+            vec![weights("w", &[3, 2, 3, 3])],
+            &[2, 3, 5, 5],
+            "output_shape = [9, 9] differs from the shape its pads give, [7, 7]",
         ),
     ];
     for (node, inits, input, expected) in cases {
@@ -216,7 +216,7 @@ fn refusals_name_the_node_and_what_is_missing() {
 }
 
 #[test]
-fn same_padding_that_pads_evenly_maps_to_a_padding() {
+fn same_padding_maps_to_a_padding_even_or_not() {
     let attrs = vec![
         AttributeProto {
             name: "auto_pad".to_string(),
@@ -236,6 +236,28 @@ fn same_padding_that_pads_evenly_maps_to_a_padding() {
     .unwrap();
     assert!(
         text.contains("let out = conv2d(x, w, padding = 1)"),
+        "{text}"
+    );
+    // An even kernel pads one more at the end (SAME_UPPER): uneven padding.
+    let attrs = vec![
+        AttributeProto {
+            name: "auto_pad".to_string(),
+            r#type: AttributeType::String as i32,
+            s: b"SAME_UPPER".to_vec(),
+            ..Default::default()
+        },
+        ints("kernel_shape", &[2, 2]),
+    ];
+    let nodes = vec![node("Conv", &["x", "w"], "out", attrs)];
+    let text = imported(
+        nodes,
+        &[2, 3, 5, 5],
+        &[2, 4, 5, 5],
+        vec![weights("w", &[4, 3, 2, 2])],
+    )
+    .unwrap();
+    assert!(
+        text.contains("let out = conv2d(x, w, padding = [0, 0, 1, 1])"),
         "{text}"
     );
 }

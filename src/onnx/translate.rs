@@ -47,6 +47,8 @@ pub struct Param {
     pub name: String,
     pub onnx_name: String,
     pub value: ArrayD<f32>,
+    /// Declared `frozen` (a batch norm's running statistics): loaded, never trained.
+    pub frozen: bool,
 }
 
 /// A translated model: the `.pcg` text (not yet formatted) and its parameters, in the order
@@ -372,6 +374,23 @@ impl<'m> Translator<'m> {
     /// A value read as a tensor of the model: its expression and shape. An initializer
     /// becomes a parameter here; a known value a number or a `full(...)`.
     fn tensor(&mut self, name: &'m str) -> Result<(String, Vec<Dim>), String> {
+        self.read_tensor(name, false)
+    }
+
+    /// As [`tensor`](Self::tensor), an initializer becoming a `frozen` tensor (never
+    /// trained) rather than a parameter.
+    fn frozen_tensor(&mut self, name: &'m str) -> Result<(String, Vec<Dim>), String> {
+        if let Value::Tensor { name: pcg, .. } = self.value(name)? {
+            if self.params.iter().any(|p| &p.name == pcg && !p.frozen) {
+                return Err(format!(
+                    "`{name}` is read both as a trained parameter and as a frozen statistic"
+                ));
+            }
+        }
+        self.read_tensor(name, true)
+    }
+
+    fn read_tensor(&mut self, name: &'m str, frozen: bool) -> Result<(String, Vec<Dim>), String> {
         match self.value(name)?.clone() {
             Value::Tensor { name, .. } if self.ids.contains(&name) => Err(format!(
                 "the input `{name}` holds integers, which import reads only as the ids of an embedding (a Gather from a matrix)"
@@ -393,6 +412,7 @@ impl<'m> Translator<'m> {
                     name: pcg.clone(),
                     onnx_name: t.name.clone(),
                     value,
+                    frozen,
                 });
                 let value = Value::Tensor {
                     name: pcg.clone(),
@@ -519,7 +539,12 @@ impl<'m> Translator<'m> {
         ));
         for p in &self.params {
             let dims: Vec<Dim> = p.value.shape().iter().map(|&d| Dim::Size(d)).collect();
-            text.push_str(&format!("    param {}: {}\n", p.name, shape_text(&dims)));
+            let keyword = if p.frozen { "frozen" } else { "param" };
+            text.push_str(&format!(
+                "    {keyword} {}: {}\n",
+                p.name,
+                shape_text(&dims)
+            ));
         }
         text.push('\n');
         for line in &self.lets {

@@ -6,7 +6,9 @@
 //! `relu` to `max(x, 0)`, `one_hot` to a comparison with `iota`. Everything higher-level
 //! (softmax, losses, layers, recurrent cells) is written in `.pcg` in the stdlib.
 
-use super::lower::{ArgVal, Lowerer, MAX_ELEMENTS};
+mod spatial;
+
+use super::lower::{ArgVal, Lowerer};
 use super::value::Val;
 use crate::diag::{Diagnostic, ErrorKind};
 use crate::ir::{BinaryOp, Init, LeafKind, Op, ReduceOp, Shape, UnaryOp, ValueId};
@@ -25,6 +27,7 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("cos", &["x"]),
     ("tan", &["x"]),
     ("tanh", &["x"]),
+    ("erf", &["x"]),
     ("sigmoid", &["x"]),
     ("relu", &["x"]),
     ("leaky_relu", &["x", "alpha?"]),
@@ -49,10 +52,48 @@ const SIGNATURES: &[(&str, &[&str])] = &[
     ("slice", &["x", "axis", "start", "end"]),
     ("one_hot", &["labels", "n"]),
     ("causal_mask", &["n"]),
-    ("conv2d", &["x", "w", "stride?", "padding?"]),
-    ("conv1d", &["x", "w", "stride?", "padding?"]),
-    ("max_pool2d", &["x", "size", "stride?"]),
-    ("avg_pool2d", &["x", "size", "stride?"]),
+    (
+        "conv2d",
+        &["x", "w", "stride?", "padding?", "dilation?", "groups?"],
+    ),
+    (
+        "conv_transpose2d",
+        &[
+            "x",
+            "w",
+            "stride?",
+            "padding?",
+            "output_padding?",
+            "dilation?",
+            "groups?",
+        ],
+    ),
+    (
+        "conv1d",
+        &["x", "w", "stride?", "padding?", "dilation?", "groups?"],
+    ),
+    (
+        "max_pool2d",
+        &[
+            "x",
+            "size",
+            "stride?",
+            "padding?",
+            "dilation?",
+            "ceil_mode?",
+        ],
+    ),
+    (
+        "avg_pool2d",
+        &[
+            "x",
+            "size",
+            "stride?",
+            "padding?",
+            "ceil_mode?",
+            "count_include_pad?",
+        ],
+    ),
     ("dim", &["x", "axis"]),
     ("zeros", &["shape"]),
     ("ones", &["shape"]),
@@ -71,6 +112,7 @@ pub const NAMES: &[&str] = &[
     "cos",
     "tan",
     "tanh",
+    "erf",
     "sigmoid",
     "relu",
     "leaky_relu",
@@ -96,6 +138,7 @@ pub const NAMES: &[&str] = &[
     "one_hot",
     "causal_mask",
     "conv2d",
+    "conv_transpose2d",
     "conv1d",
     "max_pool2d",
     "avg_pool2d",
@@ -363,6 +406,7 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
         "cos" => Some(UnaryOp::Cos),
         "tan" => Some(UnaryOp::Tan),
         "tanh" => Some(UnaryOp::Tanh),
+        "erf" => Some(UnaryOp::Erf),
         "sigmoid" => Some(UnaryOp::Sigmoid),
         "sign" => Some(UnaryOp::Sign),
         "stop_gradient" => Some(UnaryOp::StopGradient),
@@ -461,7 +505,7 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
         "sum" | "mean" | "max" | "min" | "var" => reduce(l, name, b, span),
         "argmax" => argmax(l, b, span),
         "dropout" => dropout(l, b, span),
-        "conv1d" => conv1d(l, b, span),
+        "conv1d" => spatial::conv1d(l, b, span),
         "reshape" => {
             let x = tensor(l, b.get(0)?)?;
             let a = b.get(1)?;
@@ -716,19 +760,9 @@ fn lower(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
             let one = l.constant(1.0, shape);
             Some(l.node(Op::Binary(BinaryOp::Sub), vec![one, above], None, span))
         }
-        "conv2d" => {
-            let x = tensor(l, b.get(0)?)?;
-            let w = tensor(l, b.get(1)?)?;
-            let stride = positive(l, b.get(2), 1, "stride")?;
-            let padding = padding(l, b.get(3))?;
-            let (sx, sw) = (l.shape(x).clone(), l.shape(w).clone());
-            if sx.rank() != 4 || sw.rank() != 4 || sx.dims()[1] != sw.dims()[1] {
-                let needs = "conv2d needs an input [N, C, H, W] and a weight [O, C, KH, KW]";
-                return conv_mismatch(l, b, span, needs, (&sx, &sw));
-            }
-            Some(l.node(Op::Conv2d { stride, padding }, vec![x, w], None, span))
-        }
-        "max_pool2d" | "avg_pool2d" => pool(l, name, b, span),
+        "conv2d" => spatial::conv2d(l, b, span),
+        "conv_transpose2d" => spatial::conv_transpose2d(l, b, span),
+        "max_pool2d" | "avg_pool2d" => spatial::pool(l, name, b, span),
         "zeros" | "ones" | "full" => {
             let a = b.get(0)?;
             let want = dims(l, a)?;
@@ -900,45 +934,6 @@ fn argmax(l: &mut Lowerer, b: &Bound, span: Span) -> Option<Val> {
     Some(Val::Tensor(r))
 }
 
-/// A convolution's `padding` argument: a whole number from 0 (the default) up.
-fn padding(l: &mut Lowerer, a: Option<&ArgVal>) -> Option<usize> {
-    let Some(a) = a else {
-        return Some(0);
-    };
-    let p = int(l, a)?;
-    if p < 0 {
-        bad_arg(l, a.span, format!("padding must not be negative, got {p}"));
-        return None;
-    }
-    if p as usize > MAX_ELEMENTS {
-        bad_arg(l, a.span, format!("padding {p} is too large"));
-        return None;
-    }
-    Some(p as usize)
-}
-
-/// The error for a convolution's input and weight shapes that do not fit: what it `needs`,
-/// both operands labelled with their shapes.
-fn conv_mismatch<T>(
-    l: &mut Lowerer,
-    b: &Bound,
-    span: Span,
-    needs: &str,
-    (sx, sw): (&Shape, &Shape),
-) -> Option<T> {
-    l.error(
-        Diagnostic::new(
-            ErrorKind::ShapeMismatch,
-            format!("{needs}, got {sx} and {sw}"),
-            span,
-            "in this call",
-        )
-        .with_label(b.get(0)?.span, format!("has shape {sx}"))
-        .with_label(b.get(1)?.span, format!("has shape {sw}")),
-    );
-    None
-}
-
 /// dropout(x, p) = x · mask, the mask a `Noise` leaf drawn for every training step: 1 / (1 − p)
 /// with probability 1 − p, else 0 (inverted dropout, so its mean is 1); all ones when
 /// evaluating. Each call has a mask of its own, `dropout.<k>`.
@@ -967,115 +962,4 @@ fn dropout(l: &mut Lowerer, b: &Bound, span: Span) -> Option<Val> {
     let mask = l.program.leaf(LeafKind::Noise, name.clone(), shape);
     l.program.inits.insert(name, Init::Dropout { p });
     Some(l.node(Op::Binary(BinaryOp::Mul), vec![x, mask], None, span))
-}
-
-/// conv1d(x: [N, C, L], w: [O, C, K], stride, padding) -> [N, O, (L + 2p - K) / s + 1]: the
-/// sequence padded with zeros, then a 2-D convolution of one row.
-fn conv1d(l: &mut Lowerer, b: &Bound, span: Span) -> Option<Val> {
-    let x = tensor(l, b.get(0)?)?;
-    let w = tensor(l, b.get(1)?)?;
-    let stride = positive(l, b.get(2), 1, "stride")?;
-    let padding = padding(l, b.get(3))?;
-    let (sx, sw) = (l.shape(x).clone(), l.shape(w).clone());
-    let fits = sx.rank() == 3
-        && sw.rank() == 3
-        && sx.dims()[1] == sw.dims()[1]
-        && sw.dims()[2] <= sx.dims()[2] + 2 * padding;
-    if !fits {
-        let needs =
-            "conv1d needs an input [N, C, L] and a weight [O, C, K] with K at most L + 2 * padding";
-        return conv_mismatch(l, b, span, needs, (&sx, &sw));
-    }
-    let (n, c, len) = (sx.dims()[0], sx.dims()[1], sx.dims()[2]);
-    let (o, k) = (sw.dims()[0], sw.dims()[2]);
-    let mut padded = x;
-    if padding > 0 {
-        let pad = Op::Pad {
-            axis: 2,
-            before: padding,
-            after: padding,
-        };
-        padded = l.push_node(pad, vec![x], None, span)?;
-    }
-    let row = Shape(vec![n, c, 1, len + 2 * padding]);
-    let row = l.push_node(Op::Reshape, vec![padded], Some(row), span)?;
-    let kernel = l.push_node(Op::Reshape, vec![w], Some(Shape(vec![o, c, 1, k])), span)?;
-    let conv = Op::Conv2d { stride, padding: 0 };
-    let out = l.push_node(conv, vec![row, kernel], None, span)?;
-    let steps = (len + 2 * padding - k) / stride + 1;
-    Some(l.node(Op::Reshape, vec![out], Some(Shape(vec![n, o, steps])), span))
-}
-
-/// Non-overlapping 2-D pooling over `[N, C, H, W]`: trailing rows and columns that do not fill
-/// a window are dropped, then `[N, C, H/k, k, W/k, k]` is reduced over its window axes.
-fn pool(l: &mut Lowerer, name: &str, b: &Bound, span: Span) -> Option<Val> {
-    let x = tensor(l, b.get(0)?)?;
-    let k = positive(l, b.get(1), 1, "the window size")?;
-    let stride = positive(l, b.get(2), k, "stride")?;
-    if stride != k {
-        bad_arg(
-            l,
-            b.get(2).map_or(span, |a| a.span),
-            format!("{name} supports non-overlapping windows only (stride = size = {k}), got stride {stride}"),
-        );
-        return None;
-    }
-    let s = l.shape(x).clone();
-    if s.rank() != 4 || s.dims()[2] < k || s.dims()[3] < k {
-        l.error(
-            Diagnostic::new(
-                ErrorKind::ShapeMismatch,
-                format!("{name} needs an input [N, C, H, W] with H and W at least {k}, got {s}"),
-                span,
-                "in this call",
-            )
-            .with_label(b.get(0)?.span, format!("has shape {s}")),
-        );
-        return None;
-    }
-    let d = s.dims();
-    let (h, w) = (d[2] / k, d[3] / k);
-    let mut cur = x;
-    if h * k != d[2] {
-        cur = l.push_node(
-            Op::Slice {
-                axis: 2,
-                start: 0,
-                end: h * k,
-            },
-            vec![cur],
-            None,
-            span,
-        )?;
-    }
-    if w * k != d[3] {
-        cur = l.push_node(
-            Op::Slice {
-                axis: 3,
-                start: 0,
-                end: w * k,
-            },
-            vec![cur],
-            None,
-            span,
-        )?;
-    }
-    let windows = l.push_node(
-        Op::Reshape,
-        vec![cur],
-        Some(Shape(vec![d[0], d[1], h, k, w, k])),
-        span,
-    )?;
-    let op = if name == "max_pool2d" {
-        ReduceOp::Max
-    } else {
-        ReduceOp::Sum
-    };
-    let mut r = l.push_node(Op::Reduce(op, vec![3, 5]), vec![windows], None, span)?;
-    if name == "avg_pool2d" {
-        let out = l.shape(r).clone();
-        let c = l.constant(1.0 / (k * k) as f64, out);
-        r = l.push_node(Op::Binary(BinaryOp::Mul), vec![r, c], None, span)?;
-    }
-    Some(Val::Tensor(r))
 }

@@ -447,7 +447,8 @@ impl<'g, 'd> Lowerer<'g, 'd> {
         let leaf_kind = match kind {
             ast::DeclKind::Input => LeafKind::Input,
             ast::DeclKind::Target => LeafKind::Target,
-            ast::DeclKind::Param => LeafKind::Param,
+            // A frozen tensor is a parameter the optimiser never updates (`Compiled::frozen`).
+            ast::DeclKind::Param | ast::DeclKind::Frozen => LeafKind::Param,
         };
         let id = self
             .program
@@ -466,7 +467,7 @@ impl<'g, 'd> Lowerer<'g, 'd> {
                 init => init,
             },
             (None, ast::DeclKind::Param) if shape.rank() >= 2 => Some(Init::Xavier),
-            (None, ast::DeclKind::Param) => Some(Init::Zeros),
+            (None, ast::DeclKind::Param | ast::DeclKind::Frozen) => Some(Init::Zeros),
             (None, _) => None,
         };
         if let Some(init) = init {

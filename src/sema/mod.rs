@@ -112,6 +112,9 @@ pub struct Compiled {
     pub train: Option<TrainConfig>,
     /// How each `for` loop was compiled, in source order.
     pub loops: Vec<LoopNote>,
+    /// The `frozen` tensors: parameters of the programs, loaded and saved with the others,
+    /// that no optimiser updates.
+    pub frozen: Vec<String>,
 }
 
 /// Global definitions gathered from the root file and everything it imports.
@@ -558,10 +561,23 @@ fn analyse_model(
         train::check_against_model(t, trains[0], &forward, diagnostics);
     }
     let train = checked.and_then(|(t, sound)| sound.then_some(t));
+    let frozen = model
+        .body
+        .iter()
+        .filter_map(|stmt| match stmt {
+            ast::Stmt::Decl {
+                kind: ast::DeclKind::Frozen,
+                name,
+                ..
+            } => Some(name.name.clone()),
+            _ => None,
+        })
+        .collect();
     Some(Compiled {
         model_name: model.name.name.clone(),
         forward,
         train,
         loops,
+        frozen,
     })
 }

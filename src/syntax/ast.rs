@@ -99,6 +99,9 @@ pub enum DeclKind {
     Input,
     Target,
     Param,
+    /// A tensor loaded and saved with the parameters but never trained (`frozen mean: [C]`):
+    /// batch-norm statistics, a fixed embedding.
+    Frozen,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -899,6 +899,7 @@ impl<'s> Printer<'s> {
                     DeclKind::Input => "input",
                     DeclKind::Target => "target",
                     DeclKind::Param => "param",
+                    DeclKind::Frozen => "frozen",
                 };
                 let colon = self.at_space(ty.span().start as usize, ": ");
                 let head = concat([text(name.name.clone()), colon, self.ty(ty)]);

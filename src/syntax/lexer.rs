@@ -32,6 +32,8 @@ pub enum Token {
     Target,
     #[token("param")]
     Param,
+    #[token("frozen")]
+    Frozen,
     #[token("let")]
     Let,
     #[token("const")]
@@ -139,6 +141,7 @@ impl fmt::Display for Token {
             Token::Input => "`input`",
             Token::Target => "`target`",
             Token::Param => "`param`",
+            Token::Frozen => "`frozen`",
             Token::Let => "`let`",
             Token::Const => "`const`",
             Token::Loss => "`loss`",

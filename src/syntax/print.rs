@@ -93,6 +93,7 @@ impl Printer {
                     DeclKind::Input => "input",
                     DeclKind::Target => "target",
                     DeclKind::Param => "param",
+                    DeclKind::Frozen => "frozen",
                 };
                 let init = init
                     .as_ref()

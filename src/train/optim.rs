@@ -268,7 +268,20 @@ impl<F: Real> Optimizer<F> {
 
     /// The optimiser of a train block (plain SGD at 0.01 without one), with its learning
     /// rate replaced by `lr` when given.
-    pub fn of_train_block(train: Option<&crate::sema::TrainConfig>, lr: Option<f64>) -> Self {
+    /// The optimiser of a compiled model: its train block's (plain SGD at 0.01 without one),
+    /// at learning rate `lr` when given, leaving the model's `frozen` tensors alone.
+    pub fn for_model(compiled: &crate::sema::Compiled, lr: Option<f64>) -> Self {
+        let mut optimizer = Self::of_train_block(compiled.train.as_ref(), lr);
+        for name in &compiled.frozen {
+            if !optimizer.tuning.frozen.contains(name) {
+                optimizer.tuning.frozen.push(name.clone());
+                optimizer.program = None;
+            }
+        }
+        optimizer
+    }
+
+    fn of_train_block(train: Option<&crate::sema::TrainConfig>, lr: Option<f64>) -> Self {
         let config = train.map_or(
             OptimizerConfig::Sgd {
                 lr: 0.01,

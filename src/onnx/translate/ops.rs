@@ -101,14 +101,16 @@ impl<'m> Translator<'m> {
             }
             "Gelu" => {
                 let attrs = self.attributes(node, &["approximate"])?;
-                if attrs.string("approximate").as_deref() != Some("tanh") {
-                    return Err("the exact GELU needs `erf`, which the language does not have yet (the tanh approximation, `approximate = \"tanh\"`, maps to the stdlib's `gelu`)".to_string());
-                }
                 let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
-                Ok(Out::Let {
-                    expr: format!("gelu({x})"),
-                    shape,
-                })
+                // The tanh approximation is the stdlib's `gelu`; the exact one x Φ(x).
+                let expr = match attrs.string("approximate").as_deref() {
+                    Some("tanh") => format!("gelu({x})"),
+                    None | Some("none") => {
+                        format!("0.5 * {x} * (1 + erf({x} / 1.4142135623730951))")
+                    }
+                    Some(other) => return Err(format!("approximate = \"{other}\"")),
+                };
+                Ok(Out::Let { expr, shape })
             }
             "Clip" => self.clip(node),
             "Softmax" | "LogSoftmax" => {
@@ -124,7 +126,11 @@ impl<'m> Translator<'m> {
                         "over axis {ax} of a tensor of rank {rank}: the stdlib's softmax is over the last axis (transpose first)"
                     ));
                 }
-                let function = if op == "Softmax" { "softmax" } else { "log_softmax" };
+                let function = if op == "Softmax" {
+                    "softmax"
+                } else {
+                    "log_softmax"
+                };
                 Ok(Out::Let {
                     expr: format!("{function}({x})"),
                     shape,
@@ -174,7 +180,8 @@ impl<'m> Translator<'m> {
                         *first = Ok(Dim::Batch(1));
                     }
                 }
-                let out = known::reshape_target(&shape, &target, attrs.int("allowzero") == Some(1))?;
+                let out =
+                    known::reshape_target(&shape, &target, attrs.int("allowzero") == Some(1))?;
                 Ok(reshaped(x, &shape, out))
             }
             "Squeeze" | "Unsqueeze" => {
@@ -213,10 +220,7 @@ impl<'m> Translator<'m> {
                 let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
                 let rank = shape.len();
                 let perm: Vec<usize> = match attrs.ints("perm") {
-                    Some(p) => p
-                        .iter()
-                        .map(|&a| axis(a, rank))
-                        .collect::<Result<_, _>>()?,
+                    Some(p) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_, _>>()?,
                     None => (0..rank).rev().collect(),
                 };
                 let mut sorted = perm.clone();
@@ -282,12 +286,19 @@ impl<'m> Translator<'m> {
                 self.attributes(node, &[])?;
                 let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
                 if shape.len() < 3 {
-                    return Err(format!("an input of rank {} (it needs [N, C, ...])", shape.len()));
+                    return Err(format!(
+                        "an input of rank {} (it needs [N, C, ...])",
+                        shape.len()
+                    ));
                 }
                 let axes: Vec<usize> = (2..shape.len()).collect();
                 let mut out = shape.clone();
                 out[2..].fill(Dim::Size(1));
-                let function = if op == "GlobalAveragePool" { "mean" } else { "max" };
+                let function = if op == "GlobalAveragePool" {
+                    "mean"
+                } else {
+                    "max"
+                };
                 Ok(Out::Let {
                     expr: format!("{function}({x}, axis = {axes:?}, keepdims = true)"),
                     shape: out,
@@ -295,8 +306,8 @@ impl<'m> Translator<'m> {
             }
             "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => self.reduce(node),
             "LayerNormalization" => self.layer_norm(node),
-            "BatchNormalization" => Err("its running mean and variance would be parameters, trained like the others: batch normalisation needs frozen tensors, which the language does not have yet (fold it into the convolution before export, e.g. `torch.ao.quantization.fuse_modules` or an ONNX optimiser's fuse_bn_into_conv)".to_string()),
-            "Erf" => Err("the language has no `erf` yet".to_string()),
+            "BatchNormalization" => self.batch_norm(node),
+            "ConvTranspose" => self.conv_transpose(node),
             _ => Err(format!("the op {op} is not supported by import")),
         }
     }
@@ -500,6 +511,8 @@ impl<'m> Translator<'m> {
         Ok(Out::Let { expr, shape: out })
     }
 
+    /// `Conv` over 1 or 2 spatial axes, with every option (`conv1d`, `conv2d`, the stdlib's
+    /// `conv_bias` when the options are plain).
     fn conv(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
         let attrs = self.attributes(
             node,
@@ -522,81 +535,143 @@ impl<'m> Translator<'m> {
                 shape_text(&sw)
             ));
         }
-        if attrs.int("group").unwrap_or(1) != 1 {
-            return Err(format!(
-                "group = {}: grouped (and depthwise) convolution needs the language's conv2d to take groups",
-                attrs.int("group").unwrap_or(1)
-            ));
-        }
-        if attrs
-            .ints("dilations")
-            .is_some_and(|d| d.iter().any(|&d| d != 1))
-        {
-            return Err(
-                "dilations other than 1: the language's convolutions are not dilated".to_string(),
-            );
-        }
         let input = sizes(&sx[2..]).ok_or("a convolution over the batch axis")?;
         let kernel = sizes(&sw[2..]).ok_or("a kernel sized by the batch")?;
-        if attrs
-            .ints("kernel_shape")
-            .is_some_and(|k| k.iter().map(|&k| k as usize).ne(kernel.iter().copied()))
-        {
-            return Err("kernel_shape differs from the weight's shape".to_string());
-        }
-        let stride = same_for_every_axis(attrs.ints("strides"), spatial, 1, "strides")?;
-        let padding = padding(&attrs, &input, &kernel, stride)?;
-        let (Dim::Size(c), Dim::Size(wc)) = (sx[1], sw[1]) else {
+        let window = Window::of(&attrs, &input, kernel, 1)?;
+        let groups = positive_attr(&attrs, "group")?;
+        let (Dim::Size(c), Dim::Size(wc), Dim::Size(o)) = (sx[1], sw[1], sw[0]) else {
             return Err("channels sized by the batch".to_string());
         };
-        if c != wc {
-            return Err(format!("an input of {c} channels and a weight of {wc}"));
+        if c != wc * groups || o % groups != 0 {
+            return Err(format!(
+                "an input of {c} channels, a weight of {wc} per group and {o} outputs in {groups} groups"
+            ));
         }
         let mut out = vec![sx[0], sw[0]];
-        for (&n, &k) in input.iter().zip(&kernel) {
-            if n + 2 * padding < k {
-                return Err(format!("a kernel of {k} over {n} (padded by {padding})"));
-            }
-            out.push(Dim::Size((n + 2 * padding - k) / stride + 1));
+        for (i, &n) in input.iter().enumerate() {
+            out.push(Dim::Size(window.out(i, n, false).ok_or_else(|| {
+                format!("a kernel of {} over {n} (padded)", window.kernel[i])
+            })?));
         }
-        let mut options = String::new();
-        if stride != 1 {
-            options.push_str(&format!(", stride = {stride}"));
-        }
-        if padding != 0 {
-            options.push_str(&format!(", padding = {padding}"));
-        }
+        let options = window.options(groups);
         let bias = match self.optional(node, 2) {
             Some(b) => Some(self.tensor(b)?.0),
             None => None,
         };
-        let expr = match (spatial, bias) {
-            (1, None) => format!("conv1d({x}, {w}{options})"),
-            (1, Some(b)) => format!("conv1d({x}, {w}{options}) + reshape({b}, [{}, 1])", sw[0]),
-            (_, None) => format!("conv2d({x}, {w}{options})"),
-            (_, Some(b)) => {
+        let function = if spatial == 1 { "conv1d" } else { "conv2d" };
+        let plain = spatial == 2 && groups == 1 && window.is_plain();
+        let expr = match bias {
+            Some(b) if plain => {
                 self.modules.insert("conv");
+                let (stride, padding) = (window.strides[0], window.pads[0]);
                 format!("conv_bias({x}, {w}, {b}, stride = {stride}, padding = {padding})")
             }
+            Some(b) => {
+                let ones = vec!["1"; spatial].join(", ");
+                format!("{function}({x}, {w}{options}) + reshape({b}, [{o}, {ones}])")
+            }
+            None => format!("{function}({x}, {w}{options})"),
         };
         Ok(Out::Let { expr, shape: out })
     }
 
-    /// `MaxPool` and `AveragePool`: square, non-overlapping windows without padding.
-    fn pool(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
+    /// `ConvTranspose` over 2 spatial axes: `conv_transpose2d`, plus a bias.
+    fn conv_transpose(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
         let attrs = self.attributes(
             node,
             &[
                 "auto_pad",
-                "ceil_mode",
-                "count_include_pad",
                 "dilations",
+                "group",
                 "kernel_shape",
+                "output_padding",
+                "output_shape",
                 "pads",
-                "storage_order",
                 "strides",
             ],
         )?;
+        let (x, sx) = self.tensor(self.operand_name(node, 0)?)?;
+        let (w, sw) = self.tensor(self.operand_name(node, 1)?)?;
+        if sx.len() != 4 || sw.len() != 4 {
+            return Err(format!(
+                "a transposed convolution of {} by {}: the language's is 2-D",
+                shape_text(&sx),
+                shape_text(&sw)
+            ));
+        }
+        if !matches!(attrs.string("auto_pad").as_deref(), None | Some("NOTSET")) {
+            return Err("auto_pad on a transposed convolution (give pads)".to_string());
+        }
+        let input = sizes(&sx[2..]).ok_or("a convolution over the batch axis")?;
+        let kernel = sizes(&sw[2..]).ok_or("a kernel sized by the batch")?;
+        let window = Window::of(&attrs, &input, kernel, 1)?;
+        let groups = positive_attr(&attrs, "group")?;
+        let extra = match attrs.ints("output_padding") {
+            None => vec![0, 0],
+            Some(v) if v.len() == 2 && v.iter().all(|&p| p >= 0) => {
+                v.iter().map(|&p| p as usize).collect()
+            }
+            Some(v) => return Err(format!("output_padding = {v:?}")),
+        };
+        let (Dim::Size(c), Dim::Size(og)) = (sx[1], sw[1]) else {
+            return Err("channels sized by the batch".to_string());
+        };
+        if sw[0] != Dim::Size(c) || c % groups != 0 {
+            return Err(format!(
+                "an input of {c} channels and a weight {} in {groups} groups",
+                shape_text(&sw)
+            ));
+        }
+        let mut out = vec![sx[0], Dim::Size(og * groups)];
+        for i in 0..2 {
+            let full = (input[i] - 1) * window.strides[i]
+                + window.dilations[i] * (window.kernel[i] - 1)
+                + 1
+                + extra[i];
+            let size = full
+                .checked_sub(window.pads[i] + window.pads[i + 2])
+                .filter(|&s| s > 0)
+                .ok_or("pads larger than the output")?;
+            out.push(Dim::Size(size));
+        }
+        if let Some(shape) = attrs.ints("output_shape") {
+            let wanted: Vec<Dim> = shape.iter().map(|&d| Dim::Size(d as usize)).collect();
+            if wanted[..] != out[2..] {
+                return Err(format!(
+                    "output_shape = {shape:?} differs from the shape its pads give, {}: give pads and output_padding instead",
+                    shape_text(&out[2..])
+                ));
+            }
+        }
+        let mut options = window.options(groups);
+        if extra != [0, 0] {
+            options.push_str(&format!(", output_padding = {}", one_or_list(&extra)));
+        }
+        let mut expr = format!("conv_transpose2d({x}, {w}{options})");
+        if let Some(b) = self.optional(node, 2) {
+            let (b, _) = self.tensor(b)?;
+            expr = format!("{expr} + reshape({b}, [{}, 1, 1])", og * groups);
+        }
+        Ok(Out::Let { expr, shape: out })
+    }
+
+    /// `MaxPool` and `AveragePool` over `[N, C, H, W]`, with every option.
+    fn pool(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
+        let max = node.op_type == "MaxPool";
+        let mut understood = vec![
+            "auto_pad",
+            "ceil_mode",
+            "dilations",
+            "kernel_shape",
+            "pads",
+            "strides",
+        ];
+        understood.push(if max {
+            "storage_order"
+        } else {
+            "count_include_pad"
+        });
+        let attrs = self.attributes(node, &understood)?;
         let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
         if shape.len() != 4 {
             return Err(format!(
@@ -605,46 +680,88 @@ impl<'m> Translator<'m> {
             ));
         }
         let input = sizes(&shape[2..]).ok_or("pooling over the batch axis")?;
-        let kernel = attrs.ints("kernel_shape").unwrap_or_default();
-        let size = same_for_every_axis(Some(kernel), 2, 1, "kernel_shape")?;
-        let stride = same_for_every_axis(attrs.ints("strides"), 2, 1, "strides")?;
-        if stride != size {
+        let kernel: Vec<usize> = match attrs.ints("kernel_shape") {
+            Some(k) if k.len() == 2 && k.iter().all(|&k| k >= 1) => {
+                k.iter().map(|&k| k as usize).collect()
+            }
+            other => return Err(format!("kernel_shape = {other:?}: two sizes from 1 up")),
+        };
+        let window = Window::of(&attrs, &input, kernel, 1)?;
+        if (0..4).any(|i| window.pads[i] >= window.kernel[i % 2]) {
             return Err(format!(
-                "windows of {size} with stride {stride}: the language pools non-overlapping windows only (stride = size)"
+                "pads = {:?} as large as the window: the language pads less than a window",
+                window.pads
             ));
         }
-        if attrs
-            .ints("dilations")
-            .is_some_and(|d| d.iter().any(|&d| d != 1))
-        {
-            return Err("dilations other than 1".to_string());
+        let ceil = attrs.int("ceil_mode") == Some(1);
+        let mut out = vec![shape[0], shape[1]];
+        for (i, &n) in input.iter().enumerate() {
+            let size = window
+                .out(i, n, ceil)
+                .ok_or_else(|| format!("a window of {} over {n}", window.kernel[i]))?;
+            out.push(Dim::Size(size));
         }
-        let pad_free = attrs.ints("pads").is_none_or(|p| p.iter().all(|&p| p == 0))
-            && matches!(
-                attrs.string("auto_pad").as_deref(),
-                None | Some("NOTSET" | "VALID")
-            );
-        if !pad_free {
-            return Err("padding: the language pools without padding".to_string());
+        let mut args = format!("{x}, {}", one_or_list(&window.kernel));
+        if window.strides != window.kernel {
+            args.push_str(&format!(", stride = {}", one_or_list(&window.strides)));
         }
-        if attrs.int("ceil_mode") == Some(1) && input.iter().any(|n| !n.is_multiple_of(size)) {
-            return Err("ceil_mode over sizes that the window does not divide".to_string());
+        if window.pads != [0; 4] {
+            args.push_str(&format!(", padding = {}", pads_text(&window.pads)));
         }
-        let function = if node.op_type == "MaxPool" {
+        let function = if max {
+            if window.dilations != [1, 1] {
+                args.push_str(&format!(", dilation = {}", one_or_list(&window.dilations)));
+            }
             "max_pool2d"
         } else {
+            if window.dilations != [1, 1] {
+                return Err("a dilated average pool".to_string());
+            }
             "avg_pool2d"
         };
-        let out = vec![
-            shape[0],
-            shape[1],
-            Dim::Size(input[0] / size),
-            Dim::Size(input[1] / size),
-        ];
+        if ceil {
+            args.push_str(", ceil_mode = true");
+        }
+        // ONNX counts only the input's positions unless told otherwise; the language's
+        // default is PyTorch's (the padded positions too).
+        if !max && window.pads != [0; 4] && attrs.int("count_include_pad").unwrap_or(0) == 0 {
+            args.push_str(", count_include_pad = false");
+        }
         Ok(Out::Let {
-            expr: format!("{function}({x}, {size})"),
+            expr: format!("{function}({args})"),
             shape: out,
         })
+    }
+
+    /// `BatchNormalization` in inference: (x − mean) / sqrt(var + epsilon) · scale + bias per
+    /// channel (axis 1), the running mean and variance `frozen` tensors.
+    fn batch_norm(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
+        let attrs = self.attributes(node, &["epsilon", "momentum", "training_mode"])?;
+        if attrs.int("training_mode") == Some(1) {
+            return Err("training-mode batch normalisation (batch statistics) is not supported by import: export in eval mode".to_string());
+        }
+        let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
+        let Some(&Dim::Size(c)) = shape.get(1) else {
+            return Err(format!(
+                "batch normalisation of {}: channels on axis 1",
+                shape_text(&shape)
+            ));
+        };
+        let (scale, _) = self.tensor(self.operand_name(node, 1)?)?;
+        let (bias, _) = self.tensor(self.operand_name(node, 2)?)?;
+        let (mean, _) = self.frozen_tensor(self.operand_name(node, 3)?)?;
+        let (var, _) = self.frozen_tensor(self.operand_name(node, 4)?)?;
+        let epsilon = number(attrs.float("epsilon").unwrap_or(1e-5) as f64)?;
+        let ones = vec!["1"; shape.len() - 2].join(", ");
+        let per_channel = |v: &str| format!("reshape({v}, [{c}, {ones}])");
+        let expr = format!(
+            "({x} - {}) / sqrt({} + {epsilon}) * {} + {}",
+            per_channel(&mean),
+            per_channel(&var),
+            per_channel(&scale),
+            per_channel(&bias)
+        );
+        Ok(Out::Let { expr, shape })
     }
 
     fn reduce(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
@@ -735,6 +852,7 @@ fn unary_function(op: &str) -> Option<&'static str> {
         "Neg" => "-{x}",
         "Reciprocal" => "1 / {x}",
         "Softplus" => "softplus({x})",
+        "Erf" => "erf({x})",
         _ => return None,
     })
 }
@@ -753,61 +871,164 @@ fn sizes(dims: &[Dim]) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// One value of a per-axis attribute that must be the same on every axis.
-fn same_for_every_axis(
+/// The windows of a convolution or pooling node: per spatial axis the kernel's size, its
+/// stride and dilation, and the padding (`pads`: the starts of every axis, then the ends, as
+/// ONNX orders them).
+struct Window {
+    kernel: Vec<usize>,
+    strides: Vec<usize>,
+    pads: Vec<usize>,
+    dilations: Vec<usize>,
+}
+
+impl Window {
+    /// The window of a node's attributes over an input of spatial sizes `input`.
+    fn of(
+        attrs: &Attributes,
+        input: &[usize],
+        kernel: Vec<usize>,
+        default_stride: usize,
+    ) -> Result<Window, String> {
+        let axes = input.len();
+        if attrs
+            .ints("kernel_shape")
+            .is_some_and(|k| k.iter().map(|&k| k as usize).ne(kernel.iter().copied()))
+        {
+            return Err("kernel_shape differs from the weight's shape".to_string());
+        }
+        let strides = per_axis(attrs.ints("strides"), axes, default_stride, "strides")?;
+        let dilations = per_axis(attrs.ints("dilations"), axes, 1, "dilations")?;
+        let pads: Vec<usize> = match attrs.string("auto_pad").as_deref() {
+            None | Some("NOTSET") => match attrs.ints("pads") {
+                None => vec![0; 2 * axes],
+                Some(p) if p.len() == 2 * axes && p.iter().all(|&p| p >= 0) => {
+                    p.iter().map(|&p| p as usize).collect()
+                }
+                Some(p) => return Err(format!("pads = {p:?}")),
+            },
+            Some("VALID") => vec![0; 2 * axes],
+            Some(mode @ ("SAME_UPPER" | "SAME_LOWER")) => {
+                // Total padding so that the output has ceil(n / stride) entries; the odd one
+                // at the end (SAME_UPPER) or the start (SAME_LOWER).
+                let mut starts = Vec::new();
+                let mut ends = Vec::new();
+                for i in 0..axes {
+                    let out = input[i].div_ceil(strides[i]);
+                    let span = dilations[i] * (kernel[i] - 1) + 1;
+                    let total = ((out - 1) * strides[i] + span).saturating_sub(input[i]);
+                    let small = total / 2;
+                    let (start, end) = if mode == "SAME_UPPER" {
+                        (small, total - small)
+                    } else {
+                        (total - small, small)
+                    };
+                    starts.push(start);
+                    ends.push(end);
+                }
+                starts.extend(ends);
+                starts
+            }
+            Some(other) => return Err(format!("auto_pad = {other}")),
+        };
+        Ok(Window {
+            kernel,
+            strides,
+            pads,
+            dilations,
+        })
+    }
+
+    /// The output size along axis `i` over `n` inputs (rounded up in ceiling mode, where a
+    /// last window starting in the end padding is dropped).
+    fn out(&self, i: usize, n: usize, ceil: bool) -> Option<usize> {
+        let axes = self.kernel.len();
+        let padded = n + self.pads[i] + self.pads[i + axes];
+        let span = self.dilations[i] * (self.kernel[i] - 1) + 1;
+        let room = padded.checked_sub(span)?;
+        let s = self.strides[i];
+        if !ceil {
+            return Some(room / s + 1);
+        }
+        let out = room.div_ceil(s) + 1;
+        Some(if (out - 1) * s >= n + self.pads[i] {
+            out - 1
+        } else {
+            out
+        })
+    }
+
+    /// One stride on every axis, the same padding on every side, no dilation.
+    fn is_plain(&self) -> bool {
+        let same = |v: &[usize]| v.iter().all(|&x| x == v[0]);
+        same(&self.strides) && same(&self.pads) && self.dilations.iter().all(|&d| d == 1)
+    }
+
+    /// The convolution's options as the language writes them (`, stride = 2, padding = [1,
+    /// 0]`), the defaults left out.
+    fn options(&self, groups: usize) -> String {
+        let mut text = String::new();
+        if self.strides.iter().any(|&s| s != 1) {
+            text.push_str(&format!(", stride = {}", one_or_list(&self.strides)));
+        }
+        if self.pads.iter().any(|&p| p != 0) {
+            text.push_str(&format!(", padding = {}", pads_text(&self.pads)));
+        }
+        if self.dilations.iter().any(|&d| d != 1) {
+            text.push_str(&format!(", dilation = {}", one_or_list(&self.dilations)));
+        }
+        if groups != 1 {
+            text.push_str(&format!(", groups = {groups}"));
+        }
+        text
+    }
+}
+
+/// A per-axis attribute (every value at least 1), or `default` on every axis.
+fn per_axis(
     values: Option<&[i64]>,
     axes: usize,
     default: usize,
     name: &str,
-) -> Result<usize, String> {
-    let Some(values) = values.filter(|v| !v.is_empty()) else {
-        return Ok(default);
-    };
-    if values.len() != axes || values.iter().any(|&v| v != values[0]) || values[0] < 1 {
-        return Err(format!(
-            "{name} = {values:?}: the language takes one {name} for every axis"
-        ));
+) -> Result<Vec<usize>, String> {
+    match values.filter(|v| !v.is_empty()) {
+        None => Ok(vec![default; axes]),
+        Some(v) if v.len() == axes && v.iter().all(|&x| x >= 1) => {
+            Ok(v.iter().map(|&x| x as usize).collect())
+        }
+        Some(v) => Err(format!("{name} = {v:?}: {axes} values from 1 up")),
     }
-    Ok(values[0] as usize)
 }
 
-/// A convolution's padding: the same on both sides of every axis, given or by `auto_pad`.
-fn padding(
-    attrs: &Attributes,
-    input: &[usize],
-    kernel: &[usize],
-    stride: usize,
-) -> Result<usize, String> {
-    let pads: Vec<i64> = match attrs.string("auto_pad").as_deref() {
-        None | Some("NOTSET") => attrs.ints("pads").unwrap_or_default().to_vec(),
-        Some("VALID") => Vec::new(),
-        Some("SAME_UPPER" | "SAME_LOWER") => {
-            // Total padding so that the output has ceil(n / stride) entries.
-            let totals = input.iter().zip(kernel).map(|(&n, &k)| {
-                let out = n.div_ceil(stride);
-                ((out - 1) * stride + k).saturating_sub(n) as i64
-            });
-            let mut pads = Vec::new();
-            for total in totals {
-                if total % 2 != 0 {
-                    return Err("auto_pad that pads one side more than the other".to_string());
-                }
-                pads.push(total / 2);
-            }
-            pads.extend(pads.clone());
-            pads
-        }
-        Some(other) => return Err(format!("auto_pad = {other}")),
-    };
-    if pads.is_empty() {
-        return Ok(0);
+/// An integer attribute from 1 up (1 when absent).
+fn positive_attr(attrs: &Attributes, name: &str) -> Result<usize, String> {
+    match attrs.int(name).unwrap_or(1) {
+        n if n >= 1 => Ok(n as usize),
+        n => Err(format!("{name} = {n}")),
     }
-    if pads.iter().any(|&p| p != pads[0]) || pads[0] < 0 {
-        return Err(format!(
-            "pads = {pads:?}: the language pads every side of every axis alike"
-        ));
+}
+
+/// Values per axis as the language writes them: one number when they are all the same.
+fn one_or_list(values: &[usize]) -> String {
+    if values.iter().all(|&v| v == values[0]) {
+        values[0].to_string()
+    } else {
+        format!("{values:?}")
     }
-    Ok(pads[0] as usize)
+}
+
+/// ONNX pads (starts, then ends) as the language's `padding`: one number, one per axis on
+/// both sides (`[h, w]` in 2-D), or every side (`[top, left, bottom, right]`; `[left,
+/// right]` in 1-D).
+fn pads_text(pads: &[usize]) -> String {
+    let axes = pads.len() / 2;
+    let (starts, ends) = pads.split_at(axes);
+    if pads.iter().all(|&p| p == pads[0]) {
+        pads[0].to_string()
+    } else if starts == ends && axes == 2 {
+        format!("{starts:?}")
+    } else {
+        format!("{pads:?}")
+    }
 }
 
 /// A tensor reshaped to `out`: `flatten` when that is what it is, else `reshape`.
