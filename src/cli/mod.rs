@@ -599,6 +599,15 @@ pub enum LossArg {
     CrossEntropy,
 }
 
+impl From<LossArg> for crate::onnx::Loss {
+    fn from(loss: LossArg) -> Self {
+        match loss {
+            LossArg::Mse => crate::onnx::Loss::Mse,
+            LossArg::CrossEntropy => crate::onnx::Loss::CrossEntropy,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     Fixed,
