@@ -5,11 +5,12 @@ import inspect
 import os
 import tempfile
 import warnings
+from typing import Any
 
-from ._pcg import from_onnx
+from ._pcg import Model, from_onnx
 
 
-def from_torch(module, example_input, loss="mse", target="y"):
+def from_torch(module: Any, example_input: Any, loss: str = "mse", target: str = "y") -> Model:
     """Exports a PyTorch module with `torch.onnx.export` and imports it as a `Model` whose
     parameters are the module's weights.
 
