@@ -22,6 +22,7 @@ use crate::train::engine::{eval_program, Backend, Engine, EngineError, Programs,
 use crate::train::optim::{learning_rate, Optimizer};
 use crate::train::run::{self, EpochMetrics, Event, Position, Remainder, Settings, TrainError};
 use crate::train::{batch, init};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -246,6 +247,9 @@ pub struct Model {
     trainer: Option<Trainer>,
     /// Engines for gradients and evaluation, by their settings.
     engines: Vec<(EngineKey, Box<dyn Engine + Send>)>,
+    /// For a model imported from ONNX: each parameter's initializer name, by its `.pcg` name
+    /// (what `export_onnx` names the initializers).
+    onnx_names: BTreeMap<String, String>,
 }
 
 /// Engines kept for gradients and evaluation; the oldest is dropped beyond this.
@@ -278,7 +282,33 @@ impl Model {
             default_batch: None,
             trainer: None,
             engines: Vec::new(),
+            onnx_names: BTreeMap::new(),
         })
+    }
+
+    /// Imports the ONNX model in `bytes` (see [`crate::onnx::import`]) and compiles it with
+    /// its initializers' values as the parameters; `export_onnx` gives the initializers their
+    /// ONNX names back. The model's source is the imported text, named `<model>.pcg`.
+    pub fn import_onnx(bytes: &[u8], options: &crate::onnx::Options) -> Result<Model, ModelError> {
+        let imported =
+            crate::onnx::import(bytes, options).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let source = ModelSource::Text {
+            name: format!("{}.pcg", options.model_name),
+            text: imported.text,
+        };
+        let mut model = Model::compile(source, CompileOptions::default(), None)?;
+        let params = imported
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        model.set_params(params)?;
+        model.onnx_names = imported
+            .params
+            .into_iter()
+            .map(|p| (p.name, p.onnx_name))
+            .collect();
+        Ok(model)
     }
 
     /// The compiled model.
@@ -663,6 +693,62 @@ impl Model {
         let inference = self.inference(run)?;
         crate::dump::stage_text(&self.compiled, stage, format, &inference)
             .map_err(ModelError::Invalid)
+    }
+
+    /// The forward program compiled for a batch of `batch` examples: the model's own when its
+    /// inputs have that batch size, else compiled again with `B` bound to it.
+    fn forward_at(&self, batch: usize) -> Result<Program, ModelError> {
+        let forward = &self.compiled.forward;
+        let declared = forward
+            .leaves(LeafKind::Input)
+            .first()
+            .and_then(|&(id, _)| forward.shape(id).dims().first().copied());
+        if declared == Some(batch) {
+            return Ok(forward.clone());
+        }
+        let options = CompileOptions {
+            batch: Some(batch),
+            ..self.options.clone()
+        };
+        let (sources, result) = self.source.compile(&options);
+        let compiled = result.map_err(|diagnostics| compile_error(&sources, &diagnostics))?;
+        Ok(compiled.forward)
+    }
+
+    /// The model's predictions on `inputs` (arrays named like its inputs, any batch size; others
+    /// are ignored), on `backend`: the values its loss reads, by name, as `pcg predict`
+    /// writes them (see [`crate::predict`]).
+    pub fn predict(&mut self, inputs: &Arrays, backend: Backend) -> Result<Arrays, ModelError> {
+        let origin = Path::new("the inputs");
+        let batch = crate::predict::batch_of(&self.compiled.forward, inputs, origin)
+            .map_err(ModelError::Invalid)?;
+        let program = crate::predict::prediction_program(&self.forward_at(batch)?)
+            .map_err(ModelError::Invalid)?;
+        self.sync_mut();
+        let origins = crate::predict::Origins {
+            params: Path::new("the parameters"),
+            inputs: origin,
+        };
+        crate::predict::run(
+            &program,
+            (&self.params, inputs),
+            origins,
+            backend,
+            &JitOptions::default(),
+        )
+        .map_err(ModelError::Invalid)
+    }
+
+    /// The model's forward pass with its current parameters as the bytes of an ONNX file
+    /// (see [`crate::onnx::export`]), compiled for a batch of `batch` examples; a model
+    /// imported from ONNX names its initializers as the original did.
+    pub fn export_onnx(&mut self, batch: usize) -> Result<Vec<u8>, ModelError> {
+        let program = crate::predict::prediction_program(&self.forward_at(batch)?)
+            .map_err(ModelError::Invalid)?;
+        self.sync_mut();
+        let model = crate::onnx::export(&program, &self.params, &self.onnx_names)
+            .map_err(ModelError::Invalid)?;
+        Ok(crate::onnx::encode(&model))
     }
 
     /// Writes a checkpoint as `pcg run --save` does: the parameters, the optimiser's state and

@@ -146,6 +146,12 @@ class Model:
         method: Optional[str] = None,
     ) -> str:
         """A stage of the compiler as `pcg ir` prints it."""
+    def predict(
+        self, inputs: Arrays, *, backend: Optional[str] = None
+    ) -> Dict[str, np.ndarray]:
+        """The values the loss reads, by name, on inputs of any batch size (no target)."""
+    def export(self, path: PathLike, *, batch: int = 1) -> None:
+        """Writes the forward pass and the parameters as an ONNX file (opset 17)."""
     def save(self, path: PathLike) -> None:
         """Writes a checkpoint in the CLI's format."""
     def load(self, path: PathLike) -> None:
@@ -171,3 +177,6 @@ def compile_source(
     seed: Optional[int] = None,
 ) -> Model:
     """Compiles the model of .pcg source text."""
+
+def from_onnx(path: PathLike, *, loss: str = "mse", target: str = "y") -> Model:
+    """Imports an ONNX model as `pcg import` does, its initializers as the parameters."""

@@ -695,10 +695,7 @@ impl PyModel {
         backend: Option<String>,
         data_dir: Option<PathBuf>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let backend = match backend {
-            Some(b) => choice::<pcg::cli::BackendArg>("backend", &b)?.into_backend(),
-            None => Backend::Jit,
-        };
+        let backend = backend_of(backend)?;
         let arrays = [x_test, y_test, x_test, y_test];
         let loaded = arrays_dataset(py, "evaluate(x_test, y_test)", data.as_deref(), arrays)?;
         let mut busy = self.busy()?;
@@ -774,6 +771,38 @@ impl PyModel {
         busy.compute(py, move |m| m.ir(stage, format, &run))
     }
 
+    /// The model's predictions on inputs alone, as `pcg predict` writes them: a dict from
+    /// each value the loss reads (a classifier's logits, ...) by its name to a float32 array.
+    /// `inputs` maps the model's inputs to arrays whose axis 0 is the batch, of any size
+    /// (entries that name no input, such as targets, are ignored). Dropout is off.
+    #[pyo3(signature = (inputs, *, backend=None))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: &Bound<'py, PyDict>,
+        backend: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let backend = backend_of(backend)?;
+        let inputs = arrays_of(py, inputs)?;
+        let mut busy = self.busy()?;
+        let predictions = busy.compute(py, move |m| m.predict(&inputs, backend))?;
+        dict_of(py, &predictions)
+    }
+
+    /// Writes the model's forward pass with its current parameters as an ONNX file (opset 17),
+    /// as `pcg export` does, for a fixed batch of `batch` examples. A model made by
+    /// `from_onnx` names its initializers as the original file did.
+    #[pyo3(signature = (path, *, batch=1))]
+    fn export(&self, py: Python<'_>, path: PathBuf, batch: usize) -> PyResult<()> {
+        if batch == 0 {
+            return Err(PyValueError::new_err("batch must be at least 1"));
+        }
+        let mut busy = self.busy()?;
+        let bytes = busy.compute(py, move |m| m.export_onnx(batch))?;
+        std::fs::write(&path, bytes)
+            .map_err(|e| PyOSError::new_err(format!("cannot write `{}`: {e}", path.display())))
+    }
+
     /// Writes a checkpoint in the CLI's format (`pcg run --save`): parameters, optimiser
     /// state and epochs done, replacing `path` atomically.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
@@ -806,6 +835,14 @@ impl PyModel {
             m.leaves(LeafKind::Param).len()
         ))
     }
+}
+
+/// The backend a `backend` keyword names (default: the JIT).
+fn backend_of(backend: Option<String>) -> PyResult<Backend> {
+    Ok(match backend {
+        Some(b) => choice::<pcg::cli::BackendArg>("backend", &b)?.into_backend(),
+        None => Backend::Jit,
+    })
 }
 
 /// A data set of the caller's arrays (`[x, y, x_test, y_test]`, the test pair defaulting to
@@ -969,11 +1006,49 @@ fn compile_source(
     compiled(py, ModelSource::Text { name, text }, options, seed)
 }
 
+/// Imports an ONNX model (as `pcg import` does) and compiles it, its initializers' values as
+/// the parameters.
+///
+/// `loss` is how the output is compared with the target (`"mse"` or `"cross_entropy"`),
+/// `target` the target's name; the model takes its name from the file's. Raises `ValueError`
+/// naming the node and what is missing when the language cannot express the model.
+#[pyfunction]
+#[pyo3(signature = (path, *, loss="mse", target="y"))]
+fn from_onnx(py: Python<'_>, path: PathBuf, loss: &str, target: &str) -> PyResult<PyModel> {
+    let loss: pcg::cli::LossArg = choice("loss", loss)?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| PyOSError::new_err(format!("cannot read `{}`: {e}", path.display())))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let options = pcg::onnx::Options {
+        model_name: pcg::onnx::model_name(&stem),
+        loss: loss.into(),
+        target: target.to_string(),
+        batch: None,
+        source_name: path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let model = py
+        .detach(move || Model::import_onnx(&bytes, &options))
+        .map_err(|e| match e {
+            ModelError::Invalid(m) => PyValueError::new_err(format!("{}: {m}", path.display())),
+            other => py_error(py, other),
+        })?;
+    Ok(PyModel {
+        inner: Mutex::new(model),
+    })
+}
+
 #[pymodule]
 fn _pcg(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(compile, m)?)?;
     m.add_function(wrap_pyfunction!(compile_source, m)?)?;
+    m.add_function(wrap_pyfunction!(from_onnx, m)?)?;
     m.add_class::<PyModel>()?;
     m.add("CompileError", py.get_type::<CompileError>())?;
     m.add("DivergenceError", py.get_type::<DivergenceError>())?;

@@ -502,3 +502,32 @@ def test_a_model_without_a_target_fits_on_inputs_alone():
     assert history[-1]["test_acc"] is None
     with pytest.raises(ValueError, match="inputs"):
         m.fit(y=x)
+
+
+def test_predict_is_the_forward_pass_on_inputs_alone():
+    m = pcg.compile_source(TINY)
+    w, b = m.params["w"], m.params["b"]
+    x = np.random.default_rng(1).normal(size=(7, 3)).astype(np.float32)
+    for backend in ["jit", "interp"]:
+        # The file's batch is 4; the inputs hold 7 rows, and no target.
+        out = m.predict({"x": x}, backend=backend)
+        assert list(out) == ["h"]
+        assert rel(out["h"], np.tanh(x @ w + b)) < 1e-6
+    with pytest.raises(ValueError, match="no array named `x`"):
+        m.predict({"z": x})
+    with pytest.raises(ValueError, match="x"):
+        m.predict({"x": x[:, :2]})
+
+
+def test_predict_equals_pcg_predict(tmp_path):
+    m = pcg.compile(MLP)
+    params, inputs, out = tmp_path / "p.npz", tmp_path / "x.npz", tmp_path / "y.npz"
+    np.savez(params, **m.params)
+    x = np.random.default_rng(2).random(size=(5, 64)).astype(np.float32)
+    np.savez(inputs, x=x)
+    cli("predict", MLP, "--params", params, "--inputs", inputs, "--out", out)
+    written = np.load(out)
+    found = m.predict({"x": x})
+    assert sorted(found) == sorted(written.files)
+    for name in found:
+        assert rel(found[name], written[name]) < 1e-6

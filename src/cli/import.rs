@@ -1,7 +1,7 @@
 //! `pcg import`: an ONNX model to a `.pcg` model, its parameters and the map of their names.
 
 use super::{emit, fail, CmdResult, LossArg};
-use crate::onnx::{self, Loss, Options};
+use crate::onnx::{self, Options};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -30,10 +30,7 @@ pub(super) fn import(
         .unwrap_or_default();
     let options = Options {
         model_name: onnx::model_name(&stem),
-        loss: match loss {
-            LossArg::Mse => Loss::Mse,
-            LossArg::CrossEntropy => Loss::CrossEntropy,
-        },
+        loss: loss.into(),
         target: target.to_string(),
         batch,
         source_name: model

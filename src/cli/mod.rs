@@ -2,8 +2,10 @@
 //! the library's stages; what it prints is part of the public interface.
 
 mod commands;
+mod export;
 mod import;
 mod job;
+mod predict;
 mod reference;
 mod tools;
 mod training;
@@ -233,6 +235,55 @@ pub enum Command {
         /// else 32).
         #[arg(long, value_parser = at_least_one)]
         batch: Option<usize>,
+    },
+    /// Run a model's forward pass on inputs and write its predictions — the values its loss
+    /// reads, each under its name — without a loss or a target.
+    Predict {
+        /// The `.pcg` file of the model.
+        file: PathBuf,
+        /// Parameters or a checkpoint (`.npz`), named like the model's params.
+        #[arg(long)]
+        params: PathBuf,
+        /// The inputs, as `.npz` arrays named like the model's inputs; axis 0 of each is the
+        /// batch, of any size (arrays that name no input are ignored).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the predictions (`.npz`, one array per output of the model).
+        #[arg(long)]
+        out: PathBuf,
+        /// The model to use when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        backend: BackendFlags,
+        #[command(flatten)]
+        dtype: DtypeFlag,
+        #[command(flatten)]
+        shape: ShapeFlags,
+    },
+    /// Write a model's forward pass (inputs to predictions, no loss, no target) as an ONNX
+    /// file (opset 17) with its parameters as initializers.
+    Export {
+        /// The `.pcg` file of the model.
+        file: PathBuf,
+        /// Parameters or a checkpoint (`.npz`), named like the model's params.
+        #[arg(long)]
+        params: PathBuf,
+        /// Where to write the `.onnx` file.
+        #[arg(long)]
+        out: PathBuf,
+        /// A JSON map from ONNX names to parameter names, as `pcg import --names` writes: the
+        /// initializers take their ONNX names back.
+        #[arg(long)]
+        names: Option<PathBuf>,
+        /// The batch size written into the graph's input and output shapes.
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+        batch: usize,
+        /// The model to use when the file defines several.
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        shape: ShapeFlags,
     },
     /// Run the language server (the Language Server Protocol on stdin and stdout), for
     /// editors: diagnostics, hover, go to definition, completion, outline, formatting.
@@ -548,6 +599,15 @@ pub enum LossArg {
     CrossEntropy,
 }
 
+impl From<LossArg> for crate::onnx::Loss {
+    fn from(loss: LossArg) -> Self {
+        match loss {
+            LossArg::Mse => crate::onnx::Loss::Mse,
+            LossArg::CrossEntropy => crate::onnx::Loss::CrossEntropy,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     Fixed,
@@ -591,6 +651,15 @@ pub struct CompileFlags {
     /// The batch size (binds `B`), overriding the train block.
     #[arg(long)]
     pub batch: Option<usize>,
+    #[command(flatten)]
+    pub shape: ShapeFlags,
+}
+
+/// How a model's sizes and loops compile, besides the batch: the flags of the commands whose
+/// batch size comes from elsewhere (`predict` takes it from the inputs, `export` has its own
+/// default).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ShapeFlags {
     /// Bind a dimension variable, or override a `const` of that name, e.g. `--dim T=50`
     /// (repeatable).
     #[arg(long = "dim", value_parser = parse_dim)]
@@ -613,9 +682,17 @@ pub enum Loops {
 
 impl CompileFlags {
     pub fn options(&self) -> CompileOptions {
+        self.shape.options(self.model.clone(), self.batch)
+    }
+}
+
+impl ShapeFlags {
+    /// The options that compile `model` (of the file's, when `None`) at batch size `batch`
+    /// (the train block's, when `None`) with these flags.
+    pub fn options(&self, model: Option<String>, batch: Option<usize>) -> CompileOptions {
         CompileOptions {
-            model: self.model.clone(),
-            batch: self.batch,
+            model,
+            batch,
             dims: self.dims.iter().cloned().collect(),
             loops: match self.loops {
                 Loops::Auto => crate::sema::LoopPolicy::Auto,
@@ -761,6 +838,43 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             import::import(&model, outputs, loss, &target, batch)
         }
+        Command::Predict {
+            file,
+            params,
+            inputs,
+            out,
+            model,
+            backend,
+            dtype,
+            shape,
+        } => predict::predict(
+            &file,
+            predict::Files {
+                params: &params,
+                inputs: &inputs,
+                out: &out,
+            },
+            &backend,
+            &dtype,
+            &shape.options(model, None),
+        ),
+        Command::Export {
+            file,
+            params,
+            out,
+            names,
+            batch,
+            model,
+            shape,
+        } => export::export(
+            &file,
+            export::Files {
+                params: &params,
+                out: &out,
+                names: names.as_deref(),
+            },
+            &shape.options(model, Some(batch)),
+        ),
         Command::Bench {
             file,
             method,

@@ -1,4 +1,6 @@
-//! ONNX import: a model exported by PyTorch, TensorFlow or JAX as a readable `.pcg` model.
+//! ONNX import and export: a model exported by PyTorch, TensorFlow or JAX as a readable
+//! `.pcg` model, and a `.pcg` model's forward pass as an ONNX graph (`export`, written from
+//! the IR; the rest of this note is about import).
 //!
 //! An ONNX graph is a static DAG of tensor ops with its weights stored as initializers; with
 //! the sizes fixed at export it maps onto a pcg model. The import is three steps, one module
@@ -16,6 +18,7 @@
 //! would, so what it returns is a file that compiles: an op, attribute or case the language
 //! cannot express exactly is an error that names the node, its op type and what is missing.
 
+mod export;
 mod known;
 mod names;
 pub mod proto;
@@ -23,6 +26,7 @@ pub mod proto;
 mod tests;
 mod translate;
 
+pub use export::{encode, export, onnx_names, IR_VERSION, OPSET};
 pub use translate::{ImportError, Loss, Options, Param};
 
 use crate::sema::{self, CompileOptions};

@@ -2,32 +2,14 @@
 //! it refuses. (`tests/onnx_import.rs` compares whole models with ONNX Runtime.)
 
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    self, attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto,
+    ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
 use super::{import, Loss, Options};
 use prost::Message;
 
 fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.to_string(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    proto::float_value(name, dims)
 }
 
 fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
@@ -42,21 +24,11 @@ fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>)
 }
 
 fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        r#type: AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    }
+    proto::ints_attribute(name, values)
 }
 
 fn int(name: &str, value: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        r#type: AttributeType::Int as i32,
-        i: value,
-        ..Default::default()
-    }
+    proto::int_attribute(name, value)
 }
 
 fn float(name: &str, value: f32) -> AttributeProto {
@@ -80,13 +52,7 @@ fn weights(name: &str, dims: &[i64]) -> TensorProto {
 }
 
 fn shape(name: &str, values: &[i64]) -> TensorProto {
-    TensorProto {
-        name: name.to_string(),
-        dims: vec![values.len() as i64],
-        data_type: DataType::Int64 as i32,
-        int64_data: values.to_vec(),
-        ..Default::default()
-    }
+    proto::int64_tensor(name, values)
 }
 
 /// Imports a graph of `nodes` from input `x` to output `out`.
