@@ -385,16 +385,16 @@ fn an_exported_import_imports_back_with_its_names_and_predictions() {
 fn an_op_without_an_onnx_form_is_an_error_naming_it() {
     let program = pcg::ir::from_text(
         "program adjoint {
-           %0 = input x : [1, 3, 2, 2]
-           %1 = param w : [3, 2, 3, 3]
-           %2 = conv2d_input_grad[stride=1, padding=0] %0, %1 : [1, 2, 4, 4]
+           %0 = input x : [1, 2, 4, 4]
+           %1 = param g : [1, 3, 2, 2]
+           %2 = conv2d_weight_grad[stride=1, padding=0] %0, %1 : [3, 2, 3, 3]
            return out = %2
          }",
     )
     .expect("parses");
-    let params = one("w", ArrayD::zeros(vec![3, 2, 3, 3]));
+    let params = one("g", ArrayD::zeros(vec![1, 3, 2, 2]));
     let error = pcg::onnx::export(&program, &params, &Default::default()).unwrap_err();
-    assert!(error.contains("conv2d_input_grad"), "{error}");
+    assert!(error.contains("conv2d_weight_grad"), "{error}");
     assert!(error.contains("no ONNX form"), "{error}");
 }
 

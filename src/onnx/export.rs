@@ -362,17 +362,35 @@ impl<'p> Writer<'p> {
                 );
             }
             Op::MatMul => self.node("MatMul", vec![x(0), x(1)], &out, vec![]),
-            Op::Conv2d { stride, padding } => {
-                let attrs = vec![
-                    ints("strides", &[*stride, *stride]),
-                    ints("pads", &[*padding; 4]),
+            Op::Conv2d(params) | Op::Conv2dInputGrad(params) => {
+                let mut attrs = vec![
+                    ints("strides", &params.stride),
+                    ints("pads", &params.pads),
+                    ints("dilations", &params.dilation),
+                    int_attr("group", params.groups as i64),
                 ];
-                self.node("Conv", vec![x(0), x(1)], &out, attrs);
+                let op = if let Op::Conv2dInputGrad(_) = node.op {
+                    // The transposed convolution: the rows and columns past the last that a
+                    // window covers are ONNX's output_padding.
+                    let input = self.program.shape(node.args[0]).dims();
+                    let weight = self.program.shape(node.args[1]).dims();
+                    let extra: Vec<usize> = (0..2)
+                        .map(|i| {
+                            let (before, after) = params.padding(i);
+                            let covered = (input[2 + i] - 1) * params.stride[i]
+                                + params.dilation[i] * (weight[2 + i] - 1)
+                                + 1;
+                            (dims[2 + i] + before + after).saturating_sub(covered)
+                        })
+                        .collect();
+                    attrs.push(ints("output_padding", &extra));
+                    "ConvTranspose"
+                } else {
+                    "Conv"
+                };
+                self.node(op, vec![x(0), x(1)], &out, attrs);
             }
-            Op::Conv2dInputGrad { .. }
-            | Op::Conv2dWeightGrad { .. }
-            | Op::Scan(_)
-            | Op::Result(_) => {
+            Op::Conv2dWeightGrad(_) | Op::Scan(_) | Op::Result(_) => {
                 return Err("the op has no ONNX form in export".to_string());
             }
         }
@@ -407,6 +425,7 @@ fn unary_op_type(op: UnaryOp) -> &'static str {
         UnaryOp::Tan => "Tan",
         UnaryOp::Tanh => "Tanh",
         UnaryOp::Sigmoid => "Sigmoid",
+        UnaryOp::Erf => "Erf",
         UnaryOp::Abs => "Abs",
         UnaryOp::Sign => "Sign",
         UnaryOp::StopGradient => "Identity",
