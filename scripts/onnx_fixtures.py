@@ -324,6 +324,35 @@ def batchnorm_gelu():
     save("batchnorm_gelu", graph, {"image": x})
 
 
+def recurrent(op, name, **attrs):
+    """A recurrent layer as PyTorch exports one with batch_first: Transpose to [S, B, I], the
+    layer (ONNX's gate order, with biases and an initial state), Squeeze of the direction
+    axis, Transpose back, then the mean over the steps into a Gemm."""
+    gates = 4 if op == "LSTM" else 3
+    hidden, features, steps = 4, 3, 5
+    inputs = ["xs", "W", "R", "B", "", "h0"]
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xs"], name="/Transpose", perm=[1, 0, 2]),
+        helper.make_node(op, inputs, ["Y"], name=f"/rnn/{op}", hidden_size=hidden, **attrs),
+        helper.make_node("Squeeze", ["Y", "axis1"], ["Ys"], name="/Squeeze"),
+        helper.make_node("Transpose", ["Ys"], ["Yb"], name="/Transpose_1", perm=[1, 0, 2]),
+        helper.make_node("ReduceMean", ["Yb"], ["pooled"], name="/ReduceMean", axes=[1],
+                         keepdims=0),
+        helper.make_node("Gemm", ["pooled", "head.weight", "head.bias"], ["out"],
+                         name="/head/Gemm", transB=1),
+    ]
+    h0 = numpy_helper.from_array(
+        (rng.standard_normal((1, 2, hidden)) * 0.5).astype(np.float32), "h0")
+    graph = helper.make_graph(
+        nodes, name, [tensor("x", [2, steps, features])], [tensor("out", [2, 3])],
+        [weight("W", 1, gates * hidden, features), weight("R", 1, gates * hidden, hidden),
+         weight("B", 1, 2 * gates * hidden), h0, ints("axis1", [1]),
+         weight("head.weight", 3, hidden), weight("head.bias", 3)],
+    )
+    x = rng.standard_normal((2, steps, features)).astype(np.float32)
+    save(name, graph, {"x": x})
+
+
 if __name__ == "__main__":
     mlp()
     tanh_matmul()
@@ -335,3 +364,5 @@ if __name__ == "__main__":
     conv_options()
     pools()
     batchnorm_gelu()
+    recurrent("LSTM", "lstm")
+    recurrent("GRU", "gru", linear_before_reset=0)

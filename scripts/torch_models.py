@@ -86,8 +86,13 @@ def models():
 
 
 def with_trained_statistics(module, x):
-    """Batch norms with running statistics other than their initial 0 and 1 (a few
-    training-mode passes), so that eval mode's normalisation is not the identity."""
+    """Parameters moved off their initial values (as training moves them: the exporter merges
+    initializers of equal values, such as every layer norm's ones, into one), and batch norms
+    with running statistics other than their initial 0 and 1 (a few training-mode passes), so
+    that eval mode's normalisation is not the identity."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     if any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
         module.train()
         with torch.no_grad():
@@ -158,7 +163,8 @@ def check(name, module, x, loss, work):
            "tensors": len(reference), "loss": value}
     row["bp"] = worst(grad("--method", "bp"), reference, names)
     row["exact"] = worst(grad("--method", "pc", "--mode", "exact"), reference, names)
-    row["fixed"] = [(t, worst(grad("--method", "pc", "--mode", "fixed", "--steps", str(t)),
+    row["fixed"] = [(t, worst(grad("--method", "pc", "--mode", "fixed", "--steps", str(t),
+                                    "--rate", "1.0"),
                               reference, names)) for t in (10, 50, 200)]
     return row
 

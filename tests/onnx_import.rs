@@ -314,3 +314,16 @@ fn a_missing_directory_is_found_before_anything_is_written() {
     );
     assert!(!out.exists());
 }
+
+/// LSTM and GRU layers become `for` loops over the sequence, with ONNX's gate order and
+/// equations (the GRU here resets before its linear map, as ONNX's default does; PyTorch's
+/// resets after, which `scripts/torch_models.py` checks).
+#[test]
+fn lstm_and_gru_layers_are_loops_that_equal_onnx_runtime() {
+    for name in ["lstm", "gru"] {
+        let written = import(name, name, &[]);
+        assert_forward_matches(name, &written, &[("x", "x")], "out");
+        let source = std::fs::read_to_string(&written.model).unwrap();
+        assert!(source.contains("for rnn_"), "{source}");
+    }
+}

@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 mod ops;
+mod recurrent;
 
 /// The loss an imported model is trained with, against its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +310,21 @@ impl<'m> Translator<'m> {
             }
             op if known::FOLDED.contains(&op) => {}
             _ => return Ok(None),
+        }
+        // A tensor shaped by the batch size is computed by the model, not known at import.
+        let shaping = match node.op_type.as_str() {
+            "Expand" => node.input.get(1),
+            "ConstantOfShape" => node.input.first(),
+            _ => None,
+        };
+        if let Some(Value::Known(shape)) = shaping.and_then(|s| self.values.get(s.as_str())) {
+            if shape
+                .data
+                .iter()
+                .any(|e| matches!(e, known::Elem::Batch(_)))
+            {
+                return Ok(None);
+            }
         }
         let mut inputs = Vec::with_capacity(node.input.len());
         for name in &node.input {

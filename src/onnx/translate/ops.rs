@@ -180,6 +180,16 @@ impl<'m> Translator<'m> {
                         *first = Ok(Dim::Batch(1));
                     }
                 }
+                // A target of numbers only, for an input that holds the batch: the batch is
+                // the multiple of its size that keeps the reshape valid for every batch size
+                // (attention folds the heads into it: [S, B, E] to [S, B·heads, E / heads],
+                // and a linear layer the sequence: [S, B, E] to [S·B, E]).
+                let numbers_only = target.iter().all(|t| matches!(t, Ok(Dim::Size(_))));
+                if let (Some(n), true) = (self.declared_batch, numbers_only) {
+                    if let Some((i, k)) = batch_entry(&shape, &target, n) {
+                        target[i] = Ok(Dim::Batch(k));
+                    }
+                }
                 let out =
                     known::reshape_target(&shape, &target, attrs.int("allowzero") == Some(1))?;
                 Ok(reshaped(x, &shape, out))
@@ -265,19 +275,61 @@ impl<'m> Translator<'m> {
             }
             "Expand" => {
                 self.attributes(node, &[])?;
-                let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
+                let source = self.operand_name(node, 0)?;
+                let (x, shape) = self.tensor(source)?;
                 let target: Vec<Dim> = self
                     .known(self.operand_name(node, 1)?)?
                     .dims()?
                     .into_iter()
                     .map(|d| d.map_err(|v| format!("cannot expand to a dimension {v}")))
                     .collect::<Result<_, _>>()?;
+                // A known constant of one value (an initial state of zeros, made at the
+                // export's batch size) is a `full` of the target's shape.
+                let uniform = match self.value(source)? {
+                    Value::Known(k) => k.floats().ok().filter(|v| {
+                        v.first()
+                            .is_some_and(|&first| v.iter().all(|&x| x == first))
+                    }),
+                    _ => None,
+                };
+                if let Some(v) = uniform {
+                    let out = if target.len() >= shape.len() {
+                        target
+                    } else {
+                        broadcast(&shape, &target)?
+                    };
+                    return Ok(Out::Let {
+                        expr: format!("full({}, {})", shape_text(&out), number(v[0])?),
+                        shape: out,
+                    });
+                }
                 let out = broadcast(&shape, &target)?;
                 Ok(Out::Let {
                     expr: format!("broadcast({x}, {})", shape_text(&out)),
                     shape: out,
                 })
             }
+            "ConstantOfShape" => {
+                let attrs = self.attributes(node, &["value"])?;
+                let shape: Vec<Dim> = self
+                    .known(self.operand_name(node, 0)?)?
+                    .dims()?
+                    .into_iter()
+                    .map(|d| d.map_err(|v| format!("a shape with the entry {v}")))
+                    .collect::<Result<_, _>>()?;
+                let value = match attrs.tensor("value") {
+                    Some(t) => known::Known::of_tensor(t)?.floats()?,
+                    None => vec![0.0],
+                };
+                let [value] = value[..] else {
+                    return Err("its value must be one number".to_string());
+                };
+                Ok(Out::Let {
+                    expr: format!("full({}, {})", shape_text(&shape), number(value)?),
+                    shape,
+                })
+            }
+            "LSTM" | "GRU" => self.recurrent(node),
             "Gather" => self.gather(node),
             "Slice" => self.slice(node),
             "Conv" => self.conv(node),
@@ -855,6 +907,46 @@ fn unary_function(op: &str) -> Option<&'static str> {
         "Erf" => "erf({x})",
         _ => return None,
     })
+}
+
+/// Where a reshape of `input` (holding the batch once, as `k·B`) to the numbers `target` puts
+/// the batch, given that the export fixed it to `n`: the first entry i such that the entries
+/// before it are made of the input's axes before the batch, and entry i is the leftover of
+/// those, times B, times a part of the axes after it. The k of `k·B` was merged from axes on
+/// either side of the batch, so each split of it is tried. Returns i and the new multiple.
+fn batch_entry(input: &[Dim], target: &[Result<Dim, i64>], n: usize) -> Option<(usize, usize)> {
+    let axis = input.iter().position(|d| matches!(d, Dim::Batch(_)))?;
+    let Dim::Batch(merged) = input[axis] else {
+        return None;
+    };
+    let sizes = |dims: &[Dim]| -> Option<usize> {
+        dims.iter()
+            .map(|d| match d {
+                Dim::Size(s) => Some(*s),
+                Dim::Batch(_) => None,
+            })
+            .product()
+    };
+    let (before, after) = (sizes(&input[..axis])?, sizes(&input[axis + 1..])?);
+    let numbers: Vec<usize> = target
+        .iter()
+        .map(|t| match t {
+            Ok(Dim::Size(s)) => Some(*s),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let splits = (1..=merged).filter(|outer| merged % outer == 0);
+    splits
+        .map(|outer| (before * outer, after * (merged / outer)))
+        .find_map(|(before, after)| {
+            (0..numbers.len()).find_map(|i| {
+                let head: usize = numbers[..i].iter().product();
+                let rest: usize = numbers[i + 1..].iter().product();
+                let k = (before % head == 0 && after % rest == 0)
+                    .then(|| before / head * (after / rest))?;
+                (numbers[i] == k * n).then_some((i, k))
+            })
+        })
 }
 
 fn twice_batch() -> String {
