@@ -11,14 +11,17 @@ one-hot labels for the classifiers, ½Σ(out − y)²/B for the others) with
 
 - `pcg grad --method bp`,
 - `pcg grad --method pc --mode exact`,
-- `pcg grad --method pc --mode fixed` at growing step counts T (it converges towards them),
+- `pcg grad --method pc --mode fixed` at growing step counts T, rate 1 (it reaches them once
+  T passes the graph's depth),
 
 as the largest relative error over the parameters, ‖g_pcg − g_torch‖ / ‖g_torch‖ per
-parameter. Writes a markdown table (stdout, and `--out FILE`).
+parameter; and the round trip `pcg export` of the imported model (initializers under their
+ONNX names) run by ONNX Runtime against the original file, as the largest relative difference
+of the outputs. Writes a markdown table (stdout, and `--out FILE`).
 
     PCG=target/release/pcg python scripts/torch_models.py [--out docs/torch_models.md] [NAMES...]
 
-Needs torch, torchvision, onnx and numpy (not part of CI: torch is gigabytes).
+Needs torch, torchvision, onnx, onnxruntime and numpy (not part of CI: torch is gigabytes).
 """
 
 import argparse
@@ -31,6 +34,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -163,6 +167,16 @@ def check(name, module, x, loss, work):
            "tensors": len(reference), "loss": value}
     row["bp"] = worst(grad("--method", "bp"), reference, names)
     row["exact"] = worst(grad("--method", "pc", "--mode", "exact"), reference, names)
+    exported = work / f"{name}_exported.onnx"
+    run([PCG, "export", str(model), "--params", str(params), "--names",
+         str(work / f"{name}.json"), "--batch", str(BATCH), "--out", str(exported)])
+
+    def ort(path, feed):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+    original, back = ort(onnx_path, x.numpy()), ort(exported, x.numpy())
+    row["export"] = float(np.abs(back - original).max() / np.abs(original).max())
     row["fixed"] = [(t, worst(grad("--method", "pc", "--mode", "fixed", "--steps", str(t),
                                     "--rate", "1.0"),
                               reference, names)) for t in (10, 50, 200)]
@@ -171,16 +185,16 @@ def check(name, module, x, loss, work):
 
 def table(rows):
     lines = [
-        "| model | parameters (tensors) | bp vs torch | PC exact vs torch | PC fixed T = 10 / 50 / 200 |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | parameters (tensors) | bp vs torch | PC exact vs torch | PC fixed T = 10 / 50 / 200 | export round trip |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | | import or grad failed: {r['error']} | | |")
+            lines.append(f"| {r['model']} | | import or grad failed: {r['error']} | | | |")
             continue
         fixed = " / ".join(f"{e:.1e}" for _, e in r["fixed"])
         lines.append(f"| {r['model']} | {r['params']} ({r['tensors']}) | {r['bp']:.1e} | "
-                     f"{r['exact']:.1e} | {fixed} |")
+                     f"{r['exact']:.1e} | {fixed} | {r['export']:.1e} |")
     return "\n".join(lines)
 
 

@@ -870,3 +870,49 @@ train fz {
         );
     }
 }
+
+/// `pcg run --params` starts from given parameters (a trained checkpoint's here, as an
+/// imported model's `.npz` would be): its first batch's loss is a trained model's, far below
+/// the initialisers'; a file without the model's parameters is refused by name.
+#[test]
+fn a_run_starts_from_given_parameters() {
+    let trained = scratch("start_from.npz");
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--method",
+        "bp",
+        "--save",
+        trained.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let one_batch = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "examples/mlp_digits.pcg",
+            "--method",
+            "bp",
+            "--epochs",
+            "1",
+            "--max-batches",
+            "1",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = pcg(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        number(&final_line(&o), "train_loss")
+    };
+    let fresh = one_batch(&[]);
+    let started = one_batch(&["--params", trained.to_str().unwrap()]);
+    assert!(started < 0.5 * fresh, "{started} vs {fresh}");
+    let o = pcg(&[
+        "run",
+        "examples/mlp_digits.pcg",
+        "--params",
+        "tests/onnx/mlp.npz",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("mlp.npz"), "{}", text(&o.stderr));
+}

@@ -34,6 +34,9 @@ def from_torch(module: Any, example_input: Any, loss: str = "mse", target: str =
         "output_names": ["prediction"],
         "dynamic_axes": {name: {0: "batch"} for name in names + ["prediction"]},
         "opset_version": 17,
+        # Batch norms stay batch norms (their statistics `frozen`), and every initializer
+        # keeps its module name: folding would merge them into the convolutions.
+        "do_constant_folding": False,
     }
     # The TorchScript exporter: newer torch defaults to the dynamo one, whose graphs differ.
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:

@@ -73,13 +73,20 @@ pub(super) fn import(
     }
     std::fs::write(outputs.out, &imported.text)
         .map_err(|e| fail(format!("cannot write `{}`: {e}", outputs.out.display())))?;
-    let numbers: usize = imported.params.iter().map(|p| p.value.len()).sum();
+    let sizes = |frozen: bool| -> Vec<usize> {
+        imported
+            .params
+            .iter()
+            .filter(|p| p.frozen == frozen)
+            .map(|p| p.value.len())
+            .collect()
+    };
+    let counts = super::parameter_counts(&sizes(false), &sizes(true));
     emit(&format!(
-        "ok: {} → {} (model {}: {numbers} parameters in {} tensors)\n",
+        "ok: {} → {} (model {}: {counts})\n",
         model.display(),
         outputs.out.display(),
         options.model_name,
-        imported.params.len()
     ));
     Ok(())
 }

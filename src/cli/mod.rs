@@ -347,6 +347,10 @@ pub struct RunFlags {
     /// Continue from a checkpoint written by `--save`.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start from these parameters (`.npz` arrays named like the model's params, as `pcg
+    /// import --params` writes them) instead of the initialisers; the optimiser starts fresh.
+    #[arg(long, conflicts_with = "resume")]
+    pub params: Option<PathBuf>,
     /// Draw the run's loss and accuracy curves to an SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -1016,6 +1020,21 @@ fn check(files: &[PathBuf], report: bool, options: &CompileOptions) -> CmdResult
     }
 }
 
+/// "N parameters in K tensors", and the frozen tensors' count when there are any, from each
+/// tensor's element count.
+fn parameter_counts(trained: &[usize], frozen: &[usize]) -> String {
+    let sum = |sizes: &[usize]| sizes.iter().sum::<usize>();
+    let mut text = format!("{} parameters in {} tensors", sum(trained), trained.len());
+    if !frozen.is_empty() {
+        text.push_str(&format!(
+            " (and {} frozen values in {} tensors)",
+            sum(frozen),
+            frozen.len()
+        ));
+    }
+    text
+}
+
 /// What `pcg check` says of a clean file: each model's parameters, inputs and targets.
 fn checked(models: &[Compiled]) -> String {
     use crate::ir::LeafKind;
@@ -1030,25 +1049,17 @@ fn checked(models: &[Compiled]) -> String {
                 .leaves(LeafKind::Param)
                 .into_iter()
                 .partition(|(_, name)| c.frozen.iter().any(|f| f == name));
-            let numbers = |tensors: &[(crate::ir::ValueId, &str)]| -> usize {
+            let sizes = |tensors: &[(crate::ir::ValueId, &str)]| -> Vec<usize> {
                 tensors
                     .iter()
                     .map(|&(id, _)| forward.shape(id).numel())
-                    .sum()
+                    .collect()
             };
             let mut text = format!(
-                "model {}: {} parameters in {} tensors",
+                "model {}: {}",
                 c.model_name,
-                numbers(&params),
-                params.len()
+                parameter_counts(&sizes(&params), &sizes(&frozen))
             );
-            if !frozen.is_empty() {
-                text.push_str(&format!(
-                    " (and {} frozen values in {} tensors)",
-                    numbers(&frozen),
-                    frozen.len()
-                ));
-            }
             for kind in [LeafKind::Input, LeafKind::Target] {
                 for (id, name) in forward.leaves(kind) {
                     text.push_str(&format!(

@@ -151,9 +151,13 @@ fn run_in<F: Element>(
     ensure_fits_with_data(forward, &data)?;
     let mut engine = flags.backend.engine::<F>(programs).map_err(fail)?;
     engine.distribute(world.clone()).map_err(fail)?;
-    let (params, start) = match &flags.resume {
-        Some(path) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
-        None => (
+    let (params, start) = match (&flags.resume, &flags.params) {
+        (Some(path), _) => run::load_checkpoint(path, forward, &mut optimizer).map_err(fail)?,
+        (None, Some(path)) => (
+            initial_params::<F>(forward, path)?,
+            run::Position::default(),
+        ),
+        (None, None) => (
             F::from_f32(init::init_params(forward, seed)),
             run::Position::default(),
         ),
@@ -337,6 +341,23 @@ type EvalArgs<'a> = (
     &'a World,
 );
 
+/// The parameters of an `.npz` (other arrays in it, such as an optimiser's state, left out),
+/// checked against the model's.
+fn initial_params<F: Element>(forward: &Program, path: &Path) -> Result<npz::Arrays<F>, Reported> {
+    let arrays = npz::read_as::<F>(path).map_err(fail)?;
+    let names: Vec<String> = forward
+        .leaves(LeafKind::Param)
+        .into_iter()
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let params: npz::Arrays<F> = arrays
+        .into_iter()
+        .filter(|(k, _)| names.contains(k))
+        .collect();
+    crate::train::batch::check_arrays(forward, &[LeafKind::Param], &params, path).map_err(fail)?;
+    Ok(params)
+}
+
 /// `pcg eval` in element type `F`.
 fn eval_in<F: Element>(
     (file, params, (data_flag, data_dir), options, world): EvalArgs,
@@ -344,21 +365,7 @@ fn eval_in<F: Element>(
     (compiled, global): (Compiled, Program),
 ) -> CmdResult {
     let forward = &compiled.forward;
-    let arrays = npz::read_as::<F>(params).map_err(fail)?;
-    let names: Vec<String> = forward
-        .leaves(LeafKind::Param)
-        .into_iter()
-        .map(|(_, n)| n.to_string())
-        .collect();
-    let params_only: npz::Arrays<F> = arrays
-        .into_iter()
-        .filter(|(k, _)| names.contains(k))
-        .collect();
-    if let Err(e) =
-        crate::train::batch::check_arrays(forward, &[LeafKind::Param], &params_only, params)
-    {
-        return Err(fail(e));
-    }
+    let params_only = initial_params::<F>(forward, params)?;
     let data = dataset(file, data_flag, data_dir, compiled.train.as_ref(), false).map_err(fail)?;
     ensure_fits_with_data(forward, &data)?;
     let inference = compiled
