@@ -353,6 +353,26 @@ def recurrent(op, name, **attrs):
     save(name, graph, {"x": x})
 
 
+def split():
+    """Split by given sizes and into equal parts (as `torch.chunk` exports), each part its own
+    function, joined again."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="/MatMul"),
+        helper.make_node("Split", ["h", "sizes"], ["a", "b"], name="/Split", axis=1),
+        helper.make_node("Tanh", ["a"], ["ta"], name="/Tanh"),
+        helper.make_node("Split", ["b"], ["b1", "b2"], name="/Split_1", axis=1),
+        helper.make_node("Sigmoid", ["b1"], ["sb"], name="/Sigmoid"),
+        helper.make_node("Mul", ["sb", "b2"], ["gated"], name="/Mul"),
+        helper.make_node("Concat", ["ta", "gated"], ["out"], name="/Concat", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "split", [tensor("x", ["batch", 6])], [tensor("out", ["batch", 8])],
+        [weight("w", 6, 12), ints("sizes", [4, 8])],
+    )
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    save("split", graph, {"x": x})
+
+
 if __name__ == "__main__":
     mlp()
     tanh_matmul()
@@ -366,3 +386,4 @@ if __name__ == "__main__":
     batchnorm_gelu()
     recurrent("LSTM", "lstm")
     recurrent("GRU", "gru", linear_before_reset=0)
+    split()

@@ -327,3 +327,12 @@ fn lstm_and_gru_layers_are_loops_that_equal_onnx_runtime() {
         assert!(source.contains("for rnn_"), "{source}");
     }
 }
+
+/// A node of several outputs, `Split`: one `let` per part.
+#[test]
+fn split_parts_equal_onnx_runtime() {
+    let written = import("split", "split", &[]);
+    assert_forward_matches("split", &written, &[("x", "x")], "out");
+    let source = std::fs::read_to_string(&written.model).unwrap();
+    assert!(source.contains("slice(MatMul, 1, 0, 4)"), "{source}");
+}

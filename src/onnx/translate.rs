@@ -259,6 +259,9 @@ impl<'m> Translator<'m> {
                 node.domain
             ));
         }
+        if node.op_type == "Split" {
+            return self.split(node);
+        }
         for extra in node.output.iter().skip(1) {
             if !extra.is_empty() && self.consumed.contains(extra.as_str()) {
                 return Err(format!(

@@ -519,6 +519,54 @@ impl<'m> Translator<'m> {
     }
 
     /// `Slice` of a tensor with bounds known at import and steps of 1.
+    /// `Split`: one `slice` per output (of the sizes given, or equal parts), each its own
+    /// `let`.
+    pub(super) fn split(&mut self, node: &'m NodeProto) -> Result<(), String> {
+        let attrs = self.attributes(node, &["axis", "num_outputs", "split"])?;
+        let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
+        let ax = axis(attrs.int("axis").unwrap_or(0), shape.len())?;
+        let Dim::Size(len) = shape[ax] else {
+            return Err("a split of the batch axis".to_string());
+        };
+        let parts = node.output.len();
+        let sizes: Vec<usize> = match (self.optional(node, 1), attrs.ints("split")) {
+            (Some(sizes), _) => self
+                .known(sizes)?
+                .ints()?
+                .iter()
+                .map(|&s| s as usize)
+                .collect(),
+            (None, Some(sizes)) => sizes.iter().map(|&s| s as usize).collect(),
+            // Equal parts, the last one smaller when they do not divide (opset 18).
+            (None, None) => {
+                let each = len.div_ceil(parts.max(1));
+                (0..parts)
+                    .map(|i| each.min(len.saturating_sub(i * each)))
+                    .collect()
+            }
+        };
+        if sizes.len() != parts || sizes.iter().sum::<usize>() != len {
+            return Err(format!(
+                "split sizes {sizes:?} for {parts} outputs of an axis of {len}"
+            ));
+        }
+        let mut start = 0;
+        for (output, size) in node.output.iter().zip(sizes) {
+            let end = start + size;
+            if !output.is_empty() {
+                let name = self.names.value(output, "split");
+                self.lets
+                    .push(format!("let {name} = slice({x}, {ax}, {start}, {end})"));
+                let mut part = shape.clone();
+                part[ax] = Dim::Size(size);
+                self.values
+                    .insert(output.as_str(), Value::Tensor { name, shape: part });
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
     fn slice(&mut self, node: &'m NodeProto) -> Result<Out<'m>, String> {
         self.attributes(node, &[])?;
         let (x, shape) = self.tensor(self.operand_name(node, 0)?)?;
