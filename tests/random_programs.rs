@@ -539,21 +539,28 @@ impl Gen {
         }
     }
 
-    /// An Elman RNN over a few time steps, its state starting at the value.
+    /// An Elman RNN or a GRU over a few time steps, its state starting at the value. The GRU
+    /// reads a sequence: a loop-invariant input would make its `let a = x @ wx + bx` one
+    /// hoisted unit as a scan and one per step unrolled, which strict PC tells apart.
     fn recurrent(&mut self, v: &str, d: usize, h: String) {
         self.uses.insert("rnn");
         let steps = self.rng.random_range(1..=3);
         let (x, width) = self.step_input(v, d, steps);
-        let wx = self.param(&[width, d]);
-        let wh = self.square(d);
-        let b = self.param(&[d]);
+        let cell = if x.ends_with("[.., t]") && self.rng.random_bool(0.5) {
+            let (gx, gh) = (self.param(&[width, 3 * d]), self.param(&[d, 3 * d]));
+            let (bx, bh) = (self.param(&[3 * d]), self.param(&[3 * d]));
+            format!("gru_cell({x}, {h}, {gx}, {gh}, {bx}, {bh})")
+        } else {
+            let wx = self.param(&[width, d]);
+            let wh = self.square(d);
+            let b = self.param(&[d]);
+            format!("rnn_cell({x}, {h}, {wx}, {wh}, {b})")
+        };
         self.body.push(format!("    let {h} = {v}"));
         self.define(
             h.clone(),
             d,
-            format!(
-                "    for t in 0..{steps} {{\n        {h} = rnn_cell({x}, {h}, {wx}, {wh}, {b})\n    }}"
-            ),
+            format!("    for t in 0..{steps} {{\n        {h} = {cell}\n    }}"),
         );
     }
 
