@@ -384,7 +384,17 @@ fn stack_scan(
             }
         } else {
             let node_args: Vec<Mapped> = node.args.iter().map(|a| mapped[a.index()]).collect();
-            stack_node(out, node, &node_args, trips)?
+            let value = stack_node(out, node, &node_args, trips)?;
+            if value.stacked || node.name.is_none() {
+                value
+            } else {
+                // A named value the same at every iteration (it reads invariants only) is
+                // still one PC node per iteration, as unrolled: its value broadcast along
+                // the loop's axis, the broadcast the named node.
+                let each = to_stacked(out, value, trips, node.region.in_loop(region));
+                out.nodes[each.index()].name = out.nodes[value.value.index()].name.take();
+                Mapped::stacked(each)
+            }
         };
         mapped.push(value);
     }
