@@ -183,47 +183,26 @@ fn refusals_name_the_node_and_what_is_missing() {
 
 #[test]
 fn same_padding_maps_to_a_padding_even_or_not() {
-    let attrs = vec![
-        AttributeProto {
-            name: "auto_pad".to_string(),
-            r#type: AttributeType::String as i32,
-            s: b"SAME_UPPER".to_vec(),
-            ..Default::default()
-        },
-        ints("kernel_shape", &[3, 3]),
-    ];
-    let nodes = vec![node("Conv", &["x", "w"], "out", attrs)];
-    let text = imported(
-        nodes,
-        &[2, 3, 5, 5],
-        &[2, 4, 5, 5],
-        vec![weights("w", &[4, 3, 3, 3])],
-    )
-    .unwrap();
-    assert!(
-        text.contains("let out = conv2d(x, w, padding = 1)"),
-        "{text}"
-    );
-    // An even kernel pads one more at the end (SAME_UPPER): uneven padding.
-    let attrs = vec![
-        AttributeProto {
-            name: "auto_pad".to_string(),
-            r#type: AttributeType::String as i32,
-            s: b"SAME_UPPER".to_vec(),
-            ..Default::default()
-        },
-        ints("kernel_shape", &[2, 2]),
-    ];
-    let nodes = vec![node("Conv", &["x", "w"], "out", attrs)];
-    let text = imported(
-        nodes,
-        &[2, 3, 5, 5],
-        &[2, 4, 5, 5],
-        vec![weights("w", &[4, 3, 2, 2])],
-    )
-    .unwrap();
-    assert!(
-        text.contains("let out = conv2d(x, w, padding = [0, 0, 1, 1])"),
-        "{text}"
-    );
+    // An odd kernel pads evenly; an even one one more at the end (SAME_UPPER).
+    for (kernel, padding) in [(3, "1"), (2, "[0, 0, 1, 1]")] {
+        let attrs = vec![
+            AttributeProto {
+                name: "auto_pad".to_string(),
+                r#type: AttributeType::String as i32,
+                s: b"SAME_UPPER".to_vec(),
+                ..Default::default()
+            },
+            ints("kernel_shape", &[kernel, kernel]),
+        ];
+        let nodes = vec![node("Conv", &["x", "w"], "out", attrs)];
+        let text = imported(
+            nodes,
+            &[2, 3, 5, 5],
+            &[2, 4, 5, 5],
+            vec![weights("w", &[4, 3, kernel, kernel])],
+        )
+        .unwrap();
+        let expected = format!("let out = conv2d(x, w, padding = {padding})");
+        assert!(text.contains(&expected), "{text}");
+    }
 }
