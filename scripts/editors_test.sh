@@ -23,7 +23,7 @@ echo "== tree-sitter: generate, corpus and highlight tests"
 )
 echo "== tree-sitter: every .pcg file of the repository parses"
 files=()
-while IFS= read -r f; do files+=("$PWD/$f"); done < <(git ls-files 'examples/*.pcg' 'stdlib/*.pcg' 'benches/*.pcg' 'tests/random_regressions/*.pcg')
+while IFS= read -r f; do files+=("$PWD/$f"); done < <(git ls-files 'examples/*.pcg' 'stdlib/*.pcg' 'benches/*.pcg' 'tests/random_regressions/*.pcg' 'tests/ops/*.pcg')
 (cd editors/tree-sitter-pcg && tree-sitter parse --quiet "${files[@]}")
 echo "${#files[@]} files parsed"
 

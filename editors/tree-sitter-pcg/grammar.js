@@ -1,7 +1,8 @@
 /**
  * @file A tree-sitter grammar for pcg, the language of differentiable programs compiled to
  * predictive-coding networks. It follows the compiler's grammar (grammar/pcg.lalrpop): the
- * same items, statements, precedence (`+ -` below `* / @` below unary minus below indexing)
+ * same items, statements, precedence (comparisons below `+ -` below `* / @` below unary minus
+ * below indexing)
  * and the train block's keys and nested blocks. It is looser in one place: a function's
  * trailing result may start with `(`, `[` or `-` without `return` (the compiler refuses those,
  * tree-sitter only has to colour them).
@@ -10,7 +11,7 @@
 /// <reference types="tree-sitter-cli/dsl" />
 // @ts-check
 
-const PREC = { sum: 1, product: 2, unary: 3, postfix: 4, call: 5 };
+const PREC = { compare: 1, sum: 2, product: 3, unary: 4, postfix: 5, call: 6 };
 
 /** Items separated by commas, with an optional trailing comma. */
 function commaSep(rule) {
@@ -132,6 +133,12 @@ module.exports = grammar({
     ),
 
     binary_expression: $ => choice(
+      // The compiler refuses a chain (`a < b < c`); tree-sitter only colours it.
+      prec.left(PREC.compare, seq(
+        field('left', $._expression),
+        field('operator', choice('<', '>', '<=', '>=', '==', '!=')),
+        field('right', $._expression),
+      )),
       prec.left(PREC.sum, seq(
         field('left', $._expression),
         field('operator', choice('+', '-')),

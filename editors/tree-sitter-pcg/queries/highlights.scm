@@ -33,7 +33,7 @@
 (function name: (identifier) @function)
 (call function: (identifier) @function.call)
 ((call function: (identifier) @function.builtin)
-  (#match? @function.builtin "^(exp|log|sqrt|square|pow|abs|sin|cos|tan|tanh|sigmoid|relu|leaky_relu|maximum|where|sum|mean|max|reshape|flatten|transpose|broadcast|concat|slice|one_hot|causal_mask|conv2d|max_pool2d|avg_pool2d|dim|zeros|ones|full)$"))
+  (#match? @function.builtin "^(exp|log|sqrt|square|pow|abs|sin|cos|tan|tanh|erf|sigmoid|relu|leaky_relu|maximum|minimum|clip|sign|stop_gradient|dropout|where|sum|mean|max|min|var|argmax|reshape|flatten|transpose|broadcast|concat|slice|one_hot|causal_mask|conv2d|conv_transpose2d|conv1d|max_pool2d|avg_pool2d|dim|zeros|ones|full)$"))
 
 (model name: (identifier) @type)
 (train model: (identifier) @type)
@@ -57,6 +57,12 @@
   "="
   "->"
   ".."
+  "<"
+  ">"
+  "<="
+  ">="
+  "=="
+  "!="
 ] @operator
 
 ["(" ")" "[" "]" "{" "}"] @punctuation.bracket
