@@ -24,6 +24,7 @@ fn checked() -> JitOptions {
         bounds_checks: true,
         threads: 2,
         auto_threads: false,
+        split_scan_flops: 0,
         ..JitOptions::default()
     }
 }
@@ -580,6 +581,52 @@ fn examples_predictive_coding() {
             &layered,
             &learn.run(&env).expect("learns"),
             0.0,
+        );
+    }
+}
+
+/// Every example with a loop, its loops kept as scans: the scans whose batch rows are
+/// independent run as parts on two threads, each the whole loop on its own block of rows
+/// (checked accesses), and give the interpreter's forward pass, gradients and PC relaxation.
+#[test]
+fn scans_split_into_blocks_of_rows() {
+    let mut split_somewhere = Vec::new();
+    for path in examples() {
+        let source = std::fs::read_to_string(&path).expect("example");
+        if !source.contains("for ") {
+            continue;
+        }
+        let options = CompileOptions {
+            batch: Some(4),
+            loops: sema::LoopPolicy::Scan,
+            ..Default::default()
+        };
+        let (_, compiled) = sema::compile_file(&path, &options);
+        let compiled = compiled.unwrap_or_else(|_| panic!("{} compiles", path.display()));
+        let leaves = example_leaves(&compiled.forward);
+        let what = format!("{} as scans", path.display());
+        let mut grad = pcg::autodiff::grad_program(&compiled.forward).expect("differentiable");
+        check_program(&format!("{what} forward"), &compiled.forward, &leaves);
+        check_program(&format!("{what} gradient"), &grad, &leaves);
+        // As training compiles it: the per-iteration loss moved out of the loop.
+        pcg::opt::simplify(&mut grad);
+        check_program(&format!("{what} simplified gradient"), &grad, &leaves);
+        let plan = JitProgram::compile(&grad, &checked()).expect("compiles");
+        if !plan.plan().part_kernels.is_empty() {
+            split_somewhere.push(what.clone());
+        }
+        let programs =
+            pcg::pc::transform(&compiled.forward, &file_inference(&compiled)).expect("transforms");
+        let mut relax = JitLoop::compile(&programs.relax, &checked()).expect("compiles");
+        let reference = interp::run_loop(&programs.relax, &leaves, 3, |_, _| true).expect("runs");
+        let state = relax.run(&leaves, 3).expect("relaxes");
+        assert_close(&format!("{what} relax"), &state, &reference, TOLERANCE);
+    }
+    // The recurrent networks' forward and reverse scans treat each sample alone.
+    for name in ["lstm_shakespeare", "rnn_digits"] {
+        assert!(
+            split_somewhere.iter().any(|w| w.contains(name)),
+            "{name}'s gradient has no scan split into parts: {split_somewhere:?}"
         );
     }
 }

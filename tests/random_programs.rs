@@ -1060,8 +1060,9 @@ fn check(text: &str, seed: Option<u64>) -> Result<(), String> {
         strict_step_descends_the_energy(&forward, &leaves, NodeGranularity::All)?;
     }
 
-    // The JIT against the interpreter, f32.
-    let options = JitOptions::default();
+    // The JIT against the interpreter, f32 (on two threads, every scan whose rows split run
+    // in parts however little it computes).
+    let options = split_scans();
     let jit = |p: &Program, l: &Bindings<f32>| -> Result<Bindings<f32>, String> {
         let mut compiled = JitProgram::compile(p, &options).map_err(|e| e.to_string())?;
         compiled.run(l).map_err(|e| e.to_string())
@@ -1152,7 +1153,7 @@ fn loops_equal_unrolled(
             &run_pc(&unrolled, &config, steps_of(&unrolled)?, leaves)?,
         )?;
     }
-    let options = JitOptions::default();
+    let options = split_scans();
     let jit = |p: &Program| -> Result<Bindings<f32>, String> {
         let mut compiled = JitProgram::compile(p, &options).map_err(|e| e.to_string())?;
         compiled.run(leaves32).map_err(|e| e.to_string())
@@ -1343,5 +1344,15 @@ fn the_formatter_keeps_random_programs() {
             .unwrap_or_else(|d| panic!("seed {seed}: {:?}\n{text}", d[0].message));
         let twice = format_source(0, &once).expect("formatted text formats");
         assert_eq!(twice, once, "seed {seed}: formatting twice changed it");
+    }
+}
+
+/// JIT options that run every scan whose batch rows split as parts on two threads, however
+/// small: the split code is checked on programs of every size.
+fn split_scans() -> JitOptions {
+    JitOptions {
+        threads: 2,
+        split_scan_flops: 0,
+        ..JitOptions::default()
     }
 }

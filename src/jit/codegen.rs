@@ -126,13 +126,20 @@ impl Layout {
         runs
     }
 
-    /// [`runs`](Self::runs), with the kernels of a scan's body counted once per iteration.
-    pub fn kernel_runs(&self, kernels: &[Kernel], steps: usize) -> Vec<usize> {
+    /// [`runs`](Self::runs), with the kernels of a scan's body counted once per iteration;
+    /// a split scan's kernels run once per part.
+    pub fn kernel_runs(&self, lowered: &super::lower::Lowered, steps: usize) -> Vec<usize> {
+        let kernels = &lowered.kernels;
         let mut runs = self.runs(kernels.len(), steps);
         for (k, kernel) in kernels.iter().enumerate() {
             if let Kernel::Scan(scan) = kernel {
+                let parts = if lowered.split_scans.contains(&k) {
+                    lowered.parts
+                } else {
+                    1
+                };
                 for r in &mut runs[k + 1..=k + scan.body] {
-                    *r *= scan.trips;
+                    *r *= scan.trips * parts;
                 }
             }
         }
@@ -179,6 +186,9 @@ pub struct FunctionTranslator<'a> {
     pub part: Option<Value>,
     /// The split body's function, for the main function to hand to `runtime::parts`.
     pub part_function: Option<FuncRef>,
+    /// The function of each scan split into parts, by its head kernel: the whole scan on one
+    /// part, handed to `runtime::parts` where the scan runs.
+    pub scan_parts: HashMap<usize, FuncRef>,
     /// The iteration index of each scan whose loop is being emitted, by the scan's number: it
     /// moves the scan's views.
     pub iterations: HashMap<usize, Value>,
@@ -444,18 +454,9 @@ impl FunctionTranslator<'_> {
                     until.as_ref(),
                     steps,
                 ),
-                Segment::Parts { parts, .. } => {
-                    self.tick(-1);
-                    let pointer = self.builder.func.dfg.value_type(self.arena);
+                Segment::Parts { .. } => {
                     let body = self.part_function.expect("a split body has its function");
-                    let function = self.builder.ins().func_addr(pointer, body);
-                    let parts = self.builder.ins().iconst(types::I64, *parts as i64);
-                    let call = self
-                        .builder
-                        .ins()
-                        .call(self.runtime.parts, &[function, self.arena, steps, parts]);
-                    let status = self.builder.inst_results(call)[0];
-                    self.branch_on_status(status);
+                    self.call_parts(body, Some(steps));
                 }
                 Segment::Guard(buffers) => self.translate_guard(buffers),
                 Segment::Exchange(k) => {
@@ -493,6 +494,34 @@ impl FunctionTranslator<'_> {
                 .brif(broken, self.fail, &[code.into()], next, &[]);
             self.builder.switch_to_block(next);
         }
+    }
+
+    /// Runs `function` (a split loop body's or scan's: `fn(arena, steps, part)`) once per
+    /// part through `runtime::parts`, failing with the status of a part that failed.
+    fn call_parts(&mut self, function: FuncRef, steps: Option<Value>) {
+        self.tick(-1);
+        let pointer = self.builder.func.dfg.value_type(self.arena);
+        let function = self.builder.ins().func_addr(pointer, function);
+        let parts = self.plan.parts as i64;
+        let parts = self.builder.ins().iconst(types::I64, parts);
+        let steps = steps.unwrap_or_else(|| self.builder.ins().iconst(types::I64, 0));
+        let call = self
+            .builder
+            .ins()
+            .call(self.runtime.parts, &[function, self.arena, steps, parts]);
+        let status = self.builder.inst_results(call)[0];
+        self.branch_on_status(status);
+    }
+
+    /// The body of a split scan's own function: the scan whose head is kernel `head`, on the
+    /// part `part`.
+    pub fn translate_scan_part(&mut self, kernels: &[Kernel], head: usize, part: Value) {
+        self.part = Some(part);
+        let Kernel::Scan(scan) = &kernels[head] else {
+            unreachable!("split scans start at their head");
+        };
+        self.translate_kernels(kernels, head..head + 1 + scan.body);
+        self.finish();
     }
 
     /// The body of a split loop's own function: the whole loop, on the part `part`.
@@ -656,7 +685,10 @@ impl FunctionTranslator<'_> {
         while k < range.end {
             self.kernel = k;
             if let Kernel::Scan(scan) = &kernels[k] {
-                self.translate_scan(kernels, k, scan);
+                match self.scan_parts.get(&k).filter(|_| self.part.is_none()) {
+                    Some(&function) => self.call_parts(function, None),
+                    None => self.translate_scan(kernels, k, scan),
+                }
                 k += 1 + scan.body;
                 continue;
             }

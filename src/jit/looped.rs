@@ -151,6 +151,16 @@ pub(super) fn lower_loop(
         }
         None => std::borrow::Cow::Borrowed(program),
     };
+    // One function runs all its split regions (this body, scans) in one number of parts.
+    if split
+        .as_ref()
+        .is_some_and(|s| lowered.parts > 1 && lowered.parts != s.parts)
+    {
+        split = None;
+    }
+    if let Some(s) = &split {
+        lowered.scan_parts = s.parts;
+    }
     let prologue = &program.prologue;
     let body = &program.body;
 
@@ -294,7 +304,7 @@ pub(super) fn lower_loop(
     };
     let looped = match &split {
         Some(split) => {
-            lowered.part_kernels = prologue_end..ends[1];
+            lowered.part_kernels.push(prologue_end..ends[1]);
             Segment::Parts {
                 first,
                 second,
@@ -430,6 +440,8 @@ impl JitLoop {
     pub fn compile(program: &LoopProgram, options: &JitOptions) -> Result<JitLoop, JitError> {
         let mut lowered = Lowered {
             conv_ways: options.threads,
+            scan_parts: options.threads,
+            split_scan_flops: options.split_scan_flops,
             ..Lowered::default()
         };
         // Leaves by name, shared by the prologue and the body.

@@ -528,9 +528,20 @@ pub struct Lowered {
     /// Groups a convolution's samples are split into (threads that may share it); 0 or 1:
     /// one group.
     pub conv_ways: usize,
-    /// Parts a split loop body runs as (1: not split), and the kernels they run.
+    /// Parts a split loop body or scan runs as (1: none split), and the kernels each split
+    /// region runs (a loop's body, or a scan's head and body).
     pub parts: usize,
-    pub part_kernels: std::ops::Range<usize>,
+    pub part_kernels: Vec<std::ops::Range<usize>>,
+    /// The head kernel of each scan split into parts (each region of `part_kernels` that is a
+    /// scan's).
+    pub split_scans: Vec<usize>,
+    /// Parts a scan whose batch rows are independent may run as (0 or 1: scans stay whole),
+    /// and the least work of a scan split so (`JitOptions::split_scan_flops`).
+    pub scan_parts: usize,
+    pub split_scan_flops: u64,
+    /// Scans whose bodies are being lowered (a scan inside another runs whole: its part
+    /// would not know the outer iteration).
+    pub scan_depth: usize,
     /// New buffers are the parts' private temporaries (set while lowering the parts' body).
     pub private: bool,
     /// Map kernels that also check what they write: kernel → a scalar flag buffer that the
@@ -572,9 +583,9 @@ impl Lowered {
         self.buffers[b].view.is_some()
     }
 
-    /// Whether kernel `k` runs in the parts of a split loop body.
+    /// Whether kernel `k` runs in the parts of a split loop body or scan.
     pub fn in_parts(&self, k: usize) -> bool {
-        self.parts > 1 && self.part_kernels.contains(&k)
+        self.parts > 1 && self.part_kernels.iter().any(|r| r.contains(&k))
     }
 
     /// Appends the kernels of `program`'s outputs. `leaves` holds the buffer of every leaf the
@@ -1012,8 +1023,15 @@ impl<'a> Lowering<'a> {
     /// them there, its stacked operands through views of their buffers, and writes the next
     /// carried values aside (copied over at the end of the iteration, once nothing reads the
     /// old ones) and its per-iteration outputs through views of their stacked results.
+    ///
+    /// A scan whose body treats the batch rows independently (see [`split_scan`]) runs as
+    /// parts, each the whole loop on its own block of rows: its carried values, per-iteration
+    /// slices and outputs are read and written in blocks, its temporaries are each part's own,
+    /// and the parts never wait for each other between iterations.
     fn lower_scan(&mut self, id: ValueId, scan: &crate::ir::Scan, args: &[ValueId]) {
-        let body = &scan.body;
+        let split = split_scan(self.out, scan);
+        let body = split.as_ref().map_or(&scan.body, |s| &s.program);
+        let blocks = |leaf: ValueId| split.as_ref().is_some_and(|s| s.restricted(leaf));
         let number = self.out.scans;
         self.out.scans += 1;
         let carries = scan.carries;
@@ -1021,7 +1039,7 @@ impl<'a> Lowering<'a> {
         let mut leaves: HashMap<ValueId, BufferId> = HashMap::new();
         for (k, &arg) in args.iter().enumerate() {
             let leaf = ValueId(k as u32);
-            let len = body.shape(leaf).numel();
+            let len = scan.body.shape(leaf).numel();
             let name = body.node(leaf).name.clone().unwrap_or_default();
             let buffer = match scan.role(k) {
                 crate::ir::ScanInput::Carried => {
@@ -1048,36 +1066,41 @@ impl<'a> Lowering<'a> {
                     };
                     self.out.view(format!("{id} {name}"), len, view)
                 }
+                // An invariant read in blocks: a view that does not move.
+                crate::ir::ScanInput::Invariant if blocks(leaf) => {
+                    let of = self.buffer_of(arg);
+                    let view = View {
+                        of,
+                        scan: number,
+                        stride: 0,
+                    };
+                    self.out.view(format!("{id} {name}"), len, view)
+                }
                 crate::ir::ScanInput::Invariant => self.buffer_of(arg),
             };
+            if blocks(leaf) || (split.is_some() && k < carries) {
+                self.out.buffers[buffer].share = Share::Blocks;
+            }
             leaves.insert(leaf, buffer);
         }
-        // The next carried values are written aside; per-iteration outputs into their stacked
-        // results, through views.
-        let mut targets: Vec<Option<BufferId>> = Vec::with_capacity(body.outputs.len());
-        for (i, output) in body.outputs.iter().enumerate() {
-            let len = body.shape(output.value).numel();
-            if i < carries {
-                let aside = self
-                    .out
-                    .buffer(format!("{id} next {}", output.name), len, false);
-                targets.push(Some(aside));
-            } else {
-                let whole =
-                    self.out
-                        .buffer(format!("{id} {}", output.name), len * scan.trips, false);
-                results.push(whole);
-                let view = View {
-                    of: whole,
-                    scan: number,
-                    stride: len,
-                };
-                targets.push(Some(self.out.view(
-                    format!("{id} {}[t]", output.name),
-                    len,
-                    view,
-                )));
+        // Per-iteration outputs go into their stacked results, through views.
+        let mut targets: Vec<Option<BufferId>> = vec![None; carries];
+        for output in &scan.body.outputs[carries..] {
+            let len = scan.body.shape(output.value).numel();
+            let whole = self
+                .out
+                .buffer(format!("{id} {}", output.name), len * scan.trips, false);
+            results.push(whole);
+            let view = View {
+                of: whole,
+                scan: number,
+                stride: len,
+            };
+            let view = self.out.view(format!("{id} {}[t]", output.name), len, view);
+            if split.is_some() {
+                self.out.buffers[view].share = Share::Blocks;
             }
+            targets.push(Some(view));
         }
         let head = self.out.kernels.len();
         self.out.kernels.push(Kernel::Scan(ScanKernel {
@@ -1086,17 +1109,61 @@ impl<'a> Lowering<'a> {
             reverse: scan.reverse,
             body: 0,
         }));
+        // A split scan's body is lowered on one block, with temporaries of each part's own.
+        let conv_ways = self.out.conv_ways;
+        if let Some(split) = &split {
+            self.out.parts = split.parts;
+            self.out.private = true;
+            self.out.conv_ways = 1;
+        }
+        // The next carried values are written aside (copied over at the end of the iteration).
+        for (target, output) in targets.iter_mut().zip(&body.outputs[..carries]) {
+            let len = body.shape(output.value).numel();
+            *target = Some(
+                self.out
+                    .buffer(format!("{id} next {}", output.name), len, false),
+            );
+        }
+        self.out.scan_depth += 1;
         let written = self.out.lower(body, &leaves, &targets);
+        self.out.scan_depth -= 1;
         for k in 0..carries {
             let dims = body.shape(body.outputs[k].value).dims().to_vec();
             self.copy(written[k], results[k], &dims);
         }
+        self.out.private = false;
+        self.out.conv_ways = conv_ways;
         let length = self.out.kernels.len() - head - 1;
         if let Kernel::Scan(kernel) = &mut self.out.kernels[head] {
             kernel.body = length;
         }
+        if split.is_some() {
+            self.out.part_kernels.push(head..head + 1 + length);
+            self.out.split_scans.push(head);
+        }
         self.scan_results.insert(id, results);
     }
+}
+
+/// `scan`'s body restricted to one of `out.scan_parts` blocks of batch rows, where its
+/// iterations treat the rows independently (every carried value and output is split along
+/// its first axis: see `opt::split`), every part's repeated work is small, and the scan does
+/// enough work to be worth it (`split_scan_flops`). Not inside another scan or a region already split, nor with a part count other
+/// than the function's.
+fn split_scan(out: &Lowered, scan: &crate::ir::Scan) -> Option<crate::opt::split::Split> {
+    let parts = out.scan_parts;
+    if parts < 2 || out.private || out.scan_depth > 0 || (out.parts > 1 && out.parts != parts) {
+        return None;
+    }
+    let flops = crate::ir::flops(&scan.body);
+    if flops.saturating_mul(scan.trips as u64) < out.split_scan_flops {
+        return None;
+    }
+    let split = crate::opt::split::split_rows(&scan.body, parts, |_| true)?;
+    // Carried values are written by the parts in blocks: each must be read in blocks too.
+    let read = needed_nodes(&scan.body);
+    let carried_whole = (0..scan.carries).any(|k| read[k] && !split.restricted(ValueId(k as u32)));
+    (!carried_whole && split.repeated_flops * 10 <= flops).then_some(split)
 }
 
 /// The kernels of `kernels[range]` that write `aside` (a value of shape `dims`) if they could

@@ -78,6 +78,10 @@ pub struct JitOptions {
     pub profile: bool,
     /// The element type the code computes in; the data it runs on must be of this type.
     pub dtype: Dtype,
+    /// The least work (floating-point operations over all its iterations) of a scan that runs
+    /// as parts on `threads` threads, each part the whole loop on its own block of batch rows:
+    /// handing the parts to the threads costs a few microseconds.
+    pub split_scan_flops: u64,
 }
 
 impl Default for JitOptions {
@@ -88,6 +92,7 @@ impl Default for JitOptions {
             auto_threads: true,
             profile: false,
             dtype: Dtype::F32,
+            split_scan_flops: 1 << 20,
         }
     }
 }
@@ -449,6 +454,23 @@ impl Function {
             }
         }
 
+        // A split scan: `fn(arena, steps, part) -> status`, the whole scan on one part.
+        let mut scan_functions = Vec::new();
+        for &head in &lowered.split_scans {
+            let kernels = &lowered.kernels;
+            let name = format!("pcg_scan_{head}");
+            let f = common.function(module, &imports, &name, 2, &mut clif, |t, params, _| {
+                t.translate_scan_part(kernels, head, params[2])
+            })?;
+            scan_functions.push((head, f));
+        }
+        let declare_scans = |t: &mut codegen::FunctionTranslator<'_>, module: &mut JITModule| {
+            for &(head, f) in &scan_functions {
+                let f = module.declare_func_in_func(f, t.builder.func);
+                t.scan_parts.insert(head, f);
+            }
+        };
+
         // fn(arena, steps) -> status
         let mut entry_clif = String::new();
         let id = common.function(
@@ -465,6 +487,7 @@ impl Function {
                 if let Some(f) = part_function {
                     t.part_function = Some(module.declare_func_in_func(f, t.builder.func));
                 }
+                declare_scans(t, module);
                 t.translate(&lowered.kernels, layout, params[1]);
             },
         )?;
@@ -618,6 +641,7 @@ impl<'a> Common<'a> {
             shared: HashMap::new(),
             part: None,
             part_function: None,
+            scan_parts: HashMap::new(),
             iterations: HashMap::new(),
             checks: self.checks,
             profile: self.profile,
@@ -711,6 +735,8 @@ impl JitProgram {
         verify_program(program)?;
         let mut lowered = Lowered {
             conv_ways: options.threads,
+            scan_parts: options.threads,
+            split_scan_flops: options.split_scan_flops,
             ..Lowered::default()
         };
         let mut leaf_buffers = HashMap::new();

@@ -57,9 +57,9 @@ pub struct BufferPlan {
     pub buffers: Vec<PlannedBuffer>,
     /// The arena's length in f32 elements.
     pub arena_len: usize,
-    /// Parts of a split loop body (1: none), and the kernels they run.
+    /// Parts of a split loop body or scan (1: none), and the kernels of each split region.
     pub parts: usize,
-    pub part_kernels: std::ops::Range<usize>,
+    pub part_kernels: Vec<std::ops::Range<usize>>,
 }
 
 /// A broken plan: a compiler bug, reported instead of running.
@@ -111,11 +111,12 @@ impl BufferPlan {
     pub fn new(lowered: &Lowered) -> BufferPlan {
         let (buffers, kernels) = (&lowered.buffers, &lowered.kernels);
         let parts = lowered.parts.max(1);
-        let split = if parts > 1 {
+        let regions = if parts > 1 {
             lowered.part_kernels.clone()
         } else {
-            0..0
+            Vec::new()
         };
+        let region_of = |k: usize| regions.iter().find(|r| r.contains(&k));
         let last = kernels.len().saturating_sub(1);
         // The memory a buffer stands for: itself, or the buffer its view is (transitively) of.
         let root = |mut b: usize| {
@@ -139,8 +140,8 @@ impl BufferPlan {
             kernel.for_each_access(|b, _, _| {
                 let b = root(b);
                 let mut span = around[k].unwrap_or((k, k));
-                if split.contains(&k) && buffers[b].share != Share::Private {
-                    span = (split.start, split.end - 1);
+                if let Some(region) = region_of(k).filter(|_| buffers[b].share != Share::Private) {
+                    span = (region.start, region.end - 1);
                 }
                 let known = live[b].get_or_insert(span);
                 known.0 = known.0.min(span.0);
@@ -180,10 +181,13 @@ impl BufferPlan {
             // one stand-in buffer live wherever a private temporary is: memory that only
             // lives before or after the split region may share their place.
             let window = align(place(&mut planned, private.clone(), 0), ALIGN);
-            let live = private.iter().fold(
-                (split.start, split.end.saturating_sub(1)),
-                |(lo, hi), &i| (lo.min(planned[i].live.0), hi.max(planned[i].live.1)),
-            );
+            let start = regions.iter().map(|r| r.start).min().unwrap_or(0);
+            let end = regions.iter().map(|r| r.end).max().unwrap_or(1);
+            let live = private
+                .iter()
+                .fold((start, end.saturating_sub(1)), |(lo, hi), &i| {
+                    (lo.min(planned[i].live.0), hi.max(planned[i].live.1))
+                });
             planned.push(PlannedBuffer {
                 label: "the parts' windows".to_string(),
                 offset: 0,
@@ -217,7 +221,7 @@ impl BufferPlan {
             buffers: planned,
             arena_len,
             parts,
-            part_kernels: split,
+            part_kernels: regions,
         }
     }
 
@@ -302,7 +306,7 @@ impl BufferPlan {
             }
         }
         for (k, kernel) in kernels.iter().enumerate() {
-            let in_parts = parts > 1 && self.part_kernels.contains(&k);
+            let in_parts = parts > 1 && self.part_kernels.iter().any(|r| r.contains(&k));
             let mut error = None;
             kernel.for_each_access(|b, extent, _| {
                 let buffer = &self.buffers[b];
@@ -343,11 +347,13 @@ impl fmt::Display for BufferPlan {
             self.peak_bytes() as f64 / live.max(1) as f64
         )?;
         if self.parts > 1 {
-            writeln!(
-                f,
-                "split: kernels {}..{} run as {} parts, each on its own block of samples",
-                self.part_kernels.start, self.part_kernels.end, self.parts
-            )?;
+            for region in &self.part_kernels {
+                writeln!(
+                    f,
+                    "split: kernels {}..{} run as {} parts, each on its own block of samples",
+                    region.start, region.end, self.parts
+                )?;
+            }
         }
         for b in &self.buffers {
             if !b.shifts.is_empty() {

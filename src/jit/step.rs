@@ -149,6 +149,8 @@ impl JitStep {
     ) -> Result<JitStep, JitError> {
         let mut lowered = Lowered {
             conv_ways: options.threads,
+            scan_parts: options.threads,
+            split_scan_flops: options.split_scan_flops,
             ..Lowered::default()
         };
         let mut leaves = Leaves {
@@ -283,7 +285,7 @@ impl JitStep {
         for (kernel, runs) in lowered
             .kernels
             .iter()
-            .zip(layout.kernel_runs(&lowered.kernels, steps))
+            .zip(layout.kernel_runs(&lowered, steps))
         {
             kernels.push(KernelInfo {
                 what: kernel.describe(&lowered.buffers),

@@ -14,7 +14,8 @@
 //!    message to the clamped input's half of `concat(x, h) @ w`).
 //! 3. [`cse`] — common subexpressions shared, identities folded, dead nodes pruned.
 //!
-//! [`simplify`] runs these on every derived program (gradient, learning, closed-form step).
+//! [`simplify`] runs these on every derived program (gradient, learning, closed-form step)
+//! and passes 1–3 on the bodies of its loops too.
 //! [`batching`] — independent products with one right operand become one product over their
 //! stacked left operands — runs on a relaxation loop's body once its invariants are hoisted
 //! (the weight a body's products share is then one state leaf).
@@ -45,9 +46,22 @@ use crate::ir::Program;
 /// fold, dead parts of products, then CSE.
 pub fn simplify(program: &mut Program) {
     scan_hoist::hoist_scans(program);
+    simplify_bodies(program);
+    scan_hoist::fold_summed_products(program);
+}
+
+/// The local passes (the pad/concat fold, dead parts of products, CSE) on `program` and, first,
+/// on every loop body in it: a reverse scan's body is built like any derived program (the
+/// gradient of an LSTM's gate slices is a sum of pads there, its message to the clamped input a
+/// dead part of a product), and its result is computed once per iteration.
+fn simplify_bodies(program: &mut Program) {
+    for node in &mut program.nodes {
+        if let crate::ir::Op::Scan(scan) = &mut node.op {
+            simplify_bodies(&mut scan.body);
+        }
+    }
     concat::join_padded_sums(program);
     concat::distribute(program);
     dead_parts::narrow_products(program);
     cse::cse(program);
-    scan_hoist::fold_summed_products(program);
 }
