@@ -330,10 +330,11 @@ impl JitStep {
             .collect()
     }
 
-    /// One step on `inputs` (the batch and per-step scalars). A failed guard is
+    /// One step on `inputs` (layers, the first holding a name wins: the batch, per-step
+    /// scalars). A failed guard is
     /// [`JitError::Diverged`], with the resident arrays as they were before the step.
-    pub fn run<T: Float>(&mut self, inputs: &Bindings<T>) -> Result<(), JitError> {
-        bind_leaves(&mut self.function, &self.inputs, &[inputs])?;
+    pub fn run<T: Float>(&mut self, inputs: &[&Bindings<T>]) -> Result<(), JitError> {
+        bind_leaves(&mut self.function, &self.inputs, inputs)?;
         for &(_, flag) in &self.flags {
             self.function.slice_mut::<T>(flag)[0] = T::zero();
         }

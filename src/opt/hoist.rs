@@ -316,7 +316,7 @@ fn strided_product_operands(body: &Program, variant: &[bool]) -> BTreeSet<ValueI
 /// Whether a value is a view whose rows are strided in memory: a transpose that moves the
 /// last axis, or a slice of one (the message to `h` through `concat(x, h) @ w` reads rows of
 /// `transpose(w)`).
-fn strided_view(body: &Program, id: ValueId) -> bool {
+pub(crate) fn strided_view(body: &Program, id: ValueId) -> bool {
     let node = body.node(id);
     match &node.op {
         Op::Transpose(perm) => perm.last().is_some_and(|&l| l != perm.len() - 1),

@@ -6,7 +6,8 @@
 //!
 //! 0. [`scan_hoist`] — a loop's work that reads no carried value moves out of the loop, as one
 //!    computation over every iteration (the replay in a reverse scan, products of the
-//!    iterations' slices).
+//!    iterations' slices); after passes 1–3, an invariant strided view a body's product reads
+//!    (a transposed weight's slice) is laid out once before the loop.
 //! 1. [`concat`] — sums of pads over adjacent parts of an axis become one concat (gradients of
 //!    tensors sliced into parts), and elementwise ops on a concat the concat of the ops on its
 //!    parts (the concat is then never written for them).
@@ -47,6 +48,7 @@ use crate::ir::Program;
 pub fn simplify(program: &mut Program) {
     scan_hoist::hoist_scans(program);
     simplify_bodies(program);
+    scan_hoist::lay_out_invariant_operands(program);
     scan_hoist::fold_summed_products(program);
 }
 

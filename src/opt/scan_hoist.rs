@@ -14,6 +14,11 @@
 //! forward body from the carried values' trace (`src/autodiff/scan.rs`): the replay reads no
 //! carried value of the reverse scan, so all of it moves out here.
 //!
+//! An invariant view that a product in the body reads as its strided right operand (the
+//! reverse scan's `g @ transpose(w)[.., h's rows]`) is laid out once before the loop: the
+//! body reads it as one more invariant operand, which the backends store contiguously,
+//! instead of a GEMM packing the strided view at every iteration.
+//!
 //! Sound because the moved nodes are pure and read only per-iteration slices and invariants:
 //! row t of the stacked computation is exactly what the body computed at iteration t, in
 //! either direction of the scan. Views of a moved value that only a kept node reads stay in
@@ -172,17 +177,7 @@ fn hoist_one(program: &mut Program, index: usize) -> bool {
             continue;
         }
         if depends[k] == Depends::Invariant {
-            let node_args: Vec<ValueId> = node
-                .args
-                .iter()
-                .map(|a| outside[a.index()].expect("operands first"))
-                .collect();
-            outside[k] = Some(program.push(Node {
-                args: node_args,
-                name: None,
-                region,
-                ..node.clone()
-            }));
+            outside[k] = Some(replay_outside(program, node, &outside, region));
             continue;
         }
         let value = stacked_node(program, body, node, &depends, &outside, trips);
@@ -293,6 +288,125 @@ fn read_instead(program: &mut Program, index: usize, instead: &[Option<ValueId>]
 /// computed once over every iteration from its operands' stacked values: the loop outputs
 /// those operands instead. With [`fold_summed_products`], the iterations' products and their
 /// sum become one product over all `T·B` rows.
+/// Lays out, before each scan of `program` (and of scans nested in their bodies), the
+/// invariant strided views that its body's products read as their right operand. Run after
+/// the passes that make the views (`dead_parts` slices a transposed weight).
+pub fn lay_out_invariant_operands(program: &mut Program) {
+    let mut moved = false;
+    for i in 0..program.nodes.len() {
+        if let Op::Scan(scan) = &mut program.nodes[i].op {
+            lay_out_invariant_operands(&mut scan.body);
+            moved |= lay_out_one(program, i);
+        }
+    }
+    if moved {
+        program.sort_topologically();
+    }
+}
+
+/// Lays out the invariant strided views that the products of scan `index`'s body read as
+/// their right operand (see the module's documentation). Returns whether any moved.
+fn lay_out_one(program: &mut Program, index: usize) -> bool {
+    let (scan, args, region) = scan_at(program, index);
+    let body = &scan.body;
+    let operands = scan.operands();
+    // Invariant operands and views of them only.
+    let mut invariant = vec![false; body.nodes.len()];
+    for (k, node) in body.nodes.iter().enumerate() {
+        invariant[k] = if k < operands {
+            scan.role(k) == ScanInput::Invariant
+        } else {
+            is_view(&node.op) && invariant[node.args[0].index()]
+        };
+    }
+    let mut laid_out: Vec<ValueId> = Vec::new();
+    for node in body.nodes.iter().skip(operands) {
+        if node.op != Op::MatMul {
+            continue;
+        }
+        let rhs = node.args[1];
+        let strided = crate::opt::hoist::strided_view(body, rhs);
+        if invariant[rhs.index()] && strided && !laid_out.contains(&rhs) {
+            laid_out.push(rhs);
+        }
+    }
+    if laid_out.is_empty() {
+        return false;
+    }
+    // Each laid-out view, computed outside from the scan's operands.
+    let mut outside: Vec<Option<ValueId>> = vec![None; body.nodes.len()];
+    for k in 0..body.nodes.len() {
+        if k < operands {
+            outside[k] = Some(args[k]);
+        } else if invariant[k] {
+            outside[k] = Some(replay_outside(program, &body.nodes[k], &outside, region));
+        }
+    }
+    // The body with each laid-out view one more invariant operand, read in its place.
+    let mut new_body = Program::new(body.name.clone());
+    let mut map: Vec<ValueId> = Vec::with_capacity(body.nodes.len());
+    for node in &body.nodes[..operands] {
+        map.push(new_body.push(node.clone()));
+    }
+    let mut new_args = args.clone();
+    let mut leaf_of = std::collections::HashMap::new();
+    for &v in &laid_out {
+        let shape = body.shape(v).clone();
+        let leaf = new_body.leaf(
+            crate::ir::LeafKind::State,
+            format!("laid_out.{}", v.index()),
+            shape,
+        );
+        leaf_of.insert(v, leaf);
+        new_args.push(outside[v.index()].expect("laid-out views are computed"));
+    }
+    for (k, node) in body.nodes.iter().enumerate().skip(operands) {
+        let id = match leaf_of.get(&ValueId(k as u32)) {
+            Some(&leaf) => leaf,
+            None => new_body.push(Node {
+                args: node.args.iter().map(|a| map[a.index()]).collect(),
+                ..node.clone()
+            }),
+        };
+        map.push(id);
+    }
+    new_body.outputs = body
+        .outputs
+        .iter()
+        .map(|o| crate::ir::Output {
+            name: o.name.clone(),
+            value: map[o.value.index()],
+        })
+        .collect();
+    new_body.prune();
+    let mut new_scan = scan.clone();
+    new_scan.body = new_body;
+    program.nodes[index].op = Op::Scan(Box::new(new_scan));
+    program.nodes[index].args = new_args;
+    true
+}
+
+/// An invariant body node computed once outside the loop (in `region`), from the outside
+/// values of its operands.
+fn replay_outside(
+    program: &mut Program,
+    node: &Node,
+    outside: &[Option<ValueId>],
+    region: crate::ir::Region,
+) -> ValueId {
+    let args = node
+        .args
+        .iter()
+        .map(|a| outside[a.index()].expect("operands first"))
+        .collect();
+    program.push(Node {
+        args,
+        name: None,
+        region,
+        ..node.clone()
+    })
+}
+
 fn sink_one(program: &mut Program, index: usize) -> bool {
     let (scan, args, region) = scan_at(program, index);
     let body = &scan.body;

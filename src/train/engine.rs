@@ -1023,14 +1023,15 @@ impl<F: Element> Engine<F> for JitEngine<F> {
         let steps = self.training.as_ref().map_or(0, |(_, o)| o.steps());
         let batch = &*noisy(&self.programs, batch, Some(steps));
         let (step, optimizer) = self.training.as_mut().ok_or_else(not_started)?;
-        let mut inputs = batch.clone();
         let incremental = self.programs.incremental().is_some();
-        if incremental {
-            inputs.extend(optimizer.powers());
+        let scalars = if incremental {
+            optimizer.powers()
         } else {
-            inputs.extend(optimizer.corrections());
-        }
-        match step.run(&inputs) {
+            optimizer.corrections()
+        };
+        // The batch is bound where it is (not copied into a merged map first: at a long
+        // sequence that copy was a tenth of the step).
+        match step.run(&[batch, &scalars.into_iter().collect()]) {
             Ok(()) => {}
             Err(JitError::Diverged)
                 if self.world.is_distributed()
