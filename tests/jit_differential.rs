@@ -426,6 +426,51 @@ fn transcendentals_match_libm_closely() {
     }
 }
 
+/// A map of one transcendental function over rows of 16 or more contiguous elements runs
+/// sixteen lanes at a time where the machine has AVX-512 (`jit::wide`); shorter rows run the
+/// four-lane code. Both compute each element by the same operations: bit-identical results.
+#[test]
+fn wide_rows_equal_the_four_lane_code() {
+    let xs: Vec<f32> = (0..12 * 48).map(|i| (i as f32 - 288.0) * 0.37).collect();
+    for u in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Sigmoid] {
+        let mut p = Program::new("rows");
+        let x = p.leaf(LeafKind::Input, "x0", Shape::new(vec![12, 48]));
+        let whole = p.unary(u, x);
+        let narrow = op(
+            &mut p,
+            Op::Slice {
+                axis: 1,
+                start: 0,
+                end: 12,
+            },
+            &[x],
+            None,
+        );
+        let narrow = p.unary(u, narrow);
+        p.set_output("whole", whole);
+        p.set_output("narrow", narrow);
+        let leaves = Bindings::from([(
+            "x0".to_string(),
+            ArrayD::from_shape_vec(vec![12, 48], xs.clone()).expect("shape"),
+        )]);
+        let out = JitProgram::compile(&p, &JitOptions::default())
+            .expect("compiles")
+            .run(&leaves)
+            .expect("runs");
+        for r in 0..12 {
+            for c in 0..12 {
+                let (a, b) = (out["whole"][[r, c]], out["narrow"][[r, c]]);
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{u}({}): {a} vs {b}",
+                    xs[r * 48 + c]
+                );
+            }
+        }
+    }
+}
+
 /// NaN stays NaN (divergence detection relies on it), infinities and values far outside the
 /// polynomials' ranges saturate as libm does, and tiny arguments keep their value.
 #[test]

@@ -47,6 +47,8 @@ pub struct RuntimeRefs {
     pub tick: FuncRef,
     /// `exchange(descriptor, arena) -> status`: runs a [`Segment::Exchange`].
     pub exchange: FuncRef,
+    /// `wide_unary(op, dst, src, n)`: one transcendental function of a row (`super::wide`).
+    pub wide_unary: FuncRef,
 }
 
 /// One piece of a function's control flow over its kernels.
@@ -171,6 +173,8 @@ pub struct FunctionTranslator<'a> {
     pub fma: bool,
     /// One element: f32 (whose code also has four-lane vectors) or f64 (scalar only).
     pub scalar: Lanes,
+    /// A map of one transcendental function of a contiguous row calls `wide::unary_row`.
+    pub wide: bool,
     /// Returns its parameter: the status of a failed check.
     pub fail: Block,
     /// The kernel being translated (its 1-based index is the status of a failed check).
@@ -849,6 +853,47 @@ impl FunctionTranslator<'_> {
         self.branch_on_status(status);
     }
 
+    /// The code of `wide::OPS` that the nest's rows are, where they are one such function of
+    /// a row read and written contiguously, long enough, unchecked for finiteness.
+    fn wide_row(&self, nest: &Nest) -> Option<i64> {
+        let level = nest.dims.len() - 1;
+        let [Node::Load(1), Node::Unary(op, 0)] = nest.nodes[..] else {
+            return None;
+        };
+        let contiguous = nest.slots.len() == 2
+            && nest
+                .slots
+                .iter()
+                .all(|s| s.buffer.is_some() && !s.pairs && s.strides[level] == 1);
+        let fits = self.wide
+            && contiguous
+            && nest.reduce.is_none()
+            && nest.check.is_none()
+            && nest.dims[level] >= super::wide::MIN_ROW;
+        let code = super::wide::OPS.iter().position(|&o| o == op)?;
+        fits.then_some(code as i64)
+    }
+
+    /// One row of a [`wide_row`](Self::wide_row) nest: a call to `wide::unary_row` (after
+    /// checking the row's first and last elements, with bounds checks on).
+    fn translate_wide_row(&mut self, nest: &Nest, rows: &[Value], op: i64) {
+        let n = nest.dims[nest.dims.len() - 1] as i64;
+        let mut addresses = [rows[0], rows[1]];
+        for (address, (slot, &row)) in addresses.iter_mut().zip(nest.slots.iter().zip(rows)) {
+            if self.bounds_checks {
+                let last = self.builder.ins().iadd_imm_s(row, n - 1);
+                self.address(slot, last, Lanes::SCALAR);
+            }
+            *address = self.address(slot, row, Lanes::SCALAR);
+        }
+        let op = self.builder.ins().iconst(types::I64, op);
+        let n = self.builder.ins().iconst(types::I64, n);
+        self.builder.ins().call(
+            self.runtime.wide_unary,
+            &[op, addresses[0], addresses[1], n],
+        );
+    }
+
     /// A counted loop `for i in (start..end).step_by(step)` around `body`, for bounds known
     /// at compile time: rotated, the test at the bottom, so an iteration takes one branch.
     fn counted_loop(
@@ -993,6 +1038,9 @@ impl FunctionTranslator<'_> {
     fn translate_inner(&mut self, nest: &Nest, rows: &[Value]) {
         let level = nest.dims.len() - 1;
         let n = nest.dims[level] as i64;
+        if let Some(op) = self.wide_row(nest) {
+            return self.translate_wide_row(nest, rows, op);
+        }
         let accumulate = nest.reduce.is_some() && nest.slots[0].strides[level] == 0;
         // Four lanes where every output moves by one element, or stays for a reduction, and
         // every load moves by one, stays, reads every other element, or reads pairs.

@@ -118,6 +118,39 @@ pub fn select_cmp(
     select(b, lanes, cond, x, y)
 }
 
+/// e^x overflows above `ln(f32::MAX)`.
+pub const EXP_HI: f32 = 88.722_84;
+/// Below this e^x is subnormal: flushed to 0.
+pub const EXP_LO: f32 = -87.0;
+/// Adding 1.5·2^23 rounds to an integer, which then sits in the low mantissa bits.
+pub const ROUNDER: f32 = 12_582_912.0;
+/// ln 2 in two parts, the first with few enough bits that n·LN2_HI is exact.
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// e^r = 1 + r + r²·P(r) on |r| ≤ ln 2 / 2 (Cephes).
+pub const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+/// tanh x = x·P(x²) / Q(x²) on |x| ≤ TANH_BOUND (Eigen's).
+pub const TANH_BOUND: f32 = 7.905_311;
+pub const TANH_P: [f32; 7] = [
+    -2.760_768_5e-16,
+    2.000_187_9e-13,
+    -8.604_671_5e-11,
+    5.122_297e-8,
+    1.485_722_4e-5,
+    6.372_619_3e-4,
+    4.893_524_6e-3,
+];
+pub const TANH_Q: [f32; 4] = [1.198_258_4e-6, 1.185_347e-4, 2.268_434_6e-3, 4.893_525e-3];
+/// Below this |x|, tanh x is x.
+pub const TANH_TINY: f32 = 4e-4;
+
 /// `a·x + c`: one fused multiply-add where the target has one (`fma`), else two roundings.
 fn mul_add(b: &mut FunctionBuilder, fma: bool, a: Value, x: Value, c: Value) -> Value {
     if fma {
@@ -162,36 +195,19 @@ pub fn max(b: &mut FunctionBuilder, lanes: Lanes, x: Value, y: Value) -> Value {
 
 /// e^x: x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by a degree-6 polynomial, 2^n from its bits.
 pub fn exp(b: &mut FunctionBuilder, lanes: Lanes, fma: bool, x: Value) -> Value {
-    const HI: f32 = 88.722_84; // ln(f32::MAX)
-    const LO: f32 = -87.0; // below this the result is subnormal: flushed to 0
-                           // Adding 1.5·2^23 rounds to an integer, which then sits in the low mantissa bits.
-    const ROUNDER: f32 = 12_582_912.0;
-    let clamped = clamp(b, lanes, x, LO, HI);
+    let clamped = clamp(b, lanes, x, EXP_LO, EXP_HI);
     // n = round(x·log2(e)), as a float and as the bits of `shifted`.
     let log2e = float(b, lanes, std::f32::consts::LOG2_E);
     let rounder = float(b, lanes, ROUNDER);
     let shifted = mul_add(b, fma, clamped, log2e, rounder);
     let n = b.ins().fsub(shifted, rounder);
     // r = x − n·ln 2, with ln 2 split in two so that n·C1 is exact.
-    let minus_c1 = float(b, lanes, -0.693_359_4);
-    let minus_c2 = float(b, lanes, 2.121_944_4e-4);
+    let minus_c1 = float(b, lanes, -LN2_HI);
+    let minus_c2 = float(b, lanes, -LN2_LO);
     let r = mul_add(b, fma, n, minus_c1, clamped);
     let r = mul_add(b, fma, n, minus_c2, r);
     // e^r = 1 + r + r²·P(r)
-    let p = polynomial(
-        b,
-        lanes,
-        fma,
-        r,
-        &[
-            1.987_569_1e-4,
-            1.398_2e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ],
-    );
+    let p = polynomial(b, lanes, fma, r, &EXP_P);
     let r2 = b.ins().fmul(r, r);
     let p = mul_add(b, fma, p, r2, r);
     let one = float(b, lanes, 1.0);
@@ -205,8 +221,8 @@ pub fn exp(b: &mut FunctionBuilder, lanes: Lanes, fma: bool, x: Value) -> Value 
     let scale = from_bits(b, lanes, bits);
     let y = b.ins().fmul(y, scale);
     let y = b.ins().fadd(y, y);
-    let hi = float(b, lanes, HI);
-    let lo = float(b, lanes, LO);
+    let hi = float(b, lanes, EXP_HI);
+    let lo = float(b, lanes, EXP_LO);
     let inf = float(b, lanes, f32::INFINITY);
     let zero = float(b, lanes, 0.0);
     let y = select_cmp(b, lanes, FloatCC::GreaterThan, x, hi, inf, y);
@@ -287,35 +303,14 @@ pub fn log(b: &mut FunctionBuilder, lanes: Lanes, fma: bool, x: Value) -> Value 
 /// tanh x = x·P(x²) / Q(x²) on x clamped to ±7.905311 (beyond which tanh rounds to ±1 within
 /// a few ulp), and x itself where |x| < 4e-4.
 pub fn tanh(b: &mut FunctionBuilder, lanes: Lanes, fma: bool, x: Value) -> Value {
-    const BOUND: f32 = 7.905_311;
-    let clamped = clamp(b, lanes, x, -BOUND, BOUND);
+    let clamped = clamp(b, lanes, x, -TANH_BOUND, TANH_BOUND);
     let z = b.ins().fmul(clamped, clamped);
-    let p = polynomial(
-        b,
-        lanes,
-        fma,
-        z,
-        &[
-            -2.760_768_5e-16,
-            2.000_187_9e-13,
-            -8.604_671_5e-11,
-            5.122_297e-8,
-            1.485_722_4e-5,
-            6.372_619_3e-4,
-            4.893_524_6e-3,
-        ],
-    );
+    let p = polynomial(b, lanes, fma, z, &TANH_P);
     let p = b.ins().fmul(p, clamped);
-    let q = polynomial(
-        b,
-        lanes,
-        fma,
-        z,
-        &[1.198_258_4e-6, 1.185_347e-4, 2.268_434_6e-3, 4.893_525e-3],
-    );
+    let q = polynomial(b, lanes, fma, z, &TANH_Q);
     let ratio = b.ins().fdiv(p, q);
     let ax = b.ins().fabs(x);
-    let tiny = float(b, lanes, 4e-4);
+    let tiny = float(b, lanes, TANH_TINY);
     select_cmp(b, lanes, FloatCC::LessThan, ax, tiny, x, ratio)
 }
 

@@ -27,6 +27,7 @@ mod plan;
 mod runtime;
 mod step;
 mod team;
+mod wide;
 
 pub use looped::JitLoop;
 pub use plan::{BufferPlan, PlanError, PlannedBuffer};
@@ -293,11 +294,12 @@ impl Function {
                 "a job's exchanges carry f32: compile with dtype f32".into(),
             ));
         }
-        let symbols: [(&str, *const u8); 4] = [
+        let symbols: [(&str, *const u8); 5] = [
             ("pcg_tick", runtime::tick as *const u8),
             ("pcg_parallel", runtime::parallel as *const u8),
             ("pcg_parts", runtime::parts as *const u8),
             ("pcg_exchange", runtime::exchange as *const u8),
+            ("pcg_wide_unary", wide::unary_row as *const u8),
         ];
         for (name, address) in symbols {
             builder.symbol(name, address);
@@ -382,6 +384,11 @@ impl Function {
         parallel_sig.returns.push(AbiParam::new(types::I32));
         let mut tick_sig = module.make_signature();
         tick_sig.params.push(AbiParam::new(types::I64));
+        let mut row_sig = module.make_signature();
+        row_sig.params.push(AbiParam::new(types::I64));
+        row_sig.params.push(AbiParam::new(pointer));
+        row_sig.params.push(AbiParam::new(pointer));
+        row_sig.params.push(AbiParam::new(types::I64));
         let mut import = |name: &str, sig| {
             module
                 .declare_function(name, Linkage::Import, sig)
@@ -395,6 +402,7 @@ impl Function {
             import("pcg_parts", &parallel_sig)?,
             import("pcg_tick", &tick_sig)?,
             import("pcg_exchange", &call_sig)?,
+            import("pcg_wide_unary", &row_sig)?,
         ];
         for k in 0..runtime::UNARY_OPS.len() {
             imports.push(import(&format!("pcg_unary_{k}"), &unary_sig)?);
@@ -409,6 +417,7 @@ impl Function {
             bounds_checks: options.bounds_checks,
             fma,
             scalar: scalar_lanes(options.dtype),
+            wide: options.dtype == Dtype::F32 && fma && wide::available(),
         };
         let mut clif = String::new();
 
@@ -549,6 +558,8 @@ struct Common<'a> {
     bounds_checks: bool,
     fma: bool,
     scalar: math::Lanes,
+    /// Maps of one transcendental function call `wide::unary_row` (see `wide`).
+    wide: bool,
 }
 
 impl<'a> Common<'a> {
@@ -629,13 +640,15 @@ impl<'a> Common<'a> {
                 parts: refs[4],
                 tick: refs[5],
                 exchange: refs[6],
-                unary: std::array::from_fn(|k| refs[7 + k]),
+                wide_unary: refs[7],
+                unary: std::array::from_fn(|k| refs[8 + k]),
             },
             descriptors: self.descriptors,
             exchanges: self.exchanges,
             bounds_checks: self.bounds_checks,
             fma: self.fma,
             scalar: self.scalar,
+            wide: self.wide,
             fail,
             kernel: 0,
             shared: HashMap::new(),
