@@ -70,7 +70,10 @@ pub enum LoopPolicy {
 /// nodes: BP 9.1 against 18.5 ms, PC 185 against 235 ms; resnet_deep, 256 × 13 nodes: BP 6.0
 /// against 9.2 ms) for a compile time of 0.3–1.3 s; past a few thousand nodes compile time and
 /// memory grow with the iterations (the LSTM at 200 steps, 9400 nodes: 5.8 s and 465 MB
-/// unrolled against 0.03 s and 82 MB as a scan), so longer loops stay scans.
+/// unrolled against 0.03 s and 82 MB as a scan), so longer loops stay scans. Since scans whose
+/// rows are independent run as parts per thread, backprop's step is faster as a scan (the
+/// LSTM at 50 steps: 5.4 against 6.8 ms) while the LSTM's fixed-mode PC is still faster
+/// unrolled (196 against 236 ms); the policy serves both methods, so it stays.
 pub const AUTO_UNROLL_NODES: usize = 4096;
 
 /// How one `for` loop of the model was compiled, for `pcg ir` and `pcg check --report`.
