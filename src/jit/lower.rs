@@ -1019,6 +1019,20 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// A view of `len` elements of operand `arg`'s buffer that moves by `stride` elements per
+    /// iteration of scan `scan`.
+    fn operand_view(
+        &mut self,
+        label: String,
+        arg: ValueId,
+        scan: usize,
+        len: usize,
+        stride: usize,
+    ) -> BufferId {
+        let of = self.buffer_of(arg);
+        self.out.view(label, len, View { of, scan, stride })
+    }
+
     /// A scan: its carried values start in its result buffers; each iteration, the body reads
     /// them there, its stacked operands through views of their buffers, and writes the next
     /// carried values aside (copied over at the end of the iteration, once nothing reads the
@@ -1058,23 +1072,11 @@ impl<'a> Lowering<'a> {
                     carried
                 }
                 crate::ir::ScanInput::Stacked => {
-                    let of = self.buffer_of(arg);
-                    let view = View {
-                        of,
-                        scan: number,
-                        stride: len,
-                    };
-                    self.out.view(format!("{id} {name}"), len, view)
+                    self.operand_view(format!("{id} {name}"), arg, number, len, len)
                 }
                 // An invariant read in blocks: a view that does not move.
                 crate::ir::ScanInput::Invariant if blocks(leaf) => {
-                    let of = self.buffer_of(arg);
-                    let view = View {
-                        of,
-                        scan: number,
-                        stride: 0,
-                    };
-                    self.out.view(format!("{id} {name}"), len, view)
+                    self.operand_view(format!("{id} {name}"), arg, number, len, 0)
                 }
                 crate::ir::ScanInput::Invariant => self.buffer_of(arg),
             };
@@ -1110,7 +1112,7 @@ impl<'a> Lowering<'a> {
             body: 0,
         }));
         // A split scan's body is lowered on one block, with temporaries of each part's own.
-        let conv_ways = self.out.conv_ways;
+        let (conv_ways, private) = (self.out.conv_ways, self.out.private);
         if let Some(split) = &split {
             self.out.parts = split.parts;
             self.out.private = true;
@@ -1131,7 +1133,7 @@ impl<'a> Lowering<'a> {
             let dims = body.shape(body.outputs[k].value).dims().to_vec();
             self.copy(written[k], results[k], &dims);
         }
-        self.out.private = false;
+        self.out.private = private;
         self.out.conv_ways = conv_ways;
         let length = self.out.kernels.len() - head - 1;
         if let Kernel::Scan(kernel) = &mut self.out.kernels[head] {
@@ -1148,8 +1150,8 @@ impl<'a> Lowering<'a> {
 /// `scan`'s body restricted to one of `out.scan_parts` blocks of batch rows, where its
 /// iterations treat the rows independently (every carried value and output is split along
 /// its first axis: see `opt::split`), every part's repeated work is small, and the scan does
-/// enough work to be worth it (`split_scan_flops`). Not inside another scan or a region already split, nor with a part count other
-/// than the function's.
+/// enough work to be worth it (`split_scan_flops`). Not inside another scan or a region
+/// already split, nor with a part count other than the function's.
 fn split_scan(out: &Lowered, scan: &crate::ir::Scan) -> Option<crate::opt::split::Split> {
     let parts = out.scan_parts;
     if parts < 2 || out.private || out.scan_depth > 0 || (out.parts > 1 && out.parts != parts) {
