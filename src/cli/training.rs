@@ -593,6 +593,13 @@ fn bench_in<F: Element>(
             crate::memory::bytes_text(cost.arena_bytes)
         ));
     }
+    if let Some((shared, alone)) = engine.sharing_counts().filter(|&(_, alone)| alone > 0) {
+        emit(&format!(
+            "threads: {alone} of {} steps ran on one thread, which measured faster than \
+             sharing the work (another process keeps a core busy)\n",
+            shared + alone
+        ));
+    }
     if let Some(programs) = training_programs {
         let params = F::from_f32(init::init_params(forward, seed));
         profile_kernels(backend, programs, params, optimizer, &batch, iters)?;

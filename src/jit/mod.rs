@@ -23,6 +23,7 @@ mod codegen;
 mod looped;
 mod lower;
 mod math;
+mod pace;
 mod plan;
 mod runtime;
 mod step;

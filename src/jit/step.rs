@@ -18,6 +18,8 @@ use super::codegen::{Layout, Segment};
 use super::looped::lower_loop;
 pub use super::lower::Cost;
 use super::lower::{self, Affine, BufferId, Expr, Kernel, Lowered, Place};
+use super::pace::Pace;
+use super::team;
 use super::{bind_leaves, verify_program, Float, Function, JitError, JitOptions, LeafSlot};
 use crate::interp::{Bindings, Tensor};
 use crate::ir::{LeafKind, LoopProgram, Program, Shape, ValueId};
@@ -112,6 +114,9 @@ pub struct JitStep {
     steps: usize,
     cost: StepCost,
     kernels: Vec<KernelInfo>,
+    /// Whether each run shares its work with the team, where the thread count was the
+    /// default rather than asked for (see `pace`).
+    pace: Option<Pace>,
 }
 
 /// One kernel of a compiled step, for profiles.
@@ -314,6 +319,7 @@ impl JitStep {
             steps,
             cost,
             kernels,
+            pace: (options.auto_threads && options.threads > 1).then(Pace::default),
         })
     }
 
@@ -338,7 +344,22 @@ impl JitStep {
         for &(_, flag) in &self.flags {
             self.function.slice_mut::<T>(flag)[0] = T::zero();
         }
-        self.function.call(self.steps)
+        let Some(pace) = &mut self.pace else {
+            return self.function.call(self.steps);
+        };
+        team::set_sharing(pace.sharing());
+        let start = std::time::Instant::now();
+        let result = self.function.call(self.steps);
+        pace.record(start.elapsed().as_secs_f64());
+        team::set_sharing(true);
+        result
+    }
+
+    /// Runs so far that shared their work with the team's helpers, and runs on the calling
+    /// thread alone because that measured faster (a busy machine), trials of the other mode
+    /// left out; `None` for a step compiled for one thread or for a thread count asked for.
+    pub fn sharing_counts(&self) -> Option<(usize, usize)> {
+        self.pace.as_ref().map(Pace::counts)
     }
 
     /// A scalar the last run produced (summed, if not a scalar), by name.

@@ -13,6 +13,7 @@
 //! benchmark model's products that made a training step twice as slow, where this split runs
 //! them 1.9× faster than one thread.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
@@ -72,6 +73,18 @@ struct Team {
 }
 
 static TEAM: OnceLock<Team> = OnceLock::new();
+
+thread_local! {
+    /// Whether jobs this thread starts are shared with the helpers (see [`set_sharing`]).
+    static SHARING: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether the jobs the calling thread starts from now on are shared with the helpers (the
+/// default) or run on the calling thread alone. Either way every chunk runs exactly once and
+/// computes the same numbers: only who runs it changes.
+pub fn set_sharing(on: bool) {
+    SHARING.set(on);
+}
 
 /// The team, started on first use with one helper per core beyond the first. `None` on a
 /// single core.
@@ -143,7 +156,7 @@ pub fn size() -> usize {
 /// thread and the helpers; returns when all have finished.
 pub fn run(chunks: usize, work: &(dyn Fn(usize) + Sync)) {
     let alone = || (0..chunks).for_each(work);
-    let Some(team) = team().filter(|_| chunks > 1) else {
+    let Some(team) = team().filter(|_| chunks > 1 && SHARING.get()) else {
         return alone();
     };
     let Ok(guard) = team.caller.try_lock() else {
@@ -193,6 +206,20 @@ mod tests {
                 "{chunks} chunks"
             );
         }
+    }
+
+    #[test]
+    fn a_caller_that_does_not_share_runs_every_chunk_itself() {
+        let caller = std::thread::current().id();
+        let others = AtomicUsize::new(0);
+        set_sharing(false);
+        run(64, &|_| {
+            if std::thread::current().id() != caller {
+                others.fetch_add(1, SeqCst);
+            }
+        });
+        set_sharing(true);
+        assert_eq!(others.load(SeqCst), 0);
     }
 
     #[test]

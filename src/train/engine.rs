@@ -158,6 +158,12 @@ pub trait Engine<F: Element = f32> {
     fn step_cost(&self) -> Option<crate::jit::StepCost> {
         None
     }
+    /// Training steps so far that shared their work between threads, and steps run on one
+    /// thread because that measured faster (trials of the other mode left out); `None` where
+    /// the backend does not choose.
+    fn sharing_counts(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// The kernels of the compiled training step (after `start`), by index; none where the
     /// backend compiles no step.
     fn kernels(&self) -> Vec<crate::jit::KernelInfo> {
@@ -1091,6 +1097,10 @@ impl<F: Element> Engine<F> for JitEngine<F> {
 
     fn step_cost(&self) -> Option<crate::jit::StepCost> {
         self.training.as_ref().map(|(step, _)| step.cost())
+    }
+
+    fn sharing_counts(&self) -> Option<(usize, usize)> {
+        self.training.as_ref()?.0.sharing_counts()
     }
 
     fn kernels(&self) -> Vec<crate::jit::KernelInfo> {
