@@ -1153,6 +1153,28 @@ fn loops_equal_unrolled(
             &run_pc(&unrolled, &config, steps_of(&unrolled)?, leaves)?,
         )?;
     }
+    // Exact mode's training step as compiled, the relaxation a sweep (backpropagation through
+    // the loops; the PC nodes' feedforward values the loops' own): updates, energy and loss
+    // as the unrolled program's.
+    let exact = InferenceConfig {
+        mode: Mode::Exact,
+        ..Default::default()
+    };
+    let fused_exact = |p: &Program| -> Result<Option<Bindings<f64>>, String> {
+        let programs = pcg::pc::transform(p, &exact).map_err(|e| e.to_string())?;
+        let steps = programs.relax.steps;
+        let Some(solved) = pcg::pc::solve(&programs, steps).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let step = pcg::pc::fuse_step(&solved, &programs.learn);
+        pcg::ir::verify(&step).map_err(|e| format!("{e:?}"))?;
+        interp::eval_outputs(&step, leaves)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    };
+    if let (Some(looped), Some(flat)) = (fused_exact(forward)?, fused_exact(&unrolled)?) {
+        close_f64("scan exact PC step", &looped, &flat)?;
+    }
     let options = split_scans();
     let jit = |p: &Program| -> Result<Bindings<f32>, String> {
         let mut compiled = JitProgram::compile(p, &options).map_err(|e| e.to_string())?;

@@ -205,6 +205,32 @@ impl Program {
         }
     }
 
+    /// Makes every use of `from` (as an operand or an output) a use of `to`, a value of the
+    /// same shape defined before `from`.
+    pub fn replace_uses(&mut self, from: ValueId, to: ValueId) {
+        assert!(
+            to < from,
+            "the replacement is defined before the value it replaces"
+        );
+        assert_eq!(
+            self.shape(from),
+            self.shape(to),
+            "a replacement of the same shape"
+        );
+        for node in &mut self.nodes[from.index() + 1..] {
+            for a in &mut node.args {
+                if *a == from {
+                    *a = to;
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            if o.value == from {
+                o.value = to;
+            }
+        }
+    }
+
     /// For each node, the nodes that use it as an operand (with repetition).
     pub fn users(&self) -> Vec<Vec<ValueId>> {
         let mut users = vec![Vec::new(); self.nodes.len()];

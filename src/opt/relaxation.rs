@@ -160,10 +160,13 @@ pub fn solve(programs: &PcPrograms, steps: usize) -> Result<Option<Program>, PcE
 fn sweep(forward: &Stacked, graph: &PcGraph, beta: f64) -> Result<Program, PcError> {
     let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
     let mut p = Program::new(format!("{}.relax.swept", forward.program.name));
-    let (ff, later) = if forward.feedback.is_empty() {
-        (replay(forward, &mut p, &HashMap::new()), Vec::new())
+    let nodes: Vec<ValueId> = graph.nodes.iter().map(|pc| pc.value).collect();
+    let (mut ff, later, sequential_values) = if forward.feedback.is_empty() {
+        let ff = replay(forward, &mut p, &HashMap::new());
+        (ff, Vec::new(), HashMap::new())
     } else {
-        feedback_sweep(forward, &mut p, beta)?
+        let swept = feedback_sweep(forward, &mut p, beta, &nodes)?;
+        (swept.ff, swept.later, swept.sequential_values)
     };
     let values: Vec<ValueId> = relaxed(graph).map(|pc| ff[pc.value.index()]).collect();
     let seed = p.constant(-beta, Shape::scalar());
@@ -176,6 +179,15 @@ fn sweep(forward: &Stacked, graph: &PcGraph, beta: f64) -> Result<Program, PcErr
             .map(|(f, cotangent)| (ff[f.carried.index()], cotangent)),
     );
     let errors = autodiff::vjp(&mut p, &seeds, &values)?;
+    // The derivatives read each PC node's value at the feedforward pass: where a loop computed
+    // it already, they read the loop's, and the stacked pass computing it again (a loop body's
+    // products and gates over all iterations) is left unread.
+    for id in nodes {
+        if let Some(&value) = sequential_values.get(&id) {
+            p.replace_uses(ff[id.index()], value);
+            ff[id.index()] = value;
+        }
+    }
     Ok(solved(p, graph, &ff, errors, loss))
 }
 

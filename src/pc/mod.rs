@@ -1194,21 +1194,35 @@ fn replay_with(
 }
 
 /// For a sweep over a forward program whose loops are not nested: the feedforward pass into
-/// `program` (as [`feedforward`]) and, for each feedback, −β times the cotangent its carried
+/// `program` (as [`feedforward`]), for each feedback −β times the cotangent its carried
 /// node's stacked value receives from the iterations after each one — by backpropagation
 /// through time on the sequential program, through a tap on each carried value
-/// ([`stack::tapped`]).
+/// ([`stack::tapped`]) — and, for the nodes `wanted` of the stacked program that are loop
+/// bodies' nodes, the sequential scans' own values of them (the same numbers as the stacked
+/// feedforward pass computes again, to rounding).
 pub fn feedback_sweep(
     forward: &Stacked,
     program: &mut Program,
     beta: f64,
-) -> Result<(Vec<ValueId>, Vec<ValueId>), PcError> {
-    let (mut sequential, exposed, taps) = stack::tapped(forward);
+    wanted: &[ValueId],
+) -> Result<FeedbackSweep, PcError> {
+    let stack::Tapped {
+        program: mut sequential,
+        exposed,
+        taps,
+        origins,
+    } = stack::tapped(forward, wanted);
     let loss = sequential.output("loss").ok_or(PcError::NoLoss)?;
     let mut outputs = vec![crate::ir::Output {
         name: "loss".to_string(),
         value: loss,
     }];
+    for (k, &(_, value)) in origins.iter().enumerate() {
+        outputs.push(crate::ir::Output {
+            name: format!("origin.{k}"),
+            value,
+        });
+    }
     for (k, (&e, &t)) in exposed.iter().zip(&taps).enumerate() {
         outputs.push(crate::ir::Output {
             name: format!("exposed.{k}"),
@@ -1278,8 +1292,27 @@ pub fn feedback_sweep(
         .collect();
     // The carried nodes are computed here (not taken from the scans), so that the cotangents
     // seeded at them reach the nodes they are computed from.
+    let sequential_values = origins
+        .iter()
+        .enumerate()
+        .map(|(k, &(stacked, _))| (stacked, at(&format!("origin.{k}"))))
+        .collect();
     let ff = replay_with(forward, program, &HashMap::new(), &carried, &HashMap::new());
-    Ok((ff, later))
+    Ok(FeedbackSweep {
+        ff,
+        later,
+        sequential_values,
+    })
+}
+
+/// What [`feedback_sweep`] builds.
+pub struct FeedbackSweep {
+    /// Each node of the stacked forward program's value, computed stacked.
+    pub ff: Vec<ValueId>,
+    /// Each feedback's cotangent from the iterations after each one, times −β.
+    pub later: Vec<ValueId>,
+    /// The sequential scans' values of the wanted nodes, by their node in the stacked program.
+    pub sequential_values: HashMap<ValueId, ValueId>,
 }
 
 /// The feedforward pass into `program`: each node of the stacked forward program's value.

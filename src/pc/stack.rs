@@ -33,6 +33,20 @@ pub struct Stacked {
     /// feedback leaves. Without loops, the forward program itself.
     pub program: Program,
     pub feedback: Vec<Feedback>,
+    /// The stacked program's named nodes that are a loop body's node at every iteration
+    /// (outermost loops without loops of their own).
+    pub origins: Vec<Origin>,
+}
+
+/// A named node of the stacked program that is a loop body's node stacked over the
+/// iterations: the sequential scan computes the same values, one iteration at a time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    /// The node of the stacked program, `[rows, ...]`.
+    pub stacked: ValueId,
+    /// The scan in `sequential` and the node of its body.
+    pub scan: ValueId,
+    pub node: ValueId,
 }
 
 /// A read of a carried value in the stacked program.
@@ -162,6 +176,7 @@ pub fn stack(forward: &Program) -> Stacked {
         sequential,
         program,
         feedback: flat.feedback,
+        origins: flat.origins,
     }
 }
 
@@ -178,16 +193,25 @@ pub fn expose(program: &mut Program, path: &[ValueId], index: usize) -> ValueId 
     } else {
         expose(&mut scan.body, &path[1..], index)
     };
-    scan.body.outputs.push(Output {
-        name: format!("exposed.{}", scan.body.outputs.len()),
-        value,
+    expose_node(program, id, value)
+}
+
+/// Makes the scan `scan` of `program` output its body's node `node` at every iteration;
+/// returns the `result` node of `program` holding it, stacked `[T, ...]`.
+pub fn expose_node(program: &mut Program, scan: ValueId, node: ValueId) -> ValueId {
+    let Op::Scan(s) = &mut program.nodes[scan.index()].op else {
+        unreachable!("exposes a node of a scan")
+    };
+    s.body.outputs.push(Output {
+        name: format!("exposed.{}", s.body.outputs.len()),
+        value: node,
     });
-    let result = scan.body.outputs.len() - 1;
-    let shape = scan.result_shape(result).expect("the output just added");
-    let region = program.node(id).region;
+    let result = s.body.outputs.len() - 1;
+    let shape = s.result_shape(result).expect("the output just added");
+    let region = program.node(scan).region;
     program.push(Node {
         op: Op::Result(result),
-        args: vec![id],
+        args: vec![scan],
         shape,
         name: None,
         region,
@@ -198,11 +222,14 @@ pub fn expose(program: &mut Program, path: &[ValueId], index: usize) -> ValueId 
 struct Flat {
     program: Program,
     feedback: Vec<Feedback>,
+    /// At the outermost level only (see [`Stacked::origins`]).
+    origins: Vec<Origin>,
 }
 
 fn flatten(source: &Program) -> Result<Flat, StackError> {
     let mut out = Program::new(source.name.clone());
     let mut feedback: Vec<Feedback> = Vec::new();
+    let mut origins: Vec<Origin> = Vec::new();
     let mut map: Vec<ValueId> = Vec::with_capacity(source.nodes.len());
     // Each scan's results in `out`, by the scan's id.
     let mut results: std::collections::HashMap<ValueId, Vec<ValueId>> = Default::default();
@@ -241,6 +268,7 @@ fn flatten(source: &Program) -> Result<Flat, StackError> {
                     &args,
                     (id, node.region, peel),
                     &mut feedback,
+                    &mut origins,
                 )?;
                 for &value in stacked.iter().take(scan.carries).filter(|_| !peel) {
                     let loss_value = loss_view(&mut out, value);
@@ -273,6 +301,7 @@ fn flatten(source: &Program) -> Result<Flat, StackError> {
     Ok(Flat {
         program: out,
         feedback,
+        origins,
     })
 }
 
@@ -318,6 +347,7 @@ fn stack_scan(
     args: &[ValueId],
     (id, region, peel): (ValueId, Region, bool),
     feedback: &mut Vec<Feedback>,
+    origins: &mut Vec<Origin>,
 ) -> Result<Vec<ValueId>, StackError> {
     // The body with its own loops stacked first: a flat body, whose feedback leaves follow
     // the scan's operands among its leaves.
@@ -396,6 +426,15 @@ fn stack_scan(
                 Mapped::stacked(each)
             }
         };
+        // A body without loops of its own flattens node for node: `j` is the scan body's.
+        let same_body = inner.feedback.is_empty() && body.nodes.len() == scan.body.nodes.len();
+        if same_body && value.stacked && node.name.is_some() && !matches!(node.op, Op::Leaf(_)) {
+            origins.push(Origin {
+                stacked: value.value,
+                scan: id,
+                node: ValueId(j as u32),
+            });
+        }
         mapped.push(value);
     }
     // The inner loops' feedback (pushed in the order of their leaves, which is the order of
@@ -554,16 +593,28 @@ fn feedback_name(out: &Program, leaf: &Node) -> String {
 
 /// The sequential program with a *tap* on each carried value (loops not nested): a stacked
 /// zero operand added to the value on its way to the next iteration only, so that the tap's
-/// cotangent is what reaches the value from the iterations after each one. Returns the
-/// program, each feedback's exposed stacked carried value (as [`expose`]) and its tap, all
-/// values of the program.
-pub fn tapped(forward: &Stacked) -> (Program, Vec<ValueId>, Vec<ValueId>) {
+/// cotangent is what reaches the value from the iterations after each one.
+pub struct Tapped {
+    pub program: Program,
+    /// Each feedback's exposed stacked carried value (as [`expose`]).
+    pub exposed: Vec<ValueId>,
+    /// Each feedback's tap.
+    pub taps: Vec<ValueId>,
+    /// For origins asked for (by their stacked node), the scan's own value of the node at
+    /// every iteration the stacked node holds.
+    pub origins: Vec<(ValueId, ValueId)>,
+}
+
+/// The [`Tapped`] program of `forward`, exposing the nodes `wanted` of the stacked program
+/// that are loop bodies' nodes ([`Stacked::origins`]).
+pub fn tapped(forward: &Stacked, wanted: &[ValueId]) -> Tapped {
     let source = &forward.sequential;
     let mut out = Program::new(source.name.clone());
     out.inits = source.inits.clone();
     let mut map: Vec<ValueId> = Vec::with_capacity(source.nodes.len());
     let mut exposed = vec![ValueId(0); forward.feedback.len()];
     let mut taps = vec![ValueId(0); forward.feedback.len()];
+    let mut origins = Vec::new();
     for (i, node) in source.nodes.iter().enumerate() {
         let id = ValueId(i as u32);
         let mut args: Vec<ValueId> = node.args.iter().map(|a| map[a.index()]).collect();
@@ -595,6 +646,7 @@ pub fn tapped(forward: &Stacked) -> (Program, Vec<ValueId>, Vec<ValueId>) {
             .map(|shape| out.constant(0.0, stacked_shape(scan.trips, shape)))
             .collect();
         let leaves = insert_operands(&mut scan, at, &carried_shapes);
+        let mut exposed_outputs = Vec::with_capacity(on_this.len());
         for (j, &k) in on_this.iter().enumerate() {
             let f = &forward.feedback[k];
             let next = scan.body.outputs[f.index].value;
@@ -604,12 +656,31 @@ pub fn tapped(forward: &Stacked) -> (Program, Vec<ValueId>, Vec<ValueId>) {
                 name: format!("exposed.{k}"),
                 value: next,
             });
+            exposed_outputs.push(scan.body.outputs.len() - 1);
             let tapped = scan.body.add_values(next, leaves[j]);
             scan.body.outputs[f.index].value = tapped;
         }
         for (j, &zero) in zeros.iter().enumerate() {
             args.insert(at + j, zero);
         }
+        // The origins' body nodes, moved up past the taps' leaves.
+        let here: Vec<&Origin> = forward
+            .origins
+            .iter()
+            .filter(|o| o.scan == id && wanted.contains(&o.stacked))
+            .collect();
+        let origin_outputs: Vec<usize> = here
+            .iter()
+            .map(|o| {
+                let n = o.node.index();
+                let node = if n >= at { n + on_this.len() } else { n };
+                scan.body.outputs.push(Output {
+                    name: format!("origin.{n}"),
+                    value: ValueId(node as u32),
+                });
+                scan.body.outputs.len() - 1
+            })
+            .collect();
         let results = scan.results();
         let shapes: Vec<Shape> = (0..results)
             .map(|r| scan.result_shape(r).expect("a result"))
@@ -622,7 +693,7 @@ pub fn tapped(forward: &Stacked) -> (Program, Vec<ValueId>, Vec<ValueId>) {
         });
         map.push(scan_node);
         for (j, &k) in on_this.iter().enumerate() {
-            let r = results - on_this.len() + j;
+            let r = exposed_outputs[j];
             exposed[k] = out.push(Node {
                 op: Op::Result(r),
                 args: vec![scan_node],
@@ -632,9 +703,26 @@ pub fn tapped(forward: &Stacked) -> (Program, Vec<ValueId>, Vec<ValueId>) {
             });
             taps[k] = zeros[j];
         }
+        // The stacked nodes hold the iterations their loop's feedback does.
+        let f = &forward.feedback[on_this[0]];
+        for (o, r) in here.iter().zip(origin_outputs) {
+            let every = out.push(Node {
+                op: Op::Result(r),
+                args: vec![scan_node],
+                shape: shapes[r].clone(),
+                name: None,
+                region,
+            });
+            origins.push((o.stacked, f.stacked_rows(&mut out, every)));
+        }
     }
     out.outputs = Program::outputs_mapped(source, &map);
-    (out, exposed, taps)
+    Tapped {
+        program: out,
+        exposed,
+        taps,
+        origins,
+    }
 }
 
 /// Adds stacked operands of the given (per-iteration) shapes to a scan, before its operand
