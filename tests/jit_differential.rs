@@ -957,6 +957,19 @@ fn kernels_shared_between_threads() {
             single(&[&[131, 129]], |p, x| p.reduce_sum(x[0], vec![0])),
         ),
         (
+            "whole sum, partial results by row",
+            single(&[&[301, 7, 33]], |p, x| {
+                let sq = p.mul(x[0], x[0]);
+                p.reduce_sum(sq, vec![0, 1, 2])
+            }),
+        ),
+        (
+            "whole max, partial results by row",
+            single(&[&[301, 231]], |p, x| {
+                p.build(Op::Reduce(ReduceOp::Max, vec![0, 1]), &[x[0]], None)
+            }),
+        ),
+        (
             "transposed read",
             single(&[&[192, 100], &[100, 192]], |p, x| {
                 let t = p.transpose(x[1], vec![1, 0]);
@@ -967,8 +980,9 @@ fn kernels_shared_between_threads() {
     for (what, program) in &cases {
         check_program(what, program, &random_leaves(program, 3));
     }
-    // The first two are shared: each has a function of its own besides the entry.
-    for (what, program) in &cases[..2] {
+    // The first two are shared, and the whole reductions' partial results: each has a
+    // function of its own besides the entry.
+    for (what, program) in cases[..2].iter().chain(&cases[4..6]) {
         let jit = JitProgram::compile(program, &checked()).expect("compiles");
         let functions = jit.clif().matches("function ").count();
         assert!(functions > 1, "{what}: {functions} function(s)");

@@ -830,6 +830,62 @@ impl<'a> Lowering<'a> {
                 // with no inner loop and no buffer of its own.
                 unrolled_reduce(*op, &self.value(args[0]), &self.dims(args[0]), axes)
             }
+            Op::Reduce(op, axes) if whole_and_large(&self.dims(args[0]), axes) => {
+                // One partial result per outermost index, then those: the first kernel's
+                // outermost axis is not reduced, so threads can share it, and the order of the
+                // sums does not depend on how many do.
+                let from = self.dims(args[0]);
+                let expr = self.value(args[0]);
+                let rows = from[0];
+                let partial = self
+                    .out
+                    .buffer(format!("{id} partial results"), rows, false);
+                let identity = Expr::Const(match op {
+                    ReduceOp::Sum => 0.0,
+                    ReduceOp::Max => f64::NEG_INFINITY,
+                });
+                self.out.kernels.push(Kernel::Map {
+                    dims: vec![rows],
+                    out: Place {
+                        buffer: partial,
+                        map: Affine::contiguous(&[rows]),
+                    },
+                    expr: identity.clone(),
+                });
+                let mut strides = vec![0; from.len()];
+                strides[0] = 1;
+                self.out.kernels.push(Kernel::Reduce {
+                    op: *op,
+                    dims: from,
+                    out: Place {
+                        buffer: partial,
+                        map: Affine { offset: 0, strides },
+                    },
+                    expr,
+                });
+                let buffer = self.result_buffer(id);
+                self.out.kernels.push(Kernel::Map {
+                    dims: dims.clone(),
+                    out: Place {
+                        buffer,
+                        map: Affine::contiguous(&dims),
+                    },
+                    expr: identity,
+                });
+                self.out.kernels.push(Kernel::Reduce {
+                    op: *op,
+                    dims: vec![rows],
+                    out: Place {
+                        buffer,
+                        map: Affine {
+                            offset: 0,
+                            strides: vec![0],
+                        },
+                    },
+                    expr: contiguous_load(partial, &[rows]),
+                });
+                contiguous_load(buffer, &dims)
+            }
             Op::Reduce(op, axes) => {
                 let from = self.dims(args[0]);
                 let expr = self.value(args[0]);
@@ -1247,6 +1303,18 @@ fn disjoint(a: &Affine, b: &Affine, dims: &[usize]) -> bool {
 const UNROLLED_WINDOW: usize = 8;
 
 /// Whether a reduction of `axes` of `from` combines few enough elements to be unrolled.
+/// Whether a reduction over every axis of a value of `from` is large enough to be shared
+/// between threads by its outermost axis (see the `Reduce` case of lowering).
+fn whole_and_large(from: &[usize], axes: &[usize]) -> bool {
+    from.len() >= 2
+        && from[0] >= 2
+        && (0..from.len()).all(|a| axes.contains(&a))
+        && from.iter().product::<usize>() >= WHOLE_SHARED_MIN
+}
+
+/// Elements from which a reduction over every axis is computed as partial results (2^16).
+const WHOLE_SHARED_MIN: usize = 1 << 16;
+
 fn small_window(from: &[usize], axes: &[usize]) -> bool {
     let window: usize = axes.iter().map(|&a| from[a]).product();
     (2..=UNROLLED_WINDOW).contains(&window)
