@@ -692,6 +692,18 @@ impl<'a> Lowering<'a> {
             .expect("operands are lowered before their users")
     }
 
+    /// A kernel setting every element of `buffer`, laid out as `dims`, to `value`.
+    fn fill(&mut self, buffer: BufferId, dims: &[usize], value: f64) {
+        self.out.kernels.push(Kernel::Map {
+            dims: dims.to_vec(),
+            out: Place {
+                buffer,
+                map: Affine::contiguous(dims),
+            },
+            expr: Expr::Const(value),
+        });
+    }
+
     /// A buffer for node `id`'s result: its home if it has one, else a fresh one.
     fn result_buffer(&mut self, id: ValueId) -> BufferId {
         if let Some(&home) = self.homes.get(&id) {
@@ -803,14 +815,7 @@ impl<'a> Lowering<'a> {
                 .expect("slices are affine"),
             Op::Pad { axis, before, .. } => {
                 let buffer = self.result_buffer(id);
-                self.out.kernels.push(Kernel::Map {
-                    dims: dims.clone(),
-                    out: Place {
-                        buffer,
-                        map: Affine::contiguous(&dims),
-                    },
-                    expr: Expr::Const(0.0),
-                });
+                self.fill(buffer, &dims, 0.0);
                 let expr = self.value(args[0]);
                 self.write_part(buffer, &dims, *axis, *before, args[0], expr);
                 contiguous_load(buffer, &dims)
@@ -840,18 +845,8 @@ impl<'a> Lowering<'a> {
                 let partial = self
                     .out
                     .buffer(format!("{id} partial results"), rows, false);
-                let identity = Expr::Const(match op {
-                    ReduceOp::Sum => 0.0,
-                    ReduceOp::Max => f64::NEG_INFINITY,
-                });
-                self.out.kernels.push(Kernel::Map {
-                    dims: vec![rows],
-                    out: Place {
-                        buffer: partial,
-                        map: Affine::contiguous(&[rows]),
-                    },
-                    expr: identity.clone(),
-                });
+                let identity = identity_of(*op);
+                self.fill(partial, &[rows], identity);
                 let mut strides = vec![0; from.len()];
                 strides[0] = 1;
                 self.out.kernels.push(Kernel::Reduce {
@@ -864,14 +859,7 @@ impl<'a> Lowering<'a> {
                     expr,
                 });
                 let buffer = self.result_buffer(id);
-                self.out.kernels.push(Kernel::Map {
-                    dims: dims.clone(),
-                    out: Place {
-                        buffer,
-                        map: Affine::contiguous(&dims),
-                    },
-                    expr: identity,
-                });
+                self.fill(buffer, &dims, identity);
                 self.out.kernels.push(Kernel::Reduce {
                     op: *op,
                     dims: vec![rows],
@@ -890,18 +878,8 @@ impl<'a> Lowering<'a> {
                 let from = self.dims(args[0]);
                 let expr = self.value(args[0]);
                 let buffer = self.result_buffer(id);
-                let identity = match op {
-                    ReduceOp::Sum => 0.0,
-                    ReduceOp::Max => f64::NEG_INFINITY,
-                };
-                self.out.kernels.push(Kernel::Map {
-                    dims: dims.clone(),
-                    out: Place {
-                        buffer,
-                        map: Affine::contiguous(&dims),
-                    },
-                    expr: Expr::Const(identity),
-                });
+                let identity = identity_of(*op);
+                self.fill(buffer, &dims, identity);
                 let kept = contiguous_strides(&dims);
                 let mut kept = kept.into_iter();
                 let strides = (0..from.len())
@@ -1303,6 +1281,14 @@ fn disjoint(a: &Affine, b: &Affine, dims: &[usize]) -> bool {
 const UNROLLED_WINDOW: usize = 8;
 
 /// Whether a reduction of `axes` of `from` combines few enough elements to be unrolled.
+/// The value a reduction starts from.
+fn identity_of(op: ReduceOp) -> f64 {
+    match op {
+        ReduceOp::Sum => 0.0,
+        ReduceOp::Max => f64::NEG_INFINITY,
+    }
+}
+
 /// Whether a reduction over every axis of a value of `from` is large enough to be shared
 /// between threads by its outermost axis (see the `Reduce` case of lowering).
 fn whole_and_large(from: &[usize], axes: &[usize]) -> bool {
