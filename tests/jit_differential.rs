@@ -957,6 +957,19 @@ fn kernels_shared_between_threads() {
             single(&[&[131, 129]], |p, x| p.reduce_sum(x[0], vec![0])),
         ),
         (
+            "leading axis into rows, the kept axis outermost",
+            single(&[&[37, 90, 33]], |p, x| {
+                let e = p.unary(UnaryOp::Exp, x[0]);
+                p.reduce_sum(e, vec![0])
+            }),
+        ),
+        (
+            "leading and inner axes, the kept axis outermost",
+            single(&[&[37, 90, 33]], |p, x| {
+                p.build(Op::Reduce(ReduceOp::Max, vec![0, 2]), &[x[0]], None)
+            }),
+        ),
+        (
             "whole sum, partial results by row",
             single(&[&[301, 7, 33]], |p, x| {
                 let sq = p.mul(x[0], x[0]);
@@ -982,7 +995,7 @@ fn kernels_shared_between_threads() {
     }
     // The first two are shared, and the whole reductions' partial results: each has a
     // function of its own besides the entry.
-    for (what, program) in cases[..2].iter().chain(&cases[4..6]) {
+    for (what, program) in cases[..2].iter().chain(&cases[4..8]) {
         let jit = JitProgram::compile(program, &checked()).expect("compiles");
         let functions = jit.clif().matches("function ").count();
         assert!(functions > 1, "{what}: {functions} function(s)");

@@ -882,7 +882,7 @@ impl<'a> Lowering<'a> {
                 self.fill(buffer, &dims, identity);
                 let kept = contiguous_strides(&dims);
                 let mut kept = kept.into_iter();
-                let strides = (0..from.len())
+                let strides: Vec<usize> = (0..from.len())
                     .map(|i| {
                         if axes.contains(&i) {
                             0
@@ -891,6 +891,7 @@ impl<'a> Lowering<'a> {
                         }
                     })
                     .collect();
+                let (from, expr, strides) = kept_axis_outermost(axes, from, expr, strides);
                 self.out.kernels.push(Kernel::Reduce {
                     op: *op,
                     dims: from,
@@ -1281,6 +1282,38 @@ fn disjoint(a: &Affine, b: &Affine, dims: &[usize]) -> bool {
 const UNROLLED_WINDOW: usize = 8;
 
 /// Whether a reduction of `axes` of `from` combines few enough elements to be unrolled.
+/// A reduction over the leading axis into kept axes after it (a bias's gradient summed over
+/// time and batch) with the first kept axis moved outermost, where that is not the innermost
+/// axis: the threads can then share the loop over it, and each output row stays in cache while
+/// the reduced rows stream past. Every output still combines its inputs in the same order.
+fn kept_axis_outermost(
+    axes: &[usize],
+    from: Vec<usize>,
+    expr: Expr,
+    strides: Vec<usize>,
+) -> (Vec<usize>, Expr, Vec<usize>) {
+    let rank = from.len();
+    let Some(k) = (0..rank).find(|a| !axes.contains(a)) else {
+        return (from, expr, strides);
+    };
+    if !axes.contains(&0) || k + 1 == rank {
+        return (from, expr, strides);
+    }
+    let order: Vec<usize> = std::iter::once(k)
+        .chain((0..rank).filter(|&a| a != k))
+        .collect();
+    let permute = |v: &[usize]| order.iter().map(|&a| v[a]).collect::<Vec<usize>>();
+    let expr = expr
+        .remap(&|m| {
+            Some(Affine {
+                offset: m.offset,
+                strides: permute(&m.strides),
+            })
+        })
+        .expect("every map is permuted");
+    (permute(&from), expr, permute(&strides))
+}
+
 /// The value a reduction starts from.
 fn identity_of(op: ReduceOp) -> f64 {
     match op {
