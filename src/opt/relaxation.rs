@@ -160,7 +160,7 @@ pub fn solve(programs: &PcPrograms, steps: usize) -> Result<Option<Program>, PcE
 fn sweep(forward: &Stacked, graph: &PcGraph, beta: f64) -> Result<Program, PcError> {
     let loss = forward.program.output("loss").ok_or(PcError::NoLoss)?;
     let mut p = Program::new(format!("{}.relax.swept", forward.program.name));
-    let nodes: Vec<ValueId> = graph.nodes.iter().map(|pc| pc.value).collect();
+    let nodes: Vec<ValueId> = relaxed(graph).map(|pc| pc.value).collect();
     let (mut ff, later, sequential_values) = if forward.feedback.is_empty() {
         let ff = replay(forward, &mut p, &HashMap::new());
         (ff, Vec::new(), HashMap::new())
@@ -179,9 +179,11 @@ fn sweep(forward: &Stacked, graph: &PcGraph, beta: f64) -> Result<Program, PcErr
             .map(|(f, cotangent)| (ff[f.carried.index()], cotangent)),
     );
     let errors = autodiff::vjp(&mut p, &seeds, &values)?;
-    // The derivatives read each PC node's value at the feedforward pass: where a loop computed
-    // it already, they read the loop's, and the stacked pass computing it again (a loop body's
-    // products and gates over all iterations) is left unread.
+    // The derivatives read each relaxed node's value at the feedforward pass: where a loop
+    // computed it already, they read the loop's, and the stacked pass computing it again (a
+    // loop body's products and gates over all iterations) is left unread. An output's
+    // prediction stays stacked: the learning program computes the same one from the relaxed
+    // values, and the fused step computes it, and the loss's derivatives at it, once.
     for id in nodes {
         if let Some(&value) = sequential_values.get(&id) {
             p.replace_uses(ff[id.index()], value);
