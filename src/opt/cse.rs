@@ -58,6 +58,13 @@ pub fn cse(program: &mut Program) {
                 continue;
             }
         }
+        // Two per-iteration outputs of a scan that return the same body value stack the
+        // same values: the later result is the earlier one.
+        if let Op::Result(k) = program.nodes[i].op {
+            if let Some(first) = first_equal_output(program, args[0], k) {
+                program.nodes[i].op = Op::Result(first);
+            }
+        }
         let key = (
             program.nodes[i].op.to_string(),
             args,
@@ -79,4 +86,18 @@ pub fn cse(program: &mut Program) {
         o.value = replace[o.value.index()];
     }
     program.prune();
+}
+
+/// The first per-iteration output of the scan `scan` that returns the same body value as
+/// its output `k`, when that is an earlier one.
+fn first_equal_output(program: &Program, scan: ValueId, k: usize) -> Option<usize> {
+    let Op::Scan(scan) = &program.nodes[scan.index()].op else {
+        return None;
+    };
+    let outputs = &scan.body.outputs;
+    if k < scan.carries {
+        return None;
+    }
+    let value = outputs.get(k)?.value;
+    (scan.carries..k).find(|&j| outputs[j].value == value)
 }

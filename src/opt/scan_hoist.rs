@@ -14,6 +14,10 @@
 //! forward body from the carried values' trace (`src/autodiff/scan.rs`): the replay reads no
 //! carried value of the reverse scan, so all of it moves out here.
 //!
+//! Elementwise work on rows the loop reads anyway (the reverse scan's `1 − tanh²` of a
+//! residual that the carried cotangent also reads) stays: moved out, it would be one more
+//! stacked array written and read back for no fewer operations.
+//!
 //! An invariant view that a product in the body reads as its strided right operand (the
 //! reverse scan's `g @ transpose(w)[.., h's rows]`) is laid out once before the loop: the
 //! body reads it as one more invariant operand, which the backends store contiguously,
@@ -144,8 +148,10 @@ fn hoist_one(program: &mut Program, index: usize) -> bool {
             }
         }
     }
+    let streamed = streamed_leaves(&scan, &depends);
     let moved: Vec<usize> = (operands..n)
         .filter(|&k| crossing[k] && depends[k] == Depends::Iteration)
+        .filter(|&k| !elementwise_of_streamed(&scan, &streamed, k))
         .collect();
     if moved.is_empty() {
         return false;
@@ -255,6 +261,57 @@ fn hoist_one(program: &mut Program, index: usize) -> bool {
     program.nodes[index].op = Op::Scan(Box::new(new_scan));
     program.nodes[index].args = new_args;
     read_instead(program, index, &passed);
+    true
+}
+
+/// The stacked operands that work staying in the loop reads: their rows are read at every
+/// iteration whatever else moves out.
+fn streamed_leaves(scan: &crate::ir::Scan, depends: &[Depends]) -> Vec<bool> {
+    let operands = scan.operands();
+    let mut streamed = vec![false; operands];
+    for (k, node) in scan.body.nodes.iter().enumerate().skip(operands) {
+        if depends[k] == Depends::Carried {
+            for a in &node.args {
+                let a = a.index();
+                if a < operands && scan.role(a) == ScanInput::Stacked {
+                    streamed[a] = true;
+                }
+            }
+        }
+    }
+    streamed
+}
+
+/// Whether body node `k` is elementwise work (maps, views, constants) on invariants and on
+/// stacked operands the loop reads anyway: moved out, it would be one more stacked array
+/// written and read back for no fewer operations (a reverse scan's `1 − tanh²` of a
+/// residual), where in the loop it fuses into the kernel that reads it.
+fn elementwise_of_streamed(scan: &crate::ir::Scan, streamed: &[bool], k: usize) -> bool {
+    let body = &scan.body;
+    let mut stack = vec![k];
+    let mut seen = vec![false; body.nodes.len()];
+    while let Some(v) = stack.pop() {
+        if std::mem::replace(&mut seen[v], true) {
+            continue;
+        }
+        if v < streamed.len() {
+            match scan.role(v) {
+                ScanInput::Stacked if streamed[v] => continue,
+                ScanInput::Invariant => continue,
+                _ => return false,
+            }
+        }
+        let node = &body.nodes[v];
+        match node.op {
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Const(_)
+            | Op::Broadcast
+            | Op::Reshape => stack.extend(node.args.iter().map(|a| a.index())),
+            _ => return false,
+        }
+    }
     true
 }
 
