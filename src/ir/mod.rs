@@ -386,8 +386,19 @@ impl Program {
 
     /// Removes computed nodes that no output depends on and renumbers the rest (leaves are
     /// kept: they are the program's interface even when unused). A scan loses the results
-    /// nothing reads and the operands its body no longer reads.
+    /// nothing reads and the operands its body no longer reads, until nothing more goes (a
+    /// result read only by dead work goes with it).
     pub fn prune(&mut self) {
+        loop {
+            let before = self.nodes.len();
+            self.prune_once();
+            if self.nodes.len() == before {
+                return;
+            }
+        }
+    }
+
+    fn prune_once(&mut self) {
         self.trim_scans();
         let mut live = vec![false; self.nodes.len()];
         for o in &self.outputs {

@@ -43,10 +43,11 @@ pub use hoist::hoist_invariants;
 
 use crate::ir::Program;
 
-/// The clean-up every derived program gets: carry-free work out of loops, the pad/concat
-/// fold, dead parts of products, then CSE.
+/// The clean-up every derived program gets: carry-free work out of loops, constant operands
+/// into their loops, the pad/concat fold, dead parts of products, then CSE.
 pub fn simplify(program: &mut Program) {
     scan_hoist::hoist_scans(program);
+    scan_hoist::inline_constant_operands(program);
     simplify_bodies(program);
     scan_hoist::lay_out_invariant_operands(program);
     scan_hoist::fold_summed_products(program);

@@ -43,9 +43,6 @@ pub fn hoist_scans(program: &mut Program) -> bool {
     }
     if moved {
         program.sort_topologically();
-        // The first pruning drops the results no longer read; the second the scans' outputs
-        // (and the work behind them) that only those results read.
-        program.prune();
         program.prune();
     }
     moved
@@ -345,6 +342,53 @@ fn read_instead(program: &mut Program, index: usize, instead: &[Option<ValueId>]
 /// computed once over every iteration from its operands' stacked values: the loop outputs
 /// those operands instead. With [`fold_summed_products`], the iterations' products and their
 /// sum become one product over all `T·B` rows.
+/// Makes each scan of `program` (and of scans nested in their bodies) read an operand that
+/// is a constant array (a zero probe of the exact sweep, stacked over the iterations) as the
+/// same constant in its body, where the body's folds see it: `x + 0` is `x`, and the array
+/// is neither filled nor streamed. Carried initial values stay operands.
+pub fn inline_constant_operands(program: &mut Program) {
+    for i in 0..program.nodes.len() {
+        let Op::Scan(scan) = &program.nodes[i].op else {
+            continue;
+        };
+        let constants: Vec<(usize, f64)> = program.nodes[i]
+            .args
+            .iter()
+            .enumerate()
+            .skip(scan.carries)
+            .filter_map(|(k, a)| match program.nodes[a.index()].op {
+                Op::Const(c) => Some((k, c)),
+                _ => None,
+            })
+            .collect();
+        let Op::Scan(scan) = &mut program.nodes[i].op else {
+            unreachable!("matched above")
+        };
+        inline_constant_operands(&mut scan.body);
+        if constants.is_empty() {
+            continue;
+        }
+        let body = &mut scan.body;
+        for (k, c) in constants {
+            let leaf = ValueId(k as u32);
+            let constant = body.constant(c, body.nodes[k].shape.clone());
+            for node in &mut body.nodes {
+                for a in &mut node.args {
+                    if *a == leaf {
+                        *a = constant;
+                    }
+                }
+            }
+            for o in &mut body.outputs {
+                if o.value == leaf {
+                    o.value = constant;
+                }
+            }
+        }
+        body.sort_topologically();
+    }
+}
+
 /// Lays out, before each scan of `program` (and of scans nested in their bodies), the
 /// invariant strided views that its body's products read as their right operand. Run after
 /// the passes that make the views (`dead_parts` slices a transposed weight).
