@@ -70,6 +70,7 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                     "dead_parts" => pcg::opt::dead_parts::narrow_products(&mut p),
                     "batching" => pcg::opt::batching::batch_products(&mut p),
                     "distribute" => pcg::opt::concat::distribute(&mut p),
+                    "row_order" => pcg::opt::row_order::products_in_row_order(&mut p),
                     "simplify" => pcg::opt::simplify(&mut p),
                     "scan_hoist" => {
                         pcg::opt::scan_hoist::hoist_scans(&mut p);

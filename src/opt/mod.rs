@@ -7,7 +7,8 @@
 //! 0. [`scan_hoist`] — a loop's work that reads no carried value moves out of the loop, as one
 //!    computation over every iteration (the replay in a reverse scan, products of the
 //!    iterations' slices); after passes 1–3, an invariant strided view a body's product reads
-//!    (a transposed weight's slice) is laid out once before the loop.
+//!    (a transposed weight's slice) is laid out once before the loop. Elementwise work on rows
+//!    the loop streams anyway stays in it, and constant operands become constants of the body.
 //! 1. [`concat`] — sums of pads over adjacent parts of an axis become one concat (gradients of
 //!    tensors sliced into parts), and elementwise ops on a concat the concat of the ops on its
 //!    parts (the concat is then never written for them).
@@ -22,7 +23,8 @@
 //! (the weight a body's products share is then one state leaf).
 //! [`relaxation`] — a fixed- or exact-mode relaxation's final state by one reverse sweep or in
 //! closed form instead of the simulated loop — replaces the loop where it applies (its
-//! `evaluation` says which is chosen and why).
+//! `evaluation` says which is chosen and why). The fused step it makes takes its stacked
+//! products over rows in their own order ([`row_order`]): nothing splits it by samples.
 //!
 //! A relaxation loop is then [`hoist`]ed: everything that does not depend on carried state moves
 //! to the prologue, which is simplified again. Last, the backend asks [`split`] whether the loop
@@ -34,6 +36,7 @@ pub mod cse;
 pub mod dead_parts;
 pub mod hoist;
 pub mod relaxation;
+pub mod row_order;
 pub mod scan_hoist;
 pub mod split;
 pub mod unroll;

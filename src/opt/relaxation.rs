@@ -520,6 +520,9 @@ pub fn fuse_step(solved: &Program, learn: &Program) -> Program {
     if let Some(loss) = loss {
         step.set_output("loss", loss);
     }
+    // The step runs its loops as scans and is not split by samples: its stacked products
+    // take their rows in their own order.
+    crate::opt::row_order::products_in_row_order(&mut step);
     crate::opt::simplify(&mut step);
     step
 }
