@@ -21,9 +21,10 @@ use crate::ir::{Node, Op, Program, Shape, ValueId};
 /// Rewrites the sample-major products of `program` over their operands' rows in their own
 /// order (see the module's documentation), then drops the swaps no longer read.
 pub fn products_in_row_order(program: &mut Program) {
-    let mut replace: Vec<ValueId> = (0..program.nodes.len() as u32).map(ValueId).collect();
+    let n = program.nodes.len();
+    let mut replace: Vec<ValueId> = (0..n as u32).map(ValueId).collect();
     let mut changed = false;
-    for i in 0..program.nodes.len() {
+    for (i, by) in replace.iter_mut().enumerate() {
         let node = program.nodes[i].clone();
         let rewritten = match &node.op {
             Op::Transpose(perm) if perm == &[1, 0, 2] => row_product(program, &node),
@@ -31,7 +32,7 @@ pub fn products_in_row_order(program: &mut Program) {
             _ => None,
         };
         if let Some(v) = rewritten {
-            replace[i] = v;
+            *by = v;
             changed = true;
         }
     }
