@@ -71,6 +71,7 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                     "batching" => pcg::opt::batching::batch_products(&mut p),
                     "distribute" => pcg::opt::concat::distribute(&mut p),
                     "row_order" => pcg::opt::row_order::products_in_row_order(&mut p),
+                    "leading_rows" => pcg::opt::leading_rows::share_leading_rows(&mut p),
                     "simplify" => pcg::opt::simplify(&mut p),
                     "scan_hoist" => {
                         pcg::opt::scan_hoist::hoist_scans(&mut p);

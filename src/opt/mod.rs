@@ -35,6 +35,7 @@ pub mod concat;
 pub mod cse;
 pub mod dead_parts;
 pub mod hoist;
+pub mod leading_rows;
 pub mod relaxation;
 pub mod row_order;
 pub mod scan_hoist;

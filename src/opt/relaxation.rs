@@ -524,5 +524,7 @@ pub fn fuse_step(solved: &Program, learn: &Program) -> Program {
     // take their rows in their own order.
     crate::opt::row_order::products_in_row_order(&mut step);
     crate::opt::simplify(&mut step);
+    crate::opt::leading_rows::share_leading_rows(&mut step);
+    crate::opt::cse(&mut step);
     step
 }
