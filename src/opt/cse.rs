@@ -18,12 +18,7 @@ pub fn cse(program: &mut Program) {
     let mut seen: HashMap<(String, Vec<ValueId>, Shape), ValueId> = HashMap::new();
     let mut replace: Vec<ValueId> = (0..program.nodes.len() as u32).map(ValueId).collect();
     for i in 0..program.nodes.len() {
-        let args: Vec<ValueId> = program.nodes[i]
-            .args
-            .iter()
-            .map(|a| replace[a.index()])
-            .collect();
-        program.nodes[i].args.clone_from(&args);
+        let args = super::read_replaced(program, i, &replace);
         if matches!(program.nodes[i].op, Op::Leaf(_)) {
             continue;
         }

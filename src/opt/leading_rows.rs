@@ -31,12 +31,7 @@ pub fn share_leading_rows(program: &mut Program) {
     let mut replace: Vec<ValueId> = (0..n as u32).map(ValueId).collect();
     let mut changed = false;
     for i in 0..n {
-        let args: Vec<ValueId> = program.nodes[i]
-            .args
-            .iter()
-            .map(|a| replace[a.index()])
-            .collect();
-        program.nodes[i].args.clone_from(&args);
+        let args = super::read_replaced(program, i, &replace);
         let id = ValueId(i as u32);
         if !matches!(program.nodes[i].op, Op::Leaf(_)) {
             seen.entry(key(program, i)).or_insert(id);

@@ -72,3 +72,19 @@ fn simplify_bodies(program: &mut Program) {
     dead_parts::narrow_products(program);
     cse::cse(program);
 }
+
+/// Makes node `i` of `program` read `replace[a]` for each operand `a` (a pass that replaces
+/// earlier nodes as it walks forward) and returns its new operands.
+fn read_replaced(
+    program: &mut Program,
+    i: usize,
+    replace: &[crate::ir::ValueId],
+) -> Vec<crate::ir::ValueId> {
+    let args: Vec<_> = program.nodes[i]
+        .args
+        .iter()
+        .map(|a| replace[a.index()])
+        .collect();
+    program.nodes[i].args.clone_from(&args);
+    args
+}
