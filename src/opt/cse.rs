@@ -2,8 +2,9 @@
 //!
 //! A computed node identical to an earlier one — the same op, the same (already rewritten)
 //! operands and the same shape — is replaced by the earlier one; a reshape to its operand's
-//! own shape is the operand; `x + 0`, `x − 0`, `x · 1`, `x / 1` are `x` and `x · 0` is the zero;
-//! then nodes no output needs are pruned. Sound because every op is a pure function of its
+//! own shape is the operand; a broadcast or reshape of a constant is the constant of its shape;
+//! `x + 0`, `x − 0`, `x · 1`, `x / 1` are `x` and `x · 0` is the zero; two stacked outputs of a
+//! scan returning one body value are one; then nodes no output needs are pruned. Sound because every op is a pure function of its
 //! operands and shape. The autodiff and PC passes build freely (a fresh replay of the
 //! feedforward pass for every program that needs it, zero cotangents, unit scales) and rely on
 //! this pass to share and drop the copies. Run on derived programs only: the forward program
@@ -53,6 +54,13 @@ pub fn cse(program: &mut Program) {
                 continue;
             }
         }
+        // A broadcast or reshape of a constant is the constant of its shape.
+        if matches!(program.nodes[i].op, Op::Broadcast | Op::Reshape) {
+            if let Op::Const(c) = program.nodes[args[0].index()].op {
+                program.nodes[i].op = Op::Const(c);
+                program.nodes[i].args.clear();
+            }
+        }
         // Two per-iteration outputs of a scan that return the same body value stack the
         // same values: the later result is the earlier one.
         if let Op::Result(k) = program.nodes[i].op {
@@ -62,7 +70,7 @@ pub fn cse(program: &mut Program) {
         }
         let key = (
             program.nodes[i].op.to_string(),
-            args,
+            program.nodes[i].args.clone(),
             program.nodes[i].shape.clone(),
         );
         match seen.get(&key) {
