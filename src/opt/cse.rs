@@ -4,8 +4,8 @@
 //! operands and the same shape — is replaced by the earlier one; a reshape to its operand's
 //! own shape is the operand; a broadcast or reshape of a constant is the constant of its shape;
 //! `x + 0`, `x − 0`, `x · 1`, `x / 1` are `x` and `x · 0` is the zero; two stacked outputs of a
-//! scan returning one body value are one; then nodes no output needs are pruned. Sound because every op is a pure function of its
-//! operands and shape. The autodiff and PC passes build freely (a fresh replay of the
+//! scan returning one body value are one; then nodes no output needs are pruned. Sound because
+//! every op is a pure function of its operands and shape. The autodiff and PC passes build freely (a fresh replay of the
 //! feedforward pass for every program that needs it, zero cotangents, unit scales) and rely on
 //! this pass to share and drop the copies. Run on derived programs only: the forward program
 //! keeps its nodes distinct because names and regions matter there.

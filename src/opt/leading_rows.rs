@@ -76,12 +76,7 @@ pub fn share_leading_rows(program: &mut Program) {
     if !changed {
         return;
     }
-    let replaced = |v: ValueId| replace.get(v.index()).copied().unwrap_or(v);
-    for o in &mut program.outputs {
-        o.value = replaced(o.value);
-    }
-    program.sort_topologically();
-    program.prune();
+    super::settle_replacements(program, &replace);
 }
 
 /// The node over all rows that node `i` (over the first `r` of `total` rows) is the leading
@@ -119,19 +114,12 @@ fn counterpart(
         match full.get(&a) {
             Some(&(f, ar, at)) if (ar, at) == (r, total) => args.push(f),
             Some(_) => return None,
-            // An operand without the rows (a broadcast's source, a product's weight); an
-            // operand with the rows but no counterpart (a broadcast of row-shaped data to the
-            // leading rows) stops the rewrite.
-            None if holds_rows(program, a, dims[0]) && node.op != Op::Broadcast => {
+            // An operand with the rows but no counterpart: the same at every row, or the
+            // rewrite stops. One without them (a broadcast's source) is read as it is.
+            None if holds_rows(program, a, dims[0]) => {
                 args.push(repeated(program, seen, a, r, total)?)
             }
             None => args.push(a),
-        }
-    }
-    if node.op == Op::Broadcast && program.shape(node.args[0]).rank() == dims.len() {
-        // A broadcast of an operand of full rank keeps its rows: it needs its counterpart.
-        if !full.contains_key(&node.args[0]) {
-            return None;
         }
     }
     seen.get(&(node.op.to_string(), args, extended)).copied()

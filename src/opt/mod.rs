@@ -88,3 +88,20 @@ fn read_replaced(
     program.nodes[i].args.clone_from(&args);
     args
 }
+
+/// Makes every operand and output of `program` read `replace[v]` for each node `v` the
+/// vector covers (a pass that appended the replacements after the nodes they replace), puts
+/// the nodes back in order and prunes the replaced ones.
+fn settle_replacements(program: &mut Program, replace: &[crate::ir::ValueId]) {
+    let replaced = |v: crate::ir::ValueId| replace.get(v.index()).copied().unwrap_or(v);
+    for node in &mut program.nodes {
+        for a in &mut node.args {
+            *a = replaced(*a);
+        }
+    }
+    for o in &mut program.outputs {
+        o.value = replaced(o.value);
+    }
+    program.sort_topologically();
+    program.prune();
+}

@@ -39,17 +39,7 @@ pub fn products_in_row_order(program: &mut Program) {
     if !changed {
         return;
     }
-    let replaced = |v: ValueId| replace.get(v.index()).copied().unwrap_or(v);
-    for node in &mut program.nodes {
-        for a in &mut node.args {
-            *a = replaced(*a);
-        }
-    }
-    for o in &mut program.outputs {
-        o.value = replaced(o.value);
-    }
-    program.sort_topologically();
-    program.prune();
+    super::settle_replacements(program, &replace);
 }
 
 /// `x` where `v` is `reshape[B·T, K](transpose[1, 0, 2](x))` of a stacked `x: [T, B, K]`.
