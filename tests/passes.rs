@@ -70,6 +70,7 @@ fn run(pass: &str, inputs: Vec<Program>) -> Vec<Program> {
                     "dead_parts" => pcg::opt::dead_parts::narrow_products(&mut p),
                     "batching" => pcg::opt::batching::batch_products(&mut p),
                     "distribute" => pcg::opt::concat::distribute(&mut p),
+                    "split_padded_sums" => pcg::opt::concat::split_padded_sums(&mut p),
                     "row_order" => pcg::opt::row_order::products_in_row_order(&mut p),
                     "leading_rows" => pcg::opt::leading_rows::share_leading_rows(&mut p),
                     "simplify" => pcg::opt::simplify(&mut p),

@@ -605,6 +605,12 @@ impl Lowered {
         }
         let mut result = Vec::new();
         for (i, output) in program.outputs.iter().enumerate() {
+            if let Op::Transpose(_) = program.node(output.value).op {
+                let join = program.node(output.value).args[0];
+                if let Some(kernels) = lowering.deferred.remove(&join) {
+                    lowering.out.kernels.extend(kernels);
+                }
+            }
             let buffer = lowering.buffer_of(output.value);
             match targets.get(i).copied().flatten() {
                 Some(target) if target != buffer => {
@@ -646,6 +652,13 @@ struct Lowering<'a> {
     values: Vec<Option<Expr>>,
     /// Buffers that given nodes must be materialised into (outputs with fixed homes).
     homes: HashMap<ValueId, BufferId>,
+    /// Where a join (concat, pad) that an output only transposes is written: that output's
+    /// home, laid out so that the transpose reads it in row-major order (see `placed_joins`).
+    placed: HashMap<ValueId, Place>,
+    /// The kernels writing each placed join, held back until its output's turn: written where
+    /// the join stands, they would overwrite a loop's old state before the other outputs'
+    /// kernels have read it.
+    deferred: HashMap<ValueId, Vec<Kernel>>,
     /// The buffers of each lowered scan's results, by the scan node.
     scan_results: HashMap<ValueId, Vec<BufferId>>,
 }
@@ -671,6 +684,7 @@ impl<'a> Lowering<'a> {
                 homes.entry(output.value).or_insert(*target);
             }
         }
+        let placed = placed_joins(program, &users, &homes);
         Lowering {
             out,
             program,
@@ -678,7 +692,30 @@ impl<'a> Lowering<'a> {
             users,
             values: vec![None; program.nodes.len()],
             homes,
+            placed,
+            deferred: HashMap::new(),
             scan_results: HashMap::new(),
+        }
+    }
+
+    /// Holds back the kernels from `first` on, which write join `id`, if it is placed in an
+    /// output's home (see `deferred`).
+    fn defer_placed(&mut self, id: ValueId, first: usize) {
+        if self.placed.contains_key(&id) {
+            let kernels = self.out.kernels.split_off(first);
+            self.deferred.insert(id, kernels);
+        }
+    }
+
+    /// Where join node `id` is written: its place in an output's home (see `placed_joins`),
+    /// else a buffer of its own in row-major order.
+    fn join_place(&mut self, id: ValueId) -> Place {
+        if let Some(place) = self.placed.get(&id) {
+            return place.clone();
+        }
+        Place {
+            buffer: self.result_buffer(id),
+            map: Affine::contiguous(&self.dims(id)),
         }
     }
 
@@ -814,21 +851,49 @@ impl<'a> Lowering<'a> {
                 .remap(&|m| Some(m.slice(*axis, *start)))
                 .expect("slices are affine"),
             Op::Pad { axis, before, .. } => {
-                let buffer = self.result_buffer(id);
-                self.fill(buffer, &dims, 0.0);
+                let first = self.out.kernels.len();
+                let place = self.join_place(id);
+                // Zeros only where the operand does not go: a shift by one row writes one.
+                let len = self.dims(args[0])[*axis];
+                for (start, zeros) in [(0, *before), (*before + len, dims[*axis] - *before - len)] {
+                    if zeros > 0 {
+                        let mut slab = dims.clone();
+                        slab[*axis] = zeros;
+                        self.out.kernels.push(Kernel::Map {
+                            dims: slab,
+                            out: Place {
+                                buffer: place.buffer,
+                                map: Affine {
+                                    offset: place.map.offset + start * place.map.strides[*axis],
+                                    strides: place.map.strides.clone(),
+                                },
+                            },
+                            expr: Expr::Const(0.0),
+                        });
+                    }
+                }
                 let expr = self.value(args[0]);
-                self.write_part(buffer, &dims, *axis, *before, args[0], expr);
-                contiguous_load(buffer, &dims)
+                self.write_part(&place, *axis, *before, args[0], expr);
+                self.defer_placed(id, first);
+                Expr::Load {
+                    buffer: place.buffer,
+                    map: place.map,
+                }
             }
             Op::Concat { axis } => {
-                let buffer = self.result_buffer(id);
+                let first = self.out.kernels.len();
+                let place = self.join_place(id);
                 let mut start = 0;
                 for &a in &args {
                     let expr = self.value(a);
-                    self.write_part(buffer, &dims, *axis, start, a, expr);
+                    self.write_part(&place, *axis, start, a, expr);
                     start += self.program.shape(a).dims()[*axis];
                 }
-                contiguous_load(buffer, &dims)
+                self.defer_placed(id, first);
+                Expr::Load {
+                    buffer: place.buffer,
+                    map: place.map,
+                }
             }
             Op::Reduce(op, axes) if small_window(&self.dims(args[0]), axes) => {
                 // A few elements per result (a pooling window): one expression combining them,
@@ -958,23 +1023,15 @@ impl<'a> Lowering<'a> {
 
     /// Writes `expr` (the value of `arg`) into the part of `buffer` (of shape `dims`) that
     /// starts at `start` along `axis`.
-    fn write_part(
-        &mut self,
-        buffer: BufferId,
-        dims: &[usize],
-        axis: usize,
-        start: usize,
-        arg: ValueId,
-        expr: Expr,
-    ) {
+    /// Writes `arg`'s value `expr` into the join at `place`, from index `start` of `axis`.
+    fn write_part(&mut self, place: &Place, axis: usize, start: usize, arg: ValueId, expr: Expr) {
         let part = self.dims(arg);
-        let strides = contiguous_strides(dims);
         self.out.kernels.push(Kernel::Map {
             out: Place {
-                buffer,
+                buffer: place.buffer,
                 map: Affine {
-                    offset: start * strides[axis],
-                    strides,
+                    offset: place.map.offset + start * place.map.strides[axis],
+                    strides: place.map.strides.clone(),
                 },
             },
             dims: part,
@@ -1236,11 +1293,10 @@ pub fn in_place_writers(
         places.push((&out.map, d));
         elements += d.iter().product::<usize>();
     }
-    let apart = places.iter().enumerate().all(|(i, (a, d))| {
-        places[i + 1..]
-            .iter()
-            .all(|(b, e)| d == e && disjoint(a, b, d))
-    });
+    let apart = places
+        .iter()
+        .enumerate()
+        .all(|(i, (a, d))| places[i + 1..].iter().all(|(b, e)| disjoint(a, d, b, e)));
     let whole = match places.as_slice() {
         [(map, d)] => d.as_slice() == dims && **map == Affine::contiguous(dims),
         _ => elements == dims.iter().product::<usize>(),
@@ -1250,32 +1306,45 @@ pub fn in_place_writers(
     (apart && whole && !read_later).then_some(writers)
 }
 
-/// Whether two places with the maps `a` and `b` over `dims` can never be the same element:
-/// the same strides, nested (each axis's elements fit between two steps of the next outer
-/// one), and offsets apart along one axis by at least its extent without carrying into the
-/// next (the columns of a buffer written in parts).
-fn disjoint(a: &Affine, b: &Affine, dims: &[usize]) -> bool {
-    if a.strides != b.strides {
+/// Whether two places, with the maps `a` over `a_dims` and `b` over `b_dims`, can never be the
+/// same element: the same strides, nested (each axis's elements fit between two steps of the
+/// next outer one), so that every position has one coordinate per axis, and the two boxes of
+/// coordinates apart along some axis (the columns of a buffer written in parts, or its leading
+/// rows and the rest).
+fn disjoint(a: &Affine, a_dims: &[usize], b: &Affine, b_dims: &[usize]) -> bool {
+    if a.strides != b.strides || a_dims.len() != b_dims.len() {
         return false;
     }
-    let d = a.offset.abs_diff(b.offset);
-    let mut axes: Vec<(usize, usize)> = dims
-        .iter()
-        .zip(&a.strides)
-        .filter(|&(&n, &s)| n > 1 && s > 0)
-        .map(|(&n, &s)| (s, n))
+    // (stride, extent in a, extent in b) of the axes either place moves along, outermost first.
+    let mut axes: Vec<(usize, usize, usize)> = (0..a_dims.len())
+        .filter(|&k| a.strides[k] > 0 && (a_dims[k] > 1 || b_dims[k] > 1))
+        .map(|k| (a.strides[k], a_dims[k], b_dims[k]))
         .collect();
-    axes.sort_unstable_by(|x, y| y.cmp(x));
-    let nested = axes.windows(2).all(|w| w[1].0 * w[1].1 <= w[0].0);
-    nested
-        && axes.iter().enumerate().any(|(k, &(s, n))| {
-            let room = if k == 0 {
-                usize::MAX
-            } else {
-                axes[k - 1].0 / s
-            };
-            d.is_multiple_of(s) && d / s >= n && d / s + n <= room
-        })
+    axes.sort_unstable_by_key(|x| std::cmp::Reverse(x.0));
+    // Each place's coordinates along the axes, outermost first, and what is left below the
+    // innermost stride; `None` where a box would reach past the room the next outer axis
+    // leaves it (its positions would not have one coordinate each).
+    let boxes = |mut offset: usize, extent: fn(&(usize, usize, usize)) -> usize| {
+        let mut corner = Vec::with_capacity(axes.len());
+        for (k, axis) in axes.iter().enumerate() {
+            let c = offset / axis.0;
+            offset %= axis.0;
+            if k > 0 && c + extent(axis) > axes[k - 1].0 / axis.0 {
+                return None;
+            }
+            corner.push(c);
+        }
+        Some((corner, offset))
+    };
+    let (Some((ca, ra)), Some((cb, rb))) = (boxes(a.offset, |x| x.1), boxes(b.offset, |x| x.2))
+    else {
+        return false;
+    };
+    ra != rb
+        || axes
+            .iter()
+            .zip(ca.iter().zip(&cb))
+            .any(|(&(_, na, nb), (&ca, &cb))| ca + na <= cb || cb + nb <= ca)
 }
 
 /// Reductions over at most this many elements per result are unrolled into one expression.
@@ -1376,6 +1445,46 @@ fn unrolled_reduce(op: ReduceOp, value: &Expr, from: &[usize], axes: &[usize]) -
     })
 }
 
+/// Joins (concat, pad) read only by a transpose that is an output with a home: each is
+/// written straight into that home, through the inverse of the transpose, instead of into a
+/// buffer of its own that the output then copies. A relaxation over a split loop stores its
+/// stacked state sample-major and writes its next value as such a transpose
+/// (`opt::split::sample_major`): the LSTM's pre-activation error, `[T, B, 4H]` joined from its
+/// four gates, was a whole copy a step (a tenth of its fixed-mode step at S = 200).
+fn placed_joins(
+    program: &Program,
+    users: &[usize],
+    homes: &HashMap<ValueId, BufferId>,
+) -> HashMap<ValueId, Place> {
+    let mut placed = HashMap::new();
+    for (&output, &home) in homes {
+        let node = program.node(output);
+        let Op::Transpose(perm) = &node.op else {
+            continue;
+        };
+        let join = node.args[0];
+        let joins = matches!(program.node(join).op, Op::Concat { .. } | Op::Pad { .. });
+        // The output's one user is being an output; the join's, the transpose.
+        if !joins || users[output.index()] != 1 || users[join.index()] != 1 {
+            continue;
+        }
+        // Output axis i is the join's axis perm[i], laid out row-major in the home.
+        let out_strides = contiguous_strides(node.shape.dims());
+        let mut strides = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            strides[p] = out_strides[i];
+        }
+        placed.insert(
+            join,
+            Place {
+                buffer: home,
+                map: Affine { offset: 0, strides },
+            },
+        );
+    }
+    placed
+}
+
 fn contiguous_load(buffer: BufferId, dims: &[usize]) -> Expr {
     Expr::Load {
         buffer,
@@ -1439,18 +1548,37 @@ mod tests {
             offset,
             strides: vec![256, 1],
         };
-        assert!(disjoint(&part(0), &part(64), &[32, 64]));
-        assert!(disjoint(&part(192), &part(64), &[32, 64]));
-        assert!(!disjoint(&part(0), &part(32), &[32, 64]));
+        let d = [32, 64];
+        assert!(disjoint(&part(0), &d, &part(64), &d));
+        assert!(disjoint(&part(192), &d, &part(64), &d));
+        assert!(!disjoint(&part(0), &d, &part(32), &d));
         // Rows apart along the outer axis: apart only where the extents do not meet.
-        assert!(disjoint(&part(0), &part(32 * 256), &[32, 64]));
-        assert!(!disjoint(&part(0), &part(31 * 256), &[32, 64]));
+        assert!(disjoint(&part(0), &d, &part(32 * 256), &d));
+        assert!(!disjoint(&part(0), &d, &part(31 * 256), &d));
         // Different strides are never known to be apart.
         let other = Affine {
             offset: 4096,
             strides: vec![64, 1],
         };
-        assert!(!disjoint(&part(0), &other, &[32, 64]));
+        assert!(!disjoint(&part(0), &d, &other, &d));
+        // Parts of different shapes: the leading 198 rows of a [199, 16, 64] block stored
+        // sample-major ([16, 199, 64]: rows 64 apart, samples 199 · 64) and its last row.
+        let stacked = |offset| Affine {
+            offset,
+            strides: vec![64, 199 * 64, 1],
+        };
+        let (lead, last) = ([198, 16, 64], [1, 16, 64]);
+        assert!(disjoint(&stacked(0), &lead, &stacked(198 * 64), &last));
+        assert!(!disjoint(&stacked(0), &lead, &stacked(197 * 64), &last));
+        // A box reaching past its room (row 199 of 199) is not known to be apart.
+        assert!(!disjoint(
+            &stacked(0),
+            &lead,
+            &stacked(198 * 64),
+            &[2, 16, 64]
+        ));
+        // Columns of the last row against a block of the rest, different widths.
+        assert!(disjoint(&part(0), &[31, 256], &part(31 * 256 + 8), &[1, 8]));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! sliced into parts, as an LSTM's gates are — become one concat: no zeros written, no sums
 //! taken. Exact: adding a zero leaves every element as it was (the sign of a zero aside).
 //!
+//! [`split_padded_sums`]: `x + pad(b)`, the pad's zeros over the rest of an axis (a message
+//! to one iteration of a stacked loop: the last one's term from the unstacked tail), is the
+//! concat of `x`'s parts with `b` added to the one it covers: the zeros are neither written
+//! nor read. Exact, as above.
+//!
 //! [`distribute`]: `f(concat(a, b), x) = concat(f(a, x[..a]), f(b, x[a..]))` for an
 //! elementwise f, the other operands sliced to each part. A concat read by one elementwise op
 //! no longer has to be written to memory for it: pushed on through the ops that follow, the
@@ -85,6 +90,75 @@ pub fn join_padded_sums(program: &mut Program) {
             })
         };
         map.push(id);
+    }
+    for o in &mut program.outputs {
+        o.value = map[o.value.index()];
+    }
+}
+
+/// Rewrites every sum of a value and a pad in `program` as a concat (see the module's
+/// documentation); sums of two pads are left to [`join_padded_sums`].
+pub fn split_padded_sums(program: &mut Program) {
+    let old = std::mem::take(&mut program.nodes);
+    let mut map: Vec<ValueId> = Vec::with_capacity(old.len());
+    for node in old {
+        let args: Vec<ValueId> = node.args.iter().map(|a| map[a.index()]).collect();
+        let is_pad = |v: ValueId| matches!(program.node(v).op, Op::Pad { .. });
+        let padded = match node.op {
+            Op::Binary(BinaryOp::Add) if is_pad(args[0]) != is_pad(args[1]) => {
+                Some(if is_pad(args[1]) {
+                    (args[0], args[1])
+                } else {
+                    (args[1], args[0])
+                })
+            }
+            _ => None,
+        };
+        let Some((x, pad)) = padded else {
+            map.push(program.push(Node { args, ..node }));
+            continue;
+        };
+        let Op::Pad { axis, before, .. } = program.node(pad).op else {
+            unreachable!("checked to be a pad")
+        };
+        let b = program.node(pad).args[0];
+        // A shift along the axis (every iteration's term moved by one) stays a pad: its
+        // operand is read at other rows than the sum's, and kept in a buffer of its own it
+        // lets a relaxation update the state it is computed from in place.
+        let shifted = matches!(program.node(b).op, Op::Slice { axis: a, .. } if a == axis);
+        if shifted {
+            map.push(program.push(Node { args, ..node }));
+            continue;
+        }
+        let (len, whole) = (program.shape(b).dims()[axis], node.shape.dims()[axis]);
+        if len == whole {
+            // No zeros: the sum is `x + b` already.
+            map.push(program.push(Node {
+                args: vec![x, b],
+                ..node
+            }));
+            continue;
+        }
+        let mut parts = Vec::with_capacity(3);
+        if before > 0 {
+            parts.push(slice_of(program, x, axis, 0, before));
+        }
+        let covered = slice_of(program, x, axis, before, before + len);
+        parts.push(program.push(Node {
+            op: Op::Binary(BinaryOp::Add),
+            args: vec![covered, b],
+            shape: program.shape(b).clone(),
+            name: None,
+            region: node.region,
+        }));
+        if before + len < whole {
+            parts.push(slice_of(program, x, axis, before + len, whole));
+        }
+        map.push(program.push(Node {
+            op: Op::Concat { axis },
+            args: parts,
+            ..node
+        }));
     }
     for o in &mut program.outputs {
         o.value = map[o.value.index()];

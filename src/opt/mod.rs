@@ -68,6 +68,7 @@ fn simplify_bodies(program: &mut Program) {
         }
     }
     concat::join_padded_sums(program);
+    concat::split_padded_sums(program);
     concat::distribute(program);
     dead_parts::narrow_products(program);
     cse::cse(program);
