@@ -160,11 +160,22 @@ fn loop_policy_is_chosen_and_stated() {
         let (_, result) = sema::compile_file(&full, &options);
         result.unwrap_or_else(|_| panic!("{file} compiles")).loops
     };
-    let short = notes("examples/lstm_shakespeare.pcg", &[], LoopPolicy::Auto);
+    // A loop over a sequence stays a scan from 32 steps on, however small its body.
+    let short = notes(
+        "examples/lstm_shakespeare.pcg",
+        &[("T", 16)],
+        LoopPolicy::Auto,
+    );
     assert!(
         !short[0].scan && short[0].why.contains("small"),
         "{}",
         short[0].describe()
+    );
+    let sequence = notes("examples/lstm_shakespeare.pcg", &[], LoopPolicy::Auto);
+    assert!(
+        sequence[0].scan && sequence[0].why.contains("sequence"),
+        "{}",
+        sequence[0].describe()
     );
     let lstm = notes(
         "examples/lstm_shakespeare.pcg",

@@ -72,8 +72,9 @@ pub enum LoopPolicy {
 /// memory grow with the iterations (the LSTM at 200 steps, 9400 nodes: 5.8 s and 465 MB
 /// unrolled against 0.03 s and 82 MB as a scan), so longer loops stay scans. Since scans whose
 /// rows are independent run as parts per thread, backprop's step is faster as a scan (the
-/// LSTM at 50 steps: 5.4 against 6.8 ms) while the LSTM's fixed-mode PC is still faster
-/// unrolled (196 against 236 ms); the policy serves both methods, so it stays.
+/// LSTM at 50 steps: 5.4 against 6.8 ms) while the LSTM's fixed-mode PC was still faster
+/// unrolled (196 against 236 ms), so the policy stays, except for loops over a sequence
+/// (`loops::SEQUENCE_SCAN_TRIPS`), whose scans have since become the faster form.
 pub const AUTO_UNROLL_NODES: usize = 4096;
 
 /// How one `for` loop of the model was compiled, for `pcg ir` and `pcg check --report`.
