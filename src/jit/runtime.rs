@@ -944,6 +944,36 @@ pub const UNARY_OPS: [UnaryOp; 8] = [
 mod tests {
     use super::*;
 
+    /// `dst (m×n) [+]= lhs (m×k, with `lhs_strides`) · rhs (k×n, row-major)` on `threads`
+    /// threads, `dst` row-major.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        (m, k, n): (usize, usize, usize),
+        mut dst: Vec<f32>,
+        lhs: &[f32],
+        lhs_strides: (isize, isize),
+        rhs: &[f32],
+        accumulate: bool,
+        threads: usize,
+    ) -> Vec<f32> {
+        assert_eq!((dst.len(), lhs.len(), rhs.len()), (m * n, m * k, k * n));
+        // SAFETY: the strides the tests pass address only elements of the three vectors.
+        unsafe {
+            gemm_strided(
+                (m, k, n),
+                dst.as_mut_ptr(),
+                (n as isize, 1),
+                lhs.as_ptr(),
+                lhs_strides,
+                rhs.as_ptr(),
+                (n as isize, 1),
+                accumulate,
+                threads,
+            )
+        };
+        dst
+    }
+
     /// The shared product equals the one-thread product for shapes split by rows and by
     /// columns, sides that are not multiples of the piece width, transposed operands and
     /// accumulation.
@@ -962,22 +992,8 @@ mod tests {
                 };
                 for accumulate in [false, true] {
                     let product = |threads: usize| {
-                        let mut dst: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32).collect();
-                        // SAFETY: every index addressed lies inside the three vectors.
-                        unsafe {
-                            gemm_strided(
-                                (m, k, n),
-                                dst.as_mut_ptr(),
-                                (n as isize, 1),
-                                lhs.as_ptr(),
-                                lhs_strides,
-                                rhs.as_ptr(),
-                                (n as isize, 1),
-                                accumulate,
-                                threads,
-                            )
-                        };
-                        dst
+                        let dst = (0..m * n).map(|i| (i % 3) as f32).collect();
+                        product((m, k, n), dst, &lhs, lhs_strides, &rhs, accumulate, threads)
                     };
                     assert_eq!(product(1), product(4), "{m}×{k}×{n}");
                 }
@@ -1002,22 +1018,16 @@ mod tests {
             for accumulate in [false, true] {
                 let initial = |i: usize| (i % 3) as f32 * 0.7;
                 let product = |threads: usize| {
-                    let mut dst: Vec<f32> = (0..m * n).map(initial).collect();
-                    // SAFETY: every index addressed lies inside the three vectors.
-                    unsafe {
-                        gemm_strided(
-                            (m, k, n),
-                            dst.as_mut_ptr(),
-                            (n as isize, 1),
-                            lhs.as_ptr(),
-                            (1, m as isize),
-                            rhs.as_ptr(),
-                            (n as isize, 1),
-                            accumulate,
-                            threads,
-                        )
-                    };
-                    dst
+                    let dst = (0..m * n).map(initial).collect();
+                    product(
+                        (m, k, n),
+                        dst,
+                        &lhs,
+                        (1, m as isize),
+                        &rhs,
+                        accumulate,
+                        threads,
+                    )
                 };
                 let alone = product(1);
                 assert_eq!(alone, product(4), "{m}×{k}×{n}");
@@ -1070,21 +1080,8 @@ mod tests {
                 let at = |i: usize, kk: usize| lhs[(i as isize * rs + kk as isize * cs) as usize];
                 for accumulate in [false, true] {
                     let start = |i: usize| (i % 3) as f32;
-                    let mut dst: Vec<f32> = (0..m * n).map(start).collect();
-                    // SAFETY: every index addressed lies inside the three vectors.
-                    unsafe {
-                        gemm_strided(
-                            (m, k, n),
-                            dst.as_mut_ptr(),
-                            (n as isize, 1),
-                            lhs.as_ptr(),
-                            (rs, cs),
-                            rhs.as_ptr(),
-                            (n as isize, 1),
-                            accumulate,
-                            1,
-                        );
-                    }
+                    let dst = (0..m * n).map(start).collect();
+                    let dst = product((m, k, n), dst, &lhs, (rs, cs), &rhs, accumulate, 1);
                     for i in 0..m {
                         for j in 0..n {
                             let mut want = if accumulate {
