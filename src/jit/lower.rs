@@ -4,8 +4,9 @@
 //! buffers through affine maps. Elementwise ops build bigger expressions (fusion), movement ops
 //! rewrite the maps of the leaves (a transpose or broadcast costs nothing), and a value is
 //! *materialised* — written to a buffer by one loop — only where that pays or is needed: when
-//! several users would recompute it, when a contraction or a reshape needs it in memory, and
-//! for the program's outputs. Reductions, matrix products and convolutions always write a
+//! several users would recompute it (unless it is a cheap function of one operand, which each
+//! user reads as cheaply), when a contraction or a reshape needs it in memory, and for the
+//! program's outputs. Reductions, matrix products and convolutions always write a
 //! buffer. The result is a list of [`Kernel`]s in program order; the buffer plan assigns them
 //! memory and the code generator turns each into one loop nest or one runtime call.
 
@@ -18,6 +19,10 @@ pub type BufferId = usize;
 
 /// An expression larger than this is written to a buffer rather than grown further.
 const MAX_FUSED_OPS: usize = 48;
+
+/// A value read by several users is evaluated again by each (not written to a buffer) when it
+/// is at most this many cheap operations of one operand (see [`Expr::cheap_to_repeat`]).
+const MAX_REPEATED_OPS: usize = 2;
 
 /// An affine map from a loop's multi-index `i` to `offset + Σ_k i_k · strides[k]`: the position
 /// of an element inside its buffer, or (for [`Expr::Index`]) the value of an iota.
@@ -184,6 +189,52 @@ impl Expr {
             Expr::Binary(_, a, b) => 1 + a.ops() + b.ops(),
             Expr::Where(args) => 1 + args.iter().map(Expr::ops).sum::<usize>(),
         }
+    }
+
+    /// Whether each user may evaluate the expression again instead of reading it from a
+    /// buffer, over `dims`: at most [`MAX_REPEATED_OPS`] cheap operations (no function that
+    /// costs a call or a polynomial) of at most one operand read in full (the others
+    /// broadcast), so that repeating it reads no more memory than writing it once and reading
+    /// it back would, and computes the same bits.
+    fn cheap_to_repeat(&self, dims: &[usize]) -> bool {
+        fn cheap_ops(e: &Expr) -> Option<usize> {
+            Some(match e {
+                Expr::Load { .. } | Expr::Const(_) | Expr::Index(_) => 0,
+                Expr::Unary(op, a) => {
+                    let cheap = matches!(
+                        op,
+                        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign | UnaryOp::StopGradient
+                    );
+                    if !cheap {
+                        return None;
+                    }
+                    1 + cheap_ops(a)?
+                }
+                Expr::Binary(op, a, b) => {
+                    if *op == BinaryOp::Div {
+                        return None;
+                    }
+                    1 + cheap_ops(a)? + cheap_ops(b)?
+                }
+                Expr::Where(args) => 1 + args.iter().map(cheap_ops).sum::<Option<usize>>()?,
+            })
+        }
+        if cheap_ops(self).is_none_or(|ops| ops > MAX_REPEATED_OPS) {
+            return false;
+        }
+        let mut full: Vec<(BufferId, &Affine)> = Vec::new();
+        let mut loads = Vec::new();
+        self.for_each_load(&mut |buffer, map| loads.push((buffer, map.clone())));
+        for (buffer, map) in &loads {
+            let broadcast = dims
+                .iter()
+                .zip(&map.strides)
+                .any(|(&d, &s)| d > 1 && s == 0);
+            if !broadcast && !full.iter().any(|&(b, m)| b == *buffer && m == map) {
+                full.push((*buffer, map));
+            }
+        }
+        full.len() <= 1
     }
 
     /// The expression with every affine map replaced by `f` of it, if `f` succeeds on all.
@@ -648,6 +699,10 @@ struct Lowering<'a> {
     needed: Vec<bool>,
     /// How many needed nodes read each node.
     users: Vec<usize>,
+    /// Nodes never evaluated again by each user (see [`Expr::cheap_to_repeat`]): outputs,
+    /// written where they stand, and operands of a transcendental function, which runs
+    /// sixteen lanes at a time only on a row read from memory (see `wide`).
+    fixed: Vec<bool>,
     /// Each lowered node's value.
     values: Vec<Option<Expr>>,
     /// Buffers that given nodes must be materialised into (outputs with fixed homes).
@@ -674,8 +729,26 @@ impl<'a> Lowering<'a> {
         }
         // An output is a user too: a value both written out and read by a node is computed
         // once, not once more inside its reader's loop.
+        let mut fixed = vec![false; program.nodes.len()];
         for o in &program.outputs {
             users[o.value.index()] += 1;
+            fixed[o.value.index()] = true;
+        }
+        for id in program.ids().filter(|id| needed[id.index()]) {
+            let node = program.node(id);
+            if let Op::Unary(op) = node.op {
+                if super::wide::OPS.contains(&op) {
+                    // Through the movement ops in between, which read their operand in place.
+                    let mut operand = node.args[0];
+                    fixed[operand.index()] = true;
+                    while let Op::Reshape | Op::Transpose(_) | Op::Broadcast | Op::Slice { .. } =
+                        program.node(operand).op
+                    {
+                        operand = program.node(operand).args[0];
+                        fixed[operand.index()] = true;
+                    }
+                }
+            }
         }
         let mut homes = HashMap::new();
         for (output, target) in program.outputs.iter().zip(targets) {
@@ -690,6 +763,7 @@ impl<'a> Lowering<'a> {
             program,
             needed,
             users,
+            fixed,
             values: vec![None; program.nodes.len()],
             homes,
             placed,
@@ -1014,7 +1088,9 @@ impl<'a> Lowering<'a> {
             }
         };
         let computed = !matches!(node.op, Op::Leaf(_) | Op::Const(_) | Op::Iota { .. });
-        let shared = self.users[id.index()] > 1 && !expr.is_view();
+        let shared = self.users[id.index()] > 1
+            && !expr.is_view()
+            && (self.fixed[id.index()] || !expr.cheap_to_repeat(&dims));
         self.values[id.index()] = Some(expr);
         if computed && (shared || self.value(id).ops() > MAX_FUSED_OPS) {
             self.buffer_of(id);
@@ -1522,6 +1598,62 @@ pub fn needed_leaves(program: &Program) -> Vec<(ValueId, LeafKind)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernels of `text`'s program, with a buffer for each leaf.
+    fn kernels_of(text: &str) -> Vec<Kernel> {
+        let program = crate::ir::from_text(text).expect("parses");
+        let mut lowered = Lowered::default();
+        let leaves = program
+            .ids()
+            .filter(|&id| matches!(program.node(id).op, Op::Leaf(_)))
+            .map(|id| {
+                let len = program.shape(id).numel();
+                (id, lowered.buffer(format!("{id}"), len, true))
+            })
+            .collect();
+        lowered.lower(&program, &leaves, &[]);
+        lowered.kernels
+    }
+
+    /// A cheap value of one operand read by two users is evaluated by each, not written to a
+    /// buffer first; one of two full operands, one that feeds a transcendental function or
+    /// one the program returns is written once.
+    #[test]
+    fn cheap_shared_values_are_evaluated_again() {
+        let program = |value: &str, users: &str| {
+            format!(
+                "program p {{\n  %0 = input x : [8, 16]\n  %1 = input y : [8, 16]\n  \
+                 %2 = input m : [16]\n  %3 = broadcast %2 : [8, 16]\n  \
+                 %4 = {value} : [8, 16]\n{users}}}\n"
+            )
+        };
+        let two_sums = "  %5 = reduce_sum[axes=[1]] %4 : [8]\n  \
+                        %6 = reduce_max[axes=[1]] %4 : [8]\n  return s = %5\n  return t = %6\n";
+        let maps = |kernels: &[Kernel]| {
+            kernels
+                .iter()
+                .filter(|k| matches!(k, Kernel::Map { .. }))
+                .count()
+        };
+        // Each reduction evaluates x − m itself: no map writes it (only the outputs' fills).
+        let repeated = kernels_of(&program("sub %0, %3", two_sums));
+        let written = kernels_of(&program("sub %0, %1", two_sums));
+        assert_eq!(maps(&written), maps(&repeated) + 1);
+        let costly = kernels_of(&program("div %0, %3", two_sums));
+        assert_eq!(maps(&costly), maps(&written));
+        let transcendental = "  %5 = exp %4 : [8, 16]\n  %6 = reduce_sum[axes=[1]] %4 : [8]\n  \
+                              return s = %5\n  return t = %6\n";
+        let feeds_exp = kernels_of(&program("sub %0, %3", transcendental));
+        let returned = "  %5 = reduce_sum[axes=[1]] %4 : [8]\n  return s = %5\n  return d = %4\n";
+        let output = kernels_of(&program("sub %0, %3", returned));
+        for kernels in [&feeds_exp, &output] {
+            let writes_value = kernels.iter().any(|k| match k {
+                Kernel::Map { expr, .. } => matches!(expr, Expr::Binary(BinaryOp::Sub, ..)),
+                _ => false,
+            });
+            assert!(writes_value, "{kernels:?}");
+        }
+    }
 
     #[test]
     fn reshape_merges_and_splits_contiguous_axes() {
