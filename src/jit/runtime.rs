@@ -187,13 +187,13 @@ fn write_mxcsr(csr: u32) {
 /// A raw pointer that may cross to a helper thread: each piece of a shared product writes
 /// rows or columns of the result no other piece touches.
 #[derive(Clone, Copy)]
-struct Shared<T>(T);
+pub(super) struct Shared<T>(pub(super) T);
 // SAFETY: see the type's comment; the operands are only read.
 unsafe impl<T> Send for Shared<T> {}
 unsafe impl<T> Sync for Shared<T> {}
 
 impl<T: Copy> Shared<T> {
-    fn get(&self) -> T {
+    pub(super) fn get(&self) -> T {
         self.0
     }
 }

@@ -340,16 +340,19 @@ impl JitStep {
     /// scalars). A failed guard is
     /// [`JitError::Diverged`], with the resident arrays as they were before the step.
     pub fn run<T: Float>(&mut self, inputs: &[&Bindings<T>]) -> Result<(), JitError> {
-        bind_leaves(&mut self.function, &self.inputs, inputs)?;
         for &(_, flag) in &self.flags {
             self.function.slice_mut::<T>(flag)[0] = T::zero();
         }
         let Some(pace) = &mut self.pace else {
+            bind_leaves(&mut self.function, &self.inputs, inputs)?;
             return self.function.call(self.steps);
         };
+        // The batch's copy into the arena is shared like the step's kernels, and timed with
+        // them.
         team::set_sharing(pace.sharing());
         let start = std::time::Instant::now();
-        let result = self.function.call(self.steps);
+        let result = bind_leaves(&mut self.function, &self.inputs, inputs)
+            .and_then(|()| self.function.call(self.steps));
         pace.record(start.elapsed().as_secs_f64());
         team::set_sharing(true);
         result
