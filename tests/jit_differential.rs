@@ -676,6 +676,60 @@ fn scans_split_into_blocks_of_rows() {
     }
 }
 
+/// A scan whose products read an iteration's row of a stacked input and of a stacked output
+/// of the loop (views) and write one: they are read and written where they are, not copied to
+/// and from a fixed place, in a loop split into parts and not, with checked accesses.
+#[test]
+fn products_read_and_write_the_rows_of_a_loop() {
+    let program = pcg::ir::from_text(
+        "program p {
+  %0 = input x : [5, 4, 3]
+  %1 = param w : [6, 2]
+  %2 = param v : [2, 3]
+  %3 = const 0 : [4, 3]
+  %4 = scan[trips=5, carries=1, stacked=1] %3, %0, %1, %2 : []
+    program p.for_t {
+      %0 = state h : [4, 3]
+      %1 = state x[t] : [4, 3]
+      %2 = state w : [6, 2]
+      %3 = state v : [2, 3]
+      %4 = concat[axis=1] %1, %0 : [4, 6]
+      %5 = matmul %4, %2 : [4, 2]
+      %6 = matmul %5, %3 : [4, 3]
+      %7 = tanh %6 : [4, 3]
+      return h = %7
+      return joined = %4
+      return z = %5
+    }
+  %5 = result[1] %4 : [5, 4, 6]
+  %6 = result[2] %4 : [5, 4, 2]
+  %7 = result[0] %4 : [4, 3]
+  return joined = %5
+  return z = %6
+  return h = %7
+}
+",
+    )
+    .expect("parses");
+    let leaves = random_leaves(&program, 7);
+    for split_scan_flops in [0, u64::MAX] {
+        let options = JitOptions {
+            split_scan_flops,
+            ..checked()
+        };
+        check_program_with("products on a loop's rows", &program, &leaves, &options);
+        let jit = JitProgram::compile(&program, &options).expect("compiles");
+        let copies: Vec<_> = jit
+            .plan()
+            .buffers
+            .iter()
+            .filter(|b| b.label.ends_with("fixed"))
+            .map(|b| b.label.clone())
+            .collect();
+        assert!(copies.is_empty(), "copied for a product: {copies:?}");
+    }
+}
+
 /// A random straight-line program over a few leaves of related shapes.
 fn random_program(seed: u64, rows: usize, cols: usize, ops: usize) -> Program {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -704,8 +704,11 @@ impl FunctionTranslator<'_> {
             }
             match &kernels[k] {
                 Kernel::Map { .. } | Kernel::Reduce { .. } => self.translate_nest(&kernels[k]),
-                Kernel::MatMul(_) => self.translate_call(self.runtime.matmul),
-                Kernel::Conv(_) => self.translate_call(self.runtime.conv),
+                Kernel::MatMul(mm) => {
+                    let moved = self.moved_operands(mm);
+                    self.translate_call(self.runtime.matmul, &moved)
+                }
+                Kernel::Conv(_) => self.translate_call(self.runtime.conv, &[]),
                 Kernel::Scan(_) => unreachable!("handled above"),
             }
             k += 1;
@@ -743,14 +746,49 @@ impl FunctionTranslator<'_> {
         self.builder.switch_to_block(exit);
     }
 
-    /// A runtime call with the kernel's descriptor (its part's, in a split body); a non-zero
+    /// The operands of a product that are a scan's views (an iteration's row of a stacked
+    /// value), each as the byte offset of its position in the descriptor and its position at
+    /// this iteration (and part).
+    fn moved_operands(&mut self, mm: &super::lower::MatMulKernel) -> Vec<(i32, Value)> {
+        use super::runtime::MatMulDesc;
+        let operands = [
+            (
+                std::mem::offset_of!(MatMulDesc, a),
+                mm.a.buffer,
+                mm.a.offset,
+            ),
+            (
+                std::mem::offset_of!(MatMulDesc, b),
+                mm.b.buffer,
+                mm.b.offset,
+            ),
+            (std::mem::offset_of!(MatMulDesc, c), mm.c, 0),
+        ];
+        operands
+            .into_iter()
+            .filter(|&(_, buffer, _)| !self.plan.buffers[buffer].shifts.is_empty())
+            .map(|(field, buffer, offset)| {
+                let at = (self.plan.buffers[buffer].offset + offset) as i64;
+                let at = self.builder.ins().iconst(types::I64, at);
+                (field as i32, self.in_part(at, Some(buffer)))
+            })
+            .collect()
+    }
+
+    /// A runtime call with the kernel's descriptor (its part's, in a split body), its `moved`
+    /// positions (byte offset in the descriptor, element position) stored first; a non-zero
     /// status fails the function.
-    fn translate_call(&mut self, callee: FuncRef) {
+    fn translate_call(&mut self, callee: FuncRef, moved: &[(i32, Value)]) {
         let at = self.descriptors[self.kernel].expect("calls have descriptors");
         let mut descriptor = self.builder.ins().iconst(types::I64, at.address);
         if let Some(part) = self.part {
             let offset = self.builder.ins().imul_imm_s(part, at.stride);
             descriptor = self.builder.ins().iadd(descriptor, offset);
+        }
+        for &(field, position) in moved {
+            self.builder
+                .ins()
+                .store(flags(), position, descriptor, field);
         }
         let call = self.builder.ins().call(callee, &[descriptor, self.arena]);
         let status = self.builder.inst_results(call)[0];

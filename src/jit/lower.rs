@@ -1049,7 +1049,7 @@ impl<'a> Lowering<'a> {
                 let batch = dims[..r - 2].iter().product();
                 let a = self.mat_operand(args[0]);
                 let b = self.mat_operand(args[1]);
-                let (c, home) = self.call_result(id);
+                let c = self.result_buffer(id);
                 self.out.kernels.push(Kernel::MatMul(MatMulKernel {
                     batch,
                     m,
@@ -1059,7 +1059,7 @@ impl<'a> Lowering<'a> {
                     b,
                     c,
                 }));
-                self.settle_call_result(c, home, &dims)
+                contiguous_load(c, &dims)
             }
             Op::Conv2d(params) | Op::Conv2dInputGrad(params) | Op::Conv2dWeightGrad(params) => {
                 let (kind, input, weight) = match node.op {
@@ -1116,16 +1116,13 @@ impl<'a> Lowering<'a> {
     }
 
     /// Node `id` (rank ≥ 2) as a strided batch of matrices, writing it to a buffer first when
-    /// its batch axes cannot be walked with one stride (or it is a scan's view: runtime calls
-    /// see fixed places).
+    /// its batch axes cannot be walked with one stride. A scan's view (an iteration's row of a
+    /// stacked value) is read where it is: the generated code moves the call's operand.
     fn mat_operand(&mut self, id: ValueId) -> MatOperand {
         let dims = self.dims(id);
         let r = dims.len();
         if let Expr::Load { buffer, map } = self.value(id) {
-            let fixed = !self.out.is_view(buffer);
-            if let (Some(batch), true) =
-                (batch_stride(&dims[..r - 2], &map.strides[..r - 2]), fixed)
-            {
+            if let Some(batch) = batch_stride(&dims[..r - 2], &map.strides[..r - 2]) {
                 return MatOperand {
                     buffer,
                     offset: map.offset,
@@ -1135,7 +1132,7 @@ impl<'a> Lowering<'a> {
                 };
             }
         }
-        let buffer = self.call_operand(id);
+        let buffer = self.buffer_of(id);
         let strides = contiguous_strides(&dims);
         MatOperand {
             buffer,
