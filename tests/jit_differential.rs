@@ -678,7 +678,8 @@ fn scans_split_into_blocks_of_rows() {
 
 /// A scan whose products read an iteration's row of a stacked input and of a stacked output
 /// of the loop (views) and write one: they are read and written where they are, not copied to
-/// and from a fixed place, in a loop split into parts and not, with checked accesses.
+/// and from a fixed place, in a loop split into parts and not, with checked accesses. Its
+/// carried value, stacked too, is written into its row and carried over from there.
 #[test]
 fn products_read_and_write_the_rows_of_a_loop() {
     let program = pcg::ir::from_text(
@@ -700,13 +701,16 @@ fn products_read_and_write_the_rows_of_a_loop() {
       return h = %7
       return joined = %4
       return z = %5
+      return hs = %7
     }
   %5 = result[1] %4 : [5, 4, 6]
   %6 = result[2] %4 : [5, 4, 2]
   %7 = result[0] %4 : [4, 3]
+  %8 = result[3] %4 : [5, 4, 3]
   return joined = %5
   return z = %6
   return h = %7
+  return hs = %8
 }
 ",
     )
@@ -723,7 +727,7 @@ fn products_read_and_write_the_rows_of_a_loop() {
             .plan()
             .buffers
             .iter()
-            .filter(|b| b.label.ends_with("fixed"))
+            .filter(|b| b.label.ends_with("fixed") || b.label.contains(" next "))
             .map(|b| b.label.clone())
             .collect();
         assert!(copies.is_empty(), "copied for a product: {copies:?}");

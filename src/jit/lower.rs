@@ -1201,7 +1201,8 @@ impl<'a> Lowering<'a> {
     /// A scan: its carried values start in its result buffers; each iteration, the body reads
     /// them there, its stacked operands through views of their buffers, and writes the next
     /// carried values aside (copied over at the end of the iteration, once nothing reads the
-    /// old ones) and its per-iteration outputs through views of their stacked results.
+    /// old ones; a value also stacked is written into its row) and its per-iteration outputs
+    /// through views of their stacked results.
     ///
     /// A scan whose body treats the batch rows independently (see [`split_scan`]) runs as
     /// parts, each the whole loop on its own block of rows: its carried values, per-iteration
@@ -1283,13 +1284,19 @@ impl<'a> Lowering<'a> {
             self.out.private = true;
             self.out.conv_ways = 1;
         }
-        // The next carried values are written aside (copied over at the end of the iteration).
-        for (target, output) in targets.iter_mut().zip(&body.outputs[..carries]) {
+        // The next carried values are written aside (copied over at the end of the iteration):
+        // into the iteration's row of a per-iteration output returning the same value, else
+        // into a buffer of their own.
+        for k in 0..carries {
+            let output = &body.outputs[k];
+            let stacked = (carries..body.outputs.len())
+                .find(|&j| body.outputs[j].value == output.value)
+                .and_then(|j| targets[j]);
             let len = body.shape(output.value).numel();
-            *target = Some(
+            targets[k] = Some(stacked.unwrap_or_else(|| {
                 self.out
-                    .buffer(format!("{id} next {}", output.name), len, false),
-            );
+                    .buffer(format!("{id} next {}", output.name), len, false)
+            }));
         }
         self.out.scan_depth += 1;
         let written = self.out.lower(body, &leaves, &targets);
