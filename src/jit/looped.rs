@@ -16,21 +16,32 @@ use crate::opt::split::{sample_major, split_rows, Split};
 use std::collections::{BTreeSet, HashMap};
 
 /// Bytes of per-sample values (a part's block of them) above which a loop body is split into
-/// more parts than threads: about a core's own (second-level) cache. Each part runs every
-/// step on its block, so a block that stays in that cache across the steps is read from
-/// memory once. The LSTM's fixed-mode relaxation at 200 steps (64 samples) ran 1.3x faster
-/// in 64 parts (a sample each, a block of about a megabyte) than in 4 (32 MB was the bound
-/// then), on a Xeon with 2 MB of L2 per core.
-const PART_BLOCK_BYTES: usize = 1 << 20;
+/// more parts than threads, as long as a part keeps [`MIN_PART_SAMPLES`] samples: about a
+/// last-level cache. Each part runs every step on its block, so a block that stays in cache
+/// across the steps is read from memory once.
+const SHARED_CACHE_BYTES: usize = 32 << 20;
 
-/// The fewest rows a part's products keep once the body is split into more parts than
-/// threads: products on fewer rows lose more to their packing than the cache gains. A
-/// recurrent relaxation's products are over every time step's rows, so its parts can be
-/// single samples; a feed-forward network's are over its samples.
+/// The fewest samples of a part split for [`SHARED_CACHE_BYTES`]: products on fewer rows lose
+/// more to their packing than the cache gains.
+const MIN_PART_SAMPLES: usize = 16;
+
+/// Bytes of a part's block above which it is split further still, as long as its products
+/// keep [`MIN_PRODUCT_ROWS`] rows: about a core's own (second-level) cache. A recurrent
+/// relaxation's products run over every time step's rows, so its parts can be single samples:
+/// the LSTM's fixed-mode relaxation at 200 steps (64 samples) ran 1.3x faster in 64 parts (a
+/// megabyte each) than in 4, on a Xeon with 2 MB of L2 per core. Feed-forward products run
+/// over a part's samples: the convolutional, residual and feed-forward examples ran slower or
+/// no faster split finer than the shared cache asks, and so does an unrolled loop's body
+/// (see [`MIN_PART_ELEMENTS`]).
+const CORE_CACHE_BYTES: usize = 1 << 20;
+
+/// The fewest rows of a part's products (all but small ones: see [`large_enough`]) when split
+/// for [`CORE_CACHE_BYTES`].
 const MIN_PRODUCT_ROWS: usize = 128;
 
-/// The fewest samples of a part's convolutions, once split into more parts than threads.
-const MIN_CONV_SAMPLES: usize = 16;
+/// The fewest elements a part's computed values hold on average when split for
+/// [`CORE_CACHE_BYTES`].
+const MIN_PART_ELEMENTS: usize = 4096;
 
 /// A loop body split into parts (see `opt::split`), where it splits and the work every part
 /// would repeat is small: at most a tenth of the body's. One part per thread, or a multiple of
@@ -52,30 +63,36 @@ fn split_body(body: &Program, threads: usize) -> Option<Split> {
         (split.repeated_flops * 10 <= crate::ir::flops(body)).then_some(split)
     };
     let mut chosen = split(threads)?;
-    while block_bytes(&chosen) > PART_BLOCK_BYTES {
+    loop {
+        let (bytes, samples) = block_size(&chosen);
+        let for_shared = bytes > SHARED_CACHE_BYTES && samples >= 2 * MIN_PART_SAMPLES;
+        if !for_shared && bytes <= CORE_CACHE_BYTES {
+            return Some(chosen);
+        }
         match split(chosen.parts * 2) {
-            Some(finer) if large_enough(&finer) => chosen = finer,
-            _ => break,
+            Some(finer) if for_shared || large_enough(&finer) => chosen = finer,
+            _ => return Some(chosen),
         }
     }
-    Some(chosen)
 }
 
-/// The bytes of one part's block of the per-sample values.
-fn block_bytes(split: &Split) -> usize {
-    split
-        .program
-        .nodes
-        .iter()
-        .zip(&split.axes)
-        .filter(|(_, axis)| axis.is_some())
-        .map(|(node, _)| node.shape.numel() * std::mem::size_of::<f32>())
-        .sum()
+/// The bytes of one part's block of the per-sample values, and the fewest rows of a block.
+fn block_size(split: &Split) -> (usize, usize) {
+    let mut bytes = 0;
+    let mut rows = usize::MAX;
+    for (node, axis) in split.program.nodes.iter().zip(&split.axes) {
+        if let Some(a) = *axis {
+            bytes += node.shape.numel() * std::mem::size_of::<f32>();
+            rows = rows.min(node.shape.dims()[a]);
+        }
+    }
+    (bytes, rows)
 }
 
 /// Whether a part's products keep [`MIN_PRODUCT_ROWS`] rows and its convolutions
-/// [`MIN_CONV_SAMPLES`] samples: all but small ones, which do at most an eighth of the
-/// body's work (a recurrent relaxation's message to its last step, over one step's rows).
+/// [`MIN_PART_SAMPLES`] samples — all but small ones, which do at most an eighth of the body's
+/// work (a recurrent relaxation's message to its last step, over one step's rows) — and its
+/// values hold [`MIN_PART_ELEMENTS`] elements on average.
 fn large_enough(split: &Split) -> bool {
     let program = &split.program;
     let small: u64 = program
@@ -91,13 +108,24 @@ fn large_enough(split: &Split) -> bool {
                     }
                     crate::ir::Op::Conv2d(_)
                     | crate::ir::Op::Conv2dInputGrad(_)
-                    | crate::ir::Op::Conv2dWeightGrad(_) => dims[0] < MIN_CONV_SAMPLES,
+                    | crate::ir::Op::Conv2dWeightGrad(_) => dims[0] < MIN_PART_SAMPLES,
                     _ => false,
                 }
         })
         .map(|(node, _)| crate::ir::node_flops(program, node))
         .sum();
-    small * 8 <= crate::ir::flops(program)
+    // A part's elementwise kernels, too, each over many elements: an unrolled loop's
+    // per-iteration kernels over a few samples' rows cost more in loop overhead than the
+    // cache gains (the LSTM unrolled over 50 steps ran 1.2x slower in 16 parts than in 4).
+    let restricted: Vec<usize> = program
+        .nodes
+        .iter()
+        .zip(&split.axes)
+        .filter(|(node, axis)| axis.is_some() && !matches!(node.op, crate::ir::Op::Leaf(_)))
+        .map(|(node, _)| node.shape.numel())
+        .collect();
+    let elements = restricted.iter().sum::<usize>() / restricted.len().max(1);
+    small * 8 <= crate::ir::flops(program) && elements >= MIN_PART_ELEMENTS
 }
 
 /// Where a named state entry of a loop lives.
