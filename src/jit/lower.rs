@@ -222,18 +222,17 @@ impl Expr {
         if cheap_ops(self).is_none_or(|ops| ops > MAX_REPEATED_OPS) {
             return false;
         }
-        let mut full: Vec<(BufferId, &Affine)> = Vec::new();
-        let mut loads = Vec::new();
-        self.for_each_load(&mut |buffer, map| loads.push((buffer, map.clone())));
-        for (buffer, map) in &loads {
+        // The distinct operands read in full (no zero stride along an axis of several).
+        let mut full: Vec<(BufferId, Affine)> = Vec::new();
+        self.for_each_load(&mut |buffer, map| {
             let broadcast = dims
                 .iter()
                 .zip(&map.strides)
                 .any(|(&d, &s)| d > 1 && s == 0);
-            if !broadcast && !full.iter().any(|&(b, m)| b == *buffer && m == map) {
-                full.push((*buffer, map));
+            if !broadcast && !full.iter().any(|(b, m)| *b == buffer && m == map) {
+                full.push((buffer, map.clone()));
             }
-        }
+        });
         full.len() <= 1
     }
 
